@@ -1,0 +1,41 @@
+# make demo | make test | make bench — each creates/refreshes .venv and builds the extension first.
+# VENV_ARGS=--system-site-packages reuses an installed (e.g. CUDA) torch: torch is installed
+# only when the venv cannot import one, and an existing torch is never replaced.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.threepc-editable
+
+.PHONY: venv build demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q numpy numba pytest pytest-benchmark hypothesis ninja setuptools wheel
+
+$(STAMP): | venv
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+# Incremental (ninja): only changed sources recompile; the editable install finds the .so in place.
+build: venv $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+
+demo: build
+	$(BIN)/python -m benchmarks.demo --workers 2 --hook ef21 --ratio 0.01
+
+test: build
+	$(BIN)/python -m pytest tests
+
+test-fast: build
+	$(BIN)/python -m pytest tests -m "not slow"
+
+bench: build
+	$(BIN)/python -m pytest benchmarks --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+
+clean:
+	rm -rf build compressors/_C*.so *.egg-info .benchmarks

@@ -1,0 +1,69 @@
+"""Speed of the selection kernels against torch and against a copy of the same buffer (``make bench``).
+
+Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
+``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
+indexing, the obvious implementation) and ``copy`` (``dst.copy_(src)`` of one fp32 buffer of
+the same size: the memory-bandwidth yardstick). Ratios are printed at the end of the run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressors import kernels
+
+SIZES = {"1M": 1_000_000, "6.5M": 6_500_000, "64M": 64_000_000}
+RATIO = 0.01
+
+
+def rounds(n: int) -> int:
+    return 5 if n >= 50_000_000 else 20
+
+
+def torch_topk_abs(x: torch.Tensor, k: int):
+    indices = torch.topk(x.abs(), k, sorted=False).indices
+    return x[indices], indices
+
+
+def torch_ef21_step(grad: torch.Tensor, h: torch.Tensor, k: int):
+    d = grad - h
+    indices = torch.topk(d.abs(), k, sorted=False).indices
+    values = d[indices]
+    h[indices] += values
+    return values, indices
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def buffers(request):
+    n = SIZES[request.param]
+    g = torch.Generator().manual_seed(0)
+    return request.param, torch.randn(n, generator=g), torch.randn(n, generator=g) * 0.5
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_topk_abs(benchmark, record, buffers, implementation):
+    size, x, _ = buffers
+    k = int(RATIO * x.numel())
+    benchmark.group = f"topk_abs {size}"
+    if implementation == "copy":
+        dst = torch.empty_like(x)
+        fn, args = dst.copy_, (x,)
+    else:
+        fn, args = (kernels.topk_abs if implementation == "threepc" else torch_topk_abs), (x, k)
+    benchmark.pedantic(fn, args=args, rounds=rounds(x.numel()), warmup_rounds=1)
+    record(benchmark, benchmark.group, implementation)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_ef21_topk_step(benchmark, record, buffers, implementation):
+    size, grad, h = buffers
+    k = int(RATIO * grad.numel())
+    benchmark.group = f"ef21_topk_step {size}"
+    if implementation == "copy":
+        dst = torch.empty_like(grad)
+        fn, args = dst.copy_, (grad,)
+    else:
+        fn = kernels.ef21_topk_step if implementation == "threepc" else torch_ef21_step
+        args = (grad, h.clone(), k)
+    benchmark.pedantic(fn, args=args, rounds=rounds(grad.numel()), warmup_rounds=1)
+    record(benchmark, benchmark.group, implementation)

@@ -1,0 +1,27 @@
+"""Loads the compiled ops (``torch.ops.threepc.*``) and registers their fake kernels.
+
+The fake (meta) kernels give ``torch.compile`` the output shapes without running the op.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import compressors._C  # noqa: F401  (loading the library registers the ops)
+
+ops = torch.ops.threepc
+
+
+@torch.library.register_fake("threepc::topk_abs")
+def _topk_abs_fake(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return x.new_empty(k), x.new_empty(k, dtype=torch.long)
+
+
+@torch.library.register_fake("threepc::ef21_topk_step")
+def _ef21_topk_step_fake(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return h.new_empty(k), h.new_empty(k, dtype=torch.long)
+
+
+@torch.library.register_fake("threepc::sparse_accumulate")
+def _sparse_accumulate_fake(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+    return None

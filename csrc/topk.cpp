@@ -1,0 +1,336 @@
+// CPU kernels of the top-k family: topk_abs, ef21_topk_step, sparse_accumulate.
+//
+// Selection works on the bits of |x| viewed as uint32 (clearing the sign bit
+// of an IEEE float gives a key whose unsigned order is the order of |x|, NaN
+// above +inf). A strided sample bounds the k-th largest key from below; one
+// pass over the input keeps the keys above that bound; an exact radix select
+// (high 16 bits, then low 16 bits) finishes on those candidates. Keys above
+// the k-th key T are all taken, keys equal to T lowest index first. Passes run
+// on fixed chunks (independent of thread scheduling), so results are
+// deterministic. Output indices are ascending.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <functional>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace threepc {
+namespace {
+
+constexpr int64_t kMinChunk = 1 << 16;    // elements per chunk of a parallel pass
+constexpr int64_t kSmallInput = 1 << 14;  // below this, radix select on all keys without sampling
+constexpr int64_t kSampleRuns = 512;      // runs sampled to bound the k-th largest key
+constexpr int64_t kRunLength = 32;        // consecutive keys per run (two cache lines of fp32)
+
+inline uint32_t abs_key(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits & 0x7fffffffu;
+}
+
+// Values x[i], ranked by |x[i]|.
+template <typename scalar_t>
+struct AbsKey {
+  const scalar_t* x;
+  float value(int64_t i) const { return static_cast<float>(x[i]); }
+  uint32_t operator()(int64_t i) const { return abs_key(value(i)); }
+};
+
+// The EF21 difference d[i] = grad[i] - h[i] (computed, never stored), ranked by |d[i]|.
+template <typename scalar_t>
+struct DiffKey {
+  const scalar_t* grad;
+  const float* h;
+  float value(int64_t i) const { return static_cast<float>(grad[i]) - h[i]; }
+  uint32_t operator()(int64_t i) const { return abs_key(value(i)); }
+};
+
+// Bit j of the result: key(base + j) >= bound, for j < 16. Keys are below 2^31,
+// so signed 32-bit compares order them.
+template <typename KeyFn>
+inline uint32_t mask16(const KeyFn& key, int64_t base, int32_t bound) {
+  uint32_t mask = 0;
+  for (int j = 0; j < 16; ++j) mask |= static_cast<uint32_t>(static_cast<int32_t>(key(base + j)) >= bound) << j;
+  return mask;
+}
+
+#if defined(__SSE2__)
+// fp32 inputs: four keys per SSE2 register (baseline on every x86-64 CPU).
+inline __m128i abs_bits(__m128 v) { return _mm_and_si128(_mm_castps_si128(v), _mm_set1_epi32(0x7fffffff)); }
+
+inline uint32_t movemask_ge(__m128i keys, __m128i bound_minus_one) {
+  return static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(keys, bound_minus_one))));
+}
+
+inline uint32_t mask16(const AbsKey<float>& key, int64_t base, int32_t bound) {
+  const __m128i b = _mm_set1_epi32(bound - 1);
+  uint32_t mask = 0;
+  for (int v = 0; v < 4; ++v) mask |= movemask_ge(abs_bits(_mm_loadu_ps(key.x + base + 4 * v)), b) << (4 * v);
+  return mask;
+}
+
+inline uint32_t mask16(const DiffKey<float>& key, int64_t base, int32_t bound) {
+  const __m128i b = _mm_set1_epi32(bound - 1);
+  uint32_t mask = 0;
+  for (int v = 0; v < 4; ++v) {
+    const int64_t i = base + 4 * v;
+    mask |= movemask_ge(abs_bits(_mm_sub_ps(_mm_loadu_ps(key.grad + i), _mm_loadu_ps(key.h + i))), b) << (4 * v);
+  }
+  return mask;
+}
+#endif
+
+// [0, n) cut into `count` contiguous chunks, fixed by n and the thread count alone.
+struct Chunks {
+  int64_t n, count;
+  Chunks(int64_t n_, int64_t count_) : n(n_), count(count_) {}
+  explicit Chunks(int64_t n_)
+      : Chunks(n_, std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_ / kMinChunk))) {}
+  int64_t begin(int64_t c) const { return c * n / count; }
+  int64_t end(int64_t c) const { return (c + 1) * n / count; }
+};
+
+// Every (index, value) for index in [0, n), ascending.
+template <typename KeyFn>
+struct AllValues {
+  int64_t n;
+  const KeyFn& key;
+  template <typename Fn>
+  void for_each(const Fn& fn) const {
+    for (int64_t i = 0; i < n; ++i) fn(i, key.value(i));
+  }
+};
+
+// The (index, value) pairs kept by the filter pass, chunk after chunk: ascending.
+struct KeptValues {
+  std::vector<std::vector<int64_t>> index;
+  std::vector<std::vector<float>> value;
+  int64_t size() const {
+    int64_t m = 0;
+    for (const auto& v : index) m += static_cast<int64_t>(v.size());
+    return m;
+  }
+  template <typename Fn>
+  void for_each(const Fn& fn) const {
+    for (size_t c = 0; c < index.size(); ++c) {
+      for (size_t j = 0; j < index[c].size(); ++j) fn(index[c][j], value[c][j]);
+    }
+  }
+};
+
+// The k (index, value) pairs of largest |value| among `pairs` (0 < k < their
+// count), ties to the lowest index, into out_index (ascending) and out_value. Radix select over three digits of the key (11, 11,
+// 10 bits, high first): a pass over all pairs histograms the top digit; the
+// keys of the k-th key's top-digit bin are gathered and their two lower digits
+// fix the k-th key T; a last pass takes every key above T and the
+// lowest-indexed keys equal to T.
+template <typename Pairs>
+void radix_select(const Pairs& pairs, int64_t k, int64_t* out_index, float* out_value) {
+  std::array<int64_t, 2048> hist{};
+  pairs.for_each([&hist](int64_t, float v) { ++hist[abs_key(v) >> 21]; });
+  int64_t needed = k;  // among the keys that match the prefix found so far
+  uint32_t top = 2047;
+  while (hist[top] < needed) needed -= hist[top--];
+  std::vector<uint32_t> bin;
+  bin.reserve(hist[top]);
+  pairs.for_each([&bin, top](int64_t, float v) {
+    if ((abs_key(v) >> 21) == top) bin.push_back(abs_key(v));
+  });
+  uint32_t threshold = top << 21;
+  for (const int shift : {10, 0}) {
+    const uint32_t digit_mask = shift == 0 ? 0x3ffu : 0x7ffu;
+    const uint32_t prefix_mask = ~((digit_mask << shift) | ((1u << shift) - 1u));
+    hist.fill(0);
+    for (const uint32_t key : bin) {
+      if ((key & prefix_mask) == threshold) ++hist[(key >> shift) & digit_mask];
+    }
+    uint32_t digit = digit_mask;
+    while (hist[digit] < needed) needed -= hist[digit--];
+    threshold |= digit << shift;
+  }
+  int64_t j = 0;  // `needed` keys equal to the threshold are taken, lowest index first
+  pairs.for_each([&](int64_t index, float v) {
+    const uint32_t key = abs_key(v);
+    if (key > threshold || (key == threshold && needed-- > 0)) {
+      out_index[j] = index;
+      out_value[j++] = v;
+    }
+  });
+  TORCH_INTERNAL_ASSERT(j == k, "radix_select took ", j, " keys instead of ", k);
+}
+
+// Lower bound on the k-th largest key from a sample of kSampleRuns runs of
+// kRunLength consecutive keys, evenly spaced (run r starts at r * n / runs),
+// with a margin of 3 standard deviations of the sampled rank (+8) so that it
+// rarely overshoots. Returns 0 (keep everything) when the sample is too small.
+template <typename KeyFn>
+uint32_t sampled_lower_bound(int64_t n, int64_t k, const KeyFn& key) {
+  const int64_t runs = std::min<int64_t>(kSampleRuns, n / (8 * kRunLength));
+  std::vector<uint32_t> sample;
+  sample.reserve(runs * kRunLength);
+  for (int64_t r = 0; r < runs; ++r) {
+    for (int64_t i = r * n / runs, e = i + kRunLength; i < e; ++i) sample.push_back(key(i));
+  }
+  const int64_t s = static_cast<int64_t>(sample.size());
+  const double expected = static_cast<double>(k) * s / n;
+  const int64_t rank = static_cast<int64_t>(expected + 3.0 * std::sqrt(expected) + 8.0);
+  if (rank >= s) return 0;
+  std::nth_element(sample.begin(), sample.begin() + rank, sample.end(), std::greater<uint32_t>());
+  return sample[rank];
+}
+
+// Exact top-k of |key.value(i)|, i in [0, n): ascending indices into out_index,
+// their values into out_value. One parallel pass keeps the (index, value)
+// pairs whose key reaches the sampled
+// lower bound, 16 keys per compare mask; the radix select finishes on them.
+// If fewer than k survive (the sample was not representative), the radix
+// select runs over all n keys instead.
+template <typename KeyFn>
+void select_topk(int64_t n, int64_t k, const KeyFn& key, int64_t* out_index, float* out_value) {
+  if (k == 0) return;
+  if (k == n) {
+    std::iota(out_index, out_index + n, int64_t{0});
+    for (int64_t i = 0; i < n; ++i) out_value[i] = key.value(i);
+    return;
+  }
+  const AllValues<KeyFn> all{n, key};
+  if (n <= kSmallInput) return radix_select(all, k, out_index, out_value);
+  // Keys are below 2^31, so a signed compare (vectorisable on any x86-64) orders them.
+  const int32_t bound = static_cast<int32_t>(sampled_lower_bound(n, k, key));
+  const Chunks chunks(n);
+  KeptValues kept{std::vector<std::vector<int64_t>>(chunks.count), std::vector<std::vector<float>>(chunks.count)};
+  at::parallel_for(0, chunks.count, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      std::vector<int64_t>& idx = kept.index[c];
+      std::vector<float>& val = kept.value[c];
+      const int64_t begin = chunks.begin(c), end = chunks.end(c);
+      const int64_t expected = (end - begin) * k / n;
+      idx.reserve(expected + expected / 2);
+      val.reserve(expected + expected / 2);
+      const auto keep = [&](int64_t i) {
+        idx.push_back(i);
+        val.push_back(key.value(i));
+      };
+      int64_t base = begin;
+      for (; base + 16 <= end; base += 16) {
+        for (uint32_t mask = mask16(key, base, bound); mask != 0; mask &= mask - 1) keep(base + __builtin_ctz(mask));
+      }
+      for (; base < end; ++base) {
+        if (static_cast<int32_t>(key(base)) >= bound) keep(base);
+      }
+    }
+  });
+  if (kept.size() < k) return radix_select(all, k, out_index, out_value);
+  radix_select(kept, k, out_index, out_value);
+}
+
+void check_k(int64_t n, int64_t k, const char* op) {
+  TORCH_CHECK(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
+}
+
+void check_floating(const at::Tensor& t, const char* op, const char* name) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) {
+  check_floating(x, "topk_abs", "x");
+  const at::Tensor flat = x.contiguous().view(-1);
+  const int64_t n = flat.numel();
+  check_k(n, k, "topk_abs");
+  at::Tensor indices = at::empty({k}, x.options().dtype(at::kLong));
+  at::Tensor values = at::empty({k}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "topk_abs", [&] {
+    select_topk(n, k, AbsKey<scalar_t>{flat.const_data_ptr<scalar_t>()}, indices.mutable_data_ptr<int64_t>(),
+                values.mutable_data_ptr<float>());
+  });
+  return {values.to(x.scalar_type()), indices};  // exact: the values came from x
+}
+
+std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cpu(const at::Tensor& grad, at::Tensor h, int64_t k) {
+  check_floating(grad, "ef21_topk_step", "grad");
+  TORCH_CHECK(h.scalar_type() == at::kFloat, "ef21_topk_step: h must be float32 (the estimate is kept in fp32), got ",
+              h.scalar_type());
+  TORCH_CHECK(h.is_contiguous(), "ef21_topk_step: h is updated in place and must be contiguous; pass h.contiguous() "
+              "and keep that tensor as the estimate");
+  TORCH_CHECK(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ", h.numel());
+  const at::Tensor flat = grad.contiguous().view(-1);
+  const int64_t n = flat.numel();
+  check_k(n, k, "ef21_topk_step");
+  at::Tensor indices = at::empty({k}, h.options().dtype(at::kLong));
+  at::Tensor values = at::empty({k}, h.options());
+  int64_t* idx = indices.mutable_data_ptr<int64_t>();
+  float* val = values.mutable_data_ptr<float>();
+  float* est = h.mutable_data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "ef21_topk_step", [&] {
+    select_topk(n, k, DiffKey<scalar_t>{flat.const_data_ptr<scalar_t>(), est}, idx, val);
+  });
+  at::parallel_for(0, k, kMinChunk / 4, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) est[idx[j]] += val[j];  // indices are distinct
+  });
+  return {values, indices};
+}
+
+template <typename index_t>
+void accumulate(float* out, int64_t n, const float* val, const index_t* idx, int64_t m, float alpha) {
+  for (int64_t j = 0; j < m; ++j) {
+    TORCH_CHECK(idx[j] >= 0 && idx[j] < n, "sparse_accumulate: index ", static_cast<int64_t>(idx[j]),
+                " at position ", j, " is out of range for out with ", n, " elements");
+  }
+  // Each block of `out` is owned by one task, which applies the entries that
+  // fall into it in input order: every coordinate sums in rank order.
+  const Chunks blocks = m >= kMinChunk ? Chunks(n) : Chunks(n, 1);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = blocks.begin(b), hi = blocks.end(b);
+      for (int64_t j = 0; j < m; ++j) {
+        if (idx[j] >= lo && idx[j] < hi) out[idx[j]] += alpha * val[j];
+      }
+    }
+  });
+}
+
+void sparse_accumulate_cpu(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+              out.is_contiguous() ? "" : " (non-contiguous)");
+  TORCH_CHECK(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
+              " elements but indices has ", indices.numel());
+  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+              "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
+  const at::Tensor val = values.to(at::kFloat).contiguous().view(-1);
+  const at::Tensor idx = indices.contiguous().view(-1);
+  float* dst = out.mutable_data_ptr<float>();
+  const float a = static_cast<float>(alpha);
+  if (idx.scalar_type() == at::kLong) {
+    accumulate(dst, out.numel(), val.const_data_ptr<float>(), idx.const_data_ptr<int64_t>(), idx.numel(), a);
+  } else {
+    accumulate(dst, out.numel(), val.const_data_ptr<float>(), idx.const_data_ptr<int32_t>(), idx.numel(), a);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(threepc, CPU, m) {
+  m.impl("topk_abs", &topk_abs_cpu);
+  m.impl("ef21_topk_step", &ef21_topk_step_cpu);
+  m.impl("sparse_accumulate", &sparse_accumulate_cpu);
+}
+
+}  // namespace threepc

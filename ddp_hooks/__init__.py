@@ -1,0 +1,14 @@
+"""threepc's DDP communication hooks.
+
+    >>> import ddp_hooks
+    >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)   # one line
+    >>> # or, explicitly:
+    >>> state = ddp_hooks.ThreePCState(EF21(TopK(ratio=0.01)), model=ddp_model)
+    >>> ddp_model.register_comm_hook(state, ddp_hooks.threepc_hook)
+"""
+from .hook import threepc_hook
+from .registry import MECHANISMS, mechanism, register
+from .state import ThreePCState
+from .stats import CommStats
+
+__all__ = ["MECHANISMS", "CommStats", "ThreePCState", "mechanism", "register", "threepc_hook"]

@@ -1,0 +1,51 @@
+"""Bytes on the wire, counted per rank."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CommStats:
+    """What this rank has sent, in bytes, by kind, against dense (allreduce) training.
+
+    ``sent`` counts the bytes this rank contributes to collectives: compressed payload parts
+    (e.g. ``values``, ``indices``), ``padding`` and ``header`` bytes of variable-size exchanges,
+    and ``dense`` for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
+    with a plain allreduce of the bucket (numel x bytes per gradient element). Link traffic of
+    a ring adds a factor: all_gather moves (n - 1) x payload per rank, allreduce 2(n - 1)/n x
+    dense, so at n ranks the link ratio is (n / 2) x the ratio reported here.
+    """
+
+    steps: int = 0
+    compressed_rounds: int = 0
+    dense_rounds: int = 0
+    sent: dict[str, int] = field(default_factory=dict)
+    dense_equivalent: int = 0
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.sent[kind] = self.sent.get(kind, 0) + nbytes
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+    def summary(self) -> dict[str, object]:
+        """Counts, bytes by kind, totals and the ratio sent / dense-equivalent."""
+        total = self.total_sent
+        return {
+            "steps": self.steps,
+            "compressed_rounds": self.compressed_rounds,
+            "dense_rounds": self.dense_rounds,
+            "bytes_sent": dict(self.sent),
+            "bytes_sent_total": total,
+            "bytes_dense_equivalent": self.dense_equivalent,
+            "fraction_of_dense": total / self.dense_equivalent if self.dense_equivalent else 0.0,
+        }
+
+    def state_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, state[f.name])

@@ -1,0 +1,41 @@
+"""Payloads to bytes and back: what one rank puts into a collective (GRACE's "Communicator").
+
+A payload's parts are laid end to end as raw bytes in the order of the mechanism's spec
+(e.g. fp32 values, then int32 indices), so one uint8 tensor carries them in one all_gather.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from compressors import PartSpec, Payload
+
+
+def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
+    """The payload's parts, in spec order, as one flat uint8 tensor."""
+    chunks = []
+    for part in spec:
+        t = payload.parts[part.name]
+        if t.dtype != part.dtype or t.numel() != part.numel:
+            raise RuntimeError(f"payload part {part.name!r} is {t.dtype}[{t.numel()}] but the mechanism declared "
+                               f"{part.dtype}[{part.numel}]: its step() and spec() disagree")
+        chunks.append(t.reshape(-1).contiguous().view(torch.uint8))
+    return torch.cat(chunks)
+
+
+def packed_bytes(spec: list[PartSpec]) -> int:
+    """Size in bytes of a payload packed with ``spec``."""
+    return sum(part.numel * part.dtype.itemsize for part in spec)
+
+
+def unpack(buffer: Tensor, spec: list[PartSpec], numel: int) -> Payload:
+    """Inverse of ``pack``: the payload encoded in ``buffer`` (a uint8 tensor)."""
+    parts, offset = {}, 0
+    for part in spec:
+        size = part.numel * part.dtype.itemsize
+        raw = buffer[offset:offset + size]
+        if raw.storage_offset() % part.dtype.itemsize:
+            raw = raw.clone()  # reinterpreting needs an aligned start
+        parts[part.name] = raw.view(part.dtype)
+        offset += size
+    return Payload(parts, numel)
