@@ -17,13 +17,11 @@ venv: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q numpy numba pytest pytest-benchmark hypothesis ninja setuptools wheel
 
-$(STAMP): | venv
-	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
-	touch $(STAMP)
-
-# Incremental (ninja): only changed sources recompile; the editable install finds the .so in place.
-build: venv $(STAMP)
-	$(BIN)/python setup.py -q build_ext --inplace
+# First time: the editable install (it builds the extension in place). Later: an incremental
+# (ninja) rebuild in build/, where only changed sources recompile.
+build: venv
+	@if [ -f $(STAMP) ]; then $(BIN)/python setup.py -q build_ext --inplace; \
+	else $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e . && touch $(STAMP); fi
 
 demo: build
 	$(BIN)/python -m benchmarks.demo --workers 2 --hook ef21 --ratio 0.01

@@ -1,13 +1,17 @@
 // CPU kernels of the top-k family: topk_abs, ef21_topk_step, sparse_accumulate.
 //
-// Selection works on the bits of |x| viewed as uint32 (clearing the sign bit
-// of an IEEE float gives a key whose unsigned order is the order of |x|, NaN
-// above +inf). A strided sample bounds the k-th largest key from below; one
-// pass over the input keeps the keys above that bound; an exact radix select
-// (high 16 bits, then low 16 bits) finishes on those candidates. Keys above
-// the k-th key T are all taken, keys equal to T lowest index first. Passes run
-// on fixed chunks (independent of thread scheduling), so results are
-// deterministic. Output indices are ascending.
+// Selection ranks values by the bits of |v| as a uint32 key: clearing the sign
+// bit of an IEEE float gives a key whose unsigned order is the order of |v|
+// (NaN above +inf, -0 equal to +0). Keys fit in 31 bits, so signed 32-bit SIMD
+// compares order them too. Top-k of n keys:
+//   1. a sample of evenly spaced runs bounds the k-th largest key from below;
+//   2. one parallel pass over fixed chunks keeps the (index, value) pairs whose
+//      key reaches the bound (AVX2 where the CPU has it; ~1.3 k pairs for k/n=1%);
+//   3. an exact radix select (11+11+10-bit digits) on those pairs finds the k-th
+//      key T; keys above T are all taken, keys equal to T lowest index first.
+// If the sample overshot (fewer than k pairs kept), step 3 runs on all n keys.
+// The result is one well-defined set whatever the threads do; indices ascend.
+// ef21_topk_step computes d = grad - h on the fly in steps 1-2 (never stored).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,17 +20,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <functional>
-#include <cmath>
-#include <functional>
-#include <memory>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 namespace threepc {
@@ -69,31 +70,86 @@ inline uint32_t mask16(const KeyFn& key, int64_t base, int32_t bound) {
   return mask;
 }
 
-#if defined(__SSE2__)
-// fp32 inputs: four keys per SSE2 register (baseline on every x86-64 CPU).
-inline __m128i abs_bits(__m128 v) { return _mm_and_si128(_mm_castps_si128(v), _mm_set1_epi32(0x7fffffff)); }
-
-inline uint32_t movemask_ge(__m128i keys, __m128i bound_minus_one) {
-  return static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(keys, bound_minus_one))));
-}
-
-inline uint32_t mask16(const AbsKey<float>& key, int64_t base, int32_t bound) {
-  const __m128i b = _mm_set1_epi32(bound - 1);
-  uint32_t mask = 0;
-  for (int v = 0; v < 4; ++v) mask |= movemask_ge(abs_bits(_mm_loadu_ps(key.x + base + 4 * v)), b) << (4 * v);
-  return mask;
-}
-
-inline uint32_t mask16(const DiffKey<float>& key, int64_t base, int32_t bound) {
-  const __m128i b = _mm_set1_epi32(bound - 1);
-  uint32_t mask = 0;
-  for (int v = 0; v < 4; ++v) {
-    const int64_t i = base + 4 * v;
-    mask |= movemask_ge(abs_bits(_mm_sub_ps(_mm_loadu_ps(key.grad + i), _mm_loadu_ps(key.h + i))), b) << (4 * v);
+// The (index, value) pairs one chunk of the filter pass keeps, in index order.
+struct Kept {
+  std::vector<int64_t> index;
+  std::vector<float> value;
+  void reserve(int64_t m) {
+    index.reserve(m);
+    value.reserve(m);
   }
-  return mask;
+  void push(int64_t i, float v) {
+    index.push_back(i);
+    value.push_back(v);
+  }
+};
+
+// Appends to `out` every i in [begin, end) with key(i) >= bound (portable: 16 keys per mask).
+template <typename KeyFn>
+void keep_at_least(const KeyFn& key, int64_t begin, int64_t end, int32_t bound, Kept& out) {
+  int64_t base = begin;
+  for (; base + 16 <= end; base += 16) {
+    for (uint32_t mask = mask16(key, base, bound); mask != 0; mask &= mask - 1) {
+      const int64_t i = base + __builtin_ctz(mask);
+      out.push(i, key.value(i));
+    }
+  }
+  for (; base < end; ++base) {
+    if (static_cast<int32_t>(key(base)) >= bound) out.push(base, key.value(base));
+  }
+}
+
+#if defined(__x86_64__)
+// The same for fp32 values x[i] (h == nullptr) or x[i] - h[i], eight keys per AVX2 compare.
+// Compiled for AVX2 alone and called only where the CPU has it (see keep_at_least_fast).
+__attribute__((target("avx2"))) void keep_at_least_avx2(const float* x, const float* h, int64_t begin, int64_t end,
+                                                       int32_t bound, Kept& out) {
+  const __m256i bound_minus_one = _mm256_set1_epi32(bound - 1), magnitude = _mm256_set1_epi32(0x7fffffff);
+  const auto value = [x, h](int64_t i) { return h != nullptr ? x[i] - h[i] : x[i]; };
+  int64_t base = begin;
+  for (; base + 16 <= end; base += 16) {
+    uint32_t mask = 0;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = base + 8 * half;
+      __m256 v = _mm256_loadu_ps(x + i);
+      if (h != nullptr) v = _mm256_sub_ps(v, _mm256_loadu_ps(h + i));
+      const __m256i keys = _mm256_and_si256(_mm256_castps_si256(v), magnitude);
+      const __m256i hit = _mm256_cmpgt_epi32(keys, bound_minus_one);
+      mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(hit))) << (8 * half);
+    }
+    for (; mask != 0; mask &= mask - 1) {
+      const int64_t i = base + __builtin_ctz(mask);
+      out.push(i, value(i));
+    }
+  }
+  for (; base < end; ++base) {
+    if (static_cast<int32_t>(abs_key(value(base))) >= bound) out.push(base, value(base));
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+bool keep_at_least_fast(const AbsKey<float>& key, int64_t begin, int64_t end, int32_t bound, Kept& out) {
+  if (!cpu_has_avx2()) return false;
+  keep_at_least_avx2(key.x, nullptr, begin, end, bound, out);
+  return true;
+}
+
+bool keep_at_least_fast(const DiffKey<float>& key, int64_t begin, int64_t end, int32_t bound, Kept& out) {
+  if (!cpu_has_avx2()) return false;
+  keep_at_least_avx2(key.grad, key.h, begin, end, bound, out);
+  return true;
 }
 #endif
+
+// Inputs without a vectorised filter (fp16/bf16, CPUs without AVX2) take keep_at_least.
+template <typename KeyFn>
+bool keep_at_least_fast(const KeyFn&, int64_t, int64_t, int32_t, Kept&) {
+  return false;
+}
 
 // [0, n) cut into `count` contiguous chunks, fixed by n and the thread count alone.
 struct Chunks {
@@ -118,17 +174,16 @@ struct AllValues {
 
 // The (index, value) pairs kept by the filter pass, chunk after chunk: ascending.
 struct KeptValues {
-  std::vector<std::vector<int64_t>> index;
-  std::vector<std::vector<float>> value;
+  std::vector<Kept> chunks;
   int64_t size() const {
     int64_t m = 0;
-    for (const auto& v : index) m += static_cast<int64_t>(v.size());
+    for (const Kept& c : chunks) m += static_cast<int64_t>(c.index.size());
     return m;
   }
   template <typename Fn>
   void for_each(const Fn& fn) const {
-    for (size_t c = 0; c < index.size(); ++c) {
-      for (size_t j = 0; j < index[c].size(); ++j) fn(index[c][j], value[c][j]);
+    for (const Kept& c : chunks) {
+      for (size_t j = 0; j < c.index.size(); ++j) fn(c.index[j], c.value[j]);
     }
   }
 };
@@ -141,15 +196,20 @@ struct KeptValues {
 // lowest-indexed keys equal to T.
 template <typename Pairs>
 void radix_select(const Pairs& pairs, int64_t k, int64_t* out_index, float* out_value) {
+  // Four interleaved histograms: the kept keys crowd into few bins, and one counter per
+  // bin would serialise its increments.
+  std::vector<std::array<int64_t, 2048>> partial(4, std::array<int64_t, 2048>{});
+  int64_t seen = 0;
+  pairs.for_each([&](int64_t, float v) { ++partial[seen++ & 3][abs_key(v) >> 21]; });
   std::array<int64_t, 2048> hist{};
-  pairs.for_each([&hist](int64_t, float v) { ++hist[abs_key(v) >> 21]; });
+  for (int d = 0; d < 2048; ++d) hist[d] = partial[0][d] + partial[1][d] + partial[2][d] + partial[3][d];
   int64_t needed = k;  // among the keys that match the prefix found so far
   uint32_t top = 2047;
   while (hist[top] < needed) needed -= hist[top--];
-  std::vector<uint32_t> bin;
-  bin.reserve(hist[top]);
-  pairs.for_each([&bin, top](int64_t, float v) {
-    if ((abs_key(v) >> 21) == top) bin.push_back(abs_key(v));
+  std::vector<uint32_t> bin(hist[top]);
+  int64_t filled = 0;
+  pairs.for_each([&](int64_t, float v) {
+    if ((abs_key(v) >> 21) == top) bin[filled++] = abs_key(v);
   });
   uint32_t threshold = top << 21;
   for (const int shift : {10, 0}) {
@@ -197,7 +257,7 @@ uint32_t sampled_lower_bound(int64_t n, int64_t k, const KeyFn& key) {
 // Exact top-k of |key.value(i)|, i in [0, n): ascending indices into out_index,
 // their values into out_value. One parallel pass keeps the (index, value)
 // pairs whose key reaches the sampled
-// lower bound, 16 keys per compare mask; the radix select finishes on them.
+// lower bound (AVX2 where the CPU has it); the radix select finishes on them.
 // If fewer than k survive (the sample was not representative), the radix
 // select runs over all n keys instead.
 template <typename KeyFn>
@@ -210,28 +270,15 @@ void select_topk(int64_t n, int64_t k, const KeyFn& key, int64_t* out_index, flo
   }
   const AllValues<KeyFn> all{n, key};
   if (n <= kSmallInput) return radix_select(all, k, out_index, out_value);
-  // Keys are below 2^31, so a signed compare (vectorisable on any x86-64) orders them.
   const int32_t bound = static_cast<int32_t>(sampled_lower_bound(n, k, key));
   const Chunks chunks(n);
-  KeptValues kept{std::vector<std::vector<int64_t>>(chunks.count), std::vector<std::vector<float>>(chunks.count)};
+  KeptValues kept{std::vector<Kept>(chunks.count)};
   at::parallel_for(0, chunks.count, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      std::vector<int64_t>& idx = kept.index[c];
-      std::vector<float>& val = kept.value[c];
       const int64_t begin = chunks.begin(c), end = chunks.end(c);
-      const int64_t expected = (end - begin) * k / n;
-      idx.reserve(expected + expected / 2);
-      val.reserve(expected + expected / 2);
-      const auto keep = [&](int64_t i) {
-        idx.push_back(i);
-        val.push_back(key.value(i));
-      };
-      int64_t base = begin;
-      for (; base + 16 <= end; base += 16) {
-        for (uint32_t mask = mask16(key, base, bound); mask != 0; mask &= mask - 1) keep(base + __builtin_ctz(mask));
-      }
-      for (; base < end; ++base) {
-        if (static_cast<int32_t>(key(base)) >= bound) keep(base);
+      kept.chunks[c].reserve(2 * (end - begin) * k / n + 64);  // pages are touched only as used
+      if (!keep_at_least_fast(key, begin, end, bound, kept.chunks[c])) {
+        keep_at_least(key, begin, end, bound, kept.chunks[c]);
       }
     }
   });

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +223,29 @@ def test_ops_trace_under_torch_compile():
     want = step(grad, h_eager)
     got = torch.compile(step, backend="aot_eager", fullgraph=True)(grad, h_compiled)
     assert torch.equal(got, want) and torch.equal(h_compiled, h_eager)
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root), **env})
+
+
+def test_without_the_extension_numba_runs_after_one_clear_warning():
+    code = ("import sys, warnings; sys.modules['compressors._C'] = None\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from compressors import kernels\n"
+            "print(kernels.get_backend(), len(caught), caught[0].message if caught else '')")
+    result = _python(code, THREEPC_BACKEND="")
+    assert result.returncode == 0, result.stderr
+    backend, count, message = result.stdout.split(" ", 2)
+    assert (backend, count) == ("numba", "1")
+    assert "compressors._C is not importable" in message and "--no-build-isolation" in message
+
+
+def test_threepc_backend_forces_a_backend_and_rejects_unknown_names():
+    forced = _python("from compressors import kernels; print(kernels.get_backend())", THREEPC_BACKEND="torch")
+    assert forced.stdout.strip() == "torch", forced.stderr
+    bad = _python("import compressors.kernels", THREEPC_BACKEND="cuda")
+    assert bad.returncode != 0 and "use one of ext, numba, torch" in bad.stderr
