@@ -36,6 +36,7 @@ class TrainConfig:
     workers: int = 2
     hook: str = "ef21"  # a name in ddp_hooks.MECHANISMS, or "allreduce" (no hook: DDP's default)
     ratio: float = 0.01
+    eta: float = 0.1  # ef21_sgdm's momentum weight
     epochs: int = 3
     batch_size: int = 64  # per rank
     lr: float = 0.1
@@ -107,7 +108,8 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
         static_graph=config.static_graph, find_unused_parameters=config.find_unused_parameters)
     state = None
     if config.hook != "allreduce":
-        state = ddp_hooks.register(ddp, config.hook, ratio=config.ratio, warmup_steps=config.warmup_steps)
+        options = {"eta": config.eta} if config.hook == "ef21_sgdm" else {}
+        state = ddp_hooks.register(ddp, config.hook, ratio=config.ratio, warmup_steps=config.warmup_steps, **options)
     opt = torch.optim.SGD(ddp.parameters(), lr=config.lr, momentum=config.momentum)
 
     shards = np.array_split(np.arange(len(data["y_train"])), config.workers)

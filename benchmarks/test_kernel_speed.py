@@ -40,30 +40,29 @@ def buffers(request):
     return request.param, torch.randn(n, generator=g), torch.randn(n, generator=g) * 0.5
 
 
+def measure(benchmark, record, group, implementation, buffer, make_args, threepc_fn, torch_fn) -> None:
+    """Time one implementation; ``make_args()`` builds fresh arguments per round (not timed)."""
+    benchmark.group = group
+    if implementation == "copy":
+        dst = torch.empty_like(buffer)
+        benchmark.pedantic(dst.copy_, args=(buffer,), rounds=rounds(buffer.numel()), warmup_rounds=1)
+    else:
+        fn = threepc_fn if implementation == "threepc" else torch_fn
+        benchmark.pedantic(fn, setup=lambda: (make_args(), {}), rounds=rounds(buffer.numel()), warmup_rounds=1)
+    record(benchmark, group, implementation)
+
+
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
 def test_topk_abs(benchmark, record, buffers, implementation):
     size, x, _ = buffers
     k = int(RATIO * x.numel())
-    benchmark.group = f"topk_abs {size}"
-    if implementation == "copy":
-        dst = torch.empty_like(x)
-        fn, args = dst.copy_, (x,)
-    else:
-        fn, args = (kernels.topk_abs if implementation == "threepc" else torch_topk_abs), (x, k)
-    benchmark.pedantic(fn, args=args, rounds=rounds(x.numel()), warmup_rounds=1)
-    record(benchmark, benchmark.group, implementation)
+    measure(benchmark, record, f"topk_abs {size}", implementation, x, lambda: (x, k), kernels.topk_abs, torch_topk_abs)
 
 
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
 def test_ef21_topk_step(benchmark, record, buffers, implementation):
     size, grad, h = buffers
     k = int(RATIO * grad.numel())
-    benchmark.group = f"ef21_topk_step {size}"
-    if implementation == "copy":
-        dst = torch.empty_like(grad)
-        benchmark.pedantic(dst.copy_, args=(grad,), rounds=rounds(grad.numel()), warmup_rounds=1)
-    else:
-        fn = kernels.ef21_topk_step if implementation == "threepc" else torch_ef21_step
-        # every round starts from the same estimate h (the copy is not timed)
-        benchmark.pedantic(fn, setup=lambda: ((grad, h.clone(), k), {}), rounds=rounds(grad.numel()))
-    record(benchmark, benchmark.group, implementation)
+    # every round starts from the same estimate h
+    measure(benchmark, record, f"ef21_topk_step {size}", implementation, grad, lambda: (grad, h.clone(), k),
+            kernels.ef21_topk_step, torch_ef21_step)

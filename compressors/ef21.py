@@ -30,11 +30,15 @@ class EF21(Mechanism):
         self.memory = {"g_i": grad.detach().reshape(-1).float().clone()}
 
     def step(self, grad: Tensor) -> Payload:
+        return self.compress_difference(grad)
+
+    def compress_difference(self, target: Tensor) -> Payload:
+        """c = C(target - g_i); g_i += c; return c's payload (one fused kernel for Top-K)."""
         g_i = self.memory["g_i"]
         if isinstance(self.compressor, TopK):
-            values, indices = kernels.ef21_topk_step(grad, g_i, self.compressor.k_for(g_i.numel()))
+            values, indices = kernels.ef21_topk_step(target, g_i, self.compressor.k_for(g_i.numel()))
             return self.compressor.payload(values, indices, g_i.numel())
-        payload = self.compressor.compress(grad.reshape(-1).float() - g_i)
+        payload = self.compressor.compress(target.reshape(-1).float() - g_i)
         g_i += self.compressor.decompress(payload)
         return payload
 

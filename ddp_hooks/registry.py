@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch.distributed as dist
 from torch import nn
 
-from compressors import EF21, Mechanism, TopK
+from compressors import EF21, EF21SGDM, Mechanism, TopK
 
 from .hook import threepc_hook
 from .state import ThreePCState
@@ -16,9 +16,11 @@ def _topk(ratio: float | None, k: int | None) -> TopK:
     return TopK(k=k) if k is not None else TopK(ratio=0.01 if ratio is None else ratio)
 
 
-# name -> factory(ratio=..., k=...) of the per-worker mechanism
+# name -> factory(ratio=..., k=..., mechanism options) of the per-worker mechanism
 MECHANISMS: dict[str, Callable[..., Mechanism]] = {
     "ef21": lambda ratio=None, k=None: EF21(_topk(ratio, k)),
+    # recommended for minibatch training: momentum inside the mechanism, SGD without momentum
+    "ef21_sgdm": lambda ratio=None, k=None, eta=0.1: EF21SGDM(_topk(ratio, k), eta=eta),
 }
 
 

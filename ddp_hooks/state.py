@@ -100,10 +100,13 @@ class ThreePCState:
         found = self._buckets.get(key)
         if found is not None:
             return found
+        split: dict[tuple[int, ...], dict[int, dict[str, Tensor]]] = {}  # old bucket -> its slices
         slices = []
         for p in key:
             owner = self._owner.get(p)
-            piece = self._buckets[owner].slices()[p] if owner is not None else self._pending.get(p)
+            if owner is not None and owner not in split:
+                split[owner] = self._buckets[owner].slices()
+            piece = split[owner][p] if owner is not None else self._pending.get(p)
             if piece is None or ESTIMATE not in piece:
                 return None
             slices.append(piece)

@@ -51,12 +51,13 @@ VARIANTS = {
     "find_unused_parameters": dict(find_unused_parameters=True),
     "float16": dict(dtype="float16", lr=0.05),
     "bfloat16": dict(dtype="bfloat16", lr=0.05),
+    "ef21_sgdm": dict(hook="ef21_sgdm", eta=0.1, lr=1.0),  # heavy-ball 0.9 at lr 0.1, uncompressed
 }
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_ef21_trains_under_each_ddp_variant(a9a, variant):
-    results = train(TrainConfig(hook="ef21", epochs=1, **VARIANTS[variant]), a9a)
+    results = train(TrainConfig(**{"hook": "ef21", "epochs": 1, **VARIANTS[variant]}), a9a)
     assert_consistent(results)
     r = results[0]
     assert r["stats"]["compressed_rounds"] > 0 and r["stats"]["fraction_of_dense"] <= 0.05

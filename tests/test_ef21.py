@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from compressors import EF21, Compressor, PartSpec, Payload, TopK
+from compressors import EF21, EF21SGDM, Compressor, PartSpec, Payload, TopK
 
 
 class UnfusedTopK(Compressor):
@@ -121,3 +121,23 @@ def test_topk_keeps_at_least_one_entry_and_round_trips():
     x = torch.tensor([0.0, -3.0, 1.0])
     payload = c.compress(x)
     assert c.k_for(3) == 1 and torch.equal(c.decompress(payload), torch.tensor([0.0, -3.0, 0.0]))
+
+
+def test_ef21_sgdm_compresses_the_difference_to_its_momentum():
+    worker = EF21SGDM(TopK(k=2), eta=0.5)
+    worker.init(torch.zeros(4))
+    payload = worker.step(torch.tensor([4.0, -2.0, 1.0, 0.0]))
+    # v = 0.5 * 0 + 0.5 * grad = [2, -1, 0.5, 0]; c = Top2(v - g_i) keeps 2 and -1
+    assert worker.memory["v_i"].tolist() == [2.0, -1.0, 0.5, 0.0]
+    assert payload.parts["values"].tolist() == [2.0, -1.0]
+    assert worker.memory["g_i"].tolist() == [2.0, -1.0, 0.0, 0.0]
+
+
+def test_ef21_sgdm_keeps_the_mean_invariant():
+    workers, estimate = run_workers(EF21SGDM(TopK(ratio=0.02), eta=0.2), drifting_grads(3, 3000, 20, seed=2))
+    assert torch.allclose(estimate, torch.stack([w.memory["g_i"] for w in workers]).mean(0), atol=1e-5)
+
+
+def test_ef21_sgdm_rejects_eta_outside_the_unit_interval():
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\]"):
+        EF21SGDM(TopK(k=1), eta=0.0)
