@@ -81,8 +81,7 @@ def _estimates_agree(state: ddp_hooks.ThreePCState, model: nn.Module) -> dict[st
     """Checks of the mechanism's invariants across ranks, as numbers (0 is perfect)."""
     position = {id(p): i for i, p in enumerate(model.parameters())}  # ids differ between ranks
     worst_replica, worst_mean = 0.0, 0.0
-    for key in sorted(state._buckets, key=lambda k: position[k[0]]):
-        bucket = state._buckets[key]
+    for bucket in sorted(state.buckets, key=lambda b: position[b.params[0]]):
         g = bucket.estimate
         replicas = [torch.empty_like(g) for _ in range(dist.get_world_size())]
         dist.all_gather(replicas, g)
@@ -156,7 +155,7 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
     result = {"rank": rank, "steps": steps, "history": history, "final_accuracy": history[-1]["test_accuracy"],
               "params_identical": all(torch.equal(r, params) for r in replicas),
               "stats": state.stats.summary() if state else None,
-              "buckets": len(state._buckets) if state else None}
+              "buckets": len(state.buckets) if state else None}
     if state is not None:
         result.update(_estimates_agree(state, model))
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))

@@ -24,8 +24,6 @@ class EF21(Mechanism):
     Memory: g_i (fp32). With Top-K the step is one fused kernel (``ef21_topk_step``).
     """
 
-    name = "ef21"
-
     def init(self, grad: Tensor) -> None:
         self.memory = {"g_i": grad.detach().reshape(-1).float().clone()}
 

@@ -21,8 +21,6 @@ class EF21SGDM(EF21):
     Memory: g_i and v_i (fp32).
     """
 
-    name = "ef21_sgdm"
-
     def __init__(self, compressor: Compressor, eta: float = 0.1) -> None:
         if not 0.0 < eta <= 1.0:
             raise ValueError(f"EF21SGDM eta (momentum weight of the new gradient) must lie in (0, 1], got {eta}")

@@ -29,8 +29,6 @@ from .payload import PartSpec, Payload
 class Mechanism(ABC):
     """Base of every mechanism: one worker, one tensor."""
 
-    name: str = "mechanism"
-
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor
         self.memory: dict[str, Tensor] = {}

@@ -93,6 +93,11 @@ class ThreePCState:
         return self.process_group if self.process_group is not None else dist.group.WORLD
 
     # -- buckets --------------------------------------------------------------------------
+    @property
+    def buckets(self) -> list[BucketState]:
+        """The live bucket states (one per bucket of the current layout)."""
+        return list(self._buckets.values())
+
     def bucket_state(self, params: list[Tensor]) -> BucketState | None:
         """The state of the bucket holding ``params``, assembled from parameter slices if it is
         new; None if some parameter has no state yet (the bucket then needs a dense round)."""

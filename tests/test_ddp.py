@@ -122,7 +122,7 @@ def _checkpoint_worker(rank: int, workers: int, port: int, out: str) -> None:
     g_i = {name: s["g_i"] for name, s in state2.state_dict()["memory"].items()}
     g = {name: s["estimate"] for name, s in state2.state_dict()["memory"].items()}
     torch.save({"saved": saved["hook"], "resumed": state2.stats.summary(), "iteration": state2.iteration,
-                "buckets": (len(state._buckets), len(state2._buckets)), "g_i": g_i, "g": g,
+                "buckets": (len(state.buckets), len(state2.buckets)), "g_i": g_i, "g": g,
                 "params": [p.detach().clone() for p in model2.parameters()]}, Path(out, f"{rank}.pt"))
     dist.destroy_process_group()
 
@@ -152,7 +152,7 @@ def _bad_dtype_worker(rank: int, workers: int, port: int, out: str) -> None:
         ddp(torch.randn(4, 20, dtype=torch.float64)).sum().backward()
     except Exception as e:  # noqa: BLE001 - the test inspects whatever DDP re-raised
         error = str(e)
-    torch.save({"error": error, "iteration": state.iteration, "buckets": len(state._buckets)}, Path(out, f"{rank}.pt"))
+    torch.save({"error": error, "iteration": state.iteration, "buckets": len(state.buckets)}, Path(out, f"{rank}.pt"))
     dist.destroy_process_group()
 
 

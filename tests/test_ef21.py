@@ -94,6 +94,7 @@ def test_payload_counts_32_bits_per_value_and_per_index():
     worker.init(torch.zeros(1000))
     payload = worker.step(torch.randn(1000))
     assert payload.bits() == {"values": 32 * 10, "indices": 32 * 10}
+    assert payload.total_bits() == 640
 
 
 def test_3pc_constants():

@@ -32,7 +32,7 @@ def test_a_rebuilt_bucket_is_assembled_from_the_slices_of_the_old_ones():
     order = torch.cat([torch.arange(3, 14), torch.arange(0, 3)])
     assert torch.equal(rebuilt.estimate, joined_g[order])
     assert torch.equal(rebuilt.worker.memory["g_i"], joined_gi[order])
-    assert len(state._buckets) == 1, "buckets whose parameters all moved are dropped"
+    assert len(state.buckets) == 1, "buckets whose parameters all moved are dropped"
 
 
 def test_a_bucket_with_a_parameter_never_seen_needs_a_dense_round():
