@@ -37,6 +37,8 @@ class TrainConfig:
     hook: str = "ef21"  # a name in ddp_hooks.MECHANISMS, or "allreduce" (no hook: DDP's default)
     ratio: float = 0.01
     eta: float = 0.1  # ef21_sgdm's momentum weight
+    p: float = 0.1  # 3pcv5/marina: probability of a dense round
+    options: dict | None = None  # registry options for the hook (default: hook_options(config))
     epochs: int = 3
     batch_size: int = 64  # per rank
     lr: float = 0.1
@@ -95,6 +97,18 @@ def _estimates_agree(state: ddp_hooks.ThreePCState, model: nn.Module) -> dict[st
     return {"estimate_replica_max_diff": worst_replica, "estimate_vs_mean_g_i": worst_mean}
 
 
+def hook_options(config: TrainConfig) -> dict[str, object]:
+    """The registry options the demo sets for ``config.hook``."""
+    if config.hook == "gd":
+        return {}
+    options: dict[str, object] = {"ratio": config.ratio}
+    if config.hook == "ef21_sgdm":
+        options["eta"] = config.eta
+    if config.hook in ("3pcv5", "marina"):
+        options["p"] = config.p
+    return options
+
+
 def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -107,8 +121,8 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
         static_graph=config.static_graph, find_unused_parameters=config.find_unused_parameters)
     state = None
     if config.hook != "allreduce":
-        options = {"eta": config.eta} if config.hook == "ef21_sgdm" else {}
-        state = ddp_hooks.register(ddp, config.hook, ratio=config.ratio, warmup_steps=config.warmup_steps, **options)
+        options = hook_options(config) if config.options is None else config.options
+        state = ddp_hooks.register(ddp, config.hook, warmup_steps=config.warmup_steps, **options)
     opt = torch.optim.SGD(ddp.parameters(), lr=config.lr, momentum=config.momentum)
 
     shards = np.array_split(np.arange(len(data["y_train"])), config.workers)
@@ -179,7 +193,7 @@ def train(config: TrainConfig, data: dict[str, np.ndarray] | None = None) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "verbose":
+        if f.name in ("verbose", "options"):
             continue
         if f.type == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")

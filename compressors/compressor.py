@@ -7,31 +7,47 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .payload import PartSpec, Payload
+from .rounds import Round
+
+ROUND0 = Round()
 
 
 class Compressor(ABC):
     """C: R^d -> R^d, applied as ``decompress(compress(x))``.
 
-    A *contractive* compressor satisfies E||C(x) - x||^2 <= (1 - alpha)||x||^2 (Top-K: alpha = K/d).
+    *Contractive* (biased) compressors satisfy E||C(x) - x||^2 <= (1 - alpha)||x||^2 (Top-K:
+    alpha = K/d); *unbiased* ones satisfy E C(x) = x and E||C(x) - x||^2 <= omega ||x||^2
+    (Rand-K scaled by d/K: omega = d/K - 1). ``rnd`` seeds randomised compressors and names the
+    worker (Perm-K); deterministic ones ignore it.
     """
 
+    deterministic = True  # C(x) depends on x only (EF21+ needs this)
+
     @abstractmethod
-    def compress(self, x: Tensor) -> Payload:
+    def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         """Encode x (any shape, fp32/fp16/bf16) into what is sent."""
 
     @abstractmethod
-    def decompress(self, payload: Payload) -> Tensor:
+    def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         """The dense fp32 tensor (1-D, ``payload.numel`` elements) that the payload encodes."""
 
     @abstractmethod
-    def spec(self, numel: int) -> list[PartSpec]:
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         """The parts of a payload for a tensor of ``numel`` elements, in wire order."""
 
-    @abstractmethod
     def alpha(self, numel: int) -> float:
-        """Contraction parameter alpha of this compressor on R^numel."""
+        """Contraction parameter alpha on R^numel."""
+        raise ValueError(f"{self!r} is not contractive: use it where an unbiased compressor is expected "
+                         "(MARINA, 3PCv2's Q), or scale it down (e.g. RandK(..., scaled=False))")
 
-    def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float) -> None:
-        """out += alpha * sum_r decompress(payloads[r]), in order r = 0, 1, ... (deterministic)."""
-        for payload in payloads:
-            out.view(-1).add_(self.decompress(payload), alpha=alpha)
+    def omega(self, numel: int, workers: int = 1) -> float:
+        """Variance parameter omega of an unbiased compressor on R^numel (with ``workers`` workers)."""
+        raise ValueError(f"{self!r} is biased: use it where a contractive compressor is expected "
+                         "(EF21, CLAG, 3PCv2's C), or use an unbiased one (RandK(..., scaled=True), PermK)")
+
+    def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:
+        """out += alpha * sum_r decompress(payloads[r]) (payload r from worker r), in rank order;
+        an empty payload (a worker that stayed silent) adds nothing."""
+        for r, payload in enumerate(payloads):
+            if payload.parts:
+                out.view(-1).add_(self.decompress(payload, rnd.of(r)), alpha=alpha)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .compressor import Compressor
+from .compressor import ROUND0, Compressor
 from .ef21 import EF21
+from .mechanism import flat
 from .payload import Payload
+from .rounds import Round
 
 
 class EF21SGDM(EF21):
@@ -18,7 +20,7 @@ class EF21SGDM(EF21):
     Plain EF21 compresses each noisy minibatch gradient, so g_i chases the noise; the momentum
     v_i averages it out first. The aggregate g is the mean of the g_i as in EF21, and g tracks
     an average of gradients rather than their sum, so use the optimiser without momentum.
-    Memory: g_i and v_i (fp32).
+    Memory: g_i and v_i (fp32). (A, B) are EF21's (the momentum is not part of the 3PC map).
     """
 
     def __init__(self, compressor: Compressor, eta: float = 0.1) -> None:
@@ -30,11 +32,11 @@ class EF21SGDM(EF21):
     def __repr__(self) -> str:
         return f"EF21SGDM({self.compressor!r}, eta={self.eta})"
 
-    def init(self, grad: Tensor) -> None:
-        super().init(grad)
-        self.memory["v_i"] = self.memory["g_i"].clone()
+    def setup(self, grad: Tensor) -> None:
+        super().setup(grad)
+        self.memory["v_i"] = grad.clone()
 
-    def step(self, grad: Tensor) -> Payload:
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         momentum = self.memory["v_i"]
-        momentum.mul_(1.0 - self.eta).add_(grad.reshape(-1).float(), alpha=self.eta)
-        return self.compress_difference(momentum)
+        momentum.mul_(1.0 - self.eta).add_(flat(grad), alpha=self.eta)
+        return self.move(self.memory["g_i"], None, momentum, rnd)

@@ -1,18 +1,23 @@
 """Stateful mechanisms: a worker's memory and update rule, and how the aggregate absorbs messages.
 
 One instance holds one worker's memory for one tensor (GRACE's "Memory" role plus the update
-rule). The contract, shared by the standalone simulation and the DDP hook:
+rule); any instance can also run the aggregate side (a server, or every DDP rank's replica).
+The contract, shared by the simulation harness and the DDP hook:
 
-* ``init(grad)``: the dense round. The worker sets its memory from grad_i(x^0); the aggregate
-  starts from the exact mean g^0 = (1/n) sum_i grad_i(x^0).
-* ``step(grad) -> Payload``: one compressed round on this worker. It updates the worker's
-  memory and returns exactly what the worker sends.
-* ``aggregate(estimate, payloads)``: the aggregate side (a server, or every DDP rank's replica
-  of g) folds all n workers' payloads, in rank order, into ``estimate`` in place.
-* ``memory``: the worker's per-coordinate state, flat fp32 tensors of the tensor's length, so
-  the hook can split it per parameter for checkpoints and re-bucketing.
+* ``init(grad, rnd) -> Payload``: the dense round. The worker sets its memory from
+  grad_i(x^0) and sends it; ``start(payloads, rnd)`` builds the aggregate state, whose
+  ``"g"`` is g^0 = (1/n) sum_i grad_i(x^0).
+* ``step(grad, rnd) -> Payload``: one round on this worker: update the memory and return
+  exactly what the worker sends (``spec(numel, rnd)`` declares its parts in advance, the same
+  on every worker, so that DDP can size its collective).
+* ``aggregate(server, payloads, rnd)``: fold the n payloads (payload r from worker r, in rank
+  order) into the aggregate state; ``server["g"]`` is the new direction g^{t+1}.
+* ``memory`` and the aggregate state are flat fp32 tensors with one entry per coordinate, so
+  the hook can split them per parameter for checkpoints and re-bucketing.
 
-The hook owns the collectives; a mechanism declares what it sends through ``spec``.
+When every part of a spec is ``summable``, DDP sends one averaged allreduce and passes
+``aggregate`` a single payload holding the mean: ``aggregate`` must then be linear in the
+payloads (weight 1/len(payloads)).
 """
 from __future__ import annotations
 
@@ -22,8 +27,25 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .compressor import Compressor
+from .compressor import ROUND0, Compressor
+from .identity import Identity
 from .payload import PartSpec, Payload
+from .rounds import Round
+
+DENSE = Identity()
+
+
+def flat(grad: Tensor) -> Tensor:
+    """The gradient as a flat fp32 tensor (a view when it already is one)."""
+    return grad.detach().reshape(-1).float()
+
+
+def mean_of(payloads: Sequence[Payload], decode) -> Tensor:
+    """(1/n) sum_r decode(payload_r, r), summed in rank order."""
+    total = decode(payloads[0], 0).clone()
+    for r, p in enumerate(payloads[1:], start=1):
+        total += decode(p, r)
+    return total.div_(len(payloads))
 
 
 class Mechanism(ABC):
@@ -42,18 +64,45 @@ class Mechanism(ABC):
         clone.memory = {}
         return clone
 
+    # -- the dense round ------------------------------------------------------------------
+    def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """Dense round: set the memory from this worker's gradient and send it."""
+        self.setup(flat(grad).clone())
+        return DENSE.compress(grad)
+
+    def setup(self, grad: Tensor) -> None:
+        """Set the memory from grad_i(x^0) (a private fp32 copy)."""
+
+    def init_spec(self, numel: int) -> list[PartSpec]:
+        return DENSE.spec(numel)
+
+    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
+        """The aggregate state after the dense round: g^0 = mean of the gradients."""
+        return {"g": mean_of(payloads, lambda p, r: DENSE.decompress(p))}
+
+    # -- compressed rounds ----------------------------------------------------------------
     @abstractmethod
-    def init(self, grad: Tensor) -> None:
-        """Dense round: set the memory from this worker's gradient."""
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """Update the memory and return what this worker sends."""
+
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        """Parts of this round's payload for a tensor of ``numel`` elements, in wire order."""
+        return self.compressor.spec(numel, rnd)
 
     @abstractmethod
-    def step(self, grad: Tensor) -> Payload:
-        """Compressed round: update the memory and return what this worker sends."""
+    def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
 
-    def spec(self, numel: int) -> list[PartSpec]:
-        """Parts of every payload for a tensor of ``numel`` elements, in wire order."""
-        return self.compressor.spec(numel)
+    def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
+        """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``
+        workers (Perm-K's omega depends on it)."""
+        raise ValueError(f"{self!r} is not a three-point compressor, so it has no (A, B) constants")
 
-    def aggregate(self, estimate: Tensor, payloads: Sequence[Payload]) -> None:
-        """g <- g + (1/n) sum_i decode(payload_i), summed in rank order."""
-        self.compressor.accumulate(estimate, payloads, 1.0 / len(payloads))
+
+class Replacing(Mechanism):
+    """Mechanisms whose aggregate is a plain mean of decoded messages, g = (1/n) sum_i C(m_i)."""
+
+    def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        g = server["g"]
+        g.zero_()
+        self.compressor.accumulate(g, payloads, 1.0 / len(payloads), rnd)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+ORACLE = "oracle."  # prefix of parts the server is assumed to know already (never sent)
+
 
 @dataclass
 class Payload:
@@ -13,23 +15,49 @@ class Payload:
 
     Sizes are the tensors' own bytes: a payload costs exactly what is sent (fp32 values are 32
     bits each, int32 indices 32 bits each). The DDP hook adds its padding and headers on top.
+    Parts named ``oracle.*`` model side information that a simulated server has for free
+    (3PCv1's previous gradient); they cost nothing and the DDP hook refuses them.
     """
 
     parts: dict[str, Tensor]
     numel: int
 
     def bits(self) -> dict[str, int]:
-        """Bits per part, e.g. ``{"values": 32 * k, "indices": 32 * k}``."""
-        return {name: t.numel() * t.element_size() * 8 for name, t in self.parts.items()}
+        """Bits per sent part, e.g. ``{"values": 32 * k, "indices": 32 * k}``."""
+        return {name: t.numel() * t.element_size() * 8 for name, t in self.parts.items()
+                if not name.startswith(ORACLE)}
 
     def total_bits(self) -> int:
         return sum(self.bits().values())
 
+    def index_bits(self) -> int:
+        """Bits of the parts that locate values (``*indices``) rather than carry them."""
+        return sum(b for name, b in self.bits().items() if name.endswith("indices"))
+
+    @staticmethod
+    def merge(numel: int, **named: Payload) -> Payload:
+        """One payload holding each of ``named``'s parts under ``"<name>.<part>"``."""
+        return Payload({f"{prefix}.{k}": t for prefix, p in named.items() for k, t in p.parts.items()}, numel)
+
+    def sub(self, prefix: str) -> Payload:
+        """The parts stored under ``prefix`` by ``merge``."""
+        head = prefix + "."
+        return Payload({k[len(head):]: t for k, t in self.parts.items() if k.startswith(head)}, self.numel)
+
 
 @dataclass(frozen=True)
 class PartSpec:
-    """Shape of one payload part as the receiver expects it: name, dtype and element count."""
+    """Shape of one payload part as the receiver expects it: name, dtype and element count.
+
+    ``summable``: the receiver needs only the mean of this part over the workers (a dense
+    fp32 vector, or values on a support shared by all workers), so a payload whose parts are
+    all summable can travel by one averaging allreduce instead of an all_gather.
+    """
 
     name: str
     dtype: torch.dtype
     numel: int
+    summable: bool = False
+
+    def prefixed(self, prefix: str) -> PartSpec:
+        return PartSpec(f"{prefix}.{self.name}", self.dtype, self.numel, self.summable)

@@ -6,7 +6,8 @@ from collections.abc import Callable
 import torch.distributed as dist
 from torch import nn
 
-from compressors import EF21, EF21SGDM, Mechanism, TopK
+from compressors import (EF14, EF21, EF21SGDM, GD, MARINA, EF21Plus, Mechanism, PermK, RandK, ThreePCv2, ThreePCv4,
+                         ThreePCv5, TopK)
 
 from .hook import threepc_hook
 from .state import ThreePCState
@@ -16,11 +17,31 @@ def _topk(ratio: float | None, k: int | None) -> TopK:
     return TopK(k=k) if k is not None else TopK(ratio=0.01 if ratio is None else ratio)
 
 
-# name -> factory(ratio=..., k=..., mechanism options) of the per-worker mechanism
+def _marina(ratio: float | None = None, k: int | None = None, p: float = 0.1, q: str = "randk",
+            shared: bool = False, seed: int = 0) -> MARINA:
+    if q == "permk":
+        return MARINA(PermK(seed=seed), p, seed=seed)
+    if q != "randk":
+        raise ValueError(f"MARINA's q must be 'randk' or 'permk', got {q!r}")
+    rand = RandK(k=k, shared=shared, seed=seed) if k is not None else RandK(0.01 if ratio is None else ratio,
+                                                                            shared=shared, seed=seed)
+    return MARINA(rand, p, seed=seed)
+
+
+# name -> factory(options) of the per-worker mechanism; ratio=/k= size the Top-K (default 1%).
+# LAG and CLAG skip rounds and need the lazy-aggregation protocol; 3PCv1 is simulation only.
 MECHANISMS: dict[str, Callable[..., Mechanism]] = {
+    "gd": GD,  # dense: one fp32 allreduce per bucket, like DDP's default
+    "ef14": lambda ratio=None, k=None: EF14(_topk(ratio, k)),
     "ef21": lambda ratio=None, k=None: EF21(_topk(ratio, k)),
+    "ef21plus": lambda ratio=None, k=None: EF21Plus(_topk(ratio, k)),
     # recommended for minibatch training: momentum inside the mechanism, SGD without momentum
     "ef21_sgdm": lambda ratio=None, k=None, eta=0.1: EF21SGDM(_topk(ratio, k), eta=eta),
+    "3pcv2": lambda ratio=None, k=None, q_ratio=None, seed=0: ThreePCv2(
+        _topk(ratio, k), RandK(q_ratio or ratio or 0.01, seed=seed)),
+    "3pcv4": lambda ratio=None, k=None, ratio2=None: ThreePCv4(_topk(ratio, k), TopK(ratio2 or ratio or 0.01)),
+    "3pcv5": lambda ratio=None, k=None, p=0.1, seed=0: ThreePCv5(_topk(ratio, k), p, seed=seed),
+    "marina": _marina,
 }
 
 
@@ -30,7 +51,10 @@ def mechanism(name: str, **options: object) -> Mechanism:
         factory = MECHANISMS[name]
     except KeyError:
         raise ValueError(f"unknown threepc hook {name!r}; known: {', '.join(sorted(MECHANISMS))}") from None
-    return factory(**options)
+    try:
+        return factory(**options)
+    except TypeError as e:
+        raise ValueError(f"threepc hook {name!r} does not take these options {sorted(options)}: {e}") from None
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, name: str = "ef21", *, warmup_steps: int = 1,

@@ -16,28 +16,35 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from compressors import Mechanism
+from compressors import Mechanism, Round
 
 from .stats import CommStats
 
 logger = logging.getLogger("threepc")
 
-ESTIMATE = "estimate"  # the aggregate g, kept beside the mechanism's own memory
+SERVER = "server."  # prefix of the aggregate state (its "g" and any more) beside the worker memory
+ESTIMATE = SERVER + "g"
 
 
 @dataclass
 class BucketState:
-    """One bucket on one rank: its parameters, the worker mechanism and the estimate g."""
+    """One bucket on one rank: its parameters, the worker mechanism and this rank's replica of
+    the aggregate state (``server["g"]`` is the estimate g)."""
 
     params: tuple[int, ...]  # id() of each parameter, in bucket order
     sizes: tuple[int, ...]
     worker: Mechanism
-    estimate: Tensor | None = None  # fp32, set by the first dense round's callback
+    server: dict[str, Tensor] | None = None  # fp32, set by the first dense round's callback
+
+    @property
+    def estimate(self) -> Tensor:
+        """This rank's replica of the aggregate direction g."""
+        return self.server["g"]
 
     def tensors(self) -> dict[str, Tensor]:
         out = dict(self.worker.memory)
-        if self.estimate is not None:
-            out[ESTIMATE] = self.estimate
+        for name, t in (self.server or {}).items():
+            out[SERVER + name] = t
         return out
 
     def slices(self) -> dict[int, dict[str, Tensor]]:
@@ -70,6 +77,10 @@ class ThreePCState:
         if warmup_steps < 1:
             raise ValueError(f"warmup_steps must be at least 1 (DDP rebuilds its buckets after the first "
                              f"iteration), got {warmup_steps}")
+        try:  # fail at registration, on every rank, for mechanisms DDP cannot run
+            mechanism.spec(1 << 10, Round(1, 0, 2))
+        except NotImplementedError as e:
+            raise ValueError(f"{mechanism!r} cannot run as a DDP hook: {e}") from None
         self.mechanism = mechanism
         self.process_group = process_group
         self.warmup_steps = warmup_steps
@@ -117,8 +128,8 @@ class ThreePCState:
             slices.append(piece)
         state = BucketState(key, tuple(p.numel() for p in params), self.mechanism.spawn())
         joined = {name: torch.cat([s[name] for s in slices]) for name in slices[0]}
-        state.estimate = joined.pop(ESTIMATE)
-        state.worker.memory = joined
+        state.server = {name[len(SERVER):]: t for name, t in joined.items() if name.startswith(SERVER)}
+        state.worker.memory = {name: t for name, t in joined.items() if not name.startswith(SERVER)}
         self._install(state)
         return state
 

@@ -13,6 +13,10 @@ from compressors import PartSpec, Payload
 
 def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
     """The payload's parts, in spec order, as one flat uint8 tensor."""
+    extra = set(payload.parts) - {part.name for part in spec}
+    if extra:
+        raise RuntimeError(f"payload parts {sorted(extra)} are not in the mechanism's spec: a DDP payload must "
+                           "declare everything it sends (side information such as oracle.* parts is simulation only)")
     chunks = []
     for part in spec:
         t = payload.parts[part.name]
@@ -21,6 +25,15 @@ def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
                                f"{part.dtype}[{part.numel}]: its step() and spec() disagree")
         chunks.append(t.reshape(-1).contiguous().view(torch.uint8))
     return torch.cat(chunks)
+
+
+def summable(spec: list[PartSpec]) -> bool:
+    """Whether the receiver needs only the mean of the payload (then one averaging allreduce)."""
+    if not all(part.summable for part in spec):
+        return False
+    if any(part.dtype != torch.float32 for part in spec):
+        raise RuntimeError(f"summable payload parts must be float32, got {[str(p.dtype) for p in spec]}")
+    return True
 
 
 def packed_bytes(spec: list[PartSpec]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import EF21, TopK
+from compressors import CLAG, EF21, LAG, ThreePCv1, TopK
 from ddp_hooks import ThreePCState
 
 
@@ -17,7 +17,7 @@ def _fill(state, params, seed):
     g = torch.Generator().manual_seed(seed)
     numel = sum(p.numel() for p in params)
     bucket.worker.init(torch.randn(numel, generator=g))
-    bucket.estimate = torch.randn(numel, generator=g)
+    bucket.server = {"g": torch.randn(numel, generator=g)}
     return bucket
 
 
@@ -81,3 +81,9 @@ def test_statistics_are_logged_every_n_iterations(caplog):
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 2 and "iteration 2" in logged[0] and "iteration 4" in logged[1]
     assert "fraction_of_dense" in logged[0]
+
+
+@pytest.mark.parametrize("mechanism", [LAG(zeta=1.0), CLAG(TopK(k=1), zeta=1.0), ThreePCv1(TopK(k=1))], ids=repr)
+def test_mechanisms_ddp_cannot_run_are_refused_at_registration(mechanism):
+    with pytest.raises(ValueError, match="cannot run as a DDP hook"):
+        ThreePCState(mechanism)

@@ -1,0 +1,104 @@
+"""Rand-K, Perm-K, Identity and composition against their definitions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressors import Compose, Identity, PermK, RandK, Round, TopK
+
+
+def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
+    return torch.stack([c.decompress(c.compress(x, Round(t, worker, workers)), Round(t, worker, workers))
+                        for t in range(rounds)]).mean(0)
+
+
+def test_scaled_randk_is_unbiased_with_the_stated_variance():
+    x = torch.randn(40, generator=torch.Generator().manual_seed(0))
+    c = RandK(k=8)
+    samples = torch.stack([c.decompress(c.compress(x, Round(t)), Round(t)) for t in range(4000)])
+    # per coordinate, the sample mean's standard deviation is |x_j| sqrt(omega / 4000)
+    assert ((samples.mean(0) - x).abs() <= 5 * x.abs() * (c.omega(40) / 4000) ** 0.5 + 1e-6).all()
+    variance = float((samples - x).square().sum(1).mean())
+    assert variance == pytest.approx(c.omega(40) * float(x.square().sum()), rel=0.1)  # equality for Rand-K
+
+
+def test_unscaled_randk_contracts_by_alpha_on_average():
+    x = torch.randn(40)
+    c = RandK(k=8, scaled=False)
+    errors = torch.stack([(c.decompress(c.compress(x, Round(t)), Round(t)) - x).square().sum() for t in range(4000)])
+    assert float(errors.mean()) == pytest.approx((1 - c.alpha(40)) * float(x.square().sum()), rel=0.05)
+    with pytest.raises(ValueError, match="biased"):
+        c.omega(40)
+    with pytest.raises(ValueError, match="not contractive"):
+        RandK(k=8).alpha(40)
+
+
+def test_shared_randk_sends_no_indices_and_every_worker_draws_the_same_support():
+    c = RandK(k=5, shared=True, seed=3)
+    x = torch.randn(50)
+    a, b = c.compress(x, Round(7, 0, 4)), c.compress(x, Round(7, 3, 4))
+    assert set(a.parts) == {"values"} and torch.equal(a.parts["values"], b.parts["values"])
+    assert [s.name for s in c.spec(50)] == ["values"] and c.spec(50)[0].summable
+    assert not torch.equal(c.support(50, Round(8)), c.support(50, Round(7))), "a new support every round"
+    private = RandK(k=5, seed=3)
+    assert not torch.equal(private.compress(x, Round(7, 0, 4)).parts["indices"],
+                           private.compress(x, Round(7, 3, 4)).parts["indices"])
+
+
+@pytest.mark.parametrize("d, n", [(12, 4), (13, 4), (5, 5), (1000, 7)])
+def test_permk_blocks_tile_the_coordinates_so_equal_inputs_average_back_exactly(d, n):
+    c = PermK(seed=1)
+    x = torch.randn(d)
+    supports = torch.cat([c.support(d, Round(2, i, n)) for i in range(n)])
+    assert sorted(supports.tolist()) == list(range(d))
+    payloads = [c.compress(x, Round(2, i, n)) for i in range(n)]
+    assert all(p.parts["values"].numel() == -(-d // n) for p in payloads), "padded to ceil(d/n)"
+    out = torch.zeros(d)
+    c.accumulate(out, payloads, 1.0 / n, Round(2, 0, n))
+    # every coordinate is kept by exactly one worker i, scaled by d/|B_i| (= n when n divides d)
+    expected = torch.zeros(d)
+    for i in range(n):
+        block = c.support(d, Round(2, i, n))
+        expected[block] = x[block] * (d / block.numel()) / n
+    assert torch.allclose(out, expected, atol=1e-6)
+    if d % n == 0:
+        assert torch.allclose(out, x, atol=1e-6)
+
+
+def test_permk_is_unbiased_per_worker_and_needs_enough_coordinates():
+    x = torch.randn(30, generator=torch.Generator().manual_seed(0))
+    mean = _mean_over_rounds(PermK(), x, 3000, worker=1, workers=3)
+    assert ((mean - x).abs() <= 5 * x.abs() * (2.0 / 3000) ** 0.5 + 1e-6).all()
+    assert PermK().omega(30, 3) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least as many coordinates as workers"):
+        PermK().compress(torch.ones(3), Round(0, 0, 4))
+
+
+def test_identity_is_dense_and_summable():
+    x = torch.randn(7).half()
+    c = Identity()
+    p = c.compress(x)
+    assert p.parts["dense"].dtype == torch.float32 and torch.equal(c.decompress(p), x.float())
+    assert c.spec(7)[0].summable and c.alpha(7) == 1.0 and c.omega(7) == 0.0
+
+
+def test_compose_keeps_a_subset_of_the_inner_support_and_contracts_by_the_product():
+    x = torch.randn(200)
+    c = Compose(TopK(k=40), RandK(k=10, scaled=False))
+    top = set(TopK(k=40).compress(x).parts["indices"].tolist())
+    errors = []
+    for t in range(2000):
+        p = c.compress(x, Round(t))
+        assert set(p.parts["indices"].tolist()) <= top and p.parts["values"].numel() == 10
+        errors.append(float((c.decompress(p) - x).square().sum()))
+    assert c.alpha(200) == pytest.approx(40 / 200 * 10 / 40)
+    assert sum(errors) / len(errors) <= (1 - c.alpha(200)) * float(x.square().sum()) * 1.01
+    assert Compose(TopK(k=40), TopK(k=10)).deterministic and not c.deterministic
+
+
+def test_silent_workers_add_nothing():
+    from compressors import Payload
+    out = torch.zeros(5)
+    TopK(k=1).accumulate(out, [Payload({}, 5), Payload({}, 5)], 0.5)
+    Identity().accumulate(out, [Payload({}, 5)], 1.0)
+    assert torch.equal(out, torch.zeros(5))
