@@ -170,8 +170,8 @@ def plot_curves(rows: list[dict[str, object]], path: str, tol: float) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        c = r["curve"]
-        ax.plot(np.maximum(c["bits"], 1.0), c["grad_norm_sq"], label=r["label"])
+        c = r["curve"]  # from the first compressed round on (the dense initial round is not counted)
+        ax.plot(c["bits"][1:], c["grad_norm_sq"][1:], label=r["label"])
     ax.axhline(tol, color="grey", lw=0.8, ls="--")
     ax.set(xscale="log", yscale="log", xlabel="bits per worker (values, 32 per float)",
            ylabel=r"$\|\nabla f(x^t)\|^2$", title="best stepsize multiplier per method")
@@ -199,7 +199,7 @@ def plot_heatmap(results: list[dict[str, object]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(zetas) + 2, 0.8 * len(ks) + 1.5))
     image = ax.imshow(np.log10(cells), cmap="viridis_r", aspect="auto")
     for (i, j), v in np.ndenumerate(cells):
-        ax.text(j, i, "-" if np.isnan(v) else f"{v / 1e3:.0f}k", ha="center", va="center", fontsize=8)
+        ax.text(j, i, "-" if np.isnan(v) else f"{v / 1e3:.1f}k", ha="center", va="center", fontsize=8)
     ax.set(xticks=range(len(zetas)), xticklabels=[f"{z:g}" for z in zetas], yticks=range(len(ks)),
            yticklabels=[str(k) for k in ks], xlabel=r"$\zeta$", ylabel="K",
            title="CLAG: bits per worker to tolerance (best multiplier)")
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(table(shown))
     out = {"options": asdict(options), "problem": {"rows": problem.features.shape[0], "dim": problem.dim,
                                                    "l_minus": problem.l_minus, "l_tilde": problem.l_tilde},
-           "best": shown, "runs": results}
+           "best": shown, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in results]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f)

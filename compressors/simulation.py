@@ -63,6 +63,7 @@ class Trace:
     grad_norm_sq: list[float] = field(default_factory=list)
     bits: list[float] = field(default_factory=list)
     bits_with_indices: list[float] = field(default_factory=list)
+    init_bits: float = 0.0  # the dense initial round, per worker (not in ``bits``)
     converged: bool = False
     diverged: bool = False
 
@@ -75,6 +76,7 @@ class Trace:
         reached = self.converged
         return {"converged": reached, "diverged": self.diverged, "rounds": self.rounds,
                 "bits_per_worker": self.bits[-1], "bits_with_indices_per_worker": self.bits_with_indices[-1],
+                "initial_round_bits_per_worker": self.init_bits,
                 "final_grad_norm_sq": self.grad_norm_sq[-1],
                 "rounds_to_tol": self.rounds if reached else None,
                 "bits_to_tol": self.bits[-1] if reached else None,
@@ -89,9 +91,9 @@ def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float
     x = torch.zeros(problem.dim) if x0 is None else x0.clone().float()
     cluster = Cluster(mechanism, problem.workers)
     grads = problem.worker_grads(x)
-    cluster.init(grads)
+    initial = cluster.init(grads)
     moves: deque[float] = deque(maxlen=window)
-    trace = Trace()
+    trace = Trace(init_bits=sum(p.total_bits() for p in initial) / len(initial))
     bits = bits_idx = 0.0
     while True:
         norm_sq = float(grads.mean(0).square().sum())

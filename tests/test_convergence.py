@@ -64,6 +64,7 @@ def test_ef21_reaches_the_tolerance_and_ef14_with_its_budget_does_not(a9a_small)
     ef21 = run(a9a_small, EF21(TopK(k=4)), gamma(a9a_small, EF21(TopK(k=4)), 16), tol=TOL, max_iters=2000)
     assert ef21.converged and ef21.bits[-1] == 32 * 4 * ef21.rounds  # values only; indices separately
     assert ef21.bits_with_indices[-1] == 2 * ef21.bits[-1]
+    assert ef21.summary()["initial_round_bits_per_worker"] == 32 * a9a_small.dim  # reported apart
     for multiplier in (1, 4, 16):
         ef14 = run(a9a_small, EF14(TopK(k=4)), gamma(a9a_small, EF14(TopK(k=4)), multiplier), tol=TOL,
                    max_iters=10_000, max_bits=ef21.bits[-1])
