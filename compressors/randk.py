@@ -19,13 +19,13 @@ class RandK(Sparsifier):
       aggregate needs. ``shared=False``: each worker draws its own S and sends K int32 indices.
     """
 
+    deterministic = False
+
     def __init__(self, ratio: float | None = None, *, k: int | None = None, scaled: bool = True,
                  shared: bool = False, seed: int = 0) -> None:
         super().__init__(ratio, k=k)
         self.scaled, self.shared, self.seed = scaled, shared, seed
         self.sends_indices, self.summable = not shared, shared
-
-    deterministic = False
 
     def __repr__(self) -> str:
         return f"RandK({self._size()}, scaled={self.scaled}, shared={self.shared}, seed={self.seed})"
