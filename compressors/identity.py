@@ -26,7 +26,7 @@ class Identity(Compressor):
         return [PartSpec("dense", torch.float32, numel, summable=True)]
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return Payload({"dense": x.reshape(-1).float().clone()}, x.numel())
+        return Payload({"dense": x.reshape(-1).to(torch.float32, copy=True)}, x.numel())  # one copy
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         return payload.parts["dense"]

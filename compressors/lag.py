@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .clag import CLAG
 from .identity import Identity
+from .mechanism import Mechanism
 from .rounds import Round
 
 
@@ -49,4 +50,4 @@ class LAGWK(LAG):
         return float((x - h).square().sum()) > threshold
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
-        return super(CLAG, self).constants(numel, workers)  # raises: LAG-WK is not a 3PC
+        return Mechanism.constants(self, numel, workers)  # raises: LAG-WK is not a 3PC

@@ -91,4 +91,4 @@ class Sparsifier(Compressor):
         if not located:
             return  # every worker stayed silent
         kernels.sparse_accumulate(out, torch.cat([v for v, _ in located]),
-                                  torch.cat([i.to(torch.int64) for _, i in located]), alpha)
+                                  torch.cat([i for _, i in located]), alpha)  # cat promotes mixed index dtypes

@@ -24,7 +24,7 @@ def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
             raise RuntimeError(f"payload part {part.name!r} is {t.dtype}[{t.numel()}] but the mechanism declared "
                                f"{part.dtype}[{part.numel}]: its step() and spec() disagree")
         chunks.append(t.reshape(-1).contiguous().view(torch.uint8))
-    return torch.cat(chunks)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # one part: no copy
 
 
 def summable(spec: list[PartSpec]) -> bool:

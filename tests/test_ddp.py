@@ -88,8 +88,9 @@ def test_every_non_skipping_mechanism_trains_as_a_hook(a9a, hook):
 @pytest.mark.parametrize("options", [{"ratio": 0.25, "p": 0.2}, {"q": "permk", "p": 0.2}], ids=["randk", "permk"])
 def test_marina_tracks_full_batch_gradient_descent(a9a, options):
     """MARINA's g moves by unbiased compressions of gradient differences; on minibatches those are
-    differences of two batches' noise, scaled by d/K, and training diverges (measured: NaN at lr 0.1
-    and 0.05 with Rand-K 1% and 10%). On full batches, its design point, it follows GD."""
+    differences of two batches' noise, scaled by d/K, and training diverges (measured: NaN with
+    Rand-K 1% at lr 0.1 by benchmarks/hooks_table.py, and with Rand-K 10% at lr 0.05 by
+    ``python -m benchmarks.demo --hook marina --ratio 0.1 --p 0.1 --lr 0.05 --epochs 1``). On full batches, its design point, it follows GD."""
     config = dict(epochs=30, batch_size=16_280, lr=0.1)  # one full-shard batch per epoch
     dense = train(TrainConfig(hook="allreduce", **config), a9a)[0]
     results = train(TrainConfig(hook="marina", options=options, **config), a9a)
