@@ -13,6 +13,7 @@ gradient_as_bucket_view, static_graph, find_unused_parameters, fp16/bf16).
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import ddp_hooks
 from compressors.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
@@ -34,7 +36,7 @@ from compressors.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
 @dataclass
 class TrainConfig:
     workers: int = 2
-    hook: str = "ef21"  # a name in ddp_hooks.MECHANISMS, or "allreduce" (no hook: DDP's default)
+    hook: str = "ef21"  # a name in ddp_hooks.MECHANISMS, "allreduce" (DDP's default) or "fp16" (torch's fp16_compress_hook)
     ratio: float = 0.01
     eta: float = 0.1  # ef21_sgdm's momentum weight
     p: float = 0.1  # 3pcv5/marina: probability of a dense round
@@ -120,10 +122,17 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
         model, bucket_cap_mb=config.bucket_cap_mb, gradient_as_bucket_view=config.gradient_as_bucket_view,
         static_graph=config.static_graph, find_unused_parameters=config.find_unused_parameters)
     state = None
-    if config.hook != "allreduce":
+    if config.hook == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif config.hook != "allreduce":
         options = hook_options(config) if config.options is None else config.options
         state = ddp_hooks.register(ddp, config.hook, warmup_steps=config.warmup_steps, **options)
     opt = torch.optim.SGD(ddp.parameters(), lr=config.lr, momentum=config.momentum)
+    stale = None
+    if state is not None and getattr(state.mechanism, "exact", False):
+        if config.accumulation != 1:
+            raise ValueError("SASG's exact rule compares gradients of whole minibatches: use accumulation=1")
+        stale = ddp_hooks.StaleGradients(ddp, state)
 
     shards = np.array_split(np.arange(len(data["y_train"])), config.workers)
     shard = shards[rank]
@@ -144,18 +153,22 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
             opt.zero_grad()
             for m in range(config.accumulation):
                 part = batch[m * micro:(m + 1) * micro]
-                loss = nn.functional.cross_entropy(ddp(x[part]).float(), y[part]) / config.accumulation
-                if m < config.accumulation - 1:
+
+                def loss_of(net: nn.Module) -> torch.Tensor:
+                    return nn.functional.cross_entropy(net(x[part]).float(), y[part]) / config.accumulation
+                if stale is not None:  # SASG's exact rule: a backward on the stale model first
+                    loss = stale.backward(loss_of)
+                elif m < config.accumulation - 1:
                     with ddp.no_sync():
-                        loss.backward()
+                        (loss := loss_of(ddp)).backward()
                 else:
-                    loss.backward()
+                    (loss := loss_of(ddp)).backward()
                 total += loss.item()
             count += 1
             opt.step()
             steps += 1
         acc = _accuracy(model, x_test, y_test)
-        sent = state.stats.total_sent if state else dense_bytes_per_step * steps
+        sent = state.stats.total_sent if state else dense_bytes_per_step * steps // (2 if config.hook == "fp16" else 1)
         history.append({"epoch": epoch + 1, "loss": total / count, "test_accuracy": acc, "bytes_sent": sent,
                         "bytes_dense": dense_bytes_per_step * steps})
         if rank == 0 and config.verbose:
@@ -190,6 +203,16 @@ def train(config: TrainConfig, data: dict[str, np.ndarray] | None = None) -> lis
         return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(config.workers)]
 
 
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--opt takes KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a plain string such as fp8-152
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(TrainConfig):
@@ -200,7 +223,12 @@ def main() -> None:
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
-    config = TrainConfig(**vars(parser.parse_args()), verbose=True)
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a registry option of the hook (repeatable), e.g. --opt fmt=fp4-121 --opt gamma=1.0; "
+                             "replaces the options the demo derives from --ratio/--eta/--p")
+    args = vars(parser.parse_args())
+    options = dict(_option(o) for o in args.pop("opt")) or None
+    config = TrainConfig(**args, options=options, verbose=True)
     data = load_a9a()
     results = train(config, data)
     r0 = results[0]

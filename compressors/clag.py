@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .compressor import ROUND0, Compressor
+from .compressor import Compressor
 from .ef21 import ef21_constants, ef21_move
-from .payload import PartSpec, Payload
+from .payload import Payload
 from .rounds import Round
 from .three_point import ThreePoint
 
@@ -18,11 +18,12 @@ class CLAG(ThreePoint):
 
     zeta = 0 is EF21, C = identity is LAG. With theta = 1 - sqrt(1 - alpha) and
     beta = (1 - alpha)/theta: A = theta, B = max(beta, zeta) (3PC paper, Lemma 4.5).
-    A silent round sends nothing (0 bits; under DDP the trigger bits are counted by the
-    lazy-aggregation protocol). Memory: g_i and y.
+    A silent round sends nothing (0 bits; under DDP the hook's lazy protocol counts a 4-byte
+    header per rank and round, and padding). Memory: g_i and y (2d floats per worker).
     """
 
     uses_y = True
+    lazy = True
 
     def __init__(self, compressor: Compressor, zeta: float = 1.0) -> None:
         if zeta < 0:
@@ -41,10 +42,6 @@ class CLAG(ThreePoint):
         if not self.triggered(h, y, x, rnd):
             return Payload({}, h.numel())
         return ef21_move(self.compressor, h, x, rnd)
-
-    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
-        raise NotImplementedError(f"{self!r} skips rounds, so its payload size depends on each worker's trigger; "
-                                  "DDP needs the lazy-aggregation protocol for it, which is not in the hook yet")
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         theta, beta = ef21_constants(self.compressor.alpha(numel))

@@ -49,7 +49,16 @@ def mean_of(payloads: Sequence[Payload], decode) -> Tensor:
 
 
 class Mechanism(ABC):
-    """Base of every mechanism: one worker, one tensor."""
+    """Base of every mechanism: one worker, one tensor.
+
+    ``lazy``: ``step`` may return an empty payload (the worker stays silent); ``aggregate``
+    must then treat empty payloads as "no change from this worker", and a round in which every
+    payload is empty must leave the aggregate state as it is (DDP skips it).
+    ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
+    """
+
+    lazy = False
+    window = 0
 
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor

@@ -47,7 +47,8 @@ class Payload:
 
 @dataclass(frozen=True)
 class PartSpec:
-    """Shape of one payload part as the receiver expects it: name, dtype and element count.
+    """Shape of one payload part as the receiver expects it: name, dtype and element count
+    (``None``: a variable-length part, such as a coded byte stream; it comes last).
 
     ``summable``: the receiver needs only the mean of this part over the workers (a dense
     fp32 vector, or values on a support shared by all workers), so a payload whose parts are
@@ -56,7 +57,7 @@ class PartSpec:
 
     name: str
     dtype: torch.dtype
-    numel: int
+    numel: int | None
     summable: bool = False
 
     def prefixed(self, prefix: str) -> PartSpec:

@@ -42,8 +42,11 @@ class Round:
         """The same round seen from another worker (to decode that worker's payload)."""
         return replace(self, worker=worker)
 
+    def key(self, seed: int, numel: int, *, shared: bool) -> int:
+        """A 63-bit seed for this round and tensor length: the same on every worker if
+        ``shared``, else this worker's own."""
+        return _mix(seed, self.t, numel) if shared else _mix(seed, self.t, numel, self.worker + 1)
+
     def generator(self, seed: int, numel: int, *, shared: bool) -> torch.Generator:
-        """A CPU generator for this round and tensor length: the same on every worker if
-        ``shared``, else this worker's own stream."""
-        keys = (seed, self.t, numel) if shared else (seed, self.t, numel, self.worker + 1)
-        return torch.Generator().manual_seed(_mix(*keys))
+        """A CPU generator seeded with ``key``."""
+        return torch.Generator().manual_seed(self.key(seed, numel, shared=shared))

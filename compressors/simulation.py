@@ -64,6 +64,7 @@ class Trace:
     bits: list[float] = field(default_factory=list)
     bits_with_indices: list[float] = field(default_factory=list)
     init_bits: float = 0.0  # the dense initial round, per worker (not in ``bits``)
+    iterates: list[Tensor] = field(default_factory=list)  # x^0, x^1, ... if run(keep_iterates=True)
     converged: bool = False
     diverged: bool = False
 
@@ -84,10 +85,12 @@ class Trace:
 
 
 def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float, max_iters: int,
-        x0: Tensor | None = None, max_bits: float = math.inf, window: int = 10) -> Trace:
+        x0: Tensor | None = None, max_bits: float = math.inf, window: int = 10, keep_iterates: bool = False) -> Trace:
     """Run x^{t+1} = x^t - stepsize g^t with g from ``mechanism`` until ||grad f||^2 <= tol, the
     run diverges (||grad f||^2 not finite or above ``DIVERGED`` times its initial value),
-    ``max_iters`` rounds or ``max_bits`` bits per worker are spent."""
+    ``max_iters`` rounds or ``max_bits`` bits per worker are spent. The step is the fp32
+    ``x.add_(g, alpha=-stepsize)`` of ``torch.optim.SGD(foreach=False)``, so a DDP run with the same
+    mechanism reproduces the iterates bit for bit (tests/test_parity.py)."""
     x = torch.zeros(problem.dim) if x0 is None else x0.clone().float()
     cluster = Cluster(mechanism, problem.workers)
     grads = problem.worker_grads(x)
@@ -96,6 +99,8 @@ def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float
     trace = Trace(init_bits=sum(p.total_bits() for p in initial) / len(initial))
     bits = bits_idx = 0.0
     while True:
+        if keep_iterates:
+            trace.iterates.append(x.clone())
         norm_sq = float(grads.mean(0).square().sum())
         trace.grad_norm_sq.append(norm_sq)
         trace.bits.append(bits)
@@ -109,7 +114,7 @@ def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float
         if trace.rounds >= max_iters or bits >= max_bits:
             return trace
         g = cluster.g
-        x -= stepsize * g
+        x.add_(g, alpha=-stepsize)
         moves.appendleft(float(g.square().sum()))
         grads = problem.worker_grads(x)
         payloads = cluster.step(grads, tuple(moves))

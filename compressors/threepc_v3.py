@@ -32,6 +32,9 @@ class ThreePCv3(ThreePoint):
         return Payload.merge(h.numel(), inner=inner, c=ef21_move(self.compressor, h, x, rnd))
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        if self.inner.lazy:
+            raise NotImplementedError(f"{self!r}: a lazy inner 3PC leaves part of the payload empty, which the DDP "
+                                      "wire format cannot express; use a non-lazy inner 3PC (e.g. EF21) in DDP")
         return [s.prefixed("inner") for s in self.inner.spec(numel, rnd)] + \
                [s.prefixed("c") for s in self.compressor.spec(numel, rnd)]
 

@@ -1,7 +1,7 @@
 // Operator schemas of the threepc library, declared once for every backend.
 //
 // Each device registers its kernels with TORCH_LIBRARY_IMPL(threepc, <Key>, m)
-// in its own translation unit (csrc/topk.cpp for CPU). Fake (meta) kernels for
+// in its own translation unit (csrc/topk.cpp and csrc/codecs.cpp for CPU). Fake (meta) kernels for
 // torch.compile live in compressors/ops.py.
 #include <Python.h>
 #include <torch/library.h>
@@ -20,4 +20,13 @@ TORCH_LIBRARY(threepc, m) {
   m.def("ef21_topk_step(Tensor grad, Tensor(a!) h, int k) -> (Tensor values, Tensor indices)");
   // out[indices[j]] += alpha * values[j] for j in order (row-major = rank order).
   m.def("sparse_accumulate(Tensor(a!) out, Tensor values, Tensor indices, float alpha=1.0) -> ()");
+  // uint8 code of v / scale in the float format [1, exponent, mantissa] with bias; seed < 0:
+  // round to nearest (ties to even), else stochastic rounding seeded per element.
+  m.def("float_encode(Tensor v, int exponent, int mantissa, int bias, float scale, int seed) -> Tensor");
+  // fp32 value of each code, times scale.
+  m.def("float_decode(Tensor codes, int exponent, int mantissa, int bias, float scale) -> Tensor");
+  // Prefix-code the uint8 symbols MSB-first with (codes int32[A], lengths uint8[A]).
+  m.def("huffman_encode(Tensor symbols, Tensor codes, Tensor lengths) -> Tensor");
+  // The first n symbols of a stream coded with that table.
+  m.def("huffman_decode(Tensor stream, int n, Tensor codes, Tensor lengths) -> Tensor");
 }

@@ -8,7 +8,8 @@
 """
 from .hook import threepc_hook
 from .registry import MECHANISMS, mechanism, register
+from .stale_gradients import StaleGradients
 from .state import ThreePCState
 from .stats import CommStats
 
-__all__ = ["MECHANISMS", "CommStats", "ThreePCState", "mechanism", "register", "threepc_hook"]
+__all__ = ["MECHANISMS", "CommStats", "StaleGradients", "ThreePCState", "mechanism", "register", "threepc_hook"]

@@ -6,8 +6,8 @@ from collections.abc import Callable
 import torch.distributed as dist
 from torch import nn
 
-from compressors import (EF14, EF21, EF21SGDM, GD, MARINA, EF21Plus, Mechanism, PermK, RandK, ThreePCv2, ThreePCv4,
-                         ThreePCv5, TopK)
+from compressors import (CLAG, CO3, EF14, EF21, EF21SGDM, GD, LAG, LAGWK, MARINA, EF21Plus, Mechanism, PermK, RandK,
+                         SASG, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
 
 from .hook import threepc_hook
 from .state import ThreePCState
@@ -29,7 +29,7 @@ def _marina(ratio: float | None = None, k: int | None = None, p: float = 0.1, q:
 
 
 # name -> factory(options) of the per-worker mechanism; ratio=/k= size the Top-K (default 1%).
-# LAG and CLAG skip rounds and need the lazy-aggregation protocol; 3PCv1 is simulation only.
+# LAG, LAG-WK and CLAG skip rounds (the hook's lazy protocol); 3PCv1 is simulation only.
 MECHANISMS: dict[str, Callable[..., Mechanism]] = {
     "gd": GD,  # dense: one fp32 allreduce per bucket, like DDP's default
     "ef14": lambda ratio=None, k=None: EF14(_topk(ratio, k)),
@@ -42,6 +42,14 @@ MECHANISMS: dict[str, Callable[..., Mechanism]] = {
     "3pcv4": lambda ratio=None, k=None, ratio2=None: ThreePCv4(_topk(ratio, k), TopK(ratio2 or ratio or 0.01)),
     "3pcv5": lambda ratio=None, k=None, p=0.1, seed=0: ThreePCv5(_topk(ratio, k), p, seed=seed),
     "marina": _marina,
+    "co3": lambda fmt="fp8-152", gamma=0.7, coder="huffman", scale="gennorm", rounding="nearest", seed=0: CO3(
+        fmt, gamma, coder=coder, scale=scale, rounding=rounding, seed=seed),
+    "lag": lambda zeta=1.0: LAG(zeta),
+    "lagwk": lambda xi=1.0, window=10: LAGWK(xi, window),
+    "clag": lambda ratio=None, k=None, zeta=1.0: CLAG(_topk(ratio, k), zeta),
+    # exact=True needs ddp_hooks.StaleGradients in the training step
+    "sasg": lambda ratio=None, k=None, window=10, c=None, exact=False: SASG(_topk(ratio, k), window=window, c=c,
+                                                                         exact=exact),
 }
 
 

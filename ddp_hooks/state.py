@@ -10,6 +10,7 @@ parameters. Only a bucket whose parameters have no state at all runs a dense war
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -65,15 +66,20 @@ class ThreePCState:
         log_every: log ``stats()`` through the ``threepc`` logger every N iterations (0: never).
         model: the module (or DDP wrapper) whose parameters the buckets hold; needed for
             ``state_dict``/``load_state_dict``, which key memories by parameter name.
+        reproducible: sum every payload in rank order on every rank (an all_gather even where
+            an averaging all_reduce would do, n times its receive volume), so that results are
+            bit-identical to the simulation harness and independent of the collective's
+            reduction order (tests/test_parity.py). Default: all_reduce where possible.
 
     Register it with ``ddp.register_comm_hook(state, threepc_hook)``.
     """
 
-    __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "iteration", "stats",
-                 "_buckets", "_owner", "_pending", "_names")
+    __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "iteration", "stats",
+                 "_buckets", "_owner", "_pending", "_names", "_moves")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
-                 warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None) -> None:
+                 warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
+                 reproducible: bool = False) -> None:
         if warmup_steps < 1:
             raise ValueError(f"warmup_steps must be at least 1 (DDP rebuilds its buckets after the first "
                              f"iteration), got {warmup_steps}")
@@ -85,12 +91,14 @@ class ThreePCState:
         self.process_group = process_group
         self.warmup_steps = warmup_steps
         self.log_every = log_every
+        self.reproducible = reproducible
         self.iteration = 0
         self.stats = CommStats()
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
         self._names: dict[int, str] | None = None
+        self._moves: dict[int, deque[float]] = {}  # parameter id -> ||g slice||^2, most recent first
         if model is not None:
             self.bind(model)
 
@@ -148,6 +156,22 @@ class ThreePCState:
         for key in [k for k in self._buckets if k not in live]:
             del self._buckets[key]  # every parameter it held now lives in another bucket
 
+    # -- the aggregate's recent moves (LAG-WK and SASG triggers) -----------------------------
+    def moves(self, state: BucketState) -> tuple[float, ...]:
+        """||g^{t-1}||^2, ||g^{t-2}||^2, ... of the bucket's slice of g (``Round.moves``), from
+        per-parameter norms, so the history survives re-bucketing and checkpoints; empty unless
+        the mechanism's trigger reads it (``mechanism.window``)."""
+        histories = [self._moves.get(p, ()) for p in state.params]
+        depth = min(len(h) for h in histories)
+        return tuple(sum(h[d] for h in histories) for d in range(depth))
+
+    def record_moves(self, state: BucketState) -> None:
+        """Append the bucket's new g (the direction of the coming step) to the history."""
+        window = self.mechanism.window
+        if window:
+            for p, g in zip(state.params, state.estimate.split(state.sizes)):
+                self._moves.setdefault(p, deque(maxlen=window)).appendleft(float(g.square().sum()))
+
     def end_iteration(self) -> None:
         self.iteration += 1
         self.stats.steps = self.iteration
@@ -170,7 +194,8 @@ class ThreePCState:
             for p, s in state.slices().items():
                 memory[names[p]] = {k: t.clone() for k, t in s.items()}
         return {"mechanism": repr(self.mechanism), "iteration": self.iteration,
-                "stats": self.stats.state_dict(), "memory": memory}
+                "stats": self.stats.state_dict(), "memory": memory,
+                "moves": {names[p]: list(h) for p, h in self._moves.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
@@ -188,3 +213,5 @@ class ThreePCState:
         self._buckets.clear()
         self._owner.clear()
         self._pending = {by_name[name]: dict(s) for name, s in state["memory"].items()}
+        window = self.mechanism.window
+        self._moves = {by_name[name]: deque(h, maxlen=window) for name, h in state.get("moves", {}).items()}

@@ -10,7 +10,8 @@ class CommStats:
     """What this rank has sent, in bytes, by kind, against dense (allreduce) training.
 
     ``sent`` counts the bytes this rank contributes to collectives: compressed payload parts
-    (e.g. ``values``, ``indices``), ``padding`` and ``header`` bytes of variable-size exchanges,
+    (e.g. ``values``, ``indices``), ``header`` (one int32 per rank and round when payloads may
+    be empty or vary in size) and ``padding`` (fill up to the longest payload of the round),
     and ``dense`` for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
     with a plain allreduce of the bucket (numel x bytes per gradient element). Link traffic of
     a ring adds a factor: all_gather moves (n - 1) x payload per rank, allreduce 2(n - 1)/n x
@@ -18,8 +19,10 @@ class CommStats:
     """
 
     steps: int = 0
-    compressed_rounds: int = 0
+    compressed_rounds: int = 0  # bucket rounds after the warm-up
     dense_rounds: int = 0
+    silent_rounds: int = 0  # compressed rounds in which this rank sent no payload (lazy triggers)
+    skipped_rounds: int = 0  # compressed rounds in which no rank sent: no payload collective ran
     sent: dict[str, int] = field(default_factory=dict)
     dense_equivalent: int = 0
 
@@ -37,6 +40,8 @@ class CommStats:
             "steps": self.steps,
             "compressed_rounds": self.compressed_rounds,
             "dense_rounds": self.dense_rounds,
+            "skip_rate": self.silent_rounds / self.compressed_rounds if self.compressed_rounds else 0.0,
+            "skipped_rounds": self.skipped_rounds,
             "bytes_sent": dict(self.sent),
             "bytes_sent_total": total,
             "bytes_dense_equivalent": self.dense_equivalent,

@@ -2,6 +2,8 @@
 
 A payload's parts are laid end to end as raw bytes in the order of the mechanism's spec
 (e.g. fp32 values, then int32 indices), so one uint8 tensor carries them in one all_gather.
+A part whose spec has ``numel=None`` (a coded byte stream) has a variable length: it must be
+the last part, and its length is what remains of the buffer.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
     chunks = []
     for part in spec:
         t = payload.parts[part.name]
-        if t.dtype != part.dtype or t.numel() != part.numel:
+        if t.dtype != part.dtype or (part.numel is not None and t.numel() != part.numel):
             raise RuntimeError(f"payload part {part.name!r} is {t.dtype}[{t.numel()}] but the mechanism declared "
                                f"{part.dtype}[{part.numel}]: its step() and spec() disagree")
         chunks.append(t.reshape(-1).contiguous().view(torch.uint8))
@@ -36,16 +38,25 @@ def summable(spec: list[PartSpec]) -> bool:
     return True
 
 
+def fixed_size(spec: list[PartSpec]) -> bool:
+    """Whether every payload with this spec has the same size (no variable-length part)."""
+    variable = [i for i, part in enumerate(spec) if part.numel is None]
+    if variable and variable != [len(spec) - 1]:
+        raise RuntimeError(f"only the last payload part may have a variable length, got {[p.name for p in spec]}")
+    return not variable
+
+
 def packed_bytes(spec: list[PartSpec]) -> int:
-    """Size in bytes of a payload packed with ``spec``."""
-    return sum(part.numel * part.dtype.itemsize for part in spec)
+    """Size in bytes of a payload packed with ``spec`` (its fixed-length parts)."""
+    return sum(part.numel * part.dtype.itemsize for part in spec if part.numel is not None)
 
 
 def unpack(buffer: Tensor, spec: list[PartSpec], numel: int) -> Payload:
-    """Inverse of ``pack``: the payload encoded in ``buffer`` (a uint8 tensor)."""
+    """Inverse of ``pack``: the payload encoded in ``buffer`` (a uint8 tensor holding exactly
+    one packed payload)."""
     parts, offset = {}, 0
     for part in spec:
-        size = part.numel * part.dtype.itemsize
+        size = part.numel * part.dtype.itemsize if part.numel is not None else buffer.numel() - offset
         raw = buffer[offset:offset + size]
         if raw.storage_offset() % part.dtype.itemsize:
             raw = raw.clone()  # reinterpreting needs an aligned start

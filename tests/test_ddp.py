@@ -100,6 +100,38 @@ def test_marina_tracks_full_batch_gradient_descent(a9a, options):
     assert results[0]["stats"]["fraction_of_dense"] <= 0.6
 
 
+def test_co3_reaches_allreduce_accuracy_within_one_point(a9a):
+    dense = train(TrainConfig(hook="allreduce", epochs=1), a9a)[0]
+    results = train(TrainConfig(hook="co3", epochs=1, options={"fmt": "fp8-152"}), a9a)
+    assert_consistent(results)
+    r = results[0]
+    assert r["final_accuracy"] >= dense["final_accuracy"] - 0.01, (r["final_accuracy"], dense["final_accuracy"])
+    sent = r["stats"]["bytes_sent"]
+    assert sent["header"] == 4 * r["stats"]["compressed_rounds"] and "padding" in sent and "model" in sent
+    assert r["stats"]["fraction_of_dense"] < 0.25  # below fp8's 8 bits per value
+
+
+# lazy hook -> (registry options, DDP variant)
+LAZY = {
+    "clag": ({"ratio": 0.01, "zeta": 1.0}, dict(accumulation=2, gradient_as_bucket_view=True)),
+    "lag": ({"zeta": 1.0}, dict(static_graph=True)),
+    "sasg": ({"ratio": 0.01}, dict(gradient_as_bucket_view=True)),
+    "sasg_exact": ({"ratio": 0.01, "exact": True}, {}),
+}
+
+
+@pytest.mark.parametrize("hook", list(LAZY))
+def test_lazy_mechanisms_skip_for_real_and_train(a9a, hook):
+    options, variant = LAZY[hook]
+    results = train(TrainConfig(hook=hook.removesuffix("_exact"), epochs=1, options=options, **variant), a9a)
+    assert_consistent(results)
+    for r in results:
+        stats = r["stats"]
+        assert stats["bytes_sent"]["header"] == 4 * stats["compressed_rounds"]  # the trigger exchange
+        assert 0 < stats["skip_rate"] < 1, stats
+        assert r["final_accuracy"] > 0.80, r["final_accuracy"]
+
+
 def test_four_ranks_with_no_sync_and_bucket_views(a9a):
     results = train(TrainConfig(hook="ef21", workers=4, epochs=1, accumulation=2, gradient_as_bucket_view=True), a9a)
     assert_consistent(results)

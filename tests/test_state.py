@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import CLAG, EF21, LAG, ThreePCv1, TopK
+from compressors import CLAG, EF21, LAG, ThreePCv1, ThreePCv3, TopK
 from ddp_hooks import ThreePCState
 
 
@@ -83,7 +83,12 @@ def test_statistics_are_logged_every_n_iterations(caplog):
     assert "fraction_of_dense" in logged[0]
 
 
-@pytest.mark.parametrize("mechanism", [LAG(zeta=1.0), CLAG(TopK(k=1), zeta=1.0), ThreePCv1(TopK(k=1))], ids=repr)
+@pytest.mark.parametrize("mechanism", [ThreePCv1(TopK(k=1)), ThreePCv3(CLAG(TopK(k=1)), TopK(k=1))], ids=repr)
 def test_mechanisms_ddp_cannot_run_are_refused_at_registration(mechanism):
     with pytest.raises(ValueError, match="cannot run as a DDP hook"):
         ThreePCState(mechanism)
+
+
+@pytest.mark.parametrize("mechanism", [LAG(zeta=1.0), CLAG(TopK(k=1), zeta=1.0)], ids=repr)
+def test_lazy_mechanisms_are_accepted(mechanism):
+    assert ThreePCState(mechanism).mechanism.lazy

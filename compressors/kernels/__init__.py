@@ -157,3 +157,84 @@ def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float
                                             indices.reshape(-1).long().numpy(), np.float32(alpha))
     else:
         reference.sparse_accumulate(out, values, indices, alpha)
+
+
+# -- CO3's codecs ---------------------------------------------------------------------------
+def _check_format(exponent: int, mantissa: int, bias: int, scale: float) -> None:
+    if not (exponent >= 1 and mantissa >= 0 and exponent + mantissa <= 7):
+        raise ValueError(f"float format [1, {exponent}, {mantissa}] needs exponent >= 1, mantissa >= 0 and "
+                         "exponent + mantissa <= 7 (codes fit in one byte)")
+    if not -64 <= bias <= 64:
+        raise ValueError(f"float format bias must lie in [-64, 64], got {bias}")
+    if not (scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"float format scale must be positive and finite, got {scale}")
+
+
+def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0,
+                 seed: int | None = None) -> Tensor:
+    """uint8 codes of v / scale in the float format [1, exponent, mantissa] with ``bias``:
+    round to nearest (ties to even) or, with ``seed``, stochastic rounding. Saturates; raises
+    ValueError on NaN/Inf."""
+    _check_float("v", v)
+    _check_format(exponent, mantissa, bias, scale)
+    seed = -1 if seed is None else seed & ((1 << 63) - 1)
+    backend = _backend_for(v)
+    if backend == "ext":
+        return _modules["ext"].ops.float_encode(v, exponent, mantissa, bias, scale, seed)
+    if backend == "numba":
+        x = _numpy_f32(v) / np.float32(scale)
+        return torch.from_numpy(_modules["numba"].float_encode(x, exponent, mantissa, bias, seed))
+    return reference.float_encode(v, exponent, mantissa, bias, scale, seed)
+
+
+def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0) -> Tensor:
+    """The fp32 values (times ``scale``) of uint8 codes in the float format [1, exponent, mantissa]."""
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"codes must be uint8, got {codes.dtype}")
+    _check_format(exponent, mantissa, bias, scale)
+    backend = _backend_for(codes)
+    if backend == "ext":
+        return _modules["ext"].ops.float_decode(codes, exponent, mantissa, bias, scale)
+    if backend == "numba":
+        flat_codes = codes.reshape(-1).contiguous().numpy()
+        return torch.from_numpy(_modules["numba"].float_decode(flat_codes, exponent, mantissa, bias,
+                                                               np.float32(scale)))
+    return reference.float_decode(codes, exponent, mantissa, bias, scale)
+
+
+def _check_table(codes: Tensor, lengths: Tensor) -> None:
+    if codes.dtype != torch.int32 or lengths.dtype != torch.uint8 or codes.shape != lengths.shape \
+            or codes.dim() != 1 or codes.numel() > 256:
+        raise TypeError("a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols; "
+                        "build one with compressors.huffman.HuffmanTable")
+
+
+def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
+    """The uint8 ``symbols`` prefix-coded MSB-first (symbol s: the ``lengths[s]`` low bits of
+    ``codes[s]``), zero-padded to whole bytes."""
+    _check_table(codes, lengths)
+    if symbols.dtype != torch.uint8:
+        raise TypeError(f"symbols must be uint8, got {symbols.dtype}")
+    if symbols.numel() and int(symbols.max()) >= codes.numel():
+        raise ValueError(f"symbol {int(symbols.max())} is outside the table's {codes.numel()} symbols")
+    if _backend == "ext":
+        return _modules["ext"].ops.huffman_encode(symbols.cpu(), codes, lengths)
+    if _backend == "numba":
+        return torch.from_numpy(_modules["numba"].huffman_encode(symbols.reshape(-1).contiguous().cpu().numpy(),
+                                                                 codes.numpy(), lengths.numpy()))
+    return reference.huffman_encode(symbols.cpu(), codes, lengths)
+
+
+def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    """The first ``n`` symbols (uint8) of a ``huffman_encode`` stream."""
+    _check_table(codes, lengths)
+    if stream.dtype != torch.uint8:
+        raise TypeError(f"stream must be uint8, got {stream.dtype}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if _backend == "ext":
+        return _modules["ext"].ops.huffman_decode(stream.cpu(), n, codes, lengths)
+    if _backend == "numba":
+        return torch.from_numpy(_modules["numba"].huffman_decode(stream.reshape(-1).contiguous().cpu().numpy(), n,
+                                                                 codes.numpy(), lengths.numpy()))
+    return reference.huffman_decode(stream.cpu(), n, codes, lengths)

@@ -25,3 +25,13 @@ def _ef21_topk_step_fake(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tenso
 @torch.library.register_fake("threepc::sparse_accumulate")
 def _sparse_accumulate_fake(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
     return None
+
+
+@torch.library.register_fake("threepc::float_encode")
+def _float_encode_fake(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
+    return v.new_empty(v.numel(), dtype=torch.uint8)
+
+
+@torch.library.register_fake("threepc::float_decode")
+def _float_decode_fake(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
+    return codes.new_empty(codes.numel(), dtype=torch.float32)

@@ -66,3 +66,109 @@ def sparse_accumulate(out: np.ndarray, values: np.ndarray, indices: np.ndarray, 
             raise IndexError("sparse_accumulate: index out of range for out")
     for j in range(indices.size):
         out[indices[j]] += alpha * values[j]
+
+
+# -- float conversion (see reference.float_encode) ------------------------------------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(cache=True)
+def _splitmix64(z: np.uint64) -> np.uint64:
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True)
+def float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: int) -> np.ndarray:
+    """Codes of x (already divided by the scale, fp32)."""
+    n = x.size
+    out = np.empty(n, np.uint8)
+    bits_all = x.view(np.uint32)
+    max_magnitude = (1 << (exponent + mantissa)) - 1
+    for i in range(n):
+        bits = np.int64(bits_all[i])
+        field = (bits >> 23) & 0xFF
+        if field == 0xFF:
+            raise ValueError("float_encode got NaN or Inf values; the float formats have no codes for them")
+        a = (bits & 0x7FFFFF) | (0x800000 if field > 0 else 0)
+        e = (field - 127 if field > 0 else -126) + bias
+        s = min(23 - mantissa + max(1 - e, 0), 40)
+        q, r = a >> s, a & ((np.int64(1) << s) - 1)
+        if seed < 0:
+            half = np.int64(1) << (s - 1)
+            if r > half or (r == half and (q & 1) == 1):
+                q += 1
+        else:
+            noise = _splitmix64(np.uint64(seed) + np.uint64(i + 1) * _GOLDEN)
+            if np.int64(noise & np.uint64((np.int64(1) << s) - 1)) < r:
+                q += 1
+        magnitude = min((max(e - 1, 0) << mantissa) + q, max_magnitude)
+        out[i] = ((bits >> 31) << (exponent + mantissa)) | magnitude if magnitude > 0 else 0
+    return out
+
+
+@numba.njit(cache=True)
+def float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
+    table = np.empty(256, np.float32)
+    for c in range(256):
+        magnitude = c & ((1 << (exponent + mantissa)) - 1)
+        e, m = magnitude >> mantissa, magnitude & ((1 << mantissa) - 1)
+        value = np.float32(np.ldexp(np.float64(m + (1 << mantissa) if e > 0 else m), max(e, 1) - bias - mantissa))
+        table[c] = (-value if (c >> (exponent + mantissa)) & 1 else value) * scale
+    out = np.empty(codes.size, np.float32)
+    for i in range(codes.size):
+        out[i] = table[codes[i]]
+    return out
+
+
+# -- Huffman coding (see reference.huffman_encode) -------------------------------------------
+@numba.njit(cache=True)
+def huffman_encode(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    total = 0
+    for s in symbols:
+        if lengths[s] == 0:
+            raise ValueError("huffman_encode: a symbol has no codeword (length 0) in this table")
+        total += lengths[s]
+    out = np.zeros((total + 7) // 8, np.uint8)
+    acc, bits, pos = np.uint64(0), 0, 0
+    for s in symbols:
+        acc = (acc << np.uint64(lengths[s])) | np.uint64(codes[s])
+        bits += lengths[s]
+        while bits >= 8:
+            bits -= 8
+            out[pos] = np.uint8((acc >> np.uint64(bits)) & np.uint64(0xFF))
+            pos += 1
+    if bits > 0:
+        out[pos] = np.uint8((acc << np.uint64(8 - bits)) & np.uint64(0xFF))
+    return out
+
+
+@numba.njit(cache=True)
+def huffman_decode(stream: np.ndarray, n: int, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    lut = np.zeros(1 << 16, np.uint16)
+    for s in range(codes.size):
+        length = lengths[s]
+        if length > 0:
+            first = np.int64(codes[s]) << (16 - length)
+            lut[first:first + (1 << (16 - length))] = (length << 8) | s
+    out = np.empty(n, np.uint8)
+    acc, bits, pos = np.uint64(0), 0, 0
+    for i in range(n):
+        while bits <= 56 and pos < stream.size:
+            acc = (acc << np.uint64(8)) | np.uint64(stream[pos])
+            bits += 8
+            pos += 1
+        if bits >= 16:
+            peek = (acc >> np.uint64(bits - 16)) & np.uint64(0xFFFF)
+        else:
+            peek = (acc << np.uint64(16 - bits)) & np.uint64(0xFFFF)
+        entry = lut[peek]
+        length = entry >> 8
+        if length == 0 or length > bits:
+            raise ValueError("huffman_decode: the stream is corrupt or shorter than n symbols")
+        out[i] = entry & 0xFF
+        bits -= length
+    return out

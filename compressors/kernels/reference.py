@@ -9,6 +9,19 @@ Every backend (the C++ extension, numba) must return exactly what these return.
   h[indices] += values (EF21's update g_i <- g_i + TopK(grad - g_i)).
 * ``sparse_accumulate(out, values, indices, alpha)``: out[indices[j]] += alpha * values[j], row
   after row of the (ranks, k) inputs, so every coordinate sums in rank order.
+* ``float_encode(v, exponent, mantissa, bias, scale, seed)``: the code (uint8) of x = v / scale
+  (fp32 division) in the float format [1, exponent, mantissa] with ``bias``, subnormals and no
+  inf/NaN codes. Code = sign << (e + m) | E << m | M; value (E > 0) (1 + M/2^m) 2^(E - bias),
+  (E = 0) (M/2^m) 2^(1 - bias). Magnitudes beyond the largest code saturate; a magnitude that
+  rounds to 0 gets code 0 (no negative zero). ``seed < 0``: round to nearest, ties to the even
+  code; else stochastic rounding, up with probability (|x| - lo)/(hi - lo) drawn from
+  splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) for element i (exact up to 2^-40 of a step).
+  Non-finite input raises ValueError.
+* ``float_decode(codes, exponent, mantissa, bias, scale)``: the fp32 value of each code times
+  ``scale`` (one fp32 product).
+* ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
+  ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
+  padded with zero bits. ``huffman_decode(stream, n, codes, lengths)`` reads n symbols back.
 """
 from __future__ import annotations
 
@@ -44,3 +57,90 @@ def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float
     flat = out.view(-1)
     for v, i in zip(values.float().reshape(rows, -1), indices.long().reshape(rows, -1)):
         flat.index_add_(0, i, v, alpha=alpha)
+
+
+# -- float conversion -------------------------------------------------------------------------
+_GOLDEN = 0x9E3779B97F4A7C15
+_SHIFT_CAP = 40  # shifts beyond this round x (< 2^-16 of the smallest step) as if shifted by 40
+
+
+def _signed(c: int) -> int:
+    """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(seed: int, n: int) -> Tensor:
+    """splitmix64(seed + (i + 1) * golden) for i < n, as int64 bit patterns."""
+    z = torch.arange(1, n + 1, dtype=torch.int64) * _signed(_GOLDEN) + _signed(seed & (2**64 - 1))
+    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
+    return z ^ _shr(z, 31)
+
+
+def check_finite(v: Tensor) -> None:
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("float_encode got NaN or Inf values; the float formats have no codes for them. "
+                         "Check the gradients (loss scaling, a diverged step) before compressing")
+
+
+def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
+    x = v.reshape(-1).float() / torch.tensor(scale, dtype=torch.float32)
+    check_finite(x)
+    bits = x.view(torch.int32).long() & 0xFFFFFFFF
+    field = (bits >> 23) & 0xFF
+    frac = bits & 0x7FFFFF
+    a = torch.where(field > 0, frac | 0x800000, frac)  # the 24-bit significand
+    e = torch.where(field > 0, field - 127, torch.full_like(field, -126)) + bias  # target exponent field
+    s = (23 - mantissa + (1 - e).clamp(min=0)).clamp(max=_SHIFT_CAP)
+    q, r = a >> s, a & ((1 << s) - 1)
+    if seed < 0:
+        half = 1 << (s - 1)
+        up = (r > half) | ((r == half) & (q & 1 == 1))
+    else:
+        up = (splitmix64(seed, x.numel()) & ((1 << s) - 1)) < r
+    magnitude = (((e - 1).clamp(min=0) << mantissa) + q + up.long()).clamp(max=(1 << (exponent + mantissa)) - 1)
+    sign = (bits >> 31) << (exponent + mantissa)
+    return torch.where(magnitude > 0, sign | magnitude, 0).to(torch.uint8)
+
+
+def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
+    c = codes.reshape(-1).long()
+    magnitude = c & ((1 << (exponent + mantissa)) - 1)
+    e, m = magnitude >> mantissa, magnitude & ((1 << mantissa) - 1)
+    significand = torch.where(e > 0, m + (1 << mantissa), m).float()
+    value = torch.ldexp(significand, (e.clamp(min=1) - bias - mantissa).float())
+    value = torch.where((c >> (exponent + mantissa)) & 1 == 1, -value, value)
+    return value * torch.tensor(scale, dtype=torch.float32)
+
+
+# -- Huffman coding ---------------------------------------------------------------------------
+def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
+    s = symbols.reshape(-1).long()
+    length, code = lengths.long()[s], codes.long()[s]
+    if bool((length == 0).any()):
+        raise ValueError("huffman_encode: a symbol has no codeword (length 0) in this table")
+    position = torch.arange(16)
+    bit_of = (code[:, None] >> (length[:, None] - 1 - position).clamp(min=0)) & 1  # MSB first
+    bits = bit_of[position < length[:, None]]
+    pad = (-bits.numel()) % 8
+    bits = torch.cat([bits, bits.new_zeros(pad)]).view(-1, 8)
+    return (bits << torch.arange(7, -1, -1)).sum(1).to(torch.uint8)
+
+
+def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    book = {(int(l), int(c)): s for s, (c, l) in enumerate(zip(codes.tolist(), lengths.tolist())) if l > 0}
+    bits = ((stream.reshape(-1).long()[:, None] >> torch.arange(7, -1, -1)) & 1).reshape(-1).tolist()
+    out, position = [], 0
+    for _ in range(n):
+        code, length = 0, 0
+        while (length, code) not in book:
+            if length == 16 or position >= len(bits):
+                raise ValueError("huffman_decode: the stream is corrupt or shorter than n symbols")
+            code, length, position = (code << 1) | bits[position], length + 1, position + 1
+        out.append(book[(length, code)])
+    return torch.tensor(out, dtype=torch.uint8)
