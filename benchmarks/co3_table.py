@@ -10,9 +10,7 @@ header and padding all counted) and the fraction of dense fp32 bytes. ``fp16`` i
 """
 from __future__ import annotations
 
-import argparse
-
-from benchmarks.demo import TrainConfig, load_a9a, train
+from benchmarks.demo import TrainConfig, table_baseline, train
 
 ROWS = {
     "fp16_compress_hook": ("fp16", {}),
@@ -36,13 +34,7 @@ def bits_per_value(result: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
-    data = load_a9a()
-    base = dict(workers=args.workers, epochs=args.epochs, lr=0.1)
-    dense = train(TrainConfig(hook="allreduce", **base), data)[0]
+    data, base, dense = table_baseline(__doc__.split("\n\n")[0])
     print(f"allreduce (fp32): test accuracy {dense['final_accuracy']:.4f} after {dense['steps']} steps")
     print("| hook | test accuracy | gap (pp) | bits / value | bytes / dense |")
     print("|---|---|---|---|---|")

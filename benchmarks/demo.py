@@ -195,6 +195,18 @@ def load_a9a() -> dict[str, np.ndarray]:
             "x_test": x[A9A_TRAIN_ROWS:], "y_test": y[A9A_TRAIN_ROWS:]}
 
 
+def table_baseline(description: str) -> tuple[dict[str, np.ndarray], dict[str, object], dict]:
+    """For the table scripts: parse ``--workers``/``--epochs``, load a9a and run the allreduce
+    baseline; returns (data, the TrainConfig fields every row shares, rank 0's baseline result)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    data = load_a9a()
+    base = dict(workers=args.workers, epochs=args.epochs, lr=0.1)
+    return data, base, train(TrainConfig(hook="allreduce", **base), data)[0]
+
+
 def train(config: TrainConfig, data: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Run ``config`` on ``config.workers`` gloo processes; one result dict per rank."""
     data = load_a9a() if data is None else data

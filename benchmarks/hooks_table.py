@@ -10,9 +10,7 @@ design point, and compared by training loss.
 """
 from __future__ import annotations
 
-import argparse
-
-from benchmarks.demo import TrainConfig, load_a9a, train
+from benchmarks.demo import TrainConfig, table_baseline, train
 
 MINIBATCH = {
     "ef21": {"ratio": 0.01}, "ef21_sgdm": {"ratio": 0.01, "eta": 0.1}, "ef21plus": {"ratio": 0.01},
@@ -23,13 +21,7 @@ FULL_BATCH = {"marina (Rand-K 25%, p 0.2)": {"ratio": 0.25, "p": 0.2}, "marina (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
-    data = load_a9a()
-    base = dict(workers=args.workers, epochs=args.epochs, lr=0.1)
-    dense = train(TrainConfig(hook="allreduce", **base), data)[0]
+    data, base, dense = table_baseline(__doc__.split("\n\n")[0])
     print(f"allreduce: test accuracy {dense['final_accuracy']:.4f}")
     print("| hook | options | test accuracy | gap (pp) | bytes / dense |")
     print("|---|---|---|---|---|")
@@ -39,7 +31,7 @@ def main() -> None:
         acc = r["final_accuracy"]
         print(f"| {hook} | {options} | {acc:.4f} | {100 * (dense['final_accuracy'] - acc):+.2f} | "
               f"{r['stats']['fraction_of_dense']:.2%} |", flush=True)
-    full = dict(workers=args.workers, epochs=30, batch_size=16_280, lr=0.1)
+    full = dict(workers=base["workers"], epochs=30, batch_size=16_280, lr=0.1)
     reference = train(TrainConfig(hook="allreduce", **full), data)[0]["history"][-1]["loss"]
     print(f"\nfull batch, 30 steps: allreduce training loss {reference:.4f}")
     print("| hook | training loss | bytes / dense |")

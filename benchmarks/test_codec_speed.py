@@ -28,28 +28,18 @@ def rounds(n: int) -> int:
     return 5 if n >= 50_000_000 else 20
 
 
+@pytest.mark.parametrize("op", ["float_encode", "float_decode"])
 @pytest.mark.parametrize("implementation", ["threepc", "copy"])
-def test_float_encode(benchmark, record, values, implementation):
+def test_float_conversion(benchmark, record, values, op, implementation):
     size, x = values
-    benchmark.group = f"float_encode {size}"
+    benchmark.group = f"{op} {size}"
     if implementation == "copy":
-        dst = torch.empty_like(x)
-        benchmark.pedantic(dst.copy_, args=(x,), rounds=rounds(x.numel()), warmup_rounds=1)
+        fn, args = torch.empty_like(x).copy_, (x,)
+    elif op == "float_encode":
+        fn, args = FMT.encode, (x, 1e-3)
     else:
-        benchmark.pedantic(FMT.encode, args=(x, 1e-3), rounds=rounds(x.numel()), warmup_rounds=1)
-    record(benchmark, benchmark.group, implementation)
-
-
-@pytest.mark.parametrize("implementation", ["threepc", "copy"])
-def test_float_decode(benchmark, record, values, implementation):
-    size, x = values
-    benchmark.group = f"float_decode {size}"
-    if implementation == "copy":
-        dst = torch.empty_like(x)
-        benchmark.pedantic(dst.copy_, args=(x,), rounds=rounds(x.numel()), warmup_rounds=1)
-    else:
-        codes = FMT.encode(x, 1e-3)
-        benchmark.pedantic(FMT.decode, args=(codes, 1e-3), rounds=rounds(x.numel()), warmup_rounds=1)
+        fn, args = FMT.decode, (FMT.encode(x, 1e-3), 1e-3)
+    benchmark.pedantic(fn, args=args, rounds=rounds(x.numel()), warmup_rounds=1)
     record(benchmark, benchmark.group, implementation)
 
 

@@ -9,12 +9,12 @@ from torch import Tensor
 
 from .compressor import ROUND0, Compressor
 from .ef21 import ef21_constants
-from .mechanism import DENSE, Mechanism, flat, mean_of
+from .mechanism import KeepsPeers, flat
 from .payload import PartSpec, Payload
 from .rounds import Round
 
 
-class EF21Plus(Mechanism):
+class EF21Plus(KeepsPeers):
     """EF21+, worker i: b = C(x), m = h + C(x - h);
 
         g_i^{t+1} = b if ||b - x|| <= ||m - x|| else m     (deterministic C only)
@@ -34,14 +34,6 @@ class EF21Plus(Mechanism):
 
     def setup(self, grad: Tensor) -> None:
         self.memory = {"g_i": grad}
-
-    def init_spec(self, numel: int) -> list[PartSpec]:
-        return [PartSpec(s.name, s.dtype, s.numel, summable=False) for s in DENSE.spec(numel)]
-
-    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
-        server = {f"peer.{r}": DENSE.decompress(p).clone() for r, p in enumerate(payloads)}
-        server["g"] = mean_of(payloads, lambda p, r: server[f"peer.{r}"])
-        return server
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         return [PartSpec("flag", torch.uint8, 1), *self.compressor.spec(numel, rnd)]

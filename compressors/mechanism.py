@@ -108,6 +108,19 @@ class Mechanism(ABC):
         raise ValueError(f"{self!r} is not a three-point compressor, so it has no (A, B) constants")
 
 
+class KeepsPeers(Mechanism):
+    """Mechanisms whose aggregate keeps every worker's last message ("peer.r", n x d floats on
+    every DDP rank): the dense round all-gathers each gradient and g^0 is their mean."""
+
+    def init_spec(self, numel: int) -> list[PartSpec]:
+        return [PartSpec(s.name, s.dtype, s.numel, summable=False) for s in DENSE.spec(numel)]
+
+    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
+        server = {f"peer.{r}": DENSE.decompress(p).clone() for r, p in enumerate(payloads)}
+        server["g"] = mean_of(payloads, lambda p, r: server[f"peer.{r}"])
+        return server
+
+
 class Replacing(Mechanism):
     """Mechanisms whose aggregate is a plain mean of decoded messages, g = (1/n) sum_i C(m_i)."""
 

@@ -7,12 +7,12 @@ import torch
 from torch import Tensor
 
 from .compressor import ROUND0, Compressor
-from .mechanism import DENSE, Mechanism, flat, mean_of
-from .payload import PartSpec, Payload
+from .mechanism import KeepsPeers, flat
+from .payload import Payload
 from .rounds import Round
 
 
-class SASG(Mechanism):
+class SASG(KeepsPeers):
     """SASG in gradient units (e = the paper's error / lr), worker i with error e_i, the gradient
     it compares against y_i and a count of consecutive skips:
 
@@ -56,14 +56,6 @@ class SASG(Mechanism):
 
     def setup(self, grad: Tensor) -> None:
         self.memory = {"e_i": torch.zeros_like(grad), "y": grad, "skips": torch.zeros_like(grad)}
-
-    def init_spec(self, numel: int) -> list[PartSpec]:
-        return [PartSpec(s.name, s.dtype, s.numel, summable=False) for s in DENSE.spec(numel)]
-
-    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
-        server = {f"peer.{r}": DENSE.decompress(p).clone() for r, p in enumerate(payloads)}
-        server["g"] = mean_of(payloads, lambda p, r: server[f"peer.{r}"])
-        return server
 
     @property
     def uploaded(self) -> bool:
