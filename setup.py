@@ -1,23 +1,35 @@
-"""Builds the threepc C++ extension (`compressors._C`) with torch.utils.cpp_extension.
+"""Builds the threepc extension (`compressors._C`) with torch.utils.cpp_extension.
 
 Install with `pip install --no-build-isolation .` so that the build uses the torch already
-installed (build isolation would download the newest torch). CUDA sources are added by the
-CUDA issue; this build is CPU only. `at::parallel_for` only runs in parallel when the
-extension is compiled and linked with -fopenmp (pytorch/pytorch#161320).
+installed (build isolation would download the newest torch). The CUDA kernels (csrc/cuda/*.cu)
+are built when this torch has CUDA and nvcc is found (CUDA_HOME), for the architectures in
+TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX": A100, H100/H200, and PTX for newer GPUs);
+THREEPC_CPU_ONLY=1 skips them. `at::parallel_for` only runs in parallel when the extension is
+compiled and linked with -fopenmp (pytorch/pytorch#161320).
 """
 import glob
+import os
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-setup(
-    ext_modules=[
-        CppExtension(
-            name="compressors._C",
-            sources=sorted(glob.glob("csrc/*.cpp")),
-            extra_compile_args=["-O3", "-fopenmp"],
-            extra_link_args=["-fopenmp"],
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
-)
+WITH_CUDA = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("THREEPC_CPU_ONLY") != "1"
+sources = sorted(glob.glob("csrc/*.cpp"))
+if WITH_CUDA:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    extension = CUDAExtension(
+        name="compressors._C",
+        sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]},
+        extra_link_args=["-fopenmp"],
+    )
+else:
+    extension = CppExtension(
+        name="compressors._C",
+        sources=sources,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    )
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

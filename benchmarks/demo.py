@@ -15,21 +15,16 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
-import os
-import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import ddp_hooks
+from benchmarks.ranks import run_ranks
 from compressors.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
 
 
@@ -53,6 +48,8 @@ class TrainConfig:
     static_graph: bool = False
     find_unused_parameters: bool = False
     dtype: str = "float32"
+    device: str = "cpu"  # "cuda": every rank on the current GPU (gloo moves CUDA tensors too)
+    eval_every: int = 0  # > 0: also record test accuracy and bytes sent every that many steps ("evals")
     seed: int = 0
     verbose: bool = False
 
@@ -68,12 +65,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -111,13 +102,10 @@ def hook_options(config: TrainConfig) -> dict[str, object]:
     return options
 
 
-def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=config.workers)
+def _worker(rank: int, workers: int, config: TrainConfig, data: dict[str, np.ndarray]) -> dict:
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(config.seed)
-    model = MLP(data["x_train"].shape[1], config.hidden, config.find_unused_parameters).to(dtype)
+    model = MLP(data["x_train"].shape[1], config.hidden, config.find_unused_parameters).to(config.device, dtype)
     ddp = nn.parallel.DistributedDataParallel(
         model, bucket_cap_mb=config.bucket_cap_mb, gradient_as_bucket_view=config.gradient_as_bucket_view,
         static_graph=config.static_graph, find_unused_parameters=config.find_unused_parameters)
@@ -137,14 +125,18 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
     shards = np.array_split(np.arange(len(data["y_train"])), config.workers)
     shard = shards[rank]
     batches_per_epoch = min(len(s) for s in shards) // config.batch_size  # equal on every rank
-    x = torch.from_numpy(data["x_train"][shard]).to(dtype)
-    y = torch.from_numpy((data["y_train"][shard] > 0).astype(np.int64))
-    x_test = torch.from_numpy(data["x_test"]).to(dtype)
-    y_test = torch.from_numpy((data["y_test"] > 0).astype(np.int64))
+    x = torch.from_numpy(data["x_train"][shard]).to(config.device, dtype)
+    y = torch.from_numpy((data["y_train"][shard] > 0).astype(np.int64)).to(config.device)
+    x_test = torch.from_numpy(data["x_test"]).to(config.device, dtype)
+    y_test = torch.from_numpy((data["y_test"] > 0).astype(np.int64)).to(config.device)
     gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
     micro = config.batch_size // config.accumulation
     dense_bytes_per_step = sum(p.numel() * p.element_size() for p in ddp.parameters() if p.requires_grad)
-    steps, history = 0, []
+    steps, history, evals = 0, [], []
+
+    def sent_so_far() -> int:
+        return state.stats.total_sent if state else dense_bytes_per_step * steps // (2 if config.hook == "fp16" else 1)
+
     for epoch in range(config.epochs):
         order = torch.randperm(len(y), generator=gen)
         total, count = 0.0, 0
@@ -167,8 +159,11 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
             count += 1
             opt.step()
             steps += 1
+            if config.eval_every and steps % config.eval_every == 0:
+                evals.append({"step": steps, "test_accuracy": _accuracy(model, x_test, y_test),
+                              "bytes_sent": sent_so_far()})
         acc = _accuracy(model, x_test, y_test)
-        sent = state.stats.total_sent if state else dense_bytes_per_step * steps // (2 if config.hook == "fp16" else 1)
+        sent = sent_so_far()
         history.append({"epoch": epoch + 1, "loss": total / count, "test_accuracy": acc, "bytes_sent": sent,
                         "bytes_dense": dense_bytes_per_step * steps})
         if rank == 0 and config.verbose:
@@ -179,14 +174,14 @@ def _worker(rank: int, config: TrainConfig, data: dict[str, np.ndarray], port: i
     params = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
     replicas = [torch.empty_like(params) for _ in range(config.workers)]
     dist.all_gather(replicas, params)
-    result = {"rank": rank, "steps": steps, "history": history, "final_accuracy": history[-1]["test_accuracy"],
+    result = {"rank": rank, "steps": steps, "history": history, "evals": evals,
+              "final_accuracy": history[-1]["test_accuracy"],
               "params_identical": all(torch.equal(r, params) for r in replicas),
               "stats": state.stats.summary() if state else None,
               "buckets": len(state.buckets) if state else None}
     if state is not None:
         result.update(_estimates_agree(state, model))
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    return result
 
 
 def load_a9a() -> dict[str, np.ndarray]:
@@ -209,10 +204,7 @@ def table_baseline(description: str) -> tuple[dict[str, np.ndarray], dict[str, o
 
 def train(config: TrainConfig, data: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Run ``config`` on ``config.workers`` gloo processes; one result dict per rank."""
-    data = load_a9a() if data is None else data
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(config, data, _free_port(), out_dir), nprocs=config.workers, join=True)
-        return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(config.workers)]
+    return run_ranks(_worker, config.workers, config, load_a9a() if data is None else data)
 
 
 def _option(text: str) -> tuple[str, object]:

@@ -7,17 +7,12 @@ bit for bit) and benchmarks/lazy_table.py (bytes and skip rates of lazy mechanis
 """
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from benchmarks.ranks import run_ranks
 from compressors import Mechanism
 from compressors.datasets import A9A, load_libsvm
 from compressors.problems import FiniteSum
@@ -52,17 +47,7 @@ class WorkerLoss(nn.Module):
 Cases = dict[str, tuple[Callable[[], Mechanism], float]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, workers: int, port: int, out: str, cases: Cases, rows: int, steps: int,
-            reproducible: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=workers)
+def _worker(rank: int, workers: int, cases: Cases, rows: int, steps: int, reproducible: bool) -> dict:
     prob = problem(workers, rows)
     results = {}
     for name, (factory, step) in cases.items():
@@ -72,7 +57,7 @@ def _worker(rank: int, workers: int, port: int, out: str, cases: Cases, rows: in
         ddp.register_comm_hook(state, threepc_hook)
         stale = StaleGradients(ddp, state) if getattr(state.mechanism, "exact", False) else None
         opt = torch.optim.SGD(module.parameters(), lr=step / prob.l_minus, foreach=False)
-        iterates, after_dense = [module.x.detach().clone()], {}
+        iterates, after_dense, total_sent = [module.x.detach().clone()], {}, [0]
         for t in range(steps + 1):
             opt.zero_grad()
             if stale is not None:
@@ -81,19 +66,18 @@ def _worker(rank: int, workers: int, port: int, out: str, cases: Cases, rows: in
                 ddp().backward()
             opt.step()
             iterates.append(module.x.detach().clone())
+            total_sent.append(state.stats.total_sent)
             if t == 0:
                 after_dense = dict(state.stats.sent)
         sent = {kind: b - after_dense.get(kind, 0) for kind, b in state.stats.sent.items()}
-        results[name] = {"iterates": torch.stack(iterates), "sent": sent, "stats": state.stats.summary()}
-    torch.save(results, Path(out, f"{rank}.pt"))
-    dist.destroy_process_group()
+        results[name] = {"iterates": torch.stack(iterates), "sent": sent, "total_sent": total_sent,
+                         "stats": state.stats.summary()}
+    return results
 
 
 def run_ddp(workers: int, cases: Cases, *, rows: int, steps: int, reproducible: bool = True) -> list[dict]:
     """``steps`` compressed rounds (after the dense one) of every case on ``workers`` gloo ranks:
     per rank and case, the iterates x^0..x^{steps+1}, the bytes sent after the dense round by kind
-    (``sent``) and the hook's statistics."""
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_worker, args=(workers, _free_port(), out, cases, rows, steps, reproducible), nprocs=workers,
-                 join=True)
-        return [torch.load(Path(out, f"{r}.pt")) for r in range(workers)]
+    (``sent``), the bytes sent in all up to each iterate (``total_sent``, dense round included) and
+    the hook's statistics."""
+    return run_ranks(_worker, workers, cases, rows, steps, reproducible)

@@ -68,8 +68,8 @@ class FloatFormat:
         return kernels.float_decode(torch.arange(self.codes, dtype=torch.uint8), self.exponent, self.mantissa,
                                     self.bias).double().numpy()
 
-    def encode(self, v: Tensor, scale: float = 1.0, seed: int | None = None) -> Tensor:
-        return kernels.float_encode(v, self.exponent, self.mantissa, self.bias, scale, seed)
+    def encode(self, v: Tensor, scale: float = 1.0, seed: int | None = None, *, out: Tensor | None = None) -> Tensor:
+        return kernels.float_encode(v, self.exponent, self.mantissa, self.bias, scale, seed, out=out)
 
-    def decode(self, codes: Tensor, scale: float = 1.0) -> Tensor:
-        return kernels.float_decode(codes, self.exponent, self.mantissa, self.bias, scale)
+    def decode(self, codes: Tensor, scale: float = 1.0, *, out: Tensor | None = None) -> Tensor:
+        return kernels.float_decode(codes, self.exponent, self.mantissa, self.bias, scale, out=out)

@@ -104,15 +104,15 @@ class FloatQuantizer(Compressor):
                              "codes for NaN/Inf. Check the gradients before compressing")
         seed = rnd.key(self.seed, v.numel(), shared=False) if self.rounding == "stochastic" else None
         codes = self.fmt.encode(v, s, seed)
-        parts = {"scale": torch.tensor([s], dtype=torch.float32)}
+        parts = {"scale": torch.tensor([s], dtype=torch.float32, device=v.device)}
         if self.coder == "huffman":
             ratio_q = _quantize_log(alpha / s) if alpha > 0 else 0
-            parts["model"] = torch.tensor([zero_q, beta_q, ratio_q], dtype=torch.int16)
+            parts["model"] = torch.tensor([zero_q, beta_q, ratio_q], dtype=torch.int16, device=v.device)
             table = _model_table(self.fmt, zero_q, beta_q, ratio_q)
         elif self.coder == "empirical":
-            counts = np.bincount(codes.numpy(), minlength=self.fmt.codes) + 1  # add-one: every code gets a codeword
+            counts = torch.bincount(codes, minlength=self.fmt.codes).cpu().numpy() + 1  # add-one: every code gets one
             table = HuffmanTable.from_weights(counts)
-            parts["lengths"] = table.header()
+            parts["lengths"] = table.header().to(v.device)
         else:
             table = HuffmanTable.fixed(self.fmt.bits)
         parts["bytes"] = table.encode(codes)

@@ -113,7 +113,7 @@ class HuffmanTable:
 
     @classmethod
     def from_header(cls, header: Tensor) -> HuffmanTable:
-        h = header.long()
+        h = header.long().cpu()
         return cls.from_lengths(torch.stack([h >> 4, h & 15], 1).reshape(-1).numpy() + 1)
 
 

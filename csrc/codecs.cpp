@@ -1,13 +1,7 @@
 // CPU kernels of CO3's codecs: float_encode/decode (low-precision float
-// conversion) and huffman_encode/decode (canonical prefix codes, <= 16 bits).
-// The specification is compressors/kernels/reference.py.
-//
-// float_encode works on the fp32 bit pattern of x = v / scale: with the 24-bit
-// significand a and the target exponent field E, the code magnitude is
-// max(E - 1, 0) << m plus a >> s rounded (s = 23 - m + max(1 - E, 0)), then
-// saturated. Round to nearest keeps everything in 32-bit lanes (a shift of 25
-// or more rounds to 0 either way) so the loop vectorises; stochastic rounding
-// compares the dropped bits with splitmix64 bits in 64-bit lanes.
+// conversion, the arithmetic in float_codes.h) and huffman_encode/decode
+// (canonical prefix codes, <= 16 bits). The specification is
+// compressors/kernels/reference.py.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,87 +16,82 @@
 #include <type_traits>
 #include <vector>
 
+#include <endian.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "float_codes.h"
+
 namespace threepc {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-constexpr int kShiftCap = 40;  // as reference.py
 constexpr int kMaxCodeLength = 16;
 
-struct FloatFormat {
-  int exponent, mantissa, bias;
-  float scale;
-  uint32_t max_magnitude() const { return (1u << (exponent + mantissa)) - 1; }
-};
-
-void check_format(int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
-  TORCH_CHECK(exponent >= 1 && mantissa >= 0 && exponent + mantissa <= 7,
-              "float format [1, ", exponent, ", ", mantissa, "] needs exponent >= 1, mantissa >= 0 and "
-              "exponent + mantissa <= 7 (codes fit in one byte)");
-  TORCH_CHECK(bias >= -64 && bias <= 64, "float format bias must lie in [-64, 64], got ", bias);
-  TORCH_CHECK(scale > 0 && std::isfinite(scale), "float format scale must be positive and finite, got ", scale);
-}
-
-inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-__attribute__((always_inline)) inline uint32_t float_bits(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bits;
-}
-
-// Round to nearest, ties to even: all lanes 32-bit, no branches.
-__attribute__((always_inline)) inline uint8_t encode_nearest(float x, const FloatFormat& f) {
-  const uint32_t bits = float_bits(x);
-  const uint32_t field = (bits >> 23) & 0xFFu;
-  const uint32_t a = (bits & 0x7FFFFFu) | (field ? 0x800000u : 0u);
-  const int32_t e = (field ? int32_t(field) - 127 : -126) + f.bias;
-  const int32_t s = std::min(23 - f.mantissa + std::max(1 - e, 0), 25);
-  const uint32_t q = a >> s;
-  const uint32_t r = a & ((1u << s) - 1u);
-  const uint32_t half = 1u << (s - 1);
-  const uint32_t up = (r > half) | ((r == half) & q);
-  const uint32_t magnitude = std::min((uint32_t(std::max(e - 1, 0)) << f.mantissa) + q + (up & 1u), f.max_magnitude());
-  const uint32_t sign = (bits >> 31) << (f.exponent + f.mantissa);
-  return uint8_t(magnitude ? (sign | magnitude) : 0u);
-}
-
-inline uint8_t encode_stochastic(float x, uint64_t noise, const FloatFormat& f) {
-  const uint32_t bits = float_bits(x);
-  const uint32_t field = (bits >> 23) & 0xFFu;
-  const uint64_t a = (bits & 0x7FFFFFu) | (field ? 0x800000u : 0u);
-  const int32_t e = (field ? int32_t(field) - 127 : -126) + f.bias;
-  const int32_t s = std::min(23 - f.mantissa + std::max(1 - e, 0), kShiftCap);
-  const uint64_t mask = (uint64_t(1) << s) - 1;
-  const uint64_t q = (a >> s) + ((noise & mask) < (a & mask) ? 1 : 0);
-  const uint64_t magnitude = std::min<uint64_t>((uint64_t(std::max(e - 1, 0)) << f.mantissa) + q, f.max_magnitude());
-  const uint32_t sign = (bits >> 31) << (f.exponent + f.mantissa);
-  return uint8_t(magnitude ? (sign | uint32_t(magnitude)) : 0u);
-}
-
-// Round to nearest over fp32 input, compiled for AVX2 so that the per-lane variable shifts
-// vectorise (8 values per instruction); the same arithmetic as encode_nearest.
+// Round to nearest over fp32 input with AVX2, 32 values per iteration, in a formulation with
+// fewer operations than encode_nearest (same codes; tests/test_codecs.py holds both to the
+// reference). With a = |v / scale|:
+//   * target normals (a >= 2^(1 - bias)): round a's fp32 bits at mantissa bit 23 - m, ties to
+//     even (the carry runs into the exponent), shift and rebias the exponent field; with m = 0
+//     the kept significand is the implicit 1, which is odd, so ties round up;
+//   * target subnormals: a + c with c = 2^(24 - bias - m), whose ulp is the target's spacing
+//     2^(1 - bias - m), so the fp32 addition rounds a (ties to even); bits(a + c) - bits(c)
+//     counts the spacings.
+// Then saturate, put the sign at bit e + m, and map -0 to code 0.
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) uint32_t encode_nearest_avx2(const float* v, uint8_t* out, int64_t begin,
                                                              int64_t end, FloatFormat f) {
-  uint32_t non_finite = 0;
-  for (int64_t i = begin; i < end; ++i) {
+  const int shift = 23 - f.mantissa;
+  const float c = std::ldexp(1.0f, 24 - f.bias - f.mantissa);
+  const __m256 scale = _mm256_set1_ps(f.scale), magic = _mm256_set1_ps(c);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), exponent_mask = _mm256_set1_epi32(0x7F800000);
+  const __m256i magic_bits = _mm256_set1_epi32(int32_t(float_bits(c)));
+  const __m256i min_normal = _mm256_set1_epi32(int32_t(float_bits(std::ldexp(1.0f, 1 - f.bias))));
+  const __m256i round_bias = _mm256_set1_epi32((1 << (shift - 1)) - 1), one = _mm256_set1_epi32(1);
+  const __m256i odd = _mm256_set1_epi32(f.mantissa == 0 ? 1 : 0);
+  const __m256i rebias = _mm256_set1_epi32((127 - f.bias) << f.mantissa);
+  const __m256i max_magnitude = _mm256_set1_epi32(int32_t(f.max_magnitude())), zero = _mm256_setzero_si256();
+  const __m128i mantissa_shift = _mm_cvtsi32_si128(shift);
+  const __m128i sign_shift = _mm_cvtsi32_si128(31 - (f.exponent + f.mantissa));
+  const __m256i interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i bad = zero;
+  int64_t i = begin;
+  for (; i + 32 <= end; i += 32) {
+    __m256i code[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i bits = _mm256_castps_si256(_mm256_div_ps(_mm256_loadu_ps(v + i + 8 * j), scale));
+      bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent_mask), exponent_mask));
+      const __m256i a = _mm256_and_si256(bits, abs_mask);
+      const __m256i sub =
+          _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), magic)), magic_bits);
+      const __m256i lsb = _mm256_or_si256(_mm256_and_si256(_mm256_srl_epi32(a, mantissa_shift), one), odd);
+      const __m256i normal = _mm256_sub_epi32(
+          _mm256_srl_epi32(_mm256_add_epi32(_mm256_add_epi32(a, round_bias), lsb), mantissa_shift), rebias);
+      const __m256i magnitude =
+          _mm256_min_epu32(_mm256_blendv_epi8(normal, sub, _mm256_cmpgt_epi32(min_normal, a)), max_magnitude);
+      const __m256i sign = _mm256_srl_epi32(_mm256_andnot_si256(abs_mask, bits), sign_shift);
+      code[j] = _mm256_andnot_si256(_mm256_cmpeq_epi32(magnitude, zero), _mm256_or_si256(sign, magnitude));
+    }
+    // Packing works per 128-bit lane: the bytes come out as dwords c0[0:4] c1[0:4] c2[0:4] c3[0:4]
+    // c0[4:8] c1[4:8] c2[4:8] c3[4:8]; one permutation restores the order.
+    const __m256i packed = _mm256_packus_epi16(_mm256_packus_epi32(code[0], code[1]), _mm256_packus_epi32(code[2], code[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(packed, interleave));
+  }
+  uint32_t tail_bad = 0;
+  for (; i < end; ++i) {
     const float x = v[i] / f.scale;
-    non_finite |= uint32_t((float_bits(x) & 0x7F800000u) == 0x7F800000u);
+    tail_bad |= uint32_t(non_finite(x));
     out[i] = encode_nearest(x, f);
   }
-  return non_finite;
+  return tail_bad | uint32_t(!_mm256_testz_si256(bad, bad));
 }
 #endif
 
 template <typename scalar_t>
 bool encode_range(const scalar_t* v, uint8_t* out, int64_t begin, int64_t end, const FloatFormat& f, int64_t seed) {
-  uint32_t non_finite = 0;
+  uint32_t bad = 0;
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<scalar_t, float>) {
     static const bool has_avx2 = __builtin_cpu_supports("avx2");
@@ -112,63 +101,116 @@ bool encode_range(const scalar_t* v, uint8_t* out, int64_t begin, int64_t end, c
   if (seed < 0) {
     for (int64_t i = begin; i < end; ++i) {
       const float x = static_cast<float>(v[i]) / f.scale;
-      non_finite |= uint32_t((float_bits(x) & 0x7F800000u) == 0x7F800000u);
+      bad |= uint32_t(non_finite(x));
       out[i] = encode_nearest(x, f);
     }
   } else {
     for (int64_t i = begin; i < end; ++i) {
       const float x = static_cast<float>(v[i]) / f.scale;
-      non_finite |= uint32_t((float_bits(x) & 0x7F800000u) == 0x7F800000u);
-      out[i] = encode_stochastic(x, splitmix64(uint64_t(seed) + uint64_t(i + 1) * kGolden), f);
+      bad |= uint32_t(non_finite(x));
+      out[i] = encode_stochastic(x, element_noise(seed, i), f);
     }
   }
-  return non_finite != 0;
+  return bad != 0;
 }
 
-at::Tensor float_encode_cpu(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
-                            int64_t seed) {
+void float_encode_out_cpu(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                          int64_t seed, const at::Tensor& codes) {
   check_format(exponent, mantissa, bias, scale);
+  check_out(codes, v, at::kByte, "float_encode");
   const at::Tensor input = v.contiguous();
-  at::Tensor codes = at::empty({input.numel()}, input.options().dtype(at::kByte));
   const FloatFormat f{int(exponent), int(mantissa), int(bias), float(scale)};
-  std::atomic<bool> non_finite{false};
+  std::atomic<bool> any_non_finite{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "float_encode", [&] {
     const scalar_t* src = input.const_data_ptr<scalar_t>();
     uint8_t* dst = codes.mutable_data_ptr<uint8_t>();
     at::parallel_for(0, input.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      if (encode_range(src, dst, begin, end, f, seed)) non_finite = true;
+      if (encode_range(src, dst, begin, end, f, seed)) any_non_finite = true;
     });
   });
-  TORCH_CHECK_VALUE(!non_finite, "float_encode got NaN or Inf values; the float formats have no codes for them. "
-                    "Check the gradients (loss scaling, a diverged step) before compressing");
+  TORCH_CHECK_VALUE(!any_non_finite, kNonFiniteMessage);
+}
+
+at::Tensor float_encode_cpu(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                            int64_t seed) {
+  at::Tensor codes = at::empty({v.numel()}, v.options().dtype(at::kByte));
+  float_encode_out_cpu(v, exponent, mantissa, bias, scale, seed, codes);
   return codes;
 }
 
-at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
+// Table lookups with AVX2 gathers, 32 codes per iteration.
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void decode_avx2(const uint8_t* src, float* dst, int64_t begin, int64_t end,
+                                                 const float* table) {
+  int64_t i = begin;
+  for (; i + 32 <= end; i += 32) {
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m128i halves[2] = {_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)};
+    for (int h = 0; h < 2; ++h) {
+      const __m256i low = _mm256_cvtepu8_epi32(halves[h]), high = _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8));
+      _mm256_storeu_ps(dst + i + 16 * h, _mm256_i32gather_ps(table, low, 4));
+      _mm256_storeu_ps(dst + i + 16 * h + 8, _mm256_i32gather_ps(table, high, 4));
+    }
+  }
+  for (; i < end; ++i) dst[i] = table[src[i]];
+}
+#endif
+
+void float_decode_out_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                          const at::Tensor& out) {
   check_format(exponent, mantissa, bias, scale);
   TORCH_CHECK(codes.scalar_type() == at::kByte, "float_decode takes uint8 codes, got ", codes.scalar_type());
+  check_out(out, codes, at::kFloat, "float_decode");
   const at::Tensor input = codes.contiguous();
-  std::array<float, 256> table{};
-  for (int c = 0; c < 256; ++c) {
-    const int magnitude = c & ((1 << (exponent + mantissa)) - 1);
-    const int e = magnitude >> mantissa, m = magnitude & ((1 << mantissa) - 1);
-    const float value = std::ldexp(float(e ? m + (1 << mantissa) : m), int(std::max(e, 1) - bias - mantissa));
-    table[c] = ((c >> (exponent + mantissa)) & 1 ? -value : value) * float(scale);
-  }
-  at::Tensor out = at::empty({input.numel()}, input.options().dtype(at::kFloat));
+  const std::array<float, 256> table = decode_table(int(exponent), int(mantissa), int(bias), float(scale));
   const uint8_t* src = input.const_data_ptr<uint8_t>();
   float* dst = out.mutable_data_ptr<float>();
   at::parallel_for(0, input.numel(), kGrain, [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    static const bool has_avx2 = __builtin_cpu_supports("avx2");
+    if (has_avx2) return decode_avx2(src, dst, begin, end, table.data());
+#endif
     for (int64_t i = begin; i < end; ++i) dst[i] = table[src[i]];
   });
+}
+
+at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
+  at::Tensor out = at::empty({codes.numel()}, codes.options().dtype(at::kFloat));
+  float_decode_out_cpu(codes, exponent, mantissa, bias, scale, out);
   return out;
 }
 
 // -- Huffman --------------------------------------------------------------------------------
+// The stream is the codewords' bits, most significant first, in big-endian bytes; the last
+// byte is zero padded. Both loops are branch free in their common path: the encoder stores a
+// 32-bit word on every symbol and advances only when it is full; the decoder reads 64-bit
+// windows and resolves up to two symbols per lookup of the next 12 bits.
+constexpr int kPairBits = 12;
+constexpr int64_t kPairTableMin = 1 << 18;  // symbols from which the encoder's 65536-entry pair table pays
+
 void check_table(const at::Tensor& codes, const at::Tensor& lengths) {
   TORCH_CHECK(codes.scalar_type() == at::kInt && lengths.scalar_type() == at::kByte && codes.dim() == 1 &&
                   codes.sizes() == lengths.sizes() && codes.numel() <= 256,
               "a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols");
+}
+
+inline void store_be32(uint8_t* p, uint32_t word) {
+  word = __builtin_bswap32(word);
+  std::memcpy(p, &word, sizeof(word));
+}
+
+inline uint64_t load_be64(const uint8_t* p) {
+  uint64_t word;
+  std::memcpy(&word, p, sizeof(word));
+  return __builtin_bswap64(word);
+}
+
+// (codes << 8 | length) of two codewords (code << 8 | length each) written one after the other;
+// bit 63 flags a symbol without a codeword.
+inline uint64_t join(uint32_t first, uint32_t second) {
+  const uint32_t l1 = first & 0xFFu, l2 = second & 0xFFu;
+  const uint64_t missing = uint64_t((l1 == 0) | (l2 == 0)) << 63;
+  return missing | ((uint64_t(first >> 8) << l2 | (second >> 8)) << 8) | (l1 + l2);
 }
 
 at::Tensor huffman_encode_cpu(const at::Tensor& symbols, const at::Tensor& codes, const at::Tensor& lengths) {
@@ -176,55 +218,63 @@ at::Tensor huffman_encode_cpu(const at::Tensor& symbols, const at::Tensor& codes
   TORCH_CHECK(symbols.scalar_type() == at::kByte, "huffman_encode takes uint8 symbols, got ", symbols.scalar_type());
   const at::Tensor input = symbols.contiguous();
   const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
-  std::array<uint32_t, 256> code{};
-  std::array<uint32_t, 256> length{};
+  std::array<uint32_t, 256> entry{};  // code << 8 | length
+  uint32_t longest = 0;
   for (int64_t s = 0; s < codes.numel(); ++s) {
-    code[s] = uint32_t(code_t.const_data_ptr<int32_t>()[s]);
-    length[s] = length_t.const_data_ptr<uint8_t>()[s];
-    TORCH_CHECK(length[s] <= kMaxCodeLength, "Huffman codewords are at most 16 bits, symbol ", s, " has ", length[s]);
+    const uint32_t length = length_t.const_data_ptr<uint8_t>()[s];
+    TORCH_CHECK(length <= kMaxCodeLength, "Huffman codewords are at most 16 bits, symbol ", s, " has ", length);
+    entry[s] = (uint32_t(code_t.const_data_ptr<int32_t>()[s]) << 8) | length;
+    longest = std::max(longest, length);
   }
   const uint8_t* src = input.const_data_ptr<uint8_t>();
   const int64_t n = input.numel();
-  int64_t total_bits = 0;
-  bool missing = false;
-  for (int64_t i = 0; i < n; ++i) {
-    total_bits += length[src[i]];
-    missing |= length[src[i]] == 0;
-  }
-  TORCH_CHECK_VALUE(!missing, "huffman_encode: a symbol has no codeword (length 0) in this table");
-  const int64_t nbytes = (total_bits + 7) / 8;
-  at::Tensor out = at::zeros({nbytes + 8}, input.options());  // slack for 4-byte stores
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  uint64_t acc = 0;
-  int bits = 0;  // valid low bits in acc
-  for (int64_t i = 0; i < n; ++i) {
-    const uint8_t s = src[i];
-    acc = (acc << length[s]) | code[s];
-    bits += int(length[s]);
-    if (bits >= 32) {
-      bits -= 32;
-      const uint32_t word = uint32_t(acc >> bits);
-      dst[0] = uint8_t(word >> 24);
-      dst[1] = uint8_t(word >> 16);
-      dst[2] = uint8_t(word >> 8);
-      dst[3] = uint8_t(word);
-      dst += 4;
+  // Room for the longest possible stream plus the 4-byte stores' slack; only written pages are touched.
+  at::Tensor out = at::empty({(n * longest + 7) / 8 + 8}, input.options());
+  uint8_t* const begin = out.mutable_data_ptr<uint8_t>();
+  uint8_t* dst = begin;
+  uint64_t acc = 0, missing = 0;  // missing: bit 63 set by a symbol without a codeword
+  uint32_t bits = 0;               // valid low bits in acc, < 32 between pairs
+  // Two codewords (<= 32 bits) joined per 32-bit flush: acc never holds more than 63 valid bits.
+  auto put = [&](uint64_t pair) {
+    missing |= pair;
+    const uint32_t length = uint32_t(pair) & 0xFFu;
+    acc = (acc << length) | ((pair >> 8) & 0xFFFFFFFFu);
+    bits += length;
+    const uint32_t full = bits >> 5;
+    bits &= 31u;
+    store_be32(dst, uint32_t(acc >> bits));
+    dst += full << 2;
+  };
+  if (n >= kPairTableMin) {  // one lookup per pair in a table of every (byte, byte), indexed little-endian
+    std::vector<uint64_t> pairs(1 << 16);
+    for (uint32_t second = 0; second < 256; ++second) {
+      for (uint32_t first = 0; first < 256; ++first) pairs[second << 8 | first] = join(entry[first], entry[second]);
     }
+    for (int64_t i = 0; i + 1 < n; i += 2) {
+      uint16_t two;
+      std::memcpy(&two, src + i, sizeof(two));
+      put(pairs[le16toh(two)]);
+    }
+  } else {
+    for (int64_t i = 0; i + 1 < n; i += 2) put(join(entry[src[i]], entry[src[i + 1]]));
   }
-  for (; bits > 0; bits -= 8) {
-    *dst++ = uint8_t(bits >= 8 ? acc >> (bits - 8) : acc << (8 - bits));
+  if (n & 1) {
+    const uint32_t last = entry[src[n - 1]];
+    missing |= uint64_t((last & 0xFFu) == 0) << 63;
+    acc = (acc << (last & 0xFFu)) | (last >> 8);
+    bits += last & 0xFFu;
   }
-  return out.narrow(0, 0, nbytes);
+  TORCH_CHECK_VALUE(!(missing >> 63), "huffman_encode: a symbol has no codeword (length 0) in this table");
+  for (; bits >= 8; bits -= 8) *dst++ = uint8_t(acc >> (bits - 8));
+  if (bits > 0) *dst++ = uint8_t(acc << (8 - bits));
+  return out.narrow(0, 0, dst - begin);
 }
 
-at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Tensor& codes, const at::Tensor& lengths) {
-  check_table(codes, lengths);
-  TORCH_CHECK(stream.scalar_type() == at::kByte, "huffman_decode takes a uint8 stream, got ", stream.scalar_type());
-  TORCH_CHECK(n >= 0, "huffman_decode: n must be >= 0, got ", n);
-  // 16-bit lookup: the symbol (low byte) and codeword length (high byte) of every 16-bit prefix.
+// The symbol and length of every 16-bit prefix: (length << 8) | symbol, 0 where no codeword starts.
+std::vector<uint16_t> prefix_table(const at::Tensor& codes, const at::Tensor& lengths) {
   std::vector<uint16_t> lut(1 << kMaxCodeLength, 0);
-  const int32_t* code = codes.contiguous().const_data_ptr<int32_t>();
-  const at::Tensor length_t = lengths.contiguous();
+  const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
+  const int32_t* code = code_t.const_data_ptr<int32_t>();
   const uint8_t* length = length_t.const_data_ptr<uint8_t>();
   for (int64_t s = 0; s < codes.numel(); ++s) {
     const int l = length[s];
@@ -233,27 +283,70 @@ at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Ten
     const uint32_t first = uint32_t(code[s]) << (kMaxCodeLength - l);
     std::fill(lut.begin() + first, lut.begin() + first + (1u << (kMaxCodeLength - l)), uint16_t((l << 8) | s));
   }
+  return lut;
+}
+
+// For every 12-bit prefix: the one or two whole codewords it starts with, as
+// s1 | s2 << 8 | bits << 16 | count << 24; count 0 where the first codeword is longer than 12 bits.
+std::vector<uint32_t> pair_table(const std::vector<uint16_t>& lut) {
+  std::vector<uint32_t> pairs(1 << kPairBits, 0);
+  constexpr int kRest = kMaxCodeLength - kPairBits;
+  for (uint32_t p = 0; p < pairs.size(); ++p) {
+    const uint16_t first = lut[p << kRest];
+    const uint32_t l1 = first >> 8;
+    if (l1 == 0 || l1 > uint32_t(kPairBits)) continue;
+    pairs[p] = (first & 0xFFu) | (l1 << 16) | (1u << 24);
+    const uint16_t second = lut[((p << l1) & ((1u << kPairBits) - 1)) << kRest];
+    const uint32_t l2 = second >> 8;
+    if (l2 != 0 && l1 + l2 <= uint32_t(kPairBits)) pairs[p] = (first & 0xFFu) | ((second & 0xFFu) << 8) | ((l1 + l2) << 16) | (2u << 24);
+  }
+  return pairs;
+}
+
+at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Tensor& codes, const at::Tensor& lengths) {
+  check_table(codes, lengths);
+  TORCH_CHECK(stream.scalar_type() == at::kByte, "huffman_decode takes a uint8 stream, got ", stream.scalar_type());
+  TORCH_CHECK(n >= 0, "huffman_decode: n must be >= 0, got ", n);
+  const std::vector<uint16_t> lut = prefix_table(codes, lengths);
+  const std::vector<uint32_t> pairs = pair_table(lut);
   const at::Tensor input = stream.contiguous();
   const uint8_t* src = input.const_data_ptr<uint8_t>();
   const int64_t nbytes = input.numel();
   at::Tensor out = at::empty({n}, input.options());
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  uint64_t acc = 0;
-  int bits = 0;
-  int64_t pos = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (bits < kMaxCodeLength) {
-      while (bits <= 56 && pos < nbytes) {
-        acc = (acc << 8) | src[pos++];
-        bits += 8;
+  int64_t i = 0, bitpos = 0;
+  bool corrupt = false;
+  // Fast path: a 64-bit window holds >= 57 unread bits, enough for three codewords of <= 16 bits.
+  while (i + 6 <= n && (bitpos >> 3) + 8 <= nbytes) {
+    uint64_t window = load_be64(src + (bitpos >> 3)) << (bitpos & 7);
+    for (int k = 0; k < 3; ++k) {
+      uint32_t entry = pairs[window >> (64 - kPairBits)];
+      if ((entry >> 24) == 0) {  // a codeword longer than 12 bits
+        const uint16_t e = lut[window >> (64 - kMaxCodeLength)];
+        corrupt |= e == 0;
+        entry = (e & 0xFFu) | (uint32_t(e >> 8) << 16) | (1u << 24);
       }
+      dst[i] = uint8_t(entry);
+      dst[i + 1] = uint8_t(entry >> 8);
+      const uint32_t used = (entry >> 16) & 0xFFu;
+      i += entry >> 24;
+      window <<= used;
+      bitpos += used;
     }
-    const uint32_t peek = uint32_t(bits >= kMaxCodeLength ? acc >> (bits - kMaxCodeLength) : acc << (kMaxCodeLength - bits)) & 0xFFFFu;
+    TORCH_CHECK_VALUE(!corrupt, "huffman_decode: the stream is corrupt or shorter than n symbols");
+  }
+  // Tail: one byte at a time.
+  const int64_t total_bits = nbytes * 8;
+  for (; i < n; ++i) {
+    uint32_t peek = 0;
+    for (int64_t b = bitpos; b < bitpos + kMaxCodeLength && b < total_bits; ++b) {
+      peek |= uint32_t((src[b >> 3] >> (7 - (b & 7))) & 1u) << (kMaxCodeLength - 1 - (b - bitpos));
+    }
     const uint16_t entry = lut[peek];
-    const int l = entry >> 8;
-    TORCH_CHECK_VALUE(l != 0 && l <= bits, "huffman_decode: the stream is corrupt or shorter than n symbols");
+    const int64_t l = entry >> 8;
+    TORCH_CHECK_VALUE(l != 0 && bitpos + l <= total_bits, "huffman_decode: the stream is corrupt or shorter than n symbols");
     dst[i] = uint8_t(entry);
-    bits -= l;
+    bitpos += l;
   }
   return out;
 }
@@ -263,6 +356,8 @@ at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Ten
 TORCH_LIBRARY_IMPL(threepc, CPU, m) {
   m.impl("float_encode", &float_encode_cpu);
   m.impl("float_decode", &float_decode_cpu);
+  m.impl("float_encode.out", &float_encode_out_cpu);
+  m.impl("float_decode.out", &float_decode_out_cpu);
   m.impl("huffman_encode", &huffman_encode_cpu);
   m.impl("huffman_decode", &huffman_decode_cpu);
 }

@@ -23,8 +23,10 @@ TORCH_LIBRARY(threepc, m) {
   // uint8 code of v / scale in the float format [1, exponent, mantissa] with bias; seed < 0:
   // round to nearest (ties to even), else stochastic rounding seeded per element.
   m.def("float_encode(Tensor v, int exponent, int mantissa, int bias, float scale, int seed) -> Tensor");
+  m.def("float_encode.out(Tensor v, int exponent, int mantissa, int bias, float scale, int seed, *, Tensor(a!) out) -> ()");
   // fp32 value of each code, times scale.
   m.def("float_decode(Tensor codes, int exponent, int mantissa, int bias, float scale) -> Tensor");
+  m.def("float_decode.out(Tensor codes, int exponent, int mantissa, int bias, float scale, *, Tensor(a!) out) -> ()");
   // Prefix-code the uint8 symbols MSB-first with (codes int32[A], lengths uint8[A]).
   m.def("huffman_encode(Tensor symbols, Tensor codes, Tensor lengths) -> Tensor");
   // The first n symbols of a stream coded with that table.

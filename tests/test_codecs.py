@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import BACKENDS, DTYPES, make, run
 
-from compressors import FloatFormat, gennorm
+from compressors import FloatFormat, gennorm, kernels
 from compressors.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
 
 FORMATS = [FloatFormat(5, 2, 15), FloatFormat(4, 3, 10), FloatFormat(4, 3, 7), FloatFormat(2, 1, 1),
@@ -62,7 +62,7 @@ def test_float_decode_matches_reference(backend, fmt):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+@pytest.mark.parametrize("fmt", ALL_FORMATS + FORMATS, ids=str)
 def test_rounding_to_nearest_matches_a_float64_oracle(backend, fmt):
     values = fmt.values()[: 1 << (fmt.exponent + fmt.mantissa)]
     midpoints = (values[1:] + values[:-1]) / 2  # exact ties (representable in fp32 for these formats)
@@ -121,6 +121,40 @@ def test_float_encode_non_contiguous_and_empty(backend):
     assert encode(backend, torch.empty(0), FORMATS[1]).numel() == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float_conversion_into_out_writes_what_the_allocating_call_returns(backend):
+    fmt = FORMATS[0]
+    v = torch.randn(40, 50, dtype=torch.bfloat16)[:, ::2]  # non-contiguous input, contiguous out
+    codes = torch.full((v.numel(),), 7, dtype=torch.uint8)
+    with kernels.use_backend(backend):
+        got = kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, 11, out=codes)
+        assert got is codes and torch.equal(codes, encode("torch", v, fmt, 0.5, 11))
+        values = torch.full((v.numel(),), float("nan"))
+        got = kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, out=values)
+        assert got is values and torch.equal(values, run("torch", "float_decode", codes, fmt.exponent, fmt.mantissa,
+                                                         fmt.bias, 0.5))
+        for bad in (torch.empty(v.numel() - 1, dtype=torch.uint8), torch.empty(v.numel(), dtype=torch.int8),
+                    torch.empty(2 * v.numel(), dtype=torch.uint8)[::2]):
+            with pytest.raises(ValueError, match="out must be a contiguous torch.uint8 tensor"):
+                kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, out=bad)
+        with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
+            kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, out=values.half())
+
+
+@pytest.mark.skipif("ext" not in BACKENDS, reason="the compiled extension is not built")
+def test_opcheck_passes_for_the_codec_ops():
+    ops = torch.ops.threepc
+    v, codes = torch.randn(3000), torch.randint(0, 256, (3000,), dtype=torch.uint8)
+    torch.library.opcheck(ops.float_encode.default, (v, 5, 2, 15, 0.5, 3))
+    torch.library.opcheck(ops.float_encode.out, (v, 5, 2, 15, 0.5, -1), {"out": torch.empty(3000, dtype=torch.uint8)})
+    torch.library.opcheck(ops.float_decode.default, (codes, 5, 2, 15, 0.5))
+    torch.library.opcheck(ops.float_decode.out, (codes, 5, 2, 15, 0.5), {"out": torch.empty(3000)})
+    table = HuffmanTable.from_weights(np.arange(1.0, 257.0))
+    stream = table.encode(codes)
+    torch.library.opcheck(ops.huffman_encode.default, (codes, table.codes, table.lengths))
+    torch.library.opcheck(ops.huffman_decode.default, (stream, 3000, table.codes, table.lengths))
+
+
 # -- Huffman --------------------------------------------------------------------------------
 def random_table(alphabet: int, seed: int) -> HuffmanTable:
     weights = np.random.default_rng(seed).pareto(1.0, alphabet) + 1e-9
@@ -165,6 +199,22 @@ def test_huffman_round_trips_ten_million_symbols(backend):
     assert torch.equal(run(backend, "huffman_decode", stream, symbols.numel(), table.codes, table.lengths), symbols)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_huffman_long_inputs_give_the_reference_bytes(backend):
+    """From 2^18 symbols the C++ encoder looks pairs up in a 65536-entry table: same bytes."""
+    g = torch.Generator().manual_seed(5)
+    for alphabet, n in ((256, (1 << 18) + 1), (200, 1 << 19)):
+        table = random_table(alphabet, n)
+        symbols = torch.randint(0, alphabet, (n,), generator=g, dtype=torch.uint8)
+        stream = run(backend, "huffman_encode", symbols, table.codes, table.lengths)
+        assert torch.equal(stream, run("torch", "huffman_encode", symbols, table.codes, table.lengths))
+    holes = HuffmanTable.from_lengths(np.array([1, 2, 2, 0]))
+    symbols = torch.zeros(1 << 19, dtype=torch.uint8)
+    symbols[-2] = 3  # the one symbol without a codeword, late in a long input
+    with pytest.raises(ValueError, match="no codeword"):
+        run(backend, "huffman_encode", symbols, holes.codes, holes.lengths)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_huffman_rejects_uncoded_symbols_and_corrupt_streams(backend):
     table = HuffmanTable.from_lengths(np.array([1, 2, 2, 0]))  # symbol 3 has no codeword
@@ -173,6 +223,15 @@ def test_huffman_rejects_uncoded_symbols_and_corrupt_streams(backend):
     stream = run(backend, "huffman_encode", torch.tensor([1, 2], dtype=torch.uint8), table.codes, table.lengths)
     with pytest.raises(ValueError, match="corrupt or shorter"):
         run(backend, "huffman_decode", stream, 50, table.codes, table.lengths)
+    incomplete = HuffmanTable.from_lengths(np.array([2, 2, 2]))  # the prefix 11 starts no codeword
+    for cut in (0, 40):  # the invalid prefix early in a long stream (the windowed path) and in the tail
+        stream = torch.cat([run(backend, "huffman_encode", torch.zeros(4 * cut, dtype=torch.uint8),
+                                incomplete.codes, incomplete.lengths), torch.full((50,), 0xFF, dtype=torch.uint8)])
+        with pytest.raises(ValueError, match="corrupt or shorter"):
+            run(backend, "huffman_decode", stream, 4 * cut + 100, incomplete.codes, incomplete.lengths)
+    long_stream = run(backend, "huffman_encode", torch.ones(1000, dtype=torch.uint8), table.codes, table.lengths)
+    with pytest.raises(ValueError, match="corrupt or shorter"):
+        run(backend, "huffman_decode", long_stream[:100], 1000, table.codes, table.lengths)
     with pytest.raises(TypeError, match="HuffmanTable"):
         run(backend, "huffman_encode", torch.zeros(3, dtype=torch.uint8), table.codes.long(), table.lengths)
 

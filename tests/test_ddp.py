@@ -1,19 +1,14 @@
 """The hook on real gloo processes: accuracy, bytes, replicas, DDP variants, checkpoints, errors."""
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import ddp_hooks
 from benchmarks.demo import TrainConfig, load_a9a, train
+from benchmarks.ranks import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -138,24 +133,6 @@ def test_four_ranks_with_no_sync_and_bucket_views(a9a):
 
 
 # -- processes with their own scripts ------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, workers: int, *args) -> list[dict]:
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(fn, args=(workers, _free_port(), out, *args), nprocs=workers, join=True)
-        return [torch.load(Path(out, f"{r}.pt")) for r in range(workers)]
-
-
-def _init(rank: int, workers: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=workers)
-
-
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
@@ -170,8 +147,7 @@ def _steps(ddp: nn.Module, opt: torch.optim.Optimizer, rank: int, first: int, co
         opt.step()
 
 
-def _checkpoint_worker(rank: int, workers: int, port: int, out: str) -> None:
-    _init(rank, workers, port)
+def _checkpoint_worker(rank: int, workers: int) -> dict:
     model = _model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)  # one bucket
     state = ddp_hooks.register(ddp, "ef21", ratio=0.05)
@@ -189,14 +165,13 @@ def _checkpoint_worker(rank: int, workers: int, port: int, out: str) -> None:
     _steps(ddp2, opt2, rank, 10, 5)
     g_i = {name: s["g_i"] for name, s in state2.state_dict()["memory"].items()}
     g = {name: s["server.g"] for name, s in state2.state_dict()["memory"].items()}
-    torch.save({"saved": saved["hook"], "resumed": state2.stats.summary(), "iteration": state2.iteration,
-                "buckets": (len(state.buckets), len(state2.buckets)), "g_i": g_i, "g": g,
-                "params": [p.detach().clone() for p in model2.parameters()]}, Path(out, f"{rank}.pt"))
-    dist.destroy_process_group()
+    return {"saved": saved["hook"], "resumed": state2.stats.summary(), "iteration": state2.iteration,
+            "buckets": (len(state.buckets), len(state2.buckets)), "g_i": g_i, "g": g,
+            "params": [p.detach().clone() for p in model2.parameters()]}
 
 
 def test_checkpoint_resumes_in_a_wrapper_with_other_buckets():
-    results = _spawn(_checkpoint_worker, 2)
+    results = run_ranks(_checkpoint_worker, 2)
     r0 = results[0]
     assert r0["buckets"][0] == 1 and r0["buckets"][1] >= 2, "the two wrappers must bucket differently"
     assert r0["iteration"] == 15
@@ -210,8 +185,7 @@ def test_checkpoint_resumes_in_a_wrapper_with_other_buckets():
         assert torch.equal(a, b)
 
 
-def _bad_dtype_worker(rank: int, workers: int, port: int, out: str) -> None:
-    _init(rank, workers, port)
+def _bad_dtype_worker(rank: int, workers: int) -> dict:
     model = _model().double()
     ddp = nn.parallel.DistributedDataParallel(model)
     state = ddp_hooks.register(ddp, "ef21")
@@ -220,11 +194,10 @@ def _bad_dtype_worker(rank: int, workers: int, port: int, out: str) -> None:
         ddp(torch.randn(4, 20, dtype=torch.float64)).sum().backward()
     except Exception as e:  # noqa: BLE001 - the test inspects whatever DDP re-raised
         error = str(e)
-    torch.save({"error": error, "iteration": state.iteration, "buckets": len(state.buckets)}, Path(out, f"{rank}.pt"))
-    dist.destroy_process_group()
+    return {"error": error, "iteration": state.iteration, "buckets": len(state.buckets)}
 
 
 def test_unsupported_gradients_raise_the_same_clear_error_on_every_rank():
-    for r in _spawn(_bad_dtype_worker, 2):
+    for r in run_ranks(_bad_dtype_worker, 2):
         assert "compress float32, float16 and bfloat16 gradients" in r["error"] and "float64" in r["error"]
         assert r["iteration"] == 0 and r["buckets"] == 0, "a rejected bucket must leave the state untouched"

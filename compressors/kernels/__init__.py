@@ -3,8 +3,8 @@
 Backends: ``ext`` (the C++ ops ``torch.ops.threepc.*``, the default), ``numba`` (used when the
 extension cannot be imported, with one warning) and ``torch`` (``reference.py``, the
 specification). ``THREEPC_BACKEND=ext|numba|torch`` forces one; ``use_backend`` switches
-temporarily. Arguments are checked here, identically for every backend. Tensors on a device
-that a backend has no kernel for (CUDA, until the CUDA kernels land) run the reference.
+temporarily. Arguments are checked here, identically for every backend. CUDA tensors run the
+``ext`` ops' CUDA kernels when the extension was built with them (setup.py), else the reference.
 """
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def _backend_for(t: Tensor) -> str:
-    return _backend if t.device.type == "cpu" else "torch"
+    if t.device.type == "cpu":
+        return _backend
+    return "ext" if _backend == "ext" and _modules["ext"].has_kernels_for(t.device.type) else "torch"
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -171,35 +173,58 @@ def _check_format(exponent: int, mantissa: int, bias: int, scale: float) -> None
 
 
 def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0,
-                 seed: int | None = None) -> Tensor:
+                 seed: int | None = None, *, out: Tensor | None = None) -> Tensor:
     """uint8 codes of v / scale in the float format [1, exponent, mantissa] with ``bias``:
     round to nearest (ties to even) or, with ``seed``, stochastic rounding. Saturates; raises
-    ValueError on NaN/Inf."""
+    ValueError on NaN/Inf. ``out``: a contiguous uint8 tensor of v.numel() elements to write to
+    (no allocation; what a hook that keeps its buffers wants)."""
     _check_float("v", v)
     _check_format(exponent, mantissa, bias, scale)
+    _check_out("float_encode", out, v, torch.uint8)
     seed = -1 if seed is None else seed & ((1 << 63) - 1)
     backend = _backend_for(v)
     if backend == "ext":
+        if out is not None:
+            _modules["ext"].ops.float_encode.out(v, exponent, mantissa, bias, scale, seed, out=out)
+            return out
         return _modules["ext"].ops.float_encode(v, exponent, mantissa, bias, scale, seed)
     if backend == "numba":
         x = _numpy_f32(v) / np.float32(scale)
-        return torch.from_numpy(_modules["numba"].float_encode(x, exponent, mantissa, bias, seed))
-    return reference.float_encode(v, exponent, mantissa, bias, scale, seed)
+        codes = torch.from_numpy(_modules["numba"].float_encode(x, exponent, mantissa, bias, seed))
+    else:
+        codes = reference.float_encode(v, exponent, mantissa, bias, scale, seed)
+    return codes if out is None else out.copy_(codes)
 
 
-def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0) -> Tensor:
-    """The fp32 values (times ``scale``) of uint8 codes in the float format [1, exponent, mantissa]."""
+def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0, *,
+                 out: Tensor | None = None) -> Tensor:
+    """The fp32 values (times ``scale``) of uint8 codes in the float format [1, exponent, mantissa];
+    ``out``: a contiguous float32 tensor of codes.numel() elements to write to."""
     if codes.dtype != torch.uint8:
         raise TypeError(f"codes must be uint8, got {codes.dtype}")
     _check_format(exponent, mantissa, bias, scale)
+    _check_out("float_decode", out, codes, torch.float32)
     backend = _backend_for(codes)
     if backend == "ext":
+        if out is not None:
+            _modules["ext"].ops.float_decode.out(codes, exponent, mantissa, bias, scale, out=out)
+            return out
         return _modules["ext"].ops.float_decode(codes, exponent, mantissa, bias, scale)
     if backend == "numba":
         flat_codes = codes.reshape(-1).contiguous().numpy()
-        return torch.from_numpy(_modules["numba"].float_decode(flat_codes, exponent, mantissa, bias,
-                                                               np.float32(scale)))
-    return reference.float_decode(codes, exponent, mantissa, bias, scale)
+        values = torch.from_numpy(_modules["numba"].float_decode(flat_codes, exponent, mantissa, bias,
+                                                                 np.float32(scale)))
+    else:
+        values = reference.float_decode(codes, exponent, mantissa, bias, scale)
+    return values if out is None else out.copy_(values)
+
+
+def _check_out(op: str, out: Tensor | None, like: Tensor, dtype: torch.dtype) -> None:
+    if out is not None and (out.dtype != dtype or not out.is_contiguous() or out.numel() != like.numel()
+                            or out.device != like.device):
+        raise ValueError(f"{op}: out must be a contiguous {dtype} tensor of {like.numel()} elements on "
+                         f"{like.device}, got {out.dtype} of {out.numel()} elements; allocate it with "
+                         f"torch.empty({like.numel()}, dtype={dtype})")
 
 
 def _check_table(codes: Tensor, lengths: Tensor) -> None:
@@ -217,12 +242,16 @@ def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
         raise TypeError(f"symbols must be uint8, got {symbols.dtype}")
     if symbols.numel() and int(symbols.max()) >= codes.numel():
         raise ValueError(f"symbol {int(symbols.max())} is outside the table's {codes.numel()} symbols")
-    if _backend == "ext":
-        return _modules["ext"].ops.huffman_encode(symbols.cpu(), codes, lengths)
-    if _backend == "numba":
-        return torch.from_numpy(_modules["numba"].huffman_encode(symbols.reshape(-1).contiguous().cpu().numpy(),
-                                                                 codes.numpy(), lengths.numpy()))
-    return reference.huffman_encode(symbols.cpu(), codes, lengths)
+    backend = _backend_for(symbols)
+    if backend == "ext":  # a CUDA tensor's stream is coded on the CPU and comes back to its device
+        return _modules["ext"].ops.huffman_encode(symbols, codes, lengths)
+    flat = symbols.reshape(-1).contiguous().cpu()
+    if backend == "numba":
+        stream = torch.from_numpy(_modules["numba"].huffman_encode(flat.numpy(), codes.cpu().numpy(),
+                                                                   lengths.cpu().numpy()))
+    else:
+        stream = reference.huffman_encode(flat, codes.cpu(), lengths.cpu())
+    return stream.to(symbols.device)
 
 
 def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
@@ -232,9 +261,13 @@ def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Te
         raise TypeError(f"stream must be uint8, got {stream.dtype}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if _backend == "ext":
-        return _modules["ext"].ops.huffman_decode(stream.cpu(), n, codes, lengths)
-    if _backend == "numba":
-        return torch.from_numpy(_modules["numba"].huffman_decode(stream.reshape(-1).contiguous().cpu().numpy(), n,
-                                                                 codes.numpy(), lengths.numpy()))
-    return reference.huffman_decode(stream.cpu(), n, codes, lengths)
+    backend = _backend_for(stream)
+    if backend == "ext":
+        return _modules["ext"].ops.huffman_decode(stream, n, codes, lengths)
+    flat = stream.reshape(-1).contiguous().cpu()
+    if backend == "numba":
+        symbols = torch.from_numpy(_modules["numba"].huffman_decode(flat.numpy(), n, codes.cpu().numpy(),
+                                                                    lengths.cpu().numpy()))
+    else:
+        symbols = reference.huffman_decode(flat, n, codes.cpu(), lengths.cpu())
+    return symbols.to(stream.device)

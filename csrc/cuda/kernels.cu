@@ -1,0 +1,422 @@
+// CUDA kernels of every threepc op, registered for the CUDA dispatch key. They
+// return what the CPU kernels return, bit for bit (tests/test_cuda.py); the
+// specification is compressors/kernels/reference.py.
+//
+// All work is queued on the current stream with no device synchronisation,
+// except where the result's size or an error depends on the data:
+// float_encode reads back one flag to raise on NaN/Inf, and the Huffman ops
+// (sequential, variable-length) copy to the CPU coder and back.
+//
+// Top-k by |v| (topk_abs, ef21_topk_step) is a radix select on the key
+// bits(|v|) (the float's bits without the sign: unsigned order = order of |v|):
+//   1. four passes of 8-bit digits, most significant first; each histograms the
+//      keys that share the digits found so far and picks the digit holding the
+//      k-th largest key, which leaves T (the k-th key) and `need` (how many keys
+//      equal to T belong to the top k);
+//   2. an ordered compaction in tiles: every tile counts its keys above T and
+//      equal to T, two exclusive scans over tiles give each tile its output
+//      offset and the number of ties before it, and every tile writes its keys
+//      above T and its first ties (lowest index first, as on the CPU) in index
+//      order. Indices come out ascending, as on the CPU.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cub/cub.cuh>
+
+#include "../float_codes.h"
+
+namespace threepc {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRounds = 16;                  // rounds of kThreads elements per compaction tile
+constexpr int kTile = kThreads * kRounds;    // elements per compaction tile
+constexpr int kDigits = 256;                 // 8-bit radix digits
+
+__device__ __forceinline__ uint32_t abs_key(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+
+template <typename scalar_t>
+struct AbsValue {  // x[i], ranked by |x[i]|
+  const scalar_t* x;
+  __device__ __forceinline__ float operator()(int64_t i) const { return static_cast<float>(x[i]); }
+};
+
+template <typename scalar_t>
+struct DiffValue {  // the EF21 difference grad[i] - h[i], computed, never stored
+  const scalar_t* grad;
+  const float* h;
+  __device__ __forceinline__ float operator()(int64_t i) const { return __fsub_rn(static_cast<float>(grad[i]), h[i]); }
+};
+
+struct SelectState {
+  uint32_t prefix;             // the digits of T found so far
+  unsigned long long need;     // how many of the top k lie among the keys matching the prefix
+};
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+int grid_for(int64_t n) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 8LL * sms)));
+}
+
+__global__ void select_init(SelectState* state, int64_t k) {
+  state->prefix = 0;
+  state->need = static_cast<unsigned long long>(k);
+}
+
+template <typename Value>
+__global__ void digit_histogram(Value value, int64_t n, const SelectState* state, int shift,
+                                unsigned long long* hist) {
+  __shared__ unsigned int local[kDigits];
+  for (int b = threadIdx.x; b < kDigits; b += blockDim.x) local[b] = 0;
+  __syncthreads();
+  const uint32_t prefix = state->prefix;
+  const uint32_t decided = shift == 24 ? 0u : (0xFFFFFFFFu << (shift + 8));
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint32_t key = abs_key(value(i));
+    if ((key & decided) == prefix) atomicAdd(&local[(key >> shift) & 0xFFu], 1u);
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kDigits; b += blockDim.x) {
+    if (local[b] != 0) atomicAdd(&hist[b], static_cast<unsigned long long>(local[b]));
+  }
+}
+
+// The digit of the k-th largest key among those matching the prefix: scan the bins from the top.
+__global__ void pick_digit(SelectState* state, const unsigned long long* hist, int shift) {
+  unsigned long long above = 0;
+  for (int d = kDigits - 1; d >= 0; --d) {
+    if (above + hist[d] >= state->need) {
+      state->prefix |= uint32_t(d) << shift;
+      state->need -= above;
+      return;
+    }
+    above += hist[d];
+  }
+}
+
+template <typename Value>
+__global__ void tile_counts(Value value, int64_t n, const SelectState* state, int64_t* above, int64_t* ties) {
+  using Reduce = cub::BlockReduce<int, kThreads>;
+  __shared__ typename Reduce::TempStorage storage[2];
+  const uint32_t t = state->prefix;
+  const int64_t begin = blockIdx.x * int64_t(kTile), end = min(n, begin + kTile);
+  int gt = 0, eq = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+    const uint32_t key = abs_key(value(i));
+    gt += key > t;
+    eq += key == t;
+  }
+  const int tile_gt = Reduce(storage[0]).Sum(gt);
+  const int tile_eq = Reduce(storage[1]).Sum(eq);
+  if (threadIdx.x == 0) {
+    above[blockIdx.x] = tile_gt;
+    ties[blockIdx.x] = tile_eq;
+  }
+}
+
+// taken[b] = what tile b writes: its keys above T and the ties left after the earlier tiles'.
+__global__ void tile_taken(const int64_t* above, const int64_t* ties, const int64_t* ties_before,
+                           const SelectState* state, int64_t tiles, int64_t* taken) {
+  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (b >= tiles) return;
+  const int64_t left = static_cast<int64_t>(state->need) - ties_before[b];
+  taken[b] = above[b] + max(int64_t(0), min(left, ties[b]));
+}
+
+template <typename Value>
+__global__ void tile_select(Value value, int64_t n, const SelectState* state, const int64_t* ties_before,
+                            const int64_t* offsets, int64_t* out_index, float* out_value) {
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage storage;
+  const uint32_t t = state->prefix;
+  const int64_t need = static_cast<int64_t>(state->need);
+  int64_t tie_rank = ties_before[blockIdx.x], position = offsets[blockIdx.x];
+  const int64_t begin = blockIdx.x * int64_t(kTile);
+  for (int r = 0; r < kRounds; ++r) {  // rounds of kThreads consecutive elements keep index order
+    const int64_t i = begin + int64_t(r) * kThreads + threadIdx.x;
+    float v = 0.f;
+    uint32_t key = 0;
+    if (i < n) {
+      v = value(i);
+      key = abs_key(v);
+    }
+    const int is_tie = i < n && key == t;
+    int tie_before = 0, round_ties = 0;
+    Scan(storage).ExclusiveSum(is_tie, tie_before, round_ties);
+    __syncthreads();
+    const int take = i < n && (key > t || (is_tie && tie_rank + tie_before < need));
+    int take_before = 0, round_taken = 0;
+    Scan(storage).ExclusiveSum(take, take_before, round_taken);
+    __syncthreads();
+    if (take) {
+      out_index[position + take_before] = i;
+      out_value[position + take_before] = v;
+    }
+    tie_rank += round_ties;
+    position += round_taken;
+  }
+}
+
+template <typename T>
+void exclusive_sum(const T* in, T* out, int64_t count, const at::Tensor& like) {
+  cudaStream_t stream = current_stream();
+  size_t bytes = 0;
+  C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, count, stream));
+  at::Tensor temp = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  C10_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(temp.data_ptr(), bytes, in, out, count, stream));
+}
+
+// The top k of value(0..n-1) by magnitude into out_index (ascending) and out_value.
+template <typename Value>
+void select_topk(Value value, int64_t n, int64_t k, const at::Tensor& like, int64_t* out_index, float* out_value) {
+  if (k == 0) return;
+  cudaStream_t stream = current_stream();
+  at::Tensor state_t = at::empty({static_cast<int64_t>(sizeof(SelectState))}, like.options().dtype(at::kByte));
+  auto* state = reinterpret_cast<SelectState*>(state_t.data_ptr());
+  at::Tensor hist = at::zeros({4, kDigits}, like.options().dtype(at::kLong));
+  auto* bins = reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>());
+  select_init<<<1, 1, 0, stream>>>(state, k);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int grid = grid_for(n);
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 24 - 8 * pass;
+    digit_histogram<<<grid, kThreads, 0, stream>>>(value, n, state, shift, bins + pass * kDigits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pick_digit<<<1, 1, 0, stream>>>(state, bins + pass * kDigits, shift);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  at::Tensor counts = at::empty({5, tiles}, like.options().dtype(at::kLong));
+  int64_t* above = counts[0].data_ptr<int64_t>();
+  int64_t* ties = counts[1].data_ptr<int64_t>();
+  int64_t* ties_before = counts[2].data_ptr<int64_t>();
+  int64_t* taken = counts[3].data_ptr<int64_t>();
+  int64_t* offsets = counts[4].data_ptr<int64_t>();
+  tile_counts<<<tiles, kThreads, 0, stream>>>(value, n, state, above, ties);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  exclusive_sum(ties, ties_before, tiles, like);
+  tile_taken<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, stream>>>(above, ties, ties_before, state, tiles, taken);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  exclusive_sum(taken, offsets, tiles, like);
+  tile_select<<<tiles, kThreads, 0, stream>>>(value, n, state, ties_before, offsets, out_index, out_value);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void check_k(int64_t n, int64_t k, const char* op) {
+  TORCH_CHECK(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
+}
+
+void check_floating(const at::Tensor& t, const char* op, const char* name) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_abs_cuda(const at::Tensor& x, int64_t k) {
+  check_floating(x, "topk_abs", "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor flat = x.contiguous().view(-1);
+  const int64_t n = flat.numel();
+  check_k(n, k, "topk_abs");
+  at::Tensor indices = at::empty({k}, x.options().dtype(at::kLong));
+  at::Tensor values = at::empty({k}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "topk_abs", [&] {
+    select_topk(AbsValue<scalar_t>{flat.const_data_ptr<scalar_t>()}, n, k, x, indices.mutable_data_ptr<int64_t>(),
+                values.mutable_data_ptr<float>());
+  });
+  return {values.to(x.scalar_type()), indices};  // exact: the values came from x
+}
+
+__global__ void add_at(float* h, const int64_t* index, const float* value, int64_t k) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j < k) h[index[j]] = __fadd_rn(h[index[j]], value[j]);  // indices are distinct
+}
+
+std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cuda(const at::Tensor& grad, at::Tensor h, int64_t k) {
+  check_floating(grad, "ef21_topk_step", "grad");
+  TORCH_CHECK(h.scalar_type() == at::kFloat, "ef21_topk_step: h must be float32 (the estimate is kept in fp32), got ",
+              h.scalar_type());
+  TORCH_CHECK(h.is_contiguous(), "ef21_topk_step: h is updated in place and must be contiguous; pass h.contiguous() "
+              "and keep that tensor as the estimate");
+  TORCH_CHECK(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ", h.numel());
+  TORCH_CHECK(grad.device() == h.device(), "ef21_topk_step: grad is on ", grad.device(), " but h on ", h.device());
+  const c10::cuda::CUDAGuard guard(h.device());
+  const at::Tensor flat = grad.contiguous().view(-1);
+  const int64_t n = flat.numel();
+  check_k(n, k, "ef21_topk_step");
+  at::Tensor indices = at::empty({k}, h.options().dtype(at::kLong));
+  at::Tensor values = at::empty({k}, h.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "ef21_topk_step", [&] {
+    select_topk(DiffValue<scalar_t>{flat.const_data_ptr<scalar_t>(), h.const_data_ptr<float>()}, n, k, h,
+                indices.mutable_data_ptr<int64_t>(), values.mutable_data_ptr<float>());
+  });
+  if (k > 0) {
+    add_at<<<(k + kThreads - 1) / kThreads, kThreads, 0, current_stream()>>>(
+        h.mutable_data_ptr<float>(), indices.const_data_ptr<int64_t>(), values.const_data_ptr<float>(), k);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {values, indices};
+}
+
+// out[key] += alpha * value over each run of equal keys, in input order (the sort is stable):
+// every coordinate sums in rank order, as on the CPU, whatever the thread schedule.
+__global__ void accumulate_runs(float* out, int64_t n, const int64_t* keys, const int64_t* order, const float* values,
+                                int64_t m, float alpha) {
+  const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (p >= m || (p > 0 && keys[p] == keys[p - 1])) return;
+  const int64_t key = keys[p];
+  CUDA_KERNEL_ASSERT(key >= 0 && key < n && "sparse_accumulate: an index is out of range for out");
+  float acc = out[key];
+  for (int64_t q = p; q < m && keys[q] == key; ++q) acc = __fadd_rn(acc, __fmul_rn(alpha, values[order[q]]));
+  out[key] = acc;
+}
+
+void sparse_accumulate_cuda(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+              out.is_contiguous() ? "" : " (non-contiguous)");
+  TORCH_CHECK(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
+              " elements but indices has ", indices.numel());
+  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+              "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
+  TORCH_CHECK(values.device() == out.device() && indices.device() == out.device(),
+              "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
+              values.device(), " and ", indices.device());
+  const int64_t m = indices.numel();
+  if (m == 0) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  cudaStream_t stream = current_stream();
+  const at::Tensor val = values.to(at::kFloat).contiguous().view(-1);
+  const at::Tensor keys_in = indices.to(at::kLong).contiguous().view(-1);
+  const at::Tensor order_in = at::arange(m, keys_in.options());
+  at::Tensor keys = at::empty_like(keys_in), order = at::empty_like(order_in);
+  size_t bytes = 0;
+  const auto* kin = reinterpret_cast<const unsigned long long*>(keys_in.const_data_ptr<int64_t>());
+  auto* kout = reinterpret_cast<unsigned long long*>(keys.mutable_data_ptr<int64_t>());
+  // Sorted as unsigned: negative (invalid) indices sort last and trip the assert.
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
+                                                 order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
+  at::Tensor temp = at::empty({static_cast<int64_t>(bytes)}, out.options().dtype(at::kByte));
+  C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
+                                                 order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
+  accumulate_runs<<<(m + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+      out.mutable_data_ptr<float>(), out.numel(), keys.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+      val.const_data_ptr<float>(), m, static_cast<float>(alpha));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// -- float conversion -----------------------------------------------------------------------
+template <typename scalar_t>
+__global__ void float_encode_kernel(const scalar_t* v, int64_t n, FloatFormat f, int64_t seed, uint8_t* out,
+                                    int* bad) {
+  int found = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float x = __fdiv_rn(static_cast<float>(v[i]), f.scale);
+    found |= non_finite(x);
+    out[i] = seed < 0 ? encode_nearest(x, f) : encode_stochastic(x, element_noise(seed, i), f);
+  }
+  if (found) *bad = 1;
+}
+
+void float_encode_out_cuda(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                           int64_t seed, const at::Tensor& codes) {
+  check_format(exponent, mantissa, bias, scale);
+  check_out(codes, v, at::kByte, "float_encode");
+  const c10::cuda::CUDAGuard guard(v.device());
+  const at::Tensor input = v.contiguous();
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  const FloatFormat f{int(exponent), int(mantissa), int(bias), float(scale)};
+  at::Tensor bad = at::zeros({1}, v.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "float_encode", [&] {
+    float_encode_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+        input.const_data_ptr<scalar_t>(), n, f, seed, codes.mutable_data_ptr<uint8_t>(), bad.mutable_data_ptr<int>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  TORCH_CHECK_VALUE(bad.item<int>() == 0, kNonFiniteMessage);  // the one read-back: errors are raised on the host
+}
+
+at::Tensor float_encode_cuda(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                             int64_t seed) {
+  at::Tensor codes = at::empty({v.numel()}, v.options().dtype(at::kByte));
+  float_encode_out_cuda(v, exponent, mantissa, bias, scale, seed, codes);
+  return codes;
+}
+
+struct DecodeTable {
+  float value[256];
+};
+
+__global__ void float_decode_kernel(const uint8_t* codes, int64_t n, DecodeTable table, float* out) {
+  __shared__ float local[256];
+  for (int c = threadIdx.x; c < 256; c += blockDim.x) local[c] = table.value[c];
+  __syncthreads();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    out[i] = local[codes[i]];
+  }
+}
+
+void float_decode_out_cuda(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
+                           const at::Tensor& out) {
+  check_format(exponent, mantissa, bias, scale);
+  TORCH_CHECK(codes.scalar_type() == at::kByte, "float_decode takes uint8 codes, got ", codes.scalar_type());
+  check_out(out, codes, at::kFloat, "float_decode");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const at::Tensor input = codes.contiguous();
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  DecodeTable table;
+  const std::array<float, 256> values = decode_table(int(exponent), int(mantissa), int(bias), float(scale));
+  std::copy(values.begin(), values.end(), table.value);
+  float_decode_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      input.const_data_ptr<uint8_t>(), n, table, out.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor float_decode_cuda(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
+  at::Tensor out = at::empty({codes.numel()}, codes.options().dtype(at::kFloat));
+  float_decode_out_cuda(codes, exponent, mantissa, bias, scale, out);
+  return out;
+}
+
+// -- Huffman: the sequential coder runs on the CPU ------------------------------------------
+// A prefix code's output length depends on every symbol before it, so the stream is produced
+// by the CPU kernel: one device-to-host copy of the symbols (1 byte each), one host-to-device
+// copy of the result.
+at::Tensor huffman_encode_cuda(const at::Tensor& symbols, const at::Tensor& codes, const at::Tensor& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("threepc::huffman_encode", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(symbols.cpu(), codes.cpu(), lengths.cpu()).to(symbols.device());
+}
+
+at::Tensor huffman_decode_cuda(const at::Tensor& stream, int64_t n, const at::Tensor& codes, const at::Tensor& lengths) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("threepc::huffman_decode", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&)>();
+  return op.call(stream.cpu(), n, codes.cpu(), lengths.cpu()).to(stream.device());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
+  m.impl("topk_abs", &topk_abs_cuda);
+  m.impl("ef21_topk_step", &ef21_topk_step_cuda);
+  m.impl("sparse_accumulate", &sparse_accumulate_cuda);
+  m.impl("float_encode", &float_encode_cuda);
+  m.impl("float_encode.out", &float_encode_out_cuda);
+  m.impl("float_decode", &float_decode_cuda);
+  m.impl("float_decode.out", &float_decode_out_cuda);
+  m.impl("huffman_encode", &huffman_encode_cuda);
+  m.impl("huffman_decode", &huffman_decode_cuda);
+}
+
+}  // namespace threepc
