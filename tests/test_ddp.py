@@ -147,10 +147,10 @@ def _steps(ddp: nn.Module, opt: torch.optim.Optimizer, rank: int, first: int, co
         opt.step()
 
 
-def _checkpoint_worker(rank: int, workers: int) -> dict:
+def _checkpoint_worker(rank: int, workers: int, hook: str, options: dict) -> dict:
     model = _model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)  # one bucket
-    state = ddp_hooks.register(ddp, "ef21", ratio=0.05)
+    state = ddp_hooks.register(ddp, hook, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     _steps(ddp, opt, rank, 0, 10)
     saved = {"hook": state.state_dict(), "model": model.state_dict()}
@@ -159,28 +159,35 @@ def _checkpoint_worker(rank: int, workers: int) -> dict:
     model2 = _model()
     model2.load_state_dict(saved["model"])
     ddp2 = nn.parallel.DistributedDataParallel(model2, bucket_cap_mb=0.004)
-    state2 = ddp_hooks.register(ddp2, "ef21", ratio=0.05)
+    state2 = ddp_hooks.register(ddp2, hook, **options)
     state2.load_state_dict(saved["hook"])
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.05)
     _steps(ddp2, opt2, rank, 10, 5)
-    g_i = {name: s["g_i"] for name, s in state2.state_dict()["memory"].items()}
-    g = {name: s["server.g"] for name, s in state2.state_dict()["memory"].items()}
-    return {"saved": saved["hook"], "resumed": state2.stats.summary(), "iteration": state2.iteration,
-            "buckets": (len(state.buckets), len(state2.buckets)), "g_i": g_i, "g": g,
+    return {"saved": saved["hook"], "resumed": state2.state_dict(), "iteration": state2.iteration,
+            "buckets": (len(state.buckets), len(state2.buckets)),
             "params": [p.detach().clone() for p in model2.parameters()]}
 
 
-def test_checkpoint_resumes_in_a_wrapper_with_other_buckets():
-    results = run_ranks(_checkpoint_worker, 2)
-    r0 = results[0]
+CHECKPOINTED = {"ef21": {"ratio": 0.05}, "clag": {"ratio": 0.05, "zeta": 1.0}, "lagwk": {"xi": 1.0},
+                "sasg": {"ratio": 0.05}}
+
+
+@pytest.mark.parametrize("hook", list(CHECKPOINTED))
+def test_checkpoint_resumes_in_a_wrapper_with_other_buckets(hook):
+    results = run_ranks(_checkpoint_worker, 2, hook, CHECKPOINTED[hook])
+    r0, saved, resumed = results[0], results[0]["saved"], results[0]["resumed"]
     assert r0["buckets"][0] == 1 and r0["buckets"][1] >= 2, "the two wrappers must bucket differently"
     assert r0["iteration"] == 15
-    assert r0["resumed"]["dense_rounds"] == r0["saved"]["stats"]["dense_rounds"], "resume ran a dense round"
-    assert r0["resumed"]["compressed_rounds"] > r0["saved"]["stats"]["compressed_rounds"]
-    for name, g in r0["g"].items():
-        assert torch.equal(g, results[1]["g"][name])  # replicas of g stay identical
-        mean = (r0["g_i"][name] + results[1]["g_i"][name]) / 2
-        assert torch.allclose(mean, g, atol=1e-6)  # and equal to the mean of the g_i
+    assert resumed["stats"]["dense_rounds"] == saved["stats"]["dense_rounds"], "resume ran a dense round"
+    assert resumed["stats"]["compressed_rounds"] > saved["stats"]["compressed_rounds"]
+    for name, memory in resumed["memory"].items():
+        other = results[1]["resumed"]["memory"][name]
+        assert torch.equal(memory["server.g"], other["server.g"]), name  # replicas of g stay identical
+        if "g_i" in memory:  # EF21 and CLAG: g is the mean of the g_i
+            assert torch.allclose((memory["g_i"] + other["g_i"]) / 2, memory["server.g"], atol=1e-6), name
+    for name, history in saved["moves"].items():  # lazy triggers: the history of moves carried on
+        assert resumed["moves"][name][5:] == history[:len(resumed["moves"][name]) - 5], name
+    assert bool(saved["moves"]) == (hook in ("lagwk", "sasg")), "only the windowed triggers keep a history"
     for a, b in zip(r0["params"], results[1]["params"]):
         assert torch.equal(a, b)
 
