@@ -182,9 +182,9 @@ at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t m
 
 // -- Huffman --------------------------------------------------------------------------------
 // The stream is the codewords' bits, most significant first, in big-endian bytes; the last
-// byte is zero padded. Both loops are branch free in their common path: the encoder stores a
-// 32-bit word on every symbol and advances only when it is full; the decoder reads 64-bit
-// windows and resolves up to two symbols per lookup of the next 12 bits.
+// byte is zero padded. Both loops are branch free in their common path: the encoder adds two
+// codewords at a time, stores a 32-bit word every time and advances only when it is full; the
+// decoder reads 64-bit windows and resolves up to two symbols per lookup of the next 12 bits.
 constexpr int kPairBits = 12;
 constexpr int64_t kPairTableMin = 1 << 18;  // symbols from which the encoder's 65536-entry pair table pays
 
