@@ -17,7 +17,7 @@ ROWS = {
     "CO3 fp8-152, no coding": ("co3", {"fmt": "fp8-152", "coder": "none", "scale": "max"}),
     "CO3 fp8-152 + Huffman (GenNorm model)": ("co3", {"fmt": "fp8-152", "coder": "huffman", "scale": "gennorm"}),
     "CO3 fp8-152 + Huffman (histogram)": ("co3", {"fmt": "fp8-152", "coder": "empirical", "scale": "gennorm"}),
-    "CO3 fp4-121 + Huffman (GenNorm model)": ("co3", {"fmt": "fp4-121", "coder": "huffman", "scale": "gennorm"}),
+    "CO3 fp4-121 + Huffman (GenNorm model, code pairs)": ("co3", {"fmt": "fp4-121", "coder": "huffman", "scale": "gennorm"}),
     "CO3 fp4-121 + Huffman (histogram)": ("co3", {"fmt": "fp4-121", "coder": "empirical", "scale": "gennorm"}),
 }
 

@@ -12,6 +12,11 @@ Q(x) = s F(x / s): a per-tensor scale s, rounding to a low-precision float forma
   uint8[2^bits / 2] (``"empirical"``: a Huffman
   code of this tensor's histogram, codeword lengths as nibbles);
 * ``bytes``: the coded stream, variable length except for ``coder="none"``.
+
+With ``coder="huffman"`` and formats of at most 4 bits, each symbol is a pair of codes
+(a + 16 b, the model's p(a) p(b)): a prefix code spends at least one bit per symbol, and fp4
+codes, mostly zero, have about 1.1 to 1.3 bits of entropy each; pairs halve that floor
+(on the demo model's gradients, ``benchmarks/co3_entropy.py``).
 """
 from __future__ import annotations
 
@@ -44,12 +49,31 @@ def _quantize_log(x: float) -> int:
 @functools.lru_cache(maxsize=4096)
 def _model_table(fmt: FloatFormat, zero_q: int, beta_q: int, ratio_q: int) -> HuffmanTable:
     """The Huffman code of ``fmt``'s codes for x / s ~ p0 delta_0 + (1 - p0) GenNorm(beta, alpha / s)
-    (all three quantized)."""
+    (all three quantized); for formats of at most 4 bits, of code pairs a + 16 b."""
     beta, ratio = 2.0 ** (beta_q / _MODEL_STEPS), 2.0 ** (ratio_q / _MODEL_STEPS)
     zeros = zero_q / _ZERO_STEPS
     p = (1 - zeros) * gennorm.bin_probabilities(fmt.values(), beta, ratio)
     p[0] += zeros
+    if _codes_pairs(fmt):
+        pairs = np.zeros((16, 16))
+        pairs[: fmt.codes, : fmt.codes] = np.outer(p, p)  # [b, a]: symbol a + 16 b
+        p = pairs.reshape(-1)
     return HuffmanTable.from_weights(np.maximum(p, _MIN_WEIGHT))
+
+
+def _codes_pairs(fmt: FloatFormat) -> bool:
+    return fmt.bits <= 4
+
+
+def _join_pairs(codes: Tensor) -> Tensor:
+    """Codes (< 16) two per symbol: codes[2i] + 16 codes[2i+1], a zero code appended if odd."""
+    if codes.numel() % 2:
+        codes = torch.cat([codes, codes.new_zeros(1)])
+    return codes[0::2] | (codes[1::2] << 4)
+
+
+def _split_pairs(symbols: Tensor, n: int) -> Tensor:
+    return torch.stack([symbols & 15, symbols >> 4], 1).reshape(-1)[:n]
 
 
 class FloatQuantizer(Compressor):
@@ -105,17 +129,20 @@ class FloatQuantizer(Compressor):
         seed = rnd.key(self.seed, v.numel(), shared=False) if self.rounding == "stochastic" else None
         codes = self.fmt.encode(v, s, seed)
         parts = {"scale": torch.tensor([s], dtype=torch.float32, device=v.device)}
+        symbols = codes
         if self.coder == "huffman":
             ratio_q = _quantize_log(alpha / s) if alpha > 0 else 0
             parts["model"] = torch.tensor([zero_q, beta_q, ratio_q], dtype=torch.int16, device=v.device)
             table = _model_table(self.fmt, zero_q, beta_q, ratio_q)
+            if _codes_pairs(self.fmt):
+                symbols = _join_pairs(codes)
         elif self.coder == "empirical":
             counts = torch.bincount(codes, minlength=self.fmt.codes).cpu().numpy() + 1  # add-one: every code gets one
             table = HuffmanTable.from_weights(counts)
             parts["lengths"] = table.header().to(v.device)
         else:
             table = HuffmanTable.fixed(self.fmt.bits)
-        parts["bytes"] = table.encode(codes)
+        parts["bytes"] = table.encode(symbols)
         return Payload(parts, v.numel()), self.fmt.decode(codes, s)
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
@@ -131,6 +158,9 @@ class FloatQuantizer(Compressor):
 
     def codes(self, payload: Payload) -> Tensor:
         """The float codes (uint8) carried by a payload."""
+        if self.coder == "huffman" and _codes_pairs(self.fmt):
+            symbols = self.table(payload).decode(payload.parts["bytes"], (payload.numel + 1) // 2)
+            return _split_pairs(symbols, payload.numel)
         return self.table(payload).decode(payload.parts["bytes"], payload.numel)
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:

@@ -22,7 +22,7 @@ def gradient(n: int = 50_000, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c.values()))
 def test_quantizer_payload_matches_its_spec_and_decodes_to_what_the_sender_kept(config):
-    q, x = FloatQuantizer(**config), gradient()
+    q, x = FloatQuantizer(**config), gradient(50_001)  # odd: fp4 model codes travel in pairs
     rnd = Round(3, 1, 4)
     payload, kept = q.quantize(x, rnd)
     spec = q.spec(x.numel(), rnd)

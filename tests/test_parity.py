@@ -44,6 +44,7 @@ MECHANISMS = {
     "marina_randk": (partial(MARINA, RandK(k=3 * K, seed=2), p=0.2, seed=2), 0.2),
     "marina_permk": (partial(MARINA, PermK(seed=1), p=0.2, seed=1), 0.2),
     "co3_fp8_huffman": (partial(CO3, "fp8-152", 0.7), 0.5),
+    "co3_fp4_huffman_pairs": (partial(CO3, "fp4-121", 0.7), 0.5),
     "co3_fp4_stochastic": (partial(CO3, "fp4-121", 1.0, coder="empirical", scale="max", rounding="stochastic",
                                    seed=4), 0.5),
     "sasg": (partial(SASG, TopK(k=K), c=40.0), 0.5),
