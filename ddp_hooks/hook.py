@@ -58,7 +58,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         bucket_state = state.new_bucket_state(params)
         worker = bucket_state.worker
         rnd = Round(state.iteration, group.rank(), group.size())
-        fut, unpack = _exchange(state, worker.init(grad, rnd), worker.init_spec(numel), numel, lazy=False)
+        fut, unpack = _exchange(state, worker.init(grad, rnd), worker.init_spec(numel), numel, lazy=False,
+                                device=grad.device)
         state.stats.dense_rounds += 1
 
         def finish(payloads: list[Payload] | None) -> None:
@@ -68,7 +69,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         worker = bucket_state.worker
         rnd = Round(state.iteration, group.rank(), group.size(), state.moves(bucket_state))
         spec = worker.spec(numel, rnd)  # before step(): a refused spec leaves the memory untouched
-        fut, unpack = _exchange(state, worker.step(grad, rnd), spec, numel, lazy=worker.lazy)
+        fut, unpack = _exchange(state, worker.step(grad, rnd), spec, numel, lazy=worker.lazy, device=grad.device)
         state.stats.compressed_rounds += 1
 
         def finish(payloads: list[Payload] | None) -> None:
@@ -88,7 +89,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
 
 
 def _exchange(state: ThreePCState, payload: Payload, spec: list[PartSpec], numel: int, *,
-              lazy: bool) -> tuple[Future, Callable[[], list[Payload] | None]]:
+              lazy: bool, device: torch.device) -> tuple[Future, Callable[[], list[Payload] | None]]:
     """Issue the payload's collectives now (in the hook thread); return the future of the last
     one and how to read every rank's payload once it completes (None: nobody sent anything).
 
@@ -120,7 +121,7 @@ def _exchange(state: ThreePCState, payload: Payload, spec: list[PartSpec], numel
         return done, lambda: None
     width = max(sizes)
     if silent or packed.numel() < width:
-        fill = torch.zeros(width, dtype=torch.uint8)
+        fill = torch.zeros(width, dtype=torch.uint8, device=device)  # the bucket's device
         if not silent:
             fill[:packed.numel()] = packed
         stats.add("padding", width - (0 if silent else packed.numel()))
