@@ -23,6 +23,7 @@
 #endif
 
 #include "float_codes.h"
+#include "op_checks.h"
 
 namespace threepc {
 namespace {

@@ -15,8 +15,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include <ATen/ATen.h>
-
 #ifdef __CUDACC__
 #define THREEPC_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -88,26 +86,6 @@ THREEPC_HOST_DEVICE uint8_t encode_stochastic(float x, uint64_t noise, const Flo
 }
 
 // -- host side ----------------------------------------------------------------------------
-inline constexpr const char* kNonFiniteMessage =
-    "float_encode got NaN or Inf values; the float formats have no codes for them. "
-    "Check the gradients (loss scaling, a diverged step) before compressing";
-
-inline void check_format(int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
-  TORCH_CHECK(exponent >= 1 && mantissa >= 0 && exponent + mantissa <= 7,
-              "float format [1, ", exponent, ", ", mantissa, "] needs exponent >= 1, mantissa >= 0 and "
-              "exponent + mantissa <= 7 (codes fit in one byte)");
-  TORCH_CHECK(bias >= -64 && bias <= 64, "float format bias must lie in [-64, 64], got ", bias);
-  TORCH_CHECK(scale > 0 && std::isfinite(scale), "float format scale must be positive and finite, got ", scale);
-}
-
-// ``out`` of a float_encode/decode.out call: contiguous, ``dtype``, as many elements as ``input``.
-inline void check_out(const at::Tensor& out, const at::Tensor& input, at::ScalarType dtype, const char* op) {
-  TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous() && out.numel() == input.numel() &&
-                  out.device() == input.device(),
-              op, ": out must be a contiguous ", dtype, " tensor of ", input.numel(), " elements on ", input.device(),
-              ", got ", out.scalar_type(), " of ", out.numel(), " elements");
-}
-
 // The fp32 value of every code, times scale (host side; the decoders look codes up in it).
 inline std::array<float, 256> decode_table(int exponent, int mantissa, int bias, float scale) {
   std::array<float, 256> table{};

@@ -30,6 +30,8 @@
 #include <immintrin.h>
 #endif
 
+#include "op_checks.h"
+
 namespace threepc {
 namespace {
 
@@ -286,16 +288,6 @@ void select_topk(int64_t n, int64_t k, const KeyFn& key, int64_t* out_index, flo
   radix_select(kept, k, out_index, out_value);
 }
 
-void check_k(int64_t n, int64_t k, const char* op) {
-  TORCH_CHECK(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
-}
-
-void check_floating(const at::Tensor& t, const char* op, const char* name) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
-}
-
 std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) {
   check_floating(x, "topk_abs", "x");
   const at::Tensor flat = x.contiguous().view(-1);
@@ -311,12 +303,7 @@ std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) 
 }
 
 std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cpu(const at::Tensor& grad, at::Tensor h, int64_t k) {
-  check_floating(grad, "ef21_topk_step", "grad");
-  TORCH_CHECK(h.scalar_type() == at::kFloat, "ef21_topk_step: h must be float32 (the estimate is kept in fp32), got ",
-              h.scalar_type());
-  TORCH_CHECK(h.is_contiguous(), "ef21_topk_step: h is updated in place and must be contiguous; pass h.contiguous() "
-              "and keep that tensor as the estimate");
-  TORCH_CHECK(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ", h.numel());
+  check_ef21_step(grad, h);
   const at::Tensor flat = grad.contiguous().view(-1);
   const int64_t n = flat.numel();
   check_k(n, k, "ef21_topk_step");
@@ -354,13 +341,7 @@ void accumulate(float* out, int64_t n, const float* val, const index_t* idx, int
 }
 
 void sparse_accumulate_cpu(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
-              out.is_contiguous() ? "" : " (non-contiguous)");
-  TORCH_CHECK(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
-              " elements but indices has ", indices.numel());
-  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
-              "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
+  check_sparse_accumulate(out, values, indices);
   const at::Tensor val = values.to(at::kFloat).contiguous().view(-1);
   const at::Tensor idx = indices.contiguous().view(-1);
   float* dst = out.mutable_data_ptr<float>();

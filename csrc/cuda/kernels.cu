@@ -29,6 +29,7 @@
 #include <cub/cub.cuh>
 
 #include "../float_codes.h"
+#include "../op_checks.h"
 
 namespace threepc {
 namespace {
@@ -210,16 +211,6 @@ void select_topk(Value value, int64_t n, int64_t k, const at::Tensor& like, int6
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_k(int64_t n, int64_t k, const char* op) {
-  TORCH_CHECK(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
-}
-
-void check_floating(const at::Tensor& t, const char* op, const char* name) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
-}
-
 std::tuple<at::Tensor, at::Tensor> topk_abs_cuda(const at::Tensor& x, int64_t k) {
   check_floating(x, "topk_abs", "x");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -241,13 +232,7 @@ __global__ void add_at(float* h, const int64_t* index, const float* value, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cuda(const at::Tensor& grad, at::Tensor h, int64_t k) {
-  check_floating(grad, "ef21_topk_step", "grad");
-  TORCH_CHECK(h.scalar_type() == at::kFloat, "ef21_topk_step: h must be float32 (the estimate is kept in fp32), got ",
-              h.scalar_type());
-  TORCH_CHECK(h.is_contiguous(), "ef21_topk_step: h is updated in place and must be contiguous; pass h.contiguous() "
-              "and keep that tensor as the estimate");
-  TORCH_CHECK(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ", h.numel());
-  TORCH_CHECK(grad.device() == h.device(), "ef21_topk_step: grad is on ", grad.device(), " but h on ", h.device());
+  check_ef21_step(grad, h);
   const c10::cuda::CUDAGuard guard(h.device());
   const at::Tensor flat = grad.contiguous().view(-1);
   const int64_t n = flat.numel();
@@ -280,16 +265,7 @@ __global__ void accumulate_runs(float* out, int64_t n, const int64_t* keys, cons
 }
 
 void sparse_accumulate_cuda(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
-              out.is_contiguous() ? "" : " (non-contiguous)");
-  TORCH_CHECK(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
-              " elements but indices has ", indices.numel());
-  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
-              "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
-  TORCH_CHECK(values.device() == out.device() && indices.device() == out.device(),
-              "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
-              values.device(), " and ", indices.device());
+  check_sparse_accumulate(out, values, indices);
   const int64_t m = indices.numel();
   if (m == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
