@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.demo import MLP, load_a9a
 from compressors import FloatQuantizer
-from compressors.huffman import entropy_bits
+from compressors.codecs.huffman import entropy_bits
 
 CODERS = {
     "fp8-152, Huffman (GenNorm model)": FloatQuantizer("fp8-152", coder="huffman", scale="gennorm"),

@@ -12,7 +12,7 @@ is the one reaching the tolerance with the fewest bits per worker)::
         --method all --ks 1,2,4,8 --zetas 0.25,1,4 --json sweep.json --plot sweep.png --heatmap clag.png
 
 The stepsize is M x the mechanism's Theorem-1 gamma = 1/(L_- + L_tilde sqrt(B/A))
-(``compressors.theory``); bits follow ``compressors.simulation``'s conventions.
+(``compressors.sim.theory``); bits follow ``compressors.sim.simulation``'s conventions.
 """
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from compressors import (CLAG, EF14, EF21, EF21SGDM, GD, LAG, LAGWK, MARINA, EF21Plus, Mechanism, PermK,
-                         RandK, ThreePCv1, ThreePCv2, ThreePCv4, ThreePCv5, TopK, theory)
-from compressors.datasets import load_libsvm
-from compressors.problems import PROBLEMS, FiniteSum
-from compressors.simulation import run
+                         RandK, ThreePCv1, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
+from compressors.sim import theory
+from compressors.sim.datasets import load_libsvm
+from compressors.sim.problems import PROBLEMS, FiniteSum
+from compressors.sim.simulation import run
 
 METHODS = ("gd", "ef14", "ef21", "ef21plus", "ef21sgdm", "lag", "lagwk", "clag", "3pcv1", "3pcv2", "3pcv4",
            "3pcv5", "marina")

@@ -25,7 +25,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import ddp_hooks
 from benchmarks.ranks import run_ranks
-from compressors.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
+from compressors.sim.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
 
 
 @dataclass

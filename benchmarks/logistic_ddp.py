@@ -14,8 +14,8 @@ from torch import nn
 
 from benchmarks.ranks import run_ranks
 from compressors import Mechanism
-from compressors.datasets import A9A, load_libsvm
-from compressors.problems import FiniteSum
+from compressors.sim.datasets import A9A, load_libsvm
+from compressors.sim.problems import FiniteSum
 from ddp_hooks import StaleGradients, ThreePCState, threepc_hook
 
 _PROBLEMS: dict[tuple[int, int], FiniteSum] = {}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compressors import FloatFormat
-from compressors.huffman import HuffmanTable
+from compressors.codecs.huffman import HuffmanTable
 
 FMT = FloatFormat.parse("fp8-152")
 SIZES = {"6.5M": 6_500_000, "64M": 64_000_000}

@@ -4,34 +4,34 @@ simulation harness.
     >>> from compressors import EF21, TopK
     >>> worker = EF21(TopK(ratio=0.01))
 """
-from .clag import CLAG
-from .co3 import CO3
-from .compose import Compose
-from .compressor import Compressor
-from .ef14 import EF14
-from .ef21 import EF21
-from .ef21_plus import EF21Plus
-from .ef21_sgdm import EF21SGDM
-from .float_format import FloatFormat
-from .float_quantizer import FloatQuantizer
-from .gd import GD
-from .identity import Identity
-from .lag import LAG, LAGWK
-from .marina import MARINA
-from .mechanism import Mechanism
-from .payload import PartSpec, Payload
-from .permk import PermK
-from .randk import RandK
-from .rounds import Round
-from .sasg import SASG
-from .sparse import Sparsifier
-from .three_point import ThreePoint
-from .threepc_v1 import ThreePCv1
-from .threepc_v2 import ThreePCv2
-from .threepc_v3 import ThreePCv3
-from .threepc_v4 import ThreePCv4
-from .threepc_v5 import ThreePCv5
-from .topk import TopK
+from .mechanisms.clag import CLAG
+from .mechanisms.co3 import CO3
+from .operators.compose import Compose
+from .core.compressor import Compressor
+from .mechanisms.ef14 import EF14
+from .mechanisms.ef21 import EF21
+from .mechanisms.ef21_plus import EF21Plus
+from .mechanisms.ef21_sgdm import EF21SGDM
+from .operators.float_format import FloatFormat
+from .operators.float_quantizer import FloatQuantizer
+from .mechanisms.gd import GD
+from .operators.identity import Identity
+from .mechanisms.lag import LAG, LAGWK
+from .mechanisms.marina import MARINA
+from .core.mechanism import Mechanism
+from .core.payload import PartSpec, Payload
+from .operators.permk import PermK
+from .operators.randk import RandK
+from .core.rounds import Round
+from .mechanisms.sasg import SASG
+from .operators.sparse import Sparsifier
+from .core.three_point import ThreePoint
+from .mechanisms.threepc_v1 import ThreePCv1
+from .mechanisms.threepc_v2 import ThreePCv2
+from .mechanisms.threepc_v3 import ThreePCv3
+from .mechanisms.threepc_v4 import ThreePCv4
+from .mechanisms.threepc_v5 import ThreePCv5
+from .operators.topk import TopK
 
 __all__ = ["CLAG", "CO3", "EF14", "EF21", "EF21SGDM", "GD", "LAG", "LAGWK", "MARINA", "SASG", "Compose", "Compressor",
            "EF21Plus", "FloatFormat", "FloatQuantizer", "Identity", "Mechanism", "PartSpec", "Payload", "PermK",

@@ -6,7 +6,7 @@ import torch
 
 import ddp_hooks
 from compressors import CO3, FloatQuantizer, Round
-from compressors.huffman import entropy_bits
+from compressors.codecs.huffman import entropy_bits
 from ddp_hooks import wire
 
 CONFIGS = [dict(fmt=f, coder=c, scale=s, rounding=r) for f in ("fp8-152", "fp8-143-b10", "fp4-121")

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import BACKENDS, DTYPES, make, run
 
-from compressors import FloatFormat, gennorm, kernels
-from compressors.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
+from compressors import FloatFormat, kernels
+from compressors.codecs import gennorm
+from compressors.codecs.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
 
 FORMATS = [FloatFormat(5, 2, 15), FloatFormat(4, 3, 10), FloatFormat(4, 3, 7), FloatFormat(2, 1, 1),
            FloatFormat(1, 0, 0), FloatFormat(3, 4, 7), FloatFormat(6, 1, 31), FloatFormat(4, 3, -3)]

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from benchmarks import convergence
-from compressors import CLAG, EF14, EF21, GD, LAGWK, TopK, theory
-from compressors.datasets import A9A, load_libsvm
-from compressors.problems import FiniteSum, split_rows
-from compressors.simulation import run
+from compressors import CLAG, EF14, EF21, GD, LAGWK, TopK
+from compressors.sim import theory
+from compressors.sim.datasets import A9A, load_libsvm
+from compressors.sim.problems import FiniteSum, split_rows
+from compressors.sim.simulation import run
 
 TOL = 1e-6
 

@@ -17,7 +17,7 @@ from test_kernels import DTYPES, KINDS, assert_same, make
 from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
 from compressors import FloatFormat, kernels
-from compressors.huffman import HuffmanTable
+from compressors.codecs.huffman import HuffmanTable
 
 ROOT = Path(__file__).resolve().parent.parent
 CU_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressors import EF21, EF21SGDM, Compressor, PartSpec, Payload, Round, TopK
-from compressors.simulation import Cluster
+from compressors.sim.simulation import Cluster
 
 
 class UnfusedTopK(Compressor):

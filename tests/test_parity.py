@@ -19,7 +19,7 @@ import torch
 from compressors import (CLAG, CO3, EF14, EF21, EF21SGDM, GD, LAG, LAGWK, MARINA, SASG, EF21Plus, PermK, RandK,
                          ThreePCv2, ThreePCv3, ThreePCv4, ThreePCv5, TopK)
 from benchmarks.logistic_ddp import problem, run_ddp
-from compressors.simulation import run
+from compressors.sim.simulation import run
 
 pytestmark = pytest.mark.slow
 

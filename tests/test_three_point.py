@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressors import (CLAG, EF21, EF21SGDM, GD, LAG, MARINA, EF21Plus, PermK, RandK, Round, ThreePCv1, ThreePCv2,
-                         ThreePCv3, ThreePCv4, ThreePCv5, TopK, theory)
-from compressors.simulation import Cluster
+                         ThreePCv3, ThreePCv4, ThreePCv5, TopK)
+from compressors.sim import theory
+from compressors.sim.simulation import Cluster
 from ddp_hooks import wire
 
 D = 24

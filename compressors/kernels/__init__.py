@@ -231,7 +231,7 @@ def _check_table(codes: Tensor, lengths: Tensor) -> None:
     if codes.dtype != torch.int32 or lengths.dtype != torch.uint8 or codes.shape != lengths.shape \
             or codes.dim() != 1 or codes.numel() > 256:
         raise TypeError("a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols; "
-                        "build one with compressors.huffman.HuffmanTable")
+                        "build one with compressors.codecs.huffman.HuffmanTable")
 
 
 def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""Lossless codecs for quantized gradients: Huffman coding and the GenNorm source model."""

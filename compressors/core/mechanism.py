@@ -1,0 +1,130 @@
+"""Stateful mechanisms: a worker's memory and update rule, and how the aggregate absorbs messages.
+
+One instance holds one worker's memory for one tensor (GRACE's "Memory" role plus the update
+rule); any instance can also run the aggregate side (a server, or every DDP rank's replica).
+The contract, shared by the simulation harness and the DDP hook:
+
+* ``init(grad, rnd) -> Payload``: the dense round. The worker sets its memory from
+  grad_i(x^0) and sends it; ``start(payloads, rnd)`` builds the aggregate state, whose
+  ``"g"`` is g^0 = (1/n) sum_i grad_i(x^0).
+* ``step(grad, rnd) -> Payload``: one round on this worker: update the memory and return
+  exactly what the worker sends (``spec(numel, rnd)`` declares its parts in advance, the same
+  on every worker, so that DDP can size its collective).
+* ``aggregate(server, payloads, rnd)``: fold the n payloads (payload r from worker r, in rank
+  order) into the aggregate state; ``server["g"]`` is the new direction g^{t+1}.
+* ``memory`` and the aggregate state are flat fp32 tensors with one entry per coordinate, so
+  the hook can split them per parameter for checkpoints and re-bucketing.
+
+When every part of a spec is ``summable``, DDP sends one averaged allreduce and passes
+``aggregate`` a single payload holding the mean: ``aggregate`` must then be linear in the
+payloads (weight 1/len(payloads)).
+"""
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from .compressor import ROUND0, Compressor
+from ..operators.identity import Identity
+from .payload import PartSpec, Payload
+from .rounds import Round
+
+DENSE = Identity()
+
+
+def flat(grad: Tensor) -> Tensor:
+    """The gradient as a flat fp32 tensor (a view when it already is one)."""
+    return grad.detach().reshape(-1).float()
+
+
+def mean_of(payloads: Sequence[Payload], decode) -> Tensor:
+    """(1/n) sum_r decode(payload_r, r), summed in rank order."""
+    total = decode(payloads[0], 0).clone()
+    for r, p in enumerate(payloads[1:], start=1):
+        total += decode(p, r)
+    return total.div_(len(payloads))
+
+
+class Mechanism(ABC):
+    """Base of every mechanism: one worker, one tensor.
+
+    ``lazy``: ``step`` may return an empty payload (the worker stays silent); ``aggregate``
+    must then treat empty payloads as "no change from this worker", and a round in which every
+    payload is empty must leave the aggregate state as it is (DDP skips it).
+    ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
+    """
+
+    lazy = False
+    window = 0
+
+    def __init__(self, compressor: Compressor) -> None:
+        self.compressor = compressor
+        self.memory: dict[str, Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.compressor!r})"
+
+    def spawn(self) -> Mechanism:
+        """A new instance with this configuration and empty memory (one per worker and tensor)."""
+        clone = copy.copy(self)
+        clone.memory = {}
+        return clone
+
+    # -- the dense round ------------------------------------------------------------------
+    def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """Dense round: set the memory from this worker's gradient and send it."""
+        self.setup(flat(grad).clone())
+        return DENSE.compress(grad)
+
+    def setup(self, grad: Tensor) -> None:
+        """Set the memory from grad_i(x^0) (a private fp32 copy)."""
+
+    def init_spec(self, numel: int) -> list[PartSpec]:
+        return DENSE.spec(numel)
+
+    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
+        """The aggregate state after the dense round: g^0 = mean of the gradients."""
+        return {"g": mean_of(payloads, lambda p, r: DENSE.decompress(p))}
+
+    # -- compressed rounds ----------------------------------------------------------------
+    @abstractmethod
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """Update the memory and return what this worker sends."""
+
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        """Parts of this round's payload for a tensor of ``numel`` elements, in wire order."""
+        return self.compressor.spec(numel, rnd)
+
+    @abstractmethod
+    def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
+
+    def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
+        """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``
+        workers (Perm-K's omega depends on it)."""
+        raise ValueError(f"{self!r} is not a three-point compressor, so it has no (A, B) constants")
+
+
+class KeepsPeers(Mechanism):
+    """Mechanisms whose aggregate keeps every worker's last message ("peer.r", n x d floats on
+    every DDP rank): the dense round all-gathers each gradient and g^0 is their mean."""
+
+    def init_spec(self, numel: int) -> list[PartSpec]:
+        return [PartSpec(s.name, s.dtype, s.numel, summable=False) for s in DENSE.spec(numel)]
+
+    def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
+        server = {f"peer.{r}": DENSE.decompress(p).clone() for r, p in enumerate(payloads)}
+        server["g"] = mean_of(payloads, lambda p, r: server[f"peer.{r}"])
+        return server
+
+
+class Replacing(Mechanism):
+    """Mechanisms whose aggregate is a plain mean of decoded messages, g = (1/n) sum_i C(m_i)."""
+
+    def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        g = server["g"]
+        g.zero_()
+        self.compressor.accumulate(g, payloads, 1.0 / len(payloads), rnd)

@@ -1,0 +1,48 @@
+"""CLAG: compressed lazily aggregated gradients (3PC paper, Sec. 4.3, Alg. "CLAG")."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..core.compressor import Compressor
+from .ef21 import ef21_constants, ef21_move
+from ..core.payload import Payload
+from ..core.rounds import Round
+from ..core.three_point import ThreePoint
+
+
+class CLAG(ThreePoint):
+    """CLAG, the 3PC
+
+        C_{h,y}(x) = h + C(x - h)   if ||x - h||^2 > zeta ||x - y||^2   (the worker sends C(x - h))
+                     h              otherwise                            (the worker stays silent)
+
+    zeta = 0 is EF21, C = identity is LAG. With theta = 1 - sqrt(1 - alpha) and
+    beta = (1 - alpha)/theta: A = theta, B = max(beta, zeta) (3PC paper, Lemma 4.5).
+    A silent round sends nothing (0 bits; under DDP the hook's lazy protocol counts a 4-byte
+    header per rank and round, and padding). Memory: g_i and y (2d floats per worker).
+    """
+
+    uses_y = True
+    lazy = True
+
+    def __init__(self, compressor: Compressor, zeta: float = 1.0) -> None:
+        if zeta < 0:
+            raise ValueError(f"{type(self).__name__} zeta (trigger threshold) must be >= 0, got {zeta}")
+        super().__init__(compressor)
+        self.zeta = zeta
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.compressor!r}, zeta={self.zeta})"
+
+    def triggered(self, h: Tensor, y: Tensor, x: Tensor, rnd: Round) -> bool:
+        """Whether the worker uploads this round."""
+        return float((x - h).square().sum()) > self.zeta * float((x - y).square().sum())
+
+    def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:
+        if not self.triggered(h, y, x, rnd):
+            return Payload({}, h.numel())
+        return ef21_move(self.compressor, h, x, rnd)
+
+    def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
+        theta, beta = ef21_constants(self.compressor.alpha(numel))
+        return theta, max(beta, self.zeta)

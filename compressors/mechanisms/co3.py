@@ -1,0 +1,44 @@
+"""CO3 (Chen, Hernandez, Huang, Rini 2022, arXiv 2204.08211): float conversion, lossless coding
+and error feedback with memory decay."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..core.compressor import ROUND0
+from ..operators.float_format import FloatFormat
+from ..operators.float_quantizer import FloatQuantizer
+from ..core.mechanism import Replacing, flat
+from ..core.payload import Payload
+from ..core.rounds import Round
+
+
+class CO3(Replacing):
+    """CO3, worker i with error memory e_i (e_i^0 = 0) and decay gamma in (0, 1]:
+
+        v_i = grad f_i(x^{t+1}) + gamma e_i,   q_i = Q(v_i),   e_i <- v_i - q_i,
+        g^{t+1} = (1/n) sum_i q_i              (the worker sends the code of q_i)
+
+    with Q = ``FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding)`` (the paper's
+    Eq. (6)-(8); gamma = 1 is classical error feedback, the authors' default is 0.7). Not a 3PC.
+    Memory: e_i.
+    """
+
+    def __init__(self, fmt: str | FloatFormat = "fp8-152", gamma: float = 0.7, *, coder: str = "huffman",
+                 scale: str = "gennorm", rounding: str = "nearest", seed: int = 0) -> None:
+        if not 0 < gamma <= 1:
+            raise ValueError(f"CO3 gamma (memory decay) must lie in (0, 1], got {gamma}")
+        super().__init__(FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding, seed=seed))
+        self.gamma = gamma
+
+    def __repr__(self) -> str:
+        return f"CO3({self.compressor!r}, gamma={self.gamma})"
+
+    def setup(self, grad: Tensor) -> None:
+        self.memory = {"e_i": grad.zero_()}
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        error = self.memory["e_i"]
+        v = flat(grad) + self.gamma * error
+        payload, q = self.compressor.quantize(v, rnd)  # raises before the memory changes
+        error.copy_(v).sub_(q)
+        return payload

@@ -1,0 +1,31 @@
+"""Classic error feedback (Seide et al. 2014; Stich, Cordonnier, Jaggi 2018)."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..core.compressor import ROUND0
+from ..core.mechanism import Replacing, flat
+from ..core.payload import Payload
+from ..core.rounds import Round
+
+
+class EF14(Replacing):
+    """EF14, worker i with error e_i (e_i^0 = 0), in gradient units (e = error / gamma, which is
+    the paper's e <- e + gamma grad - C(e + gamma grad) divided by a constant gamma):
+
+        p_i = C(e_i + grad f_i(x^{t+1})),   e_i <- e_i + grad f_i(x^{t+1}) - p_i,
+        g^{t+1} = (1/n) sum_i p_i           (the worker sends p_i)
+
+    The hook needs no stepsize. Not a 3PC (no (A, B)); the harness starts it from gamma = 1/L_-.
+    Memory: e_i.
+    """
+
+    def setup(self, grad: Tensor) -> None:
+        self.memory = {"e_i": grad.zero_()}
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        error = self.memory["e_i"]
+        error += flat(grad)
+        payload = self.compressor.compress(error, rnd)
+        error -= self.compressor.decompress(payload, rnd)
+        return payload

@@ -1,0 +1,92 @@
+"""SASG: sparse and adaptive stochastic gradient (Deng, Li, Sun, Yang, Wang 2021, arXiv 2112.04088)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..core.compressor import ROUND0, Compressor
+from ..core.mechanism import KeepsPeers, flat
+from ..core.payload import Payload
+from ..core.rounds import Round
+
+
+class SASG(KeepsPeers):
+    """SASG in gradient units (e = the paper's error / lr), worker i with error e_i, the gradient
+    it compares against y_i and a count of consecutive skips:
+
+        upload  if  t <= D,  or i skipped D rounds in a row,  or
+                    ||grad f_i(x^t) - y_i||^2 > (1/c) sum_{d=1..D} ||g^{t-d}||^2;
+        then    v = grad f_i(x^t) + e_i,  Delta_i = C(v) (Top-K),  e_i <- v - Delta_i;
+        else    stay silent: the aggregate reuses the stale Delta_i, e_i is untouched;
+        g^{t+1} = (1/n) sum_i Delta_i.
+
+    The paper's rule (Alg. 1, Eq. (7)) compares with (1/(lr^2 M^2)) sum_d xi_d ||theta^{k+1-d} -
+    theta^{k-d}||^2 where the step theta^{k+1} - theta^k = -lr sum_m Delta_m sums the M workers;
+    in DDP's mean convention that step is -lr M g^k, so the right side is sum_d xi_d ||g^{k-d}||^2
+    in units of g: xi_d = 1/c (default c = D = 10). ``Round.moves`` carries the ||g^{t-d}||^2.
+
+    y_i, two variants:
+    * ``exact=False`` (hook only): y_i is the gradient of i's last upload (LAG-WK's rule); on
+      minibatches it also differs by the batch noise, so the worker uploads more often.
+    * ``exact=True`` (the paper's): y_i is grad f_i at i's parameters of its last upload, on the
+      current minibatch; ``ddp_hooks.StaleGradients`` computes it with a second forward and
+      backward on a stale copy of the model (one more backward per step, d more floats) and
+      writes it into the memory before the hook runs. On full batches both variants coincide.
+
+    Memory per worker: e_i, y_i and the skip count (d floats each, the count repeated so that
+    memories split per parameter); the aggregate keeps every worker's stale Delta_r ("peer.r",
+    n x d floats on every DDP rank, like EF21+). Not a 3PC.
+    """
+
+    lazy = True
+
+    def __init__(self, compressor: Compressor, *, window: int = 10, c: float | None = None,
+                 exact: bool = False) -> None:
+        if window < 1:
+            raise ValueError(f"SASG window D must be at least 1, got {window}")
+        super().__init__(compressor)
+        self.window, self.c, self.exact = window, float(window if c is None else c), exact
+        if self.c <= 0:
+            raise ValueError(f"SASG c must be positive, got {self.c}")
+
+    def __repr__(self) -> str:
+        return f"SASG({self.compressor!r}, window={self.window}, c={self.c}, exact={self.exact})"
+
+    def setup(self, grad: Tensor) -> None:
+        self.memory = {"e_i": torch.zeros_like(grad), "y": grad, "skips": torch.zeros_like(grad)}
+
+    @property
+    def uploaded(self) -> bool:
+        """Whether the last round (or the dense round) sent a payload."""
+        return float(self.memory["skips"][0]) == 0.0
+
+    def triggered(self, x: Tensor, rnd: Round) -> bool:
+        skips = int(self.memory["skips"].max()) if self.memory["skips"].numel() else 0
+        if rnd.t <= self.window or skips >= self.window:
+            return True
+        return float((x - self.memory["y"]).square().sum()) > sum(rnd.moves[:self.window]) / self.c
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        x = flat(grad)
+        if not self.triggered(x, rnd):
+            self.memory["skips"] += 1
+            return Payload({}, x.numel())
+        error = self.memory["e_i"]
+        v = x + error
+        payload = self.compressor.compress(v, rnd)
+        error.copy_(v).sub_(self.compressor.decompress(payload, rnd))
+        if not self.exact:
+            self.memory["y"].copy_(x)
+        self.memory["skips"].zero_()
+        return payload
+
+    def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        g, n = server["g"], len(payloads)
+        for r, p in enumerate(payloads):
+            if p.parts:
+                peer = server[f"peer.{r}"]
+                fresh = self.compressor.decompress(p, rnd.of(r))
+                g.add_(fresh - peer, alpha=1.0 / n)
+                peer.copy_(fresh)

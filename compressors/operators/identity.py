@@ -1,0 +1,32 @@
+"""The identity compressor: send the dense tensor."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core.compressor import ROUND0, Compressor
+from ..core.payload import PartSpec, Payload
+from ..core.rounds import Round
+
+
+class Identity(Compressor):
+    """C(x) = x: contractive with alpha = 1 and unbiased with omega = 0; d fp32 values, which
+    the aggregate needs only as a mean (one allreduce in DDP)."""
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+    def alpha(self, numel: int) -> float:
+        return 1.0
+
+    def omega(self, numel: int, workers: int = 1) -> float:
+        return 0.0
+
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        return [PartSpec("dense", torch.float32, numel, summable=True)]
+
+    def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
+        return Payload({"dense": x.reshape(-1).to(torch.float32, copy=True)}, x.numel())  # one copy
+
+    def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
+        return payload.parts["dense"]
