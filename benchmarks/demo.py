@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import ddp_hooks
-from benchmarks.ranks import run_ranks
+from ddp_hooks.launch import run_ranks
 from compressors.sim.datasets import A9A, A9A_TRAIN_ROWS, load_libsvm
 
 

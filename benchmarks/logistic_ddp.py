@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks.ranks import run_ranks
+from ddp_hooks.launch import run_ranks
 from compressors import Mechanism
 from compressors.sim.datasets import A9A, load_libsvm
 from compressors.sim.problems import FiniteSum

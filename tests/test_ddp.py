@@ -8,7 +8,7 @@ from torch import nn
 
 import ddp_hooks
 from benchmarks.demo import TrainConfig, load_a9a, train
-from benchmarks.ranks import run_ranks
+from ddp_hooks.launch import run_ranks
 
 pytestmark = pytest.mark.slow
 

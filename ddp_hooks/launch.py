@@ -1,4 +1,4 @@
-"""Localhost gloo ranks for the demo, the benchmarks and the tests.
+"""Localhost gloo ranks for the demo, the benchmarks, the tests and your own experiments.
 
 ``run_ranks(fn, workers, *args)`` runs ``fn(rank, workers, *args)`` in ``workers`` spawned
 processes joined in one gloo group (127.0.0.1, a free port, one intra-op thread each, as a rank
