@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.demo import TrainConfig, load_a9a, train
+from ddp_hooks.testbed import TrainConfig, load_a9a, train
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.demo import MLP, load_a9a
+from ddp_hooks.testbed import MLP, load_a9a
 from compressors import FloatQuantizer
 from compressors.codecs.huffman import entropy_bits
 
@@ -57,7 +57,7 @@ def measure(quantizer: FloatQuantizer, grads: list[torch.Tensor]) -> dict[str, f
     entropy = stream = payload = description = 0.0
     for g in grads:
         v = g + GAMMA * e
-        message, q = quantizer.quantize(v)
+        message, q = quantizer.encode(v)
         e = v - q
         bits = message.bits()
         entropy += entropy_bits(quantizer.codes(message), quantizer.fmt.codes)

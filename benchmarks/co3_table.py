@@ -10,7 +10,8 @@ header and padding all counted) and the fraction of dense fp32 bytes. ``fp16`` i
 """
 from __future__ import annotations
 
-from benchmarks.demo import TrainConfig, table_baseline, train
+from benchmarks.demo import table_baseline
+from ddp_hooks.testbed import TrainConfig, train
 
 ROWS = {
     "fp16_compress_hook": ("fp16", {}),

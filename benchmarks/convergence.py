@@ -26,17 +26,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from compressors import (CLAG, EF14, EF21, EF21SGDM, GD, LAG, LAGWK, MARINA, EF21Plus, Mechanism, PermK,
-                         RandK, ThreePCv1, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
+from compressors import Mechanism
+from compressors.mechanisms.registry import REGISTRY, build, describe
 from compressors.sim import theory
 from compressors.sim.datasets import load_libsvm
 from compressors.sim.problems import PROBLEMS, FiniteSum
 from compressors.sim.simulation import run
 
-METHODS = ("gd", "ef14", "ef21", "ef21plus", "ef21sgdm", "lag", "lagwk", "clag", "3pcv1", "3pcv2", "3pcv4",
-           "3pcv5", "marina")
-USES_K = frozenset(METHODS) - {"gd", "lag", "lagwk"}
-USES_ZETA = frozenset({"lag", "clag"})
+METHODS = tuple(n for n in REGISTRY if n not in ("co3", "sasg"))  # the registry's mechanisms with (A, B) or LAG-WK
+USES_K = frozenset(n for n in METHODS if any(o.name == "k" for o in REGISTRY[n].options))
+USES_ZETA = frozenset(n for n in METHODS if any(o.name == "zeta" for o in REGISTRY[n].options))
 MULTIPLIERS = tuple(2.0**i for i in range(13))
 SWEPT = ("gd", "ef14", "ef21", "ef21plus", "lag", "clag", "3pcv2", "3pcv4", "3pcv5", "marina")  # --method all
 
@@ -56,17 +55,11 @@ class Setting:
     seed: int = 0
 
     def mechanism(self, dim: int) -> Mechanism:
-        top, p = TopK(k=self.k), self.p if self.p is not None else min(1.0, self.k / dim)
-        rand = RandK(k=self.k, seed=self.seed)
-        return {
-            "gd": GD, "lag": lambda: LAG(self.zeta), "lagwk": lambda: LAGWK(xi=self.zeta),
-            "ef14": lambda: EF14(top), "ef21": lambda: EF21(top), "ef21plus": lambda: EF21Plus(top),
-            "ef21sgdm": lambda: EF21SGDM(top, eta=self.eta), "clag": lambda: CLAG(top, self.zeta),
-            "3pcv1": lambda: ThreePCv1(top), "3pcv2": lambda: ThreePCv2(top, rand),
-            "3pcv4": lambda: ThreePCv4(top, TopK(k=self.k2 or self.k)),
-            "3pcv5": lambda: ThreePCv5(top, p, seed=self.seed),
-            "marina": lambda: MARINA(PermK(seed=self.seed) if self.q == "permk" else rand, p, seed=self.seed),
-        }[self.method]()
+        """The registry's mechanism with this setting's values for the options it takes."""
+        values = {"k": self.k, "zeta": self.zeta, "xi": self.zeta, "k2": self.k2, "q": self.q, "eta": self.eta,
+                  "seed": self.seed, "p": self.p if self.p is not None else min(1.0, self.k / dim)}
+        taken = {o.name for o in REGISTRY[self.method].options}
+        return build(self.method, **{k: v for k, v in values.items() if k in taken})
 
     def label(self) -> str:
         parts = [self.method]
@@ -211,7 +204,8 @@ def plot_heatmap(results: list[dict[str, object]], path: str) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="mechanisms (compressors.mechanisms.registry) and their options:\n" + describe())
     ap.add_argument("--dataset", required=True, help="LIBSVM file (.gz read directly); labels +-1, 0/1 or 1/2")
     ap.add_argument("--rows", type=int, help="use the first N rows (a9a's training set: 32561)")
     ap.add_argument("--problem", choices=PROBLEMS, default="logistic")
@@ -222,7 +216,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--k2", type=int, help="3PCv4's second Top-K (default K)")
     ap.add_argument("--zeta", type=float, default=1.0, help="LAG/CLAG trigger (LAG-WK: xi)")
     ap.add_argument("--p", type=float, help="3PCv5/MARINA dense-round probability (default K/d)")
-    ap.add_argument("--q", choices=("randk", "permk"), default="randk", help="MARINA's unbiased compressor")
+    ap.add_argument("--q", choices=("randk", "randk_shared", "permk"), default="randk",
+                    help="MARINA's unbiased compressor")
     ap.add_argument("--eta", type=float, default=0.1, help="EF21-SGDM momentum weight")
     ap.add_argument("--multiplier", type=float, default=1.0, help="stepsize = M x the theoretical gamma")
     ap.add_argument("--tol", type=float, default=1e-6)

@@ -10,7 +10,8 @@ design point, and compared by training loss.
 """
 from __future__ import annotations
 
-from benchmarks.demo import TrainConfig, table_baseline, train
+from benchmarks.demo import table_baseline
+from ddp_hooks.testbed import TrainConfig, train
 
 MINIBATCH = {
     "ef21": {"ratio": 0.01}, "ef21_sgdm": {"ratio": 0.01, "eta": 0.1}, "ef21plus": {"ratio": 0.01},

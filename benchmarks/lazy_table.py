@@ -8,7 +8,7 @@ EF21 at equal final accuracy (the README's lazy tables).
    when the test accuracy first reached the target (default 0.83), as a fraction of what dense
    fp32 allreduce sends in as many steps, and over the whole run: final accuracy, skip rate
    (rounds in which a rank sent no payload).
-2. Logistic regression on all 32,561 a9a training rows, full batch (``benchmarks.logistic_ddp``),
+2. Logistic regression on all 32,561 a9a training rows, full batch (``ddp_hooks.harness``),
    300 DDP steps: the bytes each rank had sent when ||grad f||^2 first fell below the target
    (default 1e-10), the fraction of dense, and the skip rate and rounds in which no rank sent
    anything (no payload collective ran).
@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from benchmarks.demo import TrainConfig, load_a9a, train
-from benchmarks.logistic_ddp import problem, run_ddp
-from compressors import CLAG, EF21, LAG, LAGWK, SASG, TopK
+from ddp_hooks.testbed import TrainConfig, load_a9a, train
+from ddp_hooks.harness import problem, run_ddp
+from compressors.mechanisms.registry import build
 
 DEMO = {
     "EF21 (Top-K 1%)": ("ef21", {"ratio": 0.01}),
@@ -32,11 +32,11 @@ DEMO = {
 }
 K = 6  # of d = 123, about 5%
 LOGISTIC = {  # factories must pickle (they travel to the spawned ranks)
-    "EF21 (Top-6)": (partial(EF21, TopK(k=K)), 0.5),
-    "CLAG (Top-6, ζ = 4)": (partial(CLAG, TopK(k=K), zeta=4.0), 0.5),
-    "LAG (ζ = 4)": (partial(LAG, zeta=4.0), 1.0),
-    "LAG-WK (ξ = 1)": (partial(LAGWK, xi=1.0), 1.0),
-    "SASG (Top-6, c = 10)": (partial(SASG, TopK(k=K)), 0.5),
+    "EF21 (Top-6)": (partial(build, "ef21", k=K), 0.5),
+    "CLAG (Top-6, ζ = 4)": (partial(build, "clag", k=K, zeta=4.0), 0.5),
+    "LAG (ζ = 4)": (partial(build, "lag", zeta=4.0), 1.0),
+    "LAG-WK (ξ = 1)": (partial(build, "lagwk", xi=1.0), 1.0),
+    "SASG (Top-6, c = 10)": (partial(build, "sasg", k=K), 0.5),
 }
 ROWS, STEPS, EPOCHS, EVAL_EVERY = 32_561, 300, 3, 16
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from compressors import SASG
+
 from .state import ThreePCState
 
 
@@ -24,7 +26,7 @@ class StaleGradients:
     """
 
     def __init__(self, ddp: nn.parallel.DistributedDataParallel, state: ThreePCState) -> None:
-        if not getattr(state.mechanism, "exact", False):
+        if not (isinstance(state.mechanism, SASG) and state.mechanism.exact):
             raise ValueError(f"StaleGradients feeds SASG(exact=True); this state runs {state.mechanism!r}")
         self.ddp, self.state = ddp, state
         self.stale = copy.deepcopy(ddp.module)
@@ -39,7 +41,7 @@ class StaleGradients:
             loss_fn(self.stale).backward()
             for bucket in self.state.buckets:
                 grads = [self.by_id[p].grad for p in bucket.params]
-                bucket.worker.memory["y"].copy_(torch.cat([g.reshape(-1) for g in grads]))
+                bucket.worker.set_reference(torch.cat([g.reshape(-1) for g in grads]))
         loss = loss_fn(self.ddp)
         loss.backward()
         with torch.no_grad():

@@ -10,7 +10,6 @@ parameters. Only a bucket whose parameters have no state at all runs a dense war
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from compressors import Mechanism, Round
+from compressors.core.rounds import MoveHistory
 
 from .stats import CommStats
 
@@ -43,7 +43,7 @@ class BucketState:
         return self.server["g"]
 
     def tensors(self) -> dict[str, Tensor]:
-        out = dict(self.worker.memory)
+        out = self.worker.memory.tensors() if self.worker.memory is not None else {}
         for name, t in (self.server or {}).items():
             out[SERVER + name] = t
         return out
@@ -60,7 +60,8 @@ class ThreePCState:
     Args:
         mechanism: the per-worker mechanism, e.g. ``EF21(TopK(ratio=0.01))``; each bucket gets
             its own copy (``mechanism.spawn()``).
-        process_group: the group to communicate in (default: the world).
+        process_group: the group to communicate in (default: ``model``'s DDP process group, else
+            the world).
         warmup_steps: iterations of plain averaged allreduce at the start (at least 1: DDP
             rebuilds its buckets after the first iteration). They set g_i = grad_i and g = mean.
         log_every: log ``stats()`` through the ``threepc`` logger every N iterations (0: never).
@@ -75,14 +76,15 @@ class ThreePCState:
     """
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "iteration", "stats",
-                 "_buckets", "_owner", "_pending", "_names", "_moves")
+                 "_buckets", "_owner", "_pending", "_names", "history")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
                  reproducible: bool = False) -> None:
-        if warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be at least 1 (DDP rebuilds its buckets after the first "
-                             f"iteration), got {warmup_steps}")
+        for name, value, low in (("warmup_steps", warmup_steps, 1), ("log_every", log_every, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low} (warmup_steps >= 1: DDP rebuilds its buckets "
+                                 f"after the first iteration), got {value!r}")
         try:  # fail at registration, on every rank, for mechanisms DDP cannot run
             mechanism.spec(1 << 10, Round(1, 0, 2))
         except NotImplementedError as e:
@@ -98,9 +100,11 @@ class ThreePCState:
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
         self._names: dict[int, str] | None = None
-        self._moves: dict[int, deque[float]] = {}  # parameter id -> ||g slice||^2, most recent first
+        self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
         if model is not None:
             self.bind(model)
+            if process_group is None:
+                self.process_group = getattr(model, "process_group", None)  # the DDP model's own group
 
     def bind(self, model: nn.Module) -> None:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
@@ -137,7 +141,8 @@ class ThreePCState:
         state = BucketState(key, tuple(p.numel() for p in params), self.mechanism.spawn())
         joined = {name: torch.cat([s[name] for s in slices]) for name in slices[0]}
         state.server = {name[len(SERVER):]: t for name, t in joined.items() if name.startswith(SERVER)}
-        state.worker.memory = {name: t for name, t in joined.items() if not name.startswith(SERVER)}
+        state.worker.memory = state.worker.memory_type.of(
+            {name: t for name, t in joined.items() if not name.startswith(SERVER)})
         self._install(state)
         return state
 
@@ -157,20 +162,12 @@ class ThreePCState:
             del self._buckets[key]  # every parameter it held now lives in another bucket
 
     # -- the aggregate's recent moves (LAG-WK and SASG triggers) -----------------------------
-    def moves(self, state: BucketState) -> tuple[float, ...]:
-        """||g^{t-1}||^2, ||g^{t-2}||^2, ... of the bucket's slice of g (``Round.moves``), from
-        per-parameter norms, so the history survives re-bucketing and checkpoints; empty unless
-        the mechanism's trigger reads it (``mechanism.window``)."""
-        histories = [self._moves.get(p, ()) for p in state.params]
-        depth = min(len(h) for h in histories)
-        return tuple(sum(h[d] for h in histories) for d in range(depth))
-
     def record_moves(self, state: BucketState) -> None:
-        """Append the bucket's new g (the direction of the coming step) to the history."""
-        window = self.mechanism.window
-        if window:
+        """Append the bucket's new g (the direction of the coming step) to the per-parameter
+        history (``Round.moves``; empty unless the mechanism's trigger reads it)."""
+        if self.history.window:
             for p, g in zip(state.params, state.estimate.split(state.sizes)):
-                self._moves.setdefault(p, deque(maxlen=window)).appendleft(float(g.square().sum()))
+                self.history.record(p, g)
 
     def end_iteration(self) -> None:
         self.iteration += 1
@@ -195,7 +192,7 @@ class ThreePCState:
                 memory[names[p]] = {k: t.clone() for k, t in s.items()}
         return {"mechanism": repr(self.mechanism), "iteration": self.iteration,
                 "stats": self.stats.state_dict(), "memory": memory,
-                "moves": {names[p]: list(h) for p, h in self._moves.items()}}
+                "moves": {names[p]: list(h) for p, h in self.history.norms.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
@@ -213,5 +210,4 @@ class ThreePCState:
         self._buckets.clear()
         self._owner.clear()
         self._pending = {by_name[name]: dict(s) for name, s in state["memory"].items()}
-        window = self.mechanism.window
-        self._moves = {by_name[name]: deque(h, maxlen=window) for name, h in state.get("moves", {}).items()}
+        self.history.load({by_name[name]: h for name, h in state.get("moves", {}).items()})

@@ -24,10 +24,14 @@ class CommStats:
     silent_rounds: int = 0  # compressed rounds in which this rank sent no payload (lazy triggers)
     skipped_rounds: int = 0  # compressed rounds in which no rank sent: no payload collective ran
     sent: dict[str, int] = field(default_factory=dict)
+    collectives: dict[str, int] = field(default_factory=dict)  # payload collectives run, by protocol
     dense_equivalent: int = 0
 
     def add(self, kind: str, nbytes: int) -> None:
         self.sent[kind] = self.sent.get(kind, 0) + nbytes
+
+    def ran(self, collective: str) -> None:
+        self.collectives[collective] = self.collectives.get(collective, 0) + 1
 
     @property
     def total_sent(self) -> int:
@@ -43,6 +47,7 @@ class CommStats:
             "skip_rate": self.silent_rounds / self.compressed_rounds if self.compressed_rounds else 0.0,
             "skipped_rounds": self.skipped_rounds,
             "bytes_sent": dict(self.sent),
+            "collectives": dict(self.collectives),
             "bytes_sent_total": total,
             "bytes_dense_equivalent": self.dense_equivalent,
             "fraction_of_dense": total / self.dense_equivalent if self.dense_equivalent else 0.0,
@@ -53,4 +58,4 @@ class CommStats:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, state[f.name])
+            setattr(self, f.name, state.get(f.name, f.default_factory() if callable(f.default_factory) else f.default))

@@ -1,4 +1,4 @@
-"""Payloads to bytes and back: what one rank puts into a collective (GRACE's "Communicator").
+"""Payloads to bytes and back: what one rank puts into a collective (``protocol`` moves it).
 
 A payload's parts are laid end to end as raw bytes in the order of the mechanism's spec
 (e.g. fp32 values, then int32 indices), so one uint8 tensor carries them in one all_gather.
@@ -29,26 +29,12 @@ def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # one part: no copy
 
 
-def summable(spec: list[PartSpec]) -> bool:
-    """Whether the receiver needs only the mean of the payload (then one averaging allreduce)."""
-    if not all(part.summable for part in spec):
-        return False
-    if any(part.dtype != torch.float32 for part in spec):
-        raise RuntimeError(f"summable payload parts must be float32, got {[str(p.dtype) for p in spec]}")
-    return True
-
-
 def fixed_size(spec: list[PartSpec]) -> bool:
     """Whether every payload with this spec has the same size (no variable-length part)."""
     variable = [i for i, part in enumerate(spec) if part.numel is None]
     if variable and variable != [len(spec) - 1]:
         raise RuntimeError(f"only the last payload part may have a variable length, got {[p.name for p in spec]}")
     return not variable
-
-
-def packed_bytes(spec: list[PartSpec]) -> int:
-    """Size in bytes of a payload packed with ``spec`` (its fixed-length parts)."""
-    return sum(part.numel * part.dtype.itemsize for part in spec if part.numel is not None)
 
 
 def unpack(buffer: Tensor, spec: list[PartSpec], numel: int) -> Payload:

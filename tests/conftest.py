@@ -1,11 +1,6 @@
-"""Tests run from the repository root: make `benchmarks` importable as a package."""
-import sys
-from pathlib import Path
-
+"""Shared test setup (tests import the library only, never benchmarks/)."""
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def gradient(n: int = 50_000, seed: int = 0) -> torch.Tensor:
 def test_quantizer_payload_matches_its_spec_and_decodes_to_what_the_sender_kept(config):
     q, x = FloatQuantizer(**config), gradient(50_001)  # odd: fp4 model codes travel in pairs
     rnd = Round(3, 1, 4)
-    payload, kept = q.quantize(x, rnd)
+    payload, kept = q.encode(x, rnd)
     spec = q.spec(x.numel(), rnd)
     assert [p.name for p in spec] == list(payload.parts)
     for part in spec:
@@ -40,7 +40,7 @@ def test_empirical_huffman_is_within_gallagers_bound_of_the_entropy(fmt):
     """Huffman's redundancy is below p_max + 0.086 bits per symbol (Gallager 1978); with 8-bit
     codes that is within 2% of the entropy, while 4-bit codes dominated by zero pay up to 1 bit."""
     q, x = FloatQuantizer(fmt, coder="empirical"), gradient(200_000)
-    payload = q.quantize(x)[0]
+    payload = q.encode(x)[0]
     codes = q.codes(payload)
     entropy = entropy_bits(codes, q.fmt.codes)
     p_max = float(torch.bincount(codes.long()).max()) / x.numel()
@@ -61,7 +61,7 @@ def test_model_huffman_beats_fixed_width_codes():
 def test_quantizer_of_an_all_zero_tensor():
     for coder in ("none", "huffman", "empirical"):
         q = FloatQuantizer("fp4-121", coder=coder, scale="gennorm")
-        payload, kept = q.quantize(torch.zeros(1000))
+        payload, kept = q.encode(torch.zeros(1000))
         assert torch.equal(q.decompress(payload), torch.zeros(1000)) and torch.equal(kept, torch.zeros(1000))
 
 
@@ -74,7 +74,7 @@ def test_co3_with_gamma_one_is_classical_error_feedback():
     for t, grad in enumerate(grads, start=1):
         sent += worker.compressor.decompress(worker.step(grad, Round(t)), Round(t)).double()
     total = torch.stack(grads).double().sum(0)
-    torch.testing.assert_close(sent + worker.memory["e_i"].double(), total, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(sent + worker.memory.e_i.double(), total, atol=1e-4, rtol=1e-5)
 
 
 def test_co3_decays_the_error_memory():
@@ -82,23 +82,23 @@ def test_co3_decays_the_error_memory():
     worker.init(torch.zeros(4000))
     first = gradient(4000, 1)
     q1 = worker.compressor.decompress(worker.step(first))
-    e1 = worker.memory["e_i"].clone()
+    e1 = worker.memory.e_i.clone()
     torch.testing.assert_close(e1, first - q1)
     second = gradient(4000, 2)
     q2 = worker.compressor.decompress(worker.step(second))
-    torch.testing.assert_close(worker.memory["e_i"], second + 0.5 * e1 - q2)
+    torch.testing.assert_close(worker.memory.e_i, second + 0.5 * e1 - q2)
 
 
 def test_co3_rejects_non_finite_gradients_without_touching_its_memory():
     worker = CO3()
     worker.init(torch.zeros(100))
     worker.step(gradient(100))
-    before = worker.memory["e_i"].clone()
+    before = worker.memory.e_i.clone()
     bad = gradient(100)
     bad[3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         worker.step(bad)
-    assert torch.equal(worker.memory["e_i"], before)
+    assert torch.equal(worker.memory.e_i, before)
 
 
 def test_co3_options_are_checked_and_registered():

@@ -38,7 +38,7 @@ def test_shared_randk_sends_no_indices_and_every_worker_draws_the_same_support()
     x = torch.randn(50)
     a, b = c.compress(x, Round(7, 0, 4)), c.compress(x, Round(7, 3, 4))
     assert set(a.parts) == {"values"} and torch.equal(a.parts["values"], b.parts["values"])
-    assert [s.name for s in c.spec(50)] == ["values"] and c.spec(50)[0].summable
+    assert [s.name for s in c.spec(50)] == ["values"] and c.spec(50)[0].aligned
     assert not torch.equal(c.support(50, Round(8)), c.support(50, Round(7))), "a new support every round"
     private = RandK(k=5, seed=3)
     assert not torch.equal(private.compress(x, Round(7, 0, 4)).parts["indices"],
@@ -74,12 +74,12 @@ def test_permk_is_unbiased_per_worker_and_needs_enough_coordinates():
         PermK().compress(torch.ones(3), Round(0, 0, 4))
 
 
-def test_identity_is_dense_and_summable():
+def test_identity_is_dense_and_aligned():
     x = torch.randn(7).half()
     c = Identity()
     p = c.compress(x)
     assert p.parts["dense"].dtype == torch.float32 and torch.equal(c.decompress(p), x.float())
-    assert c.spec(7)[0].summable and c.alpha(7) == 1.0 and c.omega(7) == 0.0
+    assert c.spec(7)[0].aligned and c.alpha(7) == 1.0 and c.omega(7) == 0.0
 
 
 def test_compose_keeps_a_subset_of_the_inner_support_and_contracts_by_the_product():

@@ -3,19 +3,23 @@ constants, the bit accounting and the convergence CLI."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import convergence
 from compressors import CLAG, EF14, EF21, GD, LAGWK, TopK
+from compressors.mechanisms.registry import build
 from compressors.sim import theory
 from compressors.sim.datasets import A9A, load_libsvm
 from compressors.sim.problems import FiniteSum, split_rows
 from compressors.sim.simulation import run
 
 TOL = 1e-6
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +76,25 @@ def test_ef21_reaches_the_tolerance_and_ef14_with_its_budget_does_not(a9a_small)
         assert not ef14.converged and min(ef14.grad_norm_sq) > TOL
 
 
-@pytest.mark.parametrize("zeta", [0.5, 2.0, 8.0])
-@pytest.mark.parametrize("multiplier", [4, 16])
-def test_clag_never_sends_more_bits_than_ef21_with_the_same_k(a9a_small, zeta, multiplier):
-    ef21 = run(a9a_small, EF21(TopK(k=4)), gamma(a9a_small, EF21(TopK(k=4)), multiplier), tol=TOL, max_iters=3000)
-    clag = CLAG(TopK(k=4), zeta)
-    lazy = run(a9a_small, clag, gamma(a9a_small, EF21(TopK(k=4)), multiplier), tol=TOL, max_iters=3000)
-    assert ef21.converged and lazy.converged
-    assert lazy.bits[-1] <= ef21.bits[-1]
+@pytest.mark.parametrize("name, options", [("ef21", {}), ("clag", {"zeta": 0.5}), ("clag", {"zeta": 2.0}),
+                                           ("clag", {"zeta": 8.0}), ("lag", {"zeta": 4.0}), ("3pcv4", {"k2": 2})])
+def test_a_3pc_at_its_theorem_1_stepsize_meets_the_theorem_1_bound(a9a_small, name, options):
+    """Theorem 1 of the 3PC paper: at gamma = 1 / (L_- + L_tilde sqrt(B/A)) and g_i^0 = grad f_i(x^0)
+    (G^0 = 0), (1/T) sum_{t<T} ||grad f(x^t)||^2 <= 2 (f(x^0) - f_inf) / (gamma T), with f_inf >= 0 for
+    the logistic loss plus a nonnegative regulariser. Deterministic mechanisms: it holds per run."""
+    mechanism = build(name, **({"k": 4} if name != "lag" else {}), **options)
+    stepsize = gamma(a9a_small, mechanism, 1)
+    rounds = 300
+    trace = run(a9a_small, mechanism, stepsize, tol=-1.0, max_iters=rounds)
+    average = sum(trace.grad_norm_sq[:rounds]) / rounds
+    assert average <= 2 * a9a_small.loss(torch.zeros(a9a_small.dim)) / (stepsize * rounds)
+
+
+def test_clag_with_zeta_zero_is_ef21(a9a_small):
+    step = gamma(a9a_small, EF21(TopK(k=4)), 8)
+    ef21 = run(a9a_small, EF21(TopK(k=4)), step, tol=-1.0, max_iters=100, keep_iterates=True)
+    clag = run(a9a_small, CLAG(TopK(k=4), 0.0), step, tol=-1.0, max_iters=100, keep_iterates=True)
+    assert torch.equal(torch.stack(ef21.iterates), torch.stack(clag.iterates)) and ef21.bits == clag.bits
 
 
 def test_gd_converges_on_least_squares_and_lag_wk_skips_some_rounds():
@@ -109,25 +124,33 @@ def _tiny_libsvm(path):
             f.write(f"{label} " + " ".join(f"{j + 1}:{rng.normal():.3f}" for j in feats) + "\n")
 
 
-def test_cli_single_run_writes_json(tmp_path, capsys):
+def convergence(*args: str) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.convergence", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_single_run_writes_json(tmp_path):
     data = tmp_path / "tiny.svm"
     _tiny_libsvm(data)
-    out = convergence.main(["--dataset", str(data), "--workers", "4", "--method", "ef21", "--k", "2",
-                            "--multiplier", "4", "--tol", "1e-5", "--max-iters", "3000", "--json",
-                            str(tmp_path / "r.json")])
+    done = convergence("--dataset", str(data), "--workers", "4", "--method", "ef21", "--k", "2", "--multiplier", "4",
+                       "--tol", "1e-5", "--max-iters", "3000", "--json", str(tmp_path / "r.json"))
+    assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert saved["best"][0]["converged"] and out["best"][0]["rounds_to_tol"] == saved["best"][0]["rounds"]
-    assert "| ef21 K=2 M=4 |" in capsys.readouterr().out
+    assert saved["best"][0]["converged"] and saved["best"][0]["rounds_to_tol"] == saved["best"][0]["rounds"]
+    assert "| ef21 K=2 M=4 |" in done.stdout
 
 
 def test_cli_sweep_picks_the_best_multiplier_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     data = tmp_path / "tiny.svm"
     _tiny_libsvm(data)
-    out = convergence.main(["--dataset", str(data), "--workers", "4", "--sweep", "--method", "gd,ef21,clag",
-                            "--ks", "1,2", "--zetas", "1,4", "--multipliers", "1,4", "--tol", "1e-5",
-                            "--max-iters", "2000", "--jobs", "1", "--plot", str(tmp_path / "c.png"),
-                            "--heatmap", str(tmp_path / "h.png")])
+    done = convergence("--dataset", str(data), "--workers", "4", "--sweep", "--method", "gd,ef21,clag", "--ks", "1,2",
+                       "--zetas", "1,4", "--multipliers", "1,4", "--tol", "1e-5", "--max-iters", "2000", "--jobs", "1",
+                       "--plot", str(tmp_path / "c.png"), "--heatmap", str(tmp_path / "h.png"),
+                       "--json", str(tmp_path / "s.json"))
+    assert done.returncode == 0, done.stderr
+    out = json.loads((tmp_path / "s.json").read_text())
     assert len(out["runs"]) == 2 + 2 * 2 + 2 * 2 * 2
     for row in out["best"]:
         same = [r for r in out["runs"] if r["setting"]["method"] == row["setting"]["method"] and r["converged"]]
@@ -135,6 +158,8 @@ def test_cli_sweep_picks_the_best_multiplier_and_plots(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "h.png").stat().st_size > 1000
 
 
-def test_cli_rejects_unknown_methods(tmp_path):
-    with pytest.raises(SystemExit):
-        convergence.main(["--dataset", "x", "--method", "sgd"])
+def test_cli_rejects_unknown_methods_and_lists_the_registry_in_help():
+    done = convergence("--dataset", "x", "--method", "sgd")
+    assert done.returncode == 2 and "unknown method(s) ['sgd']" in done.stderr
+    helped = convergence("--help")
+    assert helped.returncode == 0 and "clag" in helped.stdout and "zeta=1.0" in helped.stdout

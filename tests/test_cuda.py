@@ -124,7 +124,7 @@ def test_huffman_on_cuda_tensors_gives_the_cpu_stream():
 @pytest.mark.slow
 @pytest.mark.parametrize("hook", ["ef21", "co3", "clag"])
 def test_ddp_trains_with_cuda_tensors_on_gloo(hook):
-    from benchmarks.demo import TrainConfig, train  # the demo's ranks share the one GPU
+    from ddp_hooks.testbed import TrainConfig, train  # the ranks share the one GPU
 
     options = {"co3": {"fmt": "fp8-152", "coder": "huffman", "scale": "gennorm"}, "clag": {"ratio": 0.01}}
     results = train(TrainConfig(hook=hook, epochs=1, device="cuda", options=options.get(hook)))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import ddp_hooks
-from benchmarks.demo import TrainConfig, load_a9a, train
+from ddp_hooks.testbed import TrainConfig, load_a9a, train
 from ddp_hooks.launch import run_ranks
 
 pytestmark = pytest.mark.slow

@@ -27,11 +27,11 @@ def test_a_rebuilt_bucket_is_assembled_from_the_slices_of_the_old_ones():
     first = _fill(state, params[:2], 0)
     second = _fill(state, params[2:], 1)
     joined_g = torch.cat([first.estimate, second.estimate])
-    joined_gi = torch.cat([first.worker.memory["g_i"], second.worker.memory["g_i"]])
+    joined_gi = torch.cat([first.worker.memory.g_i, second.worker.memory.g_i])
     rebuilt = state.bucket_state([params[1], params[2], params[3], params[0]])
     order = torch.cat([torch.arange(3, 14), torch.arange(0, 3)])
     assert torch.equal(rebuilt.estimate, joined_g[order])
-    assert torch.equal(rebuilt.worker.memory["g_i"], joined_gi[order])
+    assert torch.equal(rebuilt.worker.memory.g_i, joined_gi[order])
     assert len(state.buckets) == 1, "buckets whose parameters all moved are dropped"
 
 

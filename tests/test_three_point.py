@@ -33,11 +33,11 @@ def three_pcs():
 def apply(mechanism, h, y, x, t):
     """C_{h,y}(x) as computed by one worker (worker 1 of 3) at round t."""
     worker = mechanism.spawn()
-    worker.setup(h.clone())
-    if "y" in worker.memory:
-        worker.memory["y"] = y.clone()
+    worker.memory = worker.setup(h.clone())
+    if hasattr(worker.memory, "y"):
+        worker.memory.y = y.clone()
     payload = worker.step(x, Round(t, 1, 3))
-    return worker.memory["g_i"] if "g_i" in worker.memory else payload.parts["dense"]  # GD keeps no memory
+    return worker.memory.g_i if hasattr(worker.memory, "g_i") else payload.parts["dense"]  # GD keeps no memory
 
 
 def vectors(seed, kind):
@@ -82,8 +82,8 @@ def test_the_aggregate_is_the_mean_of_the_worker_estimates(mechanism, randomised
     for _ in range(30):
         grads = [v + 0.3 * torch.randn(D, generator=g) for v in grads]
         cluster.step(grads)
-        if "g_i" in cluster.workers[0].memory:
-            mean = torch.stack([w.memory["g_i"] for w in cluster.workers]).mean(0)
+        if hasattr(cluster.workers[0].memory, "g_i"):
+            mean = torch.stack([w.memory.g_i for w in cluster.workers]).mean(0)
         else:  # GD: g_i is the gradient itself
             mean = torch.stack(grads).mean(0)
         assert torch.allclose(cluster.g, mean, atol=1e-5)

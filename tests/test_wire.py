@@ -12,7 +12,7 @@ def test_pack_then_unpack_is_identity():
     spec = TopK(k=5).spec(100)
     payload = Payload({"values": torch.randn(5), "indices": torch.randint(0, 100, (5,), dtype=torch.int32)}, 100)
     packed = wire.pack(payload, spec)
-    assert packed.dtype == torch.uint8 and packed.numel() == wire.packed_bytes(spec) == 40
+    assert packed.dtype == torch.uint8 and packed.numel() == 5 * 4 + 5 * 4
     back = wire.unpack(packed, spec, 100)
     assert torch.equal(back.parts["values"], payload.parts["values"])
     assert torch.equal(back.parts["indices"], payload.parts["indices"])
@@ -35,7 +35,7 @@ def test_a_variable_length_last_part_takes_the_rest_of_the_buffer():
     spec = [PartSpec("scale", torch.float32, 1), PartSpec("bytes", torch.uint8, None)]
     payload = Payload({"scale": torch.tensor([0.5]), "bytes": torch.arange(7, dtype=torch.uint8)}, 20)
     packed = wire.pack(payload, spec)
-    assert not wire.fixed_size(spec) and packed.numel() == 4 + 7 and wire.packed_bytes(spec) == 4
+    assert not wire.fixed_size(spec) and packed.numel() == 4 + 7
     back = wire.unpack(packed, spec, 20)
     assert back.parts["scale"].tolist() == [0.5] and back.parts["bytes"].tolist() == list(range(7))
 

@@ -35,6 +35,12 @@ class Compressor(ABC):
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         """The parts of a payload for a tensor of ``numel`` elements, in wire order."""
 
+    def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """(compress(x), C(x)): the payload and the fp32 vector it decodes to (error feedback
+        needs both; a compressor that knows C(x) without decoding overrides this)."""
+        payload = self.compress(x, rnd)
+        return payload, self.decompress(payload, rnd)
+
     def alpha(self, numel: int) -> float:
         """Contraction parameter alpha on R^numel."""
         raise ValueError(f"{self!r} is not contractive: use it where an unbiased compressor is expected "

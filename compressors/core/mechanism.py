@@ -12,12 +12,12 @@ The contract, shared by the simulation harness and the DDP hook:
   on every worker, so that DDP can size its collective).
 * ``aggregate(server, payloads, rnd)``: fold the n payloads (payload r from worker r, in rank
   order) into the aggregate state; ``server["g"]`` is the new direction g^{t+1}.
-* ``memory`` and the aggregate state are flat fp32 tensors with one entry per coordinate, so
-  the hook can split them per parameter for checkpoints and re-bucketing.
+* ``memory`` (a typed ``Memory``) and the aggregate state are flat fp32 tensors with one entry
+  per coordinate, so the hook can split them per parameter for checkpoints and re-bucketing.
 
-When every part of a spec is ``summable``, DDP sends one averaged allreduce and passes
-``aggregate`` a single payload holding the mean: ``aggregate`` must then be linear in the
-payloads (weight 1/len(payloads)).
+How payloads combine is the mechanism's declaration: ``summable(spec)`` is true when the
+aggregate is linear in the payloads (``linear``) and every part is aligned across workers;
+then DDP sends one averaging allreduce and passes ``aggregate`` a single payload, the mean.
 """
 from __future__ import annotations
 
@@ -25,10 +25,12 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from .compressor import ROUND0, Compressor
 from ..operators.identity import Identity
+from .compressor import ROUND0, Compressor
+from .memory import Memory
 from .payload import PartSpec, Payload
 from .rounds import Round
 
@@ -54,15 +56,20 @@ class Mechanism(ABC):
     ``lazy``: ``step`` may return an empty payload (the worker stays silent); ``aggregate``
     must then treat empty payloads as "no change from this worker", and a round in which every
     payload is empty must leave the aggregate state as it is (DDP skips it).
+    ``linear``: ``aggregate`` depends on the payloads only through their mean (weight
+    1/len(payloads)), so aligned payloads may be averaged by the network instead.
     ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
+    ``memory_type``: the ``Memory`` dataclass of ``memory``.
     """
 
     lazy = False
+    linear = True
     window = 0
+    memory_type: type[Memory] = Memory
 
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor
-        self.memory: dict[str, Tensor] = {}
+        self.memory: Memory | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.compressor!r})"
@@ -70,17 +77,18 @@ class Mechanism(ABC):
     def spawn(self) -> Mechanism:
         """A new instance with this configuration and empty memory (one per worker and tensor)."""
         clone = copy.copy(self)
-        clone.memory = {}
+        clone.memory = None
         return clone
 
     # -- the dense round ------------------------------------------------------------------
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """Dense round: set the memory from this worker's gradient and send it."""
-        self.setup(flat(grad).clone())
+        self.memory = self.setup(flat(grad).clone())
         return DENSE.compress(grad)
 
-    def setup(self, grad: Tensor) -> None:
-        """Set the memory from grad_i(x^0) (a private fp32 copy)."""
+    def setup(self, grad: Tensor) -> Memory:
+        """The memory after the dense round, from grad_i(x^0) (a private fp32 copy)."""
+        return self.memory_type()
 
     def init_spec(self, numel: int) -> list[PartSpec]:
         return DENSE.spec(numel)
@@ -98,6 +106,11 @@ class Mechanism(ABC):
         """Parts of this round's payload for a tensor of ``numel`` elements, in wire order."""
         return self.compressor.spec(numel, rnd)
 
+    def summable(self, spec: Sequence[PartSpec]) -> bool:
+        """Whether payloads of ``spec`` may be combined by averaging them (one allreduce): the
+        aggregate is linear and every part is an aligned fp32 vector."""
+        return self.linear and all(part.aligned and part.dtype == torch.float32 for part in spec)
+
     @abstractmethod
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
@@ -110,15 +123,22 @@ class Mechanism(ABC):
 
 class KeepsPeers(Mechanism):
     """Mechanisms whose aggregate keeps every worker's last message ("peer.r", n x d floats on
-    every DDP rank): the dense round all-gathers each gradient and g^0 is their mean."""
+    every DDP rank): not linear, so every round (the dense one too) all-gathers the payloads,
+    and g^0 is the mean of the gathered gradients."""
 
-    def init_spec(self, numel: int) -> list[PartSpec]:
-        return [PartSpec(s.name, s.dtype, s.numel, summable=False) for s in DENSE.spec(numel)]
+    linear = False
 
     def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
         server = {f"peer.{r}": DENSE.decompress(p).clone() for r, p in enumerate(payloads)}
         server["g"] = mean_of(payloads, lambda p, r: server[f"peer.{r}"])
         return server
+
+    @staticmethod
+    def replace_peer(server: dict[str, Tensor], r: int, message: Tensor, workers: int) -> None:
+        """Worker r's message replaces its previous one: g += (message - peer_r) / n, peer_r = message."""
+        peer = server[f"peer.{r}"]
+        server["g"].add_(message - peer, alpha=1.0 / workers)
+        peer.copy_(message)
 
 
 class Replacing(Mechanism):

@@ -50,15 +50,16 @@ class PartSpec:
     """Shape of one payload part as the receiver expects it: name, dtype and element count
     (``None``: a variable-length part, such as a coded byte stream; it comes last).
 
-    ``summable``: the receiver needs only the mean of this part over the workers (a dense
-    fp32 vector, or values on a support shared by all workers), so a payload whose parts are
-    all summable can travel by one averaging allreduce instead of an all_gather.
+    ``aligned``: entry j of this part means the same coordinate on every worker (a dense
+    vector, or values on a support all workers share), so the part's mean over the workers is
+    meaningful. Whether a payload may travel as that mean (one averaging allreduce) is the
+    mechanism's decision (``Mechanism.summable``): its aggregate must also be linear.
     """
 
     name: str
     dtype: torch.dtype
     numel: int | None
-    summable: bool = False
+    aligned: bool = False
 
     def prefixed(self, prefix: str) -> PartSpec:
-        return PartSpec(f"{prefix}.{self.name}", self.dtype, self.numel, self.summable)
+        return PartSpec(f"{prefix}.{self.name}", self.dtype, self.numel, self.aligned)

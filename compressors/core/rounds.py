@@ -7,6 +7,8 @@ communication, and a run is reproducible from its seeds.
 """
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -50,3 +52,27 @@ class Round:
     def generator(self, seed: int, numel: int, *, shared: bool) -> torch.Generator:
         """A CPU generator seeded with ``key``."""
         return torch.Generator().manual_seed(self.key(seed, numel, shared=shared))
+
+
+class MoveHistory:
+    """The squared norms of the last ``window`` aggregate directions, most recent first, kept
+    per key (a parameter in DDP, so the history survives re-bucketing; one key in the
+    simulation): what ``Round.moves`` carries to LAG-WK's and SASG's triggers."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.norms: dict[Hashable, deque[float]] = {}
+
+    def record(self, key: Hashable, g: torch.Tensor) -> None:
+        """Append ||g||^2 (g: the key's slice of the new aggregate direction); no-op at window 0."""
+        if self.window:
+            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(g.square().sum()))
+
+    def moves(self, keys: Iterable[Hashable]) -> tuple[float, ...]:
+        """||g^{t-1}||^2, ||g^{t-2}||^2, ... summed over ``keys``, as deep as every key's history."""
+        histories = [self.norms.get(key, ()) for key in keys]
+        depth = min((len(h) for h in histories), default=0)
+        return tuple(sum(h[d] for h in histories) for d in range(depth))
+
+    def load(self, norms: dict[Hashable, Iterable[float]]) -> None:
+        self.norms = {key: deque(h, maxlen=self.window) for key, h in norms.items()}

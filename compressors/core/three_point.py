@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .compressor import ROUND0
 from .mechanism import Mechanism, flat
+from .memory import Estimate, EstimateAndGradient
 from .payload import Payload
 from .rounds import Round
 
@@ -24,17 +25,20 @@ class ThreePoint(Mechanism):
     """A 3PC mechanism. Memory: ``g_i`` (h) and, if ``uses_y``, ``y`` (the last gradient)."""
 
     uses_y = False
+    memory: Estimate
 
-    def setup(self, grad: Tensor) -> None:
-        self.memory = {"g_i": grad}
-        if self.uses_y:
-            self.memory["y"] = grad.clone()
+    @property
+    def memory_type(self) -> type[Estimate]:
+        return EstimateAndGradient if self.uses_y else Estimate
+
+    def setup(self, grad: Tensor) -> Estimate:
+        return EstimateAndGradient(grad, grad.clone()) if self.uses_y else Estimate(grad)
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         x = flat(grad)
-        payload = self.move(self.memory["g_i"], self.memory.get("y"), x, rnd)
+        payload = self.move(self.memory.g_i, getattr(self.memory, "y", None), x, rnd)
         if self.uses_y:
-            self.memory["y"].copy_(x)
+            self.memory.y.copy_(x)
         return payload
 
     @abstractmethod

@@ -7,7 +7,9 @@ from torch import Tensor
 from ..core.compressor import ROUND0
 from ..operators.float_format import FloatFormat
 from ..operators.float_quantizer import FloatQuantizer
+from ..core.error_feedback import compensated
 from ..core.mechanism import Replacing, flat
+from ..core.memory import Error
 from ..core.payload import Payload
 from ..core.rounds import Round
 
@@ -33,12 +35,11 @@ class CO3(Replacing):
     def __repr__(self) -> str:
         return f"CO3({self.compressor!r}, gamma={self.gamma})"
 
-    def setup(self, grad: Tensor) -> None:
-        self.memory = {"e_i": grad.zero_()}
+    memory_type = Error
+    memory: Error
+
+    def setup(self, grad: Tensor) -> Error:
+        return Error(grad.zero_())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        error = self.memory["e_i"]
-        v = flat(grad) + self.gamma * error
-        payload, q = self.compressor.quantize(v, rnd)  # raises before the memory changes
-        error.copy_(v).sub_(q)
-        return payload
+        return compensated(self.compressor, self.memory.e_i, flat(grad), rnd, decay=self.gamma)

@@ -4,7 +4,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..core.compressor import ROUND0
+from ..core.error_feedback import compensated
 from ..core.mechanism import Replacing, flat
+from ..core.memory import Error
 from ..core.payload import Payload
 from ..core.rounds import Round
 
@@ -20,12 +22,11 @@ class EF14(Replacing):
     Memory: e_i.
     """
 
-    def setup(self, grad: Tensor) -> None:
-        self.memory = {"e_i": grad.zero_()}
+    memory_type = Error
+    memory: Error
+
+    def setup(self, grad: Tensor) -> Error:
+        return Error(grad.zero_())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        error = self.memory["e_i"]
-        error += flat(grad)
-        payload = self.compressor.compress(error, rnd)
-        error -= self.compressor.decompress(payload, rnd)
-        return payload
+        return compensated(self.compressor, self.memory.e_i, flat(grad), rnd)

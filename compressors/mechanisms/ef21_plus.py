@@ -10,6 +10,7 @@ from torch import Tensor
 from ..core.compressor import ROUND0, Compressor
 from .ef21 import ef21_constants
 from ..core.mechanism import KeepsPeers, flat
+from ..core.memory import Estimate
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
@@ -32,14 +33,17 @@ class EF21Plus(KeepsPeers):
                              "is random: use TopK, or EF21 with this compressor")
         super().__init__(compressor)
 
-    def setup(self, grad: Tensor) -> None:
-        self.memory = {"g_i": grad}
+    memory_type = Estimate
+    memory: Estimate
+
+    def setup(self, grad: Tensor) -> Estimate:
+        return Estimate(grad)
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         return [PartSpec("flag", torch.uint8, 1), *self.compressor.spec(numel, rnd)]
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        x, h, c = flat(grad), self.memory["g_i"], self.compressor
+        x, h, c = flat(grad), self.memory.g_i, self.compressor
         fresh = c.compress(x, rnd)
         b = c.decompress(fresh, rnd)
         update = c.compress(x - h, rnd)
@@ -50,17 +54,15 @@ class EF21Plus(KeepsPeers):
         return Payload({"flag": torch.tensor([int(reset)], dtype=torch.uint8), **chosen.parts}, h.numel())
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
-        g, n = server["g"], len(payloads)
+        n = len(payloads)
         for r, p in enumerate(payloads):
-            peer = server[f"peer.{r}"]
             decoded = self.compressor.decompress(Payload({k: t for k, t in p.parts.items() if k != "flag"}, p.numel),
                                                  rnd.of(r))
             if int(p.parts["flag"][0]):
-                g.add_(decoded - peer, alpha=1.0 / n)
-                peer.copy_(decoded)
-            else:
-                g.add_(decoded, alpha=1.0 / n)
-                peer.add_(decoded)
+                self.replace_peer(server, r, decoded, n)
+            else:  # an increment: the new g_r is peer_r + C(x - h)
+                server["g"].add_(decoded, alpha=1.0 / n)
+                server[f"peer.{r}"].add_(decoded)
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         return ef21_constants(self.compressor.alpha(numel))

@@ -6,6 +6,7 @@ from torch import Tensor
 from ..core.compressor import ROUND0, Compressor
 from .ef21 import EF21
 from ..core.mechanism import flat
+from ..core.memory import EstimateAndMomentum
 from ..core.payload import Payload
 from ..core.rounds import Round
 
@@ -32,11 +33,13 @@ class EF21SGDM(EF21):
     def __repr__(self) -> str:
         return f"EF21SGDM({self.compressor!r}, eta={self.eta})"
 
-    def setup(self, grad: Tensor) -> None:
-        super().setup(grad)
-        self.memory["v_i"] = grad.clone()
+    memory_type = EstimateAndMomentum
+    memory: EstimateAndMomentum
+
+    def setup(self, grad: Tensor) -> EstimateAndMomentum:
+        return EstimateAndMomentum(grad, grad.clone())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        momentum = self.memory["v_i"]
+        momentum = self.memory.v_i
         momentum.mul_(1.0 - self.eta).add_(flat(grad), alpha=self.eta)
-        return self.move(self.memory["g_i"], None, momentum, rnd)
+        return self.move(self.memory.g_i, None, momentum, rnd)

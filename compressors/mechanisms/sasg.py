@@ -2,14 +2,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..core.compressor import ROUND0, Compressor
+from ..core.error_feedback import compensated
 from ..core.mechanism import KeepsPeers, flat
+from ..core.memory import Error
 from ..core.payload import Payload
 from ..core.rounds import Round
+
+
+@dataclass
+class SASGMemory(Error):
+    """e_i, y_i (the gradient the trigger compares with) and the count of consecutive skips
+    (repeated per coordinate so that the memory splits per parameter)."""
+
+    y: Tensor
+    skips: Tensor
 
 
 class SASG(KeepsPeers):
@@ -54,39 +66,43 @@ class SASG(KeepsPeers):
     def __repr__(self) -> str:
         return f"SASG({self.compressor!r}, window={self.window}, c={self.c}, exact={self.exact})"
 
-    def setup(self, grad: Tensor) -> None:
-        self.memory = {"e_i": torch.zeros_like(grad), "y": grad, "skips": torch.zeros_like(grad)}
+    memory_type = SASGMemory
+    memory: SASGMemory
+
+    def setup(self, grad: Tensor) -> SASGMemory:
+        return SASGMemory(torch.zeros_like(grad), grad, torch.zeros_like(grad))
 
     @property
     def uploaded(self) -> bool:
         """Whether the last round (or the dense round) sent a payload."""
-        return float(self.memory["skips"][0]) == 0.0
+        return float(self.memory.skips[0]) == 0.0
+
+    def set_reference(self, grad: Tensor) -> None:
+        """The exact rule's y_i: grad f_i at the parameters of i's last upload, on the current
+        minibatch (``ddp_hooks.StaleGradients`` computes it before each step)."""
+        if not self.exact:
+            raise ValueError(f"{self!r} compares with the gradient of its last upload; set_reference is for "
+                             "SASG(exact=True)")
+        self.memory.y.copy_(grad.reshape(-1))
 
     def triggered(self, x: Tensor, rnd: Round) -> bool:
-        skips = int(self.memory["skips"].max()) if self.memory["skips"].numel() else 0
+        skips = int(self.memory.skips.max()) if self.memory.skips.numel() else 0
         if rnd.t <= self.window or skips >= self.window:
             return True
-        return float((x - self.memory["y"]).square().sum()) > sum(rnd.moves[:self.window]) / self.c
+        return float((x - self.memory.y).square().sum()) > sum(rnd.moves[:self.window]) / self.c
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         x = flat(grad)
         if not self.triggered(x, rnd):
-            self.memory["skips"] += 1
+            self.memory.skips += 1
             return Payload({}, x.numel())
-        error = self.memory["e_i"]
-        v = x + error
-        payload = self.compressor.compress(v, rnd)
-        error.copy_(v).sub_(self.compressor.decompress(payload, rnd))
+        payload = compensated(self.compressor, self.memory.e_i, x, rnd)
         if not self.exact:
-            self.memory["y"].copy_(x)
-        self.memory["skips"].zero_()
+            self.memory.y.copy_(x)
+        self.memory.skips.zero_()
         return payload
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
-        g, n = server["g"], len(payloads)
         for r, p in enumerate(payloads):
             if p.parts:
-                peer = server[f"peer.{r}"]
-                fresh = self.compressor.decompress(p, rnd.of(r))
-                g.add_(fresh - peer, alpha=1.0 / n)
-                peer.copy_(fresh)
+                self.replace_peer(server, r, self.compressor.decompress(p, rnd.of(r)), len(payloads))

@@ -108,7 +108,7 @@ class FloatQuantizer(Compressor):
         return parts + [PartSpec("bytes", torch.uint8, fixed)]
 
     # -- encoding -------------------------------------------------------------------------
-    def quantize(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+    def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """The payload of x and the fp32 Q(x) it decodes to (without decoding the stream)."""
         v = x.reshape(-1)
         if self.coder == "huffman" or self.scale == "gennorm":
@@ -146,7 +146,7 @@ class FloatQuantizer(Compressor):
         return Payload(parts, v.numel()), self.fmt.decode(codes, s)
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return self.quantize(x, rnd)[0]
+        return self.encode(x, rnd)[0]
 
     def table(self, payload: Payload) -> HuffmanTable:
         """The code a payload was written with, rebuilt from what it carries."""

@@ -10,8 +10,8 @@ from ..core.rounds import Round
 
 
 class Identity(Compressor):
-    """C(x) = x: contractive with alpha = 1 and unbiased with omega = 0; d fp32 values, which
-    the aggregate needs only as a mean (one allreduce in DDP)."""
+    """C(x) = x: contractive with alpha = 1 and unbiased with omega = 0; d fp32 values, aligned
+    across workers (a linear aggregate needs only their mean: one allreduce in DDP)."""
 
     def __repr__(self) -> str:
         return "Identity()"
@@ -23,7 +23,7 @@ class Identity(Compressor):
         return 0.0
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
-        return [PartSpec("dense", torch.float32, numel, summable=True)]
+        return [PartSpec("dense", torch.float32, numel, aligned=True)]
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return Payload({"dense": x.reshape(-1).to(torch.float32, copy=True)}, x.numel())  # one copy

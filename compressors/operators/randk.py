@@ -25,7 +25,7 @@ class RandK(Sparsifier):
                  shared: bool = False, seed: int = 0) -> None:
         super().__init__(ratio, k=k)
         self.scaled, self.shared, self.seed = scaled, shared, seed
-        self.sends_indices, self.summable = not shared, shared
+        self.sends_indices, self.aligned = not shared, shared
 
     def __repr__(self) -> str:
         return f"RandK({self._size()}, scaled={self.scaled}, shared={self.shared}, seed={self.seed})"

@@ -25,7 +25,7 @@ class Sparsifier(Compressor):
     tensor) or a fixed ``k`` (clipped to d). Values are fp32 (32 bits each), indices int32."""
 
     sends_indices = True  # False: the receiver regenerates the support (shared seed)
-    summable = False  # True: all workers share the support, so only the mean of the values matters
+    aligned = False  # True: all workers share the support, so value j means the same coordinate everywhere
 
     def __init__(self, ratio: float | None = None, *, k: int | None = None) -> None:
         name = type(self).__name__
@@ -56,7 +56,7 @@ class Sparsifier(Compressor):
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         k = self.k_for(numel, rnd)
-        parts = [PartSpec("values", torch.float32, k, self.summable)]
+        parts = [PartSpec("values", torch.float32, k, self.aligned)]
         if self.sends_indices:
             parts.append(PartSpec("indices", index_dtype(numel), k))
         return parts

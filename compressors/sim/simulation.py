@@ -10,7 +10,6 @@ flags), ``bits_with_indices`` adds the index bits of sparsifiers.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from ..core.mechanism import Mechanism
 from ..core.payload import Payload
 from .problems import FiniteSum
-from ..core.rounds import Round
+from ..core.rounds import MoveHistory, Round
 
 DIVERGED = 1e4  # a run whose ||grad f||^2 exceeds this factor times its initial value has diverged
 
@@ -85,7 +84,7 @@ class Trace:
 
 
 def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float, max_iters: int,
-        x0: Tensor | None = None, max_bits: float = math.inf, window: int = 10, keep_iterates: bool = False) -> Trace:
+        x0: Tensor | None = None, max_bits: float = math.inf, keep_iterates: bool = False) -> Trace:
     """Run x^{t+1} = x^t - stepsize g^t with g from ``mechanism`` until ||grad f||^2 <= tol, the
     run diverges (||grad f||^2 not finite or above ``DIVERGED`` times its initial value),
     ``max_iters`` rounds or ``max_bits`` bits per worker are spent. The step is the fp32
@@ -95,7 +94,7 @@ def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float
     cluster = Cluster(mechanism, problem.workers)
     grads = problem.worker_grads(x)
     initial = cluster.init(grads)
-    moves: deque[float] = deque(maxlen=window)
+    history = MoveHistory(mechanism.window)
     trace = Trace(init_bits=sum(p.total_bits() for p in initial) / len(initial))
     bits = bits_idx = 0.0
     while True:
@@ -115,9 +114,9 @@ def run(problem: FiniteSum, mechanism: Mechanism, stepsize: float, *, tol: float
             return trace
         g = cluster.g
         x.add_(g, alpha=-stepsize)
-        moves.appendleft(float(g.square().sum()))
+        history.record(0, g)
         grads = problem.worker_grads(x)
-        payloads = cluster.step(grads, tuple(moves))
+        payloads = cluster.step(grads, history.moves([0]))
         total = sum(p.total_bits() for p in payloads) / len(payloads)
         index = sum(p.index_bits() for p in payloads) / len(payloads)
         bits += total - index

@@ -1,0 +1,19 @@
+"""Classic error feedback, the one implementation EF14, CO3 and SASG share."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .compressor import Compressor
+from .payload import Payload
+from .rounds import Round
+
+
+def compensated(compressor: Compressor, error: Tensor, x: Tensor, rnd: Round, decay: float = 1.0) -> Payload:
+    """v = x + decay * e;  send C(v);  e <- v - C(v)  (Seide et al. 2014; Stich et al. 2018, Alg. 1
+    in gradient units; decay < 1 is CO3's memory decay gamma, Chen et al. 2022, Eq. (8)).
+    ``error`` is updated in place only after C succeeded, so a compressor that raises (e.g. on
+    non-finite input) leaves it untouched."""
+    v = x + decay * error if decay != 1.0 else x + error
+    payload, decoded = compressor.encode(v, rnd)
+    error.copy_(v).sub_(decoded)
+    return payload

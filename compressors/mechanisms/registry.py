@@ -1,0 +1,243 @@
+"""The one registry: mechanism name -> factory, with every option's type, default, valid range
+and help. ``ddp_hooks.register``, the CLIs' ``--help`` and choices, the parity tests and the
+benchmark tables all read it.
+
+    >>> from compressors.mechanisms.registry import build
+    >>> build("ef21", ratio=0.01)
+    EF21(TopK(ratio=0.01))
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ..core.compressor import Compressor
+from ..core.mechanism import Mechanism
+from ..operators.permk import PermK
+from ..operators.randk import RandK
+from ..operators.sparse import Sparsifier
+from ..operators.topk import TopK
+from .clag import CLAG
+from .co3 import CO3
+from .ef14 import EF14
+from .ef21 import EF21
+from .ef21_plus import EF21Plus
+from .ef21_sgdm import EF21SGDM
+from .gd import GD
+from .lag import LAG, LAGWK
+from .marina import MARINA
+from .sasg import SASG
+from .threepc_v1 import ThreePCv1
+from .threepc_v2 import ThreePCv2
+from .threepc_v4 import ThreePCv4
+from .threepc_v5 import ThreePCv5
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a registry entry: ``kind`` is int, float, str or bool; numbers must lie in
+    [low, high] (``open_low``: low excluded); strings in ``choices`` when given; ``default``
+    None means "derived from another option" (the help says from which)."""
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+
+    def valid(self) -> str:
+        """The valid values, as the error messages and ``--help`` print them."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind in (int, float) and (self.low is not None or self.high is not None):
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            return f"{self.kind.__name__} in {'(' if self.open_low else '['}{lo}, {hi}{']' if self.high is not None else ')'}"
+        return self.kind.__name__
+
+    def check(self, entry: str, value: object) -> object:
+        """``value`` converted to ``kind``, or a ValueError naming the option and its valid values."""
+        def bad() -> ValueError:
+            return ValueError(f"{entry}: option {self.name}={value!r} ({type(value).__name__}) is invalid; "
+                              f"{self.name} must be {self.valid()}: {self.help}")
+        if value is None and self.default is None:
+            return None
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise bad()
+            return value
+        if self.kind is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise bad()
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and
+                                                                               not isinstance(value, int)):
+            raise bad()
+        number = self.kind(value)
+        if (self.kind is float and not math.isfinite(number)) or \
+                (self.low is not None and (number <= self.low if self.open_low else number < self.low)) or \
+                (self.high is not None and number > self.high):
+            raise bad()
+        return number
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered mechanism: ``build(options)`` from the checked options; ``ddp``: whether it
+    runs as a DDP hook (3PCv1 needs side information DDP never sends)."""
+
+    name: str
+    help: str
+    options: tuple[Option, ...]
+    build: Callable[[dict[str, object]], Mechanism]
+    ddp: bool = True
+
+    def __call__(self, **options: object) -> Mechanism:
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"{self.name} does not take option(s) {unknown}; its options: "
+                             f"{', '.join(known) or 'none'}")
+        for ratio, k in SIZE_PAIRS:
+            if options.get(ratio) is not None and options.get(k) is not None:
+                raise ValueError(f"{self.name}: give {ratio}= (fraction kept) or {k}= (entries kept), not both")
+        checked = {name: o.check(self.name, options.get(name, o.default)) for name, o in known.items()}
+        return self.build(checked)
+
+
+SIZE_PAIRS = (("ratio", "k"), ("q_ratio", "q_k"), ("ratio2", "k2"))
+
+
+# -- shared options and compressor slots --------------------------------------------------------
+RATIO = Option("ratio", float, 0.01, "fraction of a bucket's entries the compressor keeps (unless k is given)",
+               low=0.0, high=1.0, open_low=True)
+K = Option("k", int, None, "entries kept per bucket, instead of ratio", low=1)
+SEED = Option("seed", int, 0, "seed of random supports and coins (the same on every rank)", low=0)
+SIZE = (RATIO, K)
+
+
+def compressor_option(name: str, default: str, choices: tuple[str, ...], help: str) -> Option:
+    return Option(name, str, default, help, choices=choices)
+
+
+CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared"),
+                                "the contractive compressor C: Top-K, or unscaled Rand-K with private or shared support")
+UNBIASED = ("randk", "randk_shared", "permk")
+
+
+def _sized(cls: type[Sparsifier], ratio: float | None, k: int | None, **kwargs: object) -> Sparsifier:
+    return cls(k=k, **kwargs) if k is not None else cls(ratio if ratio is not None else RATIO.default, **kwargs)
+
+
+def contractive(o: Mapping[str, object]) -> Compressor:
+    """C from the entry's ``compressor``, ``ratio``/``k`` and ``seed`` options."""
+    if o.get("compressor", "topk") == "topk":
+        return _sized(TopK, o["ratio"], o["k"])
+    return _sized(RandK, o["ratio"], o["k"], scaled=False, shared=o["compressor"] == "randk_shared", seed=o["seed"])
+
+
+def unbiased(kind: str, ratio: float | None, k: int | None, seed: int) -> Compressor:
+    """Q: scaled Rand-K (private or shared support) or Perm-K."""
+    if kind == "permk":
+        return PermK(seed=seed)
+    return _sized(RandK, ratio, k, shared=kind == "randk_shared", seed=seed)
+
+
+def second_size(o: Mapping[str, object], ratio: str, k: str) -> tuple[float | None, int | None]:
+    """A second compressor's (ratio, k): its own options if given, else C's."""
+    return (o[ratio], o[k]) if o[ratio] is not None or o[k] is not None else (o["ratio"], o["k"])
+
+
+def _entry(name: str, help: str, build: Callable[[dict[str, object]], Mechanism], *options: Option,
+           ddp: bool = True) -> Entry:
+    return Entry(name, help, options, build, ddp)
+
+
+ZETA = Option("zeta", float, 1.0, "trigger threshold: upload when ||x - h||^2 > zeta ||x - y||^2", low=0.0)
+P = Option("p", float, 0.1, "probability of a dense round (a coin shared by all ranks)", low=0.0, high=1.0,
+           open_low=True)
+WINDOW = Option("window", int, 10, "D, how many past aggregate moves the trigger reads", low=1)
+
+REGISTRY: dict[str, Entry] = {e.name: e for e in (
+    _entry("gd", "no compression: one fp32 allreduce per bucket (DDP's default, through the hook)", lambda o: GD()),
+    _entry("ef14", "classic error feedback (Seide et al. 2014): send C(e + grad), keep the rest",
+           lambda o: EF14(contractive(o)), *SIZE, CONTRACTIVE, SEED),
+    _entry("ef21", "EF21 (Richtarik et al. 2021): g_i += C(grad - g_i)", lambda o: EF21(contractive(o)),
+           *SIZE, CONTRACTIVE, SEED),
+    _entry("ef21plus", "EF21+: the better of C(grad) and g_i + C(grad - g_i) (deterministic C)",
+           lambda o: EF21Plus(contractive(o)), *SIZE,
+           compressor_option("compressor", "topk", ("topk",), "the deterministic compressor C")),
+    _entry("ef21_sgdm", "EF21-SGDM (Fatkhullin et al. 2023): EF21 on a momentum v_i",
+           lambda o: EF21SGDM(contractive(o), eta=o["eta"]), *SIZE, CONTRACTIVE, SEED,
+           Option("eta", float, 0.1, "momentum weight of the new gradient: v = (1 - eta) v + eta grad",
+                  low=0.0, high=1.0, open_low=True)),
+    _entry("3pcv1", "3PCv1: y + C(x - y) (needs the exact previous gradient at the server: simulation only)",
+           lambda o: ThreePCv1(contractive(o)), *SIZE, CONTRACTIVE, SEED, ddp=False),
+    _entry("3pcv2", "3PCv2: b = h + Q(x - y), then b + C(x - b)",
+           lambda o: ThreePCv2(contractive(o), unbiased(o["q"], *second_size(o, "q_ratio", "q_k"), o["seed"])),
+           *SIZE, CONTRACTIVE, SEED,
+           compressor_option("q", "randk", ("randk", "randk_shared"), "the unbiased compressor Q"),
+           Option("q_ratio", float, None, "Q's ratio (default: C's size)", low=0.0, high=1.0, open_low=True),
+           Option("q_k", int, None, "Q's entries kept (default: C's size)", low=1)),
+    _entry("3pcv4", "3PCv4: b = h + C2(x - h), then b + C1(x - b)",
+           lambda o: ThreePCv4(contractive(o), _sized(TopK, *second_size(o, "ratio2", "k2"))),
+           *SIZE, CONTRACTIVE, SEED,
+           Option("ratio2", float, None, "C2's (Top-K) ratio (default: C's size)", low=0.0, high=1.0, open_low=True),
+           Option("k2", int, None, "C2's entries kept (default: C's size)", low=1)),
+    _entry("3pcv5", "3PCv5: with probability p the dense gradient, else h + C(x - y)",
+           lambda o: ThreePCv5(contractive(o), o["p"], seed=o["seed"]), *SIZE, CONTRACTIVE, SEED, P),
+    _entry("marina", "MARINA (Gorbunov et al. 2021): dense with probability p, else g_i + Q(x - y); full batches",
+           lambda o: MARINA(unbiased(o["q"], o["ratio"], o["k"], o["seed"]), o["p"], seed=o["seed"]),
+           *SIZE, compressor_option("q", "randk", UNBIASED, "the unbiased compressor Q"), SEED, P),
+    _entry("co3", "CO3 (Chen et al. 2022): float conversion + Huffman coding + error feedback with decay",
+           lambda o: CO3(o["fmt"], o["gamma"], coder=o["coder"], scale=o["scale"], rounding=o["rounding"],
+                         seed=o["seed"]),
+           Option("fmt", str, "fp8-152", "float format fpB-SEM[-bBIAS], e.g. fp8-152, fp8-143, fp4-121"),
+           Option("gamma", float, 0.7, "memory decay: v = grad + gamma e", low=0.0, high=1.0, open_low=True),
+           Option("coder", str, "huffman", "lossless coder of the float codes", choices=("huffman", "empirical", "none")),
+           Option("scale", str, "gennorm", "how the scale is chosen", choices=("gennorm", "max")),
+           Option("rounding", str, "nearest", "rounding to the float format", choices=("nearest", "stochastic")),
+           SEED),
+    _entry("lag", "LAG (Chen et al. 2018) in 3PC form: upload the dense change when the trigger fires",
+           lambda o: LAG(o["zeta"]), ZETA),
+    _entry("lagwk", "LAG-WK: LAG's original rule against the last D aggregate moves",
+           lambda o: LAGWK(o["xi"], o["window"]),
+           Option("xi", float, 1.0, "trigger weight of the past moves", low=0.0), WINDOW),
+    _entry("clag", "CLAG: EF21 that stays silent when the trigger does not fire",
+           lambda o: CLAG(contractive(o), o["zeta"]), *SIZE, CONTRACTIVE, SEED, ZETA),
+    _entry("sasg", "SASG (Deng et al. 2021): adaptive skipping + Top-K with error feedback",
+           lambda o: SASG(contractive(o), window=o["window"], c=o["c"], exact=o["exact"]),
+           *SIZE, CONTRACTIVE, SEED, WINDOW,
+           Option("c", float, None, "trigger divisor (default: window)", low=0.0, open_low=True),
+           Option("exact", bool, False, "the paper's rule (needs ddp_hooks.StaleGradients in the training step)")),
+)}
+
+
+def names(*, ddp: bool = False) -> list[str]:
+    """The registered names (``ddp=True``: only those that run as DDP hooks)."""
+    return [name for name, e in REGISTRY.items() if e.ddp or not ddp]
+
+
+def entry(name: str) -> Entry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown threepc mechanism {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def build(name: str, **options: object) -> Mechanism:
+    """The mechanism registered as ``name`` with ``options`` checked against its entry."""
+    return entry(name)(**options)
+
+
+def describe() -> str:
+    """Every entry with its options (type, default, valid values, help): what ``--help`` prints."""
+    lines = []
+    for e in REGISTRY.values():
+        lines.append(f"  {e.name}{'' if e.ddp else ' (simulation only)'}: {e.help}")
+        lines += [f"      {o.name}={o.default!r}: {o.valid()}; {o.help}" for o in e.options]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""How a bucket's payloads travel: one class per collective protocol (the Communicator role).
+
+* ``MeanAllReduce``: payloads the mechanism declares summable (``Mechanism.summable``) go into
+  one averaging ``all_reduce``; the aggregate sees one payload, the mean.
+* ``AllGather``: fixed-size payloads go into one ``all_gather``; the aggregate sees every
+  rank's payload in rank order.
+* ``Sized(data)``: payloads that may be empty (a lazy trigger that did not fire) or vary in
+  length (a coded stream): a blocking ``all_gather`` of one int32 per rank (the header: the
+  payload's size, 0 = silent) comes first; if nobody sends, no further collective runs; else
+  the ``data`` protocol moves the payloads padded to the longest (a silent rank sends zeros).
+
+``choose`` picks one from what the mechanism declares. Every collective is issued in the
+hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the
+same order on every rank, in the DDP model's process group, and every tensor of every
+collective lives on the bucket's device (gloo accepts CPU and CUDA tensors, NCCL only CUDA).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.futures import Future
+
+from compressors import PartSpec, Payload
+
+from . import wire
+from .stats import CommStats
+
+# torch >= 2.13 names it all_gather_single and deprecates all_gather_into_tensor.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class Exchange(NamedTuple):
+    """An issued exchange: its future, and how to read the payloads once it completed (None:
+    no rank sent anything, the aggregate stays as it is)."""
+
+    future: Future
+    payloads: Callable[[], list[Payload] | None]
+
+
+def on_device(device: torch.device, *tensors: Tensor) -> None:
+    """Every collective tensor on the bucket's device (NCCL refuses CPU tensors)."""
+    for t in tensors:
+        if t.device != device:
+            raise RuntimeError(f"threepc protocol error: a collective tensor is on {t.device} but the bucket is on "
+                               f"{device}; every payload part must live on the gradient's device")
+
+
+class Protocol(ABC):
+    """Moves one packed payload per rank through ``group``; counts what this rank sends."""
+
+    def __init__(self, group: dist.ProcessGroup, stats: CommStats) -> None:
+        self.group, self.stats = group, stats
+
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device) -> Exchange:
+        """Issue the collectives for this rank's ``payload`` (parts as ``spec`` declares)."""
+        packed = wire.pack(payload, spec)
+        self.count(payload, spec)
+        return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size())
+
+    def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
+        for part in spec:
+            self.stats.add(part.name, payload.parts[part.name].numel() * part.dtype.itemsize)
+
+    @abstractmethod
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+        """One async collective of equal-length uint8 buffers; rank r's payload is the first
+        ``sizes[r]`` bytes of its buffer (0: rank r stayed silent and sent zeros)."""
+
+
+class MeanAllReduce(Protocol):
+    """One averaging all_reduce of fp32 payloads; a silent rank's zeros add nothing."""
+
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+        self.stats.ran("all_reduce")
+        mean = packed.view(torch.float32) / self.group.size()  # a new tensor, reduced in place
+        on_device(packed.device, mean)
+        future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
+        return Exchange(future, lambda: [wire.unpack(mean.view(torch.uint8), spec, numel)])
+
+
+class AllGather(Protocol):
+    """One all_gather; row r of the result holds rank r's payload."""
+
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+        self.stats.ran("all_gather")
+        gathered = packed.new_empty(self.group.size() * packed.numel())
+        on_device(packed.device, gathered)
+        future = _all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
+        rows = gathered.view(self.group.size(), -1)
+        return Exchange(future, lambda: [wire.unpack(row[:size], spec, numel) if size else Payload({}, numel)
+                                         for row, size in zip(rows, sizes)])
+
+
+class Sized(Protocol):
+    """A size header first, then ``data`` on payloads padded to the longest (or nothing)."""
+
+    def __init__(self, data: Protocol) -> None:
+        super().__init__(data.group, data.stats)
+        self.data = data
+
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device) -> Exchange:
+        silent = not payload.parts
+        packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
+        sizes = torch.zeros(self.group.size(), dtype=torch.int32, device=device)
+        header = torch.tensor([packed.numel()], dtype=torch.int32, device=device)
+        on_device(device, packed, sizes, header)
+        _all_gather_single(sizes, header, group=self.group)  # blocking: the sizes decide what follows
+        self.stats.add("header", header.numel() * header.element_size())
+        sizes = sizes.tolist()
+        if silent:
+            self.stats.silent_rounds += 1
+        else:
+            self.count(payload, spec)
+        width = max(sizes)
+        if width == 0:
+            self.stats.skipped_rounds += 1
+            done: Future = Future()
+            done.set_result(None)
+            return Exchange(done, lambda: None)
+        if packed.numel() < width:
+            self.stats.add("padding", width - packed.numel())
+            packed = torch.cat([packed, packed.new_zeros(width - packed.numel())])
+        return self.data.collective(packed, spec, payload.numel, sizes)
+
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+        return self.data.collective(packed, spec, numel, sizes)
+
+
+def choose(spec: Sequence[PartSpec], *, summable: bool, lazy: bool, reproducible: bool,
+           group: dist.ProcessGroup, stats: CommStats) -> Protocol:
+    """The protocol for a round: averaged if the mechanism declared the payload ``summable`` (and
+    the state is not ``reproducible``, which sums in rank order on every rank), sized if a
+    payload may be empty (``lazy``) or has a variable-length part."""
+    data: Protocol = (MeanAllReduce if summable and not reproducible else AllGather)(group, stats)
+    return Sized(data) if lazy or not wire.fixed_size(spec) else data

@@ -1,0 +1,97 @@
+"""The one registry: every entry builds, options are checked with messages that give the valid
+range, and every mechanism x compressor pair it can build combines as it declares."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import ddp_hooks
+from compressors import Payload, Round
+from compressors.mechanisms.registry import REGISTRY, build, describe, names
+from ddp_hooks import wire
+
+D, N = 300, 3
+
+
+def pairs():
+    """(name, options) for every DDP entry and every choice of its compressor options."""
+    for name in names(ddp=True):
+        slots = [o for o in REGISTRY[name].options if o.choices and o.name in ("compressor", "q")]
+        for values in itertools.product(*[o.choices for o in slots]):
+            yield name, {o.name: v for o, v in zip(slots, values)}
+
+
+PAIRS = list(pairs())
+
+
+def test_every_entry_builds_with_its_defaults_and_is_described():
+    text = describe()
+    for name, entry in REGISTRY.items():
+        assert repr(entry()) and f"  {name}" in text
+        for option in entry.options:
+            assert option.name in text
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ratio": "0.1"}, r"ratio='0.1' \(str\) is invalid; ratio must be float in \(0, 1\]"),
+    ({"ratio": 0.0}, r"ratio must be float in \(0, 1\]"),
+    ({"ratio": 0.1, "k": 5}, "ratio= .* or k= .*, not both"),
+    ({"k": 2.5}, r"k must be int in \[1, inf\)"),
+    ({"k": True}, "k=True"),
+    ({"compressor": "topq"}, "compressor must be one of 'topk', 'randk', 'randk_shared'"),
+    ({"momentum": 0.9}, r"does not take option\(s\) \['momentum'\]"),
+])
+def test_bad_options_are_refused_with_the_valid_range(options, message):
+    with pytest.raises(ValueError, match=message):
+        build("ef21", **options)
+
+
+def test_unknown_and_simulation_only_names_are_refused_by_the_hook_registry():
+    with pytest.raises(ValueError, match="unknown threepc mechanism 'ef22'; known: gd, ef14"):
+        build("ef22")
+    with pytest.raises(ValueError, match="simulation only"):
+        ddp_hooks.mechanism("3pcv1")
+    assert "3pcv1" not in ddp_hooks.MECHANISMS and set(ddp_hooks.MECHANISMS) == set(names(ddp=True))
+
+
+def _mean_payload(payloads: list[Payload], spec, numel: int) -> Payload:
+    """What the averaging all_reduce delivers: the mean of the packed payloads (a silent worker
+    adds zeros)."""
+    packed = [wire.pack(p, spec).view(torch.float32) if p.parts else None for p in payloads]
+    width = max(t.numel() for t in packed if t is not None)
+    total = sum(t if t is not None else torch.zeros(width) for t in packed) / len(payloads)
+    return wire.unpack(total.view(torch.uint8), spec, numel)
+
+
+@pytest.mark.parametrize("name, options", PAIRS, ids=[f"{n}-{'-'.join(o.values()) or 'default'}" for n, o in PAIRS])
+def test_a_summable_declaration_means_the_mean_payload_gives_the_same_aggregate(name, options):
+    """Every pair the registry builds: where the mechanism declares its payload summable, the
+    aggregate of the mean payload equals the aggregate of the n payloads (the hook then uses
+    one averaging all_reduce); mechanisms whose aggregate keeps per-worker state never declare it."""
+    wanted = {"ratio": 0.05, "seed": 3, "p": 0.5, **options}
+    mechanism = build(name, **{k: v for k, v in wanted.items() if any(o.name == k for o in REGISTRY[name].options)})
+    gen = torch.Generator().manual_seed(0)
+    workers = [mechanism.spawn() for _ in range(N)]
+    grads = [torch.randn(D, generator=gen) for _ in range(N)]
+    server = mechanism.start([w.init(g, Round(0, i, N)) for i, (w, g) in enumerate(zip(workers, grads))])
+    checked = 0
+    for t in range(1, 8):
+        grads = [g + 0.5 * torch.randn(D, generator=gen) for g in grads]
+        rnd = Round(t, 0, N)
+        spec = mechanism.spec(D, rnd)
+        payloads = [w.step(g, Round(t, i, N)) for i, (w, g) in enumerate(zip(workers, grads))]
+        summable = mechanism.summable(spec)
+        assert not (summable and not mechanism.linear)
+        if summable and any(p.parts for p in payloads):
+            gathered, averaged = copy.deepcopy(server), copy.deepcopy(server)
+            mechanism.aggregate(gathered, payloads, rnd)
+            mechanism.aggregate(averaged, [_mean_payload(payloads, spec, D)], rnd)
+            torch.testing.assert_close(averaged["g"], gathered["g"], rtol=1e-5, atol=1e-5)
+            checked += 1
+        mechanism.aggregate(server, payloads, rnd)
+    linear_single = {"ef14", "ef21", "ef21_sgdm", "clag", "3pcv5", "marina"}  # one compressor, linear aggregate
+    if "randk_shared" in options.values() and name in linear_single:
+        assert checked > 0, f"{name} {options}: a shared support should travel by one allreduce"
