@@ -24,9 +24,9 @@ class BuildInfo(TypedDict):
     cuda: bool  # built with the CUDA kernels
 
 
-def build_info() -> BuildInfo | None:
+def build_info(module: str = MODULE) -> BuildInfo | None:
     """What setup.py recorded next to the library; None without a library or a readable record."""
-    spec = importlib.util.find_spec(MODULE)
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         return None
     try:
@@ -35,20 +35,20 @@ def build_info() -> BuildInfo | None:
         return None
 
 
-def load() -> str | None:
+def load(module: str = MODULE) -> str | None:
     """Load the library (its static initialisers register the C++ kernels): None if it loaded,
     else why not, with the fix."""
-    spec = importlib.util.find_spec(MODULE)
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        return f"{MODULE} is not built; {REBUILD}"
-    info = build_info()
+        return f"{module} is not built; {REBUILD}"
+    info = build_info(module)
     if info is None:
-        return f"{MODULE} ({spec.origin}) has no readable {BUILD_INFO}, so its torch version is unknown; re{REBUILD}"
+        return f"{module} ({spec.origin}) has no readable {BUILD_INFO}, so its torch version is unknown; re{REBUILD}"
     if info["torch"] != torch.__version__:
-        return (f"{MODULE} was built against torch {info['torch']} but torch {torch.__version__} is running; "
+        return (f"{module} was built against torch {info['torch']} but torch {torch.__version__} is running; "
                 f"re{REBUILD}")
     try:
-        importlib.import_module(MODULE)
+        importlib.import_module(module)
     except (ImportError, OSError) as error:
-        return f"{MODULE} failed to load: {type(error).__name__}: {error}; re{REBUILD}"
+        return f"{module} failed to load: {type(error).__name__}: {error}; re{REBUILD}"
     return None

@@ -39,9 +39,9 @@ def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float
 
 def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
     checks.float_encode(v, exponent, mantissa, bias, scale)
-    x = _f32(v) / np.float32(scale)
-    checks.finite(torch.from_numpy(x))
-    return torch.from_numpy(_float_encode(x, exponent, mantissa, bias, seed))
+    x = v.reshape(-1).float() / torch.tensor(scale, dtype=torch.float32)  # fp32 division, as the reference
+    checks.finite(x)
+    return torch.from_numpy(_float_encode(x.contiguous().numpy(), exponent, mantissa, bias, seed))
 
 
 def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:

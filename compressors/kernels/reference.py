@@ -16,8 +16,8 @@ CUDA tensors when the extension has no CUDA kernels.
   (fp32 division) in the float format [1, exponent, mantissa] with ``bias``, subnormals and no
   inf/NaN codes. Code = sign << (e + m) | E << m | M; value (E > 0) (1 + M/2^m) 2^(E - bias),
   (E = 0) (M/2^m) 2^(1 - bias). Magnitudes beyond the largest code saturate; a magnitude that
-  rounds to 0 gets code 0 (no negative zero). ``seed < 0``: round to nearest, ties to the even
-  code; else stochastic rounding, up with probability (|x| - lo)/(hi - lo) drawn from
+  rounds to 0 gets code 0 (no negative zero). ``seed < 0``: round to nearest, a tie to the candidate
+  that is an even multiple of the two candidates' distance (the even code when m > 0); else stochastic rounding, up with probability (|x| - lo)/(hi - lo) drawn from
   splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) for element i (exact up to 2^-40 of a step).
   Non-finite x raises ValueError.
 * ``float_decode(codes, exponent, mantissa, bias, scale)``: the fp32 value of each code times
