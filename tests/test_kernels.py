@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +367,7 @@ def not_a_library(package: Path, torch_version: str) -> None:
 
 
 @pytest.fixture
-def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An importable package ``threepc_fake`` (empty but for what the test puts there)."""
     (tmp_path / "threepc_fake").mkdir()
     (tmp_path / "threepc_fake" / "__init__.py").write_text("")
