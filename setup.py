@@ -8,7 +8,9 @@ THREEPC_CPU_ONLY=1 skips them. `at::parallel_for` only runs in parallel when the
 compiled and linked with -fopenmp (pytorch/pytorch#161320).
 """
 import glob
+import json
 import os
+from pathlib import Path
 
 import torch
 from setuptools import setup
@@ -32,4 +34,15 @@ else:
         extra_link_args=["-fopenmp"],
     )
 
-setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})
+
+class BuildWithInfo(BuildExtension):
+    """Also writes _C_build.json next to the library (gitignored): the torch it was built against and
+    whether with CUDA. compressors.kernels reads it before loading the library."""
+
+    def run(self) -> None:
+        super().run()  # after it, get_ext_fullpath names the library's final place (--inplace: the sources)
+        info = {"torch": torch.__version__, "cuda": WITH_CUDA}
+        Path(self.get_ext_fullpath("compressors._C")).with_name("_C_build.json").write_text(json.dumps(info) + "\n")
+
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildWithInfo})

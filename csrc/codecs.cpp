@@ -29,7 +29,6 @@ namespace threepc {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;
-constexpr int kMaxCodeLength = 16;
 
 // Round to nearest over fp32 input with AVX2, 32 values per iteration, in a formulation with
 // fewer operations than encode_nearest (same codes; tests/test_codecs.py holds both to the
@@ -117,8 +116,8 @@ bool encode_range(const scalar_t* v, uint8_t* out, int64_t begin, int64_t end, c
 
 void float_encode_out_cpu(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
                           int64_t seed, const at::Tensor& codes) {
-  check_format(exponent, mantissa, bias, scale);
-  check_out(codes, v, at::kByte, "float_encode");
+  check_float_encode(v, exponent, mantissa, bias, scale);
+  check_out("float_encode", codes, v, at::kByte, "uint8");
   const at::Tensor input = v.contiguous();
   const FloatFormat f{int(exponent), int(mantissa), int(bias), float(scale)};
   std::atomic<bool> any_non_finite{false};
@@ -159,9 +158,8 @@ __attribute__((target("avx2"))) void decode_avx2(const uint8_t* src, float* dst,
 
 void float_decode_out_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
                           const at::Tensor& out) {
-  check_format(exponent, mantissa, bias, scale);
-  TORCH_CHECK(codes.scalar_type() == at::kByte, "float_decode takes uint8 codes, got ", codes.scalar_type());
-  check_out(out, codes, at::kFloat, "float_decode");
+  check_float_decode(codes, exponent, mantissa, bias, scale);
+  check_out("float_decode", out, codes, at::kFloat, "float32");
   const at::Tensor input = codes.contiguous();
   const std::array<float, 256> table = decode_table(int(exponent), int(mantissa), int(bias), float(scale));
   const uint8_t* src = input.const_data_ptr<uint8_t>();
@@ -189,12 +187,6 @@ at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t m
 constexpr int kPairBits = 12;
 constexpr int64_t kPairTableMin = 1 << 18;  // symbols from which the encoder's 65536-entry pair table pays
 
-void check_table(const at::Tensor& codes, const at::Tensor& lengths) {
-  TORCH_CHECK(codes.scalar_type() == at::kInt && lengths.scalar_type() == at::kByte && codes.dim() == 1 &&
-                  codes.sizes() == lengths.sizes() && codes.numel() <= 256,
-              "a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols");
-}
-
 inline void store_be32(uint8_t* p, uint32_t word) {
   word = __builtin_bswap32(word);
   std::memcpy(p, &word, sizeof(word));
@@ -215,15 +207,13 @@ inline uint64_t join(uint32_t first, uint32_t second) {
 }
 
 at::Tensor huffman_encode_cpu(const at::Tensor& symbols, const at::Tensor& codes, const at::Tensor& lengths) {
-  check_table(codes, lengths);
-  TORCH_CHECK(symbols.scalar_type() == at::kByte, "huffman_encode takes uint8 symbols, got ", symbols.scalar_type());
+  check_huffman_encode(symbols, codes, lengths);
   const at::Tensor input = symbols.contiguous();
   const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
   std::array<uint32_t, 256> entry{};  // code << 8 | length
   uint32_t longest = 0;
   for (int64_t s = 0; s < codes.numel(); ++s) {
     const uint32_t length = length_t.const_data_ptr<uint8_t>()[s];
-    TORCH_CHECK(length <= kMaxCodeLength, "Huffman codewords are at most 16 bits, symbol ", s, " has ", length);
     entry[s] = (uint32_t(code_t.const_data_ptr<int32_t>()[s]) << 8) | length;
     longest = std::max(longest, length);
   }
@@ -265,7 +255,7 @@ at::Tensor huffman_encode_cpu(const at::Tensor& symbols, const at::Tensor& codes
     acc = (acc << (last & 0xFFu)) | (last >> 8);
     bits += last & 0xFFu;
   }
-  TORCH_CHECK_VALUE(!(missing >> 63), "huffman_encode: a symbol has no codeword (length 0) in this table");
+  TORCH_CHECK_VALUE(!(missing >> 63), kNoCodewordMessage);
   for (; bits >= 8; bits -= 8) *dst++ = uint8_t(acc >> (bits - 8));
   if (bits > 0) *dst++ = uint8_t(acc << (8 - bits));
   return out.narrow(0, 0, dst - begin);
@@ -280,7 +270,6 @@ std::vector<uint16_t> prefix_table(const at::Tensor& codes, const at::Tensor& le
   for (int64_t s = 0; s < codes.numel(); ++s) {
     const int l = length[s];
     if (l == 0) continue;
-    TORCH_CHECK(l <= kMaxCodeLength && uint32_t(code[s]) < (1u << l), "invalid Huffman codeword for symbol ", s);
     const uint32_t first = uint32_t(code[s]) << (kMaxCodeLength - l);
     std::fill(lut.begin() + first, lut.begin() + first + (1u << (kMaxCodeLength - l)), uint16_t((l << 8) | s));
   }
@@ -305,9 +294,7 @@ std::vector<uint32_t> pair_table(const std::vector<uint16_t>& lut) {
 }
 
 at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Tensor& codes, const at::Tensor& lengths) {
-  check_table(codes, lengths);
-  TORCH_CHECK(stream.scalar_type() == at::kByte, "huffman_decode takes a uint8 stream, got ", stream.scalar_type());
-  TORCH_CHECK(n >= 0, "huffman_decode: n must be >= 0, got ", n);
+  check_huffman_decode(stream, n, codes, lengths);
   const std::vector<uint16_t> lut = prefix_table(codes, lengths);
   const std::vector<uint32_t> pairs = pair_table(lut);
   const at::Tensor input = stream.contiguous();
@@ -334,7 +321,7 @@ at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Ten
       window <<= used;
       bitpos += used;
     }
-    TORCH_CHECK_VALUE(!corrupt, "huffman_decode: the stream is corrupt or shorter than n symbols");
+    TORCH_CHECK_VALUE(!corrupt, kCorruptStreamMessage);
   }
   // Tail: one byte at a time.
   const int64_t total_bits = nbytes * 8;
@@ -345,7 +332,7 @@ at::Tensor huffman_decode_cpu(const at::Tensor& stream, int64_t n, const at::Ten
     }
     const uint16_t entry = lut[peek];
     const int64_t l = entry >> 8;
-    TORCH_CHECK_VALUE(l != 0 && bitpos + l <= total_bits, "huffman_decode: the stream is corrupt or shorter than n symbols");
+    TORCH_CHECK_VALUE(l != 0 && bitpos + l <= total_bits, kCorruptStreamMessage);
     dst[i] = uint8_t(entry);
     bitpos += l;
   }

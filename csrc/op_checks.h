@@ -1,5 +1,7 @@
-// Argument checks shared by the CPU and CUDA kernels of every op, so that both raise the same
-// clear error (naming the problem and the fix) before touching any memory.
+// Argument checks of every op, one function per op, shared by the CPU and CUDA kernels: both
+// raise the same error before touching any memory. TORCH_CHECK_TYPE/VALUE/INDEX reach Python as
+// TypeError/ValueError/IndexError. The Python implementations raise the same errors
+// (compressors/kernels/checks.py); keep the two in step.
 #pragma once
 
 #include <cmath>
@@ -9,57 +11,128 @@
 
 namespace threepc {
 
+inline constexpr int kMaxCodeLength = 16;  // Huffman codewords
+
 inline constexpr const char* kNonFiniteMessage =
     "float_encode got NaN or Inf values; the float formats have no codes for them. "
     "Check the gradients (loss scaling, a diverged step) before compressing";
 
-inline void check_k(int64_t n, int64_t k, const char* op) {
-  TORCH_CHECK(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
+inline void check_k(const char* op, int64_t k, int64_t n) {
+  TORCH_CHECK_VALUE(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
 }
 
-inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
+inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-              " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
+                   " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
 }
 
-inline void check_ef21_step(const at::Tensor& grad, const at::Tensor& h) {
-  check_floating(grad, "ef21_topk_step", "grad");
-  TORCH_CHECK(h.scalar_type() == at::kFloat, "ef21_topk_step: h must be float32 (the estimate is kept in fp32), got ",
-              h.scalar_type());
-  TORCH_CHECK(h.is_contiguous(), "ef21_topk_step: h is updated in place and must be contiguous; pass h.contiguous() "
-              "and keep that tensor as the estimate");
-  TORCH_CHECK(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ", h.numel());
-  TORCH_CHECK(grad.device() == h.device(), "ef21_topk_step: grad is on ", grad.device(), " but h on ", h.device());
+inline void check_topk_abs(const at::Tensor& x, int64_t k) {
+  check_floating("topk_abs", "x", x);
+  check_k("topk_abs", k, x.numel());
 }
 
+inline void check_ef21_topk_step(const at::Tensor& grad, const at::Tensor& h, int64_t k) {
+  check_floating("ef21_topk_step", "grad", grad);
+  TORCH_CHECK_TYPE(h.scalar_type() == at::kFloat && h.is_contiguous(),
+                   "ef21_topk_step: h must be a contiguous float32 tensor (the fp32 estimate, updated in place), "
+                   "got ", h.scalar_type(), h.is_contiguous() ? "" : ", non-contiguous",
+                   "; keep the estimate as one contiguous float32 tensor");
+  TORCH_CHECK_VALUE(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ",
+                    h.numel());
+  TORCH_CHECK_VALUE(grad.device() == h.device(), "ef21_topk_step: grad is on ", grad.device(), " but h on ",
+                    h.device(), "; move them to one device");
+  check_k("ef21_topk_step", k, h.numel());
+}
+
+// Reads the indices' range back (a device synchronisation on CUDA): an index out of range
+// raises IndexError here instead of writing out of bounds.
 inline void check_sparse_accumulate(const at::Tensor& out, const at::Tensor& values, const at::Tensor& indices) {
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous(),
-              "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
-              out.is_contiguous() ? "" : " (non-contiguous)");
-  TORCH_CHECK(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
-              " elements but indices has ", indices.numel());
-  TORCH_CHECK(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
-              "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
-  TORCH_CHECK(values.device() == out.device() && indices.device() == out.device(),
-              "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
-              values.device(), " and ", indices.device());
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
+                   "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   out.is_contiguous() ? "" : ", non-contiguous");
+  TORCH_CHECK_VALUE(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
+                    " elements but indices has ", indices.numel());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+                   "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
+  TORCH_CHECK_VALUE(values.device() == out.device() && indices.device() == out.device(),
+                    "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
+                    values.device(), " and ", indices.device());
+  if (indices.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(indices);
+  const int64_t first = lo.item<int64_t>(), last = hi.item<int64_t>();
+  TORCH_CHECK_INDEX(first >= 0 && last < out.numel(), "sparse_accumulate: indices must lie in [0, ", out.numel(),
+                    "), got [", first, ", ", last, "]");
 }
 
 inline void check_format(int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
-  TORCH_CHECK(exponent >= 1 && mantissa >= 0 && exponent + mantissa <= 7,
-              "float format [1, ", exponent, ", ", mantissa, "] needs exponent >= 1, mantissa >= 0 and "
-              "exponent + mantissa <= 7 (codes fit in one byte)");
-  TORCH_CHECK(bias >= -64 && bias <= 64, "float format bias must lie in [-64, 64], got ", bias);
-  TORCH_CHECK(scale > 0 && std::isfinite(scale), "float format scale must be positive and finite, got ", scale);
+  TORCH_CHECK_VALUE(exponent >= 1 && mantissa >= 0 && exponent + mantissa <= 7,
+                    "float format [1, ", exponent, ", ", mantissa, "] needs exponent >= 1, mantissa >= 0 and "
+                    "exponent + mantissa <= 7 (codes fit in one byte)");
+  TORCH_CHECK_VALUE(bias >= -64 && bias <= 64, "float format bias must lie in [-64, 64], got ", bias);
+  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale), "float format scale must be positive and finite, got ",
+                    scale);
 }
 
-// ``out`` of a float_encode/decode.out call: contiguous, ``dtype``, as many elements as ``input``.
-inline void check_out(const at::Tensor& out, const at::Tensor& input, at::ScalarType dtype, const char* op) {
-  TORCH_CHECK(out.scalar_type() == dtype && out.is_contiguous() && out.numel() == input.numel() &&
-                  out.device() == input.device(),
-              op, ": out must be a contiguous ", dtype, " tensor of ", input.numel(), " elements on ", input.device(),
-              ", got ", out.scalar_type(), " of ", out.numel(), " elements");
+inline void check_float_encode(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
+  check_floating("float_encode", "v", v);
+  check_format(exponent, mantissa, bias, scale);
 }
+
+inline void check_float_decode(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
+                               double scale) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_decode: codes must be uint8, got ", codes.scalar_type());
+  check_format(exponent, mantissa, bias, scale);
+}
+
+// ``out`` of a float_encode/decode.out call: contiguous, of ``dtype`` (named ``dtype_name`` as in
+// torch), as many elements as ``input`` and on its device.
+inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& input, at::ScalarType dtype,
+                      const char* dtype_name) {
+  TORCH_CHECK_VALUE(out.scalar_type() == dtype && out.is_contiguous() && out.numel() == input.numel() &&
+                        out.device() == input.device(),
+                    op, ": out must be a contiguous ", dtype_name, " tensor of ", input.numel(), " elements on ",
+                    input.device(), ", got ", out.scalar_type(), " of ", out.numel(), " elements on ", out.device(),
+                    out.is_contiguous() ? "" : ", non-contiguous", "; allocate it with torch.empty(", input.numel(),
+                    ", dtype=torch.", dtype_name, ")");
+}
+
+// A Huffman table: codes int32[A], lengths uint8[A], A <= 256, every codeword of length
+// 1..16 fits its length (length 0: the symbol has no codeword). Reads the table (host tensors).
+inline void check_huffman_table(const char* op, const at::Tensor& codes, const at::Tensor& lengths) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kInt && lengths.scalar_type() == at::kByte && codes.dim() == 1 &&
+                       codes.sizes() == lengths.sizes() && codes.numel() <= 256,
+                   op, ": a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols; "
+                   "build one with compressors.codecs.huffman.HuffmanTable");
+  const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
+  const int32_t* code = code_t.const_data_ptr<int32_t>();
+  const uint8_t* length = length_t.const_data_ptr<uint8_t>();
+  for (int64_t s = 0; s < codes.numel(); ++s) {
+    TORCH_CHECK_VALUE(length[s] <= kMaxCodeLength && (length[s] == 0 || uint32_t(code[s]) < (1u << length[s])),
+                      op, ": symbol ", s, " has the invalid codeword ", code[s], " of length ", int(length[s]),
+                      " (codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable");
+  }
+}
+
+inline void check_huffman_encode(const at::Tensor& symbols, const at::Tensor& codes, const at::Tensor& lengths) {
+  check_huffman_table("huffman_encode", codes, lengths);
+  TORCH_CHECK_TYPE(symbols.scalar_type() == at::kByte, "huffman_encode: symbols must be uint8, got ",
+                   symbols.scalar_type());
+}
+
+inline constexpr const char* kNoCodewordMessage =
+    "huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights that "
+    "cover every symbol";
+
+inline void check_huffman_decode(const at::Tensor& stream, int64_t n, const at::Tensor& codes,
+                                 const at::Tensor& lengths) {
+  check_huffman_table("huffman_decode", codes, lengths);
+  TORCH_CHECK_TYPE(stream.scalar_type() == at::kByte, "huffman_decode: stream must be uint8, got ",
+                   stream.scalar_type());
+  TORCH_CHECK_VALUE(n >= 0, "huffman_decode: n must be >= 0, got ", n);
+}
+
+inline constexpr const char* kCorruptStreamMessage =
+    "huffman_decode: the stream is corrupt or shorter than n symbols";
 
 }  // namespace threepc

@@ -289,10 +289,9 @@ void select_topk(int64_t n, int64_t k, const KeyFn& key, int64_t* out_index, flo
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) {
-  check_floating(x, "topk_abs", "x");
+  check_topk_abs(x, k);
   const at::Tensor flat = x.contiguous().view(-1);
   const int64_t n = flat.numel();
-  check_k(n, k, "topk_abs");
   at::Tensor indices = at::empty({k}, x.options().dtype(at::kLong));
   at::Tensor values = at::empty({k}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "topk_abs", [&] {
@@ -303,10 +302,9 @@ std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) 
 }
 
 std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cpu(const at::Tensor& grad, at::Tensor h, int64_t k) {
-  check_ef21_step(grad, h);
+  check_ef21_topk_step(grad, h, k);
   const at::Tensor flat = grad.contiguous().view(-1);
   const int64_t n = flat.numel();
-  check_k(n, k, "ef21_topk_step");
   at::Tensor indices = at::empty({k}, h.options().dtype(at::kLong));
   at::Tensor values = at::empty({k}, h.options());
   int64_t* idx = indices.mutable_data_ptr<int64_t>();
@@ -323,10 +321,6 @@ std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cpu(const at::Tensor& grad, at
 
 template <typename index_t>
 void accumulate(float* out, int64_t n, const float* val, const index_t* idx, int64_t m, float alpha) {
-  for (int64_t j = 0; j < m; ++j) {
-    TORCH_CHECK(idx[j] >= 0 && idx[j] < n, "sparse_accumulate: index ", static_cast<int64_t>(idx[j]),
-                " at position ", j, " is out of range for out with ", n, " elements");
-  }
   // Each block of `out` is owned by one task, which applies the entries that
   // fall into it in input order: every coordinate sums in rank order.
   const Chunks blocks = m >= kMinChunk ? Chunks(n) : Chunks(n, 1);

@@ -1,19 +1,23 @@
-"""CO3's codecs: float conversion and Huffman coding, every backend against the reference and
-against independent float64 / information-theoretic checks."""
+"""CO3's codecs: float conversion and Huffman coding. The reference is held to independent
+oracles (every code of a format enumerated in float64; bit strings in pure Python); every other
+implementation here (the C++ extension, numba) must return exactly what the reference returns;
+every implementation raises the same argument errors."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_kernels import BACKENDS, DTYPES, make, run
+from test_kernels import ALL, DTYPES, IMPLS, OTHERS, make
 
 from compressors import FloatFormat, kernels
 from compressors.codecs import gennorm
 from compressors.codecs.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
+from compressors.kernels import reference
 
 FORMATS = [FloatFormat(5, 2, 15), FloatFormat(4, 3, 10), FloatFormat(4, 3, 7), FloatFormat(2, 1, 1),
            FloatFormat(1, 0, 0), FloatFormat(3, 4, 7), FloatFormat(6, 1, 31), FloatFormat(4, 3, -3)]
@@ -21,128 +25,224 @@ ALL_FORMATS = [FloatFormat(e, m, (1 << (e - 1)) - 1) for e in range(1, 8) for m 
 FINITE_KINDS = ["normal", "ties", "zeros", "scales", "constant"]
 
 
-def encode(backend, v, fmt, scale=1.0, seed=None):
-    return run(backend, "float_encode", v, fmt.exponent, fmt.mantissa, fmt.bias, scale, seed)
+def encode(impl, v, fmt, scale=1.0, seed=None):
+    return IMPLS[impl].float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, scale, -1 if seed is None else seed)
 
 
-def nearest_codes(x: np.ndarray, fmt: FloatFormat) -> np.ndarray:
-    """Independent float64 oracle: the nearest representable magnitude (ties to the candidate that
-    is an even multiple of the spacing between the two), saturating, with x's sign."""
-    values = fmt.values()
-    magnitudes = values[: 1 << (fmt.exponent + fmt.mantissa)]  # codes 0.. are the non-negative ones, ascending
-    a = np.abs(x)
-    hi = np.clip(np.searchsorted(magnitudes, a), 1, len(magnitudes) - 1)
+def decode(impl, codes, fmt, scale=1.0):
+    return IMPLS[impl].float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, scale)
+
+
+# -- float oracles: every code of the format, enumerated in float64 ------------------------
+def magnitudes(fmt: FloatFormat) -> np.ndarray:
+    """The value of every non-negative code 0 .. 2^(e+m) - 1 (ascending), from the format's definition."""
+    m = fmt.mantissa
+    return np.array([math.ldexp(1 + (c & ((1 << m) - 1)) / 2**m, (c >> m) - fmt.bias) if c >> m
+                     else math.ldexp(c / 2**m, 1 - fmt.bias) for c in range(1 << (fmt.exponent + m))])
+
+
+def signed(magnitude: np.ndarray, negative: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """Codes from magnitudes and signs; magnitude 0 is code 0 (no negative zero)."""
+    return np.where(magnitude > 0, magnitude | (negative.astype(np.int64) << (fmt.exponent + fmt.mantissa)),
+                    0).astype(np.uint8)
+
+
+def oracle_nearest(x: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """Codes of the fp32 x: the nearest magnitude, saturating; of two equally near, the one that is an
+    even multiple of their distance (the even code when m > 0; when m = 0, the larger but for 0)."""
+    mags = magnitudes(fmt)
+    a = np.abs(x.astype(np.float64))
+    hi = np.clip(np.searchsorted(mags, a), 1, len(mags) - 1)
     lo = hi - 1
-    d_lo, d_hi = a - magnitudes[lo], magnitudes[hi] - a
-    spacing = magnitudes[hi] - magnitudes[lo]
-    even_hi = np.round(magnitudes[hi] / spacing) % 2 == 0
+    d_lo, d_hi = a - mags[lo], mags[hi] - a
+    even_hi = np.round(mags[hi] / (mags[hi] - mags[lo])) % 2 == 0
     pick = np.where((d_hi < d_lo) | ((d_hi == d_lo) & even_hi), hi, lo)
-    pick = np.where(a >= magnitudes[-1], len(magnitudes) - 1, pick)
-    sign = (np.signbit(x) & (pick > 0)).astype(np.int64) << (fmt.exponent + fmt.mantissa)
-    return (pick | sign).astype(np.uint8)
+    return signed(np.where(a >= mags[-1], len(mags) - 1, pick), np.signbit(x), fmt)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 300_000), kind=st.sampled_from(FINITE_KINDS), fmt=st.sampled_from(FORMATS),
+def splitmix64(z: int) -> int:
+    mask = 2**64 - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def oracle_stochastic(x: np.ndarray, fmt: FloatFormat, seed: int) -> np.ndarray:
+    """Codes of the fp32 x under stochastic rounding: between the neighbouring magnitudes lo < |x| < hi,
+    up iff the low bits of element i's noise, read as a fraction of 2^t (2^t = (hi - lo) / ulp(x)),
+    fall below (|x| - lo) / (hi - lo). Needs 2^t <= 2^40 (the reference's cap)."""
+    mags = magnitudes(fmt)
+    codes = np.zeros(x.size, np.int64)
+    for i, v in enumerate(x.tolist()):
+        a = Fraction(abs(v))
+        hi = int(np.searchsorted(mags, float(a)))
+        if hi >= len(mags):
+            codes[i] = len(mags) - 1
+            continue
+        if a == Fraction(mags[hi]):
+            codes[i] = hi
+            continue
+        lo_value, hi_value = Fraction(mags[hi - 1]), Fraction(mags[hi])
+        ulp = Fraction(2) ** (max(math.frexp(float(a))[1] - 1, -126) - 23)
+        steps = (hi_value - lo_value) / ulp
+        assert steps.denominator == 1 and steps <= 2**40, "outside the oracle's range"
+        noise = splitmix64((seed + (i + 1) * 0x9E3779B97F4A7C15) % 2**64) % int(steps)
+        codes[i] = hi if noise < (a - lo_value) / ulp else hi - 1
+    return signed(codes, np.signbit(x), fmt)
+
+
+def oracle_decode(codes: np.ndarray, fmt: FloatFormat, scale: float) -> np.ndarray:
+    mags = magnitudes(fmt)
+    sign = np.where((codes.astype(np.int64) >> (fmt.exponent + fmt.mantissa)) & 1, -1.0, 1.0)
+    values = (sign * mags[codes.astype(np.int64) & (len(mags) - 1)]).astype(np.float32)
+    return values * np.float32(scale)  # one fp32 product
+
+
+def probes(fmt: FloatFormat, seed: int) -> np.ndarray:
+    """fp32 inputs at and around every code (midpoints: ties), random ones, beyond the range, +-0."""
+    mags = magnitudes(fmt)
+    mid = (mags[1:] + mags[:-1]) / 2
+    g = np.random.default_rng(seed)
+    x = np.concatenate([mags, mid, np.nextafter(mid, 0), np.nextafter(mid, np.inf), g.uniform(0, mags[-1] * 1.5, 5000),
+                        mags[-1] * g.uniform(1, 1e6, 20), [1e-45, 2e-38, 0.0, 3e38]])
+    x = x.astype(np.float32)
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS + FORMATS, ids=str)
+def test_reference_rounds_to_the_nearest_code(fmt):
+    x = probes(fmt, fmt.exponent * 8 + fmt.mantissa)
+    for scale in (1.0, 0.37):
+        v = torch.from_numpy(x) * torch.tensor(scale)
+        want = oracle_nearest((v / torch.tensor(scale)).numpy(), fmt)  # x = v / scale in fp32
+        np.testing.assert_array_equal(reference.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, scale, -1).numpy(),
+                                      want)
+
+
+@pytest.mark.parametrize("fmt", [FloatFormat(5, 2, 15), FloatFormat(2, 1, 1), FloatFormat(4, 3, -3),
+                                 FloatFormat(1, 0, 0)], ids=str)
+def test_reference_stochastic_rounding_matches_the_exact_oracle(fmt):
+    mags = magnitudes(fmt)
+    g = np.random.default_rng(1)
+    x = np.concatenate([g.uniform(mags[1] / 4, mags[-1] * 1.2, 1500), mags[:8], [0.0]]).astype(np.float32)
+    x = x * np.where(g.random(x.size) < 0.5, -1, 1).astype(np.float32)
+    for seed in (0, 12345, 2**62 + 7):
+        got = reference.float_encode(torch.from_numpy(x), fmt.exponent, fmt.mantissa, fmt.bias, 1.0, seed)
+        np.testing.assert_array_equal(got.numpy(), oracle_stochastic(x, fmt, seed))
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_reference_decodes_every_code(fmt):
+    codes = torch.arange(256, dtype=torch.uint8)
+    for scale in (1.0, 0.75, 3e-5):
+        got = reference.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, scale)
+        np.testing.assert_array_equal(got.numpy().view(np.int32), oracle_decode(codes.numpy(), fmt, scale).view(np.int32))
+
+
+# -- every other implementation against the reference ---------------------------------------
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 300_000), kind=st.sampled_from(FINITE_KINDS), fmt=st.sampled_from(FORMATS),
        dtype=st.sampled_from(DTYPES), stochastic=st.booleans(), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**40))
-def test_float_encode_matches_reference(backend, n, kind, fmt, dtype, stochastic, scale, seed):
+def test_float_encode_matches_reference(impl, n, kind, fmt, dtype, stochastic, scale, seed):
     v = make(kind, n, seed % 2**31, dtype)
     v = v.masked_fill(~torch.isfinite(v), 0)  # "scales" overflows fp16
     args = (fmt, scale, seed if stochastic else None)
-    assert torch.equal(encode(backend, v, *args), encode("torch", v, *args))
+    assert torch.equal(encode(impl, v, *args), encode("torch", v, *args))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("fmt", FORMATS, ids=str)
-def test_float_decode_matches_reference(backend, fmt):
-    codes = torch.arange(256, dtype=torch.uint8)
-    want = run("torch", "float_decode", codes, fmt.exponent, fmt.mantissa, fmt.bias, 0.75)
-    got = run(backend, "float_decode", codes, fmt.exponent, fmt.mantissa, fmt.bias, 0.75)
-    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("impl", OTHERS)
 @pytest.mark.parametrize("fmt", ALL_FORMATS + FORMATS, ids=str)
-def test_rounding_to_nearest_matches_a_float64_oracle(backend, fmt):
-    values = fmt.values()[: 1 << (fmt.exponent + fmt.mantissa)]
-    midpoints = (values[1:] + values[:-1]) / 2  # exact ties (representable in fp32 for these formats)
-    g = np.random.default_rng(0)
-    x = np.concatenate([values, midpoints, np.nextafter(midpoints, 0), np.nextafter(midpoints, np.inf),
-                        g.uniform(0, values[-1] * 1.5, 20_000), [values[-1] * 1e6, 1e-45, 0.0]])
-    x = np.concatenate([x, -x]).astype(np.float32)
-    got = encode(backend, torch.from_numpy(x), fmt).numpy()
-    np.testing.assert_array_equal(got, nearest_codes(x.astype(np.float64), fmt))
+def test_float_encode_matches_reference_at_ties_and_edges(impl, fmt):
+    x = torch.from_numpy(probes(fmt, 0))
+    for seed in (None, 99):
+        assert torch.equal(encode(impl, x, fmt, 1.0, seed), encode("torch", x, fmt, 1.0, seed))
+        y = x[::3].bfloat16()  # non-contiguous, low precision, scaled
+        assert torch.equal(encode(impl, y, fmt, 2.0, seed), encode("torch", y, fmt, 2.0, seed))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_code_of_every_format_round_trips(backend):
+@pytest.mark.parametrize("impl", OTHERS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_float_decode_matches_reference(impl, fmt):
+    codes = torch.arange(256, dtype=torch.uint8).repeat(300)[::3]  # non-contiguous, past the vector width
+    want = decode("torch", codes, fmt, 0.75)
+    assert torch.equal(decode(impl, codes, fmt, 0.75).view(torch.int32), want.view(torch.int32))
+
+
+# -- properties every implementation has ----------------------------------------------------
+@pytest.mark.parametrize("impl", ALL)
+def test_every_code_of_every_format_round_trips(impl):
     for fmt in ALL_FORMATS + FORMATS:
         codes = torch.arange(fmt.codes, dtype=torch.uint8)
         codes = codes[codes != 1 << (fmt.exponent + fmt.mantissa)]  # -0 encodes as 0
-        values = run(backend, "float_decode", codes, fmt.exponent, fmt.mantissa, fmt.bias, 1.0)
-        assert torch.equal(encode(backend, values, fmt), codes), fmt
-        assert torch.equal(encode(backend, values * 3.0, fmt, 3.0), codes), fmt  # exact scaling by 3
+        values = decode(impl, codes, fmt)
+        assert torch.equal(encode(impl, values, fmt), codes), fmt
+        assert torch.equal(encode(impl, values * 3.0, fmt, 3.0), codes), fmt  # exact scaling by 3
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("impl", ALL)
 @pytest.mark.parametrize("fmt", [FloatFormat(5, 2, 15), FloatFormat(2, 1, 1), FloatFormat(1, 0, 0)], ids=str)
-def test_stochastic_rounding_is_unbiased(backend, fmt):
-    values = fmt.values()
-    x = torch.tensor([0.3 * values[1], 0.7, -1.1, 2.2, 0.5 * values[1]], dtype=torch.float32)
-    x = x[x.abs() < values[: 1 << (fmt.exponent + fmt.mantissa)].max()]
+def test_stochastic_rounding_is_unbiased(impl, fmt):
+    mags = magnitudes(fmt)
+    x = torch.tensor([0.3 * mags[1], 0.7, -1.1, 2.2, 0.5 * mags[1]], dtype=torch.float32)
+    x = x[x.abs() < mags[-1]]
     draws = 20_000
     v = x.repeat(draws)  # every element draws its own noise
-    decoded = run(backend, "float_decode", encode(backend, v, fmt, 1.0, 7), fmt.exponent, fmt.mantissa, fmt.bias,
-                  1.0).view(draws, -1)
+    decoded = decode(impl, encode(impl, v, fmt, 1.0, 7), fmt).view(draws, -1)
     mean_error = (decoded.double().mean(0) - x.double()).abs()
-    spacing = torch.tensor([float(np.diff(values[: 1 << (fmt.exponent + fmt.mantissa)]).max())])
-    assert bool((mean_error <= 5 * spacing.double() / 2 / math.sqrt(draws)).all()), mean_error
-    nearest = run(backend, "float_decode", encode(backend, v, fmt), fmt.exponent, fmt.mantissa, fmt.bias, 1.0)
-    assert not torch.equal(nearest, decoded.reshape(-1)), "stochastic rounding must differ from nearest"
+    assert bool((mean_error <= 5 * float(np.diff(mags).max()) / 2 / math.sqrt(draws)).all()), mean_error
+    assert not torch.equal(decode(impl, encode(impl, v, fmt), fmt), decoded.reshape(-1)), "must differ from nearest"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float_encode_rejects_nan_and_inf_and_bad_formats(backend):
+@pytest.mark.parametrize("impl", ALL)
+def test_float_encode_rejects_nan_and_inf_and_bad_arguments(impl):
+    ops = IMPLS[impl]
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError, match="NaN or Inf"):
-            encode(backend, torch.tensor([1.0, bad]), FORMATS[0])
-    with pytest.raises(ValueError, match="exponent \\+ mantissa <= 7"):
-        run(backend, "float_encode", torch.ones(3), 5, 3, 15, 1.0, None)
+            encode(impl, torch.tensor([1.0, bad]), FORMATS[0])
+    with pytest.raises(ValueError, match="NaN or Inf"):  # finite v, but v / scale overflows
+        encode(impl, torch.tensor([3e38]), FORMATS[0], 1e-3)
+    with pytest.raises(ValueError, match=r"exponent \+ mantissa <= 7"):
+        ops.float_encode(torch.ones(3), 5, 3, 15, 1.0, -1)
+    with pytest.raises(ValueError, match="bias must lie in"):
+        ops.float_decode(torch.ones(3, dtype=torch.uint8), 5, 2, 65, 1.0)
     with pytest.raises(ValueError, match="scale must be positive"):
-        encode(backend, torch.ones(3), FORMATS[0], 0.0)
-    with pytest.raises(ValueError, match="not of the form"):
-        FloatFormat.parse("fp8-e5m2")
+        encode(impl, torch.ones(3), FORMATS[0], 0.0)
+    with pytest.raises(TypeError, match=r"float_encode: v must be float32, float16 or bfloat16"):
+        encode(impl, torch.ones(3, dtype=torch.float64), FORMATS[0])
+    with pytest.raises(TypeError, match="float_decode: codes must be uint8"):
+        decode(impl, torch.ones(3, dtype=torch.int8), FORMATS[0])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float_encode_non_contiguous_and_empty(backend):
+@pytest.mark.parametrize("impl", ALL)
+def test_float_encode_non_contiguous_and_empty(impl):
     v = torch.randn(64, 33)[:, ::2]
-    assert torch.equal(encode(backend, v, FORMATS[1]), encode("torch", v.contiguous(), FORMATS[1]))
-    assert encode(backend, torch.empty(0), FORMATS[1]).numel() == 0
+    assert torch.equal(encode(impl, v, FORMATS[1]), encode("torch", v.contiguous(), FORMATS[1]))
+    assert encode(impl, torch.empty(0), FORMATS[1]).numel() == 0
+    assert decode(impl, torch.empty(0, dtype=torch.uint8), FORMATS[1]).numel() == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_float_conversion_into_out_writes_what_the_allocating_call_returns(backend):
+def test_float_conversion_into_out_writes_what_the_allocating_call_returns():
+    """The public functions' out= (the Python implementations' out= runs in test_kernels' SMOKE)."""
     fmt = FORMATS[0]
     v = torch.randn(40, 50, dtype=torch.bfloat16)[:, ::2]  # non-contiguous input, contiguous out
     codes = torch.full((v.numel(),), 7, dtype=torch.uint8)
-    with kernels.use_backend(backend):
-        got = kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, 11, out=codes)
-        assert got is codes and torch.equal(codes, encode("torch", v, fmt, 0.5, 11))
-        values = torch.full((v.numel(),), float("nan"))
-        got = kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, out=values)
-        assert got is values and torch.equal(values, run("torch", "float_decode", codes, fmt.exponent, fmt.mantissa,
-                                                         fmt.bias, 0.5))
-        for bad in (torch.empty(v.numel() - 1, dtype=torch.uint8), torch.empty(v.numel(), dtype=torch.int8),
-                    torch.empty(2 * v.numel(), dtype=torch.uint8)[::2]):
-            with pytest.raises(ValueError, match="out must be a contiguous torch.uint8 tensor"):
-                kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, out=bad)
-        with pytest.raises(ValueError, match="out must be a contiguous torch.float32 tensor"):
-            kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, out=values.half())
+    got = kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, 11, out=codes)
+    assert got is codes and torch.equal(codes, encode("torch", v, fmt, 0.5, 11))
+    values = torch.full((v.numel(),), float("nan"))
+    got = kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, 0.5, out=values)
+    assert got is values and torch.equal(values, decode("torch", codes, fmt, 0.5))
+    for bad in (torch.empty(v.numel() - 1, dtype=torch.uint8), torch.empty(v.numel(), dtype=torch.int8),
+                torch.empty(2 * v.numel(), dtype=torch.uint8)[::2]):
+        with pytest.raises(ValueError, match=r"out must be a contiguous uint8 tensor .* torch.empty\(1000, dtype=torch.uint8\)"):
+            kernels.float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, out=bad)
+    with pytest.raises(ValueError, match="out must be a contiguous float32 tensor"):
+        kernels.float_decode(codes, fmt.exponent, fmt.mantissa, fmt.bias, out=values.half())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        kernels.float_encode(torch.full((1000,), float("nan")), fmt.exponent, fmt.mantissa, fmt.bias, out=codes)
 
 
-@pytest.mark.skipif("ext" not in BACKENDS, reason="the compiled extension is not built")
+@pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
 def test_opcheck_passes_for_the_codec_ops():
     ops = torch.ops.threepc
     v, codes = torch.randn(3000), torch.randint(0, 256, (3000,), dtype=torch.uint8)
@@ -162,20 +262,101 @@ def random_table(alphabet: int, seed: int) -> HuffmanTable:
     return HuffmanTable.from_weights(weights)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=30, deadline=None)
-@given(n=st.integers(0, 20_000), alphabet=st.sampled_from([2, 3, 16, 200, 256]), seed=st.integers(0, 2**31))
-def test_huffman_round_trip_and_bytes_match_reference(backend, n, alphabet, seed):
+def oracle_huffman_encode(symbols: list[int], table: HuffmanTable) -> bytes:
+    """The codewords as bit strings, concatenated, zero-padded to whole bytes."""
+    words = [format(c, f"0{l}b") if l else None for c, l in zip(table.codes.tolist(), table.lengths.tolist())]
+    bits = "".join(words[s] for s in symbols)
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+
+
+def oracle_huffman_decode(stream: bytes, n: int, table: HuffmanTable) -> list[int] | None:
+    """Greedy prefix matching on the bit string; None where it runs out or matches no codeword."""
+    book = {format(c, f"0{l}b"): s for s, (c, l) in enumerate(zip(table.codes.tolist(), table.lengths.tolist())) if l}
+    bits, out, word = "".join(format(b, "08b") for b in stream), [], ""
+    for bit in bits:
+        if len(out) == n:
+            break
+        word += bit
+        if word in book:
+            out.append(book[word])
+            word = ""
+        elif len(word) > MAX_LENGTH:
+            return None
+    return out if len(out) == n else None
+
+
+def huffman(impl: str, op: str, *args):
+    return getattr(IMPLS[impl], f"huffman_{op}")(*args)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 2000), alphabet=st.sampled_from([1, 2, 3, 16, 200, 256]), seed=st.integers(0, 2**31))
+def test_reference_huffman_matches_the_bit_string_oracle(n, alphabet, seed):
     table = random_table(alphabet, seed)
     symbols = torch.randint(0, alphabet, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    stream = run(backend, "huffman_encode", symbols, table.codes, table.lengths)
-    assert torch.equal(stream, run("torch", "huffman_encode", symbols, table.codes, table.lengths))
+    stream = reference.huffman_encode(symbols, table.codes, table.lengths)
+    assert bytes(stream.tolist()) == oracle_huffman_encode(symbols.tolist(), table)
+    assert reference.huffman_decode(stream, n, table.codes, table.lengths).tolist() == symbols.tolist()
+    g = np.random.default_rng(seed)
+    garbage = bytes(g.integers(0, 256, n // 8 + 1, dtype=np.uint8).tolist())
+    want = oracle_huffman_decode(garbage, n // 3, table)  # random bits: symbols, or corrupt / too short
+    if want is None:
+        with pytest.raises(ValueError, match="corrupt or shorter"):
+            reference.huffman_decode(torch.tensor(list(garbage), dtype=torch.uint8), n // 3, table.codes, table.lengths)
+    else:
+        got = reference.huffman_decode(torch.tensor(list(garbage), dtype=torch.uint8), n // 3, table.codes, table.lengths)
+        assert got.tolist() == want
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 20_000), alphabet=st.sampled_from([2, 3, 16, 200, 256]), seed=st.integers(0, 2**31))
+def test_huffman_matches_reference(impl, n, alphabet, seed):
+    table = random_table(alphabet, seed)
+    symbols = torch.randint(0, alphabet, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    stream = huffman(impl, "encode", symbols, table.codes, table.lengths)
+    assert torch.equal(stream, reference.huffman_encode(symbols, table.codes, table.lengths))
     assert stream.numel() == (table.coded_bits(symbols) + 7) // 8
-    assert torch.equal(run(backend, "huffman_decode", stream, n, table.codes, table.lengths), symbols)
+    assert torch.equal(huffman(impl, "decode", stream, n, table.codes, table.lengths), symbols)
+    garbage = torch.randint(0, 256, (n // 8 + 1,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    try:
+        want = reference.huffman_decode(garbage, n // 3, table.codes, table.lengths)
+    except ValueError:
+        with pytest.raises(ValueError, match="corrupt or shorter"):
+            huffman(impl, "decode", garbage, n // 3, table.codes, table.lengths)
+    else:
+        assert torch.equal(huffman(impl, "decode", garbage, n // 3, table.codes, table.lengths), want)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_huffman_adversarial_inputs(backend):
+@pytest.mark.parametrize("impl", OTHERS)
+def test_huffman_long_inputs_give_the_reference_bytes(impl):
+    """From 2^18 symbols the C++ encoder looks pairs up in a 65536-entry table: same bytes."""
+    g = torch.Generator().manual_seed(5)
+    for alphabet, n in ((256, (1 << 18) + 1), (200, 1 << 19)):
+        table = random_table(alphabet, n)
+        symbols = torch.randint(0, alphabet, (n,), generator=g, dtype=torch.uint8)
+        stream = huffman(impl, "encode", symbols, table.codes, table.lengths)
+        assert torch.equal(stream, reference.huffman_encode(symbols, table.codes, table.lengths))
+        assert torch.equal(huffman(impl, "decode", stream, n, table.codes, table.lengths), symbols)
+    holes = HuffmanTable.from_lengths(np.array([1, 2, 2, 0]))
+    symbols = torch.zeros(1 << 19, dtype=torch.uint8)
+    symbols[-2] = 3  # the one symbol without a codeword, late in a long input
+    with pytest.raises(ValueError, match="no codeword"):
+        huffman(impl, "encode", symbols, holes.codes, holes.lengths)
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+def test_huffman_round_trips_ten_million_symbols(impl):
+    g = torch.Generator().manual_seed(0)
+    symbols = (torch.randn(10**7, generator=g) * 20).round().clamp(-128, 127).to(torch.int16).add(128).to(torch.uint8)
+    table = HuffmanTable.from_weights(np.bincount(symbols.numpy(), minlength=256) + 1.0)
+    stream = huffman(impl, "encode", symbols, table.codes, table.lengths)
+    assert torch.equal(huffman(impl, "decode", stream, symbols.numel(), table.codes, table.lengths), symbols)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_huffman_adversarial_inputs(impl):
     cases = {
         "one symbol only": (torch.full((5000,), 7, dtype=torch.uint8), random_table(256, 1)),
         "all symbols": (torch.arange(256, dtype=torch.uint8).repeat(10), random_table(256, 2)),
@@ -184,57 +365,48 @@ def test_huffman_adversarial_inputs(backend):
                              HuffmanTable.from_weights(np.r_[np.ones(255), 1e-30])),  # 16-bit codewords
         "single-symbol alphabet": (torch.zeros(100, dtype=torch.uint8), HuffmanTable.from_weights(np.ones(1))),
         "fixed width": (torch.randint(0, 8, (999,), dtype=torch.uint8), HuffmanTable.fixed(3)),
+        "non-contiguous": (torch.randint(0, 8, (2, 999), dtype=torch.uint8).t(), HuffmanTable.fixed(3)),
     }
     for name, (symbols, table) in cases.items():
-        stream = run(backend, "huffman_encode", symbols, table.codes, table.lengths)
-        assert torch.equal(run(backend, "huffman_decode", stream, symbols.numel(), table.codes, table.lengths),
-                           symbols), name
+        stream = huffman(impl, "encode", symbols, table.codes, table.lengths)
+        assert bytes(stream.tolist()) == oracle_huffman_encode(symbols.reshape(-1).tolist(), table), name
+        decoded = huffman(impl, "decode", stream, symbols.numel(), table.codes, table.lengths)
+        assert torch.equal(decoded, symbols.reshape(-1)), name
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
-def test_huffman_round_trips_ten_million_symbols(backend):
-    g = torch.Generator().manual_seed(0)
-    symbols = (torch.randn(10**7, generator=g) * 20).round().clamp(-128, 127).to(torch.int16).add(128).to(torch.uint8)
-    table = HuffmanTable.from_weights(np.bincount(symbols.numpy(), minlength=256) + 1.0)
-    stream = run(backend, "huffman_encode", symbols, table.codes, table.lengths)
-    assert torch.equal(run(backend, "huffman_decode", stream, symbols.numel(), table.codes, table.lengths), symbols)
-
-
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
-def test_huffman_long_inputs_give_the_reference_bytes(backend):
-    """From 2^18 symbols the C++ encoder looks pairs up in a 65536-entry table: same bytes."""
-    g = torch.Generator().manual_seed(5)
-    for alphabet, n in ((256, (1 << 18) + 1), (200, 1 << 19)):
-        table = random_table(alphabet, n)
-        symbols = torch.randint(0, alphabet, (n,), generator=g, dtype=torch.uint8)
-        stream = run(backend, "huffman_encode", symbols, table.codes, table.lengths)
-        assert torch.equal(stream, run("torch", "huffman_encode", symbols, table.codes, table.lengths))
-    holes = HuffmanTable.from_lengths(np.array([1, 2, 2, 0]))
-    symbols = torch.zeros(1 << 19, dtype=torch.uint8)
-    symbols[-2] = 3  # the one symbol without a codeword, late in a long input
-    with pytest.raises(ValueError, match="no codeword"):
-        run(backend, "huffman_encode", symbols, holes.codes, holes.lengths)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_huffman_rejects_uncoded_symbols_and_corrupt_streams(backend):
+@pytest.mark.parametrize("impl", ALL)
+def test_huffman_rejects_uncoded_symbols_corrupt_streams_and_bad_tables(impl):
     table = HuffmanTable.from_lengths(np.array([1, 2, 2, 0]))  # symbol 3 has no codeword
     with pytest.raises(ValueError, match="no codeword"):
-        run(backend, "huffman_encode", torch.tensor([0, 3], dtype=torch.uint8), table.codes, table.lengths)
-    stream = run(backend, "huffman_encode", torch.tensor([1, 2], dtype=torch.uint8), table.codes, table.lengths)
+        huffman(impl, "encode", torch.tensor([0, 3], dtype=torch.uint8), table.codes, table.lengths)
+    with pytest.raises(ValueError, match="no codeword"):  # beyond the table
+        huffman(impl, "encode", torch.tensor([0, 4], dtype=torch.uint8), table.codes, table.lengths)
+    stream = huffman(impl, "encode", torch.tensor([1, 2], dtype=torch.uint8), table.codes, table.lengths)
     with pytest.raises(ValueError, match="corrupt or shorter"):
-        run(backend, "huffman_decode", stream, 50, table.codes, table.lengths)
+        huffman(impl, "decode", stream, 50, table.codes, table.lengths)
     incomplete = HuffmanTable.from_lengths(np.array([2, 2, 2]))  # the prefix 11 starts no codeword
     for cut in (0, 40):  # the invalid prefix early in a long stream (the windowed path) and in the tail
-        stream = torch.cat([run(backend, "huffman_encode", torch.zeros(4 * cut, dtype=torch.uint8),
-                                incomplete.codes, incomplete.lengths), torch.full((50,), 0xFF, dtype=torch.uint8)])
+        stream = torch.cat([huffman(impl, "encode", torch.zeros(4 * cut, dtype=torch.uint8),
+                                    incomplete.codes, incomplete.lengths), torch.full((50,), 0xFF, dtype=torch.uint8)])
         with pytest.raises(ValueError, match="corrupt or shorter"):
-            run(backend, "huffman_decode", stream, 4 * cut + 100, incomplete.codes, incomplete.lengths)
-    long_stream = run(backend, "huffman_encode", torch.ones(1000, dtype=torch.uint8), table.codes, table.lengths)
+            huffman(impl, "decode", stream, 4 * cut + 100, incomplete.codes, incomplete.lengths)
+    long_stream = huffman(impl, "encode", torch.ones(1000, dtype=torch.uint8), table.codes, table.lengths)
     with pytest.raises(ValueError, match="corrupt or shorter"):
-        run(backend, "huffman_decode", long_stream[:100], 1000, table.codes, table.lengths)
-    with pytest.raises(TypeError, match="HuffmanTable"):
-        run(backend, "huffman_encode", torch.zeros(3, dtype=torch.uint8), table.codes.long(), table.lengths)
+        huffman(impl, "decode", long_stream[:100], 1000, table.codes, table.lengths)
+    with pytest.raises(TypeError, match="build one with compressors.codecs.huffman.HuffmanTable"):
+        huffman(impl, "encode", torch.zeros(3, dtype=torch.uint8), table.codes.long(), table.lengths)
+    with pytest.raises(TypeError, match="huffman_encode: symbols must be uint8"):
+        huffman(impl, "encode", torch.zeros(3, dtype=torch.int32), table.codes, table.lengths)
+    with pytest.raises(TypeError, match="huffman_decode: stream must be uint8"):
+        huffman(impl, "decode", torch.zeros(3, dtype=torch.int8), 1, table.codes, table.lengths)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        huffman(impl, "decode", stream, -1, table.codes, table.lengths)
+    too_long = (table.codes, torch.tensor([1, 2, 17, 0], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="symbol 2 has the invalid codeword"):
+        huffman(impl, "decode", stream, 1, *too_long)
+    too_wide = (torch.tensor([0, 2, 5, 0], dtype=torch.int32), table.lengths)  # 5 has 3 bits, length 2
+    with pytest.raises(ValueError, match="symbol 2 has the invalid codeword 5 of length 2"):
+        huffman(impl, "encode", torch.zeros(3, dtype=torch.uint8), *too_wide)
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,67 +1,54 @@
-"""Loads the compiled ops (``torch.ops.threepc.*``) and registers their fake kernels.
+"""Finds the compiled extension ``compressors._C`` and loads it only where it can work.
 
-The fake (meta) kernels give ``torch.compile`` the output shapes without running the op.
+setup.py writes ``_C_build.json`` next to the library: the torch version it was built against
+and whether with CUDA. A library built against another torch would fail with undefined symbols
+(or worse), so the version is compared before the library is loaded.
 """
 from __future__ import annotations
 
-import functools
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import TypedDict
 
 import torch
-from torch import Tensor
 
-import compressors._C  # noqa: F401  (loading the library registers the ops)
-
-ops = torch.ops.threepc
-
-
-@functools.cache
-def has_kernels_for(device_type: str) -> bool:
-    """Whether the ops have kernels for tensors on ``device_type`` ("cuda": built with CUDA)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("threepc::topk_abs", device_type.upper())
+MODULE = "compressors._C"
+BUILD_INFO = "_C_build.json"
+REBUILD = "build it with `pip install --no-build-isolation .` (or `python setup.py build_ext --inplace`)"
 
 
-@torch.library.register_fake("threepc::topk_abs")
-def _topk_abs_fake(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    return x.new_empty(k), x.new_empty(k, dtype=torch.long)
+class BuildInfo(TypedDict):
+    torch: str  # torch.__version__ at build time
+    cuda: bool  # built with the CUDA kernels
 
 
-@torch.library.register_fake("threepc::ef21_topk_step")
-def _ef21_topk_step_fake(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    return h.new_empty(k), h.new_empty(k, dtype=torch.long)
+def build_info(module: str = MODULE) -> BuildInfo | None:
+    """What setup.py recorded next to the library; None without a library or a readable record."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        return json.loads(Path(spec.origin).with_name(BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return None
 
 
-@torch.library.register_fake("threepc::sparse_accumulate")
-def _sparse_accumulate_fake(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+def load(module: str = MODULE) -> str | None:
+    """Load the library (its static initialisers register the C++ kernels): None if it loaded,
+    else why not, with the fix."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return f"{module} is not built; {REBUILD}"
+    info = build_info(module)
+    if info is None:
+        return f"{module} ({spec.origin}) has no readable {BUILD_INFO}, so its torch version is unknown; re{REBUILD}"
+    if info["torch"] != torch.__version__:
+        return (f"{module} was built against torch {info['torch']} but torch {torch.__version__} is running; "
+                f"re{REBUILD}")
+    try:
+        importlib.import_module(module)
+    except (ImportError, OSError) as error:
+        return f"{module} failed to load: {type(error).__name__}: {error}; re{REBUILD}"
     return None
-
-
-@torch.library.register_fake("threepc::float_encode")
-def _float_encode_fake(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
-    return v.new_empty(v.numel(), dtype=torch.uint8)
-
-
-@torch.library.register_fake("threepc::float_encode.out")
-def _float_encode_out_fake(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int, *,
-                           out: Tensor) -> None:
-    return None
-
-
-@torch.library.register_fake("threepc::float_decode.out")
-def _float_decode_out_fake(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float, *,
-                           out: Tensor) -> None:
-    return None
-
-
-@torch.library.register_fake("threepc::float_decode")
-def _float_decode_fake(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
-    return codes.new_empty(codes.numel(), dtype=torch.float32)
-
-
-@torch.library.register_fake("threepc::huffman_encode")
-def _huffman_encode_fake(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
-    return symbols.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8)  # depends on the data
-
-
-@torch.library.register_fake("threepc::huffman_decode")
-def _huffman_decode_fake(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
-    return stream.new_empty(n, dtype=torch.uint8)

@@ -1,13 +1,70 @@
-"""numba implementations of the kernels: the CPU fallback when the C++ extension is absent.
+"""numba implementations of the ops: the CPU fallback when the C++ extension is absent.
 
-Same algorithm family as csrc/topk.cpp without the sampling front end: an exact radix
-select on the magnitude keys (three digits of 11, 11 and 10 bits), ties to the lowest
-index. Inputs are converted to contiguous fp32 numpy arrays by the caller.
+One typed function per op with the op's signature (tensors in and out, arguments checked by
+``checks``) over a numba kernel on contiguous numpy arrays. Selection is the algorithm family of
+csrc/topk.cpp without the sampling front end: an exact radix select on the magnitude keys (three
+digits of 11, 11 and 10 bits), ties to the lowest index.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
+from torch import Tensor
+
+from . import checks
+
+
+def _f32(t: Tensor) -> np.ndarray:
+    """A contiguous fp32 numpy copy (or view) of t's elements."""
+    return t.detach().reshape(-1).float().contiguous().numpy()
+
+
+def topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    checks.topk_abs(x, k)
+    values, indices = _topk_abs(_f32(x), k)
+    return torch.from_numpy(values).to(x.dtype), torch.from_numpy(indices)
+
+
+def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    checks.ef21_topk_step(grad, h, k)
+    values, indices = _ef21_topk_step(_f32(grad), h.view(-1).numpy(), k)
+    return torch.from_numpy(values), torch.from_numpy(indices)
+
+
+def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+    checks.sparse_accumulate(out, values, indices)
+    _sparse_accumulate(out.view(-1).numpy(), _f32(values), indices.reshape(-1).long().numpy(), np.float32(alpha))
+
+
+def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
+    checks.float_encode(v, exponent, mantissa, bias, scale)
+    x = v.reshape(-1).float() / torch.tensor(scale, dtype=torch.float32)  # fp32 division, as the reference
+    checks.finite(x)
+    return torch.from_numpy(_float_encode(x.contiguous().numpy(), exponent, mantissa, bias, seed))
+
+
+def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
+    checks.float_decode(codes, exponent, mantissa, bias, scale)
+    return torch.from_numpy(_float_decode(codes.reshape(-1).contiguous().numpy(), exponent, mantissa, bias,
+                                          np.float32(scale)))
+
+
+def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
+    checks.huffman_encode(symbols, codes, lengths)
+    return torch.from_numpy(_huffman_encode(symbols.reshape(-1).contiguous().numpy(), codes.numpy(),
+                                            lengths.numpy()))
+
+
+def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    checks.huffman_decode(stream, n, codes, lengths)
+    symbols, complete = _huffman_decode(stream.reshape(-1).contiguous().numpy(), n, codes.numpy(), lengths.numpy())
+    if not complete:
+        raise ValueError(checks.CORRUPT_STREAM)
+    return torch.from_numpy(symbols)
+
+
+# -- kernels ----------------------------------------------------------------------------------
 
 
 @numba.njit(cache=True)
@@ -32,7 +89,7 @@ def _digit_threshold(keys: np.ndarray, k: int) -> tuple[np.uint32, np.int64]:
 
 
 @numba.njit(cache=True)
-def topk_abs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _topk_abs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = x.size
     indices = np.empty(k, np.int64)
     if k == 0:
@@ -51,19 +108,15 @@ def topk_abs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
-def ef21_topk_step(grad: np.ndarray, h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    values, indices = topk_abs(grad - h, k)
+def _ef21_topk_step(grad: np.ndarray, h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    values, indices = _topk_abs(grad - h, k)
     for j in range(k):
         h[indices[j]] += values[j]
     return values, indices
 
 
 @numba.njit(cache=True)
-def sparse_accumulate(out: np.ndarray, values: np.ndarray, indices: np.ndarray, alpha: np.float32) -> None:
-    n = out.size
-    for j in range(indices.size):
-        if indices[j] < 0 or indices[j] >= n:
-            raise IndexError("sparse_accumulate: index out of range for out")
+def _sparse_accumulate(out: np.ndarray, values: np.ndarray, indices: np.ndarray, alpha: np.float32) -> None:
     for j in range(indices.size):
         out[indices[j]] += alpha * values[j]
 
@@ -82,8 +135,8 @@ def _splitmix64(z: np.uint64) -> np.uint64:
 
 
 @numba.njit(cache=True)
-def float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: int) -> np.ndarray:
-    """Codes of x (already divided by the scale, fp32)."""
+def _float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: int) -> np.ndarray:
+    """Codes of the finite x (already divided by the scale, fp32)."""
     n = x.size
     out = np.empty(n, np.uint8)
     bits_all = x.view(np.uint32)
@@ -91,8 +144,6 @@ def float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: i
     for i in range(n):
         bits = np.int64(bits_all[i])
         field = (bits >> 23) & 0xFF
-        if field == 0xFF:
-            raise ValueError("float_encode got NaN or Inf values; the float formats have no codes for them")
         a = (bits & 0x7FFFFF) | (0x800000 if field > 0 else 0)
         e = (field - 127 if field > 0 else -126) + bias
         s = min(23 - mantissa + max(1 - e, 0), 40)
@@ -111,7 +162,7 @@ def float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: i
 
 
 @numba.njit(cache=True)
-def float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
+def _float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
     table = np.empty(256, np.float32)
     for c in range(256):
         magnitude = c & ((1 << (exponent + mantissa)) - 1)
@@ -126,11 +177,10 @@ def float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, sca
 
 # -- Huffman coding (see reference.huffman_encode) -------------------------------------------
 @numba.njit(cache=True)
-def huffman_encode(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _huffman_encode(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The stream of symbols that all have codewords."""
     total = 0
     for s in symbols:
-        if lengths[s] == 0:
-            raise ValueError("huffman_encode: a symbol has no codeword (length 0) in this table")
         total += lengths[s]
     out = np.zeros((total + 7) // 8, np.uint8)
     acc, bits, pos = np.uint64(0), 0, 0
@@ -147,7 +197,8 @@ def huffman_encode(symbols: np.ndarray, codes: np.ndarray, lengths: np.ndarray) 
 
 
 @numba.njit(cache=True)
-def huffman_decode(stream: np.ndarray, n: int, codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _huffman_decode(stream: np.ndarray, n: int, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The first n symbols, and False if the stream ran out or starts no codeword first."""
     lut = np.zeros(1 << 16, np.uint16)
     for s in range(codes.size):
         length = lengths[s]
@@ -168,7 +219,7 @@ def huffman_decode(stream: np.ndarray, n: int, codes: np.ndarray, lengths: np.nd
         entry = lut[peek]
         length = entry >> 8
         if length == 0 or length > bits:
-            raise ValueError("huffman_decode: the stream is corrupt or shorter than n symbols")
+            return out, False
         out[i] = entry & 0xFF
         bits -= length
-    return out
+    return out, True

@@ -1,6 +1,9 @@
 """Plain-torch reference kernels: the executable specification.
 
-Every backend (the C++ extension, numba) must return exactly what these return.
+Every other implementation (the C++ extension, numba) must return exactly what these return;
+tests/test_kernels.py and tests/test_codecs.py hold these to independent oracles. Arguments are
+checked by ``checks`` (the errors the C++ kernels raise). Any device: the reference also serves
+CUDA tensors when the extension has no CUDA kernels.
 
 * ``topk_abs(x, k)``: the k entries of largest |x|, ties broken by the lowest index, returned
   as (values, indices) with indices ascending. Magnitudes are ordered by the bits of |x|
@@ -13,20 +16,24 @@ Every backend (the C++ extension, numba) must return exactly what these return.
   (fp32 division) in the float format [1, exponent, mantissa] with ``bias``, subnormals and no
   inf/NaN codes. Code = sign << (e + m) | E << m | M; value (E > 0) (1 + M/2^m) 2^(E - bias),
   (E = 0) (M/2^m) 2^(1 - bias). Magnitudes beyond the largest code saturate; a magnitude that
-  rounds to 0 gets code 0 (no negative zero). ``seed < 0``: round to nearest, ties to the even
-  code; else stochastic rounding, up with probability (|x| - lo)/(hi - lo) drawn from
+  rounds to 0 gets code 0 (no negative zero). ``seed < 0``: round to nearest, a tie to the candidate
+  that is an even multiple of the two candidates' distance (the even code when m > 0); else stochastic rounding, up with probability (|x| - lo)/(hi - lo) drawn from
   splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) for element i (exact up to 2^-40 of a step).
-  Non-finite input raises ValueError.
+  Non-finite x raises ValueError.
 * ``float_decode(codes, exponent, mantissa, bias, scale)``: the fp32 value of each code times
   ``scale`` (one fp32 product).
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
-  padded with zero bits. ``huffman_decode(stream, n, codes, lengths)`` reads n symbols back.
+  padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
+  ``huffman_decode(stream, n, codes, lengths)`` reads n symbols back (ValueError when the stream
+  runs out or holds a bit string that starts no codeword).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from . import checks
 
 _ABS_MASK = 0x7FFFFFFF
 
@@ -37,6 +44,11 @@ def magnitude_key(x: Tensor) -> Tensor:
 
 
 def topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    checks.topk_abs(x, k)
+    return _topk_abs(x, k)
+
+
+def _topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     flat = x.reshape(-1)
     order = torch.sort(magnitude_key(flat), descending=True, stable=True).indices[:k]
     indices = order.sort().values
@@ -44,13 +56,15 @@ def topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    checks.ef21_topk_step(grad, h, k)
     d = grad.reshape(-1).float() - h.view(-1)
-    values, indices = topk_abs(d, k)
+    values, indices = _topk_abs(d, k)
     h.view(-1)[indices] += values
     return values, indices
 
 
 def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+    checks.sparse_accumulate(out, values, indices)
     if values.numel() == 0:
         return
     rows = values.shape[0] if values.dim() > 1 else 1
@@ -74,23 +88,18 @@ def _shr(z: Tensor, k: int) -> Tensor:
     return (z >> k) & ((1 << (64 - k)) - 1)
 
 
-def splitmix64(seed: int, n: int) -> Tensor:
+def splitmix64(seed: int, n: int, device: torch.device | None = None) -> Tensor:
     """splitmix64(seed + (i + 1) * golden) for i < n, as int64 bit patterns."""
-    z = torch.arange(1, n + 1, dtype=torch.int64) * _signed(_GOLDEN) + _signed(seed & (2**64 - 1))
+    z = torch.arange(1, n + 1, dtype=torch.int64, device=device) * _signed(_GOLDEN) + _signed(seed & (2**64 - 1))
     z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
     z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
     return z ^ _shr(z, 31)
 
 
-def check_finite(v: Tensor) -> None:
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError("float_encode got NaN or Inf values; the float formats have no codes for them. "
-                         "Check the gradients (loss scaling, a diverged step) before compressing")
-
-
 def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
-    x = v.reshape(-1).float() / torch.tensor(scale, dtype=torch.float32)
-    check_finite(x)
+    checks.float_encode(v, exponent, mantissa, bias, scale)
+    x = v.reshape(-1).float() / torch.tensor(scale, dtype=torch.float32, device=v.device)
+    checks.finite(x)
     bits = x.view(torch.int32).long() & 0xFFFFFFFF
     field = (bits >> 23) & 0xFF
     frac = bits & 0x7FFFFF
@@ -102,45 +111,46 @@ def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: floa
         half = 1 << (s - 1)
         up = (r > half) | ((r == half) & (q & 1 == 1))
     else:
-        up = (splitmix64(seed, x.numel()) & ((1 << s) - 1)) < r
+        up = (splitmix64(seed, x.numel(), x.device) & ((1 << s) - 1)) < r
     magnitude = (((e - 1).clamp(min=0) << mantissa) + q + up.long()).clamp(max=(1 << (exponent + mantissa)) - 1)
     sign = (bits >> 31) << (exponent + mantissa)
     return torch.where(magnitude > 0, sign | magnitude, 0).to(torch.uint8)
 
 
 def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
+    checks.float_decode(codes, exponent, mantissa, bias, scale)
     c = codes.reshape(-1).long()
     magnitude = c & ((1 << (exponent + mantissa)) - 1)
     e, m = magnitude >> mantissa, magnitude & ((1 << mantissa) - 1)
     significand = torch.where(e > 0, m + (1 << mantissa), m).float()
     value = torch.ldexp(significand, (e.clamp(min=1) - bias - mantissa).float())
     value = torch.where((c >> (exponent + mantissa)) & 1 == 1, -value, value)
-    return value * torch.tensor(scale, dtype=torch.float32)
+    return value * torch.tensor(scale, dtype=torch.float32, device=value.device)
 
 
 # -- Huffman coding ---------------------------------------------------------------------------
 def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
-    s = symbols.reshape(-1).long()
+    checks.huffman_encode(symbols, codes, lengths)
+    s = symbols.reshape(-1).long().to(codes.device)
     length, code = lengths.long()[s], codes.long()[s]
-    if bool((length == 0).any()):
-        raise ValueError("huffman_encode: a symbol has no codeword (length 0) in this table")
-    position = torch.arange(16)
+    position = torch.arange(checks.MAX_CODE_LENGTH, device=s.device)
     bit_of = (code[:, None] >> (length[:, None] - 1 - position).clamp(min=0)) & 1  # MSB first
     bits = bit_of[position < length[:, None]]
     pad = (-bits.numel()) % 8
     bits = torch.cat([bits, bits.new_zeros(pad)]).view(-1, 8)
-    return (bits << torch.arange(7, -1, -1)).sum(1).to(torch.uint8)
+    return (bits << torch.arange(7, -1, -1, device=s.device)).sum(1).to(torch.uint8).to(symbols.device)
 
 
 def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    checks.huffman_decode(stream, n, codes, lengths)
     book = {(int(l), int(c)): s for s, (c, l) in enumerate(zip(codes.tolist(), lengths.tolist())) if l > 0}
-    bits = ((stream.reshape(-1).long()[:, None] >> torch.arange(7, -1, -1)) & 1).reshape(-1).tolist()
+    bits = ((stream.reshape(-1).long().cpu()[:, None] >> torch.arange(7, -1, -1)) & 1).reshape(-1).tolist()
     out, position = [], 0
     for _ in range(n):
         code, length = 0, 0
         while (length, code) not in book:
-            if length == 16 or position >= len(bits):
-                raise ValueError("huffman_decode: the stream is corrupt or shorter than n symbols")
+            if length == checks.MAX_CODE_LENGTH or position >= len(bits):
+                raise ValueError(checks.CORRUPT_STREAM)
             code, length, position = (code << 1) | bits[position], length + 1, position + 1
         out.append(book[(length, code)])
-    return torch.tensor(out, dtype=torch.uint8)
+    return torch.tensor(out, dtype=torch.uint8, device=stream.device)

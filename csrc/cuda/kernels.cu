@@ -4,8 +4,9 @@
 //
 // All work is queued on the current stream with no device synchronisation,
 // except where the result's size or an error depends on the data:
-// float_encode reads back one flag to raise on NaN/Inf, and the Huffman ops
-// (sequential, variable-length) copy to the CPU coder and back.
+// float_encode reads back one flag to raise on NaN/Inf, sparse_accumulate the
+// indices' range (csrc/op_checks.h), and the Huffman ops (sequential,
+// variable-length) copy to the CPU coder and back.
 //
 // Top-k by |v| (topk_abs, ef21_topk_step) is a radix select on the key
 // bits(|v|) (the float's bits without the sign: unsigned order = order of |v|):
@@ -212,11 +213,10 @@ void select_topk(Value value, int64_t n, int64_t k, const at::Tensor& like, int6
 }
 
 std::tuple<at::Tensor, at::Tensor> topk_abs_cuda(const at::Tensor& x, int64_t k) {
-  check_floating(x, "topk_abs", "x");
+  check_topk_abs(x, k);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor flat = x.contiguous().view(-1);
   const int64_t n = flat.numel();
-  check_k(n, k, "topk_abs");
   at::Tensor indices = at::empty({k}, x.options().dtype(at::kLong));
   at::Tensor values = at::empty({k}, x.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "topk_abs", [&] {
@@ -232,11 +232,10 @@ __global__ void add_at(float* h, const int64_t* index, const float* value, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cuda(const at::Tensor& grad, at::Tensor h, int64_t k) {
-  check_ef21_step(grad, h);
+  check_ef21_topk_step(grad, h, k);
   const c10::cuda::CUDAGuard guard(h.device());
   const at::Tensor flat = grad.contiguous().view(-1);
   const int64_t n = flat.numel();
-  check_k(n, k, "ef21_topk_step");
   at::Tensor indices = at::empty({k}, h.options().dtype(at::kLong));
   at::Tensor values = at::empty({k}, h.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "ef21_topk_step", [&] {
@@ -253,12 +252,12 @@ std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cuda(const at::Tensor& grad, a
 
 // out[key] += alpha * value over each run of equal keys, in input order (the sort is stable):
 // every coordinate sums in rank order, as on the CPU, whatever the thread schedule.
-__global__ void accumulate_runs(float* out, int64_t n, const int64_t* keys, const int64_t* order, const float* values,
-                                int64_t m, float alpha) {
+// The indices were range-checked on the host (check_sparse_accumulate).
+__global__ void accumulate_runs(float* out, const int64_t* keys, const int64_t* order, const float* values, int64_t m,
+                                float alpha) {
   const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (p >= m || (p > 0 && keys[p] == keys[p - 1])) return;
   const int64_t key = keys[p];
-  CUDA_KERNEL_ASSERT(key >= 0 && key < n && "sparse_accumulate: an index is out of range for out");
   float acc = out[key];
   for (int64_t q = p; q < m && keys[q] == key; ++q) acc = __fadd_rn(acc, __fmul_rn(alpha, values[order[q]]));
   out[key] = acc;
@@ -277,14 +276,13 @@ void sparse_accumulate_cuda(at::Tensor out, const at::Tensor& values, const at::
   size_t bytes = 0;
   const auto* kin = reinterpret_cast<const unsigned long long*>(keys_in.const_data_ptr<int64_t>());
   auto* kout = reinterpret_cast<unsigned long long*>(keys.mutable_data_ptr<int64_t>());
-  // Sorted as unsigned: negative (invalid) indices sort last and trip the assert.
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
                                                  order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
   at::Tensor temp = at::empty({static_cast<int64_t>(bytes)}, out.options().dtype(at::kByte));
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
                                                  order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
   accumulate_runs<<<(m + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-      out.mutable_data_ptr<float>(), out.numel(), keys.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+      out.mutable_data_ptr<float>(), keys.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
       val.const_data_ptr<float>(), m, static_cast<float>(alpha));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -304,8 +302,8 @@ __global__ void float_encode_kernel(const scalar_t* v, int64_t n, FloatFormat f,
 
 void float_encode_out_cuda(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
                            int64_t seed, const at::Tensor& codes) {
-  check_format(exponent, mantissa, bias, scale);
-  check_out(codes, v, at::kByte, "float_encode");
+  check_float_encode(v, exponent, mantissa, bias, scale);
+  check_out("float_encode", codes, v, at::kByte, "uint8");
   const c10::cuda::CUDAGuard guard(v.device());
   const at::Tensor input = v.contiguous();
   const int64_t n = input.numel();
@@ -342,9 +340,8 @@ __global__ void float_decode_kernel(const uint8_t* codes, int64_t n, DecodeTable
 
 void float_decode_out_cuda(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
                            const at::Tensor& out) {
-  check_format(exponent, mantissa, bias, scale);
-  TORCH_CHECK(codes.scalar_type() == at::kByte, "float_decode takes uint8 codes, got ", codes.scalar_type());
-  check_out(out, codes, at::kFloat, "float_decode");
+  check_float_decode(codes, exponent, mantissa, bias, scale);
+  check_out("float_decode", out, codes, at::kFloat, "float32");
   const c10::cuda::CUDAGuard guard(codes.device());
   const at::Tensor input = codes.contiguous();
   const int64_t n = input.numel();

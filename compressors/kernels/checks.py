@@ -1,0 +1,136 @@
+"""Argument checks of the Python implementations (``reference``, ``numba_cpu``), one function per op.
+
+They raise what the C++ kernels raise (csrc/op_checks.h; keep the two in step): TypeError,
+ValueError or IndexError with a message that names the problem and the fix, before any output
+is touched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MAX_CODE_LENGTH = 16  # Huffman codewords
+NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
+              "Check the gradients (loss scaling, a diverged step) before compressing")
+NO_CODEWORD = ("huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights "
+               "that cover every symbol")
+CORRUPT_STREAM = "huffman_decode: the stream is corrupt or shorter than n symbols"
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _floating(op: str, name: str, t: Tensor) -> None:
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}; cast it with .float()")
+
+
+def _k(op: str, k: int, n: int) -> None:
+    if not 0 <= k <= n:
+        raise ValueError(f"{op}: k must lie in [0, numel] = [0, {n}], got k = {k}")
+
+
+def _non_contiguous(t: Tensor) -> str:
+    return "" if t.is_contiguous() else ", non-contiguous"
+
+
+def topk_abs(x: Tensor, k: int) -> None:
+    _floating("topk_abs", "x", x)
+    _k("topk_abs", k, x.numel())
+
+
+def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> None:
+    _floating("ef21_topk_step", "grad", grad)
+    if h.dtype != torch.float32 or not h.is_contiguous():
+        raise TypeError("ef21_topk_step: h must be a contiguous float32 tensor (the fp32 estimate, updated in place), "
+                        f"got {h.dtype}{_non_contiguous(h)}; keep the estimate as one contiguous float32 tensor")
+    if grad.numel() != h.numel():
+        raise ValueError(f"ef21_topk_step: grad has {grad.numel()} elements but h has {h.numel()}")
+    if grad.device != h.device:
+        raise ValueError(f"ef21_topk_step: grad is on {grad.device} but h on {h.device}; move them to one device")
+    _k("ef21_topk_step", k, h.numel())
+
+
+def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor) -> None:
+    if out.dtype != torch.float32 or not out.is_contiguous():
+        raise TypeError(f"sparse_accumulate: out must be a contiguous float32 tensor, got {out.dtype}"
+                        f"{_non_contiguous(out)}")
+    if values.numel() != indices.numel():
+        raise ValueError(f"sparse_accumulate: values has {values.numel()} elements but indices has {indices.numel()}")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"sparse_accumulate: indices must be int64 or int32, got {indices.dtype}")
+    if values.device != out.device or indices.device != out.device:
+        raise ValueError(f"sparse_accumulate: out, values and indices must be on one device, got {out.device}, "
+                         f"{values.device} and {indices.device}")
+    if indices.numel():
+        lo, hi = (int(t) for t in torch.aminmax(indices))
+        if lo < 0 or hi >= out.numel():
+            raise IndexError(f"sparse_accumulate: indices must lie in [0, {out.numel()}), got [{lo}, {hi}]")
+
+
+def _format(exponent: int, mantissa: int, bias: int, scale: float) -> None:
+    if not (exponent >= 1 and mantissa >= 0 and exponent + mantissa <= 7):
+        raise ValueError(f"float format [1, {exponent}, {mantissa}] needs exponent >= 1, mantissa >= 0 and "
+                         "exponent + mantissa <= 7 (codes fit in one byte)")
+    if not -64 <= bias <= 64:
+        raise ValueError(f"float format bias must lie in [-64, 64], got {bias}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"float format scale must be positive and finite, got {scale}")
+
+
+def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> None:
+    _floating("float_encode", "v", v)
+    _format(exponent, mantissa, bias, scale)
+
+
+def finite(x: Tensor) -> None:
+    """float_encode's data check, on x = v / scale."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(NON_FINITE)
+
+
+def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> None:
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"float_decode: codes must be uint8, got {codes.dtype}")
+    _format(exponent, mantissa, bias, scale)
+
+
+def out(op: str, out: Tensor, like: Tensor, dtype: torch.dtype) -> None:
+    """``out`` of a float_encode/decode.out call: contiguous, ``dtype``, like's size and device."""
+    if out.dtype != dtype or not out.is_contiguous() or out.numel() != like.numel() or out.device != like.device:
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"{op}: out must be a contiguous {name} tensor of {like.numel()} elements on {like.device}, "
+                         f"got {out.dtype} of {out.numel()} elements on {out.device}{_non_contiguous(out)}; "
+                         f"allocate it with torch.empty({like.numel()}, dtype={dtype})")
+
+
+def _huffman_table(op: str, codes: Tensor, lengths: Tensor) -> None:
+    if codes.dtype != torch.int32 or lengths.dtype != torch.uint8 or codes.dim() != 1 \
+            or codes.shape != lengths.shape or codes.numel() > 256:
+        raise TypeError(f"{op}: a Huffman table is (codes int32[A], lengths uint8[A]) with A <= 256 symbols; "
+                        "build one with compressors.codecs.huffman.HuffmanTable")
+    length, code = lengths.long(), codes.long()
+    bad = ((length > MAX_CODE_LENGTH) | ((length > 0) & ((code < 0) | (code >> length != 0)))).nonzero()
+    if bad.numel():
+        s = int(bad[0])
+        raise ValueError(f"{op}: symbol {s} has the invalid codeword {int(code[s])} of length {int(length[s])} "
+                         "(codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable")
+
+
+def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> None:
+    _huffman_table("huffman_encode", codes, lengths)
+    if symbols.dtype != torch.uint8:
+        raise TypeError(f"huffman_encode: symbols must be uint8, got {symbols.dtype}")
+    if symbols.numel():
+        coded = torch.zeros(256, dtype=torch.bool, device=lengths.device)
+        coded[: lengths.numel()] = lengths > 0
+        if not bool(coded[symbols.reshape(-1).to(lengths.device).long()].all()):
+            raise ValueError(NO_CODEWORD)
+
+
+def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> None:
+    _huffman_table("huffman_decode", codes, lengths)
+    if stream.dtype != torch.uint8:
+        raise TypeError(f"huffman_decode: stream must be uint8, got {stream.dtype}")
+    if n < 0:
+        raise ValueError(f"huffman_decode: n must be >= 0, got {n}")

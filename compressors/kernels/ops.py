@@ -1,0 +1,106 @@
+"""The threepc operators ``torch.ops.threepc.*``: every schema, defined once, and its fake kernel.
+
+The C++ extension registers CPU and CUDA kernels for these names (``TORCH_LIBRARY_IMPL`` in
+csrc/); ``register`` serves a dispatch key with a Python implementation instead (``numba_cpu`` or
+``reference``). The fake kernels give ``torch.compile`` the output shapes without running an op.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from . import checks
+
+LIB = torch.library.Library("threepc", "DEF")
+
+SCHEMAS = (
+    # The k largest |x| (ties: lowest index); indices ascending, values signed.
+    "topk_abs(Tensor x, int k) -> (Tensor values, Tensor indices)",
+    # d = grad - h; (values, indices) = topk_abs(d, k); h[indices] += values.
+    "ef21_topk_step(Tensor grad, Tensor(a!) h, int k) -> (Tensor values, Tensor indices)",
+    # out[indices[j]] += alpha * values[j] for j in order (row-major = rank order).
+    "sparse_accumulate(Tensor(a!) out, Tensor values, Tensor indices, float alpha=1.0) -> ()",
+    # The uint8 code of v / scale in the float format [1, exponent, mantissa] with bias; seed < 0:
+    # round to nearest (ties to even), else stochastic rounding seeded per element.
+    "float_encode(Tensor v, int exponent, int mantissa, int bias, float scale, int seed) -> Tensor",
+    "float_encode.out(Tensor v, int exponent, int mantissa, int bias, float scale, int seed, *, Tensor(a!) out) -> ()",
+    # The fp32 value of each code, times scale.
+    "float_decode(Tensor codes, int exponent, int mantissa, int bias, float scale) -> Tensor",
+    "float_decode.out(Tensor codes, int exponent, int mantissa, int bias, float scale, *, Tensor(a!) out) -> ()",
+    # The uint8 symbols prefix-coded MSB-first with the table (codes int32[A], lengths uint8[A]).
+    "huffman_encode(Tensor symbols, Tensor codes, Tensor lengths) -> Tensor",
+    # The first n symbols of a stream coded with that table.
+    "huffman_decode(Tensor stream, int n, Tensor codes, Tensor lengths) -> Tensor",
+)
+for _schema in SCHEMAS:
+    LIB.define(_schema)
+
+# The ops a Python implementation provides as functions of the same name and signature.
+FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
+              "huffman_decode")
+
+
+def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
+    """The ``.out`` kernel of a functional Python kernel: check ``out``, compute, copy."""
+    def out_kernel(first: Tensor, *args: object, out: Tensor) -> None:
+        checks.out(op, out, first, dtype)
+        out.copy_(functional(first, *args))
+    return out_kernel
+
+
+def register(implementation: ModuleType, key: str) -> None:
+    """Serve every op for dispatch key ``key`` ("CPU", "CUDA") with a Python implementation."""
+    for name in FUNCTIONAL:
+        LIB.impl(name, getattr(implementation, name), key)
+    LIB.impl("float_encode.out", _into(implementation.float_encode, "float_encode", torch.uint8), key)
+    LIB.impl("float_decode.out", _into(implementation.float_decode, "float_decode", torch.float32), key)
+
+
+@torch.library.register_fake("threepc::topk_abs", lib=LIB)
+def _topk_abs_fake(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return x.new_empty(k), x.new_empty(k, dtype=torch.long)
+
+
+@torch.library.register_fake("threepc::ef21_topk_step", lib=LIB)
+def _ef21_topk_step_fake(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return h.new_empty(k), h.new_empty(k, dtype=torch.long)
+
+
+@torch.library.register_fake("threepc::sparse_accumulate", lib=LIB)
+def _sparse_accumulate_fake(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::float_encode", lib=LIB)
+def _float_encode_fake(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int) -> Tensor:
+    return v.new_empty(v.numel(), dtype=torch.uint8)
+
+
+@torch.library.register_fake("threepc::float_encode.out", lib=LIB)
+def _float_encode_out_fake(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float, seed: int, *,
+                           out: Tensor) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::float_decode", lib=LIB)
+def _float_decode_fake(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> Tensor:
+    return codes.new_empty(codes.numel(), dtype=torch.float32)
+
+
+@torch.library.register_fake("threepc::float_decode.out", lib=LIB)
+def _float_decode_out_fake(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float, *,
+                           out: Tensor) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::huffman_encode", lib=LIB)
+def _huffman_encode_fake(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
+    return symbols.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8)  # depends on the data
+
+
+@torch.library.register_fake("threepc::huffman_decode", lib=LIB)
+def _huffman_decode_fake(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    return stream.new_empty(n, dtype=torch.uint8)
