@@ -26,8 +26,10 @@ def toy_task(samples: int = 1024, features: int = 32, hidden: int = 512) -> tupl
 
 def report(rank: int, state: ddp_hooks.ThreePCState, **extra: object) -> None:
     """One line per rank: the hook's byte counts (``fraction_of_dense``: bytes sent vs a dense
-    allreduce) and ``extra``; the tests read it."""
-    print("threepc-stats", json.dumps({"rank": rank, **state.stats.summary(), **extra}), flush=True)
+    allreduce) and ``extra``; the tests read it. One write, so that the ranks' lines do not
+    interleave where stdout is unbuffered (print writes its arguments one by one)."""
+    sys.stdout.write(f"threepc-stats {json.dumps({'rank': rank, **state.stats.summary(), **extra})}\n")
+    sys.stdout.flush()
 
 
 def finish() -> None:

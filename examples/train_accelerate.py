@@ -1,7 +1,6 @@
 """Hugging Face Accelerate with a threepc hook: register it on the model that
 ``accelerator.prepare`` returns (a DistributedDataParallel when several processes run).
 
-    accelerate launch --cpu --num_processes 2 examples/train_accelerate.py --steps 40
     torchrun --standalone --nproc_per_node 2 examples/train_accelerate.py --steps 40
 
 Not ``DistributedDataParallelKwargs(comm_hook=...)``: it takes only Accelerate's

@@ -1,9 +1,9 @@
 """The recipes in examples/ (README_usage.md shows them), each run with 2 CPU processes: they
 train, and the hook compresses (its byte counts, printed by each rank).
 
-Lightning and Accelerate are installed into a venv cached under .venv-integration/ (keyed by
-their pinned versions, Python's and torch's); it reuses this interpreter's torch, which the
-constraints forbid pip to replace.
+Lightning and Accelerate are installed into a venv cached under .venv-integration/, keyed by
+their pinned versions and by the interpreter and torch it reuses (the constraints forbid pip to
+replace that torch or numpy).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree's threepc
 def integration_python() -> Path:
     """The cached venv's python (built once per key; a venv without its marker is rebuilt)."""
     constraints = f"torch=={torch.__version__}\nnumpy=={numpy.__version__}\n"
-    key = hashlib.sha256(f"{sys.version}\n{constraints}{PINS}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{sys.prefix}\n{sys.version}\n{constraints}{PINS}".encode()).hexdigest()[:12]
     venv = ROOT / ".venv-integration" / key
     marker = venv / "threepc-ready"
     if not marker.exists():
