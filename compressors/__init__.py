@@ -4,6 +4,7 @@ simulation harness.
     >>> from compressors import EF21, TopK
     >>> worker = EF21(TopK(ratio=0.01))
 """
+from ._version import __version__
 from .mechanisms.clag import CLAG
 from .mechanisms.co3 import CO3
 from .operators.compose import Compose
@@ -33,7 +34,8 @@ from .mechanisms.threepc_v4 import ThreePCv4
 from .mechanisms.threepc_v5 import ThreePCv5
 from .operators.topk import TopK
 
-__all__ = ["CLAG", "CO3", "EF14", "EF21", "EF21SGDM", "GD", "LAG", "LAGWK", "MARINA", "SASG", "Compose", "Compressor",
+__all__ = ["__version__", "CLAG", "CO3", "EF14", "EF21", "EF21SGDM", "GD", "LAG", "LAGWK", "MARINA", "SASG", "Compose",
+           "Compressor",
            "EF21Plus", "FloatFormat", "FloatQuantizer", "Identity", "Mechanism", "PartSpec", "Payload", "PermK",
            "RandK", "Round", "Sparsifier", "ThreePCv1", "ThreePCv2", "ThreePCv3", "ThreePCv4", "ThreePCv5",
            "ThreePoint", "TopK"]

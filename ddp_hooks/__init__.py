@@ -6,10 +6,13 @@
     >>> state = ddp_hooks.ThreePCState(EF21(TopK(ratio=0.01)), model=ddp_model)
     >>> ddp_model.register_comm_hook(state, ddp_hooks.threepc_hook)
 """
+from compressors import __version__
+
 from .hook import threepc_hook
 from .registry import MECHANISMS, mechanism, register
 from .stale_gradients import StaleGradients
 from .state import ThreePCState
 from .stats import CommStats
 
-__all__ = ["MECHANISMS", "CommStats", "StaleGradients", "ThreePCState", "mechanism", "register", "threepc_hook"]
+__all__ = ["__version__", "MECHANISMS", "CommStats", "StaleGradients", "ThreePCState", "mechanism", "register",
+           "threepc_hook"]

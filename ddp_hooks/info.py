@@ -1,0 +1,36 @@
+"""``python -m ddp_hooks.info``: what threepc runs with here (versions, kernel backend, hooks),
+to paste into a bug report."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+import compressors
+import ddp_hooks
+from compressors import kernels
+
+
+def _installed(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def collect() -> dict[str, object]:
+    """Versions, the kernel backend (and why, and the extension's build) and the hook names."""
+    kernel = kernels.backend_info()
+    return {"threepc": compressors.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "numba": _installed("numba"), **{f"kernels.{key}": value for key, value in kernel.items()},
+            "hooks": ", ".join(ddp_hooks.MECHANISMS)}
+
+
+def main() -> None:
+    for key, value in collect().items():
+        print(f"{key + ':':<26}{value}")
+
+
+if __name__ == "__main__":
+    main()
