@@ -7,7 +7,7 @@ VENV_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.threepc-editable
 
-.PHONY: venv build demo test test-fast bench clean
+.PHONY: venv build demo test test-fast bench package clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q numpy numba matplotlib pytest pytest-benchmark hypothesis ninja setuptools wheel
+	$(BIN)/python -m pip install -q numpy numba matplotlib pytest pytest-benchmark hypothesis ninja "setuptools>=77" wheel
 
 # First time: the editable install (it builds the extension in place). Later: an incremental
 # (ninja) rebuild in build/, where only changed sources recompile.
@@ -35,5 +35,10 @@ test-fast: build
 bench: build
 	$(BIN)/python -m pytest benchmarks --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 
+# sdist, then a wheel built from it (one compile proves both); both land in dist/
+package: venv
+	$(BIN)/python -c "from setuptools import build_meta; build_meta.build_sdist('dist')"
+	$(BIN)/python -m pip wheel -q --no-build-isolation --no-deps -w dist dist/threepc-*.tar.gz
+
 clean:
-	rm -rf build compressors/_C*.so *.egg-info .benchmarks
+	rm -rf build dist compressors/_C*.so compressors/_C_build.json *.egg-info .benchmarks
