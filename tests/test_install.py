@@ -123,11 +123,11 @@ def test_installed_package_trains_with_torchrun(installed: Path, tmp_path: Path)
 STANDALONE = """
 import sys, torch, compressors, ddp_hooks
 from compressors import EF21, TopK
-from compressors.kernels import get_backend
+from compressors.kernels import backend_info
 from compressors.sim.datasets import A9A, load_libsvm
 from compressors.sim.simulation import Cluster
 assert compressors.__file__.startswith(sys.prefix) and ddp_hooks.__file__.startswith(sys.prefix)
-assert get_backend() == "ext", get_backend()  # the wheel's extension loads
+assert backend_info()["backend"] == "ext", backend_info()  # the wheel's extension loads
 x, y = load_libsvm(A9A)  # package data
 assert x.shape == (48842, 123)
 cluster = Cluster(EF21(TopK(ratio=0.1)), workers=2)
