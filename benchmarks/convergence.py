@@ -17,15 +17,18 @@ The stepsize is M x the mechanism's Theorem-1 gamma = 1/(L_- + L_tilde sqrt(B/A)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
+import time
 import sys
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
+from benchmarks.progress import report
 from compressors import Mechanism
 from compressors.mechanisms.registry import REGISTRY, build, describe
 from compressors.sim import theory
@@ -252,11 +255,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     problem = _problem
     print(f"{args.dataset}: {problem.features.shape[0]} rows, d = {problem.dim}, n = {problem.workers} workers, "
           f"L_- = {problem.l_minus:.4f}, L_tilde = {problem.l_tilde:.4f}, tol = {args.tol:g}", flush=True)
-    if len(settings) > 1 and args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs, _initialise, (options,)) as pool:
-            results = pool.map(run_setting, settings, chunksize=1)
-    else:
-        results = [run_setting(s) for s in settings]
+    started, results = time.time(), []
+    with multiprocessing.get_context("spawn").Pool(args.jobs, _initialise, (options,)) if len(settings) > 1 and \
+            args.jobs > 1 else contextlib.nullcontext() as pool:
+        for result in (pool.imap(run_setting, settings) if pool else map(run_setting, settings)):
+            results.append(result)
+            if len(settings) > 1:
+                report(len(results), len(settings), started, result["label"])
     methods = list(dict.fromkeys(r["setting"]["method"] for r in results))
     shown = [best([r for r in results if r["setting"]["method"] == m]) for m in methods]
     print(table(shown))

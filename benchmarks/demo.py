@@ -16,7 +16,11 @@ import dataclasses
 
 import numpy as np
 
-from ddp_hooks.testbed import TrainConfig, load_a9a, train
+import ddp_hooks
+from compressors.mechanisms.registry import describe
+from ddp_hooks.testbed import TrainConfig, hook_options, load_a9a, train
+
+HOOKS = ("allreduce", "fp16", *ddp_hooks.MECHANISMS)
 
 
 def table_baseline(description: str) -> tuple[dict[str, np.ndarray], dict[str, object], dict]:
@@ -42,9 +46,13 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="hooks (ddp_hooks.MECHANISMS) and their --opt options:\n" + describe(ddp=True))
+    parser.add_argument("--hook", choices=HOOKS, default=TrainConfig.hook,
+                        help="a threepc hook, 'allreduce' (DDP's default) or 'fp16' (torch's fp16_compress_hook)")
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("verbose", "options"):
+        if f.name in ("verbose", "options", "hook"):
             continue
         if f.type == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
@@ -57,6 +65,11 @@ def main() -> None:
     args = vars(parser.parse_args())
     options = dict(_option(o) for o in args.pop("opt")) or None
     config = TrainConfig(**args, options=options, verbose=True)
+    if config.hook in ddp_hooks.MECHANISMS:
+        try:  # refuse bad options here, in one line, before any rank starts
+            ddp_hooks.mechanism(config.hook, **(options if options is not None else hook_options(config)))
+        except ValueError as e:
+            parser.error(str(e))
     data = load_a9a()
     results = train(config, data)
     r0 = results[0]

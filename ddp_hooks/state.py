@@ -173,7 +173,8 @@ class ThreePCState:
         self.iteration += 1
         self.stats.steps = self.iteration
         if self.log_every and self.iteration % self.log_every == 0:
-            logger.info("threepc %r iteration %d: %s", self.mechanism, self.iteration, self.stats.summary())
+            logger.info("threepc rank %d %r iteration %d: %s", self.group.rank(), self.mechanism, self.iteration,
+                        self.stats.summary())
 
     # -- checkpoints ----------------------------------------------------------------------
     def _require_names(self, what: str) -> dict[int, str]:

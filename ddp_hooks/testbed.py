@@ -8,6 +8,7 @@ gradient_as_bucket_view, static_graph, find_unused_parameters, fp16/bf16).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,7 @@ def _worker(rank: int, workers: int, config: TrainConfig, data: dict[str, np.nda
     def sent_so_far() -> int:
         return state.stats.total_sent if state else dense_bytes_per_step * steps // (2 if config.hook == "fp16" else 1)
 
+    started = time.time()
     for epoch in range(config.epochs):
         order = torch.randperm(len(y), generator=gen)
         total, count = 0.0, 0
@@ -163,7 +165,9 @@ def _worker(rank: int, workers: int, config: TrainConfig, data: dict[str, np.nda
         history.append({"epoch": epoch + 1, "loss": total / count, "test_accuracy": acc, "bytes_sent": sent,
                         "bytes_dense": dense_bytes_per_step * steps})
         if rank == 0 and config.verbose:
-            print(f"[{config.hook} n={config.workers}] epoch {epoch + 1}: loss {total / count:.4f}  "
+            left = (time.time() - started) / (epoch + 1) * (config.epochs - epoch - 1)
+            print(f"[rank {rank}] [{config.hook} n={config.workers}] epoch {epoch + 1}/{config.epochs} "
+                  f"(ETA {left:.0f} s): loss {total / count:.4f}  "
                   f"test accuracy {acc:.4f}  sent {sent / 1e6:.3f} MB/rank = "
                   f"{sent / (dense_bytes_per_step * steps):.2%} of dense ({dense_bytes_per_step * steps / 1e6:.2f} MB)",
                   flush=True)

@@ -234,10 +234,11 @@ def build(name: str, **options: object) -> Mechanism:
     return entry(name)(**options)
 
 
-def describe() -> str:
-    """Every entry with its options (type, default, valid values, help): what ``--help`` prints."""
+def describe(*, ddp: bool = False) -> str:
+    """Every entry (``ddp=True``: the DDP hooks) with its options (type, default, valid values,
+    help): what ``--help`` prints."""
     lines = []
-    for e in REGISTRY.values():
+    for e in (REGISTRY[name] for name in names(ddp=ddp)):
         lines.append(f"  {e.name}{'' if e.ddp else ' (simulation only)'}: {e.help}")
         lines += [f"      {o.name}={o.default!r}: {o.valid()}; {o.help}" for o in e.options]
     return "\n".join(lines)
