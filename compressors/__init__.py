@@ -16,7 +16,7 @@ from .mechanisms.ef21_sgdm import EF21SGDM
 from .operators.float_format import FloatFormat
 from .operators.float_quantizer import FloatQuantizer
 from .mechanisms.gd import GD
-from .operators.identity import Identity
+from .core.identity import Identity
 from .mechanisms.lag import LAG, LAGWK
 from .mechanisms.marina import MARINA
 from .core.mechanism import Mechanism

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..operators.identity import Identity
+from .identity import Identity
 from .compressor import ROUND0, Compressor
 from .memory import Memory
 from .payload import PartSpec, Payload

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..core.compressor import ROUND0
-from ..operators.identity import Identity
+from ..core.identity import Identity
 from ..core.mechanism import DENSE, Replacing
 from ..core.payload import Payload
 from ..core.rounds import Round

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .clag import CLAG
-from ..operators.identity import Identity
+from ..core.identity import Identity
 from ..core.mechanism import Mechanism
 from ..core.rounds import Round
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.compressor import ROUND0, Compressor
-from ..core.payload import PartSpec, Payload
-from ..core.rounds import Round
+from .compressor import ROUND0, Compressor
+from .payload import PartSpec, Payload
+from .rounds import Round
 
 
 class Identity(Compressor):
