@@ -68,7 +68,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
                 worker.aggregate(bucket_state.server, payloads, rnd)
     exchange = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
                                group=group, stats=state.stats).exchange(payload, spec, grad.device)
-    state.stats.dense_equivalent += numel * grad.element_size()
+    state.stats.dense_round(numel * grad.element_size(), group.size())
     if bucket.is_last():
         state.end_iteration()
 

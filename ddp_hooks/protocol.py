@@ -77,6 +77,7 @@ class MeanAllReduce(Protocol):
 
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
         self.stats.ran("all_reduce")
+        self.stats.ring_all_reduce(packed.numel(), self.group.size())
         mean = packed.view(torch.float32) / self.group.size()  # a new tensor, reduced in place
         on_device(packed.device, mean)
         future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
@@ -88,6 +89,7 @@ class AllGather(Protocol):
 
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
         self.stats.ran("all_gather")
+        self.stats.ring_all_gather(packed.numel(), self.group.size())
         gathered = packed.new_empty(self.group.size() * packed.numel())
         on_device(packed.device, gathered)
         future = _all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
@@ -111,6 +113,7 @@ class Sized(Protocol):
         on_device(device, packed, sizes, header)
         _all_gather_single(sizes, header, group=self.group)  # blocking: the sizes decide what follows
         self.stats.add("header", header.numel() * header.element_size())
+        self.stats.ring_all_gather(header.numel() * header.element_size(), self.group.size())
         sizes = sizes.tolist()
         if silent:
             self.stats.silent_rounds += 1

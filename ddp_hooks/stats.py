@@ -13,9 +13,13 @@ class CommStats:
     (e.g. ``values``, ``indices``), ``header`` (one int32 per rank and round when payloads may
     be empty or vary in size) and ``padding`` (fill up to the longest payload of the round),
     and ``dense`` for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
-    with a plain allreduce of the bucket (numel x bytes per gradient element). Link traffic of
-    a ring adds a factor: all_gather moves (n - 1) x payload per rank, allreduce 2(n - 1)/n x
-    dense, so at n ranks the link ratio is (n / 2) x the ratio reported here.
+    with a plain allreduce of the bucket (numel x bytes per gradient element).
+
+    ``link_sent`` / ``link_received`` count what crosses this rank's links under the ring
+    algorithms: an all_gather of w bytes per rank sends and receives (n - 1) w, an allreduce of
+    D bytes 2 (n - 1) / n x D each way. ``link_dense_equivalent`` is a dense ring allreduce of the
+    same buckets, so ``link_fraction_of_dense`` grows with n for all_gathered payloads and not
+    for allreduced ones.
     """
 
     steps: int = 0
@@ -26,12 +30,31 @@ class CommStats:
     sent: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, int] = field(default_factory=dict)  # payload collectives run, by protocol
     dense_equivalent: int = 0
+    link_sent: int = 0
+    link_received: int = 0
+    link_dense_equivalent: int = 0
 
     def add(self, kind: str, nbytes: int) -> None:
         self.sent[kind] = self.sent.get(kind, 0) + nbytes
 
     def ran(self, collective: str) -> None:
         self.collectives[collective] = self.collectives.get(collective, 0) + 1
+
+    def ring_all_gather(self, width: int, ranks: int) -> None:
+        """Link bytes of a ring all_gather of ``width`` bytes from each of ``ranks`` ranks."""
+        self.link_sent += (ranks - 1) * width
+        self.link_received += (ranks - 1) * width
+
+    def ring_all_reduce(self, nbytes: int, ranks: int) -> None:
+        """Link bytes of a ring allreduce (reduce-scatter + all_gather) of ``nbytes``."""
+        moved = 2 * (ranks - 1) * nbytes // ranks
+        self.link_sent += moved
+        self.link_received += moved
+
+    def dense_round(self, nbytes: int, ranks: int) -> None:
+        """What a dense allreduce of this bucket would send, per rank and on the links."""
+        self.dense_equivalent += nbytes
+        self.link_dense_equivalent += 2 * (ranks - 1) * nbytes // ranks
 
     @property
     def total_sent(self) -> int:
@@ -51,6 +74,9 @@ class CommStats:
             "bytes_sent_total": total,
             "bytes_dense_equivalent": self.dense_equivalent,
             "fraction_of_dense": total / self.dense_equivalent if self.dense_equivalent else 0.0,
+            "link_bytes_sent": self.link_sent,
+            "link_bytes_received": self.link_received,
+            "link_fraction_of_dense": self.link_sent / self.link_dense_equivalent if self.link_dense_equivalent else 0.0,
         }
 
     def state_dict(self) -> dict[str, object]:
