@@ -58,7 +58,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
             bucket_state.server = worker.start(payloads, rnd)
     else:
         worker = bucket_state.worker
-        rnd = Round(state.iteration, group.rank(), group.size(), state.history.moves(bucket_state.params))
+        rnd = Round(state.iteration, group.rank(), group.size(), state.history.moves(bucket_state.params),
+                    bucket_state.server["g"])
         spec = worker.spec(numel, rnd)  # before step(): a refused spec leaves the memory untouched
         payload, lazy = worker.step(grad, rnd), worker.lazy
         state.stats.compressed_rounds += 1

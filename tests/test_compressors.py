@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import Compose, Identity, PermK, RandK, Round, TopK
+from compressors import Compose, Identity, PermK, RandK, Round, SharedTopK, TopK
 
 
 def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
@@ -102,3 +102,37 @@ def test_silent_workers_add_nothing():
     TopK(k=1).accumulate(out, [Payload({}, 5), Payload({}, 5)], 0.5)
     Identity().accumulate(out, [Payload({}, 5)], 1.0)
     assert torch.equal(out, torch.zeros(5))
+
+
+def test_shared_topk_keeps_the_aggregates_top_entries_and_shared_random_ones():
+    g = torch.zeros(100)
+    g[[3, 50, 97]] = torch.tensor([5.0, -7.0, 6.0])
+    c = SharedTopK(k=6, explore=0.5, seed=1)
+    supports = [c.support(100, Round(4, w, 3, aggregate=g)) for w in range(3)]
+    assert all(torch.equal(s, supports[0]) for s in supports)  # every worker, no communication
+    assert {3, 50, 97} <= set(supports[0].tolist()) and supports[0].numel() == 6
+    assert supports[0].tolist() == sorted(supports[0].tolist())
+    spec = c.spec(100, Round(4, 0, 3, aggregate=g))
+    assert [(s.name, s.numel, s.aligned) for s in spec] == [("values", 6, True)]  # no indices
+    x = torch.randn(100)
+    payload = c.compress(x, Round(4, 0, 3, aggregate=g))
+    g.mul_(-3)  # the aggregate changes in place while payloads are decoded into it
+    dense = c.decompress(payload, Round(4, 2, 3, aggregate=g))
+    kept = supports[0]
+    assert torch.equal(dense[kept], x[kept]) and dense.count_nonzero() <= 6
+    other = c.support(100, Round(5, 0, 3, aggregate=g))
+    assert not torch.equal(other, kept)  # a new round draws new random entries
+
+
+@pytest.mark.parametrize("explore", [0.25, 1.0])
+def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_aggregate(explore):
+    """E||C(x) - x||^2 <= (1 - R/d)||x||^2 for any x, also when x's mass avoids g's top entries."""
+    d, c = 200, SharedTopK(k=20, explore=explore, seed=2)
+    g = torch.zeros(d)
+    g[:100] = torch.linspace(1, 2, 100)  # the top part lies in the first half ...
+    x = torch.zeros(d)
+    x[100:] = torch.randn(100, generator=torch.Generator().manual_seed(0))  # ... x's mass in the second
+    errors = [float((c.decompress(c.compress(x, Round(t, 0, 2, aggregate=g)), Round(t, 0, 2, aggregate=g))
+                     - x).square().sum()) for t in range(400)]
+    assert sum(errors) / len(errors) <= (1 - c.alpha(d)) * float(x.square().sum()) * 1.02
+    assert c.alpha(d) == pytest.approx(c.explored(d) / d)

@@ -32,8 +32,10 @@ K = 12  # of d = 123
 CASES = {
     "gd": ("gd", {}, 1.0),
     "ef14": ("ef14", {"k": K}, 0.5),
+    "ef14_shared_topk": ("ef14", {"k": 2 * K, "compressor": "shared_topk", "seed": 9}, 0.5),
     "ef21": ("ef21", {"k": K}, 0.5),
     "ef21_randk_shared": ("ef21", {"k": K, "compressor": "randk_shared", "seed": 7}, 0.5),
+    "ef21_shared_topk": ("ef21", {"k": 2 * K, "compressor": "shared_topk", "seed": 7}, 0.5),
     "ef21plus": ("ef21plus", {"k": K}, 0.5),
     "ef21_sgdm": ("ef21_sgdm", {"k": K, "eta": 0.5}, 0.5),
     "lag": ("lag", {"zeta": 4.0}, 1.0),
@@ -114,7 +116,8 @@ def test_the_averaging_allreduce_follows_the_simulation():
     """Without ``reproducible``, the mechanisms that declare their payload summable travel by one
     averaging all_reduce (the shared-support Rand-K cases among them) and still follow the
     simulation (up to the reduction order's rounding)."""
-    assert {"gd", "ef21_randk_shared", "clag_randk_shared", "marina_randk_shared"} <= set(SUMMABLE)
+    assert {"gd", "ef21_randk_shared", "ef21_shared_topk", "ef14_shared_topk", "clag_randk_shared",
+            "marina_randk_shared"} <= set(SUMMABLE)
     ranks = run_ddp(2, {case: MECHANISMS[case] for case in SUMMABLE}, rows=ROWS, steps=STEPS, reproducible=False)
     for case in SUMMABLE:
         want = torch.stack(simulate(case, 2).iterates)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -32,13 +32,17 @@ class Round:
 
     ``moves`` holds the squared norms of the last aggregate directions, most recent first,
     ||g^{t-1}||^2, ||g^{t-2}||^2, ... (a step x^{t} - x^{t-1} = -gamma g^{t-1}, in gradient
-    units); only LAG-WK reads it, and only the simulation provides it.
+    units), for LAG-WK's and SASG's triggers. ``aggregate`` is the tensor's current aggregate
+    direction g^t, which every worker knows (every DDP rank holds a bit-identical replica): a
+    compressor may derive a support shared by all workers from it without communicating
+    (``SharedTopK``). Both are what the simulation and the hook know before the round.
     """
 
     t: int = 0
     worker: int = 0
     workers: int = 1
     moves: tuple[float, ...] = ()
+    aggregate: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def of(self, worker: int) -> Round:
         """The same round seen from another worker (to decode that worker's payload)."""

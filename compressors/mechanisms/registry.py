@@ -16,6 +16,7 @@ from ..core.compressor import Compressor
 from ..core.mechanism import Mechanism
 from ..operators.permk import PermK
 from ..operators.randk import RandK
+from ..operators.shared_topk import SharedTopK
 from ..operators.sparse import Sparsifier
 from ..operators.topk import TopK
 from .clag import CLAG
@@ -124,8 +125,10 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
     return Option(name, str, default, help, choices=choices)
 
 
-CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared"),
-                                "the contractive compressor C: Top-K, or unscaled Rand-K with private or shared support")
+CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk"),
+                                "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
+                                "SharedTopK (the aggregate's top entries plus shared random ones, values only: "
+                                "one allreduce)")
 UNBIASED = ("randk", "randk_shared", "permk")
 
 
@@ -137,6 +140,8 @@ def contractive(o: Mapping[str, object]) -> Compressor:
     """C from the entry's ``compressor``, ``ratio``/``k`` and ``seed`` options."""
     if o.get("compressor", "topk") == "topk":
         return _sized(TopK, o["ratio"], o["k"])
+    if o["compressor"] == "shared_topk":
+        return _sized(SharedTopK, o["ratio"], o["k"], seed=o["seed"])
     return _sized(RandK, o["ratio"], o["k"], scaled=False, shared=o["compressor"] == "randk_shared", seed=o["seed"])
 
 

@@ -50,8 +50,9 @@ class Cluster:
         """One compressed round: every worker's payload, folded into g in rank order."""
         self.t += 1
         n = len(self.workers)
-        payloads = [w.step(grads[i], Round(self.t, i, n, moves)) for i, w in enumerate(self.workers)]
-        self.mechanism.aggregate(self.server, payloads, Round(self.t, 0, n, moves))
+        g = self.server["g"]
+        payloads = [w.step(grads[i], Round(self.t, i, n, moves, g)) for i, w in enumerate(self.workers)]
+        self.mechanism.aggregate(self.server, payloads, Round(self.t, 0, n, moves, g))
         return payloads
 
 
