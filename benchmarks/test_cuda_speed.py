@@ -3,15 +3,19 @@
 Per size (6.5M = one 25 MB DDP bucket, 64M fp32) and op, in one run: ``threepc`` (the CUDA
 kernel), ``torch`` (torch.topk on |x| + indexing), ``kthvalue`` (the k-th largest |x| by
 torch.kthvalue, then the entries at or above it) and ``copy`` (a device-to-device copy of the same
-fp32 buffer). Every timed call ends with torch.cuda.synchronize().
+fp32 buffer). Also float_decode, sparse_accumulate (the k = 1% entries of 4 ranks into one
+buffer) and the Huffman path (CUDA codes -> CPU coder -> CUDA stream, and back). Every timed call
+ends with torch.cuda.synchronize().
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks.test_kernel_speed import RATIO, rounds, torch_ef21_step, torch_topk_abs
 from compressors import FloatFormat, kernels
+from compressors.codecs.huffman import HuffmanTable
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SIZES = {"6.5M": 6_500_000, "64M": 64_000_000}
@@ -73,3 +77,41 @@ def test_float_encode_cuda(benchmark, record, buffers, implementation):
     out = torch.empty(x.numel(), dtype=torch.uint8, device="cuda")
     measure(benchmark, record, f"cuda float_encode {size}", implementation, x, lambda: (x, 1e-3),
             {"threepc": lambda v, s: FMT.encode(v, s, out=out)})
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "copy"])
+def test_float_decode_cuda(benchmark, record, buffers, implementation):
+    size, x, _ = buffers
+    codes, out = FMT.encode(x, 1e-3), torch.empty_like(x)
+    measure(benchmark, record, f"cuda float_decode {size}", implementation, x, lambda: (codes, 1e-3),
+            {"threepc": lambda c, s: FMT.decode(c, s, out=out)})
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_sparse_accumulate_cuda(benchmark, record, buffers, implementation):
+    size, x, _ = buffers
+    k, ranks = int(RATIO * x.numel()), 4
+    g = torch.Generator(device="cuda").manual_seed(1)
+    indices = torch.randint(0, x.numel(), (ranks * k,), generator=g, device="cuda")  # duplicates across ranks
+    values, out = torch.randn(ranks * k, generator=g, device="cuda"), torch.zeros_like(x)
+    measure(benchmark, record, f"cuda sparse_accumulate {ranks}x1% {size}", implementation, x,
+            lambda: (out, values, indices, 0.25),
+            {"threepc": kernels.sparse_accumulate, "torch": lambda o, v, i, a: o.index_add_(0, i, v, alpha=a)})
+
+
+@pytest.fixture(scope="module")
+def coded(buffers):
+    size, x, _ = buffers
+    codes = FMT.encode(x, 1e-3)
+    table = HuffmanTable.from_weights(np.bincount(codes.cpu().numpy(), minlength=256) + 1.0)
+    table_cuda = HuffmanTable(table.codes.cuda(), table.lengths.cuda())
+    return size, codes, table_cuda, table_cuda.encode(codes)
+
+
+@pytest.mark.parametrize("op", ["encode", "decode"])
+def test_huffman_cuda(benchmark, record, coded, op):
+    size, codes, table, stream = coded
+    benchmark.group = f"cuda huffman_{op} {size} (CPU coder)"
+    run = {"encode": lambda: table.encode(codes), "decode": lambda: table.decode(stream, codes.numel())}[op]
+    benchmark.pedantic(synced(run), rounds=5, warmup_rounds=1)
+    record(benchmark, benchmark.group, "threepc", processed=codes.numel())

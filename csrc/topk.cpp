@@ -298,7 +298,8 @@ std::tuple<at::Tensor, at::Tensor> topk_abs_cpu(const at::Tensor& x, int64_t k) 
     select_topk(n, k, AbsKey<scalar_t>{flat.const_data_ptr<scalar_t>()}, indices.mutable_data_ptr<int64_t>(),
                 values.mutable_data_ptr<float>());
   });
-  return {values.to(x.scalar_type()), indices};  // exact: the values came from x
+  // fp32 values are x's own bits; a 16-bit value's round trip through fp32 would quiet a signalling NaN.
+  return {x.scalar_type() == at::kFloat ? values : flat.index_select(0, indices), indices};
 }
 
 std::tuple<at::Tensor, at::Tensor> ef21_topk_step_cpu(const at::Tensor& grad, at::Tensor h, int64_t k) {

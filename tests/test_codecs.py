@@ -25,6 +25,18 @@ ALL_FORMATS = [FloatFormat(e, m, (1 << (e - 1)) - 1) for e in range(1, 8) for m 
 FINITE_KINDS = ["normal", "ties", "zeros", "scales", "constant"]
 
 
+def finite(v: torch.Tensor) -> torch.Tensor:
+    """``v`` with NaN and +-inf set to 0 (``make("scales")`` overflows fp16)."""
+    return v.masked_fill(~torch.isfinite(v), 0)
+
+
+def every_16bit_value(dtype: torch.dtype, below: float | None = None) -> torch.Tensor:
+    """Every bit pattern of the 16-bit float ``dtype``: every magnitude, both signs, +-0,
+    subnormals, +-inf and every NaN payload; with ``below``, 0 for every |v| >= below, NaN, inf."""
+    v = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    return v if below is None else v.masked_fill(~(v.float().abs() < below), 0)
+
+
 def encode(impl, v, fmt, scale=1.0, seed=None):
     return IMPLS[impl].float_encode(v, fmt.exponent, fmt.mantissa, fmt.bias, scale, -1 if seed is None else seed)
 
@@ -145,8 +157,7 @@ def test_reference_decodes_every_code(fmt):
 @given(n=st.integers(0, 300_000), kind=st.sampled_from(FINITE_KINDS), fmt=st.sampled_from(FORMATS),
        dtype=st.sampled_from(DTYPES), stochastic=st.booleans(), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**40))
 def test_float_encode_matches_reference(impl, n, kind, fmt, dtype, stochastic, scale, seed):
-    v = make(kind, n, seed % 2**31, dtype)
-    v = v.masked_fill(~torch.isfinite(v), 0)  # "scales" overflows fp16
+    v = finite(make(kind, n, seed % 2**31, dtype))
     args = (fmt, scale, seed if stochastic else None)
     assert torch.equal(encode(impl, v, *args), encode("torch", v, *args))
 
@@ -159,6 +170,20 @@ def test_float_encode_matches_reference_at_ties_and_edges(impl, fmt):
         assert torch.equal(encode(impl, x, fmt, 1.0, seed), encode("torch", x, fmt, 1.0, seed))
         y = x[::3].bfloat16()  # non-contiguous, low precision, scaled
         assert torch.equal(encode(impl, y, fmt, 2.0, seed), encode("torch", y, fmt, 2.0, seed))
+
+
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_input_encodes_as_its_fp32_value(impl, dtype):
+    """Every fp16/bf16 value below 2^100 (all finite fp16) gives the codes of its exact fp32 value,
+    at scales whose quotient v / scale leaves the fp16 range (it is computed in fp32) or
+    underflows it. (bf16 beyond 2^100 over 1e-3 overflows fp32 and raises, as it should.)"""
+    v = every_16bit_value(dtype, below=2.0**100).view(2, -1).t()  # non-contiguous
+    for fmt in FORMATS[:4]:
+        for scale in (1e-3, 0.37, 3e3):
+            for seed in (None, 7):
+                assert torch.equal(encode(impl, v, fmt, scale, seed), encode(impl, v.float(), fmt, scale, seed)), \
+                    (fmt, scale, seed)
 
 
 @pytest.mark.parametrize("impl", OTHERS)

@@ -1,7 +1,8 @@
 """The CUDA kernels (csrc/cuda/). Everywhere nvcc is installed: every .cu compiles for sm_90 (so
 CUDA code cannot rot on CPU-only CI). On a GPU with the extension built for it: every op gives the
 reference's result (on CPU copies) bit for bit, on the inputs the CPU kernel tests use, passes
-opcheck, and DDP trains with CUDA tensors on gloo."""
+opcheck, and DDP trains with CUDA tensors on gloo. The tests parametrized by ``device`` also run
+on the CPU (the CPU kernels), so their inputs and checks are exercised without a GPU."""
 from __future__ import annotations
 
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_codecs import every_16bit_value, finite
 from test_kernels import DTYPES, KINDS, assert_same, make
 from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
@@ -24,6 +26,7 @@ CU_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 NVCC = shutil.which("nvcc") or (str(Path(CUDA_HOME, "bin", "nvcc")) if CUDA_HOME else None)
 ON_GPU = torch.cuda.is_available() and kernels.backend_info()["cuda_backend"] == "ext"
 gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU and the extension built with CUDA (setup.py)")
+DEVICES = ["cpu", pytest.param("cuda", marks=gpu)]
 
 
 @pytest.mark.slow
@@ -39,11 +42,11 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
     assert result.returncode == 0, result.stderr[-6000:]
 
 
-def on_both(fn: str, *args):
-    """``reference.fn`` on CPU copies and ``kernels.fn`` (the CUDA kernel) on CUDA copies of the tensor arguments."""
+def on_both(fn: str, *args, device: str = "cuda"):
+    """``reference.fn`` on CPU copies and ``kernels.fn`` (the kernel) on ``device`` copies of the tensor arguments."""
     cpu = getattr(reference, fn)(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    cuda = getattr(kernels, fn)(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
-    return cpu, cuda
+    other = getattr(kernels, fn)(*(a.to(device) if isinstance(a, torch.Tensor) else a for a in args))
+    return cpu, other
 
 
 def to_cpu(result):
@@ -74,6 +77,20 @@ def test_topk_abs_matches_the_reference_on_a_bucket(kind):
     assert_same(to_cpu(cuda), cpu)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_topk_abs_and_ef21_step_on_every_16bit_value_match_the_reference(device, dtype):
+    """Every bit pattern, NaN payloads included: the widening to fp32 must match the CPU's."""
+    x = every_16bit_value(dtype)[torch.randperm(2**16, generator=torch.Generator().manual_seed(0))]
+    h = make("normal", x.numel(), seed=1)
+    for k in (1, 100, 2000, 40_000):
+        cpu, other = on_both("topk_abs", x, k, device=device)
+        assert_same(to_cpu(other), cpu)
+        h_other = h.to(device, copy=True)  # updated in place
+        assert_same(to_cpu(kernels.ef21_topk_step(x.to(device), h_other, k)), reference.ef21_topk_step(x, h, k))
+        assert_same((h_other.cpu(),), (h,))
+
+
 @gpu
 def test_topk_abs_ties_nan_and_non_contiguous_inputs_match_the_reference():
     x = torch.tensor([1.0, -3.0, 3.0, float("nan"), float("inf"), -0.0, 0.0, 3.0] * 1000)
@@ -84,50 +101,54 @@ def test_topk_abs_ties_nan_and_non_contiguous_inputs_match_the_reference():
     assert_same(to_cpu(kernels.topk_abs(grid.cuda(), 77)), reference.topk_abs(grid, 77))
 
 
-@gpu
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
-def test_sparse_accumulate_matches_the_reference_in_rank_order(index_dtype):
+def test_sparse_accumulate_matches_the_reference_in_rank_order(index_dtype, device):
     g = torch.Generator().manual_seed(0)
     for n, m in ((10, 1000), (1_000_000, 40_000), (5, 0)):
         out = torch.randn(n, generator=g)
         values = torch.randn(m, generator=g) * torch.exp2(torch.randint(-30, 30, (m,), generator=g).float())
         indices = torch.randint(0, n, (m,), generator=g, dtype=index_dtype)  # many duplicates
-        out_cuda = out.cuda()
+        out_other = out.to(device, copy=True)  # updated in place
         reference.sparse_accumulate(out, values, indices, 0.25)
-        kernels.sparse_accumulate(out_cuda, values.cuda(), indices.cuda(), 0.25)
-        assert_same((out_cuda.cpu(),), (out,))
+        kernels.sparse_accumulate(out_other, values.to(device), indices.to(device), 0.25)
+        assert_same((out_other.cpu(),), (out,))
     with pytest.raises(IndexError, match=r"indices must lie in \[0, 5\), got \[0, 5\]"):  # checked on the host
-        kernels.sparse_accumulate(torch.zeros(5, device="cuda"), torch.ones(2, device="cuda"),
-                                  torch.tensor([0, 5], device="cuda", dtype=index_dtype))
+        kernels.sparse_accumulate(torch.zeros(5, device=device), torch.ones(2, device=device),
+                                  torch.tensor([0, 5], device=device, dtype=index_dtype))
 
 
-@gpu
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", ["fp8-152", "fp8-143-b10", "fp8-143", "fp4-121"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_float_conversion_matches_the_reference(fmt, dtype):
+def test_float_conversion_matches_the_reference(fmt, dtype, device):
     f = FloatFormat.parse(fmt)
-    for kind in (k for k in KINDS if k != "specials"):  # finite inputs
-        v = make(kind, 100_003, seed=3, dtype=dtype)
+    inputs = [finite(make(kind, 100_003, seed=3, dtype=dtype)) for kind in KINDS]  # "scales" overflows fp16
+    if dtype != torch.float32:  # every value v / 0.37 keeps finite in fp32 (it leaves fp16's range)
+        inputs.append(every_16bit_value(dtype, below=1e38))
+    for v in inputs:
         for seed in (None, 12345):
             want = reference.float_encode(v, f.exponent, f.mantissa, f.bias, 0.37, -1 if seed is None else seed)
-            assert torch.equal(kernels.float_encode(v.cuda(), f.exponent, f.mantissa, f.bias, 0.37, seed).cpu(), want)
+            assert torch.equal(kernels.float_encode(v.to(device), f.exponent, f.mantissa, f.bias, 0.37, seed).cpu(),
+                               want)
     codes = torch.arange(256, dtype=torch.uint8).repeat(50)
-    cpu, cuda = on_both("float_decode", codes, f.exponent, f.mantissa, f.bias, 0.37)
-    assert_same((cuda.cpu(),), (cpu,))
-    out = torch.empty(codes.numel(), device="cuda")
-    assert kernels.float_decode(codes.cuda(), f.exponent, f.mantissa, f.bias, 0.37, out=out) is out
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        kernels.float_encode(torch.tensor([1.0, float("nan")], device="cuda"), f.exponent, f.mantissa, f.bias)
+    cpu, other = on_both("float_decode", codes, f.exponent, f.mantissa, f.bias, 0.37, device=device)
+    assert_same((other.cpu(),), (cpu,))
+    out = torch.empty(codes.numel(), device=device)
+    assert kernels.float_decode(codes.to(device), f.exponent, f.mantissa, f.bias, 0.37, out=out) is out
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kernels.float_encode(torch.tensor([1.0, bad], dtype=dtype, device=device), f.exponent, f.mantissa, f.bias)
 
 
-@gpu
-def test_huffman_on_cuda_tensors_gives_the_reference_stream():
+@pytest.mark.parametrize("device", DEVICES)
+def test_huffman_on_device_tensors_gives_the_reference_stream(device):
     symbols = (torch.randn(1_000_000) * 20).round().clamp(-128, 127).to(torch.int16).add(128).to(torch.uint8)
     table = HuffmanTable.from_weights(np.bincount(symbols.numpy(), minlength=256) + 1.0)
-    cpu, cuda = on_both("huffman_encode", symbols, table.codes, table.lengths)
-    assert cuda.is_cuda and torch.equal(cuda.cpu(), cpu)
-    decoded = kernels.huffman_decode(cuda, symbols.numel(), table.codes.cuda(), table.lengths.cuda())
-    assert decoded.is_cuda and torch.equal(decoded.cpu(), symbols)
+    cpu, other = on_both("huffman_encode", symbols, table.codes, table.lengths, device=device)
+    assert other.device.type == device and torch.equal(other.cpu(), cpu)
+    decoded = kernels.huffman_decode(other, symbols.numel(), table.codes.to(device), table.lengths.to(device))
+    assert decoded.device.type == device and torch.equal(decoded.cpu(), symbols)
 
 
 @gpu

@@ -223,7 +223,8 @@ std::tuple<at::Tensor, at::Tensor> topk_abs_cuda(const at::Tensor& x, int64_t k)
     select_topk(AbsValue<scalar_t>{flat.const_data_ptr<scalar_t>()}, n, k, x, indices.mutable_data_ptr<int64_t>(),
                 values.mutable_data_ptr<float>());
   });
-  return {values.to(x.scalar_type()), indices};  // exact: the values came from x
+  // fp32 values are x's own bits; a 16-bit value's round trip through fp32 would quiet a signalling NaN.
+  return {x.scalar_type() == at::kFloat ? values : flat.index_select(0, indices), indices};
 }
 
 __global__ void add_at(float* h, const int64_t* index, const float* value, int64_t k) {

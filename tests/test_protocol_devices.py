@@ -1,0 +1,82 @@
+"""Every collective tensor of the hook lives on the bucket's device (NCCL refuses CPU tensors:
+clag, lag, co3 and sasg once failed on NCCL with a CPU size header).
+
+One process, a gloo group of one rank, a tiny DDP model on the CPU. The collectives are wrapped
+to record every tensor they get. A CPU-only machine has no second device, so the hook runs with
+torch's default device set to ``meta`` in the protocol layer (``exchange``): a tensor created
+there without ``device=`` (the regression) lands on ``meta`` instead of the bucket's device and is
+caught. (Only there: the mechanisms legitimately compute host-side scalars with torch.)"""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import ddp_hooks
+from ddp_hooks import protocol
+
+# name -> options: lazy triggers that stay silent (clag with a huge zeta; lag, as the same batch
+# every step leaves nothing to upload), one that fires (sasg), a variable-length coded stream
+# (co3), fixed-size payloads (ef21, ef14).
+HOOKS = {
+    "clag": {"ratio": 0.1, "zeta": 1e12},
+    "lag": {},
+    "sasg": {"ratio": 0.1},
+    "co3": {},
+    "ef21": {"ratio": 0.1},
+    "ef14": {"ratio": 0.1},
+}
+
+SILENT = ("clag", "lag")
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory) -> Iterator[None]:
+    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture
+def collectives(monkeypatch) -> list[tuple[str, torch.device, torch.dtype]]:
+    """(collective, device, dtype) of every tensor the protocol hands to a collective."""
+    seen: list[tuple[str, torch.device, torch.dtype]] = []
+
+    def recording(name: str, fn):
+        def run(*tensors, **kwargs):
+            seen.extend((name, t.device, t.dtype) for t in tensors)
+            return fn(*tensors, **kwargs)
+        return run
+
+    def under_meta(exchange):
+        def run(*args, **kwargs):
+            with torch.device("meta"):
+                return exchange(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(dist, "all_reduce", recording("all_reduce", dist.all_reduce))
+    monkeypatch.setattr(protocol, "_all_gather_single", recording("all_gather", protocol._all_gather_single))
+    for cls in (protocol.Protocol, protocol.Sized):
+        monkeypatch.setattr(cls, "exchange", under_meta(cls.exchange))
+    return seen
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_collective_tensor_lives_on_the_buckets_device(group, collectives, name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.001)  # several buckets
+    state = ddp_hooks.register(ddp, name, **HOOKS[name])
+    x, y = torch.randn(8, 16), torch.randn(8, 4)
+    for _ in range(4):  # the dense warm-up round, then compressed ones
+        nn.functional.mse_loss(ddp(x), y).backward()
+        ddp.zero_grad()
+    assert state.stats.compressed_rounds > 0
+    assert collectives, "no collective ran"
+    wrong = [c for c in collectives if c[1] != torch.device("cpu")]
+    assert not wrong, f"collective tensors off the bucket's device: {wrong}"
+    if name in SILENT:
+        assert state.stats.silent_rounds > 0, "the silent path (an empty payload, size 0) did not run"
