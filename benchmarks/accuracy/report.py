@@ -1,0 +1,89 @@
+"""Aggregate runs over seeds: the markdown table and the PNG curves."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .runner import BASELINE
+
+Record = dict[str, object]
+Key = tuple[str, str, int, str]  # task, recipe, ranks, hook
+
+
+def group(runs: list[Record]) -> dict[Key, list[Record]]:
+    """Runs by (task, recipe, ranks, hook), in first-seen order."""
+    groups: dict[Key, list[Record]] = defaultdict(list)
+    for r in runs:
+        groups[(r["task"], r["recipe"], r["ranks"], r["hook"])].append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summary(runs: list[Record]) -> list[dict[str, object]]:
+    """One row per (task, recipe, ranks, hook): mean ± std of the final metric over seeds, the
+    gap to allreduce (positive = worse than allreduce, in the metric's units), bytes / dense."""
+    groups = group(runs)
+    rows = []
+    for (task, recipe, ranks, hook), rs in groups.items():
+        mean, std = _mean_std([r["final"] for r in rs])
+        base = groups.get((task, recipe, ranks, BASELINE))
+        gap = None
+        if base:
+            base_mean = _mean_std([r["final"] for r in base])[0]
+            gap = (base_mean - mean) if rs[0]["higher_is_better"] else (mean - base_mean)
+        rows.append({"task": task, "recipe": recipe, "ranks": ranks, "hook": hook, "metric": rs[0]["metric"],
+                     "seeds": sorted(r["seed"] for r in rs), "mean": mean, "std": std, "gap": gap,
+                     "fraction_of_dense": float(np.mean([r["fraction_of_dense"] for r in rs])),
+                     "wall_s": float(np.mean([r["wall_s"] for r in rs])),
+                     "train_s": float(np.mean([r["train_s"] for r in rs]))})
+    return rows
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    lines = ["| task | metric | recipe | ranks | hook | seeds | mean ± std | gap to allreduce | bytes / dense | "
+             "wall s (train s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gap = "" if r["gap"] is None else f"{r['gap']:+.4f}"
+        lines.append(f"| {r['task']} | {r['metric']} | {r['recipe']} | {r['ranks']} | {r['hook']} | "
+                     f"{len(r['seeds'])} | {r['mean']:.4f} ± {r['std']:.4f} | {gap} | "
+                     f"{r['fraction_of_dense']:.2%} | {r['wall_s']:.1f} ({r['train_s']:.1f}) |")
+    return "\n".join(lines) + "\n\nGap: how much worse than allreduce, in the metric's units (accuracy points " \
+                              "as a fraction, or nats per byte of validation loss); negative = better.\n"
+
+
+def plots(runs: list[Record], out: Path) -> list[Path]:
+    """Per (task, ranks): metric vs step (top row) and vs bytes sent per rank (bottom row),
+    one column per recipe, mean over seeds; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group(runs)
+    written = []
+    for task, ranks in dict.fromkeys((k[0], k[2]) for k in groups):
+        recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == task and k[2] == ranks))
+        fig, axes = plt.subplots(2, len(recipes), figsize=(5 * len(recipes), 7), squeeze=False)
+        for col, recipe in enumerate(recipes):
+            for (t, rc, n, hook), rs in groups.items():
+                if (t, rc, n) != (task, recipe, ranks):
+                    continue
+                curves = np.asarray([r["curve"] for r in rs], dtype=float)  # seeds x evals x (step, metric, bytes)
+                mean = curves.mean(0)
+                axes[0, col].plot(mean[:, 0], mean[:, 1], label=hook)
+                axes[1, col].plot(mean[1:, 2], mean[1:, 1], label=hook)
+            axes[0, col].set(title=f"{task} {recipe} n={ranks}", xlabel="step", ylabel=rs[0]["metric"])
+            axes[1, col].set(xlabel="bytes sent per rank", ylabel=rs[0]["metric"], xscale="log")
+            axes[0, col].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"accuracy_{task}_n{ranks}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
