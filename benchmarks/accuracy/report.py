@@ -33,12 +33,14 @@ def summary(runs: list[Record]) -> list[dict[str, object]]:
     for (task, recipe, ranks, hook), rs in groups.items():
         mean, std = _mean_std([r["final"] for r in rs])
         base = groups.get((task, recipe, ranks, BASELINE))
-        gap = None
+        gap, relative = None, None
         if base:
             base_mean = _mean_std([r["final"] for r in base])[0]
             gap = (base_mean - mean) if rs[0]["higher_is_better"] else (mean - base_mean)
+            relative = gap / abs(base_mean)
         rows.append({"task": task, "recipe": recipe, "ranks": ranks, "hook": hook, "metric": rs[0]["metric"],
-                     "seeds": sorted(r["seed"] for r in rs), "mean": mean, "std": std, "gap": gap,
+                     "seeds": sorted(r["seed"] for r in rs), "mean": mean, "std": std,
+                     "gap": gap, "gap_relative": relative,
                      "fraction_of_dense": float(np.mean([r["fraction_of_dense"] for r in rs])),
                      "wall_s": float(np.mean([r["wall_s"] for r in rs])),
                      "train_s": float(np.mean([r["train_s"] for r in rs]))})
@@ -46,10 +48,10 @@ def summary(runs: list[Record]) -> list[dict[str, object]]:
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    lines = ["| task | metric | recipe | ranks | hook | seeds | mean ± std | gap to allreduce | bytes / dense | "
-             "wall s (train s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | recipe | ranks | hook | seeds | mean ± std | gap to allreduce (relative) | "
+             "bytes / dense | wall s (train s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        gap = "" if r["gap"] is None else f"{r['gap']:+.4f}"
+        gap = "" if r["gap"] is None else f"{r['gap']:+.4f} ({r['gap_relative']:+.1%})"
         lines.append(f"| {r['task']} | {r['metric']} | {r['recipe']} | {r['ranks']} | {r['hook']} | "
                      f"{len(r['seeds'])} | {r['mean']:.4f} ± {r['std']:.4f} | {gap} | "
                      f"{r['fraction_of_dense']:.2%} | {r['wall_s']:.1f} ({r['train_s']:.1f}) |")

@@ -157,5 +157,5 @@ def execute(task: Task, data: Data, workers: int, runs: list[Run], progress: tup
     """``runs`` on ``workers`` ranks in one spawn; one record per run (rank 0's, which has the curve)."""
     results = run_ranks(_rank_main, workers, task, data, runs, progress)[0]
     return [{"task": task.name, "task_config": repr(task), "metric": task.metric,
-             "higher_is_better": task.higher_is_better, "ranks": workers, **dataclasses.asdict(run), **r}
+             "higher_is_better": task.higher_is_better, "chance": task.chance, "ranks": workers, **dataclasses.asdict(run), **r}
             for run, r in zip(runs, results)]

@@ -268,5 +268,5 @@ TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A())}
 QUICK: dict[str, dict[str, object]] = {
     "stdlib_lm": dict(steps=60, eval_every=20, train_bytes=200_000, val_bytes=20_000, val_windows=32),
     "digits_cnn": dict(steps=60, eval_every=20),
-    "a9a_mlp": dict(steps=60, eval_every=20),
+    "a9a_mlp": dict(steps=150, eval_every=50),
 }
