@@ -156,6 +156,6 @@ def execute(task: Task, data: Data, workers: int, runs: list[Run], progress: tup
             ) -> list[dict[str, object]]:
     """``runs`` on ``workers`` ranks in one spawn; one record per run (rank 0's, which has the curve)."""
     results = run_ranks(_rank_main, workers, task, data, runs, progress)[0]
-    return [{"task": task.name, "task_config": repr(task), "metric": task.metric,
-             "higher_is_better": task.higher_is_better, "chance": task.chance, "ranks": workers, **dataclasses.asdict(run), **r}
+    return [{"task": task.name, "task_config": repr(task), "metric": task.metric, "chance": task.chance,
+             "higher_is_better": task.higher_is_better, "ranks": workers, **dataclasses.asdict(run), **r}
             for run, r in zip(runs, results)]
