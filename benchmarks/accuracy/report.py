@@ -71,6 +71,7 @@ def plots(runs: list[Record], out: Path) -> list[Path]:
     written = []
     for task, ranks in dict.fromkeys((k[0], k[2]) for k in groups):
         recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == task and k[2] == ranks))
+        metric = next(rs[0]["metric"] for k, rs in groups.items() if k[0] == task)
         fig, axes = plt.subplots(2, len(recipes), figsize=(5 * len(recipes), 7), squeeze=False)
         for col, recipe in enumerate(recipes):
             for (t, rc, n, hook), rs in groups.items():
@@ -80,8 +81,8 @@ def plots(runs: list[Record], out: Path) -> list[Path]:
                 mean = curves.mean(0)
                 axes[0, col].plot(mean[:, 0], mean[:, 1], label=hook)
                 axes[1, col].plot(mean[1:, 2], mean[1:, 1], label=hook)
-            axes[0, col].set(title=f"{task} {recipe} n={ranks}", xlabel="step", ylabel=rs[0]["metric"])
-            axes[1, col].set(xlabel="bytes sent per rank", ylabel=rs[0]["metric"], xscale="log")
+            axes[0, col].set(title=f"{task} {recipe} n={ranks}", xlabel="step", ylabel=metric)
+            axes[1, col].set(xlabel="bytes sent per rank", ylabel=metric, xscale="log")
             axes[0, col].legend(fontsize=7)
         fig.tight_layout()
         path = out / f"accuracy_{task}_n{ranks}.png"
