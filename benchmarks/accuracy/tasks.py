@@ -267,6 +267,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A())}
 # --quick: about a minute for allreduce and ef21 on all three tasks at 2 ranks
 QUICK: dict[str, dict[str, object]] = {
     "stdlib_lm": dict(steps=60, eval_every=20, train_bytes=200_000, val_bytes=20_000, val_windows=32),
-    "digits_cnn": dict(steps=60, eval_every=20),
+    "digits_cnn": dict(steps=150, eval_every=50),
     "a9a_mlp": dict(steps=150, eval_every=50),
 }
