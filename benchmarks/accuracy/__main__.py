@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         runs.extend(execute(task, data[task.name], ranks, chunk, (finished, total, t0)))
         finished += len(chunk)
         write(args.out, runs, vars(args))
+    if not plan and runs:  # nothing left to run (--resume): render the kept runs again
+        write(args.out, runs, vars(args))
     print(markdown(summary(runs)))
 
 

@@ -25,22 +25,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def _finite(rs: list[Record]) -> list[float]:
+    """Final metrics of the runs that did not diverge (a NaN or infinite loss)."""
+    return [r["final"] for r in rs if np.isfinite(r["final"])]
+
+
 def summary(runs: list[Record]) -> list[dict[str, object]]:
-    """One row per (task, recipe, ranks, hook): mean ± std of the final metric over seeds, the
-    gap to allreduce (positive = worse than allreduce, in the metric's units), bytes / dense."""
+    """One row per (task, recipe, ranks, hook), sorted by task, recipe and ranks: mean ± std of
+    the final metric over the seeds that did not diverge, the gap to allreduce (positive = worse
+    than allreduce, in the metric's units, and relative to allreduce), bytes / dense."""
     groups = group(runs)
+    order = {name: i for i, name in enumerate(dict.fromkeys(x for k in groups for x in k[:2]))}
     rows = []
-    for (task, recipe, ranks, hook), rs in groups.items():
-        mean, std = _mean_std([r["final"] for r in rs])
-        base = groups.get((task, recipe, ranks, BASELINE))
+    for (task, recipe, ranks, hook), rs in sorted(groups.items(), key=lambda g: (order[g[0][0]], order[g[0][1]],
+                                                                                   g[0][2])):
+        finite, base = _finite(rs), _finite(groups.get((task, recipe, ranks, BASELINE), []))
+        mean, std = _mean_std(finite) if finite else (float("nan"), float("nan"))
         gap, relative = None, None
-        if base:
-            base_mean = _mean_std([r["final"] for r in base])[0]
+        if finite and base:
+            base_mean = _mean_std(base)[0]
             gap = (base_mean - mean) if rs[0]["higher_is_better"] else (mean - base_mean)
             relative = gap / abs(base_mean)
         rows.append({"task": task, "recipe": recipe, "ranks": ranks, "hook": hook, "metric": rs[0]["metric"],
-                     "seeds": sorted(r["seed"] for r in rs), "mean": mean, "std": std,
-                     "gap": gap, "gap_relative": relative,
+                     "seeds": sorted(r["seed"] for r in rs), "diverged": len(rs) - len(finite), "mean": mean,
+                     "std": std, "gap": gap, "gap_relative": relative,
                      "fraction_of_dense": float(np.mean([r["fraction_of_dense"] for r in rs])),
                      "wall_s": float(np.mean([r["wall_s"] for r in rs])),
                      "train_s": float(np.mean([r["train_s"] for r in rs]))})
@@ -52,11 +60,13 @@ def markdown(rows: list[dict[str, object]]) -> str:
              "bytes / dense | wall s (train s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gap = "" if r["gap"] is None else f"{r['gap']:+.4f} ({r['gap_relative']:+.1%})"
-        lines.append(f"| {r['task']} | {r['metric']} | {r['recipe']} | {r['ranks']} | {r['hook']} | "
-                     f"{len(r['seeds'])} | {r['mean']:.4f} ± {r['std']:.4f} | {gap} | "
-                     f"{r['fraction_of_dense']:.2%} | {r['wall_s']:.1f} ({r['train_s']:.1f}) |")
-    return "\n".join(lines) + "\n\nGap: how much worse than allreduce, in the metric's units (accuracy points " \
-                              "as a fraction, or nats per byte of validation loss); negative = better.\n"
+        seeds = f"{len(r['seeds'])}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+        value = "diverged" if r["diverged"] == len(r["seeds"]) else f"{r['mean']:.4f} ± {r['std']:.4f}"
+        lines.append(f"| {r['task']} | {r['metric']} | {r['recipe']} | {r['ranks']} | {r['hook']} | {seeds} | "
+                     f"{value} | {gap} | {r['fraction_of_dense']:.2%} | {r['wall_s']:.1f} ({r['train_s']:.1f}) |")
+    return "\n".join(lines) + "\n\nGap: how much worse than allreduce, in the metric's units (accuracy as a " \
+                              "fraction, or nats per byte of validation loss); negative = better. Mean ± std over " \
+                              "the seeds that did not diverge (NaN loss).\n"
 
 
 def plots(runs: list[Record], out: Path) -> list[Path]:
