@@ -71,29 +71,37 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 def plots(runs: list[Record], out: Path) -> list[Path]:
     """Per (task, ranks): metric vs step (top row) and vs bytes sent per rank (bottom row),
-    one column per recipe, mean over seeds; returns the files written."""
+    one column per recipe, mean over the seeds that did not diverge; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = group(runs)
+    hooks = list(dict.fromkeys(k[3] for k in groups))
     written = []
     for task, ranks in dict.fromkeys((k[0], k[2]) for k in groups):
         recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == task and k[2] == ranks))
-        metric = next(rs[0]["metric"] for k, rs in groups.items() if k[0] == task)
+        first = next(rs[0] for k, rs in groups.items() if k[0] == task)
+        metric, higher, start = first["metric"], first["higher_is_better"], first["curve"][0][1]
         fig, axes = plt.subplots(2, len(recipes), figsize=(5 * len(recipes), 7), squeeze=False)
         for col, recipe in enumerate(recipes):
             for (t, rc, n, hook), rs in groups.items():
                 if (t, rc, n) != (task, recipe, ranks):
                     continue
-                curves = np.asarray([r["curve"] for r in rs], dtype=float)  # seeds x evals x (step, metric, bytes)
-                mean = curves.mean(0)
-                axes[0, col].plot(mean[:, 0], mean[:, 1], label=hook)
-                axes[1, col].plot(mean[1:, 2], mean[1:, 1], label=hook)
+                finite = [r["curve"] for r in rs if np.isfinite(r["final"])]
+                if not finite:
+                    continue
+                mean = np.asarray(finite, dtype=float).mean(0)  # evals x (step, metric, bytes)
+                color = plt.cm.tab20(hooks.index(hook) % 20)  # one color per hook in every panel
+                axes[0, col].plot(mean[:, 0], mean[:, 1], label=hook, color=color)
+                axes[1, col].plot(mean[1:, 2], mean[1:, 1], label=hook, color=color)
             axes[0, col].set(title=f"{task} {recipe} n={ranks}", xlabel="step", ylabel=metric)
             axes[1, col].set(xlabel="bytes sent per rank", ylabel=metric, xscale="log")
             axes[0, col].legend(fontsize=7)
+            if not higher:  # a loss: keep runs that blew up before diverging from flattening the rest
+                for ax in axes[:, col]:
+                    ax.set_ylim(top=start * 1.05)
         fig.tight_layout()
         path = out / f"accuracy_{task}_n{ranks}.png"
         fig.savefig(path, dpi=90)
