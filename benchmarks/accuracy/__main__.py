@@ -1,6 +1,6 @@
 """Accuracy of threepc hooks against DDP's allreduce under users' training recipes.
 
-    python -m benchmarks.accuracy                     # the full suite (hours on 2 cores)
+    python -m benchmarks.accuracy                     # the full suite: 288 runs, about 2 h on 2 cores
     python -m benchmarks.accuracy --quick             # about a minute (CI)
     python -m benchmarks.accuracy --tasks digits_cnn --recipes adamw --hooks allreduce ef21 "co3:fmt=fp4-121"
 
