@@ -1,0 +1,161 @@
+"""Training runs on localhost gloo ranks: one run = (task, recipe, hook, ranks, seed).
+
+Runs of one task and rank count go to the ranks in chunks (one spawn per chunk, the task's
+data pickled once per chunk); every run builds a fresh model from ``torch.manual_seed(seed)``,
+so all hooks of one seed start from the same weights and see the same minibatches. Rank 0
+evaluates the metric every ``task.eval_every`` steps and prints a progress line with an ETA.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+import ddp_hooks
+from ddp_hooks.launch import run_ranks
+
+from .recipes import RECIPES
+from .tasks import Data, Task
+
+BASELINE = "allreduce"
+
+
+def parse_hook(spec: str) -> tuple[str, dict[str, object]]:
+    """``"co3:fmt=fp4-121,gamma=1.0"`` -> ("co3", {"fmt": "fp4-121", "gamma": 1.0})."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"hook option {item!r} of {spec!r} is not KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a plain string such as fp4-121
+    return name, options
+
+
+def hook_names() -> list[str]:
+    from .experimental import EXPERIMENTAL
+
+    return [BASELINE, "fp16", *sorted(ddp_hooks.MECHANISMS), *sorted(EXPERIMENTAL)]
+
+
+def check_hook(spec: str) -> None:
+    """Raise ValueError for an unknown name or options the hook does not take (before spawning)."""
+    from .experimental import EXPERIMENTAL
+
+    name, options = parse_hook(spec)
+    if name in (BASELINE, "fp16"):
+        if options:
+            raise ValueError(f"{name} takes no options")
+    elif name in EXPERIMENTAL:
+        EXPERIMENTAL[name].check(**options)
+    else:
+        ddp_hooks.mechanism(name, **options)
+
+
+@dataclass(frozen=True)
+class Run:
+    recipe: str
+    hook: str  # a spec for parse_hook
+    seed: int
+
+
+def _register(ddp: nn.parallel.DistributedDataParallel, spec: str) -> Callable[[], int] | None:
+    """Register ``spec`` on ``ddp``; returns a function giving this rank's bytes sent so far
+    (None for the dense hooks, whose bytes are counted from the parameter sizes)."""
+    from .experimental import EXPERIMENTAL
+
+    name, options = parse_hook(spec)
+    if name == BASELINE:
+        return None
+    if name == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    state = EXPERIMENTAL[name].register(ddp, **options) if name in EXPERIMENTAL else \
+        ddp_hooks.register(ddp, name, **options)
+    return lambda: state.stats.total_sent
+
+
+def _train(rank: int, workers: int, task: Task, data: Data, run: Run) -> dict[str, object]:
+    torch.manual_seed(run.seed)
+    model = task.model()
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
+    sent = _register(ddp, run.hook)
+    recipe = RECIPES[run.recipe]
+    params = list(ddp.parameters())
+    opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
+    dense_per_step = sum(p.numel() * p.element_size() for p in params)
+    per_step = dense_per_step // 2 if parse_hook(run.hook)[0] == "fp16" else dense_per_step
+    gen = torch.Generator().manual_seed(run.seed * 1000 + rank)
+    curve: list[tuple[int, float, int]] = []
+    eval_s = 0.0
+
+    def record(step: int) -> None:
+        nonlocal eval_s
+        if rank == 0:
+            t = time.perf_counter()
+            model.eval()
+            curve.append((step, task.evaluate(model, data), sent() if sent else per_step * step))
+            model.train()
+            eval_s += time.perf_counter() - t
+
+    start = time.perf_counter()
+    record(0)
+    for step in range(1, task.steps + 1):
+        x, y = task.batch(data, rank, workers, gen)
+        opt.zero_grad(set_to_none=True)
+        task.loss(ddp, x, y).backward()
+        recipe.clip_gradients(params)
+        opt.step()
+        schedule.step()
+        if step % task.eval_every == 0 or step == task.steps:
+            record(step)
+    wall = time.perf_counter() - start
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    replicas = [torch.empty_like(flat) for _ in range(workers)]
+    dist.all_gather(replicas, flat)
+    bytes_sent = sent() if sent else per_step * task.steps
+    return {"final": curve[-1][1] if curve else None, "curve": curve, "bytes_sent": bytes_sent,
+            "bytes_dense": dense_per_step * task.steps, "fraction_of_dense": bytes_sent / (dense_per_step * task.steps),
+            "wall_s": wall, "train_s": wall - eval_s, "params": flat.numel(),
+            "replicas_identical": all(torch.equal(r, flat) for r in replicas)}
+
+
+def _rank_main(rank: int, workers: int, task: Task, data: Data, runs: list[Run],
+               progress: tuple[int, int, float]) -> list[dict[str, object]]:
+    done, total, t0 = progress
+    results = []
+    for run in runs:
+        result = _train(rank, workers, task, data, run)
+        results.append(result)
+        done += 1
+        if rank == 0:
+            elapsed = time.time() - t0
+            eta = elapsed / done * (total - done)
+            print(f"[{done}/{total}] {task.name} n={workers} {run.recipe} {run.hook} seed {run.seed}: "
+                  f"{task.metric} {result['final']:.4f}, {result['fraction_of_dense']:.2%} of dense, "
+                  f"{result['wall_s']:.1f} s | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
+    return results
+
+
+def chunks(runs: list[Run], size: int) -> Iterator[list[Run]]:
+    for i in range(0, len(runs), size):
+        yield runs[i:i + size]
+
+
+def execute(task: Task, data: Data, workers: int, runs: list[Run], progress: tuple[int, int, float]
+            ) -> list[dict[str, object]]:
+    """``runs`` on ``workers`` ranks in one spawn; one record per run (rank 0's, which has the curve)."""
+    results = run_ranks(_rank_main, workers, task, data, runs, progress)[0]
+    return [{"task": task.name, "task_config": repr(task), "metric": task.metric, "chance": task.chance,
+             "higher_is_better": task.higher_is_better, "ranks": workers, **dataclasses.asdict(run), **r}
+            for run, r in zip(runs, results)]

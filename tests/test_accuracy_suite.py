@@ -1,0 +1,38 @@
+"""The accuracy suite's --quick configuration end to end (by subprocess: tests do not import
+benchmarks/): output files, one record per run, and dense allreduce learning every task."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_results_and_allreduce_learns(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ETA" in done.stdout
+    results = json.loads((tmp_path / "accuracy.json").read_text())
+    runs = results["runs"]
+    assert {(r["task"], r["hook"]) for r in runs} == {
+        (t, h) for t in ("stdlib_lm", "digits_cnn", "a9a_mlp") for h in ("allreduce", "ef21")}
+    for r in runs:
+        assert r["replicas_identical"]
+        assert [c[0] for c in r["curve"]][0] == 0 and r["curve"][-1][1] == r["final"]
+        assert r["wall_s"] > 0 and r["bytes_sent"] > 0
+        dense = r["hook"] == "allreduce"
+        assert r["fraction_of_dense"] == pytest.approx(1.0) if dense else r["fraction_of_dense"] < 0.1
+        if dense:  # learns: better than chance by a margin
+            margin = 1.0 if r["task"] == "stdlib_lm" else 0.03
+            better = r["final"] - r["chance"] if r["higher_is_better"] else r["chance"] - r["final"]
+            assert better > margin, (r["task"], r["final"], r["chance"])
+    table = (tmp_path / "accuracy.md").read_text()
+    assert table.count("| allreduce |") == 3 and "gap to allreduce" in table
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "accuracy_a9a_mlp_n2.png", "accuracy_digits_cnn_n2.png", "accuracy_stdlib_lm_n2.png"]
