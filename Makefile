@@ -15,7 +15,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q numpy numba matplotlib pytest pytest-benchmark hypothesis ninja "setuptools>=77" wheel
+	$(BIN)/python -m pip install -q numpy numba matplotlib scikit-learn pytest pytest-benchmark hypothesis ninja "setuptools>=77" wheel
 
 # First time: the editable install (it builds the extension in place). Later: an incremental
 # (ninja) rebuild in build/, where only changed sources recompile.

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch.nn.parallel import DistributedDataParallel
 
-from .registry import register
+from .registry import DEFAULT, register
 from .state import ThreePCState
 
 try:
@@ -33,7 +33,7 @@ class ThreePCCallback(Callback):
     yourself to carry it over.
     """
 
-    def __init__(self, name: str = "ef21", **options: object) -> None:
+    def __init__(self, name: str = DEFAULT, **options: object) -> None:
         super().__init__()
         self.name = name
         self.options = options

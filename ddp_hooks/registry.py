@@ -13,6 +13,10 @@ from .state import ThreePCState
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
 MECHANISMS: dict[str, Entry] = {name: e for name, e in REGISTRY.items() if e.ddp}
+# register(ddp) with no name: classic error feedback over Top-K 1%, the Top-K hook that held accuracy
+# best under users' own recipes (momentum SGD, AdamW with warm-up and cosine, clipping) in
+# benchmarks/results/accuracy.md; EF21 at 1% lost up to 0.46 nats on the LM there
+DEFAULT = "ef14"
 
 
 def mechanism(name: str, **options: object) -> Mechanism:
@@ -24,11 +28,12 @@ def mechanism(name: str, **options: object) -> Mechanism:
     return found(**options)
 
 
-def register(ddp: nn.parallel.DistributedDataParallel, name: str = "ef21", *, warmup_steps: int = 1,
+def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None,
              **options: object) -> ThreePCState:
-    """Register the threepc hook ``name`` on ``ddp`` and return its state. The hook communicates
-    in ``ddp``'s own process group unless ``process_group`` is given.
+    """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%) on ``ddp`` and
+    return its state. The hook communicates in ``ddp``'s own process group unless
+    ``process_group`` is given.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
         >>> state.stats.summary()["fraction_of_dense"]

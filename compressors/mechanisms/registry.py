@@ -127,8 +127,8 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
 
 CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk"),
                                 "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
-                                "SharedTopK (the aggregate's top entries plus shared random ones, values only: "
-                                "one allreduce)")
+                                "SharedTopK (experimental: the aggregate's top entries plus shared random ones, "
+                                "values only, one allreduce; diverged with EF14 under momentum, see the README)")
 UNBIASED = ("randk", "randk_shared", "permk")
 
 
