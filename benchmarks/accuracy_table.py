@@ -11,7 +11,9 @@ allreduce, and the hooks' bytes sent per rank as a fraction of dense.
 from __future__ import annotations
 
 import argparse
+import time
 
+from benchmarks.progress import report
 from ddp_hooks.testbed import TrainConfig, load_a9a, train
 
 
@@ -25,8 +27,11 @@ def main() -> None:
     data = load_a9a()
     print("| ranks | momentum | allreduce | EF21 | gap (pp) | EF21-SGDM | gap (pp) | bytes / dense |")
     print("|---|---|---|---|---|---|---|---|")
+    started, total = time.time(), len(args.workers) * len(args.momentum)
     for workers in args.workers:
         for beta in args.momentum:
+            report(args.workers.index(workers) * len(args.momentum) + args.momentum.index(beta), total, started,
+                   f"{workers} ranks, momentum {beta}")
             config = dict(workers=workers, epochs=args.epochs, ratio=args.ratio)
             dense = train(TrainConfig(hook="allreduce", lr=0.1, momentum=beta, **config), data)[0]
             ef21 = train(TrainConfig(hook="ef21", lr=0.1, momentum=beta, **config), data)[0]

@@ -10,6 +10,9 @@ header and padding all counted) and the fraction of dense fp32 bytes. ``fp16`` i
 """
 from __future__ import annotations
 
+import time
+
+from benchmarks.progress import report
 from benchmarks.demo import table_baseline
 from ddp_hooks.testbed import TrainConfig, train
 
@@ -39,7 +42,9 @@ def main() -> None:
     print(f"allreduce (fp32): test accuracy {dense['final_accuracy']:.4f} after {dense['steps']} steps")
     print("| hook | test accuracy | gap (pp) | bits / value | bytes / dense |")
     print("|---|---|---|---|---|")
-    for name, (hook, options) in ROWS.items():
+    started = time.time()
+    for i, (name, (hook, options)) in enumerate(ROWS.items()):
+        report(i, len(ROWS), started, name)
         r = train(TrainConfig(hook=hook, options=options, **base), data)[0]
         fraction = r["stats"]["fraction_of_dense"] if r["stats"] else 0.5
         print(f"| {name} | {r['final_accuracy']:.4f} | {100 * (dense['final_accuracy'] - r['final_accuracy']):+.2f} | "

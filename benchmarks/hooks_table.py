@@ -10,6 +10,9 @@ design point, and compared by training loss.
 """
 from __future__ import annotations
 
+import time
+
+from benchmarks.progress import report
 from benchmarks.demo import table_baseline
 from ddp_hooks.testbed import TrainConfig, train
 
@@ -26,7 +29,9 @@ def main() -> None:
     print(f"allreduce: test accuracy {dense['final_accuracy']:.4f}")
     print("| hook | options | test accuracy | gap (pp) | bytes / dense |")
     print("|---|---|---|---|---|")
-    for hook, options in MINIBATCH.items():
+    started = time.time()
+    for i, (hook, options) in enumerate(MINIBATCH.items()):
+        report(i, len(MINIBATCH), started, hook)
         lr = 1.0 if hook == "ef21_sgdm" else 0.1  # eta = 0.1: lr / eta keeps the step of heavy-ball 0.9
         r = train(TrainConfig(hook=hook, options=options, **{**base, "lr": lr}), data)[0]
         acc = r["final_accuracy"]

@@ -16,8 +16,10 @@ EF21 at equal final accuracy (the README's lazy tables).
 from __future__ import annotations
 
 import argparse
+import time
 from functools import partial
 
+from benchmarks.progress import report
 from ddp_hooks.testbed import TrainConfig, load_a9a, train
 from ddp_hooks.harness import problem, run_ddp
 from compressors.mechanisms.registry import build
@@ -60,7 +62,9 @@ def demo_table(workers: int, target: float) -> None:
     print("| hook | steps to target | bytes / dense to target | final accuracy | bytes / dense, whole run | "
           "skip rate |")
     print("|---|---|---|---|---|---|")
-    for name, (hook, options) in DEMO.items():
+    started = time.time()
+    for i, (name, (hook, options)) in enumerate(DEMO.items()):
+        report(i, len(DEMO), started, name)
         r = train(TrainConfig(hook=hook, options=options, workers=workers, epochs=EPOCHS, eval_every=EVAL_EVERY),
                   data)[0]
         dense_per_step = r["history"][-1]["bytes_dense"] / r["steps"]
