@@ -173,7 +173,8 @@ class ThreePCState:
         self.iteration += 1
         self.stats.steps = self.iteration
         if self.log_every and self.iteration % self.log_every == 0:
-            logger.info("threepc rank %d %r iteration %d: %s", self.group.rank(), self.mechanism, self.iteration,
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            logger.info("threepc rank %d %r iteration %d: %s", rank, self.mechanism, self.iteration,
                         self.stats.summary())
 
     # -- checkpoints ----------------------------------------------------------------------
