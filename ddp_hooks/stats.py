@@ -10,9 +10,11 @@ class CommStats:
     """What this rank has sent, in bytes, by kind, against dense (allreduce) training.
 
     ``sent`` counts the bytes this rank contributes to collectives: compressed payload parts
-    (e.g. ``values``, ``indices``), ``header`` (one int32 per rank and round when payloads may
-    be empty or vary in size) and ``padding`` (fill up to the longest payload of the round),
-    and ``dense`` for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
+    (e.g. ``values``, ``indices``), ``header`` (two int32 per rank and round when payloads may
+    be empty or vary in size: the size and the flags) and ``padding`` (fill up to the longest payload of the round),
+    ``flags`` (two fp32 per round of fixed-size payloads: whether this rank saw a non-finite
+    gradient, whether it failed), ``checks`` (the configuration and replica checks' hashes) and ``dense``
+    for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
     with a plain allreduce of the bucket (numel x bytes per gradient element). Link traffic of
     a ring adds a factor: all_gather moves (n - 1) x payload per rank, allreduce 2(n - 1)/n x
     dense, so at n ranks the link ratio is (n / 2) x the ratio reported here.
@@ -23,6 +25,7 @@ class CommStats:
     dense_rounds: int = 0
     silent_rounds: int = 0  # compressed rounds in which this rank sent no payload (lazy triggers)
     skipped_rounds: int = 0  # compressed rounds in which no rank sent: no payload collective ran
+    nonfinite_rounds: int = 0  # rounds some rank's gradient was not finite: skipped, memories untouched
     sent: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, int] = field(default_factory=dict)  # payload collectives run, by protocol
     dense_equivalent: int = 0
@@ -46,6 +49,7 @@ class CommStats:
             "dense_rounds": self.dense_rounds,
             "skip_rate": self.silent_rounds / self.compressed_rounds if self.compressed_rounds else 0.0,
             "skipped_rounds": self.skipped_rounds,
+            "nonfinite_rounds": self.nonfinite_rounds,
             "bytes_sent": dict(self.sent),
             "collectives": dict(self.collectives),
             "bytes_sent_total": total,
