@@ -21,15 +21,19 @@ count, bucket state present, shared coins) are the same on every rank.
 
 Failures are agreed, never local. A rank whose gradient (or payload) is not finite, or whose
 mechanism raised, sends a blank payload with its ``protocol.Flags``; every rank reads the flags
-from the same collective, restores the worker memory it had before the round, leaves the
-aggregate as it was, and then either returns NaN (``nonfinite="propagate"``: GradScaler skips
-the step) or fails the future it returned to DDP with the same ``ThreePCError``. Errors reach
-DDP only through the future (raised from ``backward()`` on every rank): an exception raised in
-the hook itself would leave DDP's reducer unusable.
+from the same collective and either returns NaN for that bucket (``nonfinite="propagate"``:
+GradScaler skips the whole step) or fails the future it returned to DDP with the same
+``ThreePCError``. An iteration is a transaction (``_Iteration``): each round keeps a copy of
+the worker memory it steps and of the aggregate it updates until every bucket of the iteration
+has completed; then all rounds commit, or, if any round was flagged, all roll back, so that a
+skipped step leaves every memory (and the history of moves) as it was. Errors reach DDP only
+through the future (raised from ``backward()`` on every rank): an exception raised in the hook
+itself would leave DDP's reducer unusable.
 
 This module keeps real (not postponed) annotations: DDP checks that the hook's ``bucket``
 parameter is annotated ``dist.GradBucket`` and its result ``Future[Tensor]``.
 """
+import threading
 import warnings
 
 import torch
@@ -90,6 +94,8 @@ class _Round:
         proto = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
                                 group=group, stats=state.stats)
         self.saved: dict[str, Tensor] | None = None  # the worker memory before step()
+        self.server: dict[str, Tensor] | None = None  # the aggregate before aggregate()
+        self.refused = False  # some rank flagged the round
         self.error: Exception | None = None
         self.local = ""  # what this rank saw (for the error message)
         flags = Flags()
@@ -116,25 +122,34 @@ class _Round:
         return f"non-finite gradient in {bad}"
 
     def restore(self) -> None:
-        """Undo this rank's step: the worker memory as before the round (a dense round's new
-        state is simply never installed)."""
+        """Undo this round: the worker memory and the aggregate as before it (a dense round's
+        new state is simply never installed)."""
         if self.saved is not None:
             self.worker.memory = type(self.worker.memory).of(self.saved)
-            self.saved = None
+        if self.server is not None:
+            self.bucket.server = self.server
+        self.saved = self.server = None
+
+    def commit(self) -> None:
+        """Keep this round (every round of the iteration succeeded on every rank)."""
+        if self.dense:
+            self.state.install(self.bucket)
+        self.state.record_moves(self.bucket)
+        self.saved = self.server = None
 
     def finish(self) -> Tensor | str:
         """After the exchange: the unit's new g, or NaN for a skipped round, or the message of a
         failure every rank raises."""
         payloads, flags = self.exchange.read()
         if any(flags):
+            self.refused = True
             self.restore()
             return self._refuse(flags)
         if self.dense:
             self.bucket.server = self.worker.start(payloads, self.rnd)
-            self.state.install(self.bucket)
         elif payloads is not None:  # None: every rank stayed silent, g is unchanged
+            self.server = {k: t.clone() for k, t in self.bucket.server.items()}
             self.worker.aggregate(self.bucket.server, payloads, self.rnd)
-        self.state.record_moves(self.bucket)
         return self.bucket.server["g"]
 
     def _refuse(self, flags: Flags) -> Tensor | str:
@@ -151,6 +166,52 @@ class _Round:
                     f"{mine} (nonfinite='raise')")
         state.stats.nonfinite_rounds += 1
         return torch.full_like(self.grad, float("nan"), dtype=torch.float32)
+
+
+class _Iteration:
+    """The rounds of one iteration: committed together once every bucket completed, or all
+    rolled back if any round failed or was flagged on any rank."""
+
+    def __init__(self) -> None:
+        self.rounds: list[_Round] = []
+        self.futures: list[Future] = []
+        self.pending, self.closed, self.failed = 0, False, False
+        self.lock = threading.Lock()
+
+    def add(self, rounds: list[_Round], future: Future) -> None:
+        """A bucket's rounds, issued; ``settle`` follows when ``future`` completes."""
+        with self.lock:
+            self.rounds += rounds
+            self.futures.append(future)
+            self.pending += 1
+
+    def wait(self) -> None:
+        """Until every bucket settled (DDP stops waiting at the first bucket that raised);
+        never from a callback."""
+        for f in self.futures:
+            try:
+                f.wait()
+            except Exception:  # noqa: BLE001, S110 - DDP has raised it already
+                pass
+
+    def close(self) -> None:
+        """The last bucket of the iteration was issued."""
+        with self.lock:
+            self.closed = True
+            self._end(False)
+
+    def settle(self, failed: bool) -> None:
+        """A bucket completed (``failed``: one of its rounds was refused or raised)."""
+        with self.lock:
+            self.pending -= 1
+            self._end(failed)
+
+    def _end(self, failed: bool) -> None:
+        self.failed |= failed
+        if self.closed and self.pending == 0:
+            for r in self.rounds:
+                r.restore() if self.failed else r.commit()
+            self.rounds = []
 
 
 def _warn_if_larger_than_dense(state: ThreePCState, spec: list[PartSpec], grad: Tensor) -> None:
@@ -174,6 +235,10 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         >>> ddp_model.register_comm_hook(state, threepc_hook)
     """
     grad, params = bucket.buffer(), bucket.parameters()
+    iteration = state.transaction
+    if not isinstance(iteration, _Iteration) or iteration.closed:
+        state.settle()  # the last iteration's rounds, if DDP raised before they all completed
+        iteration = state.transaction = _Iteration()
     try:
         state.check(grad, params, first=bucket.index() == 0)
         if grad.dtype not in _GRAD_DTYPES:
@@ -188,22 +253,37 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
                   _Round(state, [by_id[p] for p in unit], torch.cat([views[p] for p in unit]))
                   for unit in units]
     except Exception as e:  # noqa: BLE001 - raised from backward(), never from the autograd hook itself
-        return _failed(e)
+        rounds, future = [], _failed(e)
+        iteration.add(rounds, future)
+        iteration.settle(failed=True)
+    else:
+        future = collect_all([r.exchange.future for r in rounds]).then(
+            lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
+        iteration.add(rounds, future)
     if bucket.is_last():
-        state.end_iteration()
+        iteration.close()
+        if rounds:
+            state.end_iteration()
+    return future
 
-    def decode(fut: Future) -> Tensor:
+
+def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tensor, views: dict[int, Tensor],
+            whole: bool) -> Tensor:
+    """The bucket's result, once its exchanges completed (the ``.then()`` callback)."""
+    completed = False
+    try:
         for f in fut.value():
             f.value()  # re-raises a failed collective
         results = [r.finish() for r in rounds]
-        failures = [r for r in results if isinstance(r, str)]
-        if failures:
-            raise ThreePCError("; ".join(failures))
-        if whole:
-            return grad.copy_(results[0].view_as(grad))
-        for r, g in zip(rounds, results):
-            for p, part in zip(r.params, g.split([p.numel() for p in r.params])):
-                views[id(p)].copy_(part.view_as(views[id(p)]))
-        return grad
-
-    return collect_all([r.exchange.future for r in rounds]).then(decode)
+        completed = True
+    finally:
+        iteration.settle(not completed or any(r.refused for r in rounds))
+    failures = [r for r in results if isinstance(r, str)]
+    if failures:
+        raise ThreePCError("; ".join(failures))
+    if whole:
+        return grad.copy_(results[0].view_as(grad))
+    for r, g in zip(rounds, results):
+        for p, part in zip(r.params, g.split([p.numel() for p in r.params])):
+            views[id(p)].copy_(part.view_as(views[id(p)]))
+    return grad

@@ -108,7 +108,7 @@ class ThreePCState:
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
-                 "_layout", "_names", "history", "warned")
+                 "_layout", "_names", "history", "warned", "transaction")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -139,6 +139,7 @@ class ThreePCState:
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
         self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
         self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
+        self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
         self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
         if model is not None:
@@ -285,6 +286,12 @@ class ThreePCState:
             for p, g in zip(state.params, state.estimate.split(state.sizes)):
                 self.history.record(p, g)
 
+    def settle(self) -> None:
+        """Wait until every round of the last iteration committed or rolled back (when DDP
+        raised at a failed bucket, later buckets may still be completing)."""
+        if self.transaction is not None:
+            self.transaction.wait()
+
     def end_iteration(self) -> None:
         self.iteration += 1
         self.stats.steps = self.iteration
@@ -308,6 +315,7 @@ class ThreePCState:
         ``static_graph``, ``gradient_as_bucket_view``) and state, then loads its own file
         before the first forward."""
         names = self._require_names("state_dict()")
+        self.settle()
         memory: dict[str, dict[str, Tensor]] = {names[p]: {k: t.clone() for k, t in s.items()}
                                                 for p, s in self._pending.items()}
         for state in self._buckets.values():
@@ -329,6 +337,8 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
+        self.settle()
+        self.transaction = None
         self.iteration = int(state["iteration"])
         self.stats.load_state_dict(state["stats"])
         self._buckets.clear()
