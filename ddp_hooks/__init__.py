@@ -14,5 +14,5 @@ from .stale_gradients import StaleGradients
 from .state import ThreePCError, ThreePCState
 from .stats import CommStats
 
-__all__ = ["__version__", "MECHANISMS", "CommStats", "StaleGradients", "ThreePCError", "ThreePCState", "mechanism", "register",
-           "threepc_hook"]
+__all__ = ["__version__", "MECHANISMS", "CommStats", "StaleGradients", "ThreePCError", "ThreePCState", "mechanism",
+           "register", "threepc_hook"]

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
-from ddp_hooks import MECHANISMS, ThreePCError
+from ddp_hooks import MECHANISMS
 from ddp_hooks.launch import RankFailure, run_ranks
 
 pytestmark = pytest.mark.slow
@@ -414,7 +414,7 @@ def test_ranks_configured_differently_all_raise_naming_the_field(two, name):
     field = "warmup_steps" if name == "warmup_steps" else "mechanism"
     for r in two:
         outcome = r[f"mismatch {name}"]
-        _fails(outcome["first"], f"configuration differs across ranks", f"{field}: rank 0", "rank 1")
+        _fails(outcome["first"], "configuration differs across ranks", f"{field}: rank 0", "rank 1")
         _fails(outcome["again"], "configuration differs")
     if name == "3pcv5 p":
         assert "p=0.1" in two[0]["mismatch 3pcv5 p"]["first"][0] and "p=0.2" in two[0]["mismatch 3pcv5 p"]["first"][0]
