@@ -5,10 +5,10 @@
 * ``AllGather``: fixed-size payloads go into one ``all_gather``; the aggregate sees every
   rank's payload in rank order.
 * ``Sized(data)``: payloads that may be empty (a lazy trigger that did not fire) or vary in
-  length (a coded stream): a blocking ``all_gather`` of two int32 per rank (the header: the
-  payload's size, 0 = silent, and the rank's flags) comes first; if nobody sends, or some rank
-  raised a flag, no further collective runs; else the ``data`` protocol moves the payloads
-  padded to the longest (a silent rank sends zeros).
+  length (a coded stream): a blocking ``all_gather`` of one int32 per rank (the header: the
+  payload's size, 0 = silent, or a flag: -1 non-finite, -2 failed) comes first; if nobody
+  sends, or some rank raised a flag, no further collective runs; else the ``data`` protocol
+  moves the payloads padded to the longest (a silent rank sends zeros).
 
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
 header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), so
@@ -85,11 +85,12 @@ class Protocol(ABC):
                  flags: Flags = Flags()) -> Exchange:
         """Issue the collectives for this rank's ``payload`` (parts as ``spec`` declares) and
         ``flags``."""
+        self.count(payload, spec)
+        self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
         spec = [*spec, FLAGS]
         payload = Payload({**payload.parts, FLAGS.name: torch.tensor(flags, dtype=torch.float32, device=device)},
                           payload.numel)
         packed = wire.pack(payload, spec)
-        self.count(payload, spec)
         return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size())
 
     def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
@@ -138,13 +139,14 @@ class Sized(Protocol):
                  flags: Flags = Flags()) -> Exchange:
         silent = not payload.parts
         packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
-        headers = torch.zeros(2 * self.group.size(), dtype=torch.int32, device=device)
-        header = torch.tensor([packed.numel(), flags.nonfinite + 2 * flags.error], dtype=torch.int32, device=device)
+        headers = torch.zeros(self.group.size(), dtype=torch.int32, device=device)
+        header = torch.tensor([-2 if flags.error else -1 if flags.nonfinite else packed.numel()], dtype=torch.int32,
+                              device=device)  # a flagged rank sends nothing
         on_device(device, packed, headers, header)
         all_gather_single(headers, header, group=self.group)  # blocking: the sizes decide what follows
         self.stats.add("header", header.numel() * header.element_size())
-        sizes, bits = headers.view(-1, 2).t().tolist()
-        raised = Flags(sum(b & 1 for b in bits), sum(b >> 1 for b in bits))
+        headers = headers.tolist()
+        sizes, raised = [max(h, 0) for h in headers], Flags(headers.count(-1), headers.count(-2))
         self.stats.silent_rounds += silent
         width = max(sizes)
         if width == 0 or any(raised):  # nothing to send, or a round every rank skips

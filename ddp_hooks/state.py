@@ -166,7 +166,7 @@ class ThreePCState:
         return {"threepc": __version__, "mechanism": repr(self.mechanism), "warmup_steps": str(self.warmup_steps),
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
-                "bucket": f"{grad.dtype} {[tuple(p.shape) for p in params]}"}
+                "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
 
     def check(self, grad: Tensor, params: list[Tensor], first: bool) -> None:
         """Before a bucket's round: the configuration check (first round after construction or
@@ -191,7 +191,7 @@ class ThreePCState:
         mine = torch.tensor([int.from_bytes(digest[:8], "little") >> 1], dtype=torch.int64, device=device)
         hashes = mine.new_empty(n)
         all_gather_single(hashes, mine, group=group)
-        self.stats.add("checks", mine.element_size())
+        self.stats.add_control("checks", mine.element_size())
         if bool((hashes == hashes[0]).all()):
             return
         every: list[dict[str, str] | None] = [None] * n
