@@ -178,11 +178,10 @@ class _Iteration:
         self.pending, self.closed, self.failed = 0, False, False
         self.lock = threading.Lock()
 
-    def add(self, rounds: list[_Round], future: Future) -> None:
-        """A bucket's rounds, issued; ``settle`` follows when ``future`` completes."""
+    def add(self, rounds: list[_Round]) -> None:
+        """A bucket's rounds, issued; ``settle`` follows when the bucket completes."""
         with self.lock:
             self.rounds += rounds
-            self.futures.append(future)
             self.pending += 1
 
     def wait(self) -> None:
@@ -254,12 +253,13 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
                   for unit in units]
     except Exception as e:  # noqa: BLE001 - raised from backward(), never from the autograd hook itself
         rounds, future = [], _failed(e)
-        iteration.add(rounds, future)
+        iteration.add(rounds)
         iteration.settle(failed=True)
     else:
+        iteration.add(rounds)  # before the callback can settle it
         future = collect_all([r.exchange.future for r in rounds]).then(
             lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
-        iteration.add(rounds, future)
+    iteration.futures.append(future)
     if bucket.is_last():
         iteration.close()
         if rounds:
