@@ -11,8 +11,8 @@ from compressors import __version__
 from .hook import threepc_hook
 from .registry import DEFAULT, MECHANISMS, mechanism, register
 from .stale_gradients import StaleGradients
-from .state import ThreePCState
+from .state import ThreePCError, ThreePCState
 from .stats import CommStats
 
-__all__ = ["__version__", "DEFAULT", "MECHANISMS", "CommStats", "StaleGradients", "ThreePCState", "mechanism", "register",
-           "threepc_hook"]
+__all__ = ["__version__", "DEFAULT", "MECHANISMS", "CommStats", "StaleGradients", "ThreePCError", "ThreePCState",
+           "mechanism", "register", "threepc_hook"]

@@ -1,36 +1,229 @@
 """The threepc DDP communication hook: state lookup -> mechanism step -> protocol exchange ->
 aggregate.
 
-Per bucket and iteration, on every rank (rank r is worker r of the mechanism):
+Per bucket and iteration, on every rank (rank r is worker r of the mechanism), for each of the
+bucket's compression units (the bucket itself, or the units a checkpoint or an earlier layout
+defined when the bucket is exactly their union, ``ThreePCState.units``):
 
-* dense round (warm-up iterations, or a bucket whose parameters have no state yet):
+* dense round (warm-up iterations, or a unit whose parameters have no state yet):
   ``mechanism.init(grad)`` sets the worker memory and returns the fp32 gradient; the callback
   builds the aggregate state with ``mechanism.start`` (g = the mean gradient);
 * compressed round: ``mechanism.step(grad)`` updates the local memory and returns the payload;
   the callback folds every rank's payload into the aggregate with ``mechanism.aggregate``.
 
 Either way ``protocol.choose`` picks how the payload travels from what the mechanism declares
-(summable, lazy, fixed or variable size), and the aggregate's ``"g"`` is the bucket's result.
+(summable, lazy, fixed or variable size), and the aggregate's ``"g"`` is the unit's result.
 Every collective is issued here, in the hook's own thread and in the same order on every rank;
 the ``.then()`` callback only decodes. (A collective issued from a callback hangs or
 mismatches on gloo once a model has several buckets; torch's PowerSGD hook aborts on gloo for
 this reason, pytorch/pytorch#58467.) The decisions that pick a round and a spec (iteration
 count, bucket state present, shared coins) are the same on every rank.
 
+Failures are agreed, never local. A rank whose gradient (or payload) is not finite, or whose
+mechanism raised, sends a blank payload with its ``protocol.Flags``; every rank reads the flags
+from the same collective and either returns NaN for that bucket (``nonfinite="propagate"``:
+GradScaler skips the whole step) or fails the future it returned to DDP with the same
+``ThreePCError``. An iteration is a transaction (``_Iteration``): each round keeps a copy of
+the worker memory it steps and of the aggregate it updates until every bucket of the iteration
+has completed; then all rounds commit, or, if any round was flagged, all roll back, so that a
+skipped step leaves every memory (and the history of moves) as it was. Errors reach DDP only
+through the future (raised from ``backward()`` on every rank): an exception raised in the hook
+itself would leave DDP's reducer unusable.
+
 This module keeps real (not postponed) annotations: DDP checks that the hook's ``bucket``
 parameter is annotated ``dist.GradBucket`` and its result ``Future[Tensor]``.
 """
+import threading
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.futures import Future
+from torch.futures import Future, collect_all
 
-from compressors import Payload, Round
+from compressors import PartSpec, Payload, Round
 
 from . import protocol
-from .state import ThreePCState
+from .protocol import Flags
+from .state import BucketState, ThreePCError, ThreePCState
 
 _GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _blank(spec: list[PartSpec], numel: int, device: torch.device, sized: bool) -> Payload:
+    """What a rank that skips its round sends: nothing (sized protocols), else zeros."""
+    if sized:
+        return Payload({}, numel)
+    return Payload({p.name: torch.zeros(p.numel, dtype=p.dtype, device=device) for p in spec}, numel)
+
+
+def _failed(error: BaseException) -> Future:
+    """A future that fails with ``error`` the way a callback fails (DDP's reducer stays usable)."""
+    done: Future = Future()
+    done.set_result(None)
+
+    def throw(_: Future) -> Tensor:
+        raise error
+
+    return done.then(throw)
+
+
+class _Round:
+    """One compression unit's round on this rank: the guarded mechanism call and its exchange."""
+
+    def __init__(self, state: ThreePCState, params: list[Tensor], grad: Tensor) -> None:
+        group, numel = state.group, grad.numel()
+        self.state, self.params, self.grad = state, params, grad
+        found = state.bucket_state(params) if state.iteration >= state.warmup_steps else None
+        self.dense = found is None
+        self.bucket: BucketState = state.new_bucket_state(params, install=False) if self.dense else found
+        worker = self.worker = self.bucket.worker
+        if self.dense:
+            self.rnd = Round(state.iteration, group.rank(), group.size())
+            spec, lazy = worker.init_spec(numel), False
+            state.stats.dense_rounds += 1
+        else:
+            self.rnd = Round(state.iteration, group.rank(), group.size(), state.history.moves(self.bucket.params),
+                             self.bucket.server["g"])
+            spec, lazy = worker.spec(numel, self.rnd), worker.lazy  # before step(): a refused spec changes nothing
+            state.stats.compressed_rounds += 1
+            _warn_if_larger_than_dense(state, spec, grad)
+        proto = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
+                                group=group, stats=state.stats)
+        self.saved: dict[str, Tensor] | None = None  # the worker memory before step()
+        self.server: dict[str, Tensor] | None = None  # the aggregate before aggregate()
+        self.refused = False  # some rank flagged the round
+        self.error: Exception | None = None
+        self.local = ""  # what this rank saw (for the error message)
+        flags = Flags()
+        try:
+            if not _finite(grad):
+                self.local, flags = self._nonfinite_params(), Flags(nonfinite=1)
+            else:
+                if not self.dense:
+                    self.saved = {k: t.clone() for k, t in worker.memory.tensors().items()}
+                payload = worker.init(grad, self.rnd) if self.dense else worker.step(grad, self.rnd)
+                if not _finite(*payload.parts.values()):
+                    self.local, flags = "its payload overflowed", Flags(nonfinite=1)
+        except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
+            self.error, flags = e, Flags(error=1)
+        if any(flags):
+            self.restore()
+            payload = _blank(spec, numel, grad.device, isinstance(proto, protocol.Sized))
+        self.exchange = proto.exchange(payload, spec, grad.device, flags)
+        state.stats.dense_round(numel * grad.element_size(), group.size())
+
+    def _nonfinite_params(self) -> str:
+        sizes = [p.numel() for p in self.params]
+        bad = [self.state.name(id(p)) for p, g in zip(self.params, self.grad.split(sizes)) if not _finite(g)]
+        return f"non-finite gradient in {bad}"
+
+    def restore(self) -> None:
+        """Undo this round: the worker memory and the aggregate as before it (a dense round's
+        new state is simply never installed)."""
+        if self.saved is not None:
+            self.worker.memory = type(self.worker.memory).of(self.saved)
+        if self.server is not None:
+            self.bucket.server = self.server
+        self.saved = self.server = None
+
+    def commit(self) -> None:
+        """Keep this round (every round of the iteration succeeded on every rank)."""
+        if self.dense:
+            self.state.install(self.bucket)
+        self.state.record_moves(self.bucket)
+        self.saved = self.server = None
+
+    def finish(self) -> Tensor | str:
+        """After the exchange: the unit's new g, or NaN for a skipped round, or the message of a
+        failure every rank raises."""
+        payloads, flags = self.exchange.read()
+        if any(flags):
+            self.refused = True
+            self.restore()
+            return self._refuse(flags)
+        if self.dense:
+            self.bucket.server = self.worker.start(payloads, self.rnd)
+        elif payloads is not None:  # None: every rank stayed silent, g is unchanged
+            self.server = {k: t.clone() for k, t in self.bucket.server.items()}
+            self.worker.aggregate(self.bucket.server, payloads, self.rnd)
+        return self.bucket.server["g"]
+
+    def _refuse(self, flags: Flags) -> Tensor | str:
+        state, n = self.state, self.state.group.size()
+        where = (f"in iteration {self.rnd.t}, in the bucket holding {[state.name(id(p)) for p in self.params]} "
+                 f"(rank {state.group.rank()} of {n}): ")
+        if flags.error:
+            mine = (f"this rank raised {type(self.error).__name__}: {self.error}" if self.error is not None
+                    else "this rank did not fail; see the failing rank's error")
+            return f"threepc hook failed on {flags.error} of {n} ranks {where}{mine}"
+        mine = f"; this rank: {self.local}" if self.local else ""
+        if state.nonfinite == "raise":
+            return (f"threepc: non-finite gradient on {flags.nonfinite} of {n} ranks {where}memories untouched"
+                    f"{mine} (nonfinite='raise')")
+        state.stats.nonfinite_rounds += 1
+        return torch.full_like(self.grad, float("nan"), dtype=torch.float32)
+
+
+class _Iteration:
+    """The rounds of one iteration: committed together once every bucket completed, or all
+    rolled back if any round failed or was flagged on any rank."""
+
+    def __init__(self) -> None:
+        self.rounds: list[_Round] = []
+        self.futures: list[Future] = []
+        self.pending, self.closed, self.failed = 0, False, False
+        self.lock = threading.Lock()
+
+    def add(self, rounds: list[_Round]) -> None:
+        """A bucket's rounds, issued; ``settle`` follows when the bucket completes."""
+        with self.lock:
+            self.rounds += rounds
+            self.pending += 1
+
+    def wait(self) -> None:
+        """Until every bucket settled (DDP stops waiting at the first bucket that raised);
+        never from a callback."""
+        for f in self.futures:
+            try:
+                f.wait()
+            except Exception:  # noqa: BLE001, S110 - DDP has raised it already
+                pass
+
+    def close(self) -> None:
+        """The last bucket of the iteration was issued."""
+        with self.lock:
+            self.closed = True
+            self._end(False)
+
+    def settle(self, failed: bool) -> None:
+        """A bucket completed (``failed``: one of its rounds was refused or raised)."""
+        with self.lock:
+            self.pending -= 1
+            self._end(failed)
+
+    def _end(self, failed: bool) -> None:
+        self.failed |= failed
+        if self.closed and self.pending == 0:
+            for r in self.rounds:
+                r.restore() if self.failed else r.commit()
+            self.rounds = []
+
+
+def _warn_if_larger_than_dense(state: ThreePCState, spec: list[PartSpec], grad: Tensor) -> None:
+    """Warn once per unit size when a payload outweighs the dense gradient (e.g. Top-K with k
+    near the bucket size: values + indices); the statistics count what is really sent."""
+    sent = sum(p.numel * p.dtype.itemsize for p in spec if p.numel is not None)
+    dense = grad.numel() * grad.element_size()
+    if sent > dense and grad.numel() not in state.warned:
+        state.warned.add(grad.numel())
+        warnings.warn(f"threepc {state.mechanism!r} sends {sent} bytes for a bucket of {grad.numel()} {grad.dtype} "
+                      f"entries, more than its dense allreduce ({dense} bytes): choose a smaller ratio/k, larger "
+                      f"buckets (bucket_cap_mb) or the gd hook", RuntimeWarning, stacklevel=2)
 
 
 def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]:
@@ -41,42 +234,57 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         >>> state = ThreePCState(EF21(TopK(ratio=0.01)), model=ddp_model)
         >>> ddp_model.register_comm_hook(state, threepc_hook)
     """
-    grad = bucket.buffer()
-    if grad.dtype not in _GRAD_DTYPES:
-        raise TypeError(f"threepc hooks compress float32, float16 and bfloat16 gradients; this bucket holds "
-                        f"{grad.dtype}. Train in one of those dtypes (e.g. model.float()) or use DDP's default allreduce")
-    params, group, numel = bucket.parameters(), state.group, grad.numel()
-    bucket_state = state.bucket_state(params) if state.iteration >= state.warmup_steps else None
-    if bucket_state is None:
-        bucket_state = state.new_bucket_state(params)
-        worker = bucket_state.worker
-        rnd = Round(state.iteration, group.rank(), group.size())
-        spec, payload, lazy = worker.init_spec(numel), worker.init(grad, rnd), False
-        state.stats.dense_rounds += 1
-
-        def finish(payloads: list[Payload] | None) -> None:
-            bucket_state.server = worker.start(payloads, rnd)
+    grad, params = bucket.buffer(), bucket.parameters()
+    iteration = state.transaction
+    if not isinstance(iteration, _Iteration) or iteration.closed:
+        state.settle()  # the last iteration's rounds, if DDP raised before they all completed
+        iteration = state.transaction = _Iteration()
+    try:
+        state.check(grad, params, first=bucket.index() == 0)
+        if grad.dtype not in _GRAD_DTYPES:
+            raise TypeError(f"threepc hooks compress float32, float16 and bfloat16 gradients; this bucket holds "
+                            f"{grad.dtype}. Train in one of those dtypes (e.g. model.float()) or use DDP's default "
+                            "allreduce")
+        views = dict(zip((id(p) for p in params), grad.split([p.numel() for p in params])))
+        by_id = {id(p): p for p in params}
+        units = state.units(params)
+        whole = len(units) == 1 and units[0] == tuple(views)
+        rounds = [_Round(state, params, grad) if whole else
+                  _Round(state, [by_id[p] for p in unit], torch.cat([views[p] for p in unit]))
+                  for unit in units]
+    except Exception as e:  # noqa: BLE001 - raised from backward(), never from the autograd hook itself
+        rounds, future = [], _failed(e)
+        iteration.add(rounds)
+        iteration.settle(failed=True)
     else:
-        worker = bucket_state.worker
-        rnd = Round(state.iteration, group.rank(), group.size(), state.history.moves(bucket_state.params),
-                    bucket_state.server["g"])
-        spec = worker.spec(numel, rnd)  # before step(): a refused spec leaves the memory untouched
-        payload, lazy = worker.step(grad, rnd), worker.lazy
-        state.stats.compressed_rounds += 1
-
-        def finish(payloads: list[Payload] | None) -> None:
-            if payloads is not None:  # None: every rank stayed silent, g is unchanged
-                worker.aggregate(bucket_state.server, payloads, rnd)
-    exchange = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
-                               group=group, stats=state.stats).exchange(payload, spec, grad.device)
-    state.stats.dense_round(numel * grad.element_size(), group.size())
+        iteration.add(rounds)  # before the callback can settle it
+        future = collect_all([r.exchange.future for r in rounds]).then(
+            lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
+    iteration.futures.append(future)
     if bucket.is_last():
-        state.end_iteration()
+        iteration.close()
+        if rounds:
+            state.end_iteration()
+    return future
 
-    def decode(fut: Future) -> Tensor:
-        fut.value()  # re-raises a failed collective
-        finish(exchange.payloads())
-        state.record_moves(bucket_state)
-        return grad.copy_(bucket_state.server["g"].view_as(grad))
 
-    return exchange.future.then(decode)
+def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tensor, views: dict[int, Tensor],
+            whole: bool) -> Tensor:
+    """The bucket's result, once its exchanges completed (the ``.then()`` callback)."""
+    completed = False
+    try:
+        for f in fut.value():
+            f.value()  # re-raises a failed collective
+        results = [r.finish() for r in rounds]
+        completed = True
+    finally:
+        iteration.settle(not completed or any(r.refused for r in rounds))
+    failures = [r for r in results if isinstance(r, str)]
+    if failures:
+        raise ThreePCError("; ".join(failures))
+    if whole:
+        return grad.copy_(results[0].view_as(grad))
+    for r, g in zip(rounds, results):
+        for p, part in zip(r.params, g.split([p.numel() for p in r.params])):
+            views[id(p)].copy_(part.view_as(views[id(p)]))
+    return grad

@@ -15,13 +15,17 @@ describes the same exit-time race of gloo threads holding Python objects.
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 import socket
 import sys
 import tempfile
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -34,21 +38,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(fn: Callable[..., object], workers: int, *args: object) -> list:
+class RankFailure(NamedTuple):
+    """A rank that raised (``error``: its traceback) or died (``exitcode``, e.g. -9: killed)."""
+
+    rank: int
+    exitcode: int | None
+    error: str
+
+
+def run_ranks(fn: Callable[..., object], workers: int, *args: object, timeout: float | None = None) -> list:
     """``fn(rank, workers, *args)`` on ``workers`` gloo ranks; the list of their return values
     (anything ``torch.save`` stores). ``fn`` and ``args`` travel to the ranks by pickle:
-    module-level functions and ``functools.partial``, no lambdas."""
+    module-level functions and ``functools.partial``, no lambdas.
+
+    ``timeout`` (seconds) bounds everything: it is the process group's timeout for every
+    collective and the deadline of the whole run (ranks still running then are killed and
+    ``TimeoutError`` names them); and every rank's outcome comes back, a rank that raised or
+    died as a ``RankFailure`` (without: the first failure raises and ends the other ranks)."""
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_rank_main, args=(fn, workers, free_port(), out, args), nprocs=workers, join=True)
-        return [torch.load(Path(out, f"{rank}.pt"), weights_only=False) for rank in range(workers)]
+        spawn_args = (fn, workers, free_port(), out, args, timeout)
+        if timeout is None:
+            mp.spawn(_rank_main, args=spawn_args, nprocs=workers, join=True)
+            return [torch.load(Path(out, f"{rank}.pt"), weights_only=False) for rank in range(workers)]
+        processes = mp.start_processes(_rank_main, args=spawn_args, nprocs=workers, join=False).processes
+        deadline = time.monotonic() + timeout
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [rank for rank, p in enumerate(processes) if p.is_alive()]
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        if hung:
+            raise TimeoutError(f"ranks {hung} of {workers} still ran after {timeout} s (killed)")
+        return [torch.load(Path(out, f"{rank}.pt"), weights_only=False) if Path(out, f"{rank}.pt").exists()
+                else RankFailure(rank, p.exitcode, "") for rank, p in enumerate(processes)]
 
 
 def _rank_main(rank: int, fn: Callable[..., object], workers: int, port: int, out: str,
-               args: tuple[object, ...]) -> None:
+               args: tuple[object, ...], timeout: float | None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=workers)
-    torch.save(fn(rank, workers, *args), Path(out, f"{rank}.pt"))
+    dist.init_process_group("gloo", rank=rank, world_size=workers,
+                            timeout=None if timeout is None else datetime.timedelta(seconds=timeout))
+    try:
+        result = fn(rank, workers, *args)
+    except Exception:
+        if timeout is None:
+            raise
+        torch.save(RankFailure(rank, 1, traceback.format_exc()), Path(out, f"{rank}.pt"))
+        sys.stderr.flush()
+        os._exit(1)  # at once: peers blocked in a collective see the connection close
+    torch.save(result, Path(out, f"{rank}.pt"))
     gc.collect()  # DDP wrappers and hook states left in cycles go now, while the group is alive
     dist.destroy_process_group()
     sys.stdout.flush()

@@ -6,8 +6,13 @@
   rank's payload in rank order.
 * ``Sized(data)``: payloads that may be empty (a lazy trigger that did not fire) or vary in
   length (a coded stream): a blocking ``all_gather`` of one int32 per rank (the header: the
-  payload's size, 0 = silent) comes first; if nobody sends, no further collective runs; else
-  the ``data`` protocol moves the payloads padded to the longest (a silent rank sends zeros).
+  payload's size, 0 = silent, or a flag: -1 non-finite, -2 failed) comes first; if nobody
+  sends, or some rank raised a flag, no further collective runs; else the ``data`` protocol
+  moves the payloads padded to the longest (a silent rank sends zeros).
+
+Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
+header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), so
+that every rank learns them from a collective it runs anyway and all act alike.
 
 ``choose`` picks one from what the mechanism declares. Every collective is issued in the
 hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the
@@ -31,15 +36,35 @@ from . import wire
 from .stats import CommStats
 
 # torch >= 2.13 names it all_gather_single and deprecates all_gather_into_tensor.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class Flags(NamedTuple):
+    """How many ranks saw a non-finite gradient or payload, and how many failed, in a round."""
+
+    nonfinite: int = 0
+    error: int = 0
+
+
+FLAGS = PartSpec("flags", torch.float32, 2, aligned=True)  # one rank's Flags, the last payload part
 
 
 class Exchange(NamedTuple):
-    """An issued exchange: its future, and how to read the payloads once it completed (None:
-    no rank sent anything, the aggregate stays as it is)."""
+    """An issued exchange: its future, and how to read the payloads and the flags once it
+    completed (payloads None: no rank sent anything, or some rank raised a flag)."""
 
     future: Future
-    payloads: Callable[[], list[Payload] | None]
+    read: Callable[[], tuple[list[Payload] | None, Flags]]
+
+
+def _count(payloads: list[Payload], scale: int = 1) -> tuple[list[Payload], Flags]:
+    """Received payloads without their ``FLAGS`` part, and those parts summed (times ``scale``)."""
+    total = [0.0, 0.0]
+    for p in payloads:
+        flags = p.parts.pop(FLAGS.name, None)
+        if flags is not None:
+            total = [a + b for a, b in zip(total, flags.tolist())]
+    return payloads, Flags(*(round(v * scale) for v in total))
 
 
 def on_device(device: torch.device, *tensors: Tensor) -> None:
@@ -56,10 +81,16 @@ class Protocol(ABC):
     def __init__(self, group: dist.ProcessGroup, stats: CommStats) -> None:
         self.group, self.stats = group, stats
 
-    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device) -> Exchange:
-        """Issue the collectives for this rank's ``payload`` (parts as ``spec`` declares)."""
-        packed = wire.pack(payload, spec)
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
+                 flags: Flags = Flags()) -> Exchange:
+        """Issue the collectives for this rank's ``payload`` (parts as ``spec`` declares) and
+        ``flags``."""
         self.count(payload, spec)
+        self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
+        spec = [*spec, FLAGS]
+        payload = Payload({**payload.parts, FLAGS.name: torch.tensor(flags, dtype=torch.float32, device=device)},
+                          payload.numel)
+        packed = wire.pack(payload, spec)
         return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size())
 
     def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
@@ -81,7 +112,8 @@ class MeanAllReduce(Protocol):
         mean = packed.view(torch.float32) / self.group.size()  # a new tensor, reduced in place
         on_device(packed.device, mean)
         future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
-        return Exchange(future, lambda: [wire.unpack(mean.view(torch.uint8), spec, numel)])
+        return Exchange(future, lambda: _count([wire.unpack(mean.view(torch.uint8), spec, numel)],
+                                               self.group.size()))
 
 
 class AllGather(Protocol):
@@ -92,10 +124,10 @@ class AllGather(Protocol):
         self.stats.ring_all_gather(packed.numel(), self.group.size())
         gathered = packed.new_empty(self.group.size() * packed.numel())
         on_device(packed.device, gathered)
-        future = _all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
+        future = all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
         rows = gathered.view(self.group.size(), -1)
-        return Exchange(future, lambda: [wire.unpack(row[:size], spec, numel) if size else Payload({}, numel)
-                                         for row, size in zip(rows, sizes)])
+        return Exchange(future, lambda: _count([wire.unpack(row[:size], spec, numel) if size else Payload({}, numel)
+                                                for row, size in zip(rows, sizes)]))
 
 
 class Sized(Protocol):
@@ -105,26 +137,28 @@ class Sized(Protocol):
         super().__init__(data.group, data.stats)
         self.data = data
 
-    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device) -> Exchange:
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
+                 flags: Flags = Flags()) -> Exchange:
         silent = not payload.parts
         packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
-        sizes = torch.zeros(self.group.size(), dtype=torch.int32, device=device)
-        header = torch.tensor([packed.numel()], dtype=torch.int32, device=device)
-        on_device(device, packed, sizes, header)
-        _all_gather_single(sizes, header, group=self.group)  # blocking: the sizes decide what follows
+        headers = torch.zeros(self.group.size(), dtype=torch.int32, device=device)
+        header = torch.tensor([-2 if flags.error else -1 if flags.nonfinite else packed.numel()], dtype=torch.int32,
+                              device=device)  # a flagged rank sends nothing
+        on_device(device, packed, headers, header)
+        all_gather_single(headers, header, group=self.group)  # blocking: the sizes decide what follows
         self.stats.add("header", header.numel() * header.element_size())
         self.stats.ring_all_gather(header.numel() * header.element_size(), self.group.size())
-        sizes = sizes.tolist()
-        if silent:
-            self.stats.silent_rounds += 1
-        else:
-            self.count(payload, spec)
+        headers = headers.tolist()
+        sizes, raised = [max(h, 0) for h in headers], Flags(headers.count(-1), headers.count(-2))
+        self.stats.silent_rounds += silent
         width = max(sizes)
-        if width == 0:
-            self.stats.skipped_rounds += 1
+        if width == 0 or any(raised):  # nothing to send, or a round every rank skips
+            self.stats.skipped_rounds += width == 0
             done: Future = Future()
             done.set_result(None)
-            return Exchange(done, lambda: None)
+            return Exchange(done, lambda: (None, raised))
+        if not silent:
+            self.count(payload, spec)
         if packed.numel() < width:
             self.stats.add("padding", width - packed.numel())
             packed = torch.cat([packed, packed.new_zeros(width - packed.numel())])

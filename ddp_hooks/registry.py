@@ -29,16 +29,18 @@ def mechanism(name: str, **options: object) -> Mechanism:
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *, warmup_steps: int = 1,
-             log_every: int = 0, process_group: dist.ProcessGroup | None = None,
-             **options: object) -> ThreePCState:
+             log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
+             check_every: int = 0, reproducible: bool = False, **options: object) -> ThreePCState:
     """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%) on ``ddp`` and
     return its state. The hook communicates in ``ddp``'s own process group unless
-    ``process_group`` is given.
+    ``process_group`` is given; ``nonfinite``, ``check_every`` and ``reproducible`` are
+    ``ThreePCState``'s.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
         >>> state.stats.summary()["fraction_of_dense"]
     """
     state = ThreePCState(mechanism(name, **options), process_group=process_group,
-                         warmup_steps=warmup_steps, log_every=log_every, model=ddp)
+                         warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
+                         check_every=check_every, reproducible=reproducible)
     ddp.register_comm_hook(state, threepc_hook)
     return state

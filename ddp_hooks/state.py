@@ -6,9 +6,18 @@ parameters differently. All memories are per-coordinate, so a bucket's state is 
 concatenation of its parameters' slices: a bucket that appears after a rebuild, or after
 ``load_state_dict``, is assembled from the slices of the buckets (or checkpoint) that held its
 parameters. Only a bucket whose parameters have no state at all runs a dense warm-up round.
+
+The state also keeps its *compression units* (the parameter groups its bucket states cover,
+saved in checkpoints as ``layout``): a DDP bucket that is exactly a union of units is
+compressed unit by unit. A fresh DDP wrapper runs its first iteration with one bucket of every
+parameter (DDP rebuilds its buckets after it), so a resumed run compresses exactly the groups
+the saved run compressed: Top-K supports, triggers, seeds (``Round`` keys use the tensor
+length) and float reduction orders are the same, and the trajectory is bit-identical.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -16,15 +25,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from compressors import Mechanism, Round
+from compressors import Mechanism, Round, __version__
 from compressors.core.rounds import MoveHistory
 
+from .protocol import all_gather_single
 from .stats import CommStats
 
 logger = logging.getLogger("threepc")
 
 SERVER = "server."  # prefix of the aggregate state (its "g" and any more) beside the worker memory
 ESTIMATE = SERVER + "g"
+NONFINITE = ("propagate", "raise")
+
+
+class ThreePCError(RuntimeError):
+    """A failure the hook agreed on with every rank (each rank raises it in the same round, from
+    DDP's ``backward()``; the collectives of the round have completed and DDP's reducer stays
+    usable): a non-finite gradient under ``nonfinite="raise"``, an exception on some rank,
+    ranks configured differently, or replicas of the aggregate that diverged."""
 
 
 @dataclass
@@ -71,20 +89,37 @@ class ThreePCState:
             an averaging all_reduce would do, n times its receive volume), so that results are
             bit-identical to the simulation harness and independent of the collective's
             reduction order (tests/test_parity.py). Default: all_reduce where possible.
+        nonfinite: what a round does when some rank's gradient (or payload) holds inf/NaN; every
+            rank learns it from a flag sent with the payloads and acts alike, and no memory (worker
+            or aggregate) changes. ``"propagate"`` (default): the bucket's gradient becomes NaN on
+            every rank, so ``torch.amp.GradScaler`` skips the step (``stats.nonfinite_rounds``
+            counts these rounds); ``"raise"``: every rank raises ``ThreePCError`` naming the
+            parameters.
+        check_every: every N iterations, all_gather a checksum of every aggregate replica and
+            raise ``ThreePCError`` on every rank if they differ (0: never).
+
+    At its first round (and the first after ``load_state_dict``) the hook all_gathers a hash of
+    this configuration (version, mechanism and options, warm-up, policies, iteration, the
+    bucket's dtype and layout); ranks that differ all raise ``ThreePCError`` naming the field
+    and each rank's value. An exception inside the hook on one rank is raised on every rank.
 
     Register it with ``ddp.register_comm_hook(state, threepc_hook)``.
     """
 
-    __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "iteration", "stats",
-                 "_buckets", "_owner", "_pending", "_names", "history")
+    __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
+                 "check_every", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
+                 "_layout", "_names", "history", "warned", "transaction")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
-                 reproducible: bool = False) -> None:
-        for name, value, low in (("warmup_steps", warmup_steps, 1), ("log_every", log_every, 0)):
+                 reproducible: bool = False, nonfinite: str = "propagate", check_every: int = 0) -> None:
+        for name, value, low in (("warmup_steps", warmup_steps, 1), ("log_every", log_every, 0),
+                                 ("check_every", check_every, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low} (warmup_steps >= 1: DDP rebuilds its buckets "
                                  f"after the first iteration), got {value!r}")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         try:  # fail at registration, on every rank, for mechanisms DDP cannot run
             mechanism.spec(1 << 10, Round(1, 0, 2))
         except NotImplementedError as e:
@@ -94,11 +129,17 @@ class ThreePCState:
         self.warmup_steps = warmup_steps
         self.log_every = log_every
         self.reproducible = reproducible
+        self.nonfinite, self.check_every = nonfinite, check_every
         self.iteration = 0
         self.stats = CommStats()
+        self.failure: ThreePCError | None = None  # a failed configuration check or replica check: final
+        self._checked = False  # whether the ranks compared their configurations
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
+        self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
+        self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
+        self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
         self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
         if model is not None:
@@ -114,6 +155,60 @@ class ThreePCState:
     @property
     def group(self) -> dist.ProcessGroup:
         return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    def name(self, param: int) -> str:
+        """A parameter's name (its id if the state is not bound to a model)."""
+        return (self._names or {}).get(param, f"<parameter id {param}>")
+
+    # -- agreement across ranks (collectives in the hook's thread) --------------------------
+    def config(self, grad: Tensor, params: list[Tensor]) -> dict[str, str]:
+        """What every rank must share, as short descriptions by field."""
+        return {"threepc": __version__, "mechanism": repr(self.mechanism), "warmup_steps": str(self.warmup_steps),
+                "nonfinite": self.nonfinite, "check_every": str(self.check_every),
+                "reproducible": str(self.reproducible), "iteration": str(self.iteration),
+                "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
+
+    def check(self, grad: Tensor, params: list[Tensor], first: bool) -> None:
+        """Before a bucket's round: the configuration check (first round after construction or
+        ``load_state_dict``) and, at the first bucket of every ``check_every``-th iteration, the
+        replica check. Raises the same ``ThreePCError`` on every rank (and keeps it: ``failure``)."""
+        if self.failure is not None:
+            raise self.failure
+        try:
+            if not self._checked:
+                self._compare("configuration", self.config(grad, params), grad.device)
+                self._checked = True
+            if first and self.check_every and self.iteration and self.iteration % self.check_every == 0:
+                self._compare("aggregate replica", {"checksum": str(self.checksum())}, grad.device)
+        except ThreePCError as e:
+            self.failure = e
+            raise
+
+    def _compare(self, what: str, fields: dict[str, str], device: torch.device) -> None:
+        """all_gather a 63-bit hash of ``fields``; if they differ, gather ``fields`` and raise."""
+        group, n = self.group, self.group.size()
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
+        mine = torch.tensor([int.from_bytes(digest[:8], "little") >> 1], dtype=torch.int64, device=device)
+        hashes = mine.new_empty(n)
+        all_gather_single(hashes, mine, group=group)
+        self.stats.add_control("checks", mine.element_size())
+        if bool((hashes == hashes[0]).all()):
+            return
+        every: list[dict[str, str] | None] = [None] * n
+        dist.all_gather_object(every, fields, group=group)
+        differ = [f"{key}: " + ", ".join(f"rank {r} {f.get(key)!r}" for r, f in enumerate(every))
+                  for key in fields if len({f.get(key) for f in every}) > 1]
+        raise ThreePCError(f"threepc {what} differs across ranks (rank {group.rank()} of {n}): " + "; ".join(differ))
+
+    def checksum(self) -> int:
+        """A position-weighted checksum of the bits of every aggregate tensor (the same on every
+        rank while the replicas are bit-identical)."""
+        total = 0
+        for state in self._buckets.values():
+            for t in (state.server or {}).values():
+                bits = t.detach().float().reshape(-1).view(torch.int32).long()
+                total += int((bits * torch.arange(1, bits.numel() + 1, device=bits.device)).sum())
+        return total & ((1 << 63) - 1)
 
     # -- buckets --------------------------------------------------------------------------
     @property
@@ -143,17 +238,39 @@ class ThreePCState:
         state.server = {name[len(SERVER):]: t for name, t in joined.items() if name.startswith(SERVER)}
         state.worker.memory = state.worker.memory_type.of(
             {name: t for name, t in joined.items() if not name.startswith(SERVER)})
-        self._install(state)
+        self.install(state)
         return state
 
-    def new_bucket_state(self, params: list[Tensor]) -> BucketState:
-        """A fresh state for the bucket holding ``params`` (its memory is set by a dense round)."""
+    def units(self, params: list[Tensor]) -> list[tuple[int, ...]]:
+        """The compression units of the bucket holding ``params``: the bucket itself, unless it is
+        exactly a union of known units (live bucket states, or a checkpoint's layout), which are
+        then compressed one by one, as they were before."""
+        key = tuple(id(p) for p in params)
+        if key in self._buckets:
+            return [key]
+        known = {p: unit for unit in (*self._buckets, *self._layout) for p in unit}
+        members, units = set(key), []
+        for p in key:
+            unit = known.get(p)
+            if unit is None or not members.issuperset(unit):
+                return [key]
+            if unit not in units:
+                units.append(unit)
+        return units
+
+    def new_bucket_state(self, params: list[Tensor], *, install: bool = True) -> BucketState:
+        """A fresh state for the bucket holding ``params`` (its memory is set by a dense round;
+        the hook installs it once the round succeeded on every rank)."""
         state = BucketState(tuple(id(p) for p in params), tuple(p.numel() for p in params), self.mechanism.spawn())
-        self._install(state)
+        if install:
+            self.install(state)
         return state
 
-    def _install(self, state: BucketState) -> None:
+    def install(self, state: BucketState) -> None:
+        """Make ``state`` the owner of its parameters (dropping buckets left with none)."""
         self._buckets[state.params] = state
+        members = set(state.params)
+        self._layout = [unit for unit in self._layout if members.isdisjoint(unit)]
         for p in state.params:
             self._owner[p] = state.params
             self._pending.pop(p, None)
@@ -168,6 +285,12 @@ class ThreePCState:
         if self.history.window:
             for p, g in zip(state.params, state.estimate.split(state.sizes)):
                 self.history.record(p, g)
+
+    def settle(self) -> None:
+        """Wait until every round of the last iteration committed or rolled back (when DDP
+        raised at a failed bucket, later buckets may still be completing)."""
+        if self.transaction is not None:
+            self.transaction.wait()
 
     def end_iteration(self) -> None:
         self.iteration += 1
@@ -185,8 +308,16 @@ class ThreePCState:
         return self._names
 
     def state_dict(self) -> dict[str, object]:
-        """This rank's memories per parameter name, the iteration counter and the statistics."""
+        """This rank's memories per parameter name, the iteration counter, the statistics and the
+        compression units (``layout``).
+
+        Resuming bit for bit: each rank saves its own ``state_dict()`` beside the model's and the
+        optimizer's (``torch.save(..., f"ckpt.{rank}.pt")``: worker memories differ per rank),
+        and after a restart each rank builds its model, DDP wrapper (same ``bucket_cap_mb``,
+        ``static_graph``, ``gradient_as_bucket_view``) and state, then loads its own file
+        before the first forward."""
         names = self._require_names("state_dict()")
+        self.settle()
         memory: dict[str, dict[str, Tensor]] = {names[p]: {k: t.clone() for k, t in s.items()}
                                                 for p, s in self._pending.items()}
         for state in self._buckets.values():
@@ -194,7 +325,8 @@ class ThreePCState:
                 memory[names[p]] = {k: t.clone() for k, t in s.items()}
         return {"mechanism": repr(self.mechanism), "iteration": self.iteration,
                 "stats": self.stats.state_dict(), "memory": memory,
-                "moves": {names[p]: list(h) for p, h in self.history.norms.items()}}
+                "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
+                "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
@@ -207,9 +339,13 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
+        self.settle()
+        self.transaction = None
         self.iteration = int(state["iteration"])
         self.stats.load_state_dict(state["stats"])
         self._buckets.clear()
         self._owner.clear()
         self._pending = {by_name[name]: dict(s) for name, s in state["memory"].items()}
+        self._layout = [tuple(by_name[name] for name in unit) for unit in state.get("layout", [])]
         self.history.load({by_name[name]: h for name, h in state.get("moves", {}).items()})
+        self._checked = False  # the ranks compare their configurations (and iterations) again

@@ -11,9 +11,13 @@ class CommStats:
 
     ``sent`` counts the bytes this rank contributes to collectives: compressed payload parts
     (e.g. ``values``, ``indices``), ``header`` (one int32 per rank and round when payloads may
-    be empty or vary in size) and ``padding`` (fill up to the longest payload of the round),
-    and ``dense`` for warm-up rounds. ``dense_equivalent`` is what the same rounds would send
-    with a plain allreduce of the bucket (numel x bytes per gradient element).
+    be empty or vary in size: the size, or a negative flag) and ``padding`` (fill up to the longest
+    payload of the round), and ``dense`` for warm-up rounds. ``control`` counts the bytes of the
+    hook's agreement between ranks: ``flags`` (two fp32 per round of fixed-size payloads: whether
+    this rank saw a non-finite gradient, whether it failed) and ``checks`` (the configuration and
+    replica checks' hashes); ``total_sent`` and the ratio include them. ``dense_equivalent`` is
+    what the same rounds would send with a plain allreduce of the bucket (numel x bytes per
+    gradient element).
 
     ``link_sent`` / ``link_received`` count what crosses this rank's links under the ring
     algorithms: an all_gather of w bytes per rank sends and receives (n - 1) w, an allreduce of
@@ -27,8 +31,10 @@ class CommStats:
     dense_rounds: int = 0
     silent_rounds: int = 0  # compressed rounds in which this rank sent no payload (lazy triggers)
     skipped_rounds: int = 0  # compressed rounds in which no rank sent: no payload collective ran
+    nonfinite_rounds: int = 0  # rounds some rank's gradient was not finite: skipped, memories untouched
     sent: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, int] = field(default_factory=dict)  # payload collectives run, by protocol
+    control: dict[str, int] = field(default_factory=dict)  # flags and checks, in bytes
     dense_equivalent: int = 0
     link_sent: int = 0
     link_received: int = 0
@@ -36,6 +42,9 @@ class CommStats:
 
     def add(self, kind: str, nbytes: int) -> None:
         self.sent[kind] = self.sent.get(kind, 0) + nbytes
+
+    def add_control(self, kind: str, nbytes: int) -> None:
+        self.control[kind] = self.control.get(kind, 0) + nbytes
 
     def ran(self, collective: str) -> None:
         self.collectives[collective] = self.collectives.get(collective, 0) + 1
@@ -58,7 +67,7 @@ class CommStats:
 
     @property
     def total_sent(self) -> int:
-        return sum(self.sent.values())
+        return sum(self.sent.values()) + sum(self.control.values())
 
     def summary(self) -> dict[str, object]:
         """Counts, bytes by kind, totals and the ratio sent / dense-equivalent."""
@@ -69,7 +78,9 @@ class CommStats:
             "dense_rounds": self.dense_rounds,
             "skip_rate": self.silent_rounds / self.compressed_rounds if self.compressed_rounds else 0.0,
             "skipped_rounds": self.skipped_rounds,
+            "nonfinite_rounds": self.nonfinite_rounds,
             "bytes_sent": dict(self.sent),
+            "bytes_control": dict(self.control),
             "collectives": dict(self.collectives),
             "bytes_sent_total": total,
             "bytes_dense_equivalent": self.dense_equivalent,

@@ -58,7 +58,7 @@ def collectives(monkeypatch) -> list[tuple[str, torch.device, torch.dtype]]:
         return run
 
     monkeypatch.setattr(dist, "all_reduce", recording("all_reduce", dist.all_reduce))
-    monkeypatch.setattr(protocol, "_all_gather_single", recording("all_gather", protocol._all_gather_single))
+    monkeypatch.setattr(protocol, "all_gather_single", recording("all_gather", protocol.all_gather_single))
     for cls in (protocol.Protocol, protocol.Sized):
         monkeypatch.setattr(cls, "exchange", under_meta(cls.exchange))
     return seen

@@ -92,3 +92,33 @@ def test_mechanisms_ddp_cannot_run_are_refused_at_registration(mechanism):
 @pytest.mark.parametrize("mechanism", [LAG(zeta=1.0), CLAG(TopK(k=1), zeta=1.0)], ids=repr)
 def test_lazy_mechanisms_are_accepted(mechanism):
     assert ThreePCState(mechanism).mechanism.lazy
+
+
+def test_a_bucket_that_is_a_union_of_units_is_compressed_unit_by_unit():
+    params = _params(3, 5, 2, 4)
+    state = ThreePCState(EF21(TopK(k=1)))
+    first, second = _fill(state, params[:2], 0), _fill(state, params[2:], 1)
+    assert state.units(params[::-1]) == [second.params, first.params], "units in order of first appearance"
+    assert state.units(params[:2]) == [first.params]
+    cut = [params[1], params[2]]  # not a union of units: one new unit, assembled from slices
+    assert state.units(cut) == [tuple(id(p) for p in cut)]
+
+
+def test_the_layout_of_units_survives_a_checkpoint():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    params = list(model.parameters())
+    state = ThreePCState(EF21(TopK(k=1)), model=model)
+    _fill(state, params[:2], 0), _fill(state, params[2:], 1)
+    saved = state.state_dict()
+    assert saved["layout"] == [["0.weight", "0.bias"], ["1.weight", "1.bias"]]
+    fresh = ThreePCState(EF21(TopK(k=1)), model=model)
+    fresh.load_state_dict(saved)
+    single = params[::-1]  # a fresh DDP wrapper's first bucket holds every parameter
+    assert fresh.units(single) == [tuple(id(p) for p in params[2:]), tuple(id(p) for p in params[:2])]
+    assert fresh.state_dict()["layout"] == saved["layout"]
+
+
+@pytest.mark.parametrize("options", [{"nonfinite": "skip"}, {"check_every": -1}, {"check_every": True}], ids=str)
+def test_reliability_options_are_checked(options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        ThreePCState(EF21(TopK(k=1)), **options)

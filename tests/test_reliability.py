@@ -1,0 +1,467 @@
+"""Chaos suite: real gloo ranks meet non-finite gradients, failing ranks, ranks configured
+differently, diverged replicas, odd buckets, subgroups and a restart; every scenario ends with
+its documented outcome within a bounded time (``run_ranks(..., timeout=...)``: a hang fails).
+
+Few spawns, many scenarios each (module fixtures); every rank reports an outcome per scenario:
+"ok" or the exception's type and message, with the seconds from the start of the failing step.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import ddp_hooks
+from ddp_hooks import MECHANISMS
+from ddp_hooks.launch import RankFailure, run_ranks
+
+pytestmark = pytest.mark.slow
+
+CAP = 0.01  # MB: the MLP below spreads over several buckets
+
+
+def _model(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)).to(dtype)
+
+
+def _loss(ddp: nn.Module, rank: int, step: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * rank + step)
+    x = torch.randn(16, 20, generator=g).to(dtype)
+    return ((ddp(x) - x[:, :1]) ** 2).mean()
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _memory(state: ddp_hooks.ThreePCState) -> dict[str, dict[str, torch.Tensor]]:
+    return state.state_dict()["memory"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k][f], b[k][f]) for k in a for f in a[k])
+
+
+def _outcome(step: Callable[[], object]) -> tuple[str, float]:
+    """("ok" or "Type: message", seconds) of one step."""
+    start = time.monotonic()
+    try:
+        step()
+        return "ok", time.monotonic() - start
+    except Exception as e:  # noqa: BLE001 - the scenario reports whatever the rank saw
+        return f"{type(e).__name__}: {e}", time.monotonic() - start
+
+
+def _poison(param: nn.Parameter) -> dict:
+    """A switch: while ``switch["value"]`` is not None, the first element of ``param``'s gradient
+    is set to it (before DDP sees the gradient)."""
+    switch: dict = {"value": None}
+
+    def hook(g: torch.Tensor) -> torch.Tensor:
+        if switch["value"] is None:
+            return g
+        g = g.clone()
+        g.view(-1)[0] = switch["value"]
+        return g
+
+    param.register_hook(hook)
+    return switch
+
+
+# -- spawn 1: two ranks, one scenario after the other ---------------------------------------
+NONFINITE_HOOKS = {"gd": {}, "ef21": {"ratio": 0.05}, "ef21_sgdm": {"ratio": 0.05}, "sasg": {"ratio": 0.05},
+                   "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5}}
+
+
+def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
+    """One NaN in rank 1's gradient at step 3 under GradScaler: the step is skipped, nothing else."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, hook, check_every=1, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    switch = _poison(model[2].weight)
+    out: dict = {}
+    for step in range(6):
+        switch["value"] = float("nan") if step == 3 and rank == 1 else None
+        before, params, scale = _memory(state), _params(model), scaler.get_scale()
+        opt.zero_grad()
+        scaler.scale(_loss(ddp, rank, step)).backward()
+        scaler.step(opt)
+        scaler.update()
+        if step == 3:
+            out.update(memory_untouched=_same(before, _memory(state)),
+                       step_skipped=all(torch.equal(a, b) for a, b in zip(params, _params(model))),
+                       scale=(scale, scaler.get_scale()), nonfinite_rounds=state.stats.nonfinite_rounds)
+    out.update(params=_params(model), finite=all(bool(p.isfinite().all()) for p in model.parameters()))
+    return out
+
+
+def _nonfinite_raises(rank: int) -> dict:
+    """nonfinite="raise": every rank raises naming the parameters; training then goes on."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, nonfinite="raise", check_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    switch = _poison(model[2].weight)
+    outcomes = []
+    for step in range(6):
+        switch["value"] = float("nan") if step == 3 and rank == 1 else None
+        before = _memory(state)
+        opt.zero_grad()
+        outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
+        if outcome[0] == "ok":
+            opt.step()
+        else:
+            outcomes.append((step, *outcome, _same(before, _memory(state))))
+    return {"failures": outcomes, "params": _params(model)}
+
+
+def _hook_error(rank: int) -> dict:
+    """The mechanism raises on rank 1 at step 3: every rank raises, memories roll back."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("injected failure")
+
+    outcomes = []
+    for step in range(6):
+        if rank == 1:
+            for b in state.buckets:
+                if step == 3:
+                    b.worker.step = boom
+                else:
+                    b.worker.__dict__.pop("step", None)
+        before = _memory(state)
+        opt.zero_grad()
+        outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
+        if outcome[0] == "ok":
+            opt.step()
+        else:
+            outcomes.append((step, *outcome, _same(before, _memory(state))))
+    return {"failures": outcomes, "params": _params(model)}
+
+
+def _overflow(rank: int, dtype: torch.dtype) -> dict:
+    """Low-precision gradients that overflow on rank 1 at step 2 (an inf in the bucket), and
+    finite fp32 gradients whose EF21 difference x - g_i overflows inside the compressed values."""
+    model = _model(dtype)
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out: dict = {"skipped": []}
+    for step in range(5):
+        before = _memory(state)
+        opt.zero_grad()
+        loss = _loss(ddp, rank, step, dtype)
+        (loss * (1e39 if step == 2 and rank == 1 else 1.0)).backward()
+        grads = [p.grad for p in model.parameters()]
+        if not all(bool(g.isfinite().all()) for g in grads):  # as GradScaler does: skip the step
+            out["skipped"].append((step, _same(before, _memory(state)), all(bool(g.isnan().all()) for g in grads)))
+        else:
+            opt.step()
+    out.update(nonfinite_rounds=state.stats.nonfinite_rounds, params=_params(model))
+    return out
+
+
+def _overflow_inside_payload(rank: int) -> dict:
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
+    switch = _poison(model[0].weight)
+    flagged = []
+    for step, value in enumerate((None, 3e38, -3e38, None)):  # g_i takes 3e38, then x - g_i = -6e38 = -inf
+        switch["value"] = value if rank == 1 else None
+        before = _memory(state)
+        ddp.zero_grad()
+        _loss(ddp, rank, step).backward()
+        flagged.append((state.stats.nonfinite_rounds, _same(before, _memory(state))))
+    return {"flagged": flagged}
+
+
+def _mismatch(rank: int, left: dict, right: dict) -> dict:
+    """Rank 0 registers ``left``, the others ``right``: every rank raises naming the field."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    ddp_hooks.register(ddp, **(left if rank == 0 else right))
+    return {"first": _outcome(lambda: _loss(ddp, rank, 0).backward()),
+            "again": _outcome(lambda: _loss(ddp, rank, 1).backward())}
+
+
+def _diverged(rank: int) -> dict:
+    """Rank 1's aggregate replica is corrupted after step 2: the replica check raises everywhere."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
+    outcomes = []
+    for step in range(5):
+        if step == 3 and rank == 1:
+            state.buckets[0].estimate[0] += 1.0
+        outcomes.append(_outcome(lambda: _loss(ddp, rank, step).backward()))
+    return {"outcomes": outcomes}
+
+
+class _Odd(nn.Module):
+    """A 0-element parameter, a 1-element one, an unused branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.unused = nn.Linear(20, 1), nn.Linear(20, 3)
+        self.one, self.empty = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.one + self.empty.sum()
+
+
+def _odd_buckets(rank: int, hook: str) -> dict:
+    """Buckets of 0 and 1 elements (1-byte buckets) and find_unused_parameters=True."""
+    model = _Odd()
+    ddp = DDP(model, bucket_cap_mb=1e-6, find_unused_parameters=True)
+    state = ddp_hooks.register(ddp, hook, check_every=1, **({"ratio": 0.05} if hook != "co3" else {}))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 1-element buckets send more than dense
+        for step in range(5):
+            opt.zero_grad()
+            _loss(ddp, rank, step).backward()
+            opt.step()
+    return {"params": _params(model), "sizes": sorted(sum(b.sizes) for b in state.buckets)}
+
+
+def _k_too_large(rank: int) -> dict:
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", k=10**6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3):
+            _loss(ddp, rank, step).backward()
+    summary = state.stats.summary()
+    return {"warnings": [str(w.message) for w in caught if w.category is RuntimeWarning],
+            "fraction": summary["fraction_of_dense"]}
+
+
+MISMATCHES = {
+    "mechanism": ({"name": "ef21", "ratio": 0.05}, {"name": "ef14", "ratio": 0.05}),
+    "warmup_steps": ({"name": "ef21", "warmup_steps": 1}, {"name": "ef21", "warmup_steps": 2}),
+    "3pcv5 p": ({"name": "3pcv5", "p": 0.1}, {"name": "3pcv5", "p": 0.2}),
+}
+
+
+def _two_ranks(rank: int, workers: int) -> dict:
+    out = {f"nonfinite {h}": _nonfinite_propagates(rank, h, o) for h, o in NONFINITE_HOOKS.items()}
+    out["raise"] = _nonfinite_raises(rank)
+    out["hook error"] = _hook_error(rank)
+    for dtype in (torch.float16, torch.bfloat16):
+        out[f"overflow {dtype}"] = _overflow(rank, dtype)
+    out["overflow inside payload"] = _overflow_inside_payload(rank)
+    for name, (left, right) in MISMATCHES.items():
+        out[f"mismatch {name}"] = _mismatch(rank, left, right)
+    out["diverged"] = _diverged(rank)
+    for hook in ("ef21", "clag", "co3", "sasg"):
+        out[f"odd {hook}"] = _odd_buckets(rank, hook)
+    out["k too large"] = _k_too_large(rank)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two() -> list[dict]:
+    return run_ranks(_two_ranks, 2, timeout=240)
+
+
+# -- spawn 2: four ranks, two subgroups with their own DDP models; then one dies, one raises ----
+def _four_ranks(rank: int, workers: int) -> dict:
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP, process_group=groups[rank // 2])
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(4):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+    sums: list = [None] * workers  # every rank's parameters, before two of them fail
+    dist.all_gather_object(sums, [p.double().sum().item() for p in _params(model)])
+    out = {"sums": sums, "group": dist.get_process_group_ranks(state.group)}
+
+    def step() -> None:  # rank 1 is killed, rank 3's loss raises: their peers must fail, not hang
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if rank == 3:
+            raise ValueError("bad batch in the loss")
+        _loss(ddp, rank, 4).backward()
+
+    out["peer failed"] = _outcome(step) if rank in (0, 2) else step()
+    return out
+
+
+@pytest.fixture(scope="module")
+def four() -> list:
+    return run_ranks(_four_ranks, 4, timeout=120)
+
+
+# -- spawns 3 and 4: save at step 4, restart in new processes, load, continue --------------------
+RESUMED = {name: {"ratio": 0.05} if any(o.name == "ratio" for o in e.options) else {}
+           for name, e in MECHANISMS.items()}
+WRAPPERS = ({}, {"static_graph": True}, {"gradient_as_bucket_view": True})
+SAVE, MORE = 4, 3
+
+
+def _resume(rank: int, workers: int, folder: str, restart: bool) -> dict:
+    """Every hook: an uninterrupted run that saves each rank's checkpoint at step SAVE
+    (``restart=False``), or a fresh process that loads it and runs the remaining steps."""
+    out = {}
+    for i, (hook, options) in enumerate(RESUMED.items()):
+        path = Path(folder, f"{hook}.{rank}.pt")
+        model = _model()
+        saved = torch.load(path) if restart else None
+        if saved:
+            model.load_state_dict(saved["model"])
+        ddp = DDP(model, bucket_cap_mb=CAP, **WRAPPERS[i % len(WRAPPERS)])
+        state = ddp_hooks.register(ddp, hook, **options)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if saved:
+            opt.load_state_dict(saved["opt"])
+            state.load_state_dict(saved["hook"])
+        for step in range(SAVE if restart else 0, SAVE + MORE):
+            if step == SAVE and not restart:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, path)
+            opt.zero_grad()
+            _loss(ddp, rank, step).backward()
+            opt.step()
+        out[hook] = {"params": _params(model), "buckets": len(state.buckets), "dense": state.stats.dense_rounds}
+    return out
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+    folder = str(tmp_path_factory.mktemp("checkpoints"))
+    return run_ranks(_resume, 2, folder, False, timeout=120), run_ranks(_resume, 2, folder, True, timeout=120)
+
+
+# -- the scenarios' outcomes ---------------------------------------------------------------
+AGREED = 10.0  # seconds: every agreed failure is raised within the round that saw it
+
+
+def _fails(outcome: tuple[str, float], *needles: str) -> None:
+    message, seconds = outcome[:2]
+    assert "ThreePCError" in message and all(n in message for n in needles), message
+    assert seconds < AGREED, (seconds, message)
+
+
+@pytest.mark.parametrize("hook", list(NONFINITE_HOOKS))
+def test_a_nonfinite_gradient_on_one_rank_skips_the_step_and_touches_no_memory(two, hook):
+    r0, r1 = (r[f"nonfinite {hook}"] for r in two)
+    for r in (r0, r1):
+        assert r["memory_untouched"], "a skipped round must leave worker memories and aggregates as they were"
+        assert r["step_skipped"] and r["scale"][1] == r["scale"][0] / 2, "GradScaler must have seen the NaN"
+        assert r["nonfinite_rounds"] >= 1 and r["finite"], "training goes on, finite"
+    assert r0["nonfinite_rounds"] == r1["nonfinite_rounds"]
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"])), "replicas stay identical"
+
+
+def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_goes_on(two):
+    for rank, r in enumerate(two):
+        [(step, *outcome, untouched)] = r["raise"]["failures"]
+        assert step == 3 and untouched
+        _fails(outcome, "non-finite gradient on 1 of 2 ranks", "2.weight")
+        assert ("this rank: non-finite gradient in ['2.weight']" in outcome[0]) == (rank == 1), outcome[0]
+    assert all(torch.equal(a, b) for a, b in zip(two[0]["raise"]["params"], two[1]["raise"]["params"]))
+
+
+def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(two):
+    for rank, r in enumerate(two):
+        [(step, *outcome, untouched)] = r["hook error"]["failures"]
+        assert step == 3 and untouched
+        _fails(outcome, "threepc hook failed on 1 of 2 ranks",
+               "injected failure" if rank == 1 else "this rank did not fail")
+    assert all(torch.equal(a, b) for a, b in zip(two[0]["hook error"]["params"], two[1]["hook error"]["params"]))
+
+
+@pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])
+def test_low_precision_overflow_is_a_skipped_round(two, dtype):
+    r0, r1 = (r[f"overflow {dtype}"] for r in two)
+    for r in (r0, r1):
+        assert r["skipped"] == [(2, True, True)], "step 2 returns NaN everywhere, memories untouched"
+        assert r["nonfinite_rounds"] >= 1
+    assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r0["params"], r1["params"]))
+
+
+def test_an_overflow_inside_the_compressed_values_is_a_skipped_round(two):
+    for r in two:
+        flagged = r["overflow inside payload"]["flagged"]
+        assert [f[0] for f in flagged] == [0, 0, 1, 1], "x - g_i = -inf at step 2 only"
+        assert all(untouched for _, untouched in flagged[2:3])
+
+
+@pytest.mark.parametrize("name", list(MISMATCHES))
+def test_ranks_configured_differently_all_raise_naming_the_field(two, name):
+    left, right = MISMATCHES[name]
+    field = "warmup_steps" if name == "warmup_steps" else "mechanism"
+    for r in two:
+        outcome = r[f"mismatch {name}"]
+        _fails(outcome["first"], "configuration differs across ranks", f"{field}: rank 0", "rank 1")
+        _fails(outcome["again"], "configuration differs")
+    if name == "3pcv5 p":
+        assert "p=0.1" in two[0]["mismatch 3pcv5 p"]["first"][0] and "p=0.2" in two[0]["mismatch 3pcv5 p"]["first"][0]
+
+
+def test_diverged_replicas_raise_on_every_rank_at_the_next_check(two):
+    for r in two:
+        outcomes = r["diverged"]["outcomes"]
+        assert [o[0] for o in outcomes[:3]] == ["ok"] * 3
+        _fails(outcomes[3], "aggregate replica differs")
+        _fails(outcomes[4], "aggregate replica differs")
+
+
+@pytest.mark.parametrize("hook", ["ef21", "clag", "co3", "sasg"])
+def test_empty_and_one_element_buckets_with_unused_parameters(two, hook):
+    r0, r1 = (r[f"odd {hook}"] for r in two)
+    assert min(r0["sizes"]) <= 1, r0["sizes"]
+    assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r0["params"], r1["params"]))
+
+
+def test_k_larger_than_a_bucket_warns_and_counts_what_it_sends(two):
+    for r in two:
+        assert r["k too large"]["warnings"] and "more than its dense allreduce" in r["k too large"]["warnings"][0]
+        assert r["k too large"]["fraction"] > 1.0
+
+
+def test_subgroups_of_a_world_of_four_train_two_independent_models(four):
+    assert [four[r]["group"] for r in (0, 2)] == [[0, 1], [2, 3]]
+    sums = four[0]["sums"]
+    same = [sums[i] == sums[j] for i, j in ((0, 1), (2, 3), (0, 2))]
+    assert same == [True, True, False], "replicas agree within a subgroup, and only there"
+
+
+def test_a_killed_rank_or_a_raising_loss_makes_its_peers_fail_fast(four):
+    killed, raised = four[1], four[3]
+    assert isinstance(killed, RankFailure) and killed.exitcode == -signal.SIGKILL
+    assert isinstance(raised, RankFailure) and "bad batch in the loss" in raised.error
+    for peer in (four[0], four[2]):
+        message, seconds = peer["peer failed"]
+        assert message != "ok" and seconds < 30, peer["peer failed"]
+
+
+@pytest.mark.parametrize("hook", list(RESUMED))
+def test_resume_after_a_restart_is_bit_identical(resumed, hook):
+    uninterrupted, restarted = resumed
+    for rank in range(2):
+        a, b = uninterrupted[rank][hook], restarted[rank][hook]
+        assert b["buckets"] > 1, "the model spreads over several buckets"
+        assert b["dense"] == a["dense"], "the restart ran no dense round"
+        assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), f"{hook} drifted after the restart"
