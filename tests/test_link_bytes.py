@@ -78,10 +78,11 @@ def test_link_bytes_match_the_loopback_counter_of_a_private_namespace():
     for r in rows:
         assert 1.0 <= r["lo_tx"] / r["model"] <= 1.1, r
     by = {(r["workers"], r["hook"]): r["stats"] for r in rows}
-    assert by[2, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0)
+    # a dense round through the hook is the dense allreduce, plus its 8-byte agreement flag
+    assert by[2, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0, rel=1e-3)
     # an all_gathered payload's link share grows with n; the dense allreduce's does not
     assert by[4, "ef21"]["link_fraction_of_dense"] > by[2, "ef21"]["link_fraction_of_dense"]
-    assert by[4, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0)
+    assert by[4, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0, rel=1e-3)
 
 
 if __name__ == "__main__":
