@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from benchmarks.progress import report
+from ddp_hooks.launch import loopback_tx_bytes
 
 RESULTS = Path(__file__).parent / "results"
 METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
@@ -56,15 +57,6 @@ PAPER = {"params": 100_000_000, "bucket_bytes": 25 * 2 ** 20, "alpha": 5e-6, "gb
 def make_model() -> nn.Module:
     """The benchmark MLP: 512-1024-1024-10, 1,585,162 parameters."""
     return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-
-
-def lo_tx_bytes() -> int:
-    """This network namespace's loopback tx counter."""
-    for line in open("/proc/net/dev"):
-        name, _, counters = line.partition(":")
-        if name.strip() == "lo":
-            return int(counters.split()[8])
-    raise RuntimeError("no lo in /proc/net/dev")
 
 
 def measure(rank: int, workers: int, method: str, steps: int) -> dict[str, object]:
@@ -91,11 +83,11 @@ def measure(rank: int, workers: int, method: str, steps: int) -> dict[str, objec
         step(x, y)
     summary = (lambda: state.stats.summary() if state else {})
     dist.barrier()
-    s0, lo0, t0 = summary(), lo_tx_bytes(), time.perf_counter()
+    s0, lo0, t0 = summary(), loopback_tx_bytes(), time.perf_counter()
     for x, y in data[WARMUP:]:
         step(x, y)
     dist.barrier()
-    t1, lo1, s1 = time.perf_counter(), lo_tx_bytes(), summary()
+    t1, lo1, s1 = time.perf_counter(), loopback_tx_bytes(), summary()
     out: dict[str, object] = {"step_s": (t1 - t0) / steps, "lo_tx": (lo1 - lo0) / steps}
     if state:
         out["link"] = (s1["link_bytes_sent"] - s0["link_bytes_sent"]) / steps

@@ -18,16 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ddp_hooks.launch import loopback_tx_bytes
+
 CASES = [(2, "gd"), (2, "ef21"), (4, "ef21"), (4, "clag"), (4, "gd")]
-
-
-def lo_tx_bytes() -> int:
-    """This network namespace's loopback tx counter (/proc/net/dev is per namespace; /sys is not)."""
-    for line in open("/proc/net/dev"):
-        name, _, counters = line.partition(":")
-        if name.strip() == "lo":
-            return int(counters.split()[8])
-    raise RuntimeError("no lo in /proc/net/dev")
 
 
 def train(rank: int, hook: str, steps: int) -> dict:
@@ -40,14 +33,14 @@ def train(rank: int, hook: str, steps: int) -> dict:
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(rank)
     dist.barrier()
-    before = lo_tx_bytes()
+    before = loopback_tx_bytes()
     for _ in range(steps):
         x, y = torch.randn(32, 256, generator=gen), torch.randint(0, 10, (32,), generator=gen)
         opt.zero_grad()
         nn.functional.cross_entropy(ddp(x), y).backward()
         opt.step()
     dist.barrier()
-    return {"lo_tx": lo_tx_bytes() - before, "stats": state.stats.summary()}
+    return {"lo_tx": loopback_tx_bytes() - before, "stats": state.stats.summary()}
 
 
 def worker(rank: int, workers: int, hooks: list[str], steps: int) -> list[dict]:

@@ -114,17 +114,10 @@ def _nonfinite_raises(rank: int) -> dict:
     state = ddp_hooks.register(ddp, "ef21", ratio=0.05, nonfinite="raise", check_every=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     switch = _poison(model[2].weight)
-    outcomes = []
-    for step in range(6):
+
+    def before_step(step: int) -> None:
         switch["value"] = float("nan") if step == 3 and rank == 1 else None
-        before = _memory(state)
-        opt.zero_grad()
-        outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
-        if outcome[0] == "ok":
-            opt.step()
-        else:
-            outcomes.append((step, *outcome, _same(before, _memory(state))))
-    return {"failures": outcomes, "params": _params(model)}
+    return _train_through_failures(model, ddp, state, opt, rank, before_step)
 
 
 def _hook_error(rank: int) -> dict:
@@ -137,14 +130,23 @@ def _hook_error(rank: int) -> dict:
     def boom(*args: object) -> None:
         raise RuntimeError("injected failure")
 
-    outcomes = []
-    for step in range(6):
+    def before_step(step: int) -> None:
         if rank == 1:
             for b in state.buckets:
                 if step == 3:
                     b.worker.step = boom
                 else:
                     b.worker.__dict__.pop("step", None)
+    return _train_through_failures(model, ddp, state, opt, rank, before_step)
+
+
+def _train_through_failures(model: nn.Module, ddp: DDP, state: ddp_hooks.ThreePCState, opt: torch.optim.Optimizer,
+                            rank: int, before_step: Callable[[int], None]) -> dict:
+    """Six steps; a step whose backward raises is recorded (step, outcome, memory untouched) and
+    skipped, the others train."""
+    outcomes = []
+    for step in range(6):
+        before_step(step)
         before = _memory(state)
         opt.zero_grad()
         outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
