@@ -78,7 +78,7 @@ def _poison(param: nn.Parameter) -> dict:
     return switch
 
 
-# -- spawn 1: two ranks, one scenario after the other ---------------------------------------
+# -- spawn 1: 2 or 4 ranks in one group, one scenario after the other ---------------------------------------
 NONFINITE_HOOKS = {"gd": {}, "ef21": {"ratio": 0.05}, "ef21_sgdm": {"ratio": 0.05}, "sasg": {"ratio": 0.05},
                    "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5}}
 
@@ -264,7 +264,7 @@ MISMATCHES = {
 }
 
 
-def _two_ranks(rank: int, workers: int) -> dict:
+def _single_group(rank: int, workers: int) -> dict:
     out = {f"nonfinite {h}": _nonfinite_propagates(rank, h, o) for h, o in NONFINITE_HOOKS.items()}
     out["raise"] = _nonfinite_raises(rank)
     out["hook error"] = _hook_error(rank)
@@ -280,9 +280,10 @@ def _two_ranks(rank: int, workers: int) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def two() -> list[dict]:
-    return run_ranks(_two_ranks, 2, timeout=240)
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"{n}ranks")
+def scenarios(request: pytest.FixtureRequest) -> list[dict]:
+    """Every single-group scenario, on 2 and on 4 ranks (rank 1 is the one that fails)."""
+    return run_ranks(_single_group, request.param, timeout=300)
 
 
 # -- spawn 2: four ranks, two subgroups with their own DDP models; then one dies, one raises ----
@@ -349,10 +350,11 @@ def _resume(rank: int, workers: int, folder: str, restart: bool) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
-    folder = str(tmp_path_factory.mktemp("checkpoints"))
-    return run_ranks(_resume, 2, folder, False, timeout=120), run_ranks(_resume, 2, folder, True, timeout=120)
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"{n}ranks")
+def resumed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+    folder, workers = str(tmp_path_factory.mktemp("checkpoints")), request.param
+    return (run_ranks(_resume, workers, folder, False, timeout=180),
+            run_ranks(_resume, workers, folder, True, timeout=180))
 
 
 # -- the scenarios' outcomes ---------------------------------------------------------------
@@ -366,64 +368,66 @@ def _fails(outcome: tuple[str, float], *needles: str) -> None:
 
 
 @pytest.mark.parametrize("hook", list(NONFINITE_HOOKS))
-def test_a_nonfinite_gradient_on_one_rank_skips_the_step_and_touches_no_memory(two, hook):
-    r0, r1 = (r[f"nonfinite {hook}"] for r in two)
-    for r in (r0, r1):
+def test_a_nonfinite_gradient_on_one_rank_skips_the_step_and_touches_no_memory(scenarios, hook):
+    ranks = [r[f"nonfinite {hook}"] for r in scenarios]
+    for r in ranks:
         assert r["memory_untouched"], "a skipped round must leave worker memories and aggregates as they were"
         assert r["step_skipped"] and r["scale"][1] == r["scale"][0] / 2, "GradScaler must have seen the NaN"
         assert r["nonfinite_rounds"] >= 1 and r["finite"], "training goes on, finite"
-    assert r0["nonfinite_rounds"] == r1["nonfinite_rounds"]
-    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"])), "replicas stay identical"
+        assert r["nonfinite_rounds"] == ranks[0]["nonfinite_rounds"]
+        assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas stay identical"
 
 
-def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_goes_on(two):
-    for rank, r in enumerate(two):
+def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_goes_on(scenarios):
+    for rank, r in enumerate(scenarios):
         [(step, *outcome, untouched)] = r["raise"]["failures"]
         assert step == 3 and untouched
-        _fails(outcome, "non-finite gradient on 1 of 2 ranks", "2.weight")
+        _fails(outcome, f"non-finite gradient on 1 of {len(scenarios)} ranks", "2.weight")
         assert ("this rank: non-finite gradient in ['2.weight']" in outcome[0]) == (rank == 1), outcome[0]
-    assert all(torch.equal(a, b) for a, b in zip(two[0]["raise"]["params"], two[1]["raise"]["params"]))
+    assert all(torch.equal(a, b) for a, b in zip(scenarios[0]["raise"]["params"], scenarios[1]["raise"]["params"]))
 
 
-def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(two):
-    for rank, r in enumerate(two):
+def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(scenarios):
+    for rank, r in enumerate(scenarios):
         [(step, *outcome, untouched)] = r["hook error"]["failures"]
         assert step == 3 and untouched
-        _fails(outcome, "threepc hook failed on 1 of 2 ranks",
+        _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
                "injected failure" if rank == 1 else "this rank did not fail")
-    assert all(torch.equal(a, b) for a, b in zip(two[0]["hook error"]["params"], two[1]["hook error"]["params"]))
+    first, second = (r["hook error"]["params"] for r in scenarios[:2])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 @pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])
-def test_low_precision_overflow_is_a_skipped_round(two, dtype):
-    r0, r1 = (r[f"overflow {dtype}"] for r in two)
-    for r in (r0, r1):
+def test_low_precision_overflow_is_a_skipped_round(scenarios, dtype):
+    ranks = [r[f"overflow {dtype}"] for r in scenarios]
+    for r in ranks:
         assert r["skipped"] == [(2, True, True)], "step 2 returns NaN everywhere, memories untouched"
         assert r["nonfinite_rounds"] >= 1
-    assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r0["params"], r1["params"]))
+        assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r["params"], ranks[0]["params"]))
 
 
-def test_an_overflow_inside_the_compressed_values_is_a_skipped_round(two):
-    for r in two:
+def test_an_overflow_inside_the_compressed_values_is_a_skipped_round(scenarios):
+    for r in scenarios:
         flagged = r["overflow inside payload"]["flagged"]
         assert [f[0] for f in flagged] == [0, 0, 1, 1], "x - g_i = -inf at step 2 only"
         assert all(untouched for _, untouched in flagged[2:3])
 
 
 @pytest.mark.parametrize("name", list(MISMATCHES))
-def test_ranks_configured_differently_all_raise_naming_the_field(two, name):
+def test_ranks_configured_differently_all_raise_naming_the_field(scenarios, name):
     left, right = MISMATCHES[name]
     field = "warmup_steps" if name == "warmup_steps" else "mechanism"
-    for r in two:
+    for r in scenarios:
         outcome = r[f"mismatch {name}"]
         _fails(outcome["first"], "configuration differs across ranks", f"{field}: rank 0", "rank 1")
         _fails(outcome["again"], "configuration differs")
     if name == "3pcv5 p":
-        assert "p=0.1" in two[0]["mismatch 3pcv5 p"]["first"][0] and "p=0.2" in two[0]["mismatch 3pcv5 p"]["first"][0]
+        message = scenarios[0]["mismatch 3pcv5 p"]["first"][0]
+        assert "p=0.1" in message and "p=0.2" in message
 
 
-def test_diverged_replicas_raise_on_every_rank_at_the_next_check(two):
-    for r in two:
+def test_diverged_replicas_raise_on_every_rank_at_the_next_check(scenarios):
+    for r in scenarios:
         outcomes = r["diverged"]["outcomes"]
         assert [o[0] for o in outcomes[:3]] == ["ok"] * 3
         _fails(outcomes[3], "aggregate replica differs")
@@ -431,14 +435,15 @@ def test_diverged_replicas_raise_on_every_rank_at_the_next_check(two):
 
 
 @pytest.mark.parametrize("hook", ["ef21", "clag", "co3", "sasg"])
-def test_empty_and_one_element_buckets_with_unused_parameters(two, hook):
-    r0, r1 = (r[f"odd {hook}"] for r in two)
-    assert min(r0["sizes"]) <= 1, r0["sizes"]
-    assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r0["params"], r1["params"]))
+def test_empty_and_one_element_buckets_with_unused_parameters(scenarios, hook):
+    ranks = [r[f"odd {hook}"] for r in scenarios]
+    assert min(ranks[0]["sizes"]) <= 1, ranks[0]["sizes"]
+    for r in ranks:
+        assert all(torch.equal(a, b) and bool(a.isfinite().all()) for a, b in zip(r["params"], ranks[0]["params"]))
 
 
-def test_k_larger_than_a_bucket_warns_and_counts_what_it_sends(two):
-    for r in two:
+def test_k_larger_than_a_bucket_warns_and_counts_what_it_sends(scenarios):
+    for r in scenarios:
         assert r["k too large"]["warnings"] and "more than its dense allreduce" in r["k too large"]["warnings"][0]
         assert r["k too large"]["fraction"] > 1.0
 
@@ -462,7 +467,7 @@ def test_a_killed_rank_or_a_raising_loss_makes_its_peers_fail_fast(four):
 @pytest.mark.parametrize("hook", list(RESUMED))
 def test_resume_after_a_restart_is_bit_identical(resumed, hook):
     uninterrupted, restarted = resumed
-    for rank in range(2):
+    for rank in range(len(uninterrupted)):
         a, b = uninterrupted[rank][hook], restarted[rank][hook]
         assert b["buckets"] > 1, "the model spreads over several buckets"
         assert b["dense"] == a["dense"], "the restart ran no dense round"
