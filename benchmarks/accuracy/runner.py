@@ -141,7 +141,7 @@ def _rank_main(rank: int, workers: int, task: Task, data: Data, runs: list[Run],
         if rank == 0:
             elapsed = time.time() - t0
             eta = elapsed / done * (total - done)
-            print(f"[{done}/{total}] {task.name} n={workers} {run.recipe} {run.hook} seed {run.seed}: "
+            print(f"[rank 0] [{done}/{total}] {task.name} n={workers} {run.recipe} {run.hook} seed {run.seed}: "
                   f"{task.metric} {result['final']:.4f}, {result['fraction_of_dense']:.2%} of dense, "
                   f"{result['wall_s']:.1f} s | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
     return results
