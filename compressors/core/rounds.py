@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 _MIX = 0x9E3779B97F4A7C15  # splitmix64's increment
@@ -56,6 +57,13 @@ class Round:
     def generator(self, seed: int, numel: int, *, shared: bool) -> torch.Generator:
         """A CPU generator seeded with ``key``."""
         return torch.Generator().manual_seed(self.key(seed, numel, shared=shared))
+
+    def subset(self, seed: int, numel: int, k: int, *, shared: bool) -> torch.Tensor:
+        """k distinct indices of range(numel), uniformly at random and in random order (int64),
+        from ``key``: O(k) work (numpy's sampling without replacement), not a permutation of
+        all numel."""
+        rng = np.random.default_rng(self.key(seed, numel, shared=shared))
+        return torch.from_numpy(rng.choice(numel, k, replace=False).astype(np.int64))
 
 
 class MoveHistory:

@@ -41,8 +41,7 @@ class RandK(Sparsifier):
         return numel / self.k_for(numel) - 1.0
 
     def support(self, numel: int, rnd: Round = ROUND0) -> Tensor:
-        gen = rnd.generator(self.seed, numel, shared=self.shared)
-        return torch.randperm(numel, generator=gen)[:self.k_for(numel)].sort().values
+        return rnd.subset(self.seed, numel, self.k_for(numel), shared=self.shared).sort().values
 
     def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
         indices = self.support(x.numel(), rnd).to(x.device)

@@ -66,8 +66,8 @@ class SharedTopK(Sparsifier):
             torch.zeros(0, dtype=torch.long)
         taken = torch.zeros(numel, dtype=torch.bool)
         taken[top.cpu()] = True
-        order = torch.randperm(numel, generator=rnd.generator(self.seed, numel, shared=True))
-        rest = order[~taken[order]][:k - top.numel()]
+        drawn = rnd.subset(self.seed, numel, k, shared=True)  # k distinct: at least k - |top| outside top
+        rest = drawn[~taken[drawn]][:k - top.numel()]
         device = g.device if g is not None else torch.device("cpu")
         return torch.cat([top.cpu(), rest]).sort().values.to(device)
 
