@@ -1,0 +1,102 @@
+"""One timed run on n gloo ranks: (workload, ranks, rate, method).
+
+Rank 0 records the metric against training wall time (evaluation excluded), the loopback
+bytes of the training steps (between two barriers) and the compute time of a step: the median
+of a few forward+backward passes under ``ddp.no_sync()`` (no communication), timed before
+training on separate minibatches. The rest of a step (communication, compression, the
+optimizer) is ``step_s - compute_s``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ddp_hooks.launch import run_ranks
+
+from ..accuracy.recipes import RECIPES
+from ..accuracy.tasks import Data, Task
+from . import methods
+from .netns import lo_tx_bytes
+
+COMPUTE_REPEATS = 3
+
+
+def compute_seconds(ddp: nn.parallel.DistributedDataParallel, task: Task, data: Data, rank: int,
+                    workers: int) -> float:
+    """Median forward+backward time under ``no_sync`` (one warm-up pass first); grads cleared."""
+    gen, times = torch.Generator().manual_seed(10_000 + rank), []
+    with ddp.no_sync():
+        for i in range(COMPUTE_REPEATS + 1):
+            x, y = task.batch(data, rank, workers, gen)
+            start = time.perf_counter()
+            task.loss(ddp, x, y).backward()
+            times.append(time.perf_counter() - start)
+    ddp.zero_grad(set_to_none=True)
+    return statistics.median(times[1:])
+
+
+def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_name: str,
+          count_lo: bool) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = task.model()
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
+    synced = [0]
+    counter = methods.register(ddp, method, workers, synced)
+    recipe = RECIPES[recipe_name]
+    params = list(ddp.parameters())
+    opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
+    compute_s = compute_seconds(ddp, task, data, rank, workers)
+    gen = torch.Generator().manual_seed(rank)
+    curve: list[tuple[int, float, float]] = []  # (step, train seconds, metric)
+
+    def record(step: int, seconds: float) -> None:
+        if rank == 0:
+            model.eval()
+            curve.append((step, seconds, task.evaluate(model, data)))
+            model.train()
+
+    record(0, 0.0)
+    dist.barrier()
+    lo_before = lo_tx_bytes() if count_lo else 0
+    train_s = 0.0
+    for step in range(1, task.steps + 1):
+        start = time.perf_counter()
+        x, y = task.batch(data, rank, workers, gen)
+        opt.zero_grad(set_to_none=True)
+        task.loss(ddp, x, y).backward()
+        synced[0] = step
+        recipe.clip_gradients(params)
+        opt.step()
+        schedule.step()
+        train_s += time.perf_counter() - start
+        if step % task.eval_every == 0 or step == task.steps:
+            record(step, train_s)
+    dist.barrier()
+    lo = lo_tx_bytes() - lo_before if count_lo else None
+    sent, link = counter() if counter else (None, None)
+    return {"curve": curve, "final": curve[-1][2] if curve else None, "train_s": train_s,
+            "step_s": train_s / task.steps, "compute_s": compute_s, "comm_s": train_s / task.steps - compute_s,
+            "bytes_sent": sent, "link_bytes_sent": link, "lo_tx_total": lo,
+            "params": sum(p.numel() for p in params)}
+
+
+def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo: bool) -> dict[str, object]:
+    """One run on ``workers`` ranks; rank 0's record plus per-rank bytes (hook model: the mean
+    over ranks; lo counter: the namespace's total / n). A failure is recorded, not raised."""
+    try:
+        ranks = run_ranks(train, workers, task, data, method, recipe, count_lo)
+    except Exception as e:  # e.g. a hook that aborts on gloo: keep its error text
+        return {"error": f"{type(e).__name__}: {e}".strip()[-2000:], "traceback": traceback.format_exc()[-4000:]}
+    result = dict(ranks[0])
+    links = [r["link_bytes_sent"] for r in ranks]
+    result["model_bytes_per_rank"] = sum(links) / workers if None not in links else None
+    result["bytes_sent_per_rank"] = sum(r["bytes_sent"] for r in ranks) / workers if None not in links else None
+    result["lo_bytes_per_rank"] = result.pop("lo_tx_total") / workers if count_lo else None
+    if result["model_bytes_per_rank"] and result["lo_bytes_per_rank"] is not None:
+        result["lo_over_model"] = result["lo_bytes_per_rank"] / result["model_bytes_per_rank"]
+    return result
