@@ -13,6 +13,7 @@ from ..accuracy.runner import BASELINE, check_hook, parse_hook
 
 POWERSGD = "powersgd"
 DEFAULT = "default"
+POWERSGD_START = 10
 DENSE = {BASELINE: 1.0, "fp16": 0.5}  # dense hooks: bytes per fp32 gradient byte
 METHODS = [BASELINE, "fp16", POWERSGD, DEFAULT, "ef14", "ef21", "co3:fmt=fp4-121", "clag"]
 QUICK_METHODS = [BASELINE, "fp16", DEFAULT]
@@ -35,9 +36,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, 
     of synchronised steps so far (dense hooks are counted from the parameter sizes: ring
     allreduce sends 2 (n - 1) / n of the buffer per rank)."""
     name, options = parse_hook(spec)
-    if name == POWERSGD:  # rank 2, torch's defaults otherwise (10 dense steps first)
-        ddp.register_comm_hook(powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=2),
-                               powerSGD_hook.powerSGD_hook)
+    if name == POWERSGD:  # rank 2 after 10 dense steps (torch's default start, 1000, is past these runs' end)
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=2,
+                                            start_powerSGD_iter=POWERSGD_START)
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return None  # P and Q sizes are not modelled: the lo counter is the measurement
     if name in DENSE:
         if name == "fp16":

@@ -42,7 +42,8 @@ def annotate(runs: list[Record]) -> None:
         r["time_to_target_s"] = time_to(r["curve"], goal, r["higher_is_better"]) if goal is not None and "curve" in r \
             else None
         t_base = time_to(b["curve"], goal, b["higher_is_better"]) if goal is not None else None
-        r["speedup"] = t_base / r["time_to_target_s"] if t_base and r["time_to_target_s"] else None
+        t = r["time_to_target_s"]
+        r["speedup"] = t_base / t if t_base is not None and t else None
 
 
 def _f(value: object, fmt: str) -> str:
@@ -56,7 +57,7 @@ def markdown(runs: list[Record]) -> str:
     for r in runs:
         head = f"| {r['workload']} | {r['ranks']} | {r['rate']} | {label(r['method'])} |"
         if "error" in r:
-            lines.append(f"{head} failed: {r['error'].splitlines()[0][:150]} |" + " |" * 9)
+            lines.append(f"{head} failed: {' '.join(r['error'].split())[:400]} |" + " |" * 9)
             continue
         mb = lambda v: _f(None if v is None else v / 1e6, ".2f")  # noqa: E731
         lines.append(f"{head} {r['step_s']:.3f} | {r['compute_s']:.3f} | {r['comm_s']:.3f} | "
@@ -68,7 +69,8 @@ def markdown(runs: list[Record]) -> str:
         "seconds of rank 0 (evaluation excluded). compute = forward+backward under no_sync; comm+compress = the "
         "rest of the step (communication, compression, optimizer). Bytes per rank over the training steps: the "
         "hook's ring model (link_bytes_sent; dense hooks from the parameter sizes) and the private namespace's lo "
-        "tx counter / n (TCP/IP headers included).\n")
+        "tx counter / n (TCP/IP headers included). The rate shapes lo, which all n ranks share: R is the ranks' "
+        "aggregate bandwidth (a shared medium), not a per-rank link.\n")
 
 
 def plots(runs: list[Record], out: Path, prefix: str = "e2e") -> list[Path]:

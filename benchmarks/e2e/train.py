@@ -8,9 +8,14 @@ optimizer) is ``step_s - compute_s``.
 """
 from __future__ import annotations
 
+import os
 import statistics
+import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -23,21 +28,21 @@ from ..accuracy.tasks import Data, Task
 from . import methods
 from .netns import lo_tx_bytes
 
-COMPUTE_REPEATS = 3
+COMPUTE_WARMUP, COMPUTE_REPEATS = 2, 5
 
 
 def compute_seconds(ddp: nn.parallel.DistributedDataParallel, task: Task, data: Data, rank: int,
                     workers: int) -> float:
-    """Median forward+backward time under ``no_sync`` (one warm-up pass first); grads cleared."""
+    """Median forward+backward time under ``no_sync`` (after warm-up passes); grads cleared."""
     gen, times = torch.Generator().manual_seed(10_000 + rank), []
     with ddp.no_sync():
-        for i in range(COMPUTE_REPEATS + 1):
+        for _ in range(COMPUTE_WARMUP + COMPUTE_REPEATS):
             x, y = task.batch(data, rank, workers, gen)
             start = time.perf_counter()
             task.loss(ddp, x, y).backward()
             times.append(time.perf_counter() - start)
     ddp.zero_grad(set_to_none=True)
-    return statistics.median(times[1:])
+    return statistics.median(times[COMPUTE_WARMUP:])
 
 
 def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_name: str,
@@ -59,6 +64,10 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
             model.eval()
             curve.append((step, seconds, task.evaluate(model, data)))
             model.train()
+            if step:
+                left = seconds / step * (task.steps - step)
+                print(f"    step {step}/{task.steps}: {task.metric} {curve[-1][2]:.4f}, {seconds:.1f} s, "
+                      f"run ETA {left:.0f} s", file=sys.stderr, flush=True)
 
     record(0, 0.0)
     dist.barrier()
@@ -85,13 +94,53 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
             "params": sum(p.numel() for p in params)}
 
 
+@contextmanager
+def tee_stderr(keep: int = 20_000) -> Iterator[bytearray]:
+    """Pass fd 2 (inherited by the ranks) through a pipe to where it went, keeping its last
+    ``keep`` bytes: a rank that aborts (SIGABRT) leaves its reason only there."""
+    tail, (read, write), saved = bytearray(), os.pipe(), os.dup(2)
+
+    def pump() -> None:
+        while chunk := os.read(read, 65536):
+            os.write(saved, chunk)
+            tail.extend(chunk)
+            del tail[:-keep]
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    sys.stderr.flush()
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield tail
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        thread.join(timeout=10)
+        os.close(read)
+        os.close(saved)
+
+
+def _reason(stderr: bytearray) -> str:
+    """The lines of the ranks' stderr that say why one died (C++ ``what():``, Python errors)."""
+    lines = stderr.decode(errors="replace").splitlines()
+    return " ".join(line.strip() for line in lines if "what():" in line or "Error" in line)[-1500:]
+
+
 def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo: bool) -> dict[str, object]:
     """One run on ``workers`` ranks; rank 0's record plus per-rank bytes (hook model: the mean
     over ranks; lo counter: the namespace's total / n). A failure is recorded, not raised."""
-    try:
-        ranks = run_ranks(train, workers, task, data, method, recipe, count_lo)
-    except Exception as e:  # e.g. a hook that aborts on gloo: keep its error text
-        return {"error": f"{type(e).__name__}: {e}".strip()[-2000:], "traceback": traceback.format_exc()[-4000:]}
+    with tee_stderr() as stderr:
+        try:
+            ranks = run_ranks(train, workers, task, data, method, recipe, count_lo)
+        except Exception as e:  # e.g. a hook that aborts on gloo: keep its error text
+            failed = f"{type(e).__name__}: {str(e).strip()}"
+            traceback_text = traceback.format_exc()[-4000:]
+        else:
+            failed = None
+    if failed:
+        reason = _reason(stderr)
+        return {"error": f"{failed}; rank stderr: {reason}" if reason else failed, "traceback": traceback_text}
     result = dict(ranks[0])
     links = [r["link_bytes_sent"] for r in ranks]
     result["model_bytes_per_rank"] = sum(links) / workers if None not in links else None
