@@ -8,7 +8,8 @@ unshare, ip and tc, else it says so and runs unshaped), with ``tc qdisc ... tbf 
 256kb latency 400ms`` on lo per rate. Writes OUT/PREFIX.json (every run: curve of (step,
 training seconds, metric), s/step split into compute and comm+compress, bytes per rank from the
 hook's model and from lo's counter, time to target, speed-up vs allreduce), OUT/PREFIX.md and
-OUT/PREFIX_<workload>_n<ranks>.png (metric vs training seconds).
+OUT/PREFIX_<workload>_n<ranks>.png (metric vs training seconds). A run still going after 4 times its
+group's allreduce run plus 60 s is killed and recorded as failed (hung collectives).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from .train import run
 from .workloads import QUICK, WORKLOADS
 
 RATES = ["100mbit", "400mbit", "1gbit", netns.UNSHAPED]
+# a run may take this many times its group's allreduce run (plus slack) before it is killed as hung
+DEADLINE_FACTOR, DEADLINE_SLACK_S = 4, 60
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[dict[str, object]] = []
     started, data = time.time(), {}
     for rate in rates:
-        with netns.shaped(rate) if isolated else netns.shaped(netns.UNSHAPED):
+        with netns.shaped(rate):  # rates is [unshaped] outside a namespace
             for workload, ranks, _, method in [p for p in plan if p[2] == rate]:
                 task = dataclasses.replace(WORKLOADS[workload], **(QUICK[workload] if args.quick else {}))
                 task = dataclasses.replace(task, steps=max(1, round(task.steps * args.steps)),
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
                 progress(len(runs), len(plan), started, f"{workload} n={ranks} {rate} {methods.label(method)}")
                 if workload not in data:
                     data = {workload: task.load()}
-                result = run(task, data[workload], ranks, method, args.recipe, isolated)
+                base = next((r for r in runs if (r["workload"], r["ranks"], r["rate"], r["method"]) ==
+                             (workload, ranks, rate, BASELINE) and "run_s" in r), None)
+                deadline = DEADLINE_FACTOR * base["run_s"] + DEADLINE_SLACK_S if base else None
+                result = run(task, data[workload], ranks, method, args.recipe, isolated, deadline)
                 runs.append({"workload": workload, "task_config": repr(task), "metric": task.metric,
                              "higher_is_better": task.higher_is_better, "ranks": ranks, "rate": rate,
                              "method": method, "recipe": args.recipe, **result})

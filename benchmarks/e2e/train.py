@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
-from ddp_hooks.launch import run_ranks
+from ddp_hooks import launch
 
 from ..accuracy.recipes import RECIPES
 from ..accuracy.tasks import Data, Task
@@ -94,6 +97,22 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
             "params": sum(p.numel() for p in params)}
 
 
+def run_ranks_until(deadline_s: float | None, fn: object, workers: int, *args: object) -> list:
+    """``launch.run_ranks`` with a deadline: past it, the ranks are killed and TimeoutError is
+    raised (a hook whose collectives mismatch can hang on gloo instead of aborting)."""
+    with tempfile.TemporaryDirectory() as out:
+        ranks = mp.spawn(launch._rank_main, args=(fn, workers, launch.free_port(), out, args), nprocs=workers,
+                         join=False)
+        start = time.monotonic()
+        while not ranks.join(timeout=1):
+            if deadline_s is not None and time.monotonic() - start > deadline_s:
+                for process in ranks.processes:
+                    process.kill()
+                    process.join()
+                raise TimeoutError(f"ranks still running after {deadline_s:.0f} s: killed")
+        return [torch.load(Path(out, f"{rank}.pt"), weights_only=False) for rank in range(workers)]
+
+
 @contextmanager
 def tee_stderr(keep: int = 20_000) -> Iterator[bytearray]:
     """Pass fd 2 (inherited by the ranks) through a pipe to where it went, keeping its last
@@ -127,12 +146,15 @@ def _reason(stderr: bytearray) -> str:
     return " ".join(line.strip() for line in lines if "what():" in line or "Error" in line)[-1500:]
 
 
-def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo: bool) -> dict[str, object]:
+def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo: bool,
+        deadline_s: float | None = None) -> dict[str, object]:
     """One run on ``workers`` ranks; rank 0's record plus per-rank bytes (hook model: the mean
-    over ranks; lo counter: the namespace's total / n). A failure is recorded, not raised."""
+    over ranks; lo counter: the namespace's total / n). A failure (an abort, an exception, a
+    run past ``deadline_s``) is recorded, not raised."""
+    started = time.perf_counter()
     with tee_stderr() as stderr:
         try:
-            ranks = run_ranks(train, workers, task, data, method, recipe, count_lo)
+            ranks = run_ranks_until(deadline_s, train, workers, task, data, method, recipe, count_lo)
         except Exception as e:  # e.g. a hook that aborts on gloo: keep its error text
             failed = f"{type(e).__name__}: {str(e).strip()}"
             traceback_text = traceback.format_exc()[-4000:]
@@ -142,6 +164,7 @@ def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo
         reason = _reason(stderr)
         return {"error": f"{failed}; rank stderr: {reason}" if reason else failed, "traceback": traceback_text}
     result = dict(ranks[0])
+    result["run_s"] = time.perf_counter() - started
     links = [r["link_bytes_sent"] for r in ranks]
     result["model_bytes_per_rank"] = sum(links) / workers if None not in links else None
     result["bytes_sent_per_rank"] = sum(r["bytes_sent"] for r in ranks) / workers if None not in links else None
