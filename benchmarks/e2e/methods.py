@@ -1,0 +1,50 @@
+"""Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default`` (``register(ddp)``)
+and any threepc hook spec (``NAME:KEY=VALUE,...``, as in the accuracy suite)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+import ddp_hooks
+
+from ..accuracy.runner import BASELINE, check_hook, parse_hook
+
+POWERSGD = "powersgd"
+DEFAULT = "default"
+POWERSGD_START = 10
+DENSE = {BASELINE: 1.0, "fp16": 0.5}  # dense hooks: bytes per fp32 gradient byte
+METHODS = [BASELINE, "fp16", POWERSGD, DEFAULT, "ef14", "ef21", "co3:fmt=fp4-121", "clag"]
+QUICK_METHODS = [BASELINE, "fp16", DEFAULT]
+# (payload bytes sent, ring-model link bytes sent) by this rank so far; None: not modelled
+Counter = Callable[[], tuple[int, int]] | None
+
+
+def check(spec: str) -> None:
+    """ValueError for an unknown method or options (before spawning ranks)."""
+    if spec not in (POWERSGD, DEFAULT):
+        check_hook(spec)
+
+
+def label(spec: str) -> str:
+    return f"default ({ddp_hooks.DEFAULT})" if spec == DEFAULT else spec
+
+
+def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int]) -> Counter:
+    """Register ``spec`` on ``ddp``; returns this rank's byte counter. ``steps`` holds the number
+    of synchronised steps so far (dense hooks are counted from the parameter sizes: ring
+    allreduce sends 2 (n - 1) / n of the buffer per rank)."""
+    name, options = parse_hook(spec)
+    if name == POWERSGD:  # rank 2 after 10 dense steps (torch's default start, 1000, is past these runs' end)
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=2,
+                                            start_powerSGD_iter=POWERSGD_START)
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return None  # P and Q sizes are not modelled: the lo counter is the measurement
+    if name in DENSE:
+        if name == "fp16":
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        dense = sum(p.numel() * p.element_size() for p in ddp.parameters()) * DENSE[name]
+        return lambda: (round(dense * steps[0]), round(dense * steps[0] * 2 * (workers - 1) / workers))
+    state = ddp_hooks.register(ddp) if name == DEFAULT else ddp_hooks.register(ddp, name, **options)
+    return lambda: (state.stats.total_sent, state.stats.link_sent)
