@@ -1,8 +1,8 @@
 """A private network namespace with a shaped loopback: the only traffic on its ``lo`` is ours.
 
 The CLI re-executes itself under ``unshare -n`` (``reexec``); inside, ``shaped(rate)`` puts a
-token-bucket qdisc on ``lo`` for the duration of a block, and ``lo_tx_bytes`` reads the
-namespace's own counter (``/proc/net/dev`` is per namespace).
+token-bucket qdisc on ``lo`` for the duration of a block, and
+``ddp_hooks.launch.loopback_tx_bytes`` reads the namespace's own counter.
 """
 from __future__ import annotations
 
@@ -15,15 +15,6 @@ from contextlib import contextmanager
 
 ENV = "THREEPC_E2E_NETNS"  # set in the re-executed child: "1" inside a namespace, "0" when none could be made
 UNSHAPED = "unshaped"
-
-
-def lo_tx_bytes() -> int:
-    """This namespace's loopback tx byte counter."""
-    for line in open("/proc/net/dev"):
-        name, _, counters = line.partition(":")
-        if name.strip() == "lo":
-            return int(counters.split()[8])
-    raise RuntimeError("no lo in /proc/net/dev")
 
 
 def _missing() -> str | None:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from ddp_hooks import launch
@@ -29,7 +26,6 @@ from ddp_hooks import launch
 from ..accuracy.recipes import RECIPES
 from ..accuracy.tasks import Data, Task
 from . import methods
-from .netns import lo_tx_bytes
 
 COMPUTE_WARMUP, COMPUTE_REPEATS = 2, 5
 
@@ -74,7 +70,7 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
 
     record(0, 0.0)
     dist.barrier()
-    lo_before = lo_tx_bytes() if count_lo else 0
+    lo_before = launch.loopback_tx_bytes() if count_lo else 0
     train_s = 0.0
     for step in range(1, task.steps + 1):
         start = time.perf_counter()
@@ -89,28 +85,12 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
         if step % task.eval_every == 0 or step == task.steps:
             record(step, train_s)
     dist.barrier()
-    lo = lo_tx_bytes() - lo_before if count_lo else None
+    lo = launch.loopback_tx_bytes() - lo_before if count_lo else None
     sent, link = counter() if counter else (None, None)
     return {"curve": curve, "final": curve[-1][2] if curve else None, "train_s": train_s,
             "step_s": train_s / task.steps, "compute_s": compute_s, "comm_s": train_s / task.steps - compute_s,
             "bytes_sent": sent, "link_bytes_sent": link, "lo_tx_total": lo,
             "params": sum(p.numel() for p in params)}
-
-
-def run_ranks_until(deadline_s: float | None, fn: object, workers: int, *args: object) -> list:
-    """``launch.run_ranks`` with a deadline: past it, the ranks are killed and TimeoutError is
-    raised (a hook whose collectives mismatch can hang on gloo instead of aborting)."""
-    with tempfile.TemporaryDirectory() as out:
-        ranks = mp.spawn(launch._rank_main, args=(fn, workers, launch.free_port(), out, args), nprocs=workers,
-                         join=False)
-        start = time.monotonic()
-        while not ranks.join(timeout=1):
-            if deadline_s is not None and time.monotonic() - start > deadline_s:
-                for process in ranks.processes:
-                    process.kill()
-                    process.join()
-                raise TimeoutError(f"ranks still running after {deadline_s:.0f} s: killed")
-        return [torch.load(Path(out, f"{rank}.pt"), weights_only=False) for rank in range(workers)]
 
 
 @contextmanager
@@ -154,8 +134,11 @@ def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo
     started = time.perf_counter()
     with tee_stderr() as stderr:
         try:
-            ranks = run_ranks_until(deadline_s, train, workers, task, data, method, recipe, count_lo)
-        except Exception as e:  # e.g. a hook that aborts on gloo: keep its error text
+            ranks = launch.run_ranks(train, workers, task, data, method, recipe, count_lo, timeout=deadline_s)
+            dead = [r for r in ranks if isinstance(r, launch.RankFailure)]
+            if dead:
+                raise RuntimeError("; ".join(f"rank {r.rank} exited {r.exitcode}: {r.error[-300:]}" for r in dead))
+        except Exception as e:  # e.g. a hook that aborts on gloo, or a hang past the deadline: keep its error text
             failed = f"{type(e).__name__}: {str(e).strip()}"
             traceback_text = traceback.format_exc()[-4000:]
         else:
