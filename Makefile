@@ -7,7 +7,7 @@ VENV_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.threepc-editable
 
-.PHONY: venv build demo test test-fast bench package clean
+.PHONY: venv build demo test test-fast bench bench-e2e package clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -34,6 +34,10 @@ test-fast: build
 
 bench: build
 	$(BIN)/python -m pytest benchmarks --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+
+# time to accuracy in a shaped private network namespace (root: unshare, tc); long, see the README
+bench-e2e: build
+	$(BIN)/python -m benchmarks.e2e
 
 # sdist, then a wheel built from it (one compile proves both); both land in dist/
 package: venv
