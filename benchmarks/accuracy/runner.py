@@ -21,6 +21,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 import ddp_hooks
 from ddp_hooks.launch import run_ranks
 
+from ..progress import eta_line
 from .recipes import RECIPES
 from .tasks import Data, Task
 
@@ -139,11 +140,9 @@ def _rank_main(rank: int, workers: int, task: Task, data: Data, runs: list[Run],
         results.append(result)
         done += 1
         if rank == 0:
-            elapsed = time.time() - t0
-            eta = elapsed / done * (total - done)
-            print(f"[rank 0] [{done}/{total}] {task.name} n={workers} {run.recipe} {run.hook} seed {run.seed}: "
-                  f"{task.metric} {result['final']:.4f}, {result['fraction_of_dense']:.2%} of dense, "
-                  f"{result['wall_s']:.1f} s | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
+            print(f"[rank 0] {eta_line(done, total, t0)}: {task.name} n={workers} {run.recipe} {run.hook} "
+                  f"seed {run.seed}: {task.metric} {result['final']:.4f}, {result['fraction_of_dense']:.2%} of dense, "
+                  f"{result['wall_s']:.1f} s", flush=True)
     return results
 
 
