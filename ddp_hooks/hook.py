@@ -9,7 +9,7 @@ defined when the bucket is exactly their union, ``ThreePCState.units``):
   ``mechanism.init(grad)`` sets the worker memory and returns the fp32 gradient; the callback
   builds the aggregate state with ``mechanism.start`` (g = the mean gradient);
 * compressed round: ``mechanism.step(grad)`` updates the local memory and returns the payload;
-  the callback folds every rank's payload into the aggregate with ``mechanism.aggregate``.
+  the callback folds every rank's payload into the aggregate with ``mechanism.fold``.
 
 Either way ``protocol.choose`` picks how the payload travels from what the mechanism declares
 (summable, lazy, fixed or variable size), and the aggregate's ``"g"`` is the unit's result.
@@ -88,7 +88,7 @@ class _Round:
             state.stats.dense_rounds += 1
         else:
             self.rnd = Round(state.iteration, group.rank(), group.size(), state.history.moves(self.bucket.params),
-                             self.bucket.server["g"])
+                             dict(self.bucket.server))
             spec, lazy = worker.spec(numel, self.rnd), worker.lazy  # before step(): a refused spec changes nothing
             state.stats.compressed_rounds += 1
             _warn_if_larger_than_dense(state, spec, grad)
@@ -147,10 +147,10 @@ class _Round:
             self.restore()
             return self._refuse(flags)
         if self.dense:
-            self.bucket.server = self.worker.start(payloads, self.rnd)
+            self.bucket.server = self.worker.begin(payloads, self.rnd)
         elif payloads is not None:  # None: every rank stayed silent, g is unchanged
             self.server = {k: t.clone() for k, t in self.bucket.server.items()}
-            self.worker.aggregate(self.bucket.server, payloads, self.rnd)
+            self.worker.fold(self.bucket.server, payloads, self.rnd)
         return self.bucket.server["g"]
 
     def _refuse(self, flags: Flags) -> Tensor | str:

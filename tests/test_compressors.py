@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import Compose, Identity, PermK, RandK, Round, SharedTopK, TopK
+from compressors import Compose, Identity, Payload, PermK, RandK, Round, SharedTopK, TopK
 
 
 def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
@@ -104,35 +104,75 @@ def test_silent_workers_add_nothing():
     assert torch.equal(out, torch.zeros(5))
 
 
-def test_shared_topk_keeps_the_aggregates_top_entries_and_shared_random_ones():
+def _shared_round(c: SharedTopK, g: torch.Tensor, t: int, workers: int) -> Round:
+    return Round(t, 0, workers, shared=c.shared_start(g))
+
+
+def test_shared_topk_support_is_the_agreed_proposal_plus_shared_random_entries():
     g = torch.zeros(100)
     g[[3, 50, 97]] = torch.tensor([5.0, -7.0, 6.0])
-    c = SharedTopK(k=6, explore=0.5, seed=1)
-    supports = [c.support(100, Round(4, w, 3, aggregate=g)) for w in range(3)]
+    c = SharedTopK(k=6, explore=0.5, seed=1)  # R = 3 random, 3 proposed
+    rnd = _shared_round(c, g, 4, 3)
+    assert rnd.shared["support"].nonzero().view(-1).tolist() == [3, 50, 97]  # P^0: the top of |g^0|
+    supports = [c.support(100, rnd.of(w)) for w in range(3)]
     assert all(torch.equal(s, supports[0]) for s in supports)  # every worker, no communication
     assert {3, 50, 97} <= set(supports[0].tolist()) and supports[0].numel() == 6
     assert supports[0].tolist() == sorted(supports[0].tolist())
-    spec = c.spec(100, Round(4, 0, 3, aggregate=g))
-    assert [(s.name, s.numel, s.aligned) for s in spec] == [("values", 6, True)]  # no indices
+    spec = c.spec(100, rnd)
+    assert [(s.name, s.numel, s.aligned) for s in spec] == [("values", 6, True), ("proposal", 3, True)]
     x = torch.randn(100)
-    payload = c.compress(x, Round(4, 0, 3, aggregate=g))
-    g.mul_(-3)  # the aggregate changes in place while payloads are decoded into it
-    dense = c.decompress(payload, Round(4, 2, 3, aggregate=g))
+    payload = c.compress(x, rnd.of(2))
     kept = supports[0]
+    dense = c.decompress(payload, rnd)
     assert torch.equal(dense[kept], x[kept]) and dense.count_nonzero() <= 6
-    other = c.support(100, Round(5, 0, 3, aggregate=g))
+    other = c.support(100, Round(5, 0, 3, shared=rnd.shared))
     assert not torch.equal(other, kept)  # a new round draws new random entries
 
 
+@pytest.mark.parametrize("workers, numel, k", [(3, 100, 8), (2, 1 << 23, 8), (5, 300, 3)])
+def test_shared_topk_workers_propose_their_residual_tops_in_their_own_slots(workers, numel, k):
+    """Slot j of "proposal" belongs to worker (j + t) mod n, which writes the index + 1 of its
+    residual's top entries there (two fp32 digits each from 2^23 entries on); every other worker
+    writes zeros, so the union comes back exactly from the n payloads and from their mean. With
+    more workers than slots (k = 3, R = 0, n = 5), a rotating subset of workers proposes."""
+    c = SharedTopK(k=k, explore=0.25, seed=5)
+    gen = torch.Generator().manual_seed(workers)
+    g = torch.randn(numel, generator=gen)
+    t = 7
+    rnd = _shared_round(c, g, t, workers)
+    xs = [torch.randn(numel, generator=gen) for _ in range(workers)]
+    xs[t % workers][numel - 1] = -2e3  # far above the rest, on slot 0's owner
+    kept = c.support(numel, rnd)
+    payloads = [c.compress(x, rnd.of(w)) for w, x in enumerate(xs)]
+    m, expected = c.proposed(numel), set()
+    for w, (x, p) in enumerate(zip(xs, payloads)):
+        own = [j for j in range(m) if (j + t) % workers == w]
+        digits = p.parts["proposal"].view(c.digits(numel), m)
+        assert not digits[:, [j for j in range(m) if j not in own]].any()  # others' slots: zeros
+        residual = x.clone()
+        residual[kept] = 0
+        expected |= set(residual.abs().topk(len(own)).indices.tolist())
+        assert bool((digits[:, own].sum(0) > 0).all())  # index + 1: a proposal is never 0
+    assert len({(j + t) % workers for j in range(m)}) == min(m, workers)  # the slots go round
+    mean = {name: sum(p.parts[name] for p in payloads) / workers for name in payloads[0].parts}
+    for received in (payloads, [Payload(mean, numel)]):
+        server = {"g": g.clone(), **rnd.shared}
+        c.shared_update(server, received, rnd)
+        assert set(server["support"].nonzero().view(-1).tolist()) == expected
+    assert numel - 1 in expected or numel - 1 in kept.tolist()  # the planted entry
+    assert not expected & set(kept.tolist())  # never what was just sent
+
+
 @pytest.mark.parametrize("explore", [0.25, 1.0])
-def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_aggregate(explore):
-    """E||C(x) - x||^2 <= (1 - R/d)||x||^2 for any x, also when x's mass avoids g's top entries."""
+def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(explore):
+    """E||C(x) - x||^2 <= (1 - R/d)||x||^2 for any x, also when x's mass avoids the proposal."""
     d, c = 200, SharedTopK(k=20, explore=explore, seed=2)
     g = torch.zeros(d)
-    g[:100] = torch.linspace(1, 2, 100)  # the top part lies in the first half ...
+    g[:100] = torch.linspace(1, 2, 100)  # the proposal lies in the first half ...
     x = torch.zeros(d)
     x[100:] = torch.randn(100, generator=torch.Generator().manual_seed(0))  # ... x's mass in the second
-    errors = [float((c.decompress(c.compress(x, Round(t, 0, 2, aggregate=g)), Round(t, 0, 2, aggregate=g))
+    shared = c.shared_start(g)
+    errors = [float((c.decompress(c.compress(x, Round(t, 0, 2, shared=shared)), Round(t, 0, 2, shared=shared))
                      - x).square().sum()) for t in range(400)]
     assert sum(errors) / len(errors) <= (1 - c.alpha(d)) * float(x.square().sum()) * 1.02
     assert c.alpha(d) == pytest.approx(c.explored(d) / d)

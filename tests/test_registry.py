@@ -76,22 +76,24 @@ def test_a_summable_declaration_means_the_mean_payload_gives_the_same_aggregate(
     gen = torch.Generator().manual_seed(0)
     workers = [mechanism.spawn() for _ in range(N)]
     grads = [torch.randn(D, generator=gen) for _ in range(N)]
-    server = mechanism.start([w.init(g, Round(0, i, N)) for i, (w, g) in enumerate(zip(workers, grads))])
+    server = mechanism.begin([w.init(g, Round(0, i, N)) for i, (w, g) in enumerate(zip(workers, grads))])
     checked = 0
     for t in range(1, 8):
         grads = [g + 0.5 * torch.randn(D, generator=gen) for g in grads]
-        rnd = Round(t, 0, N)
+        rnd = Round(t, 0, N, shared=dict(server))
         spec = mechanism.spec(D, rnd)
-        payloads = [w.step(g, Round(t, i, N)) for i, (w, g) in enumerate(zip(workers, grads))]
+        payloads = [w.step(g, rnd.of(i)) for i, (w, g) in enumerate(zip(workers, grads))]
         summable = mechanism.summable(spec)
         assert not (summable and not mechanism.linear)
         if summable and any(p.parts for p in payloads):
             gathered, averaged = copy.deepcopy(server), copy.deepcopy(server)
-            mechanism.aggregate(gathered, payloads, rnd)
-            mechanism.aggregate(averaged, [_mean_payload(payloads, spec, D)], rnd)
-            torch.testing.assert_close(averaged["g"], gathered["g"], rtol=1e-5, atol=1e-5)
+            mechanism.fold(gathered, payloads, rnd)
+            mechanism.fold(averaged, [_mean_payload(payloads, spec, D)], rnd)
+            assert averaged.keys() == gathered.keys()
+            for key in gathered:  # g, and a shared support (exactly: the leader's proposal survives the mean)
+                torch.testing.assert_close(averaged[key], gathered[key], rtol=1e-5, atol=1e-5)
             checked += 1
-        mechanism.aggregate(server, payloads, rnd)
+        mechanism.fold(server, payloads, rnd)
     linear_single = {"ef14", "ef21", "ef21_sgdm", "clag", "3pcv5", "marina"}  # one compressor, linear aggregate
     if {"randk_shared", "shared_topk"} & set(options.values()) and name in linear_single:
         assert checked > 0, f"{name} {options}: a shared support should travel by one allreduce"

@@ -79,15 +79,17 @@ def _poison(param: nn.Parameter) -> dict:
 
 
 # -- spawn 1: 2 or 4 ranks in one group, one scenario after the other ---------------------------------------
+# label ("<registry name>[ <variant>]") -> options
 NONFINITE_HOOKS = {"gd": {}, "ef21": {"ratio": 0.05}, "ef21_sgdm": {"ratio": 0.05}, "sasg": {"ratio": 0.05},
-                   "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5}}
+                   "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5},
+                   "ef14 shared_topk": {"ratio": 0.05, "compressor": "shared_topk"}}
 
 
 def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
     """One NaN in rank 1's gradient at step 3 under GradScaler: the step is skipped, nothing else."""
     model = _model()
     ddp = DDP(model, bucket_cap_mb=CAP)
-    state = ddp_hooks.register(ddp, hook, check_every=1, **options)
+    state = ddp_hooks.register(ddp, hook.split()[0], check_every=1, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     switch = _poison(model[2].weight)
@@ -319,7 +321,8 @@ def four() -> list:
 
 # -- spawns 3 and 4: save at step 4, restart in new processes, load, continue --------------------
 RESUMED = {name: {"ratio": 0.05} if any(o.name == "ratio" for o in e.options) else {}
-           for name, e in MECHANISMS.items()}
+           for name, e in MECHANISMS.items()}  # label ("<registry name>[ <variant>]") -> options
+RESUMED["ef14 shared_topk"] = {"ratio": 0.05, "compressor": "shared_topk"}  # the support is aggregate state
 WRAPPERS = ({}, {"static_graph": True}, {"gradient_as_bucket_view": True})
 SAVE, MORE = 4, 3
 
@@ -335,7 +338,7 @@ def _resume(rank: int, workers: int, folder: str, restart: bool) -> dict:
         if saved:
             model.load_state_dict(saved["model"])
         ddp = DDP(model, bucket_cap_mb=CAP, **WRAPPERS[i % len(WRAPPERS)])
-        state = ddp_hooks.register(ddp, hook, **options)
+        state = ddp_hooks.register(ddp, hook.split()[0], **options)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         if saved:
             opt.load_state_dict(saved["opt"])

@@ -41,6 +41,16 @@ class Compressor(ABC):
         payload = self.compress(x, rnd)
         return payload, self.decompress(payload, rnd)
 
+    def shared_start(self, g: Tensor) -> dict[str, Tensor]:
+        """This compressor's part of the aggregate state after the dense round, from g^0 (flat fp32
+        tensors, one entry per coordinate, so the hook splits them per parameter like ``g``);
+        every worker reads it in ``Round.shared``. Most compressors keep none."""
+        return {}
+
+    def shared_update(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        """Update ``shared_start``'s entries of ``server`` from a round's payloads (the n payloads
+        in rank order, or their mean when they travelled by an averaging allreduce)."""
+
     def alpha(self, numel: int) -> float:
         """Contraction parameter alpha on R^numel."""
         raise ValueError(f"{self!r} is not contractive: use it where an unbiased compressor is expected "

@@ -15,6 +15,10 @@ The contract, shared by the simulation harness and the DDP hook:
 * ``memory`` (a typed ``Memory``) and the aggregate state are flat fp32 tensors with one entry
   per coordinate, so the hook can split them per parameter for checkpoints and re-bucketing.
 
+* ``begin``/``fold`` are what the simulation and the hook call: ``start``/``aggregate`` plus
+  the compressor's shared state (``Compressor.shared_start``/``shared_update``, e.g. the
+  support every worker uses next round), kept in the aggregate state.
+
 How payloads combine is the mechanism's declaration: ``summable(spec)`` is true when the
 aggregate is linear in the payloads (``linear``) and every part is aligned across workers;
 then DDP sends one averaging allreduce and passes ``aggregate`` a single payload, the mean.
@@ -97,6 +101,12 @@ class Mechanism(ABC):
         """The aggregate state after the dense round: g^0 = mean of the gradients."""
         return {"g": mean_of(payloads, lambda p, r: DENSE.decompress(p))}
 
+    def begin(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
+        """``start``, plus the compressor's shared state (what the simulation and the hook call)."""
+        server = self.start(payloads, rnd)
+        server.update(self.compressor.shared_start(server["g"]))
+        return server
+
     # -- compressed rounds ----------------------------------------------------------------
     @abstractmethod
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
@@ -114,6 +124,12 @@ class Mechanism(ABC):
     @abstractmethod
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
+
+    def fold(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        """``aggregate``, then the compressor's shared state for the next round (what the
+        simulation and the hook call)."""
+        self.aggregate(server, payloads, rnd)
+        self.compressor.shared_update(server, payloads, rnd)
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``

@@ -8,7 +8,7 @@ communication, and a run is reproducible from its seeds.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -33,17 +33,18 @@ class Round:
 
     ``moves`` holds the squared norms of the last aggregate directions, most recent first,
     ||g^{t-1}||^2, ||g^{t-2}||^2, ... (a step x^{t} - x^{t-1} = -gamma g^{t-1}, in gradient
-    units), for LAG-WK's and SASG's triggers. ``aggregate`` is the tensor's current aggregate
-    direction g^t, which every worker knows (every DDP rank holds a bit-identical replica): a
-    compressor may derive a support shared by all workers from it without communicating
-    (``SharedTopK``). Both are what the simulation and the hook know before the round.
+    units), for LAG-WK's and SASG's triggers. ``shared`` is the compressor's part of the
+    aggregate state (``Compressor.shared_keys``, e.g. the support every worker agreed on in the
+    last round, ``SharedTopK``): every DDP rank holds a bit-identical replica, so every worker
+    reads the same values without communicating. Both are what the simulation and the hook know
+    before the round.
     """
 
     t: int = 0
     worker: int = 0
     workers: int = 1
     moves: tuple[float, ...] = ()
-    aggregate: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    shared: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, worker: int) -> Round:
         """The same round seen from another worker (to decode that worker's payload)."""

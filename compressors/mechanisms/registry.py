@@ -127,8 +127,11 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
 
 CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk"),
                                 "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
-                                "SharedTopK (experimental: the aggregate's top entries plus shared random ones, "
-                                "values only, one allreduce; diverged with EF14 under momentum, see the README)")
+                                "SharedTopK (one support for all ranks, proposed by a cyclic leader's Top-K one round "
+                                "ahead, plus shared random entries: values travel by one allreduce)")
+# a composed payload (3PCv2, 3PCv4) carries C's parts under a prefix, where no leader's proposal is read
+COMPOSED = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared"),
+                             "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support")
 UNBIASED = ("randk", "randk_shared", "permk")
 
 
@@ -184,13 +187,13 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
            lambda o: ThreePCv1(contractive(o)), *SIZE, CONTRACTIVE, SEED, ddp=False),
     _entry("3pcv2", "3PCv2: b = h + Q(x - y), then b + C(x - b)",
            lambda o: ThreePCv2(contractive(o), unbiased(o["q"], *second_size(o, "q_ratio", "q_k"), o["seed"])),
-           *SIZE, CONTRACTIVE, SEED,
+           *SIZE, COMPOSED, SEED,
            compressor_option("q", "randk", ("randk", "randk_shared"), "the unbiased compressor Q"),
            Option("q_ratio", float, None, "Q's ratio (default: C's size)", low=0.0, high=1.0, open_low=True),
            Option("q_k", int, None, "Q's entries kept (default: C's size)", low=1)),
     _entry("3pcv4", "3PCv4: b = h + C2(x - h), then b + C1(x - b)",
            lambda o: ThreePCv4(contractive(o), _sized(TopK, *second_size(o, "ratio2", "k2"))),
-           *SIZE, CONTRACTIVE, SEED,
+           *SIZE, COMPOSED, SEED,
            Option("ratio2", float, None, "C2's (Top-K) ratio (default: C's size)", low=0.0, high=1.0, open_low=True),
            Option("k2", int, None, "C2's entries kept (default: C's size)", low=1)),
     _entry("3pcv5", "3PCv5: with probability p the dense gradient, else h + C(x - y)",

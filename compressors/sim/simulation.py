@@ -42,7 +42,7 @@ class Cluster:
         """The dense round: every worker sends grad_i(x^0); g^0 is their mean."""
         n = len(self.workers)
         payloads = [w.init(grads[i], Round(0, i, n)) for i, w in enumerate(self.workers)]
-        self.server = self.mechanism.start(payloads, Round(0, 0, n))
+        self.server = self.mechanism.begin(payloads, Round(0, 0, n))
         self.t = 0
         return payloads
 
@@ -50,9 +50,9 @@ class Cluster:
         """One compressed round: every worker's payload, folded into g in rank order."""
         self.t += 1
         n = len(self.workers)
-        g = self.server["g"]
-        payloads = [w.step(grads[i], Round(self.t, i, n, moves, g)) for i, w in enumerate(self.workers)]
-        self.mechanism.aggregate(self.server, payloads, Round(self.t, 0, n, moves, g))
+        shared = dict(self.server)
+        payloads = [w.step(grads[i], Round(self.t, i, n, moves, shared)) for i, w in enumerate(self.workers)]
+        self.mechanism.fold(self.server, payloads, Round(self.t, 0, n, moves, shared))
         return payloads
 
 
