@@ -1,7 +1,7 @@
 """CO3's coded size against the empirical entropy of its codes, on the demo model's gradients
-(the README's entropy table).
+(the README's entropy table), Huffman and rANS side by side.
 
-    python -m benchmarks.co3_entropy [--steps 300]
+    python -m benchmarks.co3_entropy [--steps 300] [--synthetic]
 
 One process trains the demo MLP (123-64-64-2) on a9a with plain SGD (lr 0.1, batch 64). At every
 step the whole gradient g (one vector of 12,226 values, like a one-bucket DDP model) goes
@@ -10,8 +10,17 @@ through CO3's error feedback with decay: v = g + gamma e, payload = Q(v), e <- v
 
 * H: the empirical entropy of the message's codes (bits per value; what an ideal coder of
   that message's own histogram would need, with no description of the code);
+* H_model: the codes' cross entropy under the model the coder actually used, -sum_i log2 q(s_i)
+  per value, q = f / M for rANS (its quantized frequencies), 2^-length for Huffman (so Huffman's
+  stream is H_model but for padding);
 * the coded stream alone and the whole payload (stream, fp32 scale and code description), in
-  bits per value, and the payload's excess over H plus that side information, in percent.
+  bits per value, the stream's excess over H and over H_model, and the payload's excess over H
+  plus that side information, in percent.
+
+``--synthetic``: instead, GenNorm(beta) values (beta 1: Laplace, 1.5, 2: Gauss) with 20% exact
+zeros, 64K, 1M and 4M values, seeds 0-2, through ``FloatQuantizer(fmt, scale="gennorm")``
+without error feedback; per format, coder and size, the stream's excess over H and over H_model
+as min / mean / max over the betas and seeds.
 """
 from __future__ import annotations
 
@@ -23,15 +32,14 @@ from torch import nn
 
 from ddp_hooks.testbed import MLP, load_a9a
 from compressors import FloatQuantizer
-from compressors.codecs.huffman import entropy_bits
+from compressors.codecs.huffman import HuffmanTable, entropy_bits
 
-CODERS = {
-    "fp8-152, Huffman (GenNorm model)": FloatQuantizer("fp8-152", coder="huffman", scale="gennorm"),
-    "fp8-152, Huffman (histogram)": FloatQuantizer("fp8-152", coder="empirical", scale="gennorm"),
-    "fp4-121, Huffman (GenNorm model)": FloatQuantizer("fp4-121", coder="huffman", scale="gennorm"),
-    "fp4-121, Huffman (histogram)": FloatQuantizer("fp4-121", coder="empirical", scale="gennorm"),
-}
+LABELS = {"huffman": "Huffman (GenNorm model)", "rans": "rANS (GenNorm model)", "empirical": "Huffman (histogram)"}
+CODERS = {f"{fmt}, {label}": FloatQuantizer(fmt, coder=coder, scale="gennorm")
+          for fmt in ("fp8-152", "fp8-143", "fp4-121") for coder, label in LABELS.items()}
 GAMMA = 0.7
+SYNTHETIC_SIZES = {"64K": 1 << 16, "1M": 1 << 20, "4M": 1 << 22}
+BETAS = (1.0, 1.5, 2.0)
 
 
 def gradients(steps: int, seed: int = 0) -> list[torch.Tensor]:
@@ -52,34 +60,73 @@ def gradients(steps: int, seed: int = 0) -> list[torch.Tensor]:
     return grads
 
 
+def model_bits(quantizer: FloatQuantizer, message) -> float:
+    """-sum_i log2 q(s_i) of the message's symbols under the coder's own model q."""
+    table = quantizer.table(message)
+    symbols = quantizer.symbols(quantizer.codes(message))
+    return table.coded_bits(symbols) if isinstance(table, HuffmanTable) else table.ideal_bits(symbols)
+
+
+def measure_message(quantizer: FloatQuantizer, v: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """Bits per value of one message of v (and the fp32 values it decodes to)."""
+    message, q = quantizer.encode(v)
+    bits = message.bits()
+    n = v.numel()
+    return {"entropy": entropy_bits(quantizer.codes(message), quantizer.fmt.codes),
+            "model": model_bits(quantizer, message) / n, "stream": bits["bytes"] / n, "payload": sum(bits.values()) / n,
+            "description": (sum(bits.values()) - bits["bytes"]) / n}, q
+
+
 def measure(quantizer: FloatQuantizer, grads: list[torch.Tensor]) -> dict[str, float]:
+    """The mean over CO3's messages (error feedback with decay GAMMA) of measure_message."""
     e = torch.zeros_like(grads[0])
-    entropy = stream = payload = description = 0.0
+    total: dict[str, float] = {}
     for g in grads:
         v = g + GAMMA * e
-        message, q = quantizer.encode(v)
+        m, q = measure_message(quantizer, v)
         e = v - q
-        bits = message.bits()
-        entropy += entropy_bits(quantizer.codes(message), quantizer.fmt.codes)
-        stream += bits["bytes"] / v.numel()
-        payload += sum(bits.values()) / v.numel()
-        description += (sum(bits.values()) - bits["bytes"]) / v.numel()
-    n = len(grads)
-    return {"entropy": entropy / n, "stream": stream / n, "payload": payload / n, "description": description / n}
+        total = {k: total.get(k, 0.0) + x for k, x in m.items()}
+    return {k: x / len(grads) for k, x in total.items()}
+
+
+def gennorm_values(n: int, beta: float, seed: int, zeros: float = 0.2) -> torch.Tensor:
+    """|x|^beta ~ Gamma(1/beta), random signs, a fraction ``zeros`` set to exactly 0."""
+    g = np.random.default_rng(seed)
+    x = g.gamma(1 / beta, size=n) ** (1 / beta) * g.choice([-1.0, 1.0], n) * (g.random(n) >= zeros)
+    return torch.from_numpy(x).float()
+
+
+def synthetic() -> None:
+    print("GenNorm values (beta 1, 1.5, 2; 20% zeros; seeds 0-2): stream over H and over H_model, min / mean / max")
+    print("| format, coder | values | H (bits/value) | stream over H | stream over H_model |")
+    print("|---|---|---|---|---|")
+    for name, quantizer in CODERS.items():
+        for size, n in SYNTHETIC_SIZES.items():
+            runs = [measure_message(quantizer, gennorm_values(n, beta, seed))[0] for beta in BETAS for seed in range(3)]
+            over_h = np.array([m["stream"] / m["entropy"] - 1 for m in runs])
+            over_model = np.array([m["stream"] / m["model"] - 1 for m in runs])
+            spread = " | ".join(f"{a.min():+.2%} / {a.mean():+.2%} / {a.max():+.2%}" for a in (over_h, over_model))
+            print(f"| {name} | {size} | {np.mean([m['entropy'] for m in runs]):.3f} | {spread} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--synthetic", action="store_true", help="GenNorm values of 64K to 4M instead")
     args = parser.parse_args()
+    if args.synthetic:
+        return synthetic()
     grads = gradients(args.steps)
     print(f"demo MLP gradients, {args.steps} SGD steps, {grads[0].numel()} values per message, CO3 gamma {GAMMA}")
-    print("| coder | entropy H (bits/value) | coded stream | whole payload | payload over H + side information |")
-    print("|---|---|---|---|---|")
+    print("| coder | entropy H (bits/value) | H_model | coded stream | stream over H | stream over H_model | "
+          "whole payload | payload over H + side information |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, quantizer in CODERS.items():
         m = measure(quantizer, grads)
         excess = m["payload"] / (m["entropy"] + m["description"]) - 1
-        print(f"| {name} | {m['entropy']:.3f} | {m['stream']:.3f} | {m['payload']:.3f} | {excess:+.1%} |", flush=True)
+        print(f"| {name} | {m['entropy']:.3f} | {m['model']:.3f} | {m['stream']:.3f} | "
+              f"{m['stream'] / m['entropy'] - 1:+.2%} | {m['stream'] / m['model'] - 1:+.2%} | {m['payload']:.3f} | "
+              f"{excess:+.1%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -135,4 +135,46 @@ inline void check_huffman_decode(const at::Tensor& stream, int64_t n, const at::
 inline constexpr const char* kCorruptStreamMessage =
     "huffman_decode: the stream is corrupt or shorter than n symbols";
 
+// A rANS table: freqs int32[A], A <= 256, every entry >= 0, the sum a power of two 2^p with
+// p <= 16. Returns p. Reads the table (host tensor).
+inline constexpr int kRansMaxPrecision = 16;
+
+inline int check_rans_table(const char* op, const at::Tensor& freqs) {
+  TORCH_CHECK_TYPE(freqs.scalar_type() == at::kInt && freqs.dim() == 1 && freqs.numel() <= 256, op,
+                   ": a rANS table is freqs int32[A] with A <= 256 symbols; build one with "
+                   "compressors.codecs.rans.RansTable");
+  const at::Tensor freq_t = freqs.contiguous();
+  const int32_t* f = freq_t.const_data_ptr<int32_t>();
+  int64_t total = 0;
+  bool negative = false;
+  for (int64_t s = 0; s < freqs.numel(); ++s) {
+    negative |= f[s] < 0;
+    total += f[s];
+  }
+  TORCH_CHECK_VALUE(!negative && total > 0 && (total & (total - 1)) == 0 && total <= (int64_t(1) << kRansMaxPrecision),
+                    op, ": the frequencies must be >= 0 and sum to a power of two <= 2^", kRansMaxPrecision,
+                    ", got sum ", total, "; build the table with compressors.codecs.rans.RansTable");
+  return __builtin_ctzll(uint64_t(total));
+}
+
+inline int check_rans_encode(const at::Tensor& symbols, const at::Tensor& freqs) {
+  const int precision = check_rans_table("rans_encode", freqs);
+  TORCH_CHECK_TYPE(symbols.scalar_type() == at::kByte, "rans_encode: symbols must be uint8, got ",
+                   symbols.scalar_type());
+  return precision;
+}
+
+inline constexpr const char* kNoFrequencyMessage =
+    "rans_encode: a symbol has frequency 0 in this table; build the table from weights that cover every symbol";
+
+inline int check_rans_decode(const at::Tensor& stream, int64_t n, const at::Tensor& freqs) {
+  const int precision = check_rans_table("rans_decode", freqs);
+  TORCH_CHECK_TYPE(stream.scalar_type() == at::kByte, "rans_decode: stream must be uint8, got ", stream.scalar_type());
+  TORCH_CHECK_VALUE(n >= 0, "rans_decode: n must be >= 0, got ", n);
+  return precision;
+}
+
+inline constexpr const char* kRansCorruptStreamMessage =
+    "rans_decode: the stream is corrupt or does not hold n symbols";
+
 }  // namespace threepc

@@ -1,4 +1,4 @@
-"""CO3's codecs: float conversion and Huffman coding. The reference is held to independent
+"""CO3's codecs: float conversion, Huffman and rANS coding. The reference is held to independent
 oracles (every code of a format enumerated in float64; bit strings in pure Python); every other
 implementation here (the C++ extension, numba) must return exactly what the reference returns;
 every implementation raises the same argument errors."""
@@ -17,6 +17,7 @@ from test_kernels import ALL, DTYPES, IMPLS, OTHERS, make
 from compressors import FloatFormat, kernels
 from compressors.codecs import gennorm
 from compressors.codecs.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
+from compressors.codecs.rans import PRECISION, RansTable, quantize
 from compressors.kernels import reference
 
 FORMATS = [FloatFormat(5, 2, 15), FloatFormat(4, 3, 10), FloatFormat(4, 3, 7), FloatFormat(2, 1, 1),
@@ -279,6 +280,9 @@ def test_opcheck_passes_for_the_codec_ops():
     stream = table.encode(codes)
     torch.library.opcheck(ops.huffman_encode.default, (codes, table.codes, table.lengths))
     torch.library.opcheck(ops.huffman_decode.default, (stream, 3000, table.codes, table.lengths))
+    freqs = RansTable.from_weights(np.arange(1.0, 257.0)).freqs
+    torch.library.opcheck(ops.rans_encode.default, (codes, freqs))
+    torch.library.opcheck(ops.rans_decode.default, (ops.rans_encode(codes, freqs), 3000, freqs))
 
 
 # -- Huffman --------------------------------------------------------------------------------
@@ -485,3 +489,168 @@ def test_gennorm_bin_probabilities_match_frequencies():
     x = g.gamma(1.0, size=200_000) * g.choice([-1.0, 1.0], 200_000)  # Laplace, beta = 1, alpha = 1
     freq = np.bincount(fmt.encode(torch.from_numpy(x).float()).numpy(), minlength=fmt.codes) / len(x)
     np.testing.assert_allclose(gennorm.bin_probabilities(fmt.values(), 1.0, 1.0), freq, atol=5e-3)
+
+
+# -- rANS -----------------------------------------------------------------------------------
+def random_freqs(alphabet: int, seed: int, precision: int = PRECISION, dead: float = 0.0) -> torch.Tensor:
+    """A rANS table of heavy-tailed weights; a fraction ``dead`` of the symbols (never the first) get none."""
+    g = np.random.default_rng(seed)
+    weights = g.pareto(1.0, alphabet) + 1e-9
+    weights[1:][g.random(alphabet - 1) < dead] = 0
+    return RansTable.from_weights(weights, precision).freqs
+
+
+def draw(freqs: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n symbols drawn from the table's own model f / M."""
+    p = freqs.double() / freqs.sum()
+    return torch.multinomial(p, n, replacement=True, generator=torch.Generator().manual_seed(seed)).to(torch.uint8) \
+        if n else torch.empty(0, dtype=torch.uint8)
+
+
+def rans(impl: str, op: str, *args):
+    return getattr(IMPLS[impl], f"rans_{op}")(*args)
+
+
+def rans_bound_bits(symbols: torch.Tensor, freqs: torch.Tensor) -> float:
+    """8 * (stream bytes) can reach at most: the two 32-bit states plus, per symbol, log2(M / f_s) and
+    the renormalised state's slack log2(1 + 2^(p - 23)) (reference docstring; codecs.rans)."""
+    table = RansTable(freqs)
+    return 64 + table.ideal_bits(symbols) + symbols.numel() * math.log2(1 + 2.0 ** (table.precision - 23)) + 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 3000), alphabet=st.sampled_from([1, 2, 3, 16, 200, 256]), precision=st.integers(8, 16),
+       seed=st.integers(0, 2**31), dead=st.sampled_from([0.0, 0.5]))
+def test_reference_rans_round_trips_within_the_entropy_bound(n, alphabet, precision, seed, dead):
+    freqs = random_freqs(alphabet, seed, precision, dead)
+    symbols = draw(freqs, n, seed)
+    stream = reference.rans_encode(symbols, freqs)
+    assert torch.equal(reference.rans_decode(stream, n, freqs), symbols)
+    assert 64 <= 8 * stream.numel() <= rans_bound_bits(symbols, freqs)
+
+
+def test_reference_rans_hand_example():
+    """f = (1, 1), M = 2: symbol s sends bit s into its state; nothing is emitted until a state
+    reaches 2^31, so three symbols stay in the states: x_0 = 2 (2 L + 1) + 0 (symbols 2, 0), x_1 = 2 L + 1."""
+    stream = reference.rans_encode(torch.tensor([0, 1, 1], dtype=torch.uint8), torch.tensor([1, 1], dtype=torch.int32))
+    low = 1 << 23
+    assert bytes(stream.tolist()) == (2 * low + 1).to_bytes(4, "big") + (4 * low + 2).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 20_000), alphabet=st.sampled_from([1, 2, 16, 200, 256]), precision=st.integers(1, 16),
+       seed=st.integers(0, 2**31), dead=st.sampled_from([0.0, 0.5]))
+def test_rans_matches_reference(impl, n, alphabet, precision, seed, dead):
+    if alphabet > 1 << precision:
+        precision = 8
+    freqs = random_freqs(alphabet, seed, precision, dead)
+    symbols = draw(freqs, n, seed)
+    stream = rans(impl, "encode", symbols, freqs)
+    assert torch.equal(stream, reference.rans_encode(symbols, freqs))
+    assert torch.equal(rans(impl, "decode", stream, n, freqs), symbols)
+    noise = torch.randint(0, 256, (n // 8,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    garbage = torch.cat([noise, stream[-8:]])  # valid final states over random bytes
+    try:
+        want = reference.rans_decode(garbage, n // 3, freqs)
+    except ValueError:
+        with pytest.raises(ValueError, match="corrupt"):
+            rans(impl, "decode", garbage, n // 3, freqs)
+    else:
+        assert torch.equal(rans(impl, "decode", garbage, n // 3, freqs), want)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_rans_adversarial_inputs(impl):
+    one = torch.tensor([1 << PRECISION], dtype=torch.int32)
+    tiny = torch.tensor([(1 << PRECISION) - 255] + [1] * 255, dtype=torch.int32)
+    cases = {
+        "one symbol only": (torch.full((5000,), 7, dtype=torch.uint8), random_freqs(256, 1)),
+        "a certain symbol (0 bits each)": (torch.zeros(5000, dtype=torch.uint8), one),
+        "all symbols": (torch.arange(256, dtype=torch.uint8).repeat(10), random_freqs(256, 2)),
+        "empty": (torch.empty(0, dtype=torch.uint8), random_freqs(16, 3)),
+        "length 1": (torch.tensor([200], dtype=torch.uint8), random_freqs(256, 4)),
+        "length 2": (torch.tensor([5, 255], dtype=torch.uint8), tiny),
+        "length 3": (torch.tensor([255, 0, 254], dtype=torch.uint8), tiny),
+        "only the unlikeliest symbols": (torch.randint(1, 256, (3001,), dtype=torch.uint8), tiny),
+        "uniform, 8 bits each": (torch.randint(0, 256, (2999,), dtype=torch.uint8),
+                                 torch.full((256,), 1 << (PRECISION - 8), dtype=torch.int32)),
+        "precision 16": (torch.randint(0, 256, (999,), dtype=torch.uint8), random_freqs(256, 5, 16)),
+        "precision 0": (torch.zeros(77, dtype=torch.uint8), torch.tensor([1], dtype=torch.int32)),
+        "non-contiguous": (torch.randint(0, 8, (2, 999), dtype=torch.uint8).t(), random_freqs(8, 6)),
+    }
+    for name, (symbols, freqs) in cases.items():
+        stream = rans(impl, "encode", symbols, freqs)
+        assert 8 * stream.numel() <= rans_bound_bits(symbols, freqs), name
+        assert torch.equal(stream, reference.rans_encode(symbols, freqs)), name
+        assert torch.equal(rans(impl, "decode", stream, symbols.numel(), freqs), symbols.reshape(-1)), name
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+def test_rans_round_trips_long_inputs_with_the_same_bytes_everywhere(impl):
+    g = torch.Generator().manual_seed(0)
+    symbols = (torch.randn(4_000_000, generator=g) * 20).round().clamp(-128, 127).to(torch.int16).add(128)
+    symbols = symbols.to(torch.uint8)
+    freqs = RansTable.from_weights(np.bincount(symbols.numpy(), minlength=256) + 1.0).freqs
+    stream = rans(impl, "encode", symbols, freqs)
+    assert torch.equal(rans(impl, "decode", stream, symbols.numel(), freqs), symbols)
+    assert 8 * stream.numel() <= rans_bound_bits(symbols, freqs)
+    for other in OTHERS:
+        assert torch.equal(rans(other, "encode", symbols, freqs), stream)
+    head = symbols[:20_000]
+    assert torch.equal(rans(impl, "encode", head, freqs), reference.rans_encode(head, freqs))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_rans_rejects_uncoded_symbols_corrupt_streams_and_bad_tables(impl):
+    freqs = torch.tensor([2, 1, 1, 0], dtype=torch.int32)  # symbol 3 has frequency 0
+    for symbols in ([0, 3], [0, 4]):  # without frequency; beyond the table
+        with pytest.raises(ValueError, match="frequency 0"):
+            rans(impl, "encode", torch.tensor(symbols * 100, dtype=torch.uint8), freqs)
+    symbols = torch.tensor([0, 1, 2, 0] * 50, dtype=torch.uint8)
+    stream = rans(impl, "encode", symbols, freqs)
+    for bad_stream, n in ((stream[:-1], 200), (torch.cat([stream, stream[:1]]), 200), (stream, 199), (stream, 201),
+                          (stream[:7], 0), (torch.zeros(8, dtype=torch.uint8), 0),
+                          (torch.full((8,), 0xFF, dtype=torch.uint8), 0)):
+        with pytest.raises(ValueError, match="rans_decode: the stream is corrupt"):
+            rans(impl, "decode", bad_stream, n, freqs)
+    for bad in (torch.tensor([2, 1, 2], dtype=torch.int32), torch.tensor([5, -1], dtype=torch.int32),
+                torch.tensor([0, 0], dtype=torch.int32), torch.tensor([1 << 17], dtype=torch.int32)):
+        with pytest.raises(ValueError, match="sum to a power of two"):
+            rans(impl, "encode", symbols, bad)
+        with pytest.raises(ValueError, match="sum to a power of two"):
+            rans(impl, "decode", stream, 200, bad)
+    with pytest.raises(TypeError, match="build one with compressors.codecs.rans.RansTable"):
+        rans(impl, "encode", symbols, freqs.long())
+    with pytest.raises(TypeError, match="build one with compressors.codecs.rans.RansTable"):
+        rans(impl, "decode", stream, 200, torch.ones(257, dtype=torch.int32))
+    with pytest.raises(TypeError, match="rans_encode: symbols must be uint8"):
+        rans(impl, "encode", symbols.int(), freqs)
+    with pytest.raises(TypeError, match="rans_decode: stream must be uint8"):
+        rans(impl, "decode", stream.to(torch.int8), 200, freqs)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        rans(impl, "decode", stream, -1, freqs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(alphabet=st.integers(1, 256), seed=st.integers(0, 2**31), skew=st.floats(0.1, 30),
+       precision=st.integers(8, 16), dead=st.sampled_from([0.0, 0.3]))
+def test_quantized_frequencies_are_complete_and_optimal(alphabet, seed, skew, precision, dead):
+    """sum f = 2^p, f_s >= 1 exactly where the weight is positive, and no unit moved between two
+    symbols lowers sum_s p_s log2(M / f_s): optimal, the cost being separable and convex."""
+    g = np.random.default_rng(seed)
+    weights = g.pareto(1 / skew, alphabet) + 1e-12
+    weights[1:][g.random(alphabet - 1) < dead] = 0
+    f = quantize(weights, precision)
+    assert f.sum() == 1 << precision and ((f > 0) == (weights > 0)).all()
+    p, live = weights / weights.sum(), f > 0
+    gain = p[live] * np.log2((f[live] + 1) / f[live])
+    loss = p[f > 1] * np.log2(f[f > 1] / (f[f > 1] - 1))
+    assert not loss.size or gain.max() <= loss.min() * (1 + 1e-9)
+
+
+def test_quantize_rejects_what_no_table_can_code():
+    with pytest.raises(ValueError, match="not all 0"):
+        quantize(np.zeros(4))
+    with pytest.raises(ValueError, match="do not fit"):
+        quantize(np.ones(257), 8)

@@ -19,6 +19,7 @@ from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
 from compressors import FloatFormat, kernels
 from compressors.codecs.huffman import HuffmanTable
+from compressors.codecs.rans import RansTable
 from compressors.kernels import reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,16 @@ def test_huffman_on_device_tensors_gives_the_reference_stream(device):
     cpu, other = on_both("huffman_encode", symbols, table.codes, table.lengths, device=device)
     assert other.device.type == device and torch.equal(other.cpu(), cpu)
     decoded = kernels.huffman_decode(other, symbols.numel(), table.codes.to(device), table.lengths.to(device))
+    assert decoded.device.type == device and torch.equal(decoded.cpu(), symbols)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rans_on_device_tensors_gives_the_reference_stream(device):
+    symbols = (torch.randn(100_000) * 20).round().clamp(-128, 127).to(torch.int16).add(128).to(torch.uint8)
+    table = RansTable.from_weights(np.bincount(symbols.numpy(), minlength=256) + 1.0)
+    cpu, other = on_both("rans_encode", symbols, table.freqs, device=device)
+    assert other.device.type == device and torch.equal(other.cpu(), cpu)
+    decoded = kernels.rans_decode(other, symbols.numel(), table.freqs.to(device))
     assert decoded.device.type == device and torch.equal(decoded.cpu(), symbols)
 
 

@@ -360,11 +360,16 @@ table = (torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([1, 2, 2], dty
 stream = kernels.huffman_encode(codes % 3, *table)
 assert torch.equal(stream, ref.huffman_encode(codes % 3, *table))
 assert torch.equal(kernels.huffman_decode(stream, 3000, *table), codes % 3)
+freqs = torch.tensor([2, 1, 0, 1], dtype=torch.int32)
+rans = kernels.rans_encode(codes % 2, freqs)
+assert torch.equal(rans, ref.rans_encode(codes % 2, freqs))
+assert torch.equal(kernels.rans_decode(rans, 3000, freqs), codes % 2)
 for call, error in ((lambda: kernels.topk_abs(x, 3001), ValueError),
                     (lambda: kernels.float_encode(x, 4, 3, 7, out=codes[:5]), ValueError),
                     (lambda: kernels.float_encode(x / 0, 4, 3, 7), ValueError),
                     (lambda: kernels.sparse_accumulate(out, x[:1], torch.tensor([3000])), IndexError),
-                    (lambda: kernels.huffman_decode(stream[:5], 3000, *table), ValueError)):
+                    (lambda: kernels.huffman_decode(stream[:5], 3000, *table), ValueError),
+                    (lambda: kernels.rans_decode(rans[1:], 3000, freqs), ValueError)):
     try:
         call()
         sys.exit(f"no {error.__name__}")

@@ -139,3 +139,14 @@ def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
 def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
     """The first ``n`` symbols (uint8) of a ``huffman_encode`` stream."""
     return _ops.huffman_decode(stream, n, codes, lengths)
+
+
+def rans_encode(symbols: Tensor, freqs: Tensor) -> Tensor:
+    """The uint8 ``symbols`` rANS-coded with the frequencies ``freqs`` (int32, summing to a power of
+    two <= 2^16): two 32-bit states, then the renormalisation bytes (``reference.rans_encode``)."""
+    return _ops.rans_encode(symbols, freqs)
+
+
+def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
+    """The ``n`` symbols (uint8) of a ``rans_encode`` stream."""
+    return _ops.rans_decode(stream, n, freqs)

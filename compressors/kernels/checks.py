@@ -12,11 +12,17 @@ import torch
 from torch import Tensor
 
 MAX_CODE_LENGTH = 16  # Huffman codewords
+RANS_MAX_PRECISION = 16  # rANS frequencies sum to 2^precision, precision <= 16
+RANS_LOW = 1 << 23  # rANS states lie in [RANS_LOW, 2^31)
+RANS_STATES = 2  # interleaved rANS states: symbol i uses state i mod 2
 NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
               "Check the gradients (loss scaling, a diverged step) before compressing")
 NO_CODEWORD = ("huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights "
                "that cover every symbol")
 CORRUPT_STREAM = "huffman_decode: the stream is corrupt or shorter than n symbols"
+NO_FREQUENCY = ("rans_encode: a symbol has frequency 0 in this table; build the table from weights that cover "
+                "every symbol")
+RANS_CORRUPT_STREAM = "rans_decode: the stream is corrupt or does not hold n symbols"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -134,3 +140,38 @@ def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> No
         raise TypeError(f"huffman_decode: stream must be uint8, got {stream.dtype}")
     if n < 0:
         raise ValueError(f"huffman_decode: n must be >= 0, got {n}")
+
+
+def rans_precision(op: str, freqs: Tensor) -> int:
+    """log2 of the frequencies' sum, after checking the table: int32[A], A <= 256, every entry >= 0,
+    the sum a power of two 2^p with p <= RANS_MAX_PRECISION."""
+    if freqs.dtype != torch.int32 or freqs.dim() != 1 or freqs.numel() > 256:
+        raise TypeError(f"{op}: a rANS table is freqs int32[A] with A <= 256 symbols; "
+                        "build one with compressors.codecs.rans.RansTable")
+    f = freqs.long()
+    total = int(f.sum())
+    if bool((f < 0).any()) or total <= 0 or total & (total - 1) or total > 1 << RANS_MAX_PRECISION:
+        raise ValueError(f"{op}: the frequencies must be >= 0 and sum to a power of two <= 2^{RANS_MAX_PRECISION}, "
+                         f"got sum {total}; build the table with compressors.codecs.rans.RansTable")
+    return total.bit_length() - 1
+
+
+def rans_encode(symbols: Tensor, freqs: Tensor) -> int:
+    precision = rans_precision("rans_encode", freqs)
+    if symbols.dtype != torch.uint8:
+        raise TypeError(f"rans_encode: symbols must be uint8, got {symbols.dtype}")
+    if symbols.numel():
+        coded = torch.zeros(256, dtype=torch.bool, device=freqs.device)
+        coded[: freqs.numel()] = freqs > 0
+        if not bool(coded[symbols.reshape(-1).to(freqs.device).long()].all()):
+            raise ValueError(NO_FREQUENCY)
+    return precision
+
+
+def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> int:
+    precision = rans_precision("rans_decode", freqs)
+    if stream.dtype != torch.uint8:
+        raise TypeError(f"rans_decode: stream must be uint8, got {stream.dtype}")
+    if n < 0:
+        raise ValueError(f"rans_decode: n must be >= 0, got {n}")
+    return precision

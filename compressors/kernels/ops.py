@@ -34,13 +34,17 @@ SCHEMAS = (
     "huffman_encode(Tensor symbols, Tensor codes, Tensor lengths) -> Tensor",
     # The first n symbols of a stream coded with that table.
     "huffman_decode(Tensor stream, int n, Tensor codes, Tensor lengths) -> Tensor",
+    # The uint8 symbols rANS-coded with the frequencies (int32[A], summing to a power of two).
+    "rans_encode(Tensor symbols, Tensor freqs) -> Tensor",
+    # The n symbols of a stream coded with those frequencies.
+    "rans_decode(Tensor stream, int n, Tensor freqs) -> Tensor",
 )
 for _schema in SCHEMAS:
     LIB.define(_schema)
 
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
-              "huffman_decode")
+              "huffman_decode", "rans_encode", "rans_decode")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -103,4 +107,14 @@ def _huffman_encode_fake(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Ten
 
 @torch.library.register_fake("threepc::huffman_decode", lib=LIB)
 def _huffman_decode_fake(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Tensor:
+    return stream.new_empty(n, dtype=torch.uint8)
+
+
+@torch.library.register_fake("threepc::rans_encode", lib=LIB)
+def _rans_encode_fake(symbols: Tensor, freqs: Tensor) -> Tensor:
+    return symbols.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.uint8)  # depends on the data
+
+
+@torch.library.register_fake("threepc::rans_decode", lib=LIB)
+def _rans_decode_fake(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     return stream.new_empty(n, dtype=torch.uint8)

@@ -6,17 +6,20 @@ Q(x) = s F(x / s): a per-tensor scale s, rounding to a low-precision float forma
 
 * ``scale``: fp32[1], s;
 * the code's description: nothing (``coder="none"``: fixed-width bit packing), ``model``
-  int16[3] (``"huffman"``: the fraction of zeros and the GenNorm shape and scale, quantized, from which every receiver
-  rebuilds the same Huffman table; the model is a spike of exact zeros, which ReLU networks and
-  sparse inputs produce in bulk, plus a GenNorm fitted to the non-zero values) or ``lengths``
-  uint8[2^bits / 2] (``"empirical"``: a Huffman
-  code of this tensor's histogram, codeword lengths as nibbles);
-* ``bytes``: the coded stream, variable length except for ``coder="none"``.
+  int16[3] (``"huffman"`` and ``"rans"``: the fraction of zeros and the GenNorm shape and scale,
+  quantized, from which every receiver rebuilds the same Huffman table or rANS frequencies; the
+  model is a spike of exact zeros, which ReLU networks and sparse inputs produce in bulk, plus a
+  GenNorm fitted to the non-zero values) or ``lengths`` uint8[2^bits / 2] (``"empirical"``: a
+  Huffman code of this tensor's histogram, codeword lengths as nibbles);
+* ``bytes``: the coded stream, variable length except for ``coder="none"``; with ``"rans"`` it
+  includes the coder's 8-byte final state.
 
-With ``coder="huffman"`` and formats of at most 4 bits, each symbol is a pair of codes
-(a + 16 b, the model's p(a) p(b)): a prefix code spends at least one bit per symbol, and fp4
-codes, mostly zero, have about 1.1 to 1.3 bits of entropy each; pairs halve that floor
-(on the demo model's gradients, ``benchmarks/co3_entropy.py``).
+Huffman spends a whole number of bits per symbol, rANS (``codecs.rans``) the model's
+-log2 p(symbol) up to a fraction of a percent. With a model coder and formats of at most 4 bits,
+each symbol is a pair of codes (a + 16 b, the model's p(a) p(b)): a prefix code spends at least
+one bit per symbol, and fp4 codes, mostly zero, have about 1.1 to 1.3 bits of entropy each; pairs
+halve that floor (on the demo model's gradients, ``benchmarks/co3_entropy.py``), and halve the
+steps of either coder.
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ from ..codecs import gennorm
 from ..core.compressor import ROUND0, Compressor
 from .float_format import FloatFormat
 from ..codecs.huffman import HuffmanTable
+from ..codecs.rans import RansTable
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
 SCALES = ("max", "gennorm")
-CODERS = ("none", "huffman", "empirical")
+CODERS = ("none", "huffman", "rans", "empirical")
+MODEL_CODERS = {"huffman": HuffmanTable, "rans": RansTable}  # coders whose table follows from the GenNorm model
 ROUNDINGS = ("nearest", "stochastic")
 _MODEL_STEPS = 64  # the GenNorm parameters travel as round(64 log2(.)) in int16
 _ZERO_STEPS = 256  # the fraction of exact zeros travels as round(256 p0)
@@ -47,9 +52,10 @@ def _quantize_log(x: float) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _model_table(fmt: FloatFormat, zero_q: int, beta_q: int, ratio_q: int) -> HuffmanTable:
-    """The Huffman code of ``fmt``'s codes for x / s ~ p0 delta_0 + (1 - p0) GenNorm(beta, alpha / s)
-    (all three quantized); for formats of at most 4 bits, of code pairs a + 16 b."""
+def _model_table(fmt: FloatFormat, coder: str, zero_q: int, beta_q: int, ratio_q: int) -> HuffmanTable | RansTable:
+    """The ``coder`` table (Huffman or rANS) of ``fmt``'s codes for x / s ~ p0 delta_0 +
+    (1 - p0) GenNorm(beta, alpha / s) (all three quantized); for formats of at most 4 bits, of
+    code pairs a + 16 b."""
     beta, ratio = 2.0 ** (beta_q / _MODEL_STEPS), 2.0 ** (ratio_q / _MODEL_STEPS)
     zeros = zero_q / _ZERO_STEPS
     p = (1 - zeros) * gennorm.bin_probabilities(fmt.values(), beta, ratio)
@@ -58,7 +64,7 @@ def _model_table(fmt: FloatFormat, zero_q: int, beta_q: int, ratio_q: int) -> Hu
         pairs = np.zeros((16, 16))
         pairs[: fmt.codes, : fmt.codes] = np.outer(p, p)  # [b, a]: symbol a + 16 b
         p = pairs.reshape(-1)
-    return HuffmanTable.from_weights(np.maximum(p, _MIN_WEIGHT))
+    return MODEL_CODERS[coder].from_weights(np.maximum(p, _MIN_WEIGHT))
 
 
 def _codes_pairs(fmt: FloatFormat) -> bool:
@@ -100,7 +106,7 @@ class FloatQuantizer(Compressor):
     # -- wire layout ----------------------------------------------------------------------
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
         parts = [PartSpec("scale", torch.float32, 1)]
-        if self.coder == "huffman":
+        if self.coder in MODEL_CODERS:
             parts.append(PartSpec("model", torch.int16, 3))
         elif self.coder == "empirical":
             parts.append(PartSpec("lengths", torch.uint8, self.fmt.codes // 2))
@@ -111,7 +117,7 @@ class FloatQuantizer(Compressor):
     def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """The payload of x and the fp32 Q(x) it decodes to (without decoding the stream)."""
         v = x.reshape(-1)
-        if self.coder == "huffman" or self.scale == "gennorm":
+        if self.coder in MODEL_CODERS or self.scale == "gennorm":
             nonzero = v[v != 0]
             zero_q = round(_ZERO_STEPS * (1 - nonzero.numel() / max(v.numel(), 1)))
             beta, alpha = gennorm.fit(nonzero)
@@ -129,36 +135,40 @@ class FloatQuantizer(Compressor):
         seed = rnd.key(self.seed, v.numel(), shared=False) if self.rounding == "stochastic" else None
         codes = self.fmt.encode(v, s, seed)
         parts = {"scale": torch.tensor([s], dtype=torch.float32, device=v.device)}
-        symbols = codes
-        if self.coder == "huffman":
+        if self.coder in MODEL_CODERS:
             ratio_q = _quantize_log(alpha / s) if alpha > 0 else 0
             parts["model"] = torch.tensor([zero_q, beta_q, ratio_q], dtype=torch.int16, device=v.device)
-            table = _model_table(self.fmt, zero_q, beta_q, ratio_q)
-            if _codes_pairs(self.fmt):
-                symbols = _join_pairs(codes)
+            table = _model_table(self.fmt, self.coder, zero_q, beta_q, ratio_q)
         elif self.coder == "empirical":
             counts = torch.bincount(codes, minlength=self.fmt.codes).cpu().numpy() + 1  # add-one: every code gets one
             table = HuffmanTable.from_weights(counts)
             parts["lengths"] = table.header().to(v.device)
         else:
             table = HuffmanTable.fixed(self.fmt.bits)
-        parts["bytes"] = table.encode(symbols)
+        parts["bytes"] = table.encode(self.symbols(codes))
         return Payload(parts, v.numel()), self.fmt.decode(codes, s)
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.encode(x, rnd)[0]
 
-    def table(self, payload: Payload) -> HuffmanTable:
+    def table(self, payload: Payload) -> HuffmanTable | RansTable:
         """The code a payload was written with, rebuilt from what it carries."""
-        if self.coder == "huffman":
-            return _model_table(self.fmt, *(int(q) for q in payload.parts["model"]))
+        if self.coder in MODEL_CODERS:
+            return _model_table(self.fmt, self.coder, *(int(q) for q in payload.parts["model"]))
         if self.coder == "empirical":
             return HuffmanTable.from_header(payload.parts["lengths"])
         return HuffmanTable.fixed(self.fmt.bits)
 
+    def _pairs(self) -> bool:
+        return self.coder in MODEL_CODERS and _codes_pairs(self.fmt)
+
+    def symbols(self, codes: Tensor) -> Tensor:
+        """What the coder codes: the float codes, or pairs of them (model coders, at most 4 bits)."""
+        return _join_pairs(codes) if self._pairs() else codes
+
     def codes(self, payload: Payload) -> Tensor:
         """The float codes (uint8) carried by a payload."""
-        if self.coder == "huffman" and _codes_pairs(self.fmt):
+        if self._pairs():
             symbols = self.table(payload).decode(payload.parts["bytes"], (payload.numel + 1) // 2)
             return _split_pairs(symbols, payload.numel)
         return self.table(payload).decode(payload.parts["bytes"], payload.numel)

@@ -379,6 +379,21 @@ at::Tensor huffman_decode_cuda(const at::Tensor& stream, int64_t n, const at::Te
   return op.call(stream.cpu(), n, codes.cpu(), lengths.cpu()).to(stream.device());
 }
 
+// -- rANS: the sequential coder runs on the CPU, as Huffman's --------------------------------
+at::Tensor rans_encode_cuda(const at::Tensor& symbols, const at::Tensor& freqs) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("threepc::rans_encode", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(symbols.cpu(), freqs.cpu()).to(symbols.device());
+}
+
+at::Tensor rans_decode_cuda(const at::Tensor& stream, int64_t n, const at::Tensor& freqs) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("threepc::rans_decode", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, const at::Tensor&)>();
+  return op.call(stream.cpu(), n, freqs.cpu()).to(stream.device());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
@@ -391,6 +406,8 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("float_decode.out", &float_decode_out_cuda);
   m.impl("huffman_encode", &huffman_encode_cuda);
   m.impl("huffman_decode", &huffman_decode_cuda);
+  m.impl("rans_encode", &rans_encode_cuda);
+  m.impl("rans_decode", &rans_decode_cuda);
 }
 
 }  // namespace threepc
