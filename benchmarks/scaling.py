@@ -7,7 +7,8 @@ Re-runs itself inside ``unshare -n`` (a private network namespace: the ``lo`` co
 ``run_ranks`` group trains an MLP of 1.58M parameters (batch 32 per rank, 2 warm-up steps, then
 ``--steps`` timed steps, one thread per rank) under: DDP's own allreduce (no hook), ``gd``,
 ``ef14`` (Top-K 1%, all_gather of values + int32 indices), ``ef21:compressor=randk_shared``
-(averaging allreduce of K values) and ``co3:fmt=fp4-121`` (Huffman-coded, sized all_gather);
+(averaging allreduce of K values), ``ef14:compressor=shared_topk`` at 1.5% (averaging allreduce
+of K values and the next round's proposals) and ``co3:fmt=fp4-121`` (Huffman-coded, sized all_gather);
 plus the same steps without DDP (compute only) and a timed ``all_reduce`` of 1 KiB and 1 MiB.
 
 Per rank and step it records the link bytes of the ring model (``CommStats``; for the hookless
@@ -43,11 +44,13 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
     "gd": ("gd", {}),
     "ef14 topk 1%": ("ef14", {"ratio": 0.01}),
     "ef21 randk_shared 1%": ("ef21", {"ratio": 0.01, "compressor": "randk_shared"}),
+    "ef14 shared_topk 1.5%": ("ef14", {"ratio": 0.015, "compressor": "shared_topk"}),
     "co3 fp4-121": ("co3", {"fmt": "fp4-121"}),
 }
 # Collectives per bucket round: (kind, bytes each rank contributes per gradient element, or per round if fixed).
 SHAPES = {"allreduce": [("allreduce", "dense")], "gd": [("allreduce", "dense")],
           "ef14 topk 1%": [("all_gather", "payload")], "ef21 randk_shared 1%": [("allreduce", "payload")],
+          "ef14 shared_topk 1.5%": [("allreduce", "payload")],
           "co3 fp4-121": [("all_gather", "header"), ("all_gather", "payload")]}
 MICRO = [1024, 1 << 20]  # bytes of the timed all_reduce calls
 WARMUP, BATCH = 2, 32
