@@ -6,11 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MEDIANS: dict[tuple[str, str], float] = {}  # (group, implementation) -> median seconds
 PROCESSED: dict[str, int] = {}  # group -> bytes of input one call processes (for MB/s)
+
+
+@pytest.fixture
+def one_thread():
+    """The benchmark on one thread (the per-core figures)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

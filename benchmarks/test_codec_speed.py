@@ -61,14 +61,6 @@ def coded():
     return codes, table, table.encode(codes)
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_huffman_encode(benchmark, record, coded, one_thread):
     codes, table, _ = coded
     benchmark.group = "huffman_encode 6.5M codes"

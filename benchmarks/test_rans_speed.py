@@ -42,14 +42,6 @@ def coded(request):
     return f"{fmt} {size}", codes, out
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def rounds(n: int) -> int:
     return 200 if n <= 1 << 16 else 30
 
