@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from ddp_hooks.registry import DEFAULT
+
 from .recipes import RECIPES
 from .report import markdown, plots, summary
 from .runner import Run, check_hook, chunks, execute, hook_names
@@ -40,14 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     parser.add_argument("--steps", type=float, default=1.0, help="multiply every task's steps and eval interval")
     parser.add_argument("--quick", action="store_true",
-                        help="short tasks, sgdm, allreduce and ef21, 2 ranks, seed 0 (about a minute)")
+                        help="short LM and digits (a9a as in the full run), sgdm, allreduce and the default hook "
+                             f"({DEFAULT}), 2 ranks, seed 0 (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep OUT/accuracy.json's runs; run only the others")
     parser.add_argument("--chunk", type=int, default=8, help="runs per spawn of the ranks")
     args = parser.parse_args(argv)
     quick = args.quick
     args.recipes = args.recipes or (["sgdm"] if quick else ["sgdm", "adamw"])
-    args.hooks = args.hooks or (["allreduce", "ef21"] if quick else DEFAULT_HOOKS)
+    args.hooks = args.hooks or (["allreduce", DEFAULT] if quick else DEFAULT_HOOKS)
     if "allreduce" not in args.hooks:
         args.hooks.insert(0, "allreduce")
     args.ranks = args.ranks or ([2] if quick else [2, 4])
