@@ -51,7 +51,15 @@ _GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _finite(*tensors: Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    """Every entry finite. One summing pass: a NaN or an infinity makes the fp32 sum non-finite;
+    only then (or if finite values overflowed the sum) the exact elementwise test decides."""
+    return all(bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+               for t in tensors if t.is_floating_point())
+
+
+def _shares(t: Tensor, other: Tensor) -> bool:
+    """Whether ``t`` is a view of ``other``'s memory (a payload part that is the gradient itself)."""
+    return t.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
 
 
 def _blank(spec: list[PartSpec], numel: int, device: torch.device, sized: bool) -> Payload:
@@ -107,7 +115,7 @@ class _Round:
                 if not self.dense:
                     self.saved = {k: t.clone() for k, t in worker.memory.tensors().items()}
                 payload = worker.init(grad, self.rnd) if self.dense else worker.step(grad, self.rnd)
-                if not _finite(*payload.parts.values()):
+                if not _finite(*(t for t in payload.parts.values() if not _shares(t, grad))):
                     self.local, flags = "its payload overflowed", Flags(nonfinite=1)
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
             self.error, flags = e, Flags(error=1)
@@ -149,7 +157,9 @@ class _Round:
         if self.dense:
             self.bucket.server = self.worker.begin(payloads, self.rnd)
         elif payloads is not None:  # None: every rank stayed silent, g is unchanged
-            self.server = {k: t.clone() for k, t in self.bucket.server.items()}
+            self.server = self.bucket.server  # kept as it is for a rollback; the round writes a new one
+            self.bucket.server = {k: torch.empty_like(t) if k in self.worker.overwrites else t.clone()
+                                  for k, t in self.server.items()}
             self.worker.fold(self.bucket.server, payloads, self.rnd)
         return self.bucket.server["g"]
 

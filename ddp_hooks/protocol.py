@@ -109,7 +109,8 @@ class MeanAllReduce(Protocol):
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
         self.stats.ran("all_reduce")
         self.stats.ring_all_reduce(packed.numel(), self.group.size())
-        mean = packed.view(torch.float32) / self.group.size()  # a new tensor, reduced in place
+        mean = packed.view(torch.float32)  # reduced in place: a buffer of its own, or a copy of a payload's
+        mean = mean.div_(self.group.size()) if packed._base is None else mean / self.group.size()
         on_device(packed.device, mean)
         future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
         return Exchange(future, lambda: _count([wire.unpack(mean.view(torch.uint8), spec, numel)],

@@ -475,3 +475,23 @@ def test_resume_after_a_restart_is_bit_identical(resumed, hook):
         assert b["buckets"] > 1, "the model spreads over several buckets"
         assert b["dense"] == a["dense"], "the restart ran no dense round"
         assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"])), f"{hook} drifted after the restart"
+
+
+def test_the_finiteness_check_sums_once_and_falls_back_on_overflow():
+    """The hook's one-pass check: NaN and infinities anywhere are caught (also +inf and -inf
+    together, whose sum is NaN), finite values whose fp32 sum overflows are still finite, and
+    integer parts are not checked."""
+    from ddp_hooks.hook import _finite
+
+    x = torch.randn(10_000)
+    assert _finite(x, x.half(), x.bfloat16(), torch.arange(5))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            y = x.to(dtype)
+            y[7_777] = bad
+            assert not _finite(x, y)
+    both = x.clone()
+    both[[1, 2]] = torch.tensor([float("inf"), float("-inf")])
+    assert not _finite(both)
+    assert _finite(torch.full((4,), 3e38))  # the sum overflows, every value is finite
+    assert _finite(torch.full((4,), 60000.0, dtype=torch.float16))  # an fp16 sum would overflow

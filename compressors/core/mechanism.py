@@ -64,12 +64,15 @@ class Mechanism(ABC):
     1/len(payloads)), so aligned payloads may be averaged by the network instead.
     ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
     ``memory_type``: the ``Memory`` dataclass of ``memory``.
+    ``overwrites``: aggregate-state entries ``aggregate`` sets without reading them (a caller that
+    keeps the old state may pass uninitialised tensors there instead of copies).
     """
 
     lazy = False
     linear = True
     window = 0
     memory_type: type[Memory] = Memory
+    overwrites: frozenset[str] = frozenset()
 
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor
@@ -159,6 +162,8 @@ class KeepsPeers(Mechanism):
 
 class Replacing(Mechanism):
     """Mechanisms whose aggregate is a plain mean of decoded messages, g = (1/n) sum_i C(m_i)."""
+
+    overwrites = frozenset({"g"})
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         g = server["g"]
