@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.futures import Future, collect_all
 
 from compressors import PartSpec, Payload, Round
+from compressors.core.memory import Memory
 
 from . import protocol
 from .protocol import Flags
@@ -102,7 +103,7 @@ class _Round:
             _warn_if_larger_than_dense(state, spec, grad)
         proto = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
                                 group=group, stats=state.stats)
-        self.saved: dict[str, Tensor] | None = None  # the worker memory before step()
+        self.saved: Memory | None = None  # the worker memory before step()
         self.server: dict[str, Tensor] | None = None  # the aggregate before aggregate()
         self.refused = False  # some rank flagged the round
         self.error: Exception | None = None
@@ -112,8 +113,9 @@ class _Round:
             if not _finite(grad):
                 self.local, flags = self._nonfinite_params(), Flags(nonfinite=1)
             else:
-                if not self.dense:
-                    self.saved = {k: t.clone() for k, t in worker.memory.tensors().items()}
+                if not self.dense:  # by reference when step() leaves the old memory as it was
+                    self.saved = worker.memory if worker.fresh_memory else \
+                        type(worker.memory).of({k: t.clone() for k, t in worker.memory.tensors().items()})
                 payload = worker.init(grad, self.rnd) if self.dense else worker.step(grad, self.rnd)
                 if not _finite(*(t for t in payload.parts.values() if not _shares(t, grad))):
                     self.local, flags = "its payload overflowed", Flags(nonfinite=1)
@@ -134,7 +136,7 @@ class _Round:
         """Undo this round: the worker memory and the aggregate as before it (a dense round's
         new state is simply never installed)."""
         if self.saved is not None:
-            self.worker.memory = type(self.worker.memory).of(self.saved)
+            self.worker.memory = self.saved
         if self.server is not None:
             self.bucket.server = self.server
         self.saved = self.server = None

@@ -8,12 +8,13 @@ from .payload import Payload
 from .rounds import Round
 
 
-def compensated(compressor: Compressor, error: Tensor, x: Tensor, rnd: Round, decay: float = 1.0) -> Payload:
-    """v = x + decay * e;  send C(v);  e <- v - C(v)  (Seide et al. 2014; Stich et al. 2018, Alg. 1
+def compensated(compressor: Compressor, error: Tensor, x: Tensor, rnd: Round,
+                decay: float = 1.0) -> tuple[Payload, Tensor]:
+    """v = x + decay * e;  send C(v);  e' = v - C(v)  (Seide et al. 2014; Stich et al. 2018, Alg. 1
     in gradient units; decay < 1 is CO3's memory decay gamma, Chen et al. 2022, Eq. (8)).
-    ``error`` is updated in place only after C succeeded, so a compressor that raises (e.g. on
-    non-finite input) leaves it untouched."""
+    Returns the payload and e' as a new tensor: ``error`` is never written, so a compressor that
+    raises (e.g. on non-finite input) leaves it as it was, and a caller may keep it as the
+    memory to roll back to."""
     v = x + decay * error if decay != 1.0 else x + error
     payload, decoded = compressor.encode(v, rnd)
-    error.copy_(v).sub_(decoded)
-    return payload
+    return payload, v - decoded

@@ -66,6 +66,8 @@ class Mechanism(ABC):
     ``memory_type``: the ``Memory`` dataclass of ``memory``.
     ``overwrites``: aggregate-state entries ``aggregate`` sets without reading them (a caller that
     keeps the old state may pass uninitialised tensors there instead of copies).
+    ``fresh_memory``: ``step`` replaces ``memory`` with a new object and never writes the old
+    one's tensors (a caller may keep the old memory by reference to roll a round back).
     """
 
     lazy = False
@@ -73,6 +75,7 @@ class Mechanism(ABC):
     window = 0
     memory_type: type[Memory] = Memory
     overwrites: frozenset[str] = frozenset()
+    fresh_memory = False
 
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor

@@ -37,9 +37,12 @@ class CO3(Replacing):
 
     memory_type = Error
     memory: Error
+    fresh_memory = True
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        return compensated(self.compressor, self.memory.e_i, flat(grad), rnd, decay=self.gamma)
+        payload, error = compensated(self.compressor, self.memory.e_i, flat(grad), rnd, decay=self.gamma)
+        self.memory = Error(error)
+        return payload

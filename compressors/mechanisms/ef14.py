@@ -24,9 +24,12 @@ class EF14(Replacing):
 
     memory_type = Error
     memory: Error
+    fresh_memory = True
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        return compensated(self.compressor, self.memory.e_i, flat(grad), rnd)
+        payload, error = compensated(self.compressor, self.memory.e_i, flat(grad), rnd)
+        self.memory = Error(error)
+        return payload

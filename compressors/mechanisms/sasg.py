@@ -96,7 +96,8 @@ class SASG(KeepsPeers):
         if not self.triggered(x, rnd):
             self.memory.skips += 1
             return Payload({}, x.numel())
-        payload = compensated(self.compressor, self.memory.e_i, x, rnd)
+        payload, error = compensated(self.compressor, self.memory.e_i, x, rnd)
+        self.memory.e_i.copy_(error)
         if not self.exact:
             self.memory.y.copy_(x)
         self.memory.skips.zero_()
