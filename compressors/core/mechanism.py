@@ -64,11 +64,15 @@ class Mechanism(ABC):
     1/len(payloads)), so aligned payloads may be averaged by the network instead.
     ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
     ``memory_type``: the ``Memory`` dataclass of ``memory``.
+    ``two_stage``: payloads travel in two stages, through the owner of each chunk
+    (``core.two_stage.TwoStage``: ``chunks``, ``relay``, ``collect``); ``fold`` then returns
+    the owners' payloads.
     """
 
     lazy = False
     linear = True
     window = 0
+    two_stage = False
     memory_type: type[Memory] = Memory
 
     def __init__(self, compressor: Compressor) -> None:
@@ -125,11 +129,14 @@ class Mechanism(ABC):
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
 
-    def fold(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+    def fold(self, server: dict[str, Tensor], payloads: Sequence[Payload],
+             rnd: Round = ROUND0) -> list[Payload] | None:
         """``aggregate``, then the compressor's shared state for the next round (what the
-        simulation and the hook call)."""
+        simulation and the hook call). A ``two_stage`` mechanism returns what its chunk owners
+        sent back (the simulation counts those bits too)."""
         self.aggregate(server, payloads, rnd)
         self.compressor.shared_update(server, payloads, rnd)
+        return None
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``
