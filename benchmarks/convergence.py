@@ -36,7 +36,7 @@ from compressors.sim.datasets import load_libsvm
 from compressors.sim.problems import PROBLEMS, FiniteSum
 from compressors.sim.simulation import run
 
-METHODS = tuple(n for n in REGISTRY if n not in ("co3", "sasg"))  # the registry's mechanisms with (A, B) or LAG-WK
+METHODS = tuple(n for n in REGISTRY if n not in ("co3", "co3_2s", "sasg"))  # the registry's mechanisms with (A, B) or LAG-WK
 USES_K = frozenset(n for n in METHODS if any(o.name == "k" for o in REGISTRY[n].options))
 USES_ZETA = frozenset(n for n in METHODS if any(o.name == "zeta" for o in REGISTRY[n].options))
 MULTIPLIERS = tuple(2.0**i for i in range(13))

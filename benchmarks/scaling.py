@@ -8,7 +8,9 @@ Re-runs itself inside ``unshare -n`` (a private network namespace: the ``lo`` co
 ``--steps`` timed steps, one thread per rank) under: DDP's own allreduce (no hook), ``gd``,
 ``ef14`` (Top-K 1%, all_gather of values + int32 indices), ``ef21:compressor=randk_shared``
 (averaging allreduce of K values), ``ef14:compressor=shared_topk`` at 1.5% (averaging allreduce
-of K values and the next round's proposals) and ``co3:fmt=fp4-121`` (Huffman-coded, sized all_gather);
+of K values and the next round's proposals), ``co3:fmt=fp4-121`` (Huffman-coded, sized all_gather)
+and ``co3_2s:fmt=fp4-121`` (the same code over the two-stage allreduce: all_to_all of chunk
+payloads, all_gather of the owners' chunks);
 plus the same steps without DDP (compute only) and a timed ``all_reduce`` of 1 KiB and 1 MiB.
 
 Per rank and step it records the link bytes of the ring model (``CommStats``; for the hookless
@@ -46,12 +48,16 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
     "ef21 randk_shared 1%": ("ef21", {"ratio": 0.01, "compressor": "randk_shared"}),
     "ef14 shared_topk 1.5%": ("ef14", {"ratio": 0.015, "compressor": "shared_topk"}),
     "co3 fp4-121": ("co3", {"fmt": "fp4-121"}),
+    "co3_2s fp4-121": ("co3_2s", {"fmt": "fp4-121"}),
 }
 # Collectives per bucket round: (kind, bytes each rank contributes per gradient element, or per round if fixed).
 SHAPES = {"allreduce": [("allreduce", "dense")], "gd": [("allreduce", "dense")],
           "ef14 topk 1%": [("all_gather", "payload")], "ef21 randk_shared 1%": [("allreduce", "payload")],
           "ef14 shared_topk 1.5%": [("allreduce", "payload")],
-          "co3 fp4-121": [("all_gather", "header"), ("all_gather", "payload")]}
+          "co3 fp4-121": [("all_gather", "header"), ("all_gather", "payload")],
+          # two stages: the payload (one coded vector per rank) in n chunks to their owners, then
+          # every owner's chunk to everyone; (n-1)/n of it crosses each link in each stage
+          "co3_2s fp4-121": [("all_gather", "header"), ("all_to_all", "payload"), ("all_gather_chunk", "payload")]}
 MICRO = [1024, 1 << 20]  # bytes of the timed all_reduce calls
 WARMUP, BATCH = 2, 32
 PAPER = {"params": 100_000_000, "bucket_bytes": 25 * 2 ** 20, "alpha": 5e-6, "gbits": (10, 100), "n_max": 1024}
@@ -145,6 +151,9 @@ def comm_model(method: str, n: np.ndarray, numel: float, rounds: float, widths: 
         if kind == "allreduce":
             link += 2 * (n - 1) / n * w * rounds
             msgs += 2 * (n - 1) * rounds
+        elif kind in ("all_to_all", "all_gather_chunk"):  # w per rank, split in n: (n-1)/n of it moves
+            link += (n - 1) / n * w * rounds
+            msgs += (n - 1) * rounds
         else:
             link += (n - 1) * w * rounds
             msgs += (n - 1) * rounds
@@ -174,7 +183,13 @@ def widths_of(rows: dict[int, dict], params: int) -> dict[str, dict[str, float]]
     for m in METHODS:
         r = rows[n][m]
         per_round_header = r["header"] / r["rounds"]
-        payload = (r["link"] / (n - 1) - r["header"]) if SHAPES[m][-1][0] == "all_gather" else r["sent"]
+        kinds = [kind for kind, _ in SHAPES[m]]
+        if "all_to_all" in kinds:  # link = (n-1) header + 2 (n-1)/n payload
+            payload = (r["link"] - (n - 1) * r["header"]) / (2 * (n - 1) / n)
+        elif kinds[-1] == "all_gather":
+            payload = r["link"] / (n - 1) - r["header"]
+        else:
+            payload = r["sent"]
         out[m] = {"dense": 4.0, "header": per_round_header, "payload": payload / params}
     return out
 

@@ -21,6 +21,7 @@ from .operators.sparse import Sparsifier
 from .operators.topk import TopK
 from .mechanisms.clag import CLAG
 from .mechanisms.co3 import CO3
+from .mechanisms.co3_2s import CO3TwoStage
 from .mechanisms.ef14 import EF14
 from .mechanisms.ef21 import EF21
 from .mechanisms.ef21_plus import EF21Plus
@@ -35,7 +36,7 @@ from .mechanisms.threepc_v3 import ThreePCv3
 from .mechanisms.threepc_v4 import ThreePCv4
 from .mechanisms.threepc_v5 import ThreePCv5
 
-__all__ = ["__version__", "CLAG", "CO3", "Compose", "Compressor", "EF14", "EF21", "EF21Plus", "EF21SGDM",
+__all__ = ["__version__", "CLAG", "CO3", "CO3TwoStage", "Compose", "Compressor", "EF14", "EF21", "EF21Plus", "EF21SGDM",
            "FloatFormat", "FloatQuantizer", "GD", "Identity", "LAG", "LAGWK", "MARINA", "Mechanism", "PartSpec",
            "Payload", "PermK", "RandK", "Round", "SASG", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
            "ThreePCv3", "ThreePCv4", "ThreePCv5", "ThreePoint", "TopK"]

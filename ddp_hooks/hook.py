@@ -9,7 +9,12 @@ defined when the bucket is exactly their union, ``ThreePCState.units``):
   ``mechanism.init(grad)`` sets the worker memory and returns the fp32 gradient; the callback
   builds the aggregate state with ``mechanism.start`` (g = the mean gradient);
 * compressed round: ``mechanism.step(grad)`` updates the local memory and returns the payload;
-  the callback folds every rank's payload into the aggregate with ``mechanism.fold``.
+  the callback folds every rank's payload into the aggregate with ``mechanism.fold``;
+* two-stage compressed round (``mechanism.two_stage``): ``step`` returns one payload per chunk
+  (chunk j owned by rank j); ``protocol.TwoStage`` moves them to their owners, runs this rank's
+  owner step ``mechanism.relay`` here, in the hook's thread, between its two stages (blocking
+  on the first: that bucket's communication no longer overlaps the rest of backward), and
+  all_gathers the owners' payloads; the callback decodes them with ``mechanism.collect``.
 
 Either way ``protocol.choose`` picks how the payload travels from what the mechanism declares
 (summable, lazy, fixed or variable size), and the aggregate's ``"g"`` is the unit's result.
@@ -101,8 +106,12 @@ class _Round:
             spec, lazy = worker.spec(numel, self.rnd), worker.lazy  # before step(): a refused spec changes nothing
             state.stats.compressed_rounds += 1
             _warn_if_larger_than_dense(state, spec, grad)
+        relay = None  # a two-stage mechanism: every rank owns a chunk and runs its step between the stages
+        if not self.dense and worker.two_stage:
+            relay = protocol.Relay([hi - lo for lo, hi in worker.chunks(numel, group.size())], self._relay)
+        self.relayed = relay is not None
         proto = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
-                                group=group, stats=state.stats)
+                                group=group, stats=state.stats, relay=relay)
         self.saved: Memory | None = None  # the worker memory before step()
         self.server: dict[str, Tensor] | None = None  # the aggregate before aggregate()
         self.refused = False  # some rank flagged the round
@@ -123,9 +132,25 @@ class _Round:
             self.error, flags = e, Flags(error=1)
         if any(flags):
             self.restore()
-            payload = _blank(spec, numel, grad.device, isinstance(proto, protocol.Sized))
+            payload = _blank(spec, numel, grad.device, isinstance(proto, (protocol.Sized, protocol.TwoStage)))
         self.exchange = proto.exchange(payload, spec, grad.device, flags)
         state.stats.dense_round(numel * grad.element_size(), group.size())
+
+    def _relay(self, received: list[Payload]) -> tuple[Payload, Flags]:
+        """This rank's step as the owner of its chunk (two-stage mechanisms), between the stages:
+        its payload and flags. Guarded like ``step``: an exception or a non-finite result is a
+        flag every rank reads from the second stage's header; the owner's error is written only
+        when finite, and the round's rollback restores it with the rest of the memory."""
+        empty = Payload({}, 0)
+        try:
+            payload = self.worker.relay(received, self.rnd)
+        except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
+            self.error = e
+            return empty, Flags(error=1)
+        if payload is None or not _finite(*payload.parts.values()):
+            self.local = "the mean of the chunk it owns (plus its owner error) overflowed"
+            return empty, Flags(nonfinite=1)
+        return payload, Flags()
 
     def _nonfinite_params(self) -> str:
         sizes = [p.numel() for p in self.params]
@@ -162,7 +187,10 @@ class _Round:
             self.server = self.bucket.server  # kept as it is for a rollback; the round writes a new one
             self.bucket.server = {k: torch.empty_like(t) if k in self.worker.overwrites else t.clone()
                                   for k, t in self.server.items()}
-            self.worker.fold(self.bucket.server, payloads, self.rnd)
+            if self.relayed:  # the owners' payloads: every rank decodes g from them
+                self.worker.collect(self.bucket.server, payloads, self.rnd)
+            else:
+                self.worker.fold(self.bucket.server, payloads, self.rnd)
         return self.bucket.server["g"]
 
     def _refuse(self, flags: Flags) -> Tensor | str:

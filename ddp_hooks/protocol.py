@@ -9,6 +9,15 @@
   payload's size, 0 = silent, or a flag: -1 non-finite, -2 failed) comes first; if nobody
   sends, or some rank raised a flag, no further collective runs; else the ``data`` protocol
   moves the payloads padded to the longest (a silent rank sends zeros).
+* ``TwoStage(relay)``: a mechanism that declares ``two_stage`` sends one payload per chunk of
+  its tensor (chunk j, owned by rank j). Stage 1: a blocking ``all_gather`` of one int32 per
+  rank (its longest chunk payload, or its flag), then one blocking equal-split
+  ``all_to_all_single`` of the chunk payloads, each behind its int32 length and padded to the
+  longest; each owner then runs ``relay.step`` on the n payloads of its chunk, in the hook's
+  thread. Stage 2: a ``Sized``-style header (the owner payload's size
+  or a flag, so an owner's failure or overflow is agreed too) and one ``all_gather`` of the
+  owners' payloads, which everyone decodes. The blocking first stage gives up the overlap of
+  that bucket's communication with the rest of backward.
 
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
 header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), so
@@ -169,10 +178,131 @@ class Sized(Protocol):
         return self.data.collective(packed, spec, numel, sizes)
 
 
+class Relay(NamedTuple):
+    """What a two-stage round needs besides the payload: every chunk's length (chunk j is owned
+    by rank j) and this rank's owner step, which takes the n payloads of its chunk (rank order)
+    and returns its own payload and flags (it must not raise)."""
+
+    sizes: list[int]
+    step: Callable[[list[Payload]], tuple[Payload, Flags]]
+
+
+_LENGTH = 4  # bytes of the int32 length in front of each chunk payload of the all_to_all
+
+
+def _flag(flags: Flags) -> int:
+    """A header's negative flag (-2 failed, -1 non-finite), 0 if none."""
+    return -2 if flags.error else -1 if flags.nonfinite else 0
+
+
+def _done(raised: Flags) -> Exchange:
+    """An exchange that ends at its header: every rank saw ``raised`` and skips the round."""
+    done: Future = Future()
+    done.set_result(None)
+    return Exchange(done, lambda: (None, raised))
+
+
+class TwoStage(Protocol):
+    """Chunk payloads to their owners (all_to_all), the owners' payloads to everyone (all_gather);
+    the spec's parts ``"<j>.<part>"`` are chunk j's, and owner j's payload has chunk j's parts."""
+
+    def __init__(self, group: dist.ProcessGroup, stats: CommStats, relay: Relay) -> None:
+        super().__init__(group, stats)
+        self.relay = relay
+
+    def _header(self, sizes: list[int], device: torch.device) -> list[list[int]]:
+        """Blocking all_gather of this rank's int32 ``sizes`` (or flags): every rank's row."""
+        n = self.group.size()
+        header = torch.tensor(sizes, dtype=torch.int32, device=device)
+        headers = torch.zeros(n * len(sizes), dtype=torch.int32, device=device)
+        on_device(device, header, headers)
+        all_gather_single(headers, header, group=self.group)
+        self.stats.add("header", header.numel() * header.element_size())
+        self.stats.ring_all_gather(header.numel() * header.element_size(), n)
+        return headers.view(n, len(sizes)).tolist()
+
+    def _count(self, packed: Tensor, parts: Payload, spec: Sequence[PartSpec], width: int) -> Tensor:
+        """Count ``parts`` and the padding up to ``width``; the padded buffer."""
+        self.count(parts, spec)
+        if packed.numel() < width:
+            self.stats.add("padding", width - packed.numel())
+            packed = torch.cat([packed, packed.new_zeros(width - packed.numel())])
+        return packed
+
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
+                 flags: Flags = Flags()) -> Exchange:
+        n = self.group.size()
+        specs = [[PartSpec(p.name[len(f"{j}."):], p.dtype, p.numel, p.aligned) for p in spec
+                  if p.name.startswith(f"{j}.")] for j in range(n)]
+        received = self.first(payload, specs, device, flags)
+        if isinstance(received, Flags):
+            return _done(received)
+        owned, flags = self.relay.step(received)  # the owner's step, between the stages
+        return self.second(owned, specs, device, flags)
+
+    def first(self, payload: Payload, specs: list[list[PartSpec]], device: torch.device,
+              flags: Flags) -> list[Payload] | Flags:
+        """Stage 1 (blocking): every rank's longest chunk payload (or its flag), then the chunk
+        payloads to their owners, each in a slot of the longest + 4 bytes (an int32 length, then
+        the payload, then zeros). This rank's chunk as sent by every rank (rank order), or the
+        flags some rank raised. (One int32 per rank in the header rather than the n x n table of
+        sizes: the header's link bytes stay O(n) per rank.)"""
+        n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
+        chunks = [] if any(flags) else [payload.sub(str(j)) for j in range(n)]
+        packed = [wire.pack(c, specs[j]) for j, c in enumerate(chunks)]
+        heads = [row[0] for row in self._header([max(p.numel() for p in packed) if packed else _flag(flags)], device)]
+        raised = Flags(heads.count(-1), heads.count(-2))
+        if any(raised):
+            return raised
+        width = _LENGTH + max(heads)  # never zero elements
+        slots = []
+        for j, (p, c) in enumerate(zip(packed, chunks)):
+            self.count(c, specs[j])
+            self.stats.add("header", _LENGTH)
+            length = torch.tensor([p.numel()], dtype=torch.int32, device=device).view(torch.uint8)
+            if p.numel() + _LENGTH < width:
+                self.stats.add("padding", width - _LENGTH - p.numel())
+            slots += [length, p, p.new_zeros(width - _LENGTH - p.numel())]
+        buffer = torch.cat(slots)
+        received = torch.empty_like(buffer)
+        on_device(device, buffer, received)
+        dist.all_to_all_single(received, buffer, group=self.group)  # blocking: the owner step needs it
+        self.stats.ran("all_to_all")
+        self.stats.ring_all_to_all(buffer.numel(), n)
+        rows = received.view(n, width)
+        lengths = rows[:, :_LENGTH].reshape(-1).clone().view(torch.int32).tolist()
+        return [wire.unpack(row[_LENGTH:_LENGTH + size], specs[me], sizes[me]) for row, size in zip(rows, lengths)]
+
+    def second(self, owned: Payload, specs: list[list[PartSpec]], device: torch.device, flags: Flags) -> Exchange:
+        """Stage 2: this owner's size (or flag), then its payload to everyone (the returned future)."""
+        n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
+        packed = None if any(flags) else wire.pack(owned, specs[me])
+        heads = [row[0] for row in self._header([packed.numel() if packed is not None else _flag(flags)], device)]
+        raised = Flags(heads.count(-1), heads.count(-2))
+        if any(raised):
+            return _done(raised)
+        width = max(1, *heads)
+        packed = self._count(packed, owned, specs[me], width)
+        gathered = packed.new_empty(n * width)
+        on_device(device, packed, gathered)
+        self.stats.ran("all_gather")
+        self.stats.ring_all_gather(width, n)
+        future = all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
+        rows = gathered.view(n, width)
+        return Exchange(future, lambda: ([wire.unpack(row[:size], specs[j], sizes[j])
+                                          for j, (row, size) in enumerate(zip(rows, heads))], Flags()))
+
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+        raise TypeError("TwoStage runs its own collectives in exchange()")
+
+
 def choose(spec: Sequence[PartSpec], *, summable: bool, lazy: bool, reproducible: bool,
-           group: dist.ProcessGroup, stats: CommStats) -> Protocol:
-    """The protocol for a round: averaged if the mechanism declared the payload ``summable`` (and
-    the state is not ``reproducible``, which sums in rank order on every rank), sized if a
-    payload may be empty (``lazy``) or has a variable-length part."""
+           group: dist.ProcessGroup, stats: CommStats, relay: Relay | None = None) -> Protocol:
+    """The protocol for a round: two-stage when a ``relay`` is given (the mechanism declared
+    ``two_stage``), averaged if the mechanism declared the payload ``summable`` (and the state
+    is not ``reproducible``, which sums in rank order on every rank), sized if a payload may be
+    empty (``lazy``) or has a variable-length part."""
+    if relay is not None:
+        return TwoStage(group, stats, relay)
     data: Protocol = (MeanAllReduce if summable and not reproducible else AllGather)(group, stats)
     return Sized(data) if lazy or not wire.fixed_size(spec) else data

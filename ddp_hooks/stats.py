@@ -21,7 +21,7 @@ class CommStats:
 
     ``link_sent`` / ``link_received`` count what crosses this rank's links under the ring
     algorithms: an all_gather of w bytes per rank sends and receives (n - 1) w, an allreduce of
-    D bytes 2 (n - 1) / n x D each way. ``link_dense_equivalent`` is a dense ring allreduce of the
+    D bytes 2 (n - 1) / n x D each way, an all_to_all of D bytes per rank (n - 1) / n x D each way. ``link_dense_equivalent`` is a dense ring allreduce of the
     same buckets, so ``link_fraction_of_dense`` grows with n for all_gathered payloads and not
     for allreduced ones.
     """
@@ -53,6 +53,14 @@ class CommStats:
         """Link bytes of a ring all_gather of ``width`` bytes from each of ``ranks`` ranks."""
         self.link_sent += (ranks - 1) * width
         self.link_received += (ranks - 1) * width
+
+    def ring_all_to_all(self, nbytes: int, ranks: int) -> None:
+        """Link bytes of an equal-split all_to_all of ``nbytes`` per rank: each rank keeps its own
+        1/n of the buffer and sends the rest, (n - 1) / n x nbytes, and receives as much (pairwise
+        exchanges; the ring-equivalent volume)."""
+        moved = (ranks - 1) * nbytes // ranks
+        self.link_sent += moved
+        self.link_received += moved
 
     def ring_all_reduce(self, nbytes: int, ranks: int) -> None:
         """Link bytes of a ring allreduce (reduce-scatter + all_gather) of ``nbytes``."""

@@ -20,7 +20,8 @@ from torch import nn
 
 from ddp_hooks.launch import loopback_tx_bytes
 
-CASES = [(2, "gd"), (2, "ef21"), (4, "ef21"), (4, "clag"), (4, "gd")]
+CASES = [(2, "gd"), (2, "ef21"), (2, "co3_2s"), (4, "ef21"), (4, "clag"), (4, "gd"), (4, "co3_2s")]
+OPTIONS = {"gd": {}, "co3_2s": {"fmt": "fp4-121"}}  # others: {"ratio": 0.01}
 
 
 def train(rank: int, hook: str, steps: int) -> dict:
@@ -29,7 +30,7 @@ def train(rank: int, hook: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.25)  # several buckets
-    state = ddp_hooks.register(ddp, hook, **({} if hook == "gd" else {"ratio": 0.01}))
+    state = ddp_hooks.register(ddp, hook, **OPTIONS.get(hook, {"ratio": 0.01}))
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(rank)
     dist.barrier()
@@ -76,6 +77,11 @@ def test_link_bytes_match_the_loopback_counter_of_a_private_namespace():
     # an all_gathered payload's link share grows with n; the dense allreduce's does not
     assert by[4, "ef21"]["link_fraction_of_dense"] > by[2, "ef21"]["link_fraction_of_dense"]
     assert by[4, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0, rel=1e-3)
+    # the two-stage allreduce (all_to_all, then all_gather of the owners' chunks) stays flat in n, like
+    # the ring allreduce: its all_to_all and its all_gather each move (n - 1) / n of one coded vector
+    two_stage = [by[n, "co3_2s"] for n in (2, 4)]
+    assert all(s["collectives"].get("all_to_all") for s in two_stage)
+    assert two_stage[1]["link_fraction_of_dense"] < 1.25 * two_stage[0]["link_fraction_of_dense"]
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ CASES = {
     "co3_fp4_huffman_pairs": ("co3", {"fmt": "fp4-121", "gamma": 0.7}, 0.5),
     "co3_fp4_stochastic": ("co3", {"fmt": "fp4-121", "gamma": 1.0, "coder": "empirical", "scale": "max",
                                    "rounding": "stochastic", "seed": 4}, 0.5),
+    "co3_2s_fp8": ("co3_2s", {"fmt": "fp8-152", "gamma": 0.7}, 0.5),
+    "co3_2s_fp4": ("co3_2s", {"fmt": "fp4-121", "gamma": 0.7}, 0.5),
+    "co3_2s_fp4_stochastic": ("co3_2s", {"fmt": "fp4-121", "gamma": 1.0, "coder": "empirical", "scale": "max",
+                                         "rounding": "stochastic", "seed": 4}, 0.5),
     "sasg": ("sasg", {"k": K, "c": 40.0}, 0.5),
     "sasg_exact": ("sasg", {"k": K, "c": 40.0, "exact": True}, 0.5),
 }

@@ -25,6 +25,7 @@ HOOKS = {
     "lag": {},
     "sasg": {"ratio": 0.1},
     "co3": {},
+    "co3_2s": {"fmt": "fp4-121"},  # two stages: size header, all_to_all, owner header, all_gather
     "ef21": {"ratio": 0.1},
     "ef14": {"ratio": 0.1},
 }
@@ -59,8 +60,11 @@ def collectives(monkeypatch) -> list[tuple[str, torch.device, torch.dtype]]:
 
     monkeypatch.setattr(dist, "all_reduce", recording("all_reduce", dist.all_reduce))
     monkeypatch.setattr(protocol, "all_gather_single", recording("all_gather", protocol.all_gather_single))
+    monkeypatch.setattr(dist, "all_to_all_single", recording("all_to_all", dist.all_to_all_single))
     for cls in (protocol.Protocol, protocol.Sized):
         monkeypatch.setattr(cls, "exchange", under_meta(cls.exchange))
+    for stage in ("first", "second"):  # not the owner's step between them (mechanism code)
+        monkeypatch.setattr(protocol.TwoStage, stage, under_meta(getattr(protocol.TwoStage, stage)))
     return seen
 
 
@@ -78,5 +82,7 @@ def test_every_collective_tensor_lives_on_the_buckets_device(group, collectives,
     assert collectives, "no collective ran"
     wrong = [c for c in collectives if c[1] != torch.device("cpu")]
     assert not wrong, f"collective tensors off the bucket's device: {wrong}"
+    if name == "co3_2s":
+        assert {"all_gather", "all_to_all"} <= {c[0] for c in collectives}
     if name in SILENT:
         assert state.stats.silent_rounds > 0, "the silent path (an empty payload, size 0) did not run"

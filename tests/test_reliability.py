@@ -82,7 +82,8 @@ def _poison(param: nn.Parameter) -> dict:
 # label ("<registry name>[ <variant>]") -> options
 NONFINITE_HOOKS = {"gd": {}, "ef21": {"ratio": 0.05}, "ef21_sgdm": {"ratio": 0.05}, "sasg": {"ratio": 0.05},
                    "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5},
-                   "ef14 shared_topk": {"ratio": 0.05, "compressor": "shared_topk"}}
+                   "ef14 shared_topk": {"ratio": 0.05, "compressor": "shared_topk"}, "co3_2s": {},
+                   "co3_2s fp4": {"fmt": "fp4-121"}}
 
 
 def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
@@ -196,6 +197,26 @@ def _overflow_inside_payload(rank: int) -> dict:
     return {"flagged": flagged}
 
 
+def _owner_overflow(rank: int) -> dict:
+    """co3_2s: every rank's gradient holds 3e38 at the same entry at step 2, so each payload is
+    finite but the owner's mean of the chunk overflows: a flag in the second stage's header,
+    a skipped round on every rank, no NaN written into any owner error."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "co3_2s", gamma=1.0, scale="max", check_every=1)
+    switch = _poison(model[0].weight)
+    flagged = []
+    for step, value in enumerate((None, None, 3e38, None, None)):
+        switch["value"] = value
+        before = _memory(state)
+        ddp.zero_grad()
+        _loss(ddp, rank, step).backward()
+        flagged.append((state.stats.nonfinite_rounds, _same(before, _memory(state)),
+                        bool(model[0].weight.grad.isnan().all())))
+    finite = all(bool(t.isfinite().all()) for s in _memory(state).values() for t in s.values())
+    return {"flagged": flagged, "finite": finite, "all_to_all": state.stats.collectives.get("all_to_all", 0)}
+
+
 def _mismatch(rank: int, left: dict, right: dict) -> dict:
     """Rank 0 registers ``left``, the others ``right``: every rank raises naming the field."""
     model = _model()
@@ -231,11 +252,14 @@ class _Odd(nn.Module):
         return self.lin(x) * self.one + self.empty.sum()
 
 
+ODD = ("ef21", "clag", "co3", "co3_2s", "sasg")
+
+
 def _odd_buckets(rank: int, hook: str) -> dict:
     """Buckets of 0 and 1 elements (1-byte buckets) and find_unused_parameters=True."""
     model = _Odd()
     ddp = DDP(model, bucket_cap_mb=1e-6, find_unused_parameters=True)
-    state = ddp_hooks.register(ddp, hook, check_every=1, **({"ratio": 0.05} if hook != "co3" else {}))
+    state = ddp_hooks.register(ddp, hook, check_every=1, **({} if hook.startswith("co3") else {"ratio": 0.05}))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 1-element buckets send more than dense
@@ -273,10 +297,11 @@ def _single_group(rank: int, workers: int) -> dict:
     for dtype in (torch.float16, torch.bfloat16):
         out[f"overflow {dtype}"] = _overflow(rank, dtype)
     out["overflow inside payload"] = _overflow_inside_payload(rank)
+    out["owner overflow"] = _owner_overflow(rank)
     for name, (left, right) in MISMATCHES.items():
         out[f"mismatch {name}"] = _mismatch(rank, left, right)
     out["diverged"] = _diverged(rank)
-    for hook in ("ef21", "clag", "co3", "sasg"):
+    for hook in ODD:
         out[f"odd {hook}"] = _odd_buckets(rank, hook)
     out["k too large"] = _k_too_large(rank)
     return out
@@ -323,6 +348,7 @@ def four() -> list:
 RESUMED = {name: {"ratio": 0.05} if any(o.name == "ratio" for o in e.options) else {}
            for name, e in MECHANISMS.items()}  # label ("<registry name>[ <variant>]") -> options
 RESUMED["ef14 shared_topk"] = {"ratio": 0.05, "compressor": "shared_topk"}  # the support is aggregate state
+RESUMED["co3_2s fp4"] = {"fmt": "fp4-121"}  # the owners' errors are worker memory
 WRAPPERS = ({}, {"static_graph": True}, {"gradient_as_bucket_view": True})
 SAVE, MORE = 4, 3
 
@@ -416,6 +442,15 @@ def test_an_overflow_inside_the_compressed_values_is_a_skipped_round(scenarios):
         assert all(untouched for _, untouched in flagged[2:3])
 
 
+def test_an_overflow_of_an_owners_mean_is_a_skipped_round_on_every_rank(scenarios):
+    for r in scenarios:
+        out = r["owner overflow"]
+        assert out["all_to_all"] > 0
+        assert out["flagged"] == [(0, False, False), (0, False, False), (1, True, True), (1, False, False),
+                                  (1, False, False)], "step 2 only: NaN bucket, memories untouched"
+        assert out["finite"], "no owner error took a NaN"
+
+
 @pytest.mark.parametrize("name", list(MISMATCHES))
 def test_ranks_configured_differently_all_raise_naming_the_field(scenarios, name):
     left, right = MISMATCHES[name]
@@ -437,7 +472,7 @@ def test_diverged_replicas_raise_on_every_rank_at_the_next_check(scenarios):
         _fails(outcomes[4], "aggregate replica differs")
 
 
-@pytest.mark.parametrize("hook", ["ef21", "clag", "co3", "sasg"])
+@pytest.mark.parametrize("hook", ODD)
 def test_empty_and_one_element_buckets_with_unused_parameters(scenarios, hook):
     ranks = [r[f"odd {hook}"] for r in scenarios]
     assert min(ranks[0]["sizes"]) <= 1, ranks[0]["sizes"]

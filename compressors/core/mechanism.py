@@ -68,11 +68,15 @@ class Mechanism(ABC):
     keeps the old state may pass uninitialised tensors there instead of copies).
     ``fresh_memory``: ``step`` replaces ``memory`` with a new object and never writes the old
     one's tensors (a caller may keep the old memory by reference to roll a round back).
+    ``two_stage``: payloads travel in two stages, through the owner of each chunk
+    (``core.two_stage.TwoStage``: ``chunks``, ``relay``, ``collect``); ``fold`` then returns
+    the owners' payloads.
     """
 
     lazy = False
     linear = True
     window = 0
+    two_stage = False
     memory_type: type[Memory] = Memory
     overwrites: frozenset[str] = frozenset()
     fresh_memory = False
@@ -131,11 +135,14 @@ class Mechanism(ABC):
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """Fold the workers' payloads into the aggregate state (``server["g"]`` in place)."""
 
-    def fold(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+    def fold(self, server: dict[str, Tensor], payloads: Sequence[Payload],
+             rnd: Round = ROUND0) -> list[Payload] | None:
         """``aggregate``, then the compressor's shared state for the next round (what the
-        simulation and the hook call)."""
+        simulation and the hook call). A ``two_stage`` mechanism returns what its chunk owners
+        sent back (the simulation counts those bits too)."""
         self.aggregate(server, payloads, rnd)
         self.compressor.shared_update(server, payloads, rnd)
+        return None
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``

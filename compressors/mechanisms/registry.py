@@ -21,6 +21,7 @@ from ..operators.sparse import Sparsifier
 from ..operators.topk import TopK
 from .clag import CLAG
 from .co3 import CO3
+from .co3_2s import CO3TwoStage
 from .ef14 import EF14
 from .ef21 import EF21
 from .ef21_plus import EF21Plus
@@ -170,6 +171,15 @@ P = Option("p", float, 0.1, "probability of a dense round (a coin shared by all 
            open_low=True)
 WINDOW = Option("window", int, 10, "D, how many past aggregate moves the trigger reads", low=1)
 
+CO3_OPTIONS = (
+    Option("fmt", str, "fp8-152", "float format fpB-SEM[-bBIAS], e.g. fp8-152, fp8-143, fp4-121"),
+    Option("gamma", float, 0.7, "memory decay: v = grad + gamma e", low=0.0, high=1.0, open_low=True),
+    Option("coder", str, "huffman", "lossless coder of the float codes: Huffman or rANS of the GenNorm model, "
+           "Huffman of the histogram, or none", choices=("huffman", "rans", "empirical", "none")),
+    Option("scale", str, "gennorm", "how the scale is chosen", choices=("gennorm", "max")),
+    Option("rounding", str, "nearest", "rounding to the float format", choices=("nearest", "stochastic")),
+    SEED)
+
 REGISTRY: dict[str, Entry] = {e.name: e for e in (
     _entry("gd", "no compression: one fp32 allreduce per bucket (DDP's default, through the hook)", lambda o: GD()),
     _entry("ef14", "classic error feedback (Seide et al. 2014): send C(e + grad), keep the rest",
@@ -204,13 +214,12 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
     _entry("co3", "CO3 (Chen et al. 2022): float conversion + Huffman (or rANS) coding + error feedback with decay",
            lambda o: CO3(o["fmt"], o["gamma"], coder=o["coder"], scale=o["scale"], rounding=o["rounding"],
                          seed=o["seed"]),
-           Option("fmt", str, "fp8-152", "float format fpB-SEM[-bBIAS], e.g. fp8-152, fp8-143, fp4-121"),
-           Option("gamma", float, 0.7, "memory decay: v = grad + gamma e", low=0.0, high=1.0, open_low=True),
-           Option("coder", str, "huffman", "lossless coder of the float codes: Huffman or rANS of the GenNorm model, "
-                  "Huffman of the histogram, or none", choices=("huffman", "rans", "empirical", "none")),
-           Option("scale", str, "gennorm", "how the scale is chosen", choices=("gennorm", "max")),
-           Option("rounding", str, "nearest", "rounding to the float format", choices=("nearest", "stochastic")),
-           SEED),
+           *CO3_OPTIONS),
+    _entry("co3_2s", "CO3 over a two-stage compressed allreduce: chunk payloads to their owners (all_to_all), "
+           "owners re-code the chunk mean with their own error feedback, all_gather of the owners' chunks",
+           lambda o: CO3TwoStage(o["fmt"], o["gamma"], coder=o["coder"], scale=o["scale"], rounding=o["rounding"],
+                                 seed=o["seed"]),
+           *CO3_OPTIONS),
     _entry("lag", "LAG (Chen et al. 2018) in 3PC form: upload the dense change when the trigger fires",
            lambda o: LAG(o["zeta"]), ZETA),
     _entry("lagwk", "LAG-WK: LAG's original rule against the last D aggregate moves",

@@ -47,12 +47,16 @@ class Cluster:
         return payloads
 
     def step(self, grads: Sequence[Tensor], moves: tuple[float, ...] = ()) -> list[Payload]:
-        """One compressed round: every worker's payload, folded into g in rank order."""
+        """One compressed round: every worker's payload, folded into g in rank order (with a
+        two-stage mechanism, worker i's payload holds its chunk payloads and, as the owner of
+        chunk i, the payload it sent back: the bits it sent in the round)."""
         self.t += 1
         n = len(self.workers)
         shared = dict(self.server)
         payloads = [w.step(grads[i], Round(self.t, i, n, moves, shared)) for i, w in enumerate(self.workers)]
-        self.mechanism.fold(self.server, payloads, Round(self.t, 0, n, moves, shared))
+        relayed = self.mechanism.fold(self.server, payloads, Round(self.t, 0, n, moves, shared))
+        if relayed:  # a two-stage mechanism: worker i also sent, as owner i, its chunk's payload
+            payloads = [Payload.merge(p.numel, chunks=p, owner=q) for p, q in zip(payloads, relayed)]
         return payloads
 
 
