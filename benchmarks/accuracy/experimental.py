@@ -5,6 +5,23 @@ the first ``over`` iterations (the sparsity warm-up of Deep Gradient Compression
 2018), so early steps, where the gradient direction changes fastest, are nearly dense.
 Subclasses ``compressors.TopK`` locally; EF14 passes the round to ``compress``, which is what
 lets the ratio depend on the iteration (EF21's fused kernel does not, so this is EF14 only).
+
+Issue 14 (benchmarks/results/accuracy_issue14.md has the measurements):
+
+``ef14_seg``: EF14 over ``SegmentTopK``, a Top-K that sees the parameters inside a bucket
+(``SizedState`` binds each bucket's ``BucketState.sizes`` to its worker's compressor when the
+bucket is installed; no library change): ``mode=param`` (each parameter keeps ceil(ratio d_j)
+of its own entries), ``mode=norm`` (K entries of largest |x_i| / rms of i's parameter),
+``dense_below=N`` (parameters under N entries sent dense as an fp32 part, the rest Top-K).
+Measured: per-parameter and scale-normalised selection are worse than whole-bucket Top-K
+(the large-gradient parameters' slots are useful); dense small tensors help SGD slightly and
+cost 1% of dense bytes on a9a, whose biases are 1% of its parameters.
+
+``ef14_smooth``: EF14 whose aggregate releases each round's pulse over later rounds (a
+reservoir in the aggregate state; ``adaptive``: coordinate j's pulse over the rounds since its
+last pulse, at most ``tau``). Closes most of AdamW's gap (Adam normalises a coordinate's rare
+accumulated pulse by its own size) and costs SGD with momentum several points on digits (the
+release is a lag): an optimizer-specific trade-off, not a default.
 """
 from __future__ import annotations
 
@@ -12,11 +29,13 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor, nn
 
 import ddp_hooks
 from compressors import EF14, TopK, kernels
 from compressors.core.compressor import ROUND0
+from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
 
 
@@ -59,4 +78,181 @@ class EF14Warmup:
         return state
 
 
-EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup()}
+# --- issue 14: Top-K that sees the parameters inside a bucket ---------------------------------
+
+class SegmentTopK(TopK):
+    """Top-K over a bucket that concatenates parameters of ``sizes`` (bound per bucket by
+    ``SizedState``; unbound: the whole tensor is one parameter).
+
+    ``mode``: "bucket" (plain Top-K, K = ceil(ratio d)), "param" (each parameter j keeps
+    ceil(ratio d_j) of its own entries), "norm" (K = ceil(ratio d) entries of largest
+    |x_i| / rms(x over i's parameter)). ``dense_below``: parameters of fewer entries go dense
+    (a fp32 part, no indices); Top-K (by ``mode``) runs over the rest.
+    """
+
+    def __init__(self, ratio: float, mode: str = "bucket", dense_below: int = 0,
+                 sizes: tuple[int, ...] = ()) -> None:
+        if mode not in ("bucket", "param", "norm"):
+            raise ValueError(f"mode must be bucket, param or norm, got {mode!r}")
+        super().__init__(ratio)
+        self.mode, self.dense_below, self.sizes = mode, dense_below, tuple(sizes)
+
+    def __repr__(self) -> str:
+        return f"SegmentTopK(ratio={self.ratio}, mode={self.mode}, dense_below={self.dense_below})"
+
+    def bind(self, sizes: tuple[int, ...]) -> SegmentTopK:
+        return SegmentTopK(self.ratio, self.mode, self.dense_below, sizes)
+
+    def _layout(self, numel: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(dense segments, sparse segments) as (offset, length)."""
+        sizes = self.sizes if sum(self.sizes) == numel and self.sizes else (numel,)
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        segs = list(zip(offsets, sizes))
+        dense = [sg for sg in segs if sg[1] < self.dense_below]
+        sparse = [sg for sg in segs if sg[1] >= self.dense_below]
+        return dense, sparse
+
+    def k_for(self, numel: int, rnd: Round = ROUND0) -> int:
+        _, sparse = self._layout(numel)
+        if not sparse:
+            return 0
+        if self.mode == "param":
+            return sum(min(n, max(1, math.ceil(self.ratio * n))) for _, n in sparse)
+        total = sum(n for _, n in sparse)
+        return min(total, max(1, math.ceil(self.ratio * total)))
+
+    def _positions(self, segs: list[tuple[int, int]], device) -> Tensor:
+        if not segs:
+            return torch.zeros(0, dtype=torch.int64, device=device)
+        return torch.cat([torch.arange(o, o + n, device=device) for o, n in segs])
+
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        dense, _ = self._layout(numel)
+        parts = super().spec(numel, rnd)
+        d = sum(n for _, n in dense)
+        if d:
+            parts.append(PartSpec("dense", torch.float32, d, True))
+        return parts
+
+    def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
+        _, sparse = self._layout(x.numel())
+        k = self.k_for(x.numel(), rnd)
+        if not sparse:
+            return x.new_zeros(0), torch.zeros(0, dtype=torch.int64, device=x.device)
+        if self.mode == "param":
+            vals, idx = [], []
+            for o, n in sparse:
+                v, i = kernels.topk_abs(x[o:o + n], min(n, max(1, math.ceil(self.ratio * n))))
+                vals.append(v)
+                idx.append(i.long() + o)
+            return torch.cat(vals), torch.cat(idx)
+        pos = self._positions(sparse, x.device)
+        xs = x[pos] if len(sparse) > 1 or sparse[0] != (0, x.numel()) else x
+        if self.mode == "bucket":
+            v, i = kernels.topk_abs(xs, k)
+            return v, pos[i.long()]
+        rms = torch.stack([x[o:o + n].float().square().mean().sqrt() for o, n in sparse]).clamp_min(1e-30)
+        scale = torch.repeat_interleave(rms, torch.tensor([n for _, n in sparse], device=x.device))
+        _, i = kernels.topk_abs(xs.float() / scale, k)
+        i = i.long()
+        return xs[i], pos[i]
+
+    def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
+        flat = x.reshape(-1)
+        values, indices = self.select(flat, rnd)
+        payload = self.payload(values, indices, x.numel())
+        dense, _ = self._layout(x.numel())
+        if dense:
+            payload.parts["dense"] = flat[self._positions(dense, x.device)].float()
+        return payload
+
+    def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
+        values, indices = payload.parts["values"], payload.parts["indices"].long()
+        dense = payload.parts.get("dense")
+        if dense is None:
+            return values, indices
+        pos = self._positions(self._layout(payload.numel)[0], values.device)
+        return torch.cat([values, dense]), torch.cat([indices, pos])
+
+
+class SizedState(ddp_hooks.ThreePCState):
+    """ThreePCState that binds each bucket's parameter sizes to its worker's compressor."""
+
+    def install(self, state) -> None:
+        compressor = state.worker.compressor
+        if isinstance(compressor, SegmentTopK) and compressor.sizes != state.sizes:
+            state.worker.compressor = compressor.bind(state.sizes)
+        super().install(state)
+
+
+@dataclass(frozen=True)
+class EF14Segment:
+    def _mechanism(self, ratio: float = 0.01, mode: str = "param", dense_below: int = 0) -> EF14:
+        return EF14(SegmentTopK(ratio, mode, dense_below))
+
+    def check(self, **options: object) -> None:
+        self._mechanism(**options)  # type: ignore[arg-type]
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState:
+        state = SizedState(self._mechanism(**options), model=ddp)  # type: ignore[arg-type]
+        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+        return state
+
+
+class SmoothEF14(EF14):
+    """EF14 whose aggregate releases each round's mean pulse over later rounds: a reservoir r
+    (server state, the same on every rank) takes p = (1/n) sum_i C(e_i + grad_i), and the
+    direction is a 1/tau share of it, g = (r + p) / tau, r <- r + p - g. The output sums to the
+    same total as EF14's, delayed by tau - 1 rounds on average; tau = 1 is EF14."""
+
+    def __init__(self, compressor, tau: float, adaptive: bool = False, floor: int = 1) -> None:
+        super().__init__(compressor)
+        self.tau, self.adaptive, self.floor = tau, adaptive, floor
+
+    def __repr__(self) -> str:
+        return f"SmoothEF14({self.compressor!r}, tau={self.tau}, adaptive={self.adaptive}, floor={self.floor})"
+
+    def start(self, payloads, rnd: Round = ROUND0):
+        server = super().start(payloads, rnd)
+        server["r"] = torch.zeros_like(server["g"])
+        if self.adaptive:  # per coordinate: the round it last received a pulse, its release time
+            server["last"] = torch.full_like(server["g"], float(rnd.t))
+            server["tau"] = torch.ones_like(server["g"])
+        return server
+
+    def aggregate(self, server, payloads, rnd: Round = ROUND0) -> None:
+        g, r = server["g"], server["r"]
+        g.zero_()
+        self.compressor.accumulate(g, payloads, 1.0 / len(payloads), rnd)
+        if self.adaptive:  # adaptive: tau_j = min(rounds since coordinate j's last pulse, tau)
+            hit = g != 0
+            last, tau = server["last"], server["tau"]
+            gap = (float(rnd.t) - last[hit]).clamp(1.0, self.tau)
+            tau[hit] = torch.where(gap >= self.floor, gap, torch.ones_like(gap))  # floor: no spreading below
+            last[hit] = float(rnd.t)
+            r.add_(g)
+            g.copy_(r).div_(tau)
+        else:
+            r.add_(g)
+            g.copy_(r).div_(self.tau)
+        r.sub_(g)
+
+
+@dataclass(frozen=True)
+class EF14Smooth:
+    def _mechanism(self, ratio: float = 0.01, tau: float = 3.0, adaptive: bool = False, floor: int = 1) -> EF14:
+        return SmoothEF14(TopK(ratio), tau, adaptive, floor)
+
+    def check(self, **options: object) -> None:
+        self._mechanism(**options)  # type: ignore[arg-type]
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState:
+        state = ddp_hooks.ThreePCState(self._mechanism(**options), model=ddp)  # type: ignore[arg-type]
+        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+        return state
+
+
+EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
+                                     "ef14_smooth": EF14Smooth()}
