@@ -1,7 +1,6 @@
 """Rand-K sparsification: keep K coordinates drawn uniformly without replacement."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..core.compressor import ROUND0
