@@ -1,0 +1,106 @@
+"""Per-step cost of each hook on an unshaped loopback, as a ratio to DDP's own allreduce in the
+same run: wall time and CPU time (all threads of the rank's process) per step.
+
+    python -m benchmarks.hook_overhead [--hooks gd ef14 ...] [--workers 2] [--steps 20] [--repeats 3]
+
+The model is ``benchmarks.scaling``'s MLP (1.59M parameters, batch 32 per rank, DDP's default
+buckets, one thread per rank). Each repeat runs every method once, in turn, so that a slow
+moment of this shared machine hits all of them; the table gives the median over repeats and
+the range. Optional ``--profile HOOK`` prints rank 0's cProfile (tottime) for that hook.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import ddp_hooks
+from ddp_hooks.launch import run_ranks
+
+from .scaling import BATCH, make_model
+
+DEFAULT_HOOKS = ["gd", "ef14", "ef21", "clag", "co3:fmt=fp4-121", "co3_2s:fmt=fp4-121"]
+
+
+def _register(ddp: nn.parallel.DistributedDataParallel, spec: str) -> None:
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, value = item.split("=")
+        options[key] = value
+    ddp_hooks.register(ddp, name, **options)
+
+
+def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None) -> dict[str, tuple]:
+    torch.set_num_threads(1)
+    x, y = torch.randn(BATCH, 512), torch.randint(0, 10, (BATCH,))
+    out: dict[str, tuple] = {}
+    for method in methods:
+        torch.manual_seed(0)
+        model = make_model()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        if method != "allreduce":
+            _register(ddp, method)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def step() -> None:
+            opt.zero_grad()
+            nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+        for _ in range(3):  # warm-up, DDP's bucket rebuild, the dense round
+            step()
+        dist.barrier()
+        profiler = cProfile.Profile() if method == profile and rank == 0 else None
+        wall, cpu = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        for _ in range(steps):
+            step()
+        if profiler:
+            profiler.disable()
+        wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+        text = ""
+        if profiler:
+            buffer = io.StringIO()
+            pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(20)
+            text = buffer.getvalue()
+        out[method] = (wall, cpu, text)
+        dist.barrier()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hooks", nargs="+", default=DEFAULT_HOOKS, help="threepc hooks NAME[:KEY=VALUE,...]")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", help="print rank 0's cProfile of this hook")
+    args = parser.parse_args()
+    methods = ["allreduce", *args.hooks]
+    runs = [run_ranks(_measure, args.workers, methods, args.steps, args.profile, timeout=600)[0]
+            for _ in range(args.repeats)]
+    print(f"{args.workers} ranks, {args.steps} steps, {args.repeats} repeats (median [min-max]); "
+          "ratio = the method's median over allreduce's median")
+    print("| method | wall ms / step | ratio | CPU ms / step | ratio |")
+    print("|---|---|---|---|---|")
+    base = [statistics.median(r[m][i] for r in runs) for i, m in ((0, "allreduce"), (1, "allreduce"))]
+    for m in methods:
+        wall, cpu = ([r[m][i] * 1e3 for r in runs] for i in (0, 1))
+        print(f"| {m} | {statistics.median(wall):.1f} [{min(wall):.1f}-{max(wall):.1f}] | "
+              f"{statistics.median(wall) / 1e3 / base[0]:.2f} | {statistics.median(cpu):.1f} "
+              f"[{min(cpu):.1f}-{max(cpu):.1f}] | {statistics.median(cpu) / 1e3 / base[1]:.2f} |")
+    if args.profile:
+        print(runs[-1][args.profile][2])
+
+
+if __name__ == "__main__":
+    main()
