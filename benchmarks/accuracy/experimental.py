@@ -64,18 +64,28 @@ class Candidate(Protocol):
     def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState: ...
 
 
-@dataclass(frozen=True)
-class EF14Warmup:
-    def _mechanism(self, ratio: float = 0.01, start: float = 0.25, over: int = 100) -> EF14:
-        return EF14(WarmupTopK(ratio, start, over))
+class _EF14Candidate:
+    """A candidate is its ``_mechanism(**options)``; the suite checks options by building it and
+    registers it through ``state_type``."""
+
+    state_type: type[ddp_hooks.ThreePCState] = ddp_hooks.ThreePCState
+
+    def _mechanism(self, **options: object) -> EF14:
+        raise NotImplementedError
 
     def check(self, **options: object) -> None:
-        self._mechanism(**options)  # type: ignore[arg-type]
+        self._mechanism(**options)
 
     def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState:
-        state = ddp_hooks.ThreePCState(self._mechanism(**options), model=ddp)  # type: ignore[arg-type]
+        state = self.state_type(self._mechanism(**options), model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
         return state
+
+
+@dataclass(frozen=True)
+class EF14Warmup(_EF14Candidate):
+    def _mechanism(self, ratio: float = 0.01, start: float = 0.25, over: int = 100) -> EF14:
+        return EF14(WarmupTopK(ratio, start, over))
 
 
 # --- issue 14: Top-K that sees the parameters inside a bucket ---------------------------------
@@ -188,17 +198,11 @@ class SizedState(ddp_hooks.ThreePCState):
 
 
 @dataclass(frozen=True)
-class EF14Segment:
+class EF14Segment(_EF14Candidate):
     def _mechanism(self, ratio: float = 0.01, mode: str = "param", dense_below: int = 0) -> EF14:
         return EF14(SegmentTopK(ratio, mode, dense_below))
 
-    def check(self, **options: object) -> None:
-        self._mechanism(**options)  # type: ignore[arg-type]
-
-    def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState:
-        state = SizedState(self._mechanism(**options), model=ddp)  # type: ignore[arg-type]
-        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
-        return state
+    state_type = SizedState
 
 
 class SmoothEF14(EF14):
@@ -241,17 +245,9 @@ class SmoothEF14(EF14):
 
 
 @dataclass(frozen=True)
-class EF14Smooth:
+class EF14Smooth(_EF14Candidate):
     def _mechanism(self, ratio: float = 0.01, tau: float = 3.0, adaptive: bool = False, floor: int = 1) -> EF14:
         return SmoothEF14(TopK(ratio), tau, adaptive, floor)
-
-    def check(self, **options: object) -> None:
-        self._mechanism(**options)  # type: ignore[arg-type]
-
-    def register(self, ddp: nn.parallel.DistributedDataParallel, **options: object) -> ddp_hooks.ThreePCState:
-        state = ddp_hooks.ThreePCState(self._mechanism(**options), model=ddp)  # type: ignore[arg-type]
-        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
-        return state
 
 
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
