@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 import ddp_hooks
 from compressors import EF14, TopK, kernels
+from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
@@ -250,5 +251,15 @@ class EF14Smooth(_EF14Candidate):
         return SmoothEF14(TopK(ratio), tau, adaptive, floor)
 
 
+@dataclass(frozen=True)
+class EF14TwoStage(_EF14Candidate):
+    """Top-K error feedback over the two-stage allreduce (``core.two_stage.TwoStage``): each
+    rank sends every chunk's own Top-K to its owner, the owner keeps the Top-K of the chunk's
+    mean plus its error. Link bytes per rank flat in n; the aggregate has K entries a round."""
+
+    def _mechanism(self, ratio: float = 0.01) -> TwoStage:
+        return TwoStage(TopK(ratio))
+
+
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
-                                     "ef14_smooth": EF14Smooth()}
+                                     "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage()}
