@@ -176,3 +176,19 @@ def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(ex
                      - x).square().sum()) for t in range(400)]
     assert sum(errors) / len(errors) <= (1 - c.alpha(d)) * float(x.square().sum()) * 1.02
     assert c.alpha(d) == pytest.approx(c.explored(d) / d)
+
+
+@pytest.mark.parametrize("compressor", [TopK(k=7), TopK(ratio=0.5), RandK(k=9, seed=3), RandK(k=9, scaled=False, seed=3),
+                                        PermK(seed=2), Identity()], ids=repr)
+def test_residual_is_v_minus_what_the_payload_decodes_to_bit_for_bit(compressor):
+    """Error feedback's v - C(v), whether computed in place (sparsifiers: O(K)) or from the
+    decoded payload; on ties and zeros too."""
+    gen = torch.Generator().manual_seed(5)
+    for v in (torch.randn(101, generator=gen), torch.zeros(40), torch.tensor([1.0, -1.0, 1.0, 0.0, -1.0] * 6)):
+        rnd = Round(3, 1, 4)
+        sent = compressor.compress(v, rnd)
+        expected = v - compressor.decompress(sent, rnd)
+        payload, residual = compressor.residual(v.clone(), rnd)
+        assert torch.equal(residual, expected)
+        assert payload.parts.keys() == sent.parts.keys()
+        assert all(torch.equal(payload.parts[k], sent.parts[k]) for k in sent.parts)

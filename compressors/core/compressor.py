@@ -41,6 +41,13 @@ class Compressor(ABC):
         payload = self.compress(x, rnd)
         return payload, self.decompress(payload, rnd)
 
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """(compress(v), v - C(v)) for error feedback. ``v`` is the caller's own flat fp32
+        temporary: an override may write the residual into it (a sparsifier subtracts its K
+        kept entries in place instead of decoding a dense C(v))."""
+        payload, decoded = self.encode(v, rnd)
+        return payload, v - decoded
+
     def shared_start(self, g: Tensor) -> dict[str, Tensor]:
         """This compressor's part of the aggregate state after the dense round, from g^0 (flat fp32
         tensors, one entry per coordinate, so the hook splits them per parameter like ``g``);

@@ -16,5 +16,4 @@ def compensated(compressor: Compressor, error: Tensor, x: Tensor, rnd: Round,
     raises (e.g. on non-finite input) leaves it as it was, and a caller may keep it as the
     memory to roll back to."""
     v = x + decay * error if decay != 1.0 else x + error
-    payload, decoded = compressor.encode(v, rnd)
-    return payload, v - decoded
+    return compressor.residual(v, rnd)

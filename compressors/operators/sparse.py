@@ -72,6 +72,12 @@ class Sparsifier(Compressor):
         values, indices = self.select(x.reshape(-1), rnd)
         return self.payload(values, indices, x.numel())
 
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """v - C(v) in place: v minus its kept (scaled) entries, O(K)."""
+        payload = self.compress(v, rnd)
+        kernels.sparse_accumulate(v, *self.located(payload, rnd), -1.0)
+        return payload, v
+
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
         """(values, indices) of a payload, regenerating a shared support."""
         values = payload.parts["values"]
