@@ -45,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(allreduce is always run first: it sets the target)")
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all")
     parser.add_argument("--recipe", choices=list(RECIPES), default="sgdm")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and batches (default 0)")
     parser.add_argument("--steps", type=float, default=1.0, help="multiply every workload's steps and eval interval")
     parser.add_argument("--quick", action="store_true", help="tiny steps, digits_mlp, unshaped, 2 ranks, "
                         f"{' '.join(methods.QUICK_METHODS)}")
@@ -89,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
                 base = next((r for r in runs if (r["workload"], r["ranks"], r["rate"], r["method"]) ==
                              (workload, ranks, rate, BASELINE) and "run_s" in r), None)
                 deadline = DEADLINE_FACTOR * base["run_s"] + DEADLINE_SLACK_S if base else None
-                result = run(task, data[workload], ranks, method, args.recipe, isolated, deadline)
+                result = run(task, data[workload], ranks, method, args.recipe, isolated, deadline, args.seed)
                 runs.append({"workload": workload, "task_config": repr(task), "metric": task.metric,
                              "higher_is_better": task.higher_is_better, "ranks": ranks, "rate": rate,
-                             "method": method, "recipe": args.recipe, **result})
+                             "method": method, "recipe": args.recipe, "seed": args.seed, **result})
                 write(args, runs, isolated)
     progress(len(runs), len(plan), started, "done")
     print(markdown(runs))

@@ -45,8 +45,8 @@ def compute_seconds(ddp: nn.parallel.DistributedDataParallel, task: Task, data: 
 
 
 def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_name: str,
-          count_lo: bool) -> dict[str, object]:
-    torch.manual_seed(0)
+          count_lo: bool, seed: int = 0) -> dict[str, object]:
+    torch.manual_seed(seed)
     model = task.model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
     synced = [0]
@@ -55,7 +55,7 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
     params = list(ddp.parameters())
     opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
     compute_s = compute_seconds(ddp, task, data, rank, workers)
-    gen = torch.Generator().manual_seed(rank)
+    gen = torch.Generator().manual_seed(1000 * seed + rank)
     curve: list[tuple[int, float, float]] = []  # (step, train seconds, metric)
 
     def record(step: int, seconds: float) -> None:
@@ -127,14 +127,14 @@ def _reason(stderr: bytearray) -> str:
 
 
 def run(task: Task, data: Data, workers: int, method: str, recipe: str, count_lo: bool,
-        deadline_s: float | None = None) -> dict[str, object]:
+        deadline_s: float | None = None, seed: int = 0) -> dict[str, object]:
     """One run on ``workers`` ranks; rank 0's record plus per-rank bytes (hook model: the mean
     over ranks; lo counter: the namespace's total / n). A failure (an abort, an exception, a
     run past ``deadline_s``) is recorded, not raised."""
     started = time.perf_counter()
     with tee_stderr() as stderr:
         try:
-            ranks = launch.run_ranks(train, workers, task, data, method, recipe, count_lo, timeout=deadline_s)
+            ranks = launch.run_ranks(train, workers, task, data, method, recipe, count_lo, seed, timeout=deadline_s)
             dead = [r for r in ranks if isinstance(r, launch.RankFailure)]
             if dead:
                 raise RuntimeError("; ".join(f"rank {r.rank} exited {r.exitcode}: {r.error[-300:]}" for r in dead))
