@@ -10,7 +10,7 @@ from compressors.codecs.huffman import entropy_bits
 from ddp_hooks import wire
 
 CONFIGS = [dict(fmt=f, coder=c, scale=s, rounding=r) for f in ("fp8-152", "fp8-143-b10", "fp4-121")
-           for c in ("none", "huffman", "rans", "empirical") for s in ("max", "gennorm")
+           for c in ("none", "huffman", "rans", "empirical", "rans_empirical") for s in ("max", "gennorm")
            for r in ("nearest", "stochastic")]
 
 
@@ -75,16 +75,18 @@ def test_rans_spends_the_models_bits_where_huffman_rounds_them_up(fmt):
 
 
 def test_quantizer_of_an_all_zero_tensor():
-    for coder in ("none", "huffman", "rans", "empirical"):
+    for coder in ("none", "huffman", "rans", "empirical", "rans_empirical"):
         q = FloatQuantizer("fp4-121", coder=coder, scale="gennorm")
         payload, kept = q.encode(torch.zeros(1000))
         assert torch.equal(q.decompress(payload), torch.zeros(1000)) and torch.equal(kept, torch.zeros(1000))
 
 
-def test_co3_with_rans_decodes_to_what_huffman_decodes():
+@pytest.mark.parametrize("fmt,coder", [("fp4-121", "rans"), ("fp4-121", "rans_empirical"),
+                                       ("fp8-152", "rans_empirical")])
+def test_co3_with_rans_decodes_to_what_huffman_decodes(fmt, coder):
     """The coder is lossless: over several error-feedback steps both workers send the same q_i
     and keep the same memory; only the bytes differ."""
-    workers = [CO3("fp4-121", gamma=0.7, coder=coder) for coder in ("huffman", "rans")]
+    workers = [CO3(fmt, gamma=0.7, coder=c) for c in ("huffman", coder)]
     for w in workers:
         w.init(torch.zeros(6001))
     for t in range(1, 6):
@@ -137,5 +139,6 @@ def test_co3_options_are_checked_and_registered():
         CO3(coder="zip")
     m = ddp_hooks.mechanism("co3", fmt="fp4-121", gamma=1.0, coder="empirical")
     assert isinstance(m, CO3) and m.gamma == 1.0 and m.compressor.fmt.bits == 4
-    m = ddp_hooks.mechanism("co3", fmt="fp8-143", coder="rans")
-    assert isinstance(m, CO3) and m.compressor.coder == "rans"
+    for coder in ("rans", "rans_empirical"):
+        m = ddp_hooks.mechanism("co3", fmt="fp8-143", coder=coder)
+        assert isinstance(m, CO3) and m.compressor.coder == coder

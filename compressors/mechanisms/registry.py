@@ -175,7 +175,8 @@ CO3_OPTIONS = (
     Option("fmt", str, "fp8-152", "float format fpB-SEM[-bBIAS], e.g. fp8-152, fp8-143, fp4-121"),
     Option("gamma", float, 0.7, "memory decay: v = grad + gamma e", low=0.0, high=1.0, open_low=True),
     Option("coder", str, "huffman", "lossless coder of the float codes: Huffman or rANS of the GenNorm model, "
-           "Huffman of the histogram, or none", choices=("huffman", "rans", "empirical", "none")),
+           "Huffman or rANS of the histogram, or none",
+           choices=("huffman", "rans", "empirical", "rans_empirical", "none")),
     Option("scale", str, "gennorm", "how the scale is chosen", choices=("gennorm", "max")),
     Option("rounding", str, "nearest", "rounding to the float format", choices=("nearest", "stochastic")),
     SEED)

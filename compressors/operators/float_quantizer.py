@@ -12,14 +12,19 @@ Q(x) = s F(x / s): a per-tensor scale s, rounding to a low-precision float forma
   GenNorm fitted to the non-zero values) or ``lengths`` uint8[2^bits / 2] (``"empirical"``: a
   Huffman code of this tensor's histogram, codeword lengths as nibbles);
 * ``bytes``: the coded stream, variable length except for ``coder="none"``; with ``"rans"`` it
-  includes the coder's 8-byte final state.
+  includes the coder's 8-byte final state. With ``"rans_empirical"`` (rANS of this tensor's
+  histogram, ``codecs.histogram``) it starts with the histogram's self-delimiting header (its
+  counts as half-octave levels, Exp-Golomb coded: about 70-90 bytes for fp8, 10 for fp4), then
+  the rANS stream.
 
 Huffman spends a whole number of bits per symbol, rANS (``codecs.rans``) the model's
 -log2 p(symbol) up to a fraction of a percent. With a model coder and formats of at most 4 bits,
 each symbol is a pair of codes (a + 16 b, the model's p(a) p(b)): a prefix code spends at least
 one bit per symbol, and fp4 codes, mostly zero, have about 1.1 to 1.3 bits of entropy each; pairs
 halve that floor (on the demo model's gradients, ``benchmarks/co3_entropy.py``), and halve the
-steps of either coder.
+steps of either coder. ``"rans_empirical"`` codes fp4 codes one per symbol: rANS has no one-bit
+floor, and a histogram of pairs (up to 256 symbols) needs a header of 60-90 bytes against about
+10 for 16 codes, which at the demo model's 12K values costs more than pairs save.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..codecs import gennorm
+from ..codecs import gennorm, histogram
 from ..core.compressor import ROUND0, Compressor
 from .float_format import FloatFormat
 from ..codecs.huffman import HuffmanTable
@@ -39,7 +44,7 @@ from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
 SCALES = ("max", "gennorm")
-CODERS = ("none", "huffman", "rans", "empirical")
+CODERS = ("none", "huffman", "rans", "empirical", "rans_empirical")
 MODEL_CODERS = {"huffman": HuffmanTable, "rans": RansTable}  # coders whose table follows from the GenNorm model
 ROUNDINGS = ("nearest", "stochastic")
 _MODEL_STEPS = 64  # the GenNorm parameters travel as round(64 log2(.)) in int16
@@ -143,21 +148,35 @@ class FloatQuantizer(Compressor):
             counts = torch.bincount(codes, minlength=self.fmt.codes).cpu().numpy() + 1  # add-one: every code gets one
             table = HuffmanTable.from_weights(counts)
             parts["lengths"] = table.header().to(v.device)
+        elif self.coder == "rans_empirical":
+            levels = histogram.levels(torch.bincount(codes, minlength=self.fmt.codes).cpu().numpy())
+            table = histogram.table(levels)
         else:
             table = HuffmanTable.fixed(self.fmt.bits)
         parts["bytes"] = table.encode(self.symbols(codes))
+        if self.coder == "rans_empirical":
+            parts["bytes"] = torch.cat([histogram.write(levels).to(parts["bytes"].device), parts["bytes"]])
         return Payload(parts, v.numel()), self.fmt.decode(codes, s)
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.encode(x, rnd)[0]
 
+    def coded(self, payload: Payload) -> tuple[HuffmanTable | RansTable, Tensor]:
+        """The code a payload was written with, rebuilt from what it carries, and the coded stream
+        (``bytes`` but for a leading histogram header)."""
+        stream = payload.parts["bytes"]
+        if self.coder in MODEL_CODERS:
+            return _model_table(self.fmt, self.coder, *(int(q) for q in payload.parts["model"])), stream
+        if self.coder == "empirical":
+            return HuffmanTable.from_header(payload.parts["lengths"]), stream
+        if self.coder == "rans_empirical":
+            levels, size = histogram.read(stream, self.fmt.codes)
+            return histogram.table(levels), stream[size:]
+        return HuffmanTable.fixed(self.fmt.bits), stream
+
     def table(self, payload: Payload) -> HuffmanTable | RansTable:
         """The code a payload was written with, rebuilt from what it carries."""
-        if self.coder in MODEL_CODERS:
-            return _model_table(self.fmt, self.coder, *(int(q) for q in payload.parts["model"]))
-        if self.coder == "empirical":
-            return HuffmanTable.from_header(payload.parts["lengths"])
-        return HuffmanTable.fixed(self.fmt.bits)
+        return self.coded(payload)[0]
 
     def _pairs(self) -> bool:
         return self.coder in MODEL_CODERS and _codes_pairs(self.fmt)
@@ -168,10 +187,10 @@ class FloatQuantizer(Compressor):
 
     def codes(self, payload: Payload) -> Tensor:
         """The float codes (uint8) carried by a payload."""
+        table, stream = self.coded(payload)
         if self._pairs():
-            symbols = self.table(payload).decode(payload.parts["bytes"], (payload.numel + 1) // 2)
-            return _split_pairs(symbols, payload.numel)
-        return self.table(payload).decode(payload.parts["bytes"], payload.numel)
+            return _split_pairs(table.decode(stream, (payload.numel + 1) // 2), payload.numel)
+        return table.decode(stream, payload.numel)
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         return self.fmt.decode(self.codes(payload), float(payload.parts["scale"][0]))
