@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.futures import Future, collect_all
 
 from compressors import PartSpec, Payload, Round
+from compressors.core.mechanism import all_finite
 from compressors.core.memory import Memory
 
 from . import protocol
@@ -54,13 +55,6 @@ from .protocol import Flags
 from .state import BucketState, ThreePCError, ThreePCState
 
 _GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _finite(*tensors: Tensor) -> bool:
-    """Every entry finite. One summing pass: a NaN or an infinity makes the fp32 sum non-finite;
-    only then (or if finite values overflowed the sum) the exact elementwise test decides."""
-    return all(bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
-               for t in tensors if t.is_floating_point())
 
 
 def _shares(t: Tensor, other: Tensor) -> bool:
@@ -119,14 +113,14 @@ class _Round:
         self.local = ""  # what this rank saw (for the error message)
         flags = Flags()
         try:
-            if not _finite(grad):
+            if not all_finite(grad):
                 self.local, flags = self._nonfinite_params(), Flags(nonfinite=1)
             else:
                 if not self.dense:  # by reference when step() leaves the old memory as it was
                     self.saved = worker.memory if worker.fresh_memory else \
                         type(worker.memory).of({k: t.clone() for k, t in worker.memory.tensors().items()})
                 payload = worker.init(grad, self.rnd) if self.dense else worker.step(grad, self.rnd)
-                if not _finite(*(t for t in payload.parts.values() if not _shares(t, grad))):
+                if not all_finite(*(t for t in payload.parts.values() if not _shares(t, grad))):
                     self.local, flags = "its payload overflowed", Flags(nonfinite=1)
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
             self.error, flags = e, Flags(error=1)
@@ -147,14 +141,14 @@ class _Round:
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
             self.error = e
             return empty, Flags(error=1)
-        if payload is None or not _finite(*payload.parts.values()):
+        if payload is None or not all_finite(*payload.parts.values()):
             self.local = "the mean of the chunk it owns (plus its owner error) overflowed"
             return empty, Flags(nonfinite=1)
         return payload, Flags()
 
     def _nonfinite_params(self) -> str:
         sizes = [p.numel() for p in self.params]
-        bad = [self.state.name(id(p)) for p, g in zip(self.params, self.grad.split(sizes)) if not _finite(g)]
+        bad = [self.state.name(id(p)) for p, g in zip(self.params, self.grad.split(sizes)) if not all_finite(g)]
         return f"non-finite gradient in {bad}"
 
     def restore(self) -> None:

@@ -76,6 +76,18 @@ def _count(payloads: list[Payload], scale: int = 1) -> tuple[list[Payload], Flag
     return payloads, Flags(*(round(v * scale) for v in total))
 
 
+def _flag(flags: Flags) -> int:
+    """A header's negative flag (-2 failed, -1 non-finite), 0 if none."""
+    return -2 if flags.error else -1 if flags.nonfinite else 0
+
+
+def _done(raised: Flags) -> Exchange:
+    """An exchange that ends at its header: every rank saw ``raised`` and skips the round."""
+    done: Future = Future()
+    done.set_result(None)
+    return Exchange(done, lambda: (None, raised))
+
+
 def on_device(device: torch.device, *tensors: Tensor) -> None:
     """Every collective tensor on the bucket's device (NCCL refuses CPU tensors)."""
     for t in tensors:
@@ -105,6 +117,25 @@ class Protocol(ABC):
     def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
         for part in spec:
             self.stats.add(part.name, payload.parts[part.name].numel() * part.dtype.itemsize)
+
+    def header(self, values: list[int], device: torch.device) -> list[list[int]]:
+        """Blocking all_gather of this rank's int32 ``values`` (sizes, or a negative flag): every
+        rank's row. Blocking, because the sizes decide what follows."""
+        n = self.group.size()
+        header = torch.tensor(values, dtype=torch.int32, device=device)
+        headers = torch.zeros(n * len(values), dtype=torch.int32, device=device)
+        on_device(device, header, headers)
+        all_gather_single(headers, header, group=self.group)
+        self.stats.add("header", header.numel() * header.element_size())
+        self.stats.ring_all_gather(header.numel() * header.element_size(), n)
+        return headers.view(n, len(values)).tolist()
+
+    def padded(self, packed: Tensor, width: int) -> Tensor:
+        """``packed`` with zeros up to ``width`` bytes (counted as padding)."""
+        if packed.numel() >= width:
+            return packed
+        self.stats.add("padding", width - packed.numel())
+        return torch.cat([packed, packed.new_zeros(width - packed.numel())])
 
     @abstractmethod
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
@@ -151,27 +182,17 @@ class Sized(Protocol):
                  flags: Flags = Flags()) -> Exchange:
         silent = not payload.parts
         packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
-        headers = torch.zeros(self.group.size(), dtype=torch.int32, device=device)
-        header = torch.tensor([-2 if flags.error else -1 if flags.nonfinite else packed.numel()], dtype=torch.int32,
-                              device=device)  # a flagged rank sends nothing
-        on_device(device, packed, headers, header)
-        all_gather_single(headers, header, group=self.group)  # blocking: the sizes decide what follows
-        self.stats.add("header", header.numel() * header.element_size())
-        self.stats.ring_all_gather(header.numel() * header.element_size(), self.group.size())
-        headers = headers.tolist()
+        on_device(device, packed)
+        headers = [row[0] for row in self.header([_flag(flags) or packed.numel()], device)]  # a flagged rank sends nothing
         sizes, raised = [max(h, 0) for h in headers], Flags(headers.count(-1), headers.count(-2))
         self.stats.silent_rounds += silent
         width = max(sizes)
         if width == 0 or any(raised):  # nothing to send, or a round every rank skips
             self.stats.skipped_rounds += width == 0
-            done: Future = Future()
-            done.set_result(None)
-            return Exchange(done, lambda: (None, raised))
+            return _done(raised)
         if not silent:
             self.count(payload, spec)
-        if packed.numel() < width:
-            self.stats.add("padding", width - packed.numel())
-            packed = torch.cat([packed, packed.new_zeros(width - packed.numel())])
+        packed = self.padded(packed, width)
         return self.data.collective(packed, spec, payload.numel, sizes)
 
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
@@ -190,18 +211,6 @@ class Relay(NamedTuple):
 _LENGTH = 4  # bytes of the int32 length in front of each chunk payload of the all_to_all
 
 
-def _flag(flags: Flags) -> int:
-    """A header's negative flag (-2 failed, -1 non-finite), 0 if none."""
-    return -2 if flags.error else -1 if flags.nonfinite else 0
-
-
-def _done(raised: Flags) -> Exchange:
-    """An exchange that ends at its header: every rank saw ``raised`` and skips the round."""
-    done: Future = Future()
-    done.set_result(None)
-    return Exchange(done, lambda: (None, raised))
-
-
 class TwoStage(Protocol):
     """Chunk payloads to their owners (all_to_all), the owners' payloads to everyone (all_gather);
     the spec's parts ``"<j>.<part>"`` are chunk j's, and owner j's payload has chunk j's parts."""
@@ -209,25 +218,6 @@ class TwoStage(Protocol):
     def __init__(self, group: dist.ProcessGroup, stats: CommStats, relay: Relay) -> None:
         super().__init__(group, stats)
         self.relay = relay
-
-    def _header(self, sizes: list[int], device: torch.device) -> list[list[int]]:
-        """Blocking all_gather of this rank's int32 ``sizes`` (or flags): every rank's row."""
-        n = self.group.size()
-        header = torch.tensor(sizes, dtype=torch.int32, device=device)
-        headers = torch.zeros(n * len(sizes), dtype=torch.int32, device=device)
-        on_device(device, header, headers)
-        all_gather_single(headers, header, group=self.group)
-        self.stats.add("header", header.numel() * header.element_size())
-        self.stats.ring_all_gather(header.numel() * header.element_size(), n)
-        return headers.view(n, len(sizes)).tolist()
-
-    def _count(self, packed: Tensor, parts: Payload, spec: Sequence[PartSpec], width: int) -> Tensor:
-        """Count ``parts`` and the padding up to ``width``; the padded buffer."""
-        self.count(parts, spec)
-        if packed.numel() < width:
-            self.stats.add("padding", width - packed.numel())
-            packed = torch.cat([packed, packed.new_zeros(width - packed.numel())])
-        return packed
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
                  flags: Flags = Flags()) -> Exchange:
@@ -250,7 +240,7 @@ class TwoStage(Protocol):
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
         chunks = [] if any(flags) else [payload.sub(str(j)) for j in range(n)]
         packed = [wire.pack(c, specs[j]) for j, c in enumerate(chunks)]
-        heads = [row[0] for row in self._header([max(p.numel() for p in packed) if packed else _flag(flags)], device)]
+        heads = [row[0] for row in self.header([max(p.numel() for p in packed) if packed else _flag(flags)], device)]
         raised = Flags(heads.count(-1), heads.count(-2))
         if any(raised):
             return raised
@@ -277,12 +267,13 @@ class TwoStage(Protocol):
         """Stage 2: this owner's size (or flag), then its payload to everyone (the returned future)."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
         packed = None if any(flags) else wire.pack(owned, specs[me])
-        heads = [row[0] for row in self._header([packed.numel() if packed is not None else _flag(flags)], device)]
+        heads = [row[0] for row in self.header([packed.numel() if packed is not None else _flag(flags)], device)]
         raised = Flags(heads.count(-1), heads.count(-2))
         if any(raised):
             return _done(raised)
         width = max(1, *heads)
-        packed = self._count(packed, owned, specs[me], width)
+        self.count(owned, specs[me])
+        packed = self.padded(packed, width)
         gathered = packed.new_empty(n * width)
         on_device(device, packed, gathered)
         self.stats.ran("all_gather")

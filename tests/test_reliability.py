@@ -513,20 +513,20 @@ def test_resume_after_a_restart_is_bit_identical(resumed, hook):
 
 
 def test_the_finiteness_check_sums_once_and_falls_back_on_overflow():
-    """The hook's one-pass check: NaN and infinities anywhere are caught (also +inf and -inf
-    together, whose sum is NaN), finite values whose fp32 sum overflows are still finite, and
-    integer parts are not checked."""
-    from ddp_hooks.hook import _finite
+    """The finiteness check of the hook and the two-stage owner: NaN and infinities anywhere are
+    caught (also +inf and -inf together, whose sum is NaN), finite values whose fp32 sum
+    overflows are still finite, and integer parts are not checked."""
+    from compressors.core.mechanism import all_finite
 
     x = torch.randn(10_000)
-    assert _finite(x, x.half(), x.bfloat16(), torch.arange(5))
+    assert all_finite(x, x.half(), x.bfloat16(), torch.arange(5))
     for bad in (float("nan"), float("inf"), float("-inf")):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             y = x.to(dtype)
             y[7_777] = bad
-            assert not _finite(x, y)
+            assert not all_finite(x, y)
     both = x.clone()
     both[[1, 2]] = torch.tensor([float("inf"), float("-inf")])
-    assert not _finite(both)
-    assert _finite(torch.full((4,), 3e38))  # the sum overflows, every value is finite
-    assert _finite(torch.full((4,), 60000.0, dtype=torch.float16))  # an fp16 sum would overflow
+    assert not all_finite(both)
+    assert all_finite(torch.full((4,), 3e38))  # the sum overflows, every value is finite
+    assert all_finite(torch.full((4,), 60000.0, dtype=torch.float16))  # an fp16 sum would overflow

@@ -46,6 +46,14 @@ def flat(grad: Tensor) -> Tensor:
     return grad.detach().reshape(-1).float()
 
 
+def all_finite(*tensors: Tensor) -> bool:
+    """Every entry of every floating-point tensor finite. One summing pass: a NaN or an infinity
+    makes the fp32 sum non-finite; only then (or if finite values overflowed the sum) the exact
+    elementwise test decides."""
+    return all(bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+               for t in tensors if t.is_floating_point())
+
+
 def mean_of(payloads: Sequence[Payload], decode) -> Tensor:
     """(1/n) sum_r decode(payload_r, r), summed in rank order."""
     total = decode(payloads[0], 0).clone()

@@ -34,7 +34,7 @@ class Round:
     ``moves`` holds the squared norms of the last aggregate directions, most recent first,
     ||g^{t-1}||^2, ||g^{t-2}||^2, ... (a step x^{t} - x^{t-1} = -gamma g^{t-1}, in gradient
     units), for LAG-WK's and SASG's triggers. ``shared`` is the compressor's part of the
-    aggregate state (``Compressor.shared_keys``, e.g. the support every worker agreed on in the
+    aggregate state (``Compressor.shared_start``, e.g. the support every worker agreed on in the
     last round, ``SharedTopK``): every DDP rank holds a bit-identical replica, so every worker
     reads the same values without communicating. Both are what the simulation and the hook know
     before the round.

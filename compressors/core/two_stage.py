@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .compressor import ROUND0, Compressor
-from .mechanism import Mechanism, flat, mean_of
+from .mechanism import Mechanism, all_finite, flat, mean_of
 from .memory import Error
 from .payload import PartSpec, Payload
 from .rounds import Round
@@ -134,11 +134,11 @@ class TwoStage(Mechanism):
         new error is not finite."""
         u = mean_of(received, lambda p, i: self.compressor.decompress(p, _sender(rnd, i, chunk)))
         u.add_(s)
-        if not bool(torch.isfinite(u).all()):
+        if not all_finite(u):
             return None
         payload, kept = self.compressor.encode(u, _owner_round(rnd, chunk))
         error = u.sub_(kept)
-        if not bool(torch.isfinite(error).all()):
+        if not all_finite(error):
             return None
         s.copy_(error)
         return payload

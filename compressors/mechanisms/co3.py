@@ -14,6 +14,14 @@ from ..core.payload import Payload
 from ..core.rounds import Round
 
 
+def co3_quantizer(fmt: str | FloatFormat, gamma: float, *, coder: str, scale: str, rounding: str,
+                  seed: int) -> FloatQuantizer:
+    """CO3's Q, after checking its memory decay gamma (the same for every CO3 variant)."""
+    if not 0 < gamma <= 1:
+        raise ValueError(f"CO3 gamma (memory decay) must lie in (0, 1], got {gamma}")
+    return FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding, seed=seed)
+
+
 class CO3(Replacing):
     """CO3, worker i with error memory e_i (e_i^0 = 0) and decay gamma in (0, 1]:
 
@@ -27,9 +35,7 @@ class CO3(Replacing):
 
     def __init__(self, fmt: str | FloatFormat = "fp8-152", gamma: float = 0.7, *, coder: str = "huffman",
                  scale: str = "gennorm", rounding: str = "nearest", seed: int = 0) -> None:
-        if not 0 < gamma <= 1:
-            raise ValueError(f"CO3 gamma (memory decay) must lie in (0, 1], got {gamma}")
-        super().__init__(FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding, seed=seed))
+        super().__init__(co3_quantizer(fmt, gamma, coder=coder, scale=scale, rounding=rounding, seed=seed))
         self.gamma = gamma
 
     def __repr__(self) -> str:

@@ -3,8 +3,8 @@ error feedback, chunk payloads to the chunk owners, owners' error feedback on th
 from __future__ import annotations
 
 from ..core.two_stage import TwoStage
+from .co3 import co3_quantizer
 from ..operators.float_format import FloatFormat
-from ..operators.float_quantizer import FloatQuantizer
 
 
 class CO3TwoStage(TwoStage):
@@ -19,9 +19,7 @@ class CO3TwoStage(TwoStage):
 
     def __init__(self, fmt: str | FloatFormat = "fp8-152", gamma: float = 0.7, *, coder: str = "huffman",
                  scale: str = "gennorm", rounding: str = "nearest", seed: int = 0) -> None:
-        if not 0 < gamma <= 1:
-            raise ValueError(f"CO3 gamma (memory decay) must lie in (0, 1], got {gamma}")
-        super().__init__(FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding, seed=seed), gamma)
+        super().__init__(co3_quantizer(fmt, gamma, coder=coder, scale=scale, rounding=rounding, seed=seed), gamma)
 
     def __repr__(self) -> str:
         return f"CO3TwoStage({self.compressor!r}, gamma={self.gamma})"

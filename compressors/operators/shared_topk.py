@@ -84,10 +84,8 @@ class SharedTopK(Sparsifier):
     def _draw(self, numel: int, rnd: Round, mask: Tensor | None) -> Tensor:
         k = self.k_for(numel)
         top = mask.nonzero().view(-1).cpu() if mask is not None else torch.zeros(0, dtype=torch.long)
-        taken = torch.zeros(numel, dtype=torch.bool)
-        taken[top] = True
         drawn = rnd.subset(self.seed, numel, min(numel, k + top.numel()), shared=True)
-        rest = drawn[~taken[drawn]][:max(0, k - top.numel())]
+        rest = drawn[~torch.isin(drawn, top)][:max(0, k - top.numel())]  # O(K), not a mask of the tensor
         device = mask.device if mask is not None else torch.device("cpu")
         return torch.cat([top, rest]).sort().values.to(device)
 
