@@ -123,23 +123,33 @@ def _huffman_table(op: str, codes: Tensor, lengths: Tensor) -> None:
                          "(codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable")
 
 
+def _coded_symbols(op: str, symbols: Tensor, present: Tensor, missing: str) -> None:
+    """uint8 symbols, every one of them with a code (``present[s]``; symbols past its end have none)."""
+    if symbols.dtype != torch.uint8:
+        raise TypeError(f"{op}: symbols must be uint8, got {symbols.dtype}")
+    if symbols.numel():
+        coded = torch.zeros(256, dtype=torch.bool, device=present.device)
+        coded[: present.numel()] = present
+        if not bool(coded[symbols.reshape(-1).to(present.device).long()].all()):
+            raise ValueError(missing)
+
+
+def _stream(op: str, stream: Tensor, n: int) -> None:
+    """A uint8 byte stream and a symbol count n >= 0."""
+    if stream.dtype != torch.uint8:
+        raise TypeError(f"{op}: stream must be uint8, got {stream.dtype}")
+    if n < 0:
+        raise ValueError(f"{op}: n must be >= 0, got {n}")
+
+
 def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> None:
     _huffman_table("huffman_encode", codes, lengths)
-    if symbols.dtype != torch.uint8:
-        raise TypeError(f"huffman_encode: symbols must be uint8, got {symbols.dtype}")
-    if symbols.numel():
-        coded = torch.zeros(256, dtype=torch.bool, device=lengths.device)
-        coded[: lengths.numel()] = lengths > 0
-        if not bool(coded[symbols.reshape(-1).to(lengths.device).long()].all()):
-            raise ValueError(NO_CODEWORD)
+    _coded_symbols("huffman_encode", symbols, lengths > 0, NO_CODEWORD)
 
 
 def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> None:
     _huffman_table("huffman_decode", codes, lengths)
-    if stream.dtype != torch.uint8:
-        raise TypeError(f"huffman_decode: stream must be uint8, got {stream.dtype}")
-    if n < 0:
-        raise ValueError(f"huffman_decode: n must be >= 0, got {n}")
+    _stream("huffman_decode", stream, n)
 
 
 def rans_precision(op: str, freqs: Tensor) -> int:
@@ -158,20 +168,11 @@ def rans_precision(op: str, freqs: Tensor) -> int:
 
 def rans_encode(symbols: Tensor, freqs: Tensor) -> int:
     precision = rans_precision("rans_encode", freqs)
-    if symbols.dtype != torch.uint8:
-        raise TypeError(f"rans_encode: symbols must be uint8, got {symbols.dtype}")
-    if symbols.numel():
-        coded = torch.zeros(256, dtype=torch.bool, device=freqs.device)
-        coded[: freqs.numel()] = freqs > 0
-        if not bool(coded[symbols.reshape(-1).to(freqs.device).long()].all()):
-            raise ValueError(NO_FREQUENCY)
+    _coded_symbols("rans_encode", symbols, freqs > 0, NO_FREQUENCY)
     return precision
 
 
 def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> int:
     precision = rans_precision("rans_decode", freqs)
-    if stream.dtype != torch.uint8:
-        raise TypeError(f"rans_decode: stream must be uint8, got {stream.dtype}")
-    if n < 0:
-        raise ValueError(f"rans_decode: n must be >= 0, got {n}")
+    _stream("rans_decode", stream, n)
     return precision
