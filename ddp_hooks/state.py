@@ -216,6 +216,11 @@ class ThreePCState:
         """The live bucket states (one per bucket of the current layout)."""
         return list(self._buckets.values())
 
+    def directions(self) -> dict[int, Tensor]:
+        """id(parameter) -> its slice (a view) of the aggregate direction g of its bucket."""
+        return {p: g for state in self._buckets.values() if state.server is not None
+                for p, g in zip(state.params, state.estimate.split(state.sizes))}
+
     def bucket_state(self, params: list[Tensor]) -> BucketState | None:
         """The state of the bucket holding ``params``, assembled from parameter slices if it is
         new; None if some parameter has no state yet (the bucket then needs a dense round)."""

@@ -7,8 +7,10 @@
 Writes OUT/accuracy.json (every run: final metric, curve (step, metric, bytes sent), bytes /
 dense, wall time), OUT/accuracy.md (mean ± std over seeds, gap to allreduce) and
 OUT/accuracy_<task>_n<ranks>.png. Hooks: allreduce, fp16 (torch's fp16_compress_hook), any
-``ddp_hooks`` name with options as NAME:KEY=VALUE,... (e.g. ef21:ratio=0.1), or an experimental
-candidate of ``benchmarks.accuracy.experimental``.
+``ddp_hooks`` name with options as NAME:KEY=VALUE,... (e.g. ef21:ratio=0.1), the same name with
+``+opt`` (registered with the run's optimizer: ``register(ddp, name, optimizer=opt)``, the
+optimizer-aware mode for Adam/AdamW, ``ddp_hooks.adam``; for SGD the plain hook), or an
+experimental candidate of ``benchmarks.accuracy.experimental``.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from ddp_hooks.registry import DEFAULT
 
 from .recipes import RECIPES
 from .report import markdown, plots, summary
-from .runner import Run, check_hook, chunks, execute, hook_names
+from .runner import AWARE, Run, check_hook, chunks, execute, hook_names
 from .tasks import QUICK, TASKS
 
-DEFAULT_HOOKS = ["allreduce", "fp16", "ef21", "ef14", "ef21_sgdm:eta=0.1", "clag", "co3:fmt=fp4-121",
-                 "ef21:ratio=0.1"]
+DEFAULT_HOOKS = ["allreduce", "fp16", "ef21", "ef14", DEFAULT + AWARE, "ef21_sgdm:eta=0.1", "clag",
+                 "co3:fmt=fp4-121", "ef21:ratio=0.1"]
+QUICK_HOOKS = ["allreduce", DEFAULT + AWARE]  # the default hook, told the optimizer (SGD: the plain hook)
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -42,15 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     parser.add_argument("--steps", type=float, default=1.0, help="multiply every task's steps and eval interval")
     parser.add_argument("--quick", action="store_true",
-                        help="short LM and digits (a9a as in the full run), sgdm, allreduce and the default hook "
-                             f"({DEFAULT}), 2 ranks, seed 0 (about a minute)")
+                        help="short LM and digits (a9a as in the full run), sgdm and adamw, allreduce and the "
+                             f"default hook told the optimizer ({DEFAULT + AWARE}), 2 ranks, seed 0 (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep OUT/accuracy.json's runs; run only the others")
     parser.add_argument("--chunk", type=int, default=8, help="runs per spawn of the ranks")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.recipes = args.recipes or (["sgdm"] if quick else ["sgdm", "adamw"])
-    args.hooks = args.hooks or (["allreduce", DEFAULT] if quick else DEFAULT_HOOKS)
+    args.recipes = args.recipes or ["sgdm", "adamw"]
+    args.hooks = args.hooks or (QUICK_HOOKS if quick else DEFAULT_HOOKS)
     if "allreduce" not in args.hooks:
         args.hooks.insert(0, "allreduce")
     args.ranks = args.ranks or ([2] if quick else [2, 4])

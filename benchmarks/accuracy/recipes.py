@@ -55,4 +55,5 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # plain SGD at lr / (1 - 0.9): the pairing ddp_hooks documents for ef21_sgdm (eta = 0.1 in the
     # mechanism is then heavy-ball 0.9 when nothing is compressed); a reference, not a user recipe
     Recipe("sgd_lr10", "sgd", weight_decay=5e-4, lr_scale=10.0),
+    Recipe("adamw_noclip", "adamw", weight_decay=0.1, warmup=0.05, cosine=True),
 )}

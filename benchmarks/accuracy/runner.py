@@ -26,6 +26,7 @@ from .recipes import RECIPES
 from .tasks import Data, Task
 
 BASELINE = "allreduce"
+AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
 
 
 def parse_hook(spec: str) -> tuple[str, dict[str, object]]:
@@ -43,6 +44,11 @@ def parse_hook(spec: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
+def aware(name: str) -> tuple[str, bool]:
+    """``"ef14+opt"`` -> ("ef14", True): register(ddp, "ef14", optimizer=opt)."""
+    return (name[:-len(AWARE)], True) if name.endswith(AWARE) else (name, False)
+
+
 def hook_names() -> list[str]:
     from .experimental import EXPERIMENTAL
 
@@ -54,6 +60,9 @@ def check_hook(spec: str) -> None:
     from .experimental import EXPERIMENTAL
 
     name, options = parse_hook(spec)
+    name, optimizer = aware(name)
+    if optimizer and (name in (BASELINE, "fp16") or name in EXPERIMENTAL):
+        raise ValueError(f"{AWARE} applies to the library's hooks ({', '.join(ddp_hooks.MECHANISMS)}), not {name}")
     if name in (BASELINE, "fp16"):
         if options:
             raise ValueError(f"{name} takes no options")
@@ -70,8 +79,9 @@ class Run:
     seed: int
 
 
-def _register(ddp: nn.parallel.DistributedDataParallel, spec: str) -> Callable[[], int] | None:
-    """Register ``spec`` on ``ddp``; returns a function giving this rank's bytes sent so far
+def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.optim.Optimizer
+              ) -> Callable[[], int] | None:
+    """Register ``spec`` on ``ddp`` (``opt``: the run's optimizer, for ``AWARE`` specs); returns a function giving this rank's bytes sent so far
     (None for the dense hooks, whose bytes are counted from the parameter sizes)."""
     from .experimental import EXPERIMENTAL
 
@@ -81,8 +91,9 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str) -> Callable[[
     if name == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
+    name, optimizer = aware(name)
     state = EXPERIMENTAL[name].register(ddp, **options) if name in EXPERIMENTAL else \
-        ddp_hooks.register(ddp, name, **options)
+        ddp_hooks.register(ddp, name, optimizer=opt if optimizer else None, **options)
     return lambda: state.stats.total_sent
 
 
@@ -90,10 +101,10 @@ def _train(rank: int, workers: int, task: Task, data: Data, run: Run) -> dict[st
     torch.manual_seed(run.seed)
     model = task.model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
-    sent = _register(ddp, run.hook)
     recipe = RECIPES[run.recipe]
     params = list(ddp.parameters())
     opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
+    sent = _register(ddp, run.hook, opt)
     dense_per_step = sum(p.numel() * p.element_size() for p in params)
     per_step = dense_per_step // 2 if parse_hook(run.hook)[0] == "fp16" else dense_per_step
     gen = torch.Generator().manual_seed(run.seed * 1000 + rank)

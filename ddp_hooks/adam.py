@@ -1,0 +1,118 @@
+"""Optimizer-aware mode for Adam and AdamW: ``register(ddp, optimizer=opt)``.
+
+The hook sends Adam-normalised gradients (``compressors.mechanisms.adam_normalized``: each rank
+divides its gradient by the root of its own second moment before the mechanism compresses it),
+and ``opt.step`` becomes the linear rest of AdamW's step, on the aggregate direction g the
+ranks agreed on (Kingma & Ba 2015, Alg. 1; Loshchilov & Hutter 2019, Alg. 2):
+
+    m <- beta1 m + (1 - beta1) g,        x <- x (1 - lr wd) - lr m / (1 - beta1^t)
+
+The user keeps their optimizer object, its param groups (lr, betas, weight_decay) and any LR
+scheduler, created before or after ``register``. The step reads g from the hook, not from
+``.grad``: rescaling ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``) does not change it.
+Adam's step is itself invariant to a constant rescaling of its gradients, and its
+normalisation bounds each coordinate's step; the hook's second moment sees the unclipped
+gradient. A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
+``ThreePCState(nonfinite=...)``) leaves the parameters and moments as they were, on every rank.
+
+SGD (with or without momentum, Nesterov) needs no change: ``register`` then registers the plain
+hook. Other optimizers raise, naming the choices.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compressors import Mechanism
+from compressors.core.mechanism import all_finite
+from compressors.mechanisms.adam_normalized import AdamNormalized
+
+from .state import ThreePCState
+
+SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step unless it carries this
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """The hook's half of Adam: the moments' decays and the denominator's epsilon."""
+
+    betas: tuple[float, float]
+    eps: float
+
+
+def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
+    """``optimizer``'s (betas, eps) if it is an Adam or AdamW this mode supports; None for SGD;
+    otherwise a ValueError naming what to change."""
+    kind = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.SGD):
+        return None
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise ValueError(f"register(..., optimizer=) supports torch.optim.Adam, AdamW and SGD; got {kind}. "
+                         "Register without optimizer= to compress the raw gradient")
+    groups = optimizer.param_groups
+    for flag in ("amsgrad", "maximize", "differentiable"):
+        if any(g.get(flag) for g in groups):
+            raise ValueError(f"register(..., optimizer=) does not support {kind}({flag}=True); build the optimizer "
+                             f"without it, or register without optimizer=")
+    if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW) and \
+            any(g["weight_decay"] and not g.get("decoupled_weight_decay") for g in groups):
+        raise ValueError("register(..., optimizer=) applies weight decay decoupled, as AdamW does; Adam's "
+                         "weight_decay adds wd * x to the gradient before normalisation. Use torch.optim.AdamW "
+                         "(or Adam(decoupled_weight_decay=True)), or weight_decay=0")
+    settings = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in groups}
+    if len(settings) != 1:
+        raise ValueError(f"register(..., optimizer=) needs one (betas, eps) for every param group (the hook "
+                         f"normalises whole DDP buckets); the groups have {sorted(settings)}")
+    betas, eps = settings.pop()
+    return AdamSettings(betas, eps)
+
+
+def normalized(mechanism: Mechanism, settings: AdamSettings) -> AdamNormalized:
+    return AdamNormalized(mechanism, settings.betas, settings.eps)
+
+
+def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Module) -> None:
+    """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions."""
+    owned = {id(p) for p in model.parameters()}
+    foreign = [i for i, g in enumerate(optimizer.param_groups) for p in g["params"] if id(p) not in owned]
+    if foreign:
+        raise ValueError(f"the optimizer holds parameters (in param groups {sorted(set(foreign))}) that the DDP "
+                         "model does not: the hook's directions cover only the model's parameters; give the "
+                         "optimizer the DDP model's parameters")
+
+    def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._opt_called = True  # what LR schedulers check
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not all_finite(*grads):
+            return loss
+        directions = state.directions()
+        with torch.no_grad():
+            for group in self.param_groups:
+                beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    moments = self.state[p]
+                    if "exp_avg" not in moments:
+                        moments["step"] = torch.tensor(0.0)
+                        moments["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    d = directions.get(id(p))
+                    if d is None:
+                        raise RuntimeError(f"threepc has no direction for {state.name(id(p))} yet: call "
+                                           "optimizer.step() after a backward() through the DDP model")
+                    moments["step"] += 1
+                    m = moments["exp_avg"]
+                    m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)
+                    p.mul_(1.0 - lr * wd)
+                    p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
+        return loss
+
+    setattr(step, SCHEDULER_MARK, True)
+    optimizer.step = types.MethodType(step, optimizer)

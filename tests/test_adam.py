@@ -1,0 +1,228 @@
+"""The optimizer-aware mode for Adam/AdamW: ``AdamNormalized`` (compressors) and
+``register(ddp, optimizer=opt)`` (ddp_hooks.adam): exactness against torch's AdamW, the
+mean-of-ranks estimate, memory, GradScaler skips, checkpoints, and the errors it raises."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import ddp_hooks
+from compressors import EF14, GD, Round, TopK
+from compressors.mechanisms.adam_normalized import AdamNormalized
+from ddp_hooks.adam import adam_settings
+from ddp_hooks.launch import run_ranks
+
+
+def _rounds(mech: AdamNormalized, grads: list[torch.Tensor], workers: int = 1) -> list[torch.Tensor]:
+    """One worker's aggregate directions g over ``grads`` (the simulation's order of calls)."""
+    out, server = [], None
+    for t, g in enumerate(grads):
+        rnd = Round(t, 0, workers, shared=server or {})
+        payload = mech.init(g, rnd) if t == 0 else mech.step(g, rnd)
+        if t == 0:
+            server = mech.begin([payload], rnd)
+        else:
+            mech.fold(server, [payload], rnd)
+        out.append(server["g"].clone())
+    return out
+
+
+def test_one_worker_dense_with_beta1_zero_moves_exactly_as_torch_adamw():
+    torch.manual_seed(0)
+    grads = [torch.randn(257) * (10.0 ** torch.randint(-3, 3, (257,))) for _ in range(6)]
+    grads[2][:5] = 0.0  # zeros: eps decides
+    directions = _rounds(AdamNormalized(GD(), betas=(0.0, 0.95), eps=1e-8).spawn(), grads)
+    x = nn.Parameter(torch.zeros(257, dtype=torch.float64))
+    oracle = torch.optim.AdamW([x], lr=1.0, betas=(0.0, 0.95), eps=1e-8, weight_decay=0.0)
+    for g, d in zip(grads, directions):
+        before = x.detach().clone()
+        x.grad = g.double()
+        oracle.step()
+        torch.testing.assert_close((before - x.detach()).float(), d, rtol=1e-5, atol=1e-7)
+
+
+def test_mean_of_ranks_lifts_noisy_coordinates_by_sqrt_n_and_leaves_steady_ones():
+    """Coordinate 0 alternates +-1 (noise only), coordinate 1 is always 1 (signal only)."""
+    grads = [torch.tensor([(-1.0) ** t, 1.0]) for t in range(300)]
+    for n in (1, 4, 16):
+        d = _rounds(AdamNormalized(EF14(TopK(k=2)), betas=(0.9, 0.999)).spawn(), grads, workers=n)[-1]
+        assert abs(d[1] - 1.0) < 1e-3, "a coordinate without noise keeps Adam's unit step"
+        assert 0.9 * n ** 0.5 < abs(d[0]) <= n ** 0.5 + 1e-3, (n, d)
+    plain = _rounds(AdamNormalized(EF14(TopK(k=2)), mean_of_ranks=False).spawn(), grads, workers=16)[-1]
+    assert abs(abs(plain[0]) - 1.0) < 1e-3, "mean_of_ranks=False: one rank's second moment"
+
+
+def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
+    mech = AdamNormalized(EF14(TopK(ratio=0.1))).spawn()
+    grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(4)]
+    mech.init(grads[0], Round(0, 0, 2))
+    mech.step(grads[1], Round(1, 0, 2))
+    assert set(mech.memory.tensors()) == {"e_i", "m_i", "v_i"}
+    saved = type(mech.memory).of({k: t.clone() for k, t in mech.memory.tensors().items()})
+    first = mech.step(grads[2], Round(2, 0, 2))
+    mech.memory = saved  # what the hook does when a round is refused
+    again = mech.step(grads[2], Round(2, 0, 2))
+    assert all(torch.equal(first.parts[k], again.parts[k]) for k in first.parts)
+    rebuilt = mech.memory_type.of(mech.memory.tensors())  # what a checkpoint load does
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.tensors().values(), mech.memory.tensors().values()))
+
+
+def _params(*groups: dict) -> list[dict]:
+    return [dict(params=[nn.Parameter(torch.zeros(3))], **g) for g in groups]
+
+
+@pytest.mark.parametrize("optimizer, needle", [
+    (lambda: torch.optim.RMSprop(_params({})), "supports torch.optim.Adam, AdamW and SGD"),
+    (lambda: torch.optim.AdamW(_params({}), amsgrad=True), "amsgrad=True"),
+    (lambda: torch.optim.Adam(_params({}), weight_decay=0.01), "Use torch.optim.AdamW"),
+    (lambda: torch.optim.AdamW(_params({}, {"betas": (0.9, 0.99)})), "one (betas, eps) for every param group"),
+])
+def test_unsupported_optimizers_are_refused_naming_the_fix(optimizer, needle):
+    with pytest.raises(ValueError, match=None) as raised:
+        adam_settings(optimizer())
+    assert needle in str(raised.value), raised.value
+
+
+def test_supported_optimizers():
+    assert adam_settings(torch.optim.SGD(_params({}), lr=0.1, momentum=0.9)) is None
+    s = adam_settings(torch.optim.AdamW(_params({}, {}), betas=(0.8, 0.99), eps=1e-6))
+    assert (s.betas, s.eps) == ((0.8, 0.99), 1e-6)
+    assert adam_settings(torch.optim.Adam(_params({}), weight_decay=0.1, decoupled_weight_decay=True)) is not None
+
+
+# -- real gloo ranks ------------------------------------------------------------------------------
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+
+
+def _loss(model: nn.Module, rank: int, step: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 * rank + step)
+    x = torch.randn(16, 20, generator=g)
+    return ((model(x) - x[:, :1]) ** 2).mean()
+
+
+def _schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / 3 if s < 3 else 0.5)
+
+
+def _exact(rank: int, workers: int) -> dict:
+    """1 rank, "gd", beta1 = 0: AdamW's trajectory, with the scheduler made before or after
+    ``register`` and with clipping (which the mode ignores) against a plain AdamW."""
+    out = {}
+    for order in ("scheduler first", "register first"):
+        model, plain = _model(), _model()
+        ddp = DDP(model, bucket_cap_mb=0.01)
+        kw = dict(lr=0.01, betas=(0.0, 0.99), weight_decay=0.1)
+        opt, ref = torch.optim.AdamW(model.parameters(), **kw), torch.optim.AdamW(plain.parameters(), **kw)
+        sched = _schedule(opt) if order == "scheduler first" else None
+        state = ddp_hooks.register(ddp, "gd", optimizer=opt)
+        sched = sched or _schedule(opt)
+        ref_sched = _schedule(ref)
+        for step in range(8):
+            for m, o in ((ddp, opt), (plain, ref)):
+                o.zero_grad()
+                _loss(m, rank, step).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # no effect in this mode
+            opt.step()
+            ref.step()
+            sched.step()
+            ref_sched.step()
+        out[order] = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), plain.parameters()))
+        out[order + " buckets"] = len(state.buckets)
+    return out
+
+
+def _checks(rank: int, workers: int, folder: str) -> dict:
+    """2 ranks, the default hook with AdamW: GradScaler skip, then checkpoint and resume."""
+    out: dict = {}
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    state = ddp_hooks.register(ddp, optimizer=opt, ratio=0.05, check_every=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    poisoned = {"on": False}
+    model[2].weight.register_hook(lambda g: g.index_fill(0, torch.tensor([0]), float("nan")) if poisoned["on"] else g)
+    for step in range(6):
+        poisoned["on"] = step == 3 and rank == 1
+        memory = copy.deepcopy(state.state_dict()["memory"])
+        params = [p.detach().clone() for p in model.parameters()]
+        moments = copy.deepcopy(opt.state_dict()["state"])
+        opt.zero_grad()
+        scaler.scale(_loss(ddp, rank, step)).backward()
+        scaler.step(opt)
+        scaler.update()
+        if step == 3:
+            now = state.state_dict()["memory"]
+            out["memory untouched"] = all(torch.equal(now[p][k], memory[p][k]) for p in memory for k in memory[p])
+            out["moments untouched"] = all(torch.equal(a["exp_avg"], b["exp_avg"])
+                                           for a, b in zip(moments.values(), opt.state_dict()["state"].values()))
+            out["step skipped"] = all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    out["fields"] = sorted(next(iter(state.state_dict()["memory"].values())))
+    out["fraction"] = state.stats.summary()["fraction_of_dense"]
+    out["params"] = [p.detach().clone() for p in model.parameters()]
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()},
+               Path(folder, f"{rank}.pt"))
+    for step in range(6, 9):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+    out["continued"] = [p.detach().clone() for p in model.parameters()]
+    return out
+
+
+def _resumed(rank: int, workers: int, folder: str) -> list[torch.Tensor]:
+    saved = torch.load(Path(folder, f"{rank}.pt"))
+    model = _model()
+    model.load_state_dict(saved["model"])
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    state = ddp_hooks.register(ddp, optimizer=opt, ratio=0.05, check_every=1)
+    opt.load_state_dict(saved["opt"])
+    state.load_state_dict(saved["hook"])
+    for step in range(6, 9):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _foreign(rank: int, workers: int) -> str:
+    ddp = DDP(_model(), bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW([*ddp.parameters(), nn.Parameter(torch.zeros(3))])
+    try:
+        ddp_hooks.register(ddp, optimizer=opt)
+    except ValueError as e:
+        return str(e)
+    return "registered"
+
+
+@pytest.mark.slow
+def test_one_rank_gd_with_beta1_zero_is_torch_adamw_whatever_the_scheduler_order():
+    out = run_ranks(_exact, 1, timeout=120)[0]
+    assert out["scheduler first"] < 1e-6 and out["register first"] < 1e-6, out
+    assert out["scheduler first buckets"] >= 2, "several buckets"
+
+
+@pytest.mark.slow
+def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
+    ranks = run_ranks(_checks, 2, str(tmp_path), timeout=180)
+    for r in ranks:
+        assert r["memory untouched"] and r["moments untouched"] and r["step skipped"], r
+        assert r["fields"] == ["e_i", "m_i", "server.g", "v_i"]
+        assert r["fraction"] < 0.3  # ratio 5% here: values + indices, plus the first, dense, round
+        assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas identical"
+    resumed = run_ranks(_resumed, 2, str(tmp_path), timeout=120)
+    for r, again in zip(ranks, resumed):
+        assert all(torch.equal(a, b) for a, b in zip(r["continued"], again)), "resumed run differs"
+
+
+@pytest.mark.slow
+def test_an_optimizer_with_parameters_outside_the_model_is_refused():
+    message = run_ranks(_foreign, 1, timeout=60)[0]
+    assert "does not" in message and "DDP model's parameters" in message, message
