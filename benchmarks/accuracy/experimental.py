@@ -22,6 +22,10 @@ reservoir in the aggregate state; ``adaptive``: coordinate j's pulse over the ro
 last pulse, at most ``tau``). Closes most of AdamW's gap (Adam normalises a coordinate's rare
 accumulated pulse by its own size) and costs SGD with momentum several points on digits (the
 release is a lag): an optimizer-specific trade-off, not a default.
+
+``ef14_mc``: Deep Gradient Compression's momentum correction and masking for momentum SGD (the
+optimizer told, its ``step`` replaced): mixed, task-dependent results
+(benchmarks/results/accuracy_adam.md), not a default.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ import ddp_hooks
 from compressors import EF14, TopK, kernels
 from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
+from compressors.core.mechanism import flat
+from compressors.core.memory import Memory
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
 
@@ -261,5 +267,74 @@ class EF14TwoStage(_EF14Candidate):
         return TwoStage(TopK(ratio))
 
 
+# --- issue 14: momentum correction for SGD (the optimizer told) --------------------------------
+
+@dataclass
+class ErrorAndVelocity(Memory):
+    e_i: Tensor
+    u_i: Tensor
+
+
+class MomentumCorrectedEF14(EF14):
+    """EF14 on the worker's own momentum, Deep Gradient Compression's momentum correction and
+    factor masking (Lin et al. 2018, Alg. 1 lines 9-13): u_i <- beta u_i + grad_i, v = e_i + u_i,
+    send C(v), e_i <- v - C(v), and (``mask``) u_i <- 0 where C(v) sent. The optimizer then
+    applies the aggregate without momentum (``MomentumCorrected.register``)."""
+
+    memory_type = ErrorAndVelocity
+
+    def __init__(self, compressor: TopK, beta: float, mask: bool) -> None:
+        super().__init__(compressor)
+        self.beta, self.mask = beta, mask
+
+    def __repr__(self) -> str:
+        return f"MomentumCorrectedEF14({self.compressor!r}, beta={self.beta}, mask={self.mask})"
+
+    def setup(self, grad: Tensor) -> ErrorAndVelocity:
+        return ErrorAndVelocity(torch.zeros_like(grad), grad)
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        u = self.memory.u_i * self.beta + flat(grad)
+        payload, error = self.compressor.residual(self.memory.e_i + u, rnd)
+        if self.mask:
+            u[payload.parts["indices"].long()] = 0.0
+        self.memory = ErrorAndVelocity(error, u)
+        return payload
+
+
+@dataclass(frozen=True)
+class MomentumCorrected(_EF14Candidate):
+    """``ef14_mc``: needs the run's ``torch.optim.SGD`` (momentum beta, no Nesterov), whose
+    ``step`` becomes p <- p - lr (g + b), b <- beta b + wd p: the weight-decay term's own
+    momentum, so that without compression this is SGD with momentum exactly."""
+
+    wants_optimizer = True
+
+    def _mechanism(self, ratio: float = 0.01, mask: bool = True, beta: float = 0.9) -> EF14:
+        return MomentumCorrectedEF14(TopK(ratio), beta, mask)
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
+                 **options: object) -> ddp_hooks.ThreePCState:
+        if not isinstance(optimizer, torch.optim.SGD) or optimizer.param_groups[0]["nesterov"]:
+            raise ValueError("ef14_mc runs with torch.optim.SGD with momentum, without Nesterov")
+        options.setdefault("beta", optimizer.param_groups[0]["momentum"])
+        state = super().register(ddp, **options)
+
+        def step(closure: object = None) -> None:
+            optimizer._opt_called = True
+            directions = state.directions()
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            b = optimizer.state[p].setdefault("wd_momentum", torch.zeros_like(p))
+                            b.mul_(group["momentum"]).add_(p, alpha=group["weight_decay"])
+                            p.add_(directions[id(p)].view_as(p) + b, alpha=-group["lr"])
+
+        optimizer.step = step
+        return state
+
+
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
-                                     "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage()}
+                                     "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
+                                     "ef14_mc": MomentumCorrected()}

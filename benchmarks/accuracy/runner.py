@@ -92,6 +92,8 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
     name, optimizer = aware(name)
+    if getattr(EXPERIMENTAL.get(name), "wants_optimizer", False):
+        options["optimizer"] = opt
     state = EXPERIMENTAL[name].register(ddp, **options) if name in EXPERIMENTAL else \
         ddp_hooks.register(ddp, name, optimizer=opt if optimizer else None, **options)
     return lambda: state.stats.total_sent
