@@ -1,15 +1,18 @@
-"""Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default`` (``register(ddp)``)
-and any threepc hook spec (``NAME:KEY=VALUE,...``, as in the accuracy suite)."""
+"""Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default``
+(``register(ddp, optimizer=opt)``: the default hook, told the run's optimizer, which is the plain
+hook under SGD and the optimizer-aware mode under AdamW) and any threepc hook spec
+(``NAME[+opt]:KEY=VALUE,...``, as in the accuracy suite)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
 import ddp_hooks
 
-from ..accuracy.runner import BASELINE, check_hook, parse_hook
+from ..accuracy.runner import BASELINE, aware, check_hook, parse_hook
 
 POWERSGD = "powersgd"
 DEFAULT = "default"
@@ -31,8 +34,10 @@ def label(spec: str) -> str:
     return f"default ({ddp_hooks.DEFAULT})" if spec == DEFAULT else spec
 
 
-def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int]) -> Counter:
-    """Register ``spec`` on ``ddp``; returns this rank's byte counter. ``steps`` holds the number
+def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int],
+             optimizer: torch.optim.Optimizer) -> Counter:
+    """Register ``spec`` on ``ddp`` (``optimizer``: the run's, for ``default`` and ``NAME+opt``);
+    returns this rank's byte counter. ``steps`` holds the number
     of synchronised steps so far (dense hooks are counted from the parameter sizes: ring
     allreduce sends 2 (n - 1) / n of the buffer per rank)."""
     name, options = parse_hook(spec)
@@ -46,5 +51,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, 
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         dense = sum(p.numel() * p.element_size() for p in ddp.parameters()) * DENSE[name]
         return lambda: (round(dense * steps[0]), round(dense * steps[0] * 2 * (workers - 1) / workers))
-    state = ddp_hooks.register(ddp) if name == DEFAULT else ddp_hooks.register(ddp, name, **options)
+    name, told = aware(name)
+    state = ddp_hooks.register(ddp, optimizer=optimizer) if name == DEFAULT else \
+        ddp_hooks.register(ddp, name, optimizer=optimizer if told else None, **options)
     return lambda: (state.stats.total_sent, state.stats.link_sent)

@@ -50,10 +50,10 @@ def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_n
     model = task.model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
     synced = [0]
-    counter = methods.register(ddp, method, workers, synced)
     recipe = RECIPES[recipe_name]
     params = list(ddp.parameters())
     opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
+    counter = methods.register(ddp, method, workers, synced, opt)
     compute_s = compute_seconds(ddp, task, data, rank, workers)
     gen = torch.Generator().manual_seed(1000 * seed + rank)
     curve: list[tuple[int, float, float]] = []  # (step, train seconds, metric)
