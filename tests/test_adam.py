@@ -16,6 +16,7 @@ from compressors import EF14, GD, Round, TopK
 from compressors.mechanisms.adam_normalized import AdamNormalized
 from ddp_hooks.adam import adam_settings
 from ddp_hooks.launch import run_ranks
+from ddp_hooks.registry import MECHANISMS, mechanism
 
 
 def _rounds(mech: AdamNormalized, grads: list[torch.Tensor], workers: int = 1) -> list[torch.Tensor]:
@@ -62,7 +63,7 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(4)]
     mech.init(grads[0], Round(0, 0, 2))
     mech.step(grads[1], Round(1, 0, 2))
-    assert set(mech.memory.tensors()) == {"e_i", "m_i", "v_i"}
+    assert set(mech.memory.tensors()) == {"e_i", "adam_m", "adam_v"}
     saved = type(mech.memory).of({k: t.clone() for k, t in mech.memory.tensors().items()})
     first = mech.step(grads[2], Round(2, 0, 2))
     mech.memory = saved  # what the hook does when a round is refused
@@ -70,6 +71,24 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     assert all(torch.equal(first.parts[k], again.parts[k]) for k in first.parts)
     rebuilt = mech.memory_type.of(mech.memory.tensors())  # what a checkpoint load does
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.tensors().values(), mech.memory.tensors().values()))
+
+
+@pytest.mark.parametrize("name", sorted(MECHANISMS))
+def test_every_hook_keeps_its_own_memory_beside_the_moments(name):
+    """EF21-SGDM's memory has a v_i (its momentum): the moments must not collide with any field."""
+    inner = mechanism(name, **({"ratio": 0.25} if any(o.name == "ratio" for o in MECHANISMS[name].options) else {}))
+    mech = AdamNormalized(inner).spawn()
+    grads = [torch.randn(64, generator=torch.Generator().manual_seed(t)) for t in range(3)]
+    mech.init(grads[0], Round(0, 0, 2))
+    for t in (1, 2):
+        mech.step(grads[t], Round(t, 0, 2))
+    fields = mech.memory.tensors()
+    own = mech.inner.memory.tensors()
+    assert set(fields) == set(own) | {"adam_m", "adam_v"}, sorted(fields)
+    assert all(fields[k] is t for k, t in own.items()), "the inner memory, unchanged"
+    rebuilt = mech.memory_type.of({k: t.clone() for k, t in fields.items()})  # a checkpoint's round trip
+    mech.memory = rebuilt
+    assert all(torch.equal(mech.inner.memory.tensors()[k], t) for k, t in own.items())
 
 
 def _params(*groups: dict) -> list[dict]:
@@ -214,7 +233,7 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
     ranks = run_ranks(_checks, 2, str(tmp_path), timeout=180)
     for r in ranks:
         assert r["memory untouched"] and r["moments untouched"] and r["step skipped"], r
-        assert r["fields"] == ["e_i", "m_i", "server.g", "v_i"]
+        assert r["fields"] == ["adam_m", "adam_v", "e_i", "server.g"]
         assert r["fraction"] < 0.3  # ratio 5% here: values + indices, plus the first, dense, round
         assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas identical"
     resumed = run_ranks(_resumed, 2, str(tmp_path), timeout=120)

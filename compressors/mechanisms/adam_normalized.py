@@ -39,15 +39,22 @@ from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
 
+MOMENTS = ("adam_m", "adam_v")  # the memory fields of m_i, v_i (EF21-SGDM's memory has a v_i of its own)
+
+
 @cache
 def with_variance(inner: type[Memory]) -> type[Memory]:
-    """``inner``'s memory plus the worker's moments ``m_i``, ``v_i`` (one dataclass per inner type)."""
-    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [("m_i", Tensor), ("v_i", Tensor)],
+    """``inner``'s memory plus the worker's moments m_i, v_i (fields ``MOMENTS``; one dataclass per
+    inner type)."""
+    taken = {f.name for f in dataclasses.fields(inner)}.intersection(MOMENTS)
+    if taken:
+        raise TypeError(f"{inner.__name__} already has memory fields {sorted(taken)}: Adam's moments need their own")
+    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [(name, Tensor) for name in MOMENTS],
                                       bases=(inner,))
 
 
 class AdamNormalized(Mechanism):
-    """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i. Everything
+    """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i (``MOMENTS``). Everything
     else (payload, protocol, aggregate state) is ``inner``'s."""
 
     def __init__(self, inner: Mechanism, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -91,7 +98,7 @@ class AdamNormalized(Mechanism):
     def memory(self) -> Memory | None:
         if self.v is None:
             return None
-        return self.memory_type(**self.inner.memory.tensors(), m_i=self.m, v_i=self.v)
+        return self.memory_type(**self.inner.memory.tensors(), **dict(zip(MOMENTS, (self.m, self.v))))
 
     @memory.setter
     def memory(self, value: Memory | None) -> None:
@@ -99,7 +106,7 @@ class AdamNormalized(Mechanism):
             self.inner.memory, self.m, self.v = None, None, None
             return
         tensors = value.tensors()
-        self.m, self.v = tensors.pop("m_i"), tensors.pop("v_i")
+        self.m, self.v = (tensors.pop(name) for name in MOMENTS)
         self.inner.memory = self.inner.memory_type.of(tensors)
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
