@@ -63,7 +63,7 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(4)]
     mech.init(grads[0], Round(0, 0, 2))
     mech.step(grads[1], Round(1, 0, 2))
-    assert set(mech.memory.tensors()) == {"e_i", "adam_m", "adam_v"}
+    assert set(mech.memory.tensors()) == {"e_i", "adam_m", "adam_v", "adam_k"}
     saved = type(mech.memory).of({k: t.clone() for k, t in mech.memory.tensors().items()})
     first = mech.step(grads[2], Round(2, 0, 2))
     mech.memory = saved  # what the hook does when a round is refused
@@ -84,7 +84,7 @@ def test_every_hook_keeps_its_own_memory_beside_the_moments(name):
         mech.step(grads[t], Round(t, 0, 2))
     fields = mech.memory.tensors()
     own = mech.inner.memory.tensors()
-    assert set(fields) == set(own) | {"adam_m", "adam_v"}, sorted(fields)
+    assert set(fields) == set(own) | {"adam_m", "adam_v", "adam_k"}, sorted(fields)
     assert all(fields[k] is t for k, t in own.items()), "the inner memory, unchanged"
     rebuilt = mech.memory_type.of({k: t.clone() for k, t in fields.items()})  # a checkpoint's round trip
     mech.memory = rebuilt
@@ -233,7 +233,7 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
     ranks = run_ranks(_checks, 2, str(tmp_path), timeout=180)
     for r in ranks:
         assert r["memory untouched"] and r["moments untouched"] and r["step skipped"], r
-        assert r["fields"] == ["adam_m", "adam_v", "e_i", "server.g"]
+        assert r["fields"] == ["adam_k", "adam_m", "adam_v", "e_i", "server.g"]
         assert r["fraction"] < 0.3  # ratio 5% here: values + indices, plus the first, dense, round
         assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas identical"
     resumed = run_ranks(_resumed, 2, str(tmp_path), timeout=120)
@@ -245,3 +245,49 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
 def test_an_optimizer_with_parameters_outside_the_model_is_refused():
     message = run_ranks(_foreign, 1, timeout=60)[0]
     assert "does not" in message and "DDP model's parameters" in message, message
+
+
+# -- against torch's AdamW, 1 rank ---------------------------------------------------------------
+def _eval(model: nn.Module) -> float:
+    """The loss on every rank's batches (ranks 0, 1; steps 0-2), the same on every rank."""
+    with torch.no_grad():
+        return sum(float(_loss(model, r, s)) for r in range(2) for s in range(3)) / 6
+
+
+def _against_adamw(rank: int, warmup_steps: int, skipped: set[int]) -> float:
+    """1 rank, "gd", beta1 = 0, against torch's AdamW: ``warmup_steps`` dense rounds, and the
+    steps in ``skipped`` lost to a NaN gradient (the hook rolls back, the step leaves the
+    parameters, and AdamW, which never saw the step, does not count it). The largest deviation."""
+    model, plain = _model(), _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    kw = dict(lr=0.01, betas=(0.0, 0.99), weight_decay=0.1)
+    opt, ref = torch.optim.AdamW(model.parameters(), **kw), torch.optim.AdamW(plain.parameters(), **kw)
+    ddp_hooks.register(ddp, "gd", optimizer=opt, warmup_steps=warmup_steps)
+    poisoned = {"on": False}
+    model[2].weight.register_hook(lambda g: g + float("nan") if poisoned["on"] else g)
+    worst = 0.0
+    for step in range(8):
+        poisoned["on"] = step in skipped
+        opt.zero_grad()
+        ref.zero_grad()
+        _loss(ddp, rank, step).backward()
+        _loss(plain, rank, step).backward()
+        opt.step()
+        if step not in skipped:
+            ref.step()
+        worst = max(worst, *(float((a - b).abs().max()) for a, b in zip(model.parameters(), plain.parameters())))
+    return worst
+
+
+def _one_rank(rank: int, workers: int) -> dict:
+    return {"skips": _against_adamw(rank, 1, {0, 4})}
+
+
+@pytest.fixture(scope="module")
+def one_rank() -> dict:
+    return run_ranks(_one_rank, 1, timeout=120)[0]  # one spawn for the tests below
+
+
+@pytest.mark.slow
+def test_skipped_steps_do_not_count_in_the_bias_corrections(one_rank):
+    assert one_rank["skips"] < 1e-6, "after a skipped step the bias corrections count a round the moments never saw"
