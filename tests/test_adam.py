@@ -280,12 +280,17 @@ def _against_adamw(rank: int, warmup_steps: int, skipped: set[int]) -> float:
 
 
 def _one_rank(rank: int, workers: int) -> dict:
-    return {"skips": _against_adamw(rank, 1, {0, 4})}
+    return {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4})}
 
 
 @pytest.fixture(scope="module")
 def one_rank() -> dict:
     return run_ranks(_one_rank, 1, timeout=120)[0]  # one spawn for the tests below
+
+
+@pytest.mark.slow
+def test_warm_up_rounds_are_dense_adamw_rounds(one_rank):
+    assert one_rank["warm-up"] < 1e-6, "warmup_steps=3 is not AdamW: the moments restarted at each dense round"
 
 
 @pytest.mark.slow

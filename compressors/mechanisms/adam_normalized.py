@@ -20,7 +20,9 @@ linearly (momentum and decoupled weight decay only, ``ddp_hooks.adam``). Worker 
 k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
 corrections follow the moments through rounds the hook rolled back (a step GradScaler or
 ``nonfinite`` skipped: torch's AdamW does not count it either), re-bucketing and checkpoints,
-where the iteration counter t would not.
+where the iteration counter t would not. A dense round continues the moments the instance holds
+(the hook seeds a warm-up round's worker with its parameters' memory, ``carries_memory``), so
+``warmup_steps`` dense rounds are dense Adam rounds.
 
 v^_i estimates E[grad_i^2] of one rank's minibatch; allreduce AdamW sees the n-rank mean, whose
 second moment is mu^2 + sigma^2 / n when the ranks' minibatches are independent. ``w_i`` is that
@@ -71,6 +73,8 @@ def debiasing(beta: float, rounds: Tensor) -> Tensor | float:
 class AdamNormalized(Mechanism):
     """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i, k_i (``MOMENTS``). Everything
     else (payload, protocol, aggregate state) is ``inner``'s."""
+
+    carries_memory = True  # init continues the moments the instance holds (ddp_hooks.state seeds them)
 
     def __init__(self, inner: Mechanism, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  mean_of_ranks: bool = True) -> None:
@@ -144,7 +148,8 @@ class AdamNormalized(Mechanism):
         return g / w.sqrt_().add_(self.eps)
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        self.m = self.v = self.k = None
+        """The inner mechanism's dense round on d_i. The moments continue from those this
+        instance holds (a warm-up round the hook seeded); a spawned instance starts them at 0."""
         return self.inner.init(self.normalized(grad, rnd), rnd)
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
