@@ -114,5 +114,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
                     p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
         return loss
 
-    setattr(step, SCHEDULER_MARK, True)
-    optimizer.step = types.MethodType(step, optimizer)
+    # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
+    # ones) inside a profiler range: the same wrapper, so that hooks users registered still run
+    hooked = torch.optim.Optimizer.profile_hook_step(step)
+    setattr(hooked, SCHEDULER_MARK, True)
+    optimizer.step = types.MethodType(hooked, optimizer)

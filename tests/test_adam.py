@@ -280,7 +280,22 @@ def _against_adamw(rank: int, warmup_steps: int, skipped: set[int]) -> float:
 
 
 def _one_rank(rank: int, workers: int) -> dict:
-    return {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4})}
+    out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4})}
+
+    # the optimizer's step hooks and the profiler range run, as with torch's own step
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    ddp_hooks.register(ddp, "ef14", optimizer=opt, ratio=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    for step in range(3):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+    out["hook calls"] = calls
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +311,8 @@ def test_warm_up_rounds_are_dense_adamw_rounds(one_rank):
 @pytest.mark.slow
 def test_skipped_steps_do_not_count_in_the_bias_corrections(one_rank):
     assert one_rank["skips"] < 1e-6, "after a skipped step the bias corrections count a round the moments never saw"
+
+
+@pytest.mark.slow
+def test_the_optimizers_step_hooks_run(one_rank):
+    assert one_rank["hook calls"] == ["pre", "post"] * 3, one_rank["hook calls"]
