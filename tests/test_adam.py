@@ -74,6 +74,18 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.tensors().values(), mech.memory.tensors().values()))
 
 
+def test_eps_zero_leaves_coordinates_without_gradient_still():
+    """AdamW(eps=0) is valid; a coordinate whose gradient is 0 (or squares to 0) must not send
+    NaN or inf: the hook would flag and skip every round."""
+    mech = AdamNormalized(GD(), betas=(0.9, 0.999), eps=0.0).spawn()
+    grad = torch.tensor([0.0, 2.0, -3.0, 1e-30])
+    for t in range(3):
+        payload = mech.init(grad, Round(0, 0, 2)) if t == 0 else mech.step(grad, Round(t, 0, 2))
+        d = payload.parts["dense"]
+        assert torch.isfinite(d).all(), d
+        assert d[0] == 0.0 and d[3] == 0.0 and d[1] > 0 > d[2], d
+
+
 @pytest.mark.parametrize("name", sorted(MECHANISMS))
 def test_every_hook_keeps_its_own_memory_beside_the_moments(name):
     """EF21-SGDM's memory has a v_i (its momentum): the moments must not collide with any field."""

@@ -145,7 +145,11 @@ class AdamNormalized(Mechanism):
         if self.mean_of_ranks and rnd.workers > 1:
             signal = torch.minimum((m / debiasing(beta1, k)).square_(), w)
             w.sub_(signal).div_(rnd.workers).add_(signal)
-        return g / w.sqrt_().add_(self.eps)
+        denominator = w.sqrt_().add_(self.eps)
+        d = g / denominator
+        if self.eps == 0.0:  # 0/0 (no gradient yet) or g/0 (g^2 underflowed): no move, not a NaN that
+            d.masked_fill_(denominator == 0.0, 0.0)  # would make the hook skip every round
+        return d
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """The inner mechanism's dense round on d_i. The moments continue from those this
