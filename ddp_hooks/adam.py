@@ -15,6 +15,12 @@ normalisation bounds each coordinate's step; the hook's second moment sees the u
 gradient. A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
 ``ThreePCState(nonfinite=...)``) leaves the parameters and moments as they were, on every rank.
 
+Known limitation, GradScaler: the hook runs inside ``backward()``, before ``unscale_``, so it
+normalises the scaled gradient S grad. A constant S cancels (except that eps acts as eps / S),
+but each change of S (growth every ``growth_interval`` steps, back-off after an overflow)
+multiplies d_i by the ratio until v_i catches up, over about 1 / (1 - beta2) rounds; torch's
+AdamW never sees S (tests/test_adam.py: a strict xfail).
+
 SGD (with or without momentum, Nesterov) needs no change: ``register`` then registers the plain
 hook. Other optimizers raise, naming the choices.
 """
@@ -114,5 +120,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
                     p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
         return loss
 
-    setattr(step, SCHEDULER_MARK, True)
-    optimizer.step = types.MethodType(step, optimizer)
+    # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
+    # ones) inside a profiler range: the same wrapper, so that hooks users registered still run
+    hooked = torch.optim.Optimizer.profile_hook_step(step)
+    setattr(hooked, SCHEDULER_MARK, True)
+    optimizer.step = types.MethodType(hooked, optimizer)

@@ -228,6 +228,19 @@ class ThreePCState:
         found = self._buckets.get(key)
         if found is not None:
             return found
+        joined = self._joined(key)
+        if joined is None:
+            return None
+        state = BucketState(key, tuple(p.numel() for p in params), self.mechanism.spawn())
+        state.server = {name[len(SERVER):]: t for name, t in joined.items() if name.startswith(SERVER)}
+        state.worker.memory = state.worker.memory_type.of(
+            {name: t for name, t in joined.items() if not name.startswith(SERVER)})
+        self.install(state)
+        return state
+
+    def _joined(self, key: tuple[int, ...]) -> dict[str, Tensor] | None:
+        """The memory and aggregate of the parameters ``key`` (live buckets or a loaded
+        checkpoint), joined in ``key``'s order; None if some parameter has none."""
         split: dict[tuple[int, ...], dict[int, dict[str, Tensor]]] = {}  # old bucket -> its slices
         slices = []
         for p in key:
@@ -238,13 +251,7 @@ class ThreePCState:
             if piece is None or ESTIMATE not in piece:
                 return None
             slices.append(piece)
-        state = BucketState(key, tuple(p.numel() for p in params), self.mechanism.spawn())
-        joined = {name: torch.cat([s[name] for s in slices]) for name in slices[0]}
-        state.server = {name[len(SERVER):]: t for name, t in joined.items() if name.startswith(SERVER)}
-        state.worker.memory = state.worker.memory_type.of(
-            {name: t for name, t in joined.items() if not name.startswith(SERVER)})
-        self.install(state)
-        return state
+        return {name: torch.cat([s[name] for s in slices]) for name in slices[0]}
 
     def units(self, params: list[Tensor]) -> list[tuple[int, ...]]:
         """The compression units of the bucket holding ``params``: the bucket itself, unless it is
@@ -265,8 +272,14 @@ class ThreePCState:
 
     def new_bucket_state(self, params: list[Tensor], *, install: bool = True) -> BucketState:
         """A fresh state for the bucket holding ``params`` (its memory is set by a dense round;
-        the hook installs it once the round succeeded on every rank)."""
+        the hook installs it once the round succeeded on every rank). A mechanism whose dense
+        round continues its memory (``carries_memory``: ``AdamNormalized``'s moments through
+        the warm-up rounds) gets its parameters' current memory, when every one has some."""
         state = BucketState(tuple(id(p) for p in params), tuple(p.numel() for p in params), self.mechanism.spawn())
+        held = self._joined(state.params) if getattr(self.mechanism, "carries_memory", False) else None
+        if held is not None:  # copies: the live states stay as they are until the round commits
+            state.worker.memory = state.worker.memory_type.of(
+                {name: t for name, t in held.items() if not name.startswith(SERVER)})
         if install:
             self.install(state)
         return state

@@ -12,9 +12,17 @@ the compressed messages are already in the units of Adam's step and the aggregat
 linearly (momentum and decoupled weight decay only, ``ddp_hooks.adam``). Worker i, round t
 (moments start at 0 and are bias-corrected, Kingma & Ba 2015, Alg. 1):
 
-    m_i <- beta1 m_i + (1 - beta1) grad_i,     v_i <- beta2 v_i + (1 - beta2) grad_i^2
+    m_i <- beta1 m_i + (1 - beta1) grad_i,     v_i <- beta2 v_i + (1 - beta2) grad_i^2,     k_i <- k_i + 1
+    m^_i = m_i / (1 - beta1^k_i),   v^_i = v_i / (1 - beta2^k_i)
     s_i  = min(m^_i^2, v^_i),   w_i = s_i + (v^_i - s_i) / n     (``mean_of_ranks``; else w_i = v^_i)
     d_i  = grad_i / (sqrt(w_i) + eps);   the inner mechanism runs on d_i (EF14: g = (1/n) sum_i C(e_i + d_i))
+
+k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
+corrections follow the moments through rounds the hook rolled back (a step GradScaler or
+``nonfinite`` skipped: torch's AdamW does not count it either), re-bucketing and checkpoints,
+where the iteration counter t would not. A dense round continues the moments the instance holds
+(the hook seeds a warm-up round's worker with its parameters' memory, ``carries_memory``), so
+``warmup_steps`` dense rounds are dense Adam rounds.
 
 v^_i estimates E[grad_i^2] of one rank's minibatch; allreduce AdamW sees the n-rank mean, whose
 second moment is mu^2 + sigma^2 / n when the ranks' minibatches are independent. ``w_i`` is that
@@ -26,6 +34,7 @@ x <- x (1 - lr wd) - lr g is AdamW's step exactly (tests/test_adam.py). No extra
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from functools import cache
 
@@ -39,16 +48,33 @@ from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
 
+MOMENTS = ("adam_m", "adam_v", "adam_k")  # m_i, v_i, k_i's memory fields (EF21-SGDM has a v_i of its own)
+
+
 @cache
 def with_variance(inner: type[Memory]) -> type[Memory]:
-    """``inner``'s memory plus the worker's moments ``m_i``, ``v_i`` (one dataclass per inner type)."""
-    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [("m_i", Tensor), ("v_i", Tensor)],
+    """``inner``'s memory plus the worker's moments m_i, v_i and their round count k_i (fields
+    ``MOMENTS``; one dataclass per inner type)."""
+    taken = {f.name for f in dataclasses.fields(inner)}.intersection(MOMENTS)
+    if taken:
+        raise TypeError(f"{inner.__name__} already has memory fields {sorted(taken)}: Adam's moments need their own")
+    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [(name, Tensor) for name in MOMENTS],
                                       bases=(inner,))
 
 
+def debiasing(beta: float, rounds: Tensor) -> Tensor | float:
+    """1 - beta^rounds per coordinate (Adam's bias correction after ``rounds`` rounds), as
+    -expm1(rounds log beta): no cancellation for beta near 1."""
+    if beta == 0.0:
+        return 1.0
+    return torch.expm1(rounds * math.log(beta)).neg_()
+
+
 class AdamNormalized(Mechanism):
-    """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i. Everything
+    """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i, k_i (``MOMENTS``). Everything
     else (payload, protocol, aggregate state) is ``inner``'s."""
+
+    carries_memory = True  # init continues the moments the instance holds (ddp_hooks.state seeds them)
 
     def __init__(self, inner: Mechanism, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  mean_of_ranks: bool = True) -> None:
@@ -58,6 +84,7 @@ class AdamNormalized(Mechanism):
         self.inner, self.betas, self.eps, self.mean_of_ranks = inner, tuple(betas), eps, mean_of_ranks
         self.m: Tensor | None = None
         self.v: Tensor | None = None
+        self.k: Tensor | None = None
         super().__init__(inner.compressor)
 
     def __repr__(self) -> str:
@@ -91,34 +118,42 @@ class AdamNormalized(Mechanism):
     def memory(self) -> Memory | None:
         if self.v is None:
             return None
-        return self.memory_type(**self.inner.memory.tensors(), m_i=self.m, v_i=self.v)
+        return self.memory_type(**self.inner.memory.tensors(), **dict(zip(MOMENTS, (self.m, self.v, self.k))))
 
     @memory.setter
     def memory(self, value: Memory | None) -> None:
         if value is None:
-            self.inner.memory, self.m, self.v = None, None, None
+            self.inner.memory, self.m, self.v, self.k = None, None, None, None
             return
         tensors = value.tensors()
-        self.m, self.v = tensors.pop("m_i"), tensors.pop("v_i")
+        self.m, self.v, self.k = (tensors.pop(name) for name in MOMENTS)
         self.inner.memory = self.inner.memory_type.of(tensors)
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
-        """d_i for this round; sets m_i, v_i (new tensors: the old ones stay a valid rollback)."""
+        """d_i for this round; sets m_i, v_i, k_i (new tensors: the old ones stay a valid rollback)."""
         (beta1, beta2), g = self.betas, flat(grad)
         m, v = g * (1.0 - beta1), g.square().mul_(1.0 - beta2)
-        if self.v is not None:
+        if self.v is None:
+            k = torch.ones_like(g)
+        else:
             m.add_(self.m, alpha=beta1)
             v.add_(self.v, alpha=beta2)
-        self.m, self.v = m, v
-        w = v / (1.0 - beta2 ** (rnd.t + 1))
+            k = self.k + 1.0
+        self.m, self.v, self.k = m, v, k
+        w = v / debiasing(beta2, k)
         if self.mean_of_ranks and rnd.workers > 1:
-            signal = torch.minimum((m / (1.0 - beta1 ** (rnd.t + 1))).square_(), w)
+            signal = torch.minimum((m / debiasing(beta1, k)).square_(), w)
             w.sub_(signal).div_(rnd.workers).add_(signal)
-        return g / w.sqrt_().add_(self.eps)
+        denominator = w.sqrt_().add_(self.eps)
+        d = g / denominator
+        if self.eps == 0.0:  # 0/0 (no gradient yet) or g/0 (g^2 underflowed): no move, not a NaN that
+            d.masked_fill_(denominator == 0.0, 0.0)  # would make the hook skip every round
+        return d
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        self.m = self.v = None
+        """The inner mechanism's dense round on d_i. The moments continue from those this
+        instance holds (a warm-up round the hook seeded); a spawned instance starts them at 0."""
         return self.inner.init(self.normalized(grad, rnd), rnd)
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
