@@ -15,11 +15,12 @@ normalisation bounds each coordinate's step; the hook's second moment sees the u
 gradient. A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
 ``ThreePCState(nonfinite=...)``) leaves the parameters and moments as they were, on every rank.
 
-Known limitation, GradScaler: the hook runs inside ``backward()``, before ``unscale_``, so it
-normalises the scaled gradient S grad. A constant S cancels (except that eps acts as eps / S),
-but each change of S (growth every ``growth_interval`` steps, back-off after an overflow)
-multiplies d_i by the ratio until v_i catches up, over about 1 / (1 - beta2) rounds; torch's
-AdamW never sees S (tests/test_adam.py: a strict xfail).
+GradScaler: pass it too, ``register(ddp, optimizer=opt, scaler=scaler)``. The hook runs inside
+``backward()``, before ``unscale_``; told the scaler, it divides each bucket by the current scale
+first, so the moments see the gradient as torch's AdamW does (tests/test_adam.py). Untold, it
+normalises S grad: a constant S cancels (except that eps acts as eps / S), but each change of S
+(growth, back-off after an overflow) skews d_i until v_i catches up, over about 1 / (1 - beta2)
+rounds.
 
 SGD (with or without momentum, Nesterov) needs no change: ``register`` then registers the plain
 hook. Other optimizers raise, naming the choices.

@@ -83,9 +83,9 @@ def _failed(error: BaseException) -> Future:
 class _Round:
     """One compression unit's round on this rank: the guarded mechanism call and its exchange."""
 
-    def __init__(self, state: ThreePCState, params: list[Tensor], grad: Tensor) -> None:
+    def __init__(self, state: ThreePCState, params: list[Tensor], grad: Tensor, scale: float = 1.0) -> None:
         group, numel = state.group, grad.numel()
-        self.state, self.params, self.grad = state, params, grad
+        self.state, self.params, self.grad, self.scale = state, params, grad, scale
         found = state.bucket_state(params) if state.iteration >= state.warmup_steps else None
         self.dense = found is None
         self.bucket: BucketState = state.new_bucket_state(params, install=False) if self.dense else found
@@ -119,8 +119,9 @@ class _Round:
                 if not self.dense:  # by reference when step() leaves the old memory as it was
                     self.saved = worker.memory if worker.fresh_memory else \
                         type(worker.memory).of({k: t.clone() for k, t in worker.memory.tensors().items()})
-                payload = worker.init(grad, self.rnd) if self.dense else worker.step(grad, self.rnd)
-                if not all_finite(*(t for t in payload.parts.values() if not _shares(t, grad))):
+                work = grad if scale == 1.0 else grad.float().div(scale)  # the gradient's own units
+                payload = worker.init(work, self.rnd) if self.dense else worker.step(work, self.rnd)
+                if not all_finite(*(t for t in payload.parts.values() if not _shares(t, work))):
                     self.local, flags = "its payload overflowed", Flags(nonfinite=1)
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
             self.error, flags = e, Flags(error=1)
@@ -185,7 +186,8 @@ class _Round:
                 self.worker.collect(self.bucket.server, payloads, self.rnd)
             else:
                 self.worker.fold(self.bucket.server, payloads, self.rnd)
-        return self.bucket.server["g"]
+        g = self.bucket.server["g"]
+        return g if self.scale == 1.0 else g * self.scale  # what GradScaler.unscale_ expects
 
     def _refuse(self, flags: Flags) -> Tensor | str:
         state, n = self.state, self.state.group.size()
@@ -207,7 +209,8 @@ class _Iteration:
     """The rounds of one iteration: committed together once every bucket completed, or all
     rolled back if any round failed or was flagged on any rank."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float) -> None:
+        self.scale = scale  # the loss scale of this backward pass (ThreePCState.scaler; else 1)
         self.rounds: list[_Round] = []
         self.futures: list[Future] = []
         self.pending, self.closed, self.failed = 0, False, False
@@ -272,7 +275,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
     iteration = state.transaction
     if not isinstance(iteration, _Iteration) or iteration.closed:
         state.settle()  # the last iteration's rounds, if DDP raised before they all completed
-        iteration = state.transaction = _Iteration()
+        iteration = state.transaction = _Iteration(state.loss_scale())
     try:
         state.check(grad, params, first=bucket.index() == 0)
         if grad.dtype not in _GRAD_DTYPES:
@@ -283,8 +286,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         by_id = {id(p): p for p in params}
         units = state.units(params)
         whole = len(units) == 1 and units[0] == tuple(views)
-        rounds = [_Round(state, params, grad) if whole else
-                  _Round(state, [by_id[p] for p in unit], torch.cat([views[p] for p in unit]))
+        rounds = [_Round(state, params, grad, iteration.scale) if whole else
+                  _Round(state, [by_id[p] for p in unit], torch.cat([views[p] for p in unit]), iteration.scale)
                   for unit in units]
     except Exception as e:  # noqa: BLE001 - raised from backward(), never from the autograd hook itself
         rounds, future = [], _failed(e)

@@ -33,11 +33,12 @@ def mechanism(name: str, **options: object) -> Mechanism:
 def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *,
              optimizer: torch.optim.Optimizer | None = None, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
-             check_every: int = 0, reproducible: bool = False, **options: object) -> ThreePCState:
+             check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
+             **options: object) -> ThreePCState:
     """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%) on ``ddp`` and
     return its state. The hook communicates in ``ddp``'s own process group unless
-    ``process_group`` is given; ``nonfinite``, ``check_every`` and ``reproducible`` are
-    ``ThreePCState``'s.
+    ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible`` and ``scaler``
+    (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
 
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
     An Adam or AdamW: the hook compresses Adam-normalised gradients and ``optimizer.step``
@@ -56,7 +57,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *,
         chosen = adam.normalized(chosen, settings)
     state = ThreePCState(chosen, process_group=process_group,
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
-                         check_every=check_every, reproducible=reproducible)
+                         check_every=check_every, reproducible=reproducible, scaler=scaler)
     if settings is not None:
         adam.attach(optimizer, state, ddp)
     ddp.register_comm_hook(state, threepc_hook)

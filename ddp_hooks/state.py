@@ -97,6 +97,12 @@ class ThreePCState:
             parameters.
         check_every: every N iterations, all_gather a checksum of every aggregate replica and
             raise ``ThreePCError`` on every rank if they differ (0: never).
+        scaler: the ``torch.amp.GradScaler`` of the training, if any. The hook then divides each
+            bucket by the scaler's current scale S before the mechanism sees it and returns S g:
+            memories (error feedback, Adam's moments) stay in the gradient's own units when S
+            changes (growth, back-off after an overflow), and ``scaler.unscale_`` still sees
+            what it scaled. Without it a hook compresses S grad, and a memory written at one
+            scale is read at the next.
 
     At its first round (and the first after ``load_state_dict``) the hook all_gathers a hash of
     this configuration (version, mechanism and options, warm-up, policies, iteration, the
@@ -107,12 +113,13 @@ class ThreePCState:
     """
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
-                 "check_every", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
+                 "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
                  "_layout", "_names", "history", "warned", "transaction")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
-                 reproducible: bool = False, nonfinite: str = "propagate", check_every: int = 0) -> None:
+                 reproducible: bool = False, nonfinite: str = "propagate", check_every: int = 0,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
         for name, value, low in (("warmup_steps", warmup_steps, 1), ("log_every", log_every, 0),
                                  ("check_every", check_every, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -130,6 +137,7 @@ class ThreePCState:
         self.log_every = log_every
         self.reproducible = reproducible
         self.nonfinite, self.check_every = nonfinite, check_every
+        self.scaler = scaler
         self.iteration = 0
         self.stats = CommStats()
         self.failure: ThreePCError | None = None  # a failed configuration check or replica check: final
@@ -152,6 +160,10 @@ class ThreePCState:
         module = getattr(model, "module", model)
         self._names = {id(p): name for name, p in module.named_parameters()}
 
+    def loss_scale(self) -> float:
+        """The scale of the gradients this backward pass produced (``scaler``'s, else 1)."""
+        return float(self.scaler.get_scale()) if self.scaler is not None and self.scaler.is_enabled() else 1.0
+
     @property
     def group(self) -> dist.ProcessGroup:
         return self.process_group if self.process_group is not None else dist.group.WORLD
@@ -166,6 +178,7 @@ class ThreePCState:
         return {"threepc": __version__, "mechanism": repr(self.mechanism), "warmup_steps": str(self.warmup_steps),
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
+                "scaler": "given" if self.scaler is not None else "none",
                 "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
 
     def check(self, grad: Tensor, params: list[Tensor], first: bool) -> None:
@@ -276,7 +289,7 @@ class ThreePCState:
         round continues its memory (``carries_memory``: ``AdamNormalized``'s moments through
         the warm-up rounds) gets its parameters' current memory, when every one has some."""
         state = BucketState(tuple(id(p) for p in params), tuple(p.numel() for p in params), self.mechanism.spawn())
-        held = self._joined(state.params) if getattr(self.mechanism, "carries_memory", False) else None
+        held = self._joined(state.params) if self.mechanism.carries_memory else None
         if held is not None:  # copies: the live states stay as they are until the round commits
             state.worker.memory = state.worker.memory_type.of(
                 {name: t for name, t in held.items() if not name.startswith(SERVER)})

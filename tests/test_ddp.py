@@ -208,3 +208,32 @@ def test_unsupported_gradients_raise_the_same_clear_error_on_every_rank():
     for r in run_ranks(_bad_dtype_worker, 2):
         assert "compress float32, float16 and bfloat16 gradients" in r["error"] and "float64" in r["error"]
         assert r["iteration"] == 0 and r["buckets"] == 0, "a rejected bucket must leave the state untouched"
+
+
+
+def _scaled_worker(rank: int, workers: int) -> dict:
+    """EF14 with momentum SGD: without mixed-precision scaling, and under a GradScaler whose scale
+    doubles every 2 steps (powers of two: scaling and unscaling are exact), told or not."""
+    out = {}
+    for run in ("plain", "told", "untold"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 1))
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2, enabled=run != "plain")
+        ddp_hooks.register(ddp, "ef14", ratio=0.05, scaler=scaler if run == "told" else None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for step in range(10):
+            x = torch.randn(16, 20, generator=torch.Generator().manual_seed(100 * rank + step))
+            opt.zero_grad()
+            scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+        out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return out
+
+
+def test_a_grad_scaler_the_hook_is_told_of_keeps_error_feedback_in_gradient_units():
+    for r in run_ranks(_scaled_worker, 2, timeout=120):
+        assert torch.equal(r["told"], r["plain"]), "told the scaler, the hook must compress the unscaled gradient"
+        assert not torch.allclose(r["untold"], r["plain"], atol=1e-6), \
+            "untold, error feedback written at one scale is read at the next (what scaler= fixes)"

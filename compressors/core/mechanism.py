@@ -76,6 +76,8 @@ class Mechanism(ABC):
     keeps the old state may pass uninitialised tensors there instead of copies).
     ``fresh_memory``: ``step`` replaces ``memory`` with a new object and never writes the old
     one's tensors (a caller may keep the old memory by reference to roll a round back).
+    ``carries_memory``: ``init`` continues the memory the instance already holds instead of
+    starting it (a caller may seed a dense round's worker with its tensors' current memory).
     ``two_stage``: payloads travel in two stages, through the owner of each chunk
     (``core.two_stage.TwoStage``: ``chunks``, ``relay``, ``collect``); ``fold`` then returns
     the owners' payloads.
@@ -88,6 +90,7 @@ class Mechanism(ABC):
     memory_type: type[Memory] = Memory
     overwrites: frozenset[str] = frozenset()
     fresh_memory = False
+    carries_memory = False
 
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor
