@@ -2,6 +2,7 @@
 same run: wall time and CPU time (all threads of the rank's process) per step.
 
     python -m benchmarks.hook_overhead [--hooks gd ef14 ...] [--workers 2] [--steps 20] [--repeats 3]
+    python -m benchmarks.hook_overhead --optimizer adamw --hooks ef14 ef14+opt   # the Adam mode's cost
 
 The model is ``benchmarks.scaling``'s MLP (1.59M parameters, batch 32 per rank, DDP's default
 buckets, one thread per rank). Each repeat runs every method once, in turn, so that a slow
@@ -29,16 +30,23 @@ from .scaling import BATCH, make_model
 DEFAULT_HOOKS = ["gd", "ef14", "ef21", "clag", "co3:fmt=fp4-121", "co3_2s:fmt=fp4-121"]
 
 
-def _register(ddp: nn.parallel.DistributedDataParallel, spec: str) -> None:
+OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=0.01),
+              "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)}
+
+
+def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.optim.Optimizer) -> None:
+    """``NAME[+opt][:KEY=VALUE,...]``; ``+opt``: registered with the optimizer (``ddp_hooks.adam``)."""
     name, _, rest = spec.partition(":")
     options = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
         options[key] = value
-    ddp_hooks.register(ddp, name, **options)
+    told = name.endswith("+opt")
+    ddp_hooks.register(ddp, name.removesuffix("+opt"), optimizer=opt if told else None, **options)
 
 
-def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None) -> dict[str, tuple]:
+def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None,
+             optimizer: str) -> dict[str, tuple]:
     torch.set_num_threads(1)
     x, y = torch.randn(BATCH, 512), torch.randint(0, 10, (BATCH,))
     out: dict[str, tuple] = {}
@@ -46,9 +54,9 @@ def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: s
         torch.manual_seed(0)
         model = make_model()
         ddp = nn.parallel.DistributedDataParallel(model)
+        opt = OPTIMIZERS[optimizer](model.parameters())
         if method != "allreduce":
-            _register(ddp, method)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            _register(ddp, method, opt)
 
         def step() -> None:
             opt.zero_grad()
@@ -84,11 +92,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", help="print rank 0's cProfile of this hook")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="every method's optimizer")
     args = parser.parse_args()
     methods = ["allreduce", *args.hooks]
-    runs = [run_ranks(_measure, args.workers, methods, args.steps, args.profile, timeout=600)[0]
+    runs = [run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer, timeout=600)[0]
             for _ in range(args.repeats)]
-    print(f"{args.workers} ranks, {args.steps} steps, {args.repeats} repeats (median [min-max]); "
+    print(f"{args.workers} ranks, {args.optimizer}, {args.steps} steps, {args.repeats} repeats (median [min-max]); "
           "ratio = the method's median over allreduce's median")
     print("| method | wall ms / step | ratio | CPU ms / step | ratio |")
     print("|---|---|---|---|---|")
