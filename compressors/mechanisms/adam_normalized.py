@@ -62,11 +62,13 @@ def with_variance(inner: type[Memory]) -> type[Memory]:
                                       bases=(inner,))
 
 
-def debiasing(beta: float, rounds: Tensor) -> Tensor | float:
-    """1 - beta^rounds per coordinate (Adam's bias correction after ``rounds`` rounds), as
-    -expm1(rounds log beta): no cancellation for beta near 1."""
+def debiasing(beta: float, rounds: Tensor | float) -> Tensor | float:
+    """1 - beta^rounds (Adam's bias correction after ``rounds`` rounds, per coordinate or one
+    number), as -expm1(rounds log beta): no cancellation for beta near 1."""
     if beta == 0.0:
         return 1.0
+    if isinstance(rounds, float):
+        return -math.expm1(rounds * math.log(beta))
     return torch.expm1(rounds * math.log(beta)).neg_()
 
 
@@ -133,18 +135,19 @@ class AdamNormalized(Mechanism):
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
         """d_i for this round; sets m_i, v_i, k_i (new tensors: the old ones stay a valid rollback)."""
         (beta1, beta2), g = self.betas, flat(grad)
-        m, v = g * (1.0 - beta1), g.square().mul_(1.0 - beta2)
         if self.v is None:
-            k = torch.ones_like(g)
+            m, v, k = g * (1.0 - beta1), g.square().mul_(1.0 - beta2), torch.ones_like(g)
         else:
-            m.add_(self.m, alpha=beta1)
-            v.add_(self.v, alpha=beta2)
+            m = torch.lerp(self.m, g, 1.0 - beta1)
+            v = self.v.mul(beta2).addcmul_(g, g, value=1.0 - beta2)
             k = self.k + 1.0
         self.m, self.v, self.k = m, v, k
-        w = v / debiasing(beta2, k)
-        if self.mean_of_ranks and rnd.workers > 1:
-            signal = torch.minimum((m / debiasing(beta1, k)).square_(), w)
-            w.sub_(signal).div_(rnd.workers).add_(signal)
+        low, high = torch.aminmax(k)
+        rounds = float(low) if bool(low == high) else k  # one count for the whole tensor: scalar corrections
+        w = v / debiasing(beta2, rounds)
+        if self.mean_of_ranks and rnd.workers > 1:  # w = s + (w - s) / n with s = min(m^^2, w)
+            signal = torch.minimum(m.square().div_(debiasing(beta1, rounds) ** 2), w)
+            w.div_(rnd.workers).add_(signal, alpha=1.0 - 1.0 / rnd.workers)
         denominator = w.sqrt_().add_(self.eps)
         d = g / denominator
         if self.eps == 0.0:  # 0/0 (no gradient yet) or g/0 (g^2 underflowed): no move, not a NaN that
