@@ -43,7 +43,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *,
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
     An Adam or AdamW: the hook compresses Adam-normalised gradients and ``optimizer.step``
     becomes AdamW's linear step on the agreed direction (measured: the gap to allreduce AdamW
-    falls from +1.24 to +0.19 pp on a9a and from +3.13 to -0.20 pp on digits, 2 ranks, Top-K 1%,
+    falls from +1.24 to +0.19 pp on a9a and from +3.13 to -0.07 pp on digits, 2 ranks, Top-K 1%,
     benchmarks/results/accuracy_adam.md). An SGD
     needs no change: the plain hook. Validated here, before any collective, on every rank.
 
