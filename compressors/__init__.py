@@ -17,6 +17,7 @@ from .operators.float_quantizer import FloatQuantizer
 from .operators.permk import PermK
 from .operators.randk import RandK
 from .operators.shared_topk import SharedTopK
+from .operators.sign import ScaledSign
 from .operators.sparse import Sparsifier
 from .operators.topk import TopK
 from .mechanisms.clag import CLAG
@@ -38,5 +39,5 @@ from .mechanisms.threepc_v5 import ThreePCv5
 
 __all__ = ["__version__", "CLAG", "CO3", "CO3TwoStage", "Compose", "Compressor", "EF14", "EF21", "EF21Plus", "EF21SGDM",
            "FloatFormat", "FloatQuantizer", "GD", "Identity", "LAG", "LAGWK", "MARINA", "Mechanism", "PartSpec",
-           "Payload", "PermK", "RandK", "Round", "SASG", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
+           "Payload", "PermK", "RandK", "Round", "SASG", "ScaledSign", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
            "ThreePCv3", "ThreePCv4", "ThreePCv5", "ThreePoint", "TopK"]

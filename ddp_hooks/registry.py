@@ -19,6 +19,10 @@ MECHANISMS: dict[str, Entry] = {name: e for name, e in REGISTRY.items() if e.ddp
 # best under users' own recipes (momentum SGD, AdamW with warm-up and cosine, clipping) in
 # benchmarks/results/accuracy.md; EF21 at 1% lost up to 0.46 nats on the LM there
 DEFAULT = "ef14"
+# register(ddp, optimizer=adam) with no name and no options: EF14 over scaled signs (one bit per entry),
+# which under AdamW held every digits and a9a cell and cut the LM's gap from +8.0% to +2.5% against
+# Top-K 1% (benchmarks/results/accuracy.md); under momentum SGD signs diverged, so SGD keeps DEFAULT
+ADAM_DEFAULT: dict[str, object] = {"compressor": "sign"}
 
 
 def mechanism(name: str, **options: object) -> Mechanism:
@@ -30,13 +34,14 @@ def mechanism(name: str, **options: object) -> Mechanism:
     return found(**options)
 
 
-def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *,
+def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, *,
              optimizer: torch.optim.Optimizer | None = None, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
              check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
              **options: object) -> ThreePCState:
-    """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%) on ``ddp`` and
-    return its state. The hook communicates in ``ddp``'s own process group unless
+    """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%; told an Adam
+    optimizer with no name and no options, ``DEFAULT`` with ``ADAM_DEFAULT``: EF14 over scaled
+    signs) on ``ddp`` and return its state. The hook communicates in ``ddp``'s own process group unless
     ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible`` and ``scaler``
     (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
 
@@ -52,6 +57,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str = DEFAULT, *,
         >>> state.stats.summary()["fraction_of_dense"]
     """
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
+    if name is None:
+        name, options = DEFAULT, (dict(ADAM_DEFAULT) if settings is not None and not options else options)
     chosen = mechanism(name, **options)
     if settings is not None:
         chosen = adam.normalized(chosen, settings)

@@ -260,6 +260,26 @@ def test_an_optimizer_with_parameters_outside_the_model_is_refused():
     assert "does not" in message and "DDP model's parameters" in message, message
 
 
+def _defaults(rank: int, workers: int) -> dict:
+    """What register(ddp, optimizer=...) builds with no name, per optimizer and options."""
+    out = {}
+    for label, make, options in (("adamw", torch.optim.AdamW, {}), ("adamw ratio", torch.optim.AdamW, {"ratio": 0.05}),
+                                 ("sgd", torch.optim.SGD, {}), ("untold", None, {})):
+        ddp = DDP(_model(), bucket_cap_mb=0.01)
+        opt = make(ddp.parameters(), lr=0.01) if make is not None else None
+        out[label] = repr(ddp_hooks.register(ddp, optimizer=opt, **options).mechanism)
+    return out
+
+
+def test_the_default_told_an_adam_is_ef14_over_signs_and_otherwise_ef14_over_top_k():
+    """No name and no options: an Adam or AdamW gets ``ADAM_DEFAULT`` (signs) in the Adam mode; an
+    SGD, no optimizer, or options given (they are the default hook's: Top-K) get ``DEFAULT``."""
+    built = run_ranks(_defaults, 1, timeout=60)[0]
+    assert built["adamw"].startswith("AdamNormalized(EF14(ScaledSign(block=2048))"), built
+    assert built["adamw ratio"].startswith("AdamNormalized(EF14(TopK(ratio=0.05))"), built
+    assert built["sgd"] == built["untold"] == "EF14(TopK(ratio=0.01))", built
+
+
 # -- against torch's AdamW, step hooks, closures, plain AdamW checkpoints (1 rank) --------------
 def _succeeded(ranks: list) -> list:
     """``run_ranks``' results, once no rank failed (else its traceback)."""
@@ -431,7 +451,7 @@ def test_a_plain_adamw_checkpoint_loads_and_its_momentum_and_count_continue(one_
 
 # -- every kind of inner mechanism, on 2 gloo ranks -----------------------------------------------
 KINDS = [("ef21", dict(ratio=0.1)), ("ef21_sgdm", dict(ratio=0.1)), ("clag", dict(ratio=0.1)), ("co3", {}),
-         ("co3_2s", {}), ("gd", {}), ("ef14", dict(compressor="shared_topk", ratio=0.1))]
+         ("co3_2s", {}), ("gd", {}), ("ef14", dict(compressor="shared_topk", ratio=0.1)), ("onebit", {})]
 RESUMED = ("clag", "co3_2s", "ef14")  # lazy; two-stage (owner memory s); aggregate shared state
 
 

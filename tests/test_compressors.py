@@ -1,10 +1,12 @@
-"""Rand-K, Perm-K, Identity and composition against their definitions."""
+"""Rand-K, Perm-K, Identity, composition and scaled signs against their definitions."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compressors import Compose, Identity, Payload, PermK, RandK, Round, SharedTopK, TopK
+from hypothesis import given, settings, strategies as st
+
+from compressors import Compose, Identity, Payload, PermK, RandK, Round, ScaledSign, SharedTopK, TopK
 
 
 def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
@@ -179,7 +181,7 @@ def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(ex
 
 
 @pytest.mark.parametrize("compressor", [TopK(k=7), TopK(ratio=0.5), RandK(k=9, seed=3), RandK(k=9, scaled=False, seed=3),
-                                        PermK(seed=2), Identity()], ids=repr)
+                                        PermK(seed=2), Identity(), ScaledSign(block=16)], ids=repr)
 def test_residual_is_v_minus_what_the_payload_decodes_to_bit_for_bit(compressor):
     """Error feedback's v - C(v), whether computed in place (sparsifiers: O(K)) or from the
     decoded payload; on ties and zeros too."""
@@ -192,3 +194,73 @@ def test_residual_is_v_minus_what_the_payload_decodes_to_bit_for_bit(compressor)
         assert torch.equal(residual, expected)
         assert payload.parts.keys() == sent.parts.keys()
         assert all(torch.equal(payload.parts[k], sent.parts[k]) for k in sent.parts)
+
+
+def _sign_reference(x: torch.Tensor, block: int) -> torch.Tensor:
+    """C(x)_j = s_b sign(x_j), s_b = ||x_b||_1 / |b| saturated and rounded to bf16, sign(0) = +1:
+    the definition, one block at a time in float64."""
+    v = x.reshape(-1).double()
+    out = torch.empty_like(v)
+    for lo in range(0, v.numel(), block):
+        part = v[lo:lo + block]
+        mean = min(float(part.abs().sum() / part.numel()), torch.finfo(torch.bfloat16).max)
+        scale = float(torch.tensor(mean, dtype=torch.float32).to(torch.bfloat16))
+        out[lo:lo + block] = torch.where(part < 0, -scale, scale)
+    return out.float()
+
+
+SIGN_INPUTS = {
+    "random": torch.randn(5000, generator=torch.Generator().manual_seed(1)),
+    "zeros": torch.zeros(300),
+    "ties and signed zeros": torch.tensor([1.0, -1.0, 0.0, -0.0, 2.0, -2.0, 1.0] * 50),
+    "one entry": torch.tensor([-3.0]),
+    "huge and tiny": torch.tensor([3.4e38, -3.4e38, 1e-40, -1e-40, 1.0] * 9),
+    "fp16": torch.randn(777, generator=torch.Generator().manual_seed(2)).half(),
+    "bf16": torch.randn(777, generator=torch.Generator().manual_seed(3)).bfloat16(),
+    "non-contiguous": torch.randn(64, 50, generator=torch.Generator().manual_seed(4)).t()[::2],
+}
+
+
+@pytest.mark.parametrize("block", [1, 7, 8, 2048])
+@pytest.mark.parametrize("name", list(SIGN_INPUTS))
+def test_scaled_sign_decodes_to_its_definition_and_costs_one_bit_plus_a_scale_per_block(name, block):
+    x = SIGN_INPUTS[name]
+    c, d = ScaledSign(block), x.numel()
+    payload, encoded = c.encode(x)
+    expected = _sign_reference(x, block)
+    assert torch.equal(encoded < 0, expected < 0)  # the signs exactly; the scales to one bf16 ulp (summation order)
+    torch.testing.assert_close(encoded, expected, rtol=2.0 ** -7, atol=0)
+    assert torch.equal(c.decompress(payload), encoded)  # what is kept locally is what is received
+    assert payload.bits() == {"signs": 8 * ((d + 7) // 8), "scales": 16 * -(-d // block)}
+    assert [(p.name, p.dtype, p.numel) for p in c.spec(d)] == [
+        (k, t.dtype, t.numel()) for k, t in payload.parts.items()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=300), st.integers(1, 64))
+def test_scaled_sign_contracts_by_the_l1_identity(values, block):
+    """||C(x) - x||^2 = ||x||^2 - sum_b ||x_b||_1^2 / |b| + sum_b |b| (s~_b - s_b)^2, the last term
+    bf16's rounding of the scales (at most 2^-16 of the kept energy), so the error is at most
+    (1 - alpha) ||x||^2."""
+    x = torch.tensor(values, dtype=torch.float64)
+    c = ScaledSign(block)
+    error = float((c.encode(x.float())[1].double() - x).square().sum())
+    kept = sum(float(x[lo:lo + block].abs().sum()) ** 2 / x[lo:lo + block].numel() for lo in range(0, x.numel(), block))
+    norm = float(x.square().sum())
+    assert -1e-9 * norm <= error - (norm - kept) <= 2.0 ** -16 * 1.001 * kept + 1e-9 * norm
+    assert error <= (1 - c.alpha(x.numel())) * norm + 1e-9 * norm
+
+
+def test_scaled_sign_lets_a_non_finite_entry_through_to_the_mechanisms_check():
+    """A NaN or inf makes its block's C(x) non-finite (never a silent sign), so the hook's
+    finiteness check before memory is written sees it."""
+    for bad in (float("nan"), float("inf")):
+        x = torch.ones(10)
+        x[3] = bad
+        assert not torch.isfinite(ScaledSign(4).encode(x)[1][:4]).any()
+        assert torch.isfinite(ScaledSign(4).encode(x)[1][4:]).all()
+
+
+def test_scaled_sign_refuses_an_empty_block():
+    with pytest.raises(ValueError, match="block must be at least 1"):
+        ScaledSign(0)

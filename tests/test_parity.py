@@ -33,6 +33,7 @@ CASES = {
     "gd": ("gd", {}, 1.0),
     "ef14": ("ef14", {"k": K}, 0.5),
     "ef14_shared_topk": ("ef14", {"k": 2 * K, "compressor": "shared_topk", "seed": 9}, 0.5),
+    "ef14_sign": ("ef14", {"compressor": "sign"}, 0.5),
     "ef21": ("ef21", {"k": K}, 0.5),
     "ef21_randk_shared": ("ef21", {"k": K, "compressor": "randk_shared", "seed": 7}, 0.5),
     "ef21_shared_topk": ("ef21", {"k": 2 * K, "compressor": "shared_topk", "seed": 7}, 0.5),
@@ -56,6 +57,7 @@ CASES = {
     "co3_2s_fp4": ("co3_2s", {"fmt": "fp4-121", "gamma": 0.7}, 0.5),
     "co3_2s_fp4_stochastic": ("co3_2s", {"fmt": "fp4-121", "gamma": 1.0, "coder": "empirical", "scale": "max",
                                          "rounding": "stochastic", "seed": 4}, 0.5),
+    "onebit": ("onebit", {"block": 16}, 0.5),
     "sasg": ("sasg", {"k": K, "c": 40.0}, 0.5),
     "sasg_exact": ("sasg", {"k": K, "c": 40.0, "exact": True}, 0.5),
 }

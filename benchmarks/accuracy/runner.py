@@ -27,6 +27,7 @@ from .tasks import Data, Task
 
 BASELINE = "allreduce"
 AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
+DEFAULT = "default"  # register(ddp, optimizer=opt): what a user gets with no name (SGD: ef14 Top-K; Adam: signs)
 
 
 def parse_hook(spec: str) -> tuple[str, dict[str, object]]:
@@ -52,7 +53,7 @@ def aware(name: str) -> tuple[str, bool]:
 def hook_names() -> list[str]:
     from .experimental import EXPERIMENTAL
 
-    return [BASELINE, "fp16", *sorted(ddp_hooks.MECHANISMS), *sorted(EXPERIMENTAL)]
+    return [BASELINE, "fp16", DEFAULT, *sorted(ddp_hooks.MECHANISMS), *sorted(EXPERIMENTAL)]
 
 
 def check_hook(spec: str) -> None:
@@ -61,9 +62,9 @@ def check_hook(spec: str) -> None:
 
     name, options = parse_hook(spec)
     name, optimizer = aware(name)
-    if optimizer and (name in (BASELINE, "fp16") or name in EXPERIMENTAL):
+    if optimizer and (name in (BASELINE, "fp16", DEFAULT) or name in EXPERIMENTAL):
         raise ValueError(f"{AWARE} applies to the library's hooks ({', '.join(ddp_hooks.MECHANISMS)}), not {name}")
-    if name in (BASELINE, "fp16"):
+    if name in (BASELINE, "fp16", DEFAULT):
         if options:
             raise ValueError(f"{name} takes no options")
     elif name in EXPERIMENTAL:
@@ -91,6 +92,9 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
     if name == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
+    if name == DEFAULT:
+        state = ddp_hooks.register(ddp, optimizer=opt)
+        return lambda: state.stats.total_sent
     name, optimizer = aware(name)
     if getattr(EXPERIMENTAL.get(name), "wants_optimizer", False):
         options["optimizer"] = opt

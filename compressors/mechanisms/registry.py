@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from ..core.compressor import Compressor
 from ..core.mechanism import Mechanism
+from ..core.two_stage import TwoStage
 from ..operators.permk import PermK
 from ..operators.randk import RandK
 from ..operators.shared_topk import SharedTopK
+from ..operators.sign import ScaledSign
 from ..operators.sparse import Sparsifier
 from ..operators.topk import TopK
 from .clag import CLAG
@@ -126,10 +128,12 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
     return Option(name, str, default, help, choices=choices)
 
 
-CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk"),
+CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk", "sign"),
                                 "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
                                 "SharedTopK (one support for all ranks, proposed by a cyclic leader's Top-K one round "
-                                "ahead, plus shared random entries: values travel by one allreduce)")
+                                "ahead, plus shared random entries: values travel by one allreduce); scaled sign (one "
+                                "bit per entry and a bf16 scale per 2048 entries; ignores ratio and k; for the Adam "
+                                "mode, optimizer=adamw: under SGD with momentum it diverged in the accuracy suite)")
 # a composed payload (3PCv2, 3PCv4) carries C's parts under a prefix, where no leader's proposal is read
 COMPOSED = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared"),
                              "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support")
@@ -144,6 +148,8 @@ def contractive(o: Mapping[str, object]) -> Compressor:
     """C from the entry's ``compressor``, ``ratio``/``k`` and ``seed`` options."""
     if o.get("compressor", "topk") == "topk":
         return _sized(TopK, o["ratio"], o["k"])
+    if o["compressor"] == "sign":
+        return ScaledSign()
     if o["compressor"] == "shared_topk":
         return _sized(SharedTopK, o["ratio"], o["k"], seed=o["seed"])
     return _sized(RandK, o["ratio"], o["k"], scaled=False, shared=o["compressor"] == "randk_shared", seed=o["seed"])
@@ -221,6 +227,10 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
            lambda o: CO3TwoStage(o["fmt"], o["gamma"], coder=o["coder"], scale=o["scale"], rounding=o["rounding"],
                                  seed=o["seed"]),
            *CO3_OPTIONS),
+    _entry("onebit", "1-bit compressed allreduce (DeepSpeed's for 1-bit Adam, Tang et al. 2021): scaled signs over "
+           "the two-stage allreduce, with error feedback on both stages",
+           lambda o: TwoStage(ScaledSign(o["block"])),
+           Option("block", int, 2048, "entries per bf16 scale", low=1)),
     _entry("lag", "LAG (Chen et al. 2018) in 3PC form: upload the dense change when the trigger fires",
            lambda o: LAG(o["zeta"]), ZETA),
     _entry("lagwk", "LAG-WK: LAG's original rule against the last D aggregate moves",

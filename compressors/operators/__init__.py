@@ -1,2 +1,2 @@
 """Stateless compression operators: sparsifiers (Top-K, Rand-K, Perm-K, their composition), the
-identity, and float formats and quantizers."""
+identity, scaled signs, and float formats and quantizers."""
