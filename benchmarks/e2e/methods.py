@@ -1,6 +1,6 @@
 """Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default``
 (``register(ddp, optimizer=opt)``: the default hook, told the run's optimizer, which is the plain
-hook under SGD and the optimizer-aware mode under AdamW) and any threepc hook spec
+hook under SGD and EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
 (``NAME[+opt]:KEY=VALUE,...``, as in the accuracy suite)."""
 from __future__ import annotations
 
