@@ -8,10 +8,11 @@ For a flat x cut into blocks b of ``block`` entries (the last one shorter),
 
 and ||C(x) - x||^2 = ||x||^2 - sum_b ||x_b||_1^2 / |b|, so C is contractive with
 alpha(x) = sum_b ||x_b||_1^2 / (|b| ||x||^2) >= 1/block (the worst case: one non-zero per block;
-Karimireddy et al., Lemma 8); the bf16 scale s~_b adds |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2. A payload is the signs packed eight to a byte (bit j % 8 of byte
-j // 8, 1 = negative) and the block scales in bf16: d + 16 ceil(d / block) bits, about 1/32 of
-fp32 plus 1/(2 block). The scales are rounded to bf16 (saturating) before use, so C(x) is exactly
-what the receiver decodes.
+Karimireddy et al., Lemma 8); the bf16 scale s~_b adds |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2.
+
+A payload is the signs packed eight to a byte (bit j % 8 of byte j // 8, 1 = negative) and the
+block scales in bf16: d + 16 ceil(d / block) bits, about 1/32 of fp32 plus 1/(2 block). The
+scales are rounded to bf16 (saturating) before use, so C(x) is exactly what the receiver decodes.
 """
 from __future__ import annotations
 
