@@ -27,6 +27,7 @@ from ..core.rounds import Round
 
 _BF16_MAX = torch.finfo(torch.bfloat16).max
 _BIT = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_SIGNS = 1.0 - 2.0 * (torch.arange(256).unsqueeze(1) & _BIT).ne(0).float()  # byte -> its 8 signs (+-1)
 
 
 class ScaledSign(Compressor):
@@ -62,25 +63,22 @@ class ScaledSign(Compressor):
         sums = padded.div_(counts).sum(1)
         return torch.where(sums.isfinite(), sums.clamp(max=_BF16_MAX), sums).to(torch.bfloat16)
 
-    def _expand(self, scales: Tensor, numel: int) -> Tensor:
-        return scales.float().repeat_interleave(self.block)[:numel]
+    def _signed(self, signs: Tensor, scales: Tensor, numel: int) -> Tensor:
+        """s_b sign_j for the first ``numel`` entries: each byte's 8 signs by table lookup."""
+        out = _SIGNS.to(signs.device).index_select(0, signs.long()).view(-1)[:numel]
+        return out.mul_(scales.float().repeat_interleave(self.block)[:numel])
 
     def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         v = x.reshape(-1).float()
         d = v.numel()
-        negative = v < 0
-        scales = self._scales(v)
         padded = torch.zeros((d + 7) // 8 * 8, dtype=torch.uint8, device=v.device)
-        padded[:d] = negative
+        padded[:d] = v < 0
         signs = (padded.view(-1, 8) * _BIT.to(v.device)).sum(1, dtype=torch.uint8)
-        magnitude = self._expand(scales, d)
-        return Payload({"signs": signs, "scales": scales}, d), torch.where(negative, -magnitude, magnitude)
+        scales = self._scales(v)
+        return Payload({"signs": signs, "scales": scales}, d), self._signed(signs, scales, d)
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.encode(x, rnd)[0]
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
-        signs, d = payload.parts["signs"], payload.numel
-        negative = (signs.unsqueeze(1) & _BIT.to(signs.device)).ne(0).view(-1)[:d]
-        magnitude = self._expand(payload.parts["scales"], d)
-        return torch.where(negative, -magnitude, magnitude)
+        return self._signed(payload.parts["signs"], payload.parts["scales"], payload.numel)
