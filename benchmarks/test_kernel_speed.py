@@ -1,4 +1,5 @@
-"""Speed of the selection kernels against torch and against a copy of the same buffer (``make bench``).
+"""Speed of the selection kernels and the scaled-sign codec against torch and against a copy of
+the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import kernels
+from compressors import Payload, ScaledSign, kernels
 
 SIZES = {"1M": 1_000_000, "6.5M": 6_500_000, "64M": 64_000_000}
 RATIO = 0.01
@@ -31,6 +32,14 @@ def torch_ef21_step(grad: torch.Tensor, h: torch.Tensor, k: int):
     values = d[indices]
     h[indices] += values
     return values, indices
+
+
+def torch_sign_decode(signs: torch.Tensor, scales: torch.Tensor, numel: int, block: int) -> torch.Tensor:
+    """The obvious unpacking: bitwise and per bit, then a select between -s and s."""
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    negative = (signs.unsqueeze(1) & bits).ne(0).view(-1)[:numel]
+    magnitude = scales.float().repeat_interleave(block)[:numel]
+    return torch.where(negative, -magnitude, magnitude)
 
 
 @pytest.fixture(scope="module", params=list(SIZES))
@@ -66,3 +75,20 @@ def test_ef21_topk_step(benchmark, record, buffers, implementation):
     # every round starts from the same estimate h
     measure(benchmark, record, f"ef21_topk_step {size}", implementation, grad, lambda: (grad, h.clone(), k),
             kernels.ef21_topk_step, torch_ef21_step)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "copy"])
+def test_sign_encode(benchmark, record, buffers, implementation):
+    size, x, _ = buffers
+    measure(benchmark, record, f"sign_encode {size}", implementation, x, lambda: (x,), ScaledSign().encode, None)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_sign_decode(benchmark, record, buffers, implementation):
+    size, x, _ = buffers
+    sign = ScaledSign()
+    payload = sign.compress(x)
+    args = (payload.parts["signs"], payload.parts["scales"], x.numel())
+    measure(benchmark, record, f"sign_decode {size}", implementation, x, lambda: args,
+            lambda signs, scales, numel: sign.decompress(Payload({"signs": signs, "scales": scales}, numel)),
+            lambda signs, scales, numel: torch_sign_decode(signs, scales, numel, sign.block))

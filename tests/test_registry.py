@@ -10,7 +10,7 @@ import torch
 
 import ddp_hooks
 from compressors import Payload, Round
-from compressors.mechanisms.registry import REGISTRY, build, describe, names
+from compressors.mechanisms.registry import REGISTRY, UNSIZED, build, describe, names
 from ddp_hooks import wire
 
 D, N = 300, 3
@@ -43,6 +43,8 @@ def test_every_entry_builds_with_its_defaults_and_is_described():
     ({"k": True}, "k=True"),
     ({"compressor": "topq"}, "compressor must be one of 'topk', 'randk', 'randk_shared'"),
     ({"momentum": 0.9}, r"does not take option\(s\) \['momentum'\]"),
+    ({"compressor": "sign", "ratio": 0.05}, "compressor='sign' sends every entry and takes no ratio= or k="),
+    ({"compressor": "sign", "k": 5}, "takes no ratio= or k=; drop them"),
 ])
 def test_bad_options_are_refused_with_the_valid_range(options, message):
     with pytest.raises(ValueError, match=message):
@@ -72,6 +74,8 @@ def test_a_summable_declaration_means_the_mean_payload_gives_the_same_aggregate(
     aggregate of the mean payload equals the aggregate of the n payloads (the hook then uses
     one averaging all_reduce); mechanisms whose aggregate keeps per-worker state never declare it."""
     wanted = {"ratio": 0.05, "seed": 3, "p": 0.5, **options}
+    if options.get("compressor") in UNSIZED:
+        del wanted["ratio"]
     mechanism = build(name, **{k: v for k, v in wanted.items() if any(o.name == k for o in REGISTRY[name].options)})
     gen = torch.Generator().manual_seed(0)
     workers = [mechanism.spawn() for _ in range(N)]

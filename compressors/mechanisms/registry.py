@@ -109,11 +109,15 @@ class Entry:
         for ratio, k in SIZE_PAIRS:
             if options.get(ratio) is not None and options.get(k) is not None:
                 raise ValueError(f"{self.name}: give {ratio}= (fraction kept) or {k}= (entries kept), not both")
+        if options.get("compressor") in UNSIZED and {"ratio", "k"} & options.keys():
+            raise ValueError(f"{self.name}: compressor={options['compressor']!r} sends every entry and takes no "
+                             "ratio= or k=; drop them, or choose a sparsifier (compressor='topk')")
         checked = {name: o.check(self.name, options.get(name, o.default)) for name, o in known.items()}
         return self.build(checked)
 
 
 SIZE_PAIRS = (("ratio", "k"), ("q_ratio", "q_k"), ("ratio2", "k2"))
+UNSIZED = ("sign",)  # compressor choices that keep every entry: ratio= and k= do not apply
 
 
 # -- shared options and compressor slots --------------------------------------------------------
@@ -132,7 +136,7 @@ CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_s
                                 "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
                                 "SharedTopK (one support for all ranks, proposed by a cyclic leader's Top-K one round "
                                 "ahead, plus shared random entries: values travel by one allreduce); scaled sign (one "
-                                "bit per entry and a bf16 scale per 2048 entries; ignores ratio and k; for the Adam "
+                                "bit per entry and a bf16 scale per 2048 entries; takes no ratio or k; for the Adam "
                                 "mode, optimizer=adamw: under SGD with momentum it diverged in the accuracy suite)")
 # a composed payload (3PCv2, 3PCv4) carries C's parts under a prefix, where no leader's proposal is read
 COMPOSED = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared"),

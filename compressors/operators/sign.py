@@ -77,6 +77,11 @@ class ScaledSign(Compressor):
         scales = self._scales(v)
         return Payload({"signs": signs, "scales": scales}, d), self._signed(signs, scales, d)
 
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """(compress(v), v - C(v)), written into the caller's temporary v."""
+        payload, decoded = self.encode(v, rnd)
+        return payload, v.sub_(decoded)
+
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.encode(x, rnd)[0]
 
