@@ -3,7 +3,7 @@ the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
-indexing, the obvious implementation) and ``copy`` (``dst.copy_(src)`` of one fp32 buffer of
+indexing, the obvious implementation; for the sign ops the plain-torch reference) and ``copy`` (``dst.copy_(src)`` of one fp32 buffer of
 the same size: the memory-bandwidth yardstick). Ratios are printed at the end of the run.
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import Payload, ScaledSign, kernels
+from compressors import ScaledSign, kernels
+from compressors.kernels import reference
 
 SIZES = {"1M": 1_000_000, "6.5M": 6_500_000, "64M": 64_000_000}
 RATIO = 0.01
@@ -32,14 +33,6 @@ def torch_ef21_step(grad: torch.Tensor, h: torch.Tensor, k: int):
     values = d[indices]
     h[indices] += values
     return values, indices
-
-
-def torch_sign_decode(signs: torch.Tensor, scales: torch.Tensor, numel: int, block: int) -> torch.Tensor:
-    """The obvious unpacking: bitwise and per bit, then a select between -s and s."""
-    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-    negative = (signs.unsqueeze(1) & bits).ne(0).view(-1)[:numel]
-    magnitude = scales.float().repeat_interleave(block)[:numel]
-    return torch.where(negative, -magnitude, magnitude)
 
 
 @pytest.fixture(scope="module", params=list(SIZES))
@@ -77,18 +70,27 @@ def test_ef21_topk_step(benchmark, record, buffers, implementation):
             kernels.ef21_topk_step, torch_ef21_step)
 
 
-@pytest.mark.parametrize("implementation", ["threepc", "copy"])
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
 def test_sign_encode(benchmark, record, buffers, implementation):
     size, x, _ = buffers
-    measure(benchmark, record, f"sign_encode {size}", implementation, x, lambda: (x,), ScaledSign().encode, None)
+    block = ScaledSign().block
+    measure(benchmark, record, f"sign_encode {size}", implementation, x, lambda: (x, block), kernels.sign_encode,
+            reference.sign_encode)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_sign_residual(benchmark, record, buffers, implementation):
+    """Encode plus v -= C(v) in place: error feedback's step (each round on a fresh copy)."""
+    size, x, _ = buffers
+    block = ScaledSign().block
+    measure(benchmark, record, f"sign_residual {size}", implementation, x, lambda: (x.clone(), block),
+            kernels.sign_residual, reference.sign_residual)
 
 
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
 def test_sign_decode(benchmark, record, buffers, implementation):
     size, x, _ = buffers
-    sign = ScaledSign()
-    payload = sign.compress(x)
-    args = (payload.parts["signs"], payload.parts["scales"], x.numel())
-    measure(benchmark, record, f"sign_decode {size}", implementation, x, lambda: args,
-            lambda signs, scales, numel: sign.decompress(Payload({"signs": signs, "scales": scales}, numel)),
-            lambda signs, scales, numel: torch_sign_decode(signs, scales, numel, sign.block))
+    block = ScaledSign().block
+    args = (*kernels.sign_encode(x, block), x.numel(), block)
+    measure(benchmark, record, f"sign_decode {size}", implementation, x, lambda: args, kernels.sign_decode,
+            reference.sign_decode)

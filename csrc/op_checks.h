@@ -177,4 +177,34 @@ inline int check_rans_decode(const at::Tensor& stream, int64_t n, const at::Tens
 inline constexpr const char* kRansCorruptStreamMessage =
     "rans_decode: the stream is corrupt or does not hold n symbols";
 
+inline void check_sign_block(const char* op, int64_t block) {
+  TORCH_CHECK_VALUE(block >= 1, op, ": block must be at least 1 entry, got ", block);
+}
+
+inline void check_sign_encode(const at::Tensor& x, int64_t block) {
+  check_floating("sign_encode", "x", x);
+  check_sign_block("sign_encode", block);
+}
+
+inline void check_sign_residual(const at::Tensor& v, int64_t block) {
+  TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat && v.is_contiguous(),
+                   "sign_residual: v must be a contiguous float32 tensor (overwritten with v - C(v)), got ",
+                   v.scalar_type(), v.is_contiguous() ? "" : ", non-contiguous", "; pass v.float().contiguous()");
+  check_sign_block("sign_residual", block);
+}
+
+inline void check_sign_decode(const at::Tensor& signs, const at::Tensor& scales, int64_t numel, int64_t block) {
+  check_sign_block("sign_decode", block);
+  TORCH_CHECK_VALUE(numel >= 0, "sign_decode: numel must be >= 0, got ", numel);
+  TORCH_CHECK_TYPE(signs.scalar_type() == at::kByte && scales.scalar_type() == at::kBFloat16,
+                   "sign_decode: signs must be uint8 and scales bfloat16, got ", signs.scalar_type(), " and ",
+                   scales.scalar_type());
+  const int64_t bytes = (numel + 7) / 8, blocks = numel > 0 ? (numel + block - 1) / block : 1;
+  TORCH_CHECK_VALUE(signs.numel() == bytes && scales.numel() == blocks, "sign_decode: ", numel,
+                    " entries in blocks of ", block, " need ", bytes, " sign bytes and ", blocks, " scales, got ",
+                    signs.numel(), " and ", scales.numel(), "; pass the payload's numel and the compressor's block");
+  TORCH_CHECK_VALUE(signs.device() == scales.device(), "sign_decode: signs are on ", signs.device(), " but scales on ",
+                    scales.device(), "; move them to one device");
+}
+
 }  // namespace threepc

@@ -162,6 +162,23 @@ def test_rans_on_device_tensors_gives_the_reference_stream(device):
     assert decoded.device.type == device and torch.equal(decoded.cpu(), symbols)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("block", [1, 13, 2048])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scaled_signs_match_the_reference(block, dtype, device):
+    for kind in KINDS:
+        for n in (0, 1, 4097, 1_000_003):
+            x = make(kind, n, seed=5, dtype=dtype)
+            cpu, other = on_both("sign_encode", x, block, device=device)
+            assert other[0].device.type == device
+            assert_same(to_cpu(other), cpu, nan_bits=False)
+            cpu_decoded, decoded = on_both("sign_decode", *cpu, n, block, device=device)
+            assert_same((decoded.cpu(),), (cpu_decoded,), nan_bits=False)
+            v, w = x.float().to(device, copy=True), x.float().clone()
+            assert_same(to_cpu(kernels.sign_residual(v, block)), reference.sign_residual(w, block), nan_bits=False)
+            assert_same((v.cpu(),), (w,), nan_bits=False)
+
+
 @gpu
 def test_opcheck_passes_for_the_cuda_ops():
     ops = torch.ops.threepc
@@ -172,6 +189,10 @@ def test_opcheck_passes_for_the_cuda_ops():
                                                           torch.randint(0, 5000, (100,), device="cuda"), 0.5))
     torch.library.opcheck(ops.float_encode.default, (x, 5, 2, 15, 0.5, 3))
     torch.library.opcheck(ops.float_decode.out, (codes, 5, 2, 15, 0.5), {"out": torch.empty(5000, device="cuda")})
+    signs, scales = ops.sign_encode(x, 64)
+    torch.library.opcheck(ops.sign_encode.default, (x, 64))
+    torch.library.opcheck(ops.sign_residual.default, (x.clone(), 64))
+    torch.library.opcheck(ops.sign_decode.default, (signs, scales, 5000, 64))
 
 
 @gpu

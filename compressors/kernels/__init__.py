@@ -150,3 +150,21 @@ def rans_encode(symbols: Tensor, freqs: Tensor) -> Tensor:
 def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     """The ``n`` symbols (uint8) of a ``rans_encode`` stream."""
     return _ops.rans_decode(stream, n, freqs)
+
+
+def sign_encode(x: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """The scaled sign of x (any shape, fp32/fp16/bf16) in blocks of ``block`` entries: (signs,
+    scales), the signs packed eight to a byte (bit j % 8 of byte j // 8 set iff x_j < 0) and one
+    bf16 scale per block, the block's mean |x_j| (``reference``'s docstring has the rounding)."""
+    return _ops.sign_encode(x, block)
+
+
+def sign_residual(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """``sign_encode(v, block)``, writing v - C(v) into ``v`` (contiguous fp32): error feedback's
+    residual without a dense decode."""
+    return _ops.sign_residual(v, block)
+
+
+def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+    """The fp32 vector C(x)_j = s_b sign_j of ``numel`` entries from a ``sign_encode`` payload."""
+    return _ops.sign_decode(signs, scales, numel, block)

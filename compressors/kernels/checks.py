@@ -176,3 +176,41 @@ def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> int:
     precision = rans_precision("rans_decode", freqs)
     _stream("rans_decode", stream, n)
     return precision
+
+
+def _block(op: str, block: int) -> None:
+    if block < 1:
+        raise ValueError(f"{op}: block must be at least 1 entry, got {block}")
+
+
+def sign_blocks(numel: int, block: int) -> int:
+    """The number of scales of a scaled-sign payload of ``numel`` entries: ceil(numel / block), and one
+    (a zero scale) for an empty tensor."""
+    return max(1, -(-numel // block))
+
+
+def sign_encode(x: Tensor, block: int) -> None:
+    _floating("sign_encode", "x", x)
+    _block("sign_encode", block)
+
+
+def sign_residual(v: Tensor, block: int) -> None:
+    if v.dtype != torch.float32 or not v.is_contiguous():
+        raise TypeError(f"sign_residual: v must be a contiguous float32 tensor (overwritten with v - C(v)), got "
+                        f"{v.dtype}{_non_contiguous(v)}; pass v.float().contiguous()")
+    _block("sign_residual", block)
+
+
+def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> None:
+    _block("sign_decode", block)
+    if numel < 0:
+        raise ValueError(f"sign_decode: numel must be >= 0, got {numel}")
+    if signs.dtype != torch.uint8 or scales.dtype != torch.bfloat16:
+        raise TypeError(f"sign_decode: signs must be uint8 and scales bfloat16, got {signs.dtype} and {scales.dtype}")
+    if signs.numel() != (numel + 7) // 8 or scales.numel() != sign_blocks(numel, block):
+        raise ValueError(f"sign_decode: {numel} entries in blocks of {block} need {(numel + 7) // 8} sign bytes and "
+                         f"{sign_blocks(numel, block)} scales, got {signs.numel()} and {scales.numel()}; pass the "
+                         "payload's numel and the compressor's block")
+    if signs.device != scales.device:
+        raise ValueError(f"sign_decode: signs are on {signs.device} but scales on {scales.device}; move them to one "
+                         "device")

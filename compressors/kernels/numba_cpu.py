@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import checks
 from .checks import RANS_LOW, RANS_STATES
+from .reference import bf16_scales
 
 
 def _f32(t: Tensor) -> np.ndarray:
@@ -76,6 +77,26 @@ def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     if not complete:
         raise ValueError(checks.RANS_CORRUPT_STREAM)
     return torch.from_numpy(symbols)
+
+
+def sign_encode(x: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    checks.sign_encode(x, block)
+    signs, means = _sign_encode(_f32(x), block, checks.sign_blocks(x.numel(), block))
+    return torch.from_numpy(signs), bf16_scales(torch.from_numpy(means))
+
+
+def sign_residual(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    checks.sign_residual(v, block)
+    flat = v.view(-1).numpy()
+    signs, means = _sign_encode(flat, block, checks.sign_blocks(v.numel(), block))
+    scales = bf16_scales(torch.from_numpy(means))
+    _sign_subtract(flat, signs, scales.float().numpy(), block)
+    return torch.from_numpy(signs), scales
+
+
+def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+    checks.sign_decode(signs, scales, numel, block)
+    return torch.from_numpy(_sign_decode(signs.contiguous().numpy(), scales.float().numpy(), numel, block))
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -303,3 +324,37 @@ def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int) 
         if x[j] != RANS_LOW:
             return out, False
     return out, pos == 0
+
+
+@numba.njit(cache=True)
+def _sign_encode(x: np.ndarray, block: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Signs packed eight to a byte (1 = negative) and each block's mean |x| (fp64 sum, rounded to fp32)."""
+    d = x.size
+    signs = np.zeros((d + 7) // 8, dtype=np.uint8)
+    means = np.zeros(blocks, dtype=np.float32)
+    for b in range(blocks):
+        lo, hi = b * block, min(d, (b + 1) * block)
+        total = 0.0
+        for j in range(lo, hi):
+            total += abs(np.float64(x[j]))
+            if x[j] < 0:
+                signs[j >> 3] |= np.uint8(1 << (j & 7))
+        means[b] = np.float32(total / max(1, hi - lo))
+    return signs, means
+
+
+@numba.njit(cache=True)
+def _sign_decode(signs: np.ndarray, scales: np.ndarray, numel: int, block: int) -> np.ndarray:
+    out = np.empty(numel, dtype=np.float32)
+    for j in range(numel):
+        s = scales[j // block]
+        out[j] = -s if (signs[j >> 3] >> (j & 7)) & 1 else s
+    return out
+
+
+@numba.njit(cache=True)
+def _sign_subtract(v: np.ndarray, signs: np.ndarray, scales: np.ndarray, block: int) -> None:
+    """v_j -= sign_j scale_b (sign_j = -1 where bit j is set)."""
+    for j in range(v.size):
+        s = scales[j // block]
+        v[j] -= -s if (signs[j >> 3] >> (j & 7)) & 1 else s

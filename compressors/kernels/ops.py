@@ -38,13 +38,20 @@ SCHEMAS = (
     "rans_encode(Tensor symbols, Tensor freqs) -> Tensor",
     # The n symbols of a stream coded with those frequencies.
     "rans_decode(Tensor stream, int n, Tensor freqs) -> Tensor",
+    # The scaled sign of x in blocks: signs packed eight to a byte (1 = negative), one bf16 scale
+    # (mean |x|) per block.
+    "sign_encode(Tensor x, int block) -> (Tensor signs, Tensor scales)",
+    # sign_encode(v, block), and v -= the vector it decodes to, in place.
+    "sign_residual(Tensor(a!) v, int block) -> (Tensor signs, Tensor scales)",
+    # The fp32 vector sign_j * scale of j's block, for numel entries.
+    "sign_decode(Tensor signs, Tensor scales, int numel, int block) -> Tensor",
 )
 for _schema in SCHEMAS:
     LIB.define(_schema)
 
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
-              "huffman_decode", "rans_encode", "rans_decode")
+              "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -118,3 +125,17 @@ def _rans_encode_fake(symbols: Tensor, freqs: Tensor) -> Tensor:
 @torch.library.register_fake("threepc::rans_decode", lib=LIB)
 def _rans_decode_fake(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     return stream.new_empty(n, dtype=torch.uint8)
+
+
+def _sign_payload_fake(x: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    return (x.new_empty((x.numel() + 7) // 8, dtype=torch.uint8),
+            x.new_empty(checks.sign_blocks(x.numel(), block), dtype=torch.bfloat16))
+
+
+torch.library.register_fake("threepc::sign_encode", _sign_payload_fake, lib=LIB)
+torch.library.register_fake("threepc::sign_residual", _sign_payload_fake, lib=LIB)
+
+
+@torch.library.register_fake("threepc::sign_decode", lib=LIB)
+def _sign_decode_fake(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+    return signs.new_empty(numel, dtype=torch.float32)

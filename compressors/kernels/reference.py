@@ -22,6 +22,15 @@ CUDA tensors when the extension has no CUDA kernels.
   Non-finite x raises ValueError.
 * ``float_decode(codes, exponent, mantissa, bias, scale)``: the fp32 value of each code times
   ``scale`` (one fp32 product).
+* ``sign_encode(x, block)``: the scaled sign of x (flattened) in blocks of ``block`` entries (the
+  last one shorter; an empty x has one block with scale 0). Signs: bit j % 8 of byte j // 8 is 1
+  iff x_j < 0 (so -0 and NaN count as +). Scale of block b with n_b entries: the sum of |x_j| in
+  fp64 (exact for fp32 terms within 2^18 of each other; any order rounds alike otherwise but for
+  a 2^-29 chance), divided by n_b in fp64, rounded to fp32, saturated to bf16's largest finite
+  value when finite, rounded to bf16 (ties to even; inf stays, NaN stays NaN). Returns (signs uint8
+  [ceil(d / 8)], scales bf16[max(1, ceil(d / block))]).
+* ``sign_residual(v, block)``: sign_encode(v, block), and v_j <- v_j - sign_j s_b in place (fp32).
+* ``sign_decode(signs, scales, numel, block)``: the fp32 vector sign_j s_b of ``numel`` entries.
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
@@ -141,6 +150,52 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
     value = torch.ldexp(significand, (e.clamp(min=1) - bias - mantissa).float())
     value = torch.where((c >> (exponent + mantissa)) & 1 == 1, -value, value)
     return value * torch.tensor(scale, dtype=torch.float32, device=value.device)
+
+
+# -- scaled signs -----------------------------------------------------------------------------
+_BF16_MAX = torch.finfo(torch.bfloat16).max
+_BIT = (1 << torch.arange(8)).to(torch.uint8)
+
+
+def sign_encode(x: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    checks.sign_encode(x, block)
+    return _sign_encode(x.reshape(-1).float(), block)
+
+
+def _sign_encode(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    d, blocks = v.numel(), checks.sign_blocks(v.numel(), block)
+    negative = torch.zeros((d + 7) // 8 * 8, dtype=torch.uint8, device=v.device)
+    negative[:d] = v < 0
+    signs = (negative.view(-1, 8) * _BIT.to(v.device)).sum(1, dtype=torch.uint8)
+    counts = torch.full((blocks,), float(block), dtype=torch.float64, device=v.device)
+    counts[-1] = max(1, d - block * (blocks - 1))
+    padded = torch.nn.functional.pad(v.double().abs(), (0, blocks * block - d))
+    return signs, bf16_scales((padded.view(blocks, -1).sum(1) / counts).float())
+
+
+def bf16_scales(means: Tensor) -> Tensor:
+    """fp32 block means as the bf16 scales that travel: finite ones saturated to bf16's largest
+    finite value, then rounded to nearest (ties to even); inf stays, NaN stays NaN (its bits are
+    left open: torch's conversion writes 0xFFFF, the C++ kernels 0x7FC0)."""
+    return torch.where(means.isfinite(), means.clamp(max=_BF16_MAX), means).to(torch.bfloat16)
+
+
+def sign_residual(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    checks.sign_residual(v, block)
+    signs, scales = _sign_encode(v.view(-1), block)
+    v.view(-1).sub_(_sign_decode(signs, scales, v.numel(), block))
+    return signs, scales
+
+
+def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+    checks.sign_decode(signs, scales, numel, block)
+    return _sign_decode(signs, scales, numel, block)
+
+
+def _sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+    negative = (signs.reshape(-1, 1) & _BIT.to(signs.device)).ne(0).reshape(-1)[:numel]
+    magnitude = scales.float().repeat_interleave(block)[:numel]
+    return torch.where(negative, -magnitude, magnitude)
 
 
 # -- Huffman coding ---------------------------------------------------------------------------

@@ -29,8 +29,11 @@
 
 #include <cub/cub.cuh>
 
+#include <tuple>
+
 #include "../float_codes.h"
 #include "../op_checks.h"
+#include "../sign_codes.h"
 
 namespace threepc {
 namespace {
@@ -394,6 +397,79 @@ at::Tensor rans_decode_cuda(const at::Tensor& stream, int64_t n, const at::Tenso
   return op.call(stream.cpu(), n, freqs.cpu()).to(stream.device());
 }
 
+// -- scaled sign: one CUDA block per sign block ----------------------------------------------
+// The encode sums |v| of its sign block (fp64, cub's block reduction; any order rounds alike but
+// for a 2^-29 chance, as the specification says) and packs the bytes that start in the block; the
+// residual and the decode are a second, elementwise kernel (a byte may straddle two blocks, so
+// entries are changed only after every block has read its signs).
+__global__ void sign_encode_kernel(const float* v, int64_t d, int64_t block, uint8_t* signs, uint16_t* scales) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  const int64_t b = blockIdx.x;
+  const int64_t lo = b * block < d ? b * block : d, hi = lo + block < d ? lo + block : d;
+  double sum = 0.0;
+  for (int64_t j = lo + threadIdx.x; j < hi; j += kThreads) sum += fabs(static_cast<double>(v[j]));
+  sum = Reduce(temp).Sum(sum);
+  if (threadIdx.x == 0) scales[b] = bf16_scale(sum, hi - lo > 1 ? hi - lo : 1);
+  for (int64_t i = (lo + 7) / 8 + threadIdx.x; i < (hi + 7) / 8; i += kThreads) {
+    uint8_t byte = 0;
+    for (int k = 0; k < 8 && 8 * i + k < d; ++k) byte |= uint8_t(v[8 * i + k] < 0.0f) << k;
+    signs[i] = byte;
+  }
+}
+
+// out_j = sign_j s_b (decode) or out_j -= sign_j s_b (residual).
+__global__ void sign_apply_kernel(float* out, const uint8_t* signs, const uint16_t* scales, int64_t n, int64_t block,
+                                  bool subtract) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+    const float s = bf16_to_float(scales[j / block]);
+    const float c = (signs[j >> 3] >> (j & 7)) & 1 ? -s : s;
+    out[j] = subtract ? __fsub_rn(out[j], c) : c;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> sign_encode_into(const at::Tensor& v, int64_t block) {
+  const int64_t d = v.numel(), blocks = d > 0 ? (d + block - 1) / block : 1;
+  at::Tensor signs = at::empty({(d + 7) / 8}, v.options().dtype(at::kByte));
+  at::Tensor scales = at::empty({blocks}, v.options().dtype(at::kBFloat16));
+  sign_encode_kernel<<<blocks, kThreads, 0, current_stream()>>>(
+      v.const_data_ptr<float>(), d, block, signs.mutable_data_ptr<uint8_t>(),
+      reinterpret_cast<uint16_t*>(scales.mutable_data_ptr<at::BFloat16>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {signs, scales};
+}
+
+void sign_apply(float* out, const at::Tensor& signs, const at::Tensor& scales, int64_t n, int64_t block,
+                bool subtract) {
+  if (n == 0) return;
+  sign_apply_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      out, signs.const_data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::BFloat16>()),
+      n, block, subtract);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> sign_encode_cuda(const at::Tensor& x, int64_t block) {
+  check_sign_encode(x, block);
+  const c10::cuda::CUDAGuard guard(x.device());
+  return sign_encode_into(x.reshape(-1).to(at::kFloat).contiguous(), block);
+}
+
+std::tuple<at::Tensor, at::Tensor> sign_residual_cuda(at::Tensor& v, int64_t block) {
+  check_sign_residual(v, block);
+  const c10::cuda::CUDAGuard guard(v.device());
+  auto payload = sign_encode_into(v, block);
+  sign_apply(v.mutable_data_ptr<float>(), std::get<0>(payload), std::get<1>(payload), v.numel(), block, true);
+  return payload;
+}
+
+at::Tensor sign_decode_cuda(const at::Tensor& signs, const at::Tensor& scales, int64_t numel, int64_t block) {
+  check_sign_decode(signs, scales, numel, block);
+  const c10::cuda::CUDAGuard guard(signs.device());
+  at::Tensor out = at::empty({numel}, signs.options().dtype(at::kFloat));
+  sign_apply(out.mutable_data_ptr<float>(), signs.contiguous(), scales.contiguous(), numel, block, false);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
@@ -408,6 +484,9 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("huffman_decode", &huffman_decode_cuda);
   m.impl("rans_encode", &rans_encode_cuda);
   m.impl("rans_decode", &rans_decode_cuda);
+  m.impl("sign_encode", &sign_encode_cuda);
+  m.impl("sign_residual", &sign_residual_cuda);
+  m.impl("sign_decode", &sign_decode_cuda);
 }
 
 }  // namespace threepc
