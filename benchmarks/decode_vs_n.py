@@ -11,7 +11,10 @@ workers produced from random gradients of ``--numel`` entries (the scaling bench
 * ``ef14`` SharedTopK 1.5% (averaging allreduce): one payload, the mean, whatever n;
 * ``co3`` fp4-121 (sized all_gather): n coded payloads of d codes decoded;
 * ``co3_2s`` fp4-121 (two stages): rank 0's owner step (n chunk payloads of d/n codes decoded,
-  averaged, coded again) plus decoding the n owners' chunks of d/n.
+  averaged, coded again) plus decoding the n owners' chunks of d/n;
+* ``ef14`` over scaled signs (all_gather; the default under Adam): n sign payloads of d entries
+  added in one pass (``kernels.sign_accumulate``);
+* ``onebit`` (two stages): as ``co3_2s`` with signs.
 
 One thread; the minimum over ``--repeats`` calls. Writes benchmarks/results/decode_vs_n.md.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from compressors import CO3, EF14, Payload, Round, SharedTopK, TopK
+from compressors import CO3, EF14, Payload, Round, ScaledSign, SharedTopK, TopK
 from compressors.core.mechanism import Mechanism
 from compressors.core.two_stage import TwoStage
 from compressors.mechanisms.co3_2s import CO3TwoStage
@@ -36,6 +39,8 @@ METHODS: dict[str, Callable[[], Mechanism]] = {
     "ef14 shared_topk 1.5% (allreduce)": lambda: EF14(SharedTopK(0.015)),
     "co3 fp4-121 (all_gather)": lambda: CO3("fp4-121"),
     "co3_2s fp4-121 (two stages)": lambda: CO3TwoStage("fp4-121"),
+    "ef14 sign (all_gather, the Adam default)": lambda: EF14(ScaledSign()),
+    "onebit (two stages)": lambda: TwoStage(ScaledSign()),
 }
 
 

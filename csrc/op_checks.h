@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -205,6 +206,65 @@ inline void check_sign_decode(const at::Tensor& signs, const at::Tensor& scales,
                     signs.numel(), " and ", scales.numel(), "; pass the payload's numel and the compressor's block");
   TORCH_CHECK_VALUE(signs.device() == scales.device(), "sign_decode: signs are on ", signs.device(), " but scales on ",
                     scales.device(), "; move them to one device");
+}
+
+inline void check_sign_accumulate(const at::Tensor& out, at::TensorList signs, at::TensorList scales, int64_t block) {
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
+                   "sign_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   out.is_contiguous() ? "" : ", non-contiguous");
+  TORCH_CHECK_VALUE(signs.size() == scales.size(), "sign_accumulate: ", signs.size(), " sign tensors but ",
+                    scales.size(), " scale tensors; pass one of each per payload");
+  for (size_t r = 0; r < signs.size(); ++r) {
+    check_sign_decode(signs[r], scales[r], out.numel(), block);
+    TORCH_CHECK_VALUE(signs[r].device() == out.device(), "sign_accumulate: out is on ", out.device(),
+                      " but a payload on ", signs[r].device(), "; move them to one device");
+  }
+}
+
+inline void check_adam_normalize(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& c1,
+                                 const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
+  check_floating("adam_normalize", "grad", grad);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"m", &m}, {"v", &v}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel(),
+                     "adam_normalize: ", name, " must be a contiguous float32 tensor of grad's ", grad.numel(),
+                     " elements, got ", t->scalar_type(), " of ", t->numel(),
+                     t->is_contiguous() ? "" : ", non-contiguous");
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"c1", &c1}, {"c2", &c2}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                         (t->numel() == 1 || t->numel() == grad.numel()),
+                     "adam_normalize: ", name, " must be a contiguous float32 tensor of 1 or ", grad.numel(),
+                     " elements, got ", t->scalar_type(), " of ", t->numel(),
+                     t->is_contiguous() ? "" : ", non-contiguous");
+  }
+  TORCH_CHECK_VALUE(m.device() == grad.device() && v.device() == grad.device() && c1.device() == grad.device() &&
+                        c2.device() == grad.device(),
+                    "adam_normalize: grad, m, v, c1 and c2 must be on one device, got ", grad.device(), ", ",
+                    m.device(), ", ", v.device(), ", ", c1.device(), ", ", c2.device());
+  TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps >= 0 && share > 0 && share <= 1,
+                    "adam_normalize needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1=", beta1,
+                    ", beta2=", beta2, ", eps=", eps, ", share=", share);
+}
+
+// adam_normalize.out's outputs: contiguous fp32 of grad's size on its device, none of them an input.
+inline void check_adam_outputs(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v,
+                               const at::Tensor& m_new, const at::Tensor& v_new, const at::Tensor& d) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"m_new", &m_new}, {"v_new", &v_new},
+                                {"d", &d}}) {
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel() &&
+                          t->device() == grad.device(),
+                      "adam_normalize: ", name, " must be a contiguous float32 tensor of ", grad.numel(),
+                      " elements on ", grad.device(), ", got ", t->scalar_type(), " of ", t->numel(), " on ",
+                      t->device(), t->is_contiguous() ? "" : ", non-contiguous");
+  }
+  if (grad.numel() == 0) return;
+  const void* outs[] = {m_new.data_ptr(), v_new.data_ptr(), d.data_ptr()};
+  const void* ins[] = {m.data_ptr(), v.data_ptr(), grad.data_ptr()};
+  bool overlap = outs[0] == outs[1] || outs[0] == outs[2] || outs[1] == outs[2];
+  for (const void* o : outs)
+    for (const void* i : ins) overlap |= o == i;
+  TORCH_CHECK_VALUE(!overlap, "adam_normalize: m_new, v_new and d must be three new buffers, none of them grad, m or v "
+                              "(m and v stay the rollback)");
 }
 
 }  // namespace threepc

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "op_checks.h"
 #include "sign_codes.h"
@@ -51,7 +52,9 @@ void encode(float* v, int64_t d, int64_t block, uint8_t* signs, uint16_t* scales
     for (int64_t b = first; b < last; ++b) {
       const int64_t lo = std::min(d, b * block), hi = std::min(d, lo + block);
       scales[b] = bf16_scale(abs_sum(v + lo, hi - lo), std::max<int64_t>(1, hi - lo));
-      for (int64_t i = (lo + 7) / 8; i < (hi + 7) / 8; ++i) signs[i] = sign_byte(v + 8 * i, std::min<int64_t>(8, d - 8 * i));
+      for (int64_t i = (lo + 7) / 8; i < (hi + 7) / 8; ++i) {
+        signs[i] = sign_byte(v + 8 * i, std::min<int64_t>(8, d - 8 * i));
+      }
       if (!residual) continue;
       const float s = bf16_to_float(scales[b]);
 #pragma omp simd
@@ -61,7 +64,8 @@ void encode(float* v, int64_t d, int64_t block, uint8_t* signs, uint16_t* scales
 }
 
 std::tuple<at::Tensor, at::Tensor> empty_payload(int64_t d, int64_t block, const at::TensorOptions& like) {
-  return {at::empty({(d + 7) / 8}, like.dtype(at::kByte)), at::empty({sign_blocks(d, block)}, like.dtype(at::kBFloat16))};
+  return {at::empty({(d + 7) / 8}, like.dtype(at::kByte)),
+          at::empty({sign_blocks(d, block)}, like.dtype(at::kBFloat16))};
 }
 
 std::tuple<at::Tensor, at::Tensor> sign_encode_cpu(const at::Tensor& x, int64_t block) {
@@ -90,6 +94,33 @@ constexpr auto kSignMask = [] {
   return mask;
 }();
 
+// Writes (add = false) or adds (add = true) sign_j * bits_as_float(s) for j in [lo, hi), s the fp32
+// bits of a block's magnitude: whole sign bytes are eight XORs (a vector op), the edges one by one.
+void apply_block(uint32_t* dst, const uint8_t* signs, int64_t lo, int64_t hi, uint32_t s, bool add) {
+  auto put = [&](int64_t j, uint32_t bits) {
+    if (add) {
+      float* f = reinterpret_cast<float*>(dst + j);
+      *f += bits_to_float(bits);
+    } else {
+      dst[j] = bits;
+    }
+  };
+  int64_t j = lo;
+  for (; j < hi && (j & 7); ++j) put(j, s ^ kSignMask[signs[j >> 3]][j & 7]);
+  for (; j + 8 <= hi; j += 8) {
+    const uint32_t* mask = kSignMask[signs[j >> 3]].data();
+    if (add) {
+      float* out = reinterpret_cast<float*>(dst + j);
+#pragma omp simd
+      for (int k = 0; k < 8; ++k) out[k] += bits_to_float(s ^ mask[k]);
+    } else {
+#pragma omp simd
+      for (int k = 0; k < 8; ++k) dst[j + k] = s ^ mask[k];
+    }
+  }
+  for (; j < hi; ++j) put(j, s ^ kSignMask[signs[j >> 3]][j & 7]);
+}
+
 at::Tensor sign_decode_cpu(const at::Tensor& signs, const at::Tensor& scales, int64_t numel, int64_t block) {
   check_sign_decode(signs, scales, numel, block);
   const at::Tensor sign_t = signs.contiguous(), scale_t = scales.contiguous();
@@ -97,23 +128,39 @@ at::Tensor sign_decode_cpu(const at::Tensor& signs, const at::Tensor& scales, in
   const uint16_t* scale = reinterpret_cast<const uint16_t*>(scale_t.const_data_ptr<at::BFloat16>());
   at::Tensor out = at::empty({numel}, signs.options().dtype(at::kFloat));
   uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<float>());
-  const int64_t blocks = sign_blocks(numel, block);
-  at::parallel_for(0, blocks, std::max<int64_t>(1, kGrainEntries / block), [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const uint32_t s = uint32_t(scale[b]) << 16;  // the scale's fp32 bits
-      const int64_t lo = std::min(numel, b * block), hi = std::min(numel, lo + block);
-      auto one = [&](int64_t j) { dst[j] = s ^ kSignMask[bits[j >> 3]][j & 7]; };
-      int64_t j = lo;
-      for (; j < hi && (j & 7); ++j) one(j);
-      for (; j + 8 <= hi; j += 8) {
-        const uint32_t* mask = kSignMask[bits[j >> 3]].data();
-#pragma omp simd
-        for (int k = 0; k < 8; ++k) dst[j + k] = s ^ mask[k];
-      }
-      for (; j < hi; ++j) one(j);
-    }
-  });
+  at::parallel_for(0, sign_blocks(numel, block), std::max<int64_t>(1, kGrainEntries / block),
+                   [&](int64_t first, int64_t last) {
+                     for (int64_t b = first; b < last; ++b) {
+                       const int64_t lo = std::min(numel, b * block), hi = std::min(numel, lo + block);
+                       apply_block(dst, bits, lo, hi, uint32_t(scale[b]) << 16, false);
+                     }
+                   });
   return out;
+}
+
+// Block by block, every payload in list order, so each block of out stays in cache for all n.
+void sign_accumulate_cpu(at::Tensor out, at::TensorList signs, at::TensorList scales, int64_t block, double alpha) {
+  check_sign_accumulate(out, signs, scales, block);
+  std::vector<at::Tensor> sign_t, scale_t;
+  for (size_t r = 0; r < signs.size(); ++r) {
+    sign_t.push_back(signs[r].contiguous());
+    scale_t.push_back(scales[r].contiguous());
+  }
+  const int64_t numel = out.numel();
+  const float factor = static_cast<float>(alpha);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out.data_ptr<float>());
+  at::parallel_for(0, sign_blocks(numel, block), std::max<int64_t>(1, kGrainEntries / block),
+                   [&](int64_t first, int64_t last) {
+                     for (int64_t b = first; b < last; ++b) {
+                       const int64_t lo = std::min(numel, b * block), hi = std::min(numel, lo + block);
+                       for (size_t r = 0; r < sign_t.size(); ++r) {
+                         const uint16_t s = reinterpret_cast<const uint16_t*>(
+                             scale_t[r].const_data_ptr<at::BFloat16>())[b];
+                         const float magnitude = bf16_to_float(s) * factor;
+                         apply_block(dst, sign_t[r].const_data_ptr<uint8_t>(), lo, hi, float_bits(magnitude), true);
+                       }
+                     }
+                   });
 }
 
 }  // namespace
@@ -122,6 +169,7 @@ TORCH_LIBRARY_IMPL(threepc, CPU, m) {
   m.impl("sign_encode", &sign_encode_cpu);
   m.impl("sign_residual", &sign_residual_cpu);
   m.impl("sign_decode", &sign_decode_cpu);
+  m.impl("sign_accumulate", &sign_accumulate_cpu);
 }
 
 }  // namespace threepc

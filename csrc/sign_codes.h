@@ -23,11 +23,12 @@ THREEPC_HOST_DEVICE uint16_t bf16_scale(double sum, int64_t count) {
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-THREEPC_HOST_DEVICE float bf16_to_float(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+THREEPC_HOST_DEVICE float bits_to_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+
+THREEPC_HOST_DEVICE float bf16_to_float(uint16_t bits) { return bits_to_float(static_cast<uint32_t>(bits) << 16); }
 
 }  // namespace threepc

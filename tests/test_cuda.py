@@ -177,6 +177,25 @@ def test_scaled_signs_match_the_reference(block, dtype, device):
             v, w = x.float().to(device, copy=True), x.float().clone()
             assert_same(to_cpu(kernels.sign_residual(v, block)), reference.sign_residual(w, block), nan_bits=False)
             assert_same((v.cpu(),), (w,), nan_bits=False)
+            payloads = [cpu, reference.sign_encode(make("normal", n, seed=6), block)]
+            got, want = torch.ones(n, device=device), torch.ones(n)
+            kernels.sign_accumulate(got, [p[0].to(device) for p in payloads], [p[1].to(device) for p in payloads],
+                                    block, 1 / 3)
+            reference.sign_accumulate(want, [p[0] for p in payloads], [p[1] for p in payloads], block, 1 / 3)
+            assert_same((got.cpu(),), (want,), nan_bits=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_normalize_matches_the_reference(dtype, device):
+    for kind in KINDS:
+        for n in (0, 1, 1_000_003):
+            g, m, v = make(kind, n, seed=7, dtype=dtype), make("normal", n, seed=8), make("normal", n, seed=9).abs()
+            for c1, c2 in ((torch.tensor([27.7]), torch.tensor([50.3])), (torch.rand(n) + 1, torch.rand(n) + 1)):
+                for setting in ((0.9, 0.999, 1e-8, 1.0), (0.9, 0.95, 0.0, 0.25)):
+                    cpu, other = on_both("adam_normalize", g, m, v, c1, c2, *setting, device=device)
+                    assert other[2].device.type == device
+                    assert_same(to_cpu(other), cpu, nan_bits=False)
 
 
 @gpu
@@ -193,6 +212,9 @@ def test_opcheck_passes_for_the_cuda_ops():
     torch.library.opcheck(ops.sign_encode.default, (x, 64))
     torch.library.opcheck(ops.sign_residual.default, (x.clone(), 64))
     torch.library.opcheck(ops.sign_decode.default, (signs, scales, 5000, 64))
+    torch.library.opcheck(ops.sign_accumulate.default, (x.clone(), [signs, signs], [scales, scales], 64, 0.5))
+    torch.library.opcheck(ops.adam_normalize.default, (x, x.clone(), x.abs(), torch.ones(1, device="cuda"),
+                                                       torch.ones(1, device="cuda"), 0.9, 0.999, 1e-8, 0.5))
 
 
 @gpu

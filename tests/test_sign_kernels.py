@@ -1,5 +1,6 @@
-"""The scaled-sign kernels (sign_encode, sign_residual, sign_decode). The reference is held to an
-independent oracle (numpy's packbits, math.fsum and a bit-level bf16 rounding); every other
+"""The scaled-sign kernels (sign_encode, sign_residual, sign_decode, sign_accumulate). The reference is held to an
+independent oracle (numpy's packbits, math.fsum and a bit-level bf16 rounding; a sequential
+float32 loop for the accumulation); every other
 implementation here (the C++ extension, numba) must return exactly what the reference returns
 (any NaN counts as one NaN: IEEE leaves a NaN's bits open); every implementation raises the same
 argument errors and leaves a rejected call's tensors untouched."""
@@ -78,6 +79,42 @@ def test_sign_kernels_match_reference(impl, n, block, kind, dtype, seed):
     assert_same((got_v,), (want_v,), nan_bits=False)
 
 
+def oracle_accumulate(out: torch.Tensor, payloads: list[tuple[torch.Tensor, torch.Tensor]], block: int,
+                      alpha: float) -> torch.Tensor:
+    """A sequential numpy float32 loop: out_j += sign_rj fp32(s_rb alpha), payload after payload."""
+    o = out.numpy().copy()
+    for signs, scales in payloads:
+        bits = np.unpackbits(signs.numpy(), bitorder="little")[:o.size]
+        magnitude = scales.float().numpy() * np.float32(alpha)
+        for j in range(o.size):
+            m = magnitude[j // block]
+            o[j] = np.float32(o[j] + (-m if bits[j] else m))
+    return torch.from_numpy(o)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 600), block=st.sampled_from(BLOCKS), ranks=st.integers(0, 4), kind=st.sampled_from(KINDS),
+       alpha=st.sampled_from([1.0, 0.5, 1 / 3, -2.0]), seed=st.integers(0, 2**31))
+def test_reference_sign_accumulate_is_a_sequential_fp32_loop(n, block, ranks, kind, alpha, seed):
+    payloads = [reference.sign_encode(make(kind, n, seed + r), block) for r in range(ranks)]
+    out = make("normal", n, seed + 99)
+    want = oracle_accumulate(out, payloads, block, alpha)
+    reference.sign_accumulate(out, [p[0] for p in payloads], [p[1] for p in payloads], block, alpha)
+    assert_same((out,), (want,), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 200_000), block=st.sampled_from(BLOCKS), ranks=st.integers(0, 5), kind=st.sampled_from(KINDS),
+       alpha=st.sampled_from([1.0, 0.25, 1 / 3, 1 / 7]), seed=st.integers(0, 2**31))
+def test_sign_accumulate_matches_reference(impl, n, block, ranks, kind, alpha, seed):
+    payloads = [reference.sign_encode(make(kind, n, seed + r), block) for r in range(ranks)]
+    got, want = make("normal", n, seed + 99), make("normal", n, seed + 99)
+    IMPLS[impl].sign_accumulate(got, [p[0] for p in payloads], [p[1] for p in payloads], block, alpha)
+    reference.sign_accumulate(want, [p[0] for p in payloads], [p[1] for p in payloads], block, alpha)
+    assert_same((got,), (want,), nan_bits=False)
+
+
 @pytest.mark.parametrize("impl", ALL)
 def test_sign_kernels_on_non_contiguous_multidimensional_and_huge_inputs(impl):
     ops = IMPLS[impl]
@@ -121,6 +158,14 @@ def test_sign_kernels_reject_bad_arguments_with_the_fix(impl):
         ops.sign_decode(signs, scales.float(), 20, 4)
     with pytest.raises(ValueError, match="numel must be >= 0"):
         ops.sign_decode(signs, scales, -1, 4)
+    out = torch.zeros(20)
+    with pytest.raises(ValueError, match="2 sign tensors but 1 scale tensors; pass one of each per payload"):
+        ops.sign_accumulate(out, [signs, signs], [scales], 4, 1.0)
+    with pytest.raises(ValueError, match="need 3 sign bytes and 5 scales, got 3 and 4"):
+        ops.sign_accumulate(out, [signs, signs], [scales, scales[:4]], 4, 1.0)
+    with pytest.raises(TypeError, match="out must be a contiguous float32 tensor"):
+        ops.sign_accumulate(out.double(), [signs], [scales], 4, 1.0)
+    assert torch.equal(out, torch.zeros(20)), "a rejected call must not touch out"
 
 
 @pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
@@ -130,3 +175,4 @@ def test_opcheck_passes_for_the_sign_ops():
     torch.library.opcheck(ops.sign_encode.default, (x, 64))
     torch.library.opcheck(ops.sign_residual.default, (x.clone(), 64))
     torch.library.opcheck(ops.sign_decode.default, (signs, scales, 5000, 64))
+    torch.library.opcheck(ops.sign_accumulate.default, (torch.randn(5000), [signs, signs], [scales, scales], 64, 0.5))

@@ -168,3 +168,24 @@ def sign_residual(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
 def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
     """The fp32 vector C(x)_j = s_b sign_j of ``numel`` entries from a ``sign_encode`` payload."""
     return _ops.sign_decode(signs, scales, numel, block)
+
+
+def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float = 1.0) -> None:
+    """out += alpha * sum_r C_r, C_r decoded from the payload (signs[r], scales[r]) of ``out.numel()``
+    entries, in list (rank) order: one pass over ``out`` (contiguous fp32) for all n payloads,
+    where n decodes would each write a dense vector; alpha is applied to each scale."""
+    _ops.sign_accumulate(out, signs, scales, block, alpha)
+
+
+def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                   eps: float, share: float = 1.0, *,
+                   out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass of Adam's normalisation (``compressors.mechanisms.adam_normalized``): new tensors
+    m' = beta1 m + (1 - beta1) g, v' = beta2 v + (1 - beta2) g^2 and d = g / (sqrt(w) + eps), with
+    w = v' c2, mixed with min(m'^2 c1, v' c2) by ``share`` = 1/n when share < 1; c1, c2 (fp32, one
+    value or one per entry) are the bias corrections. ``reference`` has the rounding. ``out``:
+    three contiguous fp32 buffers (m', v', d) to write instead of allocating, none of them an input."""
+    if out is None:
+        return _ops.adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
+    _ops.adam_normalize.out(grad, m, v, c1, c2, beta1, beta2, eps, share, m_new=out[0], v_new=out[1], d=out[2])
+    return out

@@ -214,3 +214,48 @@ def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> None:
     if signs.device != scales.device:
         raise ValueError(f"sign_decode: signs are on {signs.device} but scales on {scales.device}; move them to one "
                          "device")
+
+
+def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int) -> None:
+    if out.dtype != torch.float32 or not out.is_contiguous():
+        raise TypeError(f"sign_accumulate: out must be a contiguous float32 tensor, got {out.dtype}"
+                        f"{_non_contiguous(out)}")
+    if len(signs) != len(scales):
+        raise ValueError(f"sign_accumulate: {len(signs)} sign tensors but {len(scales)} scale tensors; pass one of "
+                         "each per payload")
+    for s, c in zip(signs, scales):
+        sign_decode(s, c, out.numel(), block)
+        if s.device != out.device:
+            raise ValueError(f"sign_accumulate: out is on {out.device} but a payload on {s.device}; move them to "
+                             "one device")
+
+
+def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float, eps: float,
+                   share: float) -> None:
+    _floating("adam_normalize", "grad", grad)
+    for name, t in (("m", m), ("v", v)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel():
+            raise TypeError(f"adam_normalize: {name} must be a contiguous float32 tensor of grad's {grad.numel()} "
+                            f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
+    for name, t in (("c1", c1), ("c2", c2)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() not in (1, grad.numel()):
+            raise TypeError(f"adam_normalize: {name} must be a contiguous float32 tensor of 1 or {grad.numel()} "
+                            f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
+    if any(t.device != grad.device for t in (m, v, c1, c2)):
+        raise ValueError("adam_normalize: grad, m, v, c1 and c2 must be on one device, got "
+                         f"{', '.join(str(t.device) for t in (grad, m, v, c1, c2))}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and eps >= 0.0 and 0.0 < share <= 1.0):
+        raise ValueError(f"adam_normalize needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1={beta1}, "
+                         f"beta2={beta2}, eps={eps}, share={share}")
+
+
+def adam_outputs(grad: Tensor, m: Tensor, v: Tensor, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
+    """adam_normalize.out's outputs: contiguous fp32 of grad's size on its device, none of them an input."""
+    for name, t in (("m_new", m_new), ("v_new", v_new), ("d", d)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel() or t.device != grad.device:
+            raise ValueError(f"adam_normalize: {name} must be a contiguous float32 tensor of {grad.numel()} elements "
+                             f"on {grad.device}, got {t.dtype} of {t.numel()} on {t.device}{_non_contiguous(t)}")
+    pointers = [t.data_ptr() for t in (m_new, v_new, d)]
+    if grad.numel() and (len(set(pointers)) < 3 or set(pointers) & {m.data_ptr(), v.data_ptr(), grad.data_ptr()}):
+        raise ValueError("adam_normalize: m_new, v_new and d must be three new buffers, none of them grad, m or v "
+                         "(m and v stay the rollback)")

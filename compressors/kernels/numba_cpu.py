@@ -90,13 +90,29 @@ def sign_residual(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
     flat = v.view(-1).numpy()
     signs, means = _sign_encode(flat, block, checks.sign_blocks(v.numel(), block))
     scales = bf16_scales(torch.from_numpy(means))
-    _sign_subtract(flat, signs, scales.float().numpy(), block)
+    _sign_subtract(flat, signs, scales.float().numpy(), block, np.float32(1.0))
     return torch.from_numpy(signs), scales
 
 
 def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
     checks.sign_decode(signs, scales, numel, block)
     return torch.from_numpy(_sign_decode(signs.contiguous().numpy(), scales.float().numpy(), numel, block))
+
+
+def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float) -> None:
+    checks.sign_accumulate(out, signs, scales, block)
+    flat = out.view(-1).numpy()
+    for s, c in zip(signs, scales):
+        _sign_subtract(flat, s.contiguous().numpy(), c.float().numpy(), block, np.float32(-alpha))
+
+
+def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                   eps: float, share: float) -> tuple[Tensor, Tensor, Tensor]:
+    checks.adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
+    constants = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, share, 1.0 - share], dtype=np.float32)
+    outs = _adam_normalize(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), c1.numpy(), c2.numpy(), constants,
+                           share < 1.0)
+    return tuple(torch.from_numpy(t) for t in outs)
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -353,8 +369,30 @@ def _sign_decode(signs: np.ndarray, scales: np.ndarray, numel: int, block: int) 
 
 
 @numba.njit(cache=True)
-def _sign_subtract(v: np.ndarray, signs: np.ndarray, scales: np.ndarray, block: int) -> None:
-    """v_j -= sign_j scale_b (sign_j = -1 where bit j is set)."""
+def _sign_subtract(v: np.ndarray, signs: np.ndarray, scales: np.ndarray, block: int, factor: np.float32) -> None:
+    """v_j -= sign_j fp32(scale_b * factor) (sign_j = -1 where bit j is set); factor -alpha adds,
+    exactly: negating is exact."""
     for j in range(v.size):
-        s = scales[j // block]
+        s = scales[j // block] * factor
         v[j] -= -s if (signs[j >> 3] >> (j & 7)) & 1 else s
+
+
+@numba.njit(cache=True)
+def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, c1: np.ndarray, c2: np.ndarray, k: np.ndarray,
+                    mix: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k: fp32 beta1, 1 - beta1, beta2, 1 - beta2, eps, share, 1 - share (reference.adam_normalize)."""
+    n = g.size
+    m_new, v_new, d = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+    per1, per2 = c1.size > 1, c2.size > 1
+    for j in range(n):
+        m_new[j] = m[j] * k[0] + g[j] * k[1]
+        v_new[j] = v[j] * k[2] + (g[j] * g[j]) * k[3]
+        w = v_new[j] * c2[j if per2 else 0]
+        if mix:
+            s = (m_new[j] * m_new[j]) * c1[j if per1 else 0]
+            if np.isnan(w) or w < s:  # NaN if either is NaN (torch.minimum)
+                s = w
+            w = w * k[5] + s * k[6]
+        den = np.sqrt(w) + k[4]
+        d[j] = np.float32(0.0) if den == 0 else g[j] / den
+    return m_new, v_new, d

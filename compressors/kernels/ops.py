@@ -45,13 +45,21 @@ SCHEMAS = (
     "sign_residual(Tensor(a!) v, int block) -> (Tensor signs, Tensor scales)",
     # The fp32 vector sign_j * scale of j's block, for numel entries.
     "sign_decode(Tensor signs, Tensor scales, int numel, int block) -> Tensor",
+    # out += sign_j * (scale_b * alpha) of every payload (signs[r], scales[r]), in list order.
+    "sign_accumulate(Tensor(a!) out, Tensor[] signs, Tensor[] scales, int block, float alpha) -> ()",
+    # Adam's moments m', v' and the normalised gradient d = grad / (sqrt(w) + eps) in one pass.
+    "adam_normalize(Tensor grad, Tensor m, Tensor v, Tensor c1, Tensor c2, float beta1, float beta2, float eps, "
+    "float share) -> (Tensor m_new, Tensor v_new, Tensor d)",
+    "adam_normalize.out(Tensor grad, Tensor m, Tensor v, Tensor c1, Tensor c2, float beta1, float beta2, float eps, "
+    "float share, *, Tensor(a!) m_new, Tensor(b!) v_new, Tensor(c!) d) -> ()",
 )
 for _schema in SCHEMAS:
     LIB.define(_schema)
 
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
-              "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode")
+              "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
+              "sign_accumulate", "adam_normalize")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -68,6 +76,16 @@ def register(implementation: ModuleType, key: str) -> None:
         LIB.impl(name, getattr(implementation, name), key)
     LIB.impl("float_encode.out", _into(implementation.float_encode, "float_encode", torch.uint8), key)
     LIB.impl("float_decode.out", _into(implementation.float_decode, "float_decode", torch.float32), key)
+    LIB.impl("adam_normalize.out", _adam_into(implementation.adam_normalize), key)
+
+
+def _adam_into(functional: Callable[..., tuple[Tensor, Tensor, Tensor]]) -> Callable[..., None]:
+    """The ``.out`` kernel of a Python adam_normalize: check the outputs, compute, copy."""
+    def out_kernel(grad: Tensor, *args: object, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
+        checks.adam_outputs(grad, args[0], args[1], m_new, v_new, d)
+        for out, value in zip((m_new, v_new, d), functional(grad, *args)):
+            out.copy_(value)
+    return out_kernel
 
 
 @torch.library.register_fake("threepc::topk_abs", lib=LIB)
@@ -139,3 +157,20 @@ torch.library.register_fake("threepc::sign_residual", _sign_payload_fake, lib=LI
 @torch.library.register_fake("threepc::sign_decode", lib=LIB)
 def _sign_decode_fake(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
     return signs.new_empty(numel, dtype=torch.float32)
+
+
+@torch.library.register_fake("threepc::sign_accumulate", lib=LIB)
+def _sign_accumulate_fake(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::adam_normalize.out", lib=LIB)
+def _adam_normalize_out_fake(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                             eps: float, share: float, *, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::adam_normalize", lib=LIB)
+def _adam_normalize_fake(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                         eps: float, share: float) -> tuple[Tensor, Tensor, Tensor]:
+    return m.new_empty(m.numel()), m.new_empty(m.numel()), m.new_empty(m.numel())

@@ -31,6 +31,17 @@ CUDA tensors when the extension has no CUDA kernels.
   [ceil(d / 8)], scales bf16[max(1, ceil(d / block))]).
 * ``sign_residual(v, block)``: sign_encode(v, block), and v_j <- v_j - sign_j s_b in place (fp32).
 * ``sign_decode(signs, scales, numel, block)``: the fp32 vector sign_j s_b of ``numel`` entries.
+* ``sign_accumulate(out, signs, scales, block, alpha)``: for each payload r in list order,
+  out_j <- out_j + sign_rj a_rb with a_rb = fp32(s_rb * alpha) (one fp32 product per block, one
+  fp32 sum per entry and payload: rank order, no fused multiply-add).
+* ``adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)``: Adam's moments and the
+  normalised gradient, every operation one fp32 rounding (no fused multiply-add), every constant
+  rounded to fp32 first (beta1, 1 - beta1, ..., computed in float64): with g = fp32(grad),
+  m' = beta1 m + (1 - beta1) g, v' = beta2 v + (1 - beta2) (g g), v^ = v' c2; w = v^ when
+  share = 1, else w = v^ share + s (1 - share) with s = min(m' m' c1, v^) (NaN if either is);
+  d = g / (sqrt(w) + eps) with sqrt correctly rounded, and 0 where sqrt(w) + eps = 0. c1, c2 (the bias corrections
+  1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k)) hold one value or one per entry. Returns new
+  tensors (m', v', d); m and v are not written.
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
@@ -192,9 +203,18 @@ def sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor
     return _sign_decode(signs, scales, numel, block)
 
 
-def _sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int) -> Tensor:
+def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float) -> None:
+    checks.sign_accumulate(out, signs, scales, block)
+    factor = torch.tensor(alpha, dtype=torch.float32, device=out.device)
+    for s, c in zip(signs, scales):
+        out.view(-1).add_(_sign_decode(s, c, out.numel(), block, factor))
+
+
+def _sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int, factor: Tensor | None = None) -> Tensor:
+    """sign_j s_b, or sign_j fp32(s_b * factor) with an fp32 ``factor``."""
     negative = (signs.reshape(-1, 1) & _BIT.to(signs.device)).ne(0).reshape(-1)[:numel]
-    magnitude = scales.float().repeat_interleave(block)[:numel]
+    magnitude = scales.float() if factor is None else scales.float() * factor
+    magnitude = magnitude.repeat_interleave(block)[:numel]
     return torch.where(negative, -magnitude, magnitude)
 
 
@@ -268,3 +288,23 @@ def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     if position != len(data) or x != [RANS_LOW] * RANS_STATES:
         raise ValueError(checks.RANS_CORRUPT_STREAM)
     return torch.tensor(out, dtype=torch.uint8, device=stream.device)
+
+
+# -- Adam's normalisation ---------------------------------------------------------------------
+def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                   eps: float, share: float) -> tuple[Tensor, Tensor, Tensor]:
+    checks.adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
+
+    def fp32(x: float) -> Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=m.device)
+
+    g = grad.reshape(-1).float()
+    m_new = m.view(-1) * fp32(beta1) + g * fp32(1.0 - beta1)
+    v_new = v.view(-1) * fp32(beta2) + (g * g) * fp32(1.0 - beta2)
+    w = v_new * c2.view(-1)
+    if share < 1.0:
+        s = torch.minimum((m_new * m_new) * c1.view(-1), w)
+        w = w * fp32(share) + s * fp32(1.0 - share)
+    denominator = w.double().sqrt().float() + fp32(eps)  # correctly rounded: torch's fp32 sqrt is not (AVX-512)
+    d = torch.where(denominator == 0.0, 0.0, g / denominator)
+    return m_new, v_new, d

@@ -41,6 +41,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from ..core.mechanism import Mechanism, flat
 from ..core.memory import Memory
@@ -72,6 +73,15 @@ def debiasing(beta: float, rounds: Tensor | float) -> Tensor | float:
     return torch.expm1(rounds * math.log(beta)).neg_()
 
 
+def corrections(betas: tuple[float, float], k: Tensor) -> tuple[Tensor, Tensor]:
+    """fp32 1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k), each one value (computed in float64) when
+    every coordinate counts the same rounds, else one per coordinate."""
+    low, high = torch.aminmax(k)
+    rounds = float(low) if bool(low == high) else k
+    return tuple(torch.as_tensor(1.0 / debiasing(beta, rounds) ** power, dtype=torch.float32,
+                                 device=k.device).reshape(-1) for beta, power in zip(betas, (2, 1)))
+
+
 class AdamNormalized(Mechanism):
     """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i, k_i (``MOMENTS``). Everything
     else (payload, protocol, aggregate state) is ``inner``'s."""
@@ -87,6 +97,7 @@ class AdamNormalized(Mechanism):
         self.m: Tensor | None = None
         self.v: Tensor | None = None
         self.k: Tensor | None = None
+        self._spare: tuple[Tensor, Tensor, Tensor] | None = None  # last round's m_i, v_i, k_i: next round's buffers
         super().__init__(inner.compressor)
 
     def __repr__(self) -> str:
@@ -124,6 +135,7 @@ class AdamNormalized(Mechanism):
 
     @memory.setter
     def memory(self, value: Memory | None) -> None:
+        self._spare = None  # a restored memory may be the spare buffers
         if value is None:
             self.inner.memory, self.m, self.v, self.k = None, None, None, None
             return
@@ -133,26 +145,32 @@ class AdamNormalized(Mechanism):
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
-        """d_i for this round; sets m_i, v_i, k_i (new tensors: the old ones stay a valid rollback)."""
+        """d_i for this round (one pass: ``kernels.adam_normalize``); sets m_i, v_i, k_i to other
+        tensors than the old ones, which stay a valid rollback."""
         (beta1, beta2), g = self.betas, flat(grad)
+        m_new, v_new, k_new = self._buffers(g)
         if self.v is None:
-            m, v, k = g * (1.0 - beta1), g.square().mul_(1.0 - beta2), torch.ones_like(g)
+            m = v = torch.zeros(g.numel(), device=g.device)
+            k = k_new.fill_(1.0)
         else:
-            m = torch.lerp(self.m, g, 1.0 - beta1)
-            v = self.v.mul(beta2).addcmul_(g, g, value=1.0 - beta2)
-            k = self.k + 1.0
-        self.m, self.v, self.k = m, v, k
-        low, high = torch.aminmax(k)
-        rounds = float(low) if bool(low == high) else k  # one count for the whole tensor: scalar corrections
-        w = v / debiasing(beta2, rounds)
-        if self.mean_of_ranks and rnd.workers > 1:  # w = s + (w - s) / n with s = min(m^^2, w)
-            signal = torch.minimum(m.square().div_(debiasing(beta1, rounds) ** 2), w)
-            w.div_(rnd.workers).add_(signal, alpha=1.0 - 1.0 / rnd.workers)
-        denominator = w.sqrt_().add_(self.eps)
-        d = g / denominator
-        if self.eps == 0.0:  # 0/0 (no gradient yet) or g/0 (g^2 underflowed): no move, not a NaN that
-            d.masked_fill_(denominator == 0.0, 0.0)  # would make the hook skip every round
+            m, v, k = self.m, self.v, torch.add(self.k, 1.0, out=k_new)
+        c1, c2 = corrections(self.betas, k)
+        share = 1.0 / rnd.workers if self.mean_of_ranks and rnd.workers > 1 else 1.0
+        d = torch.empty(g.numel(), device=g.device)  # new: the inner mechanism may keep it
+        kernels.adam_normalize(g, m, v, c1, c2, beta1, beta2, self.eps, share, out=(m_new, v_new, d))
+        self._spare = (self.m, self.v, self.k) if self.v is not None else None
+        self.m, self.v, self.k = m_new, v_new, k
         return d
+
+    def _buffers(self, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Where this round writes m_i, v_i, k_i: the round before last's tensors (no allocation,
+        no page faults), unless they are gone or are the memory now (a rollback restored them)."""
+        spare, self._spare = self._spare, None
+        current = {t.data_ptr() for t in (self.m, self.v, self.k) if t is not None}
+        if spare is None or any(t.numel() != g.numel() or t.device != g.device or t.data_ptr() in current
+                                for t in spare):
+            return tuple(torch.empty(g.numel(), device=g.device) for _ in MOMENTS)
+        return spare
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """The inner mechanism's dense round on d_i. The moments continue from those this

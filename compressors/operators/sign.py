@@ -18,6 +18,8 @@ The kernels (``kernels.sign_encode``/``sign_residual``/``sign_decode``; the roun
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -58,6 +60,14 @@ class ScaledSign(Compressor):
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         signs, scales = kernels.sign_encode(x, self.block)
         return Payload({"signs": signs, "scales": scales}, x.numel())
+
+    def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:
+        """out += alpha * sum_r C_r in one pass over ``out`` (``kernels.sign_accumulate``, rank order;
+        alpha scales each s_b); an empty payload adds nothing."""
+        sent = [p for p in payloads if p.parts]
+        if sent:
+            kernels.sign_accumulate(out, [p.parts["signs"] for p in sent], [p.parts["scales"] for p in sent],
+                                    self.block, alpha)
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         return kernels.sign_decode(payload.parts["signs"], payload.parts["scales"], payload.numel, self.block)

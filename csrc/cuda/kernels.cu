@@ -32,6 +32,7 @@
 #include <tuple>
 
 #include "../float_codes.h"
+#include "../adam_codes.h"
 #include "../op_checks.h"
 #include "../sign_codes.h"
 
@@ -418,13 +419,18 @@ __global__ void sign_encode_kernel(const float* v, int64_t d, int64_t block, uin
   }
 }
 
-// out_j = sign_j s_b (decode) or out_j -= sign_j s_b (residual).
+enum class SignApply { kDecode, kSubtract, kAdd };
+
+// With c_j = sign_j fp32(s_b * factor): out_j = c_j (decode), out_j -= c_j (residual) or
+// out_j += c_j (accumulate).
 __global__ void sign_apply_kernel(float* out, const uint8_t* signs, const uint16_t* scales, int64_t n, int64_t block,
-                                  bool subtract) {
+                                  float factor, SignApply mode) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
-    const float s = bf16_to_float(scales[j / block]);
+    const float s = __fmul_rn(bf16_to_float(scales[j / block]), factor);
     const float c = (signs[j >> 3] >> (j & 7)) & 1 ? -s : s;
-    out[j] = subtract ? __fsub_rn(out[j], c) : c;
+    out[j] = mode == SignApply::kDecode     ? c
+             : mode == SignApply::kSubtract ? __fsub_rn(out[j], c)
+                                            : __fadd_rn(out[j], c);
   }
 }
 
@@ -440,11 +446,11 @@ std::tuple<at::Tensor, at::Tensor> sign_encode_into(const at::Tensor& v, int64_t
 }
 
 void sign_apply(float* out, const at::Tensor& signs, const at::Tensor& scales, int64_t n, int64_t block,
-                bool subtract) {
+                float factor, SignApply mode) {
   if (n == 0) return;
   sign_apply_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
       out, signs.const_data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::BFloat16>()),
-      n, block, subtract);
+      n, block, factor, mode);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -458,7 +464,8 @@ std::tuple<at::Tensor, at::Tensor> sign_residual_cuda(at::Tensor& v, int64_t blo
   check_sign_residual(v, block);
   const c10::cuda::CUDAGuard guard(v.device());
   auto payload = sign_encode_into(v, block);
-  sign_apply(v.mutable_data_ptr<float>(), std::get<0>(payload), std::get<1>(payload), v.numel(), block, true);
+  sign_apply(v.mutable_data_ptr<float>(), std::get<0>(payload), std::get<1>(payload), v.numel(), block, 1.0f,
+             SignApply::kSubtract);
   return payload;
 }
 
@@ -466,8 +473,63 @@ at::Tensor sign_decode_cuda(const at::Tensor& signs, const at::Tensor& scales, i
   check_sign_decode(signs, scales, numel, block);
   const c10::cuda::CUDAGuard guard(signs.device());
   at::Tensor out = at::empty({numel}, signs.options().dtype(at::kFloat));
-  sign_apply(out.mutable_data_ptr<float>(), signs.contiguous(), scales.contiguous(), numel, block, false);
+  sign_apply(out.mutable_data_ptr<float>(), signs.contiguous(), scales.contiguous(), numel, block, 1.0f,
+             SignApply::kDecode);
   return out;
+}
+
+// One elementwise kernel per payload, queued in list order on one stream: rank order per entry.
+void sign_accumulate_cuda(at::Tensor out, at::TensorList signs, at::TensorList scales, int64_t block, double alpha) {
+  check_sign_accumulate(out, signs, scales, block);
+  const c10::cuda::CUDAGuard guard(out.device());
+  for (size_t r = 0; r < signs.size(); ++r) {
+    sign_apply(out.mutable_data_ptr<float>(), signs[r].contiguous(), scales[r].contiguous(), out.numel(), block,
+               static_cast<float>(alpha), SignApply::kAdd);
+  }
+}
+
+// -- Adam's normalisation: one elementwise pass (csrc/adam_codes.h) ----------------------------
+template <typename scalar_t>
+__global__ void adam_normalize_kernel(const scalar_t* g, const float* m, const float* v, const float* c1,
+                                      const float* c2, int64_t c1_step, int64_t c2_step, int64_t n, AdamConstants k,
+                                      float* m_new, float* v_new, float* d) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+    const float c1j = c1[j * c1_step], c2j = c2[j * c2_step];
+    if (k.mix) {
+      adam_normalize_one<true>(static_cast<float>(g[j]), m[j], v[j], c1j, c2j, k, m_new[j], v_new[j], d[j]);
+    } else {
+      adam_normalize_one<false>(static_cast<float>(g[j]), m[j], v[j], c1j, c2j, k, m_new[j], v_new[j], d[j]);
+    }
+  }
+}
+
+void adam_normalize_out_cuda(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& c1,
+                             const at::Tensor& c2, double beta1, double beta2, double eps, double share,
+                             at::Tensor m_new, at::Tensor v_new, at::Tensor d) {
+  check_adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share);
+  check_adam_outputs(grad, m, v, m_new, v_new, d);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor g = grad.reshape(-1).contiguous();
+  const int64_t n = g.numel();
+  if (n == 0) return;
+  const AdamConstants k = adam_constants(beta1, beta2, eps, share);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "adam_normalize", [&] {
+    adam_normalize_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+        g.const_data_ptr<scalar_t>(), m.const_data_ptr<float>(), v.const_data_ptr<float>(), c1.const_data_ptr<float>(),
+        c2.const_data_ptr<float>(), c1.numel() > 1, c2.numel() > 1, n, k, m_new.mutable_data_ptr<float>(),
+        v_new.mutable_data_ptr<float>(), d.mutable_data_ptr<float>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adam_normalize_cuda(const at::Tensor& grad, const at::Tensor& m,
+                                                                   const at::Tensor& v, const at::Tensor& c1,
+                                                                   const at::Tensor& c2, double beta1, double beta2,
+                                                                   double eps, double share) {
+  const int64_t n = grad.numel();
+  at::Tensor m_new = at::empty({n}, m.options()), v_new = at::empty({n}, m.options()), d = at::empty({n}, m.options());
+  adam_normalize_out_cuda(grad, m, v, c1, c2, beta1, beta2, eps, share, m_new, v_new, d);
+  return {m_new, v_new, d};
 }
 
 }  // namespace
@@ -487,6 +549,9 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("sign_encode", &sign_encode_cuda);
   m.impl("sign_residual", &sign_residual_cuda);
   m.impl("sign_decode", &sign_decode_cuda);
+  m.impl("sign_accumulate", &sign_accumulate_cuda);
+  m.impl("adam_normalize", &adam_normalize_cuda);
+  m.impl("adam_normalize.out", &adam_normalize_out_cuda);
 }
 
 }  // namespace threepc
