@@ -1,10 +1,11 @@
-"""Speed of the selection kernels and the scaled-sign codec against torch and against a copy of
-the same buffer (``make bench``).
+"""Speed of the selection kernels, the scaled-sign codec and Adam's normalisation against torch
+and against a copy of the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
-indexing, the obvious implementation; for the sign ops the plain-torch reference) and ``copy`` (``dst.copy_(src)`` of one fp32 buffer of
-the same size: the memory-bandwidth yardstick). Ratios are printed at the end of the run.
+indexing, the obvious implementation; for the sign and Adam ops the plain-torch reference) and
+``copy`` (``dst.copy_(src)`` of one fp32 buffer of the same size: the memory-bandwidth
+yardstick). Ratios are printed at the end of the run.
 """
 from __future__ import annotations
 
@@ -94,3 +95,16 @@ def test_sign_decode(benchmark, record, buffers, implementation):
     args = (*kernels.sign_encode(x, block), x.numel(), block)
     measure(benchmark, record, f"sign_decode {size}", implementation, x, lambda: args, kernels.sign_decode,
             reference.sign_decode)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_adam_normalize(benchmark, record, buffers, implementation):
+    """AdamW's normalisation before compression (the Adam mode's worker step) with the mean-of-ranks
+    mix of 2 ranks: threepc writes into kept buffers (``out=``, as the hook does), torch is the
+    reference's dozen elementwise ops."""
+    size, grad, m = buffers
+    v, c1, c2 = m.square(), torch.tensor([1.5]), torch.tensor([2.5])
+    out = tuple(torch.empty_like(grad) for _ in range(3))
+    measure(benchmark, record, f"adam_normalize {size}", implementation, grad, lambda: (grad,),
+            lambda g: kernels.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5, out=out),
+            lambda g: reference.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5))

@@ -74,6 +74,25 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.tensors().values(), mech.memory.tensors().values()))
 
 
+def test_moments_reuse_the_round_before_lasts_buffers_but_never_the_rollbacks():
+    """The hook keeps the memory before a round by reference (``fresh_memory``) and restores it when
+    the round is refused; the moments' buffers are recycled, so no step may write into it."""
+    mech = AdamNormalized(EF14(TopK(ratio=0.1))).spawn()
+    grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(6)]
+    mech.init(grads[0], Round(0, 0, 2))
+    first = mech.m
+    mech.step(grads[1], Round(1, 0, 2))
+    mech.step(grads[2], Round(2, 0, 2))
+    assert mech.m.data_ptr() == first.data_ptr(), "round 2 writes into round 0's buffers (no allocation)"
+    for t in (3, 4):
+        before = mech.memory  # by reference, as the hook keeps it
+        kept = {k: x.clone() for k, x in before.tensors().items()}
+        mech.step(grads[t], Round(t, 0, 2))
+        mech.memory = before  # refused: rolled back
+        mech.step(grads[t + 1], Round(t + 1, 0, 2))
+        assert all(torch.equal(before.tensors()[k], x) for k, x in kept.items()), "the rollback was overwritten"
+
+
 def test_eps_zero_leaves_coordinates_without_gradient_still():
     """AdamW(eps=0) is valid; a coordinate whose gradient is 0 (or squares to 0) must not send
     NaN or inf: the hook would flag and skip every round."""

@@ -20,8 +20,10 @@ from torch import nn
 
 from ddp_hooks.launch import loopback_tx_bytes
 
-CASES = [(2, "gd"), (2, "ef21"), (2, "co3_2s"), (4, "ef21"), (4, "clag"), (4, "gd"), (4, "co3_2s")]
-OPTIONS = {"gd": {}, "co3_2s": {"fmt": "fp4-121"}}  # others: {"ratio": 0.01}
+CASES = [(2, "gd"), (2, "ef21"), (2, "co3_2s"), (2, "onebit"), (4, "ef21"), (4, "clag"), (4, "gd"), (4, "co3_2s"),
+         (4, "onebit"), (4, "ef14")]
+# others: {"ratio": 0.01}; ef14 here is the default told an Adam: scaled signs, all-gathered
+OPTIONS = {"gd": {}, "co3_2s": {"fmt": "fp4-121"}, "onebit": {}, "ef14": {"compressor": "sign"}}
 
 
 def train(rank: int, hook: str, steps: int) -> dict:
@@ -79,9 +81,12 @@ def test_link_bytes_match_the_loopback_counter_of_a_private_namespace():
     assert by[4, "gd"]["link_fraction_of_dense"] == pytest.approx(1.0, rel=1e-3)
     # the two-stage allreduce (all_to_all, then all_gather of the owners' chunks) stays flat in n, like
     # the ring allreduce: its all_to_all and its all_gather each move (n - 1) / n of one coded vector
-    two_stage = [by[n, "co3_2s"] for n in (2, 4)]
-    assert all(s["collectives"].get("all_to_all") for s in two_stage)
-    assert two_stage[1]["link_fraction_of_dense"] < 1.25 * two_stage[0]["link_fraction_of_dense"]
+    for hook in ("co3_2s", "onebit"):
+        two_stage = [by[n, hook] for n in (2, 4)]
+        assert all(s["collectives"].get("all_to_all") for s in two_stage)
+        assert two_stage[1]["link_fraction_of_dense"] < 1.25 * two_stage[0]["link_fraction_of_dense"]
+    # signs all-gathered: 3 payloads cross each link at n = 4, through two stages 2 x 3/4 of one
+    assert by[4, "ef14"]["link_fraction_of_dense"] > by[4, "onebit"]["link_fraction_of_dense"]
 
 
 if __name__ == "__main__":

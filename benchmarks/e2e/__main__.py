@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 task = dataclasses.replace(WORKLOADS[workload], **(QUICK[workload] if args.quick else {}))
                 task = dataclasses.replace(task, steps=max(1, round(task.steps * args.steps)),
                                            eval_every=max(1, round(task.eval_every * args.steps)))
-                progress(len(runs), len(plan), started, f"{workload} n={ranks} {rate} {methods.label(method)}")
+                progress(len(runs), len(plan), started, f"{workload} n={ranks} {rate} {methods.label(method, args.recipe)}")
                 if workload not in data:
                     data = {workload: task.load()}
                 base = next((r for r in runs if (r["workload"], r["ranks"], r["rate"], r["method"]) ==

@@ -12,6 +12,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 
 import ddp_hooks
 
+from ..accuracy.recipes import RECIPES
 from ..accuracy.runner import BASELINE, aware, check_hook, parse_hook
 
 POWERSGD = "powersgd"
@@ -30,8 +31,11 @@ def check(spec: str) -> None:
         check_hook(spec)
 
 
-def label(spec: str) -> str:
-    return f"default ({ddp_hooks.DEFAULT})" if spec == DEFAULT else spec
+def label(spec: str, recipe: str = "sgdm") -> str:
+    """The method's name in tables and plots; ``default`` says what it resolved to under the recipe."""
+    if spec != DEFAULT:
+        return spec
+    return "default (ef14 signs, Adam mode)" if RECIPES[recipe].family == "adamw" else f"default ({ddp_hooks.DEFAULT})"
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int],

@@ -55,7 +55,7 @@ def markdown(runs: list[Record]) -> str:
              "| final | target | MB/rank (hook model) | MB/rank (lo) | lo / model |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        head = f"| {r['workload']} | {r['ranks']} | {r['rate']} | {label(r['method'])} |"
+        head = f"| {r['workload']} | {r['ranks']} | {r['rate']} | {label(r['method'], r['recipe'])} |"
         if "error" in r:
             lines.append(f"{head} failed: {' '.join(r['error'].split())[:400]} |" + " |" * 9)
             continue
@@ -89,7 +89,7 @@ def plots(runs: list[Record], out: Path, prefix: str = "e2e") -> list[Path]:
         fig, axes = plt.subplots(1, len(by_rate), figsize=(5 * len(by_rate), 4), squeeze=False)
         for ax, (rate, rs) in zip(axes[0], by_rate.items()):
             for r in rs:
-                ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], marker=".", label=label(r["method"]))
+                ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], marker=".", label=label(r["method"], r["recipe"]))
             if rs[0].get("target") is not None:
                 ax.axhline(rs[0]["target"], color="grey", linestyle="--", linewidth=0.8, label="target")
             ax.set(title=f"{workload}, n={ranks}, {rate}", xlabel="training seconds", ylabel=rs[0]["metric"])
