@@ -119,12 +119,13 @@ class TwoStage(Mechanism):
     # -- stage 1: every worker -------------------------------------------------------------
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         x, e = flat(grad), self.memory.e_i
-        v = x + self.gamma * e if self.gamma != 1.0 else x + e
-        kept = torch.empty_like(v)
+        v = x + self.gamma * e if self.gamma != 1.0 else x + e  # a new tensor: becomes v - C(v) chunk by chunk
         sent = {}
         for j, (lo, hi) in enumerate(self.chunks(v.numel(), rnd.workers)):
-            sent[str(j)], kept[lo:hi] = self.compressor.encode(v[lo:hi], _sender(rnd, rnd.worker, j))
-        e.copy_(v).sub_(kept)  # only once every chunk encoded: a raising compressor leaves e_i as it was
+            sent[str(j)], rest = self.compressor.residual(v[lo:hi], _sender(rnd, rnd.worker, j))
+            if rest.data_ptr() != v[lo:hi].data_ptr():  # a compressor that did not write in place
+                v[lo:hi] = rest
+        e.copy_(v)  # only once every chunk encoded: a raising compressor leaves e_i as it was
         return Payload.merge(v.numel(), **sent)
 
     # -- stage 2: the owner of a chunk -----------------------------------------------------
@@ -136,8 +137,7 @@ class TwoStage(Mechanism):
         u.add_(s)
         if not all_finite(u):
             return None
-        payload, kept = self.compressor.encode(u, _owner_round(rnd, chunk))
-        error = u.sub_(kept)
+        payload, error = self.compressor.residual(u, _owner_round(rnd, chunk))
         if not all_finite(error):
             return None
         s.copy_(error)
