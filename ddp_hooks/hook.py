@@ -116,9 +116,10 @@ class _Round:
             if not all_finite(grad):
                 self.local, flags = self._nonfinite_params(), Flags(nonfinite=1)
             else:
-                if not self.dense:  # by reference when step() leaves the old memory as it was
-                    self.saved = worker.memory if worker.fresh_memory else \
-                        type(worker.memory).of({k: t.clone() for k, t in worker.memory.tensors().items()})
+                if not self.dense:  # copies of what step() may write in place, the rest by reference
+                    written = worker.written_in_place
+                    self.saved = type(worker.memory).of({k: t.clone() if written is None or k in written else t
+                                                         for k, t in worker.memory.tensors().items()})
                 work = grad if scale == 1.0 else grad.float().div(scale)  # the gradient's own units
                 payload = worker.init(work, self.rnd) if self.dense else worker.step(work, self.rnd)
                 if not all_finite(*(t for t in payload.parts.values() if not _shares(t, work))):

@@ -75,7 +75,7 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
 
 
 def test_moments_reuse_the_round_before_lasts_buffers_but_never_the_rollbacks():
-    """The hook keeps the memory before a round by reference (``fresh_memory``) and restores it when
+    """The hook keeps the memory before a round by reference (``written_in_place``) and restores it when
     the round is refused; the moments' buffers are recycled, so no step may write into it."""
     mech = AdamNormalized(EF14(TopK(ratio=0.1))).spawn()
     grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(6)]

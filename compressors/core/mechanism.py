@@ -74,8 +74,9 @@ class Mechanism(ABC):
     ``memory_type``: the ``Memory`` dataclass of ``memory``.
     ``overwrites``: aggregate-state entries ``aggregate`` sets without reading them (a caller that
     keeps the old state may pass uninitialised tensors there instead of copies).
-    ``fresh_memory``: ``step`` replaces ``memory`` with a new object and never writes the old
-    one's tensors (a caller may keep the old memory by reference to roll a round back).
+    ``written_in_place``: the memory fields whose tensors ``step`` (or ``relay``) may write in
+    place; None: any. A caller that keeps the memory to roll a round back copies these and keeps
+    the others by reference (empty: ``step`` replaces ``memory`` and never writes the old tensors).
     ``carries_memory``: ``init`` continues the memory the instance already holds instead of
     starting it (a caller may seed a dense round's worker with its tensors' current memory).
     ``two_stage``: payloads travel in two stages, through the owner of each chunk
@@ -89,7 +90,7 @@ class Mechanism(ABC):
     two_stage = False
     memory_type: type[Memory] = Memory
     overwrites: frozenset[str] = frozenset()
-    fresh_memory = False
+    written_in_place: frozenset[str] | None = None
     carries_memory = False
 
     def __init__(self, compressor: Compressor) -> None:

@@ -37,7 +37,7 @@ n (n + 1) + j's (``Round.key`` mixes the worker index).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -88,6 +88,7 @@ class TwoStage(Mechanism):
     two_stage = True
     memory_type = OwnerError
     memory: OwnerError
+    written_in_place = frozenset({"s"})  # the owner's error, one chunk of it (e_i is replaced)
 
     def __init__(self, compressor: Compressor, gamma: float = 1.0) -> None:
         super().__init__(compressor)
@@ -125,8 +126,8 @@ class TwoStage(Mechanism):
             sent[str(j)], rest = self.compressor.residual(v[lo:hi], _sender(rnd, rnd.worker, j))
             if rest.data_ptr() != v[lo:hi].data_ptr():  # a compressor that did not write in place
                 v[lo:hi] = rest
-        e.copy_(v)  # only once every chunk encoded: a raising compressor leaves e_i as it was
-        return Payload.merge(v.numel(), **sent)
+        self.memory = replace(self.memory, e_i=v)  # only once every chunk encoded: a raising compressor
+        return Payload.merge(v.numel(), **sent)     # leaves e_i as it was
 
     # -- stage 2: the owner of a chunk -----------------------------------------------------
     def _owner(self, received: Sequence[Payload], s: Tensor, rnd: Round, chunk: int) -> Payload | None:

@@ -113,7 +113,12 @@ class AdamNormalized(Mechanism):
     window = property(lambda self: self.inner.window)
     two_stage = property(lambda self: self.inner.two_stage)
     overwrites = property(lambda self: self.inner.overwrites)
-    fresh_memory = property(lambda self: self.inner.fresh_memory)
+
+    @property
+    def written_in_place(self) -> frozenset[str]:
+        """The inner mechanism's (all its fields when it does not say); the moments never are."""
+        inner = self.inner.written_in_place
+        return frozenset(f.name for f in dataclasses.fields(self.inner.memory_type)) if inner is None else inner
 
     @property
     def compressor(self) -> Compressor:

@@ -43,7 +43,7 @@ class CO3(Replacing):
 
     memory_type = Error
     memory: Error
-    fresh_memory = True
+    written_in_place: frozenset[str] = frozenset()
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())

@@ -24,7 +24,7 @@ class EF14(Replacing):
 
     memory_type = Error
     memory: Error
-    fresh_memory = True
+    written_in_place: frozenset[str] = frozenset()
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
