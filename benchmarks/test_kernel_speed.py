@@ -108,3 +108,22 @@ def test_adam_normalize(benchmark, record, buffers, implementation):
     measure(benchmark, record, f"adam_normalize {size}", implementation, grad, lambda: (grad,),
             lambda g: kernels.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5, out=out),
             lambda g: reference.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5))
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_sign_accumulate(benchmark, record, buffers, implementation):
+    """out += (1/4) sum of 4 sign payloads (what a rank does with an all_gather of 4). Here
+    ``torch`` is the unfused path the generic ``Compressor.accumulate`` takes: 4 decodes (this
+    project's kernel) and 4 torch adds."""
+    size, x, y = buffers
+    block = ScaledSign().block
+    payloads = [kernels.sign_encode(t, block) for t in (x, y, -x, -y)]
+    signs, scales = [p[0] for p in payloads], [p[1] for p in payloads]
+    out = torch.zeros_like(x)
+
+    def unfused(out: torch.Tensor) -> None:
+        for s, c in zip(signs, scales):
+            out.add_(kernels.sign_decode(s, c, out.numel(), block), alpha=0.25)
+
+    measure(benchmark, record, f"sign_accumulate n=4 {size}", implementation, x, lambda: (out,),
+            lambda o: kernels.sign_accumulate(o, signs, scales, block, 0.25), unfused)
