@@ -23,8 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 import ddp_hooks
-from ddp_hooks.launch import run_ranks
+from ddp_hooks.launch import RankFailure, run_ranks
 
+from .accuracy.runner import aware, parse_hook
 from .scaling import BATCH, make_model
 
 DEFAULT_HOOKS = ["gd", "ef14", "ef21", "clag", "co3:fmt=fp4-121", "co3_2s:fmt=fp4-121"]
@@ -35,14 +36,11 @@ OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=0.01),
 
 
 def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.optim.Optimizer) -> None:
-    """``NAME[+opt][:KEY=VALUE,...]``; ``+opt``: registered with the optimizer (``ddp_hooks.adam``)."""
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(",")):
-        key, value = item.split("=")
-        options[key] = value
-    told = name.endswith("+opt")
-    ddp_hooks.register(ddp, name.removesuffix("+opt"), optimizer=opt if told else None, **options)
+    """``NAME[+opt][:KEY=VALUE,...]`` (values as Python literals, as the accuracy suite reads
+    them); ``+opt``: registered with the optimizer (``ddp_hooks.adam``)."""
+    name, options = parse_hook(spec)
+    name, told = aware(name)
+    ddp_hooks.register(ddp, name, optimizer=opt if told else None, **options)
 
 
 def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None,
@@ -95,8 +93,12 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="every method's optimizer")
     args = parser.parse_args()
     methods = ["allreduce", *args.hooks]
-    runs = [run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer, timeout=600)[0]
-            for _ in range(args.repeats)]
+    runs = []
+    for _ in range(args.repeats):
+        first = run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer, timeout=600)[0]
+        if isinstance(first, RankFailure):
+            raise SystemExit(f"rank 0 failed:\n{first.error}")
+        runs.append(first)
     print(f"{args.workers} ranks, {args.optimizer}, {args.steps} steps, {args.repeats} repeats (median [min-max]); "
           "ratio = the method's median over allreduce's median")
     print("| method | wall ms / step | ratio | CPU ms / step | ratio |")

@@ -10,14 +10,16 @@
   sends, or some rank raised a flag, no further collective runs; else the ``data`` protocol
   moves the payloads padded to the longest (a silent rank sends zeros).
 * ``TwoStage(relay)``: a mechanism that declares ``two_stage`` sends one payload per chunk of
-  its tensor (chunk j, owned by rank j). Stage 1: a blocking ``all_gather`` of one int32 per
-  rank (its longest chunk payload, or its flag), then one blocking equal-split
-  ``all_to_all_single`` of the chunk payloads, each behind its int32 length and padded to the
-  longest; each owner then runs ``relay.step`` on the n payloads of its chunk, in the hook's
-  thread. Stage 2: a ``Sized``-style header (the owner payload's size
-  or a flag, so an owner's failure or overflow is agreed too) and one ``all_gather`` of the
-  owners' payloads, which everyone decodes. The blocking first stage gives up the overlap of
-  that bucket's communication with the rest of backward.
+  its tensor (chunk j, owned by rank j). Stage 1: one blocking equal-split
+  ``all_to_all_single`` of the chunk payloads, each behind an int32 (its length, or the
+  sender's flag) and padded to the longest; each owner then runs ``relay.step`` on the n
+  payloads of its chunk, in the hook's thread. Stage 2: one ``all_gather`` of the owners'
+  payloads, each behind an int32 (its length, or the owner's flag: an owner's overflow or
+  failure is agreed too), which everyone decodes. Every rank receives a slot from every rank
+  in both stages, so every rank reads every flag. With fixed-size chunk specs the widths
+  follow from the spec; a variable-length spec (a coded stream) first agrees on each stage's
+  width by a blocking header (as ``Sized``). The blocking first stage gives up the overlap
+  of that bucket's communication with the rest of backward.
 
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
 header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), so
@@ -134,8 +136,12 @@ class Protocol(ABC):
         """``packed`` with zeros up to ``width`` bytes (counted as padding)."""
         if packed.numel() >= width:
             return packed
-        self.stats.add("padding", width - packed.numel())
+        self._pad(width - packed.numel())
         return torch.cat([packed, packed.new_zeros(width - packed.numel())])
+
+    def _pad(self, size: int) -> None:
+        if size > 0:
+            self.stats.add("padding", size)
 
     @abstractmethod
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
@@ -208,12 +214,36 @@ class Relay(NamedTuple):
     step: Callable[[list[Payload]], tuple[Payload, Flags]]
 
 
-_LENGTH = 4  # bytes of the int32 length in front of each chunk payload of the all_to_all
+_LENGTH = 4  # bytes of the int32 length (or negative flag) in front of each chunk or owner payload
+
+
+def _packed_size(spec: Sequence[PartSpec]) -> int:
+    """Bytes of a packed payload with this fixed-size spec."""
+    return sum(part.numel * part.dtype.itemsize for part in spec)
+
+
+def _framed(length: int, packed: Tensor | None, width: int, device: torch.device) -> list[Tensor]:
+    """A slot of ``width`` bytes: the int32 ``length`` (or a negative flag), ``packed``, zeros."""
+    head = torch.tensor([length], dtype=torch.int32, device=device).view(torch.uint8)
+    body = [] if packed is None else [packed]
+    used = _LENGTH + (0 if packed is None else packed.numel())
+    return [head, *body, head.new_zeros(width - used)]
+
+
+def _lengths(rows: Tensor) -> tuple[list[int], Flags]:
+    """The int32 in front of each row, and the flags the negative ones raise."""
+    lengths = rows[:, :_LENGTH].reshape(-1).clone().view(torch.int32).tolist()
+    return lengths, Flags(lengths.count(-1), lengths.count(-2))
 
 
 class TwoStage(Protocol):
     """Chunk payloads to their owners (all_to_all), the owners' payloads to everyone (all_gather);
-    the spec's parts ``"<j>.<part>"`` are chunk j's, and owner j's payload has chunk j's parts."""
+    the spec's parts ``"<j>.<part>"`` are chunk j's, and owner j's payload has chunk j's parts.
+    Every slot of either collective starts with an int32: the payload's length, or a rank's
+    flag (-1 non-finite, -2 failed). Fixed-size chunk specs (scaled signs, Top-K) fix both
+    widths, so each stage is one collective, and every rank reads every rank's flags from the
+    slots it receives: stage 1 delivers a slot from every rank to every rank, stage 2 every
+    owner's. Variable-length specs (coded streams) first agree on the width by a header."""
 
     def __init__(self, group: dist.ProcessGroup, stats: CommStats, relay: Relay) -> None:
         super().__init__(group, stats)
@@ -224,35 +254,44 @@ class TwoStage(Protocol):
         n = self.group.size()
         specs = [[PartSpec(p.name[len(f"{j}."):], p.dtype, p.numel, p.aligned) for p in spec
                   if p.name.startswith(f"{j}.")] for j in range(n)]
-        received = self.first(payload, specs, device, flags)
+        fixed = all(wire.fixed_size(s) for s in specs)
+        received = self.first(payload, specs, device, flags, fixed)
         if isinstance(received, Flags):
             return _done(received)
         owned, flags = self.relay.step(received)  # the owner's step, between the stages
-        return self.second(owned, specs, device, flags)
+        return self.second(owned, specs, device, flags, fixed)
+
+    def width(self, sizes: list[int], specs: list[list[PartSpec]], fixed: bool, flags: Flags,
+              device: torch.device) -> int | Flags:
+        """Payload bytes of a slot: the longest payload any rank may send (fixed specs: from the
+        specs alone), or agreed by a blocking header of this rank's longest (or its flag), which
+        returns the raised flags instead when some rank raised one."""
+        if fixed:
+            return max(_packed_size(s) for s in specs)
+        heads = [row[0] for row in self.header([_flag(flags) or max(sizes, default=0)], device)]
+        raised = Flags(heads.count(-1), heads.count(-2))
+        return raised if any(raised) else max(heads)
 
     def first(self, payload: Payload, specs: list[list[PartSpec]], device: torch.device,
-              flags: Flags) -> list[Payload] | Flags:
-        """Stage 1 (blocking): every rank's longest chunk payload (or its flag), then the chunk
-        payloads to their owners, each in a slot of the longest + 4 bytes (an int32 length, then
-        the payload, then zeros). This rank's chunk as sent by every rank (rank order), or the
-        flags some rank raised. (One int32 per rank in the header rather than the n x n table of
-        sizes: the header's link bytes stay O(n) per rank.)"""
+              flags: Flags, fixed: bool) -> list[Payload] | Flags:
+        """Stage 1 (blocking): the chunk payloads to their owners, each in a slot of the longest
+        + 4 bytes (its length, then the payload, then zeros; a flagged rank sends its flag in
+        every slot). This rank's chunk as sent by every rank (rank order), or the flags raised."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
         chunks = [] if any(flags) else [payload.sub(str(j)) for j in range(n)]
         packed = [wire.pack(c, specs[j]) for j, c in enumerate(chunks)]
-        heads = [row[0] for row in self.header([max(p.numel() for p in packed) if packed else _flag(flags)], device)]
-        raised = Flags(heads.count(-1), heads.count(-2))
-        if any(raised):
-            return raised
-        width = _LENGTH + max(heads)  # never zero elements
+        width = self.width([p.numel() for p in packed], specs, fixed, flags, device)
+        if isinstance(width, Flags):
+            return width
+        width += _LENGTH  # never zero elements
         slots = []
-        for j, (p, c) in enumerate(zip(packed, chunks)):
-            self.count(c, specs[j])
+        for j in range(n):
+            if packed:
+                self.count(chunks[j], specs[j])
+                self._pad(width - _LENGTH - packed[j].numel())
             self.stats.add("header", _LENGTH)
-            length = torch.tensor([p.numel()], dtype=torch.int32, device=device).view(torch.uint8)
-            if p.numel() + _LENGTH < width:
-                self.stats.add("padding", width - _LENGTH - p.numel())
-            slots += [length, p, p.new_zeros(width - _LENGTH - p.numel())]
+            slots += _framed(packed[j].numel() if packed else _flag(flags), packed[j] if packed else None, width,
+                             device)
         buffer = torch.cat(slots)
         received = torch.empty_like(buffer)
         on_device(device, buffer, received)
@@ -260,28 +299,40 @@ class TwoStage(Protocol):
         self.stats.ran("all_to_all")
         self.stats.ring_all_to_all(buffer.numel(), n)
         rows = received.view(n, width)
-        lengths = rows[:, :_LENGTH].reshape(-1).clone().view(torch.int32).tolist()
+        lengths, raised = _lengths(rows)
+        if any(raised):
+            return raised
         return [wire.unpack(row[_LENGTH:_LENGTH + size], specs[me], sizes[me]) for row, size in zip(rows, lengths)]
 
-    def second(self, owned: Payload, specs: list[list[PartSpec]], device: torch.device, flags: Flags) -> Exchange:
-        """Stage 2: this owner's size (or flag), then its payload to everyone (the returned future)."""
+    def second(self, owned: Payload, specs: list[list[PartSpec]], device: torch.device, flags: Flags,
+               fixed: bool) -> Exchange:
+        """Stage 2: this owner's payload (or its flag) behind its length to everyone (the
+        returned future; reading it raises the flags of any owner that failed)."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
         packed = None if any(flags) else wire.pack(owned, specs[me])
-        heads = [row[0] for row in self.header([packed.numel() if packed is not None else _flag(flags)], device)]
-        raised = Flags(heads.count(-1), heads.count(-2))
-        if any(raised):
-            return _done(raised)
-        width = max(1, *heads)
-        self.count(owned, specs[me])
-        packed = self.padded(packed, width)
-        gathered = packed.new_empty(n * width)
-        on_device(device, packed, gathered)
+        width = self.width([] if packed is None else [packed.numel()], specs, fixed, flags, device)
+        if isinstance(width, Flags):
+            return _done(width)
+        width += _LENGTH
+        if packed is not None:
+            self.count(owned, specs[me])
+            self._pad(width - _LENGTH - packed.numel())
+        self.stats.add("header", _LENGTH)
+        row = torch.cat(_framed(_flag(flags) if packed is None else packed.numel(), packed, width, device))
+        gathered = row.new_empty(n * width)
+        on_device(device, row, gathered)
         self.stats.ran("all_gather")
         self.stats.ring_all_gather(width, n)
-        future = all_gather_single(gathered, packed, group=self.group, async_op=True).get_future()
+        future = all_gather_single(gathered, row, group=self.group, async_op=True).get_future()
         rows = gathered.view(n, width)
-        return Exchange(future, lambda: ([wire.unpack(row[:size], specs[j], sizes[j])
-                                          for j, (row, size) in enumerate(zip(rows, heads))], Flags()))
+
+        def read() -> tuple[list[Payload] | None, Flags]:
+            lengths, raised = _lengths(rows)
+            if any(raised):
+                return None, raised
+            return [wire.unpack(r[_LENGTH:_LENGTH + size], specs[j], sizes[j])
+                    for j, (r, size) in enumerate(zip(rows, lengths))], Flags()
+        return Exchange(future, read)
 
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
         raise TypeError("TwoStage runs its own collectives in exchange()")

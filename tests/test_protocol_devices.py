@@ -26,6 +26,7 @@ HOOKS = {
     "sasg": {"ratio": 0.1},
     "co3": {},
     "co3_2s": {"fmt": "fp4-121"},  # two stages: size header, all_to_all, owner header, all_gather
+    "onebit": {},  # two stages of fixed-size chunks: all_to_all, all_gather
     "ef21": {"ratio": 0.1},
     "ef14": {"ratio": 0.1},
 }

@@ -217,6 +217,38 @@ def _owner_overflow(rank: int) -> dict:
     return {"flagged": flagged, "finite": finite, "all_to_all": state.stats.collectives.get("all_to_all", 0)}
 
 
+def _owner_flags(rank: int) -> dict:
+    """onebit (fixed-size chunks: each owner's flag travels in its slot of the all_gather, no
+    header): rank 1's owner step finds its chunk's mean non-finite at step 2 and raises at
+    step 4. Every rank skips step 2 (NaN bucket, memories untouched) and raises at step 4."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "onebit", check_every=1)
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("injected owner failure")
+    out: dict = {"steps": [], "headers": 0}
+    header = ddp_hooks.protocol.Protocol.header
+
+    def counted(self: ddp_hooks.protocol.Protocol, *args: object) -> list[list[int]]:
+        out["headers"] += 1
+        return header(self, *args)
+    ddp_hooks.protocol.Protocol.header = counted  # this rank's process only
+    for step in range(6):
+        for b in state.buckets:
+            b.worker.__dict__.pop("relay", None)
+            if rank == 1 and step in (2, 4):
+                b.worker.relay = (lambda *args: None) if step == 2 else boom
+        before = _memory(state)
+        ddp.zero_grad()
+        outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
+        out["steps"].append((outcome[0], state.stats.nonfinite_rounds, _same(before, _memory(state)),
+                             bool(model[0].weight.grad.isnan().all())))
+    ddp_hooks.protocol.Protocol.header = header
+    out["params"] = _params(model)
+    return out
+
+
 def _mismatch(rank: int, left: dict, right: dict) -> dict:
     """Rank 0 registers ``left``, the others ``right``: every rank raises naming the field."""
     model = _model()
@@ -252,14 +284,15 @@ class _Odd(nn.Module):
         return self.lin(x) * self.one + self.empty.sum()
 
 
-ODD = ("ef21", "clag", "co3", "co3_2s", "sasg")
+ODD = ("ef21", "clag", "co3", "co3_2s", "onebit", "sasg")
 
 
 def _odd_buckets(rank: int, hook: str) -> dict:
     """Buckets of 0 and 1 elements (1-byte buckets) and find_unused_parameters=True."""
     model = _Odd()
     ddp = DDP(model, bucket_cap_mb=1e-6, find_unused_parameters=True)
-    state = ddp_hooks.register(ddp, hook, check_every=1, **({} if hook.startswith("co3") else {"ratio": 0.05}))
+    state = ddp_hooks.register(ddp, hook, check_every=1,
+                               **({} if hook.startswith("co3") or hook == "onebit" else {"ratio": 0.05}))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 1-element buckets send more than dense
@@ -298,6 +331,7 @@ def _single_group(rank: int, workers: int) -> dict:
         out[f"overflow {dtype}"] = _overflow(rank, dtype)
     out["overflow inside payload"] = _overflow_inside_payload(rank)
     out["owner overflow"] = _owner_overflow(rank)
+    out["owner flags"] = _owner_flags(rank)
     for name, (left, right) in MISMATCHES.items():
         out[f"mismatch {name}"] = _mismatch(rank, left, right)
     out["diverged"] = _diverged(rank)
@@ -449,6 +483,21 @@ def test_an_overflow_of_an_owners_mean_is_a_skipped_round_on_every_rank(scenario
         assert out["flagged"] == [(0, False, False), (0, False, False), (1, True, True), (1, False, False),
                                   (1, False, False)], "step 2 only: NaN bucket, memories untouched"
         assert out["finite"], "no owner error took a NaN"
+
+
+def test_an_owners_flag_in_a_fixed_size_two_stage_round_is_agreed_without_a_header(scenarios):
+    n = len(scenarios)
+    for r in scenarios:
+        steps = r["owner flags"]["steps"]
+        assert [s[0] for s in steps[:2]] == ["ok", "ok"] and steps[1][1] == 0
+        assert steps[2][0] == "ok" and steps[2][1] >= 1 and steps[2][2] and steps[2][3], \
+            "step 2: a skipped round on every rank, NaN bucket, memories untouched"
+        assert f"threepc hook failed on 1 of {n} ranks" in steps[4][0] and "injected owner failure" in \
+            scenarios[1]["owner flags"]["steps"][4][0] and steps[4][2], "step 4: every rank raises, rolled back"
+        assert steps[5][0] == "ok" and not steps[5][3], "training goes on"
+        assert r["owner flags"]["headers"] == 0, "fixed-size chunks: no header collective"
+    assert all(torch.equal(a, b) for a, b in zip(scenarios[0]["owner flags"]["params"],
+                                                  scenarios[1]["owner flags"]["params"]))
 
 
 @pytest.mark.parametrize("name", list(MISMATCHES))
