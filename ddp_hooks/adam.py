@@ -22,20 +22,26 @@ normalises S grad: a constant S cancels (except that eps acts as eps / S), but e
 (growth, back-off after an overflow) skews d_i until v_i catches up, over about 1 / (1 - beta2)
 rounds.
 
+Checkpoints: ``opt.state_dict()`` is torch AdamW's state at rest (``exp_avg`` in gradient units,
+``exp_avg_sq`` from the hook's second moment; the mode's normalised momentum rides along), so a
+plain AdamW resumes from it; ``opt.load_state_dict`` takes either kind (``_exported``,
+``_imported`` below).
+
 SGD (with or without momentum, Nesterov) needs no change: ``register`` then registers the plain
 hook. Other optimizers raise, naming the choices.
 """
 from __future__ import annotations
 
+import functools
 import types
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from compressors import Mechanism
 from compressors.core.mechanism import all_finite
-from compressors.mechanisms.adam_normalized import AdamNormalized
+from compressors.mechanisms.adam_normalized import MOMENTS, AdamNormalized, second_moment
 
 from .state import ThreePCState
 
@@ -121,8 +127,75 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
                     p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
         return loss
 
+    optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state))
+    optimizer.register_load_state_dict_pre_hook(_imported)
+
     # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
     # ones) inside a profiler range: the same wrapper, so that hooks users registered still run
     hooked = torch.optim.Optimizer.profile_hook_step(step)
     setattr(hooked, SCHEDULER_MARK, True)
     optimizer.step = types.MethodType(hooked, optimizer)
+
+
+# -- checkpoints: torch's AdamW units at rest --------------------------------------------------
+# In the mode, ``exp_avg`` is the momentum of the agreed *normalised* directions. A state_dict
+# holds torch AdamW's state instead (exp_avg in gradient units and exp_avg_sq, from the hook's
+# second moment w_i), so a plain AdamW resumes from it (without the hook, or on one process), and
+# the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
+NORMALISED = "threepc_exp_avg"
+
+
+def _pairs(state_dict: dict) -> list[tuple[int, dict, dict]]:
+    """(index, param group, per-parameter state) of a state_dict's parameters that have a state."""
+    groups = {i: g for g in state_dict["param_groups"] for i in g["params"]}
+    return [(i, groups[i], s) for i, s in state_dict["state"].items()]
+
+
+def _denominator(exp_avg_sq: Tensor, step: Tensor, group: dict) -> Tensor:
+    """torch AdamW's sqrt(exp_avg_sq / (1 - beta2^step)) + eps."""
+    beta2 = float(group["betas"][1])
+    correction = 1.0 - beta2 ** float(step) if float(step) > 0 else 1.0
+    return (exp_avg_sq.double() / correction).sqrt() + float(group["eps"])
+
+
+def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: ThreePCState) -> dict:
+    """state_dict post-hook: exp_avg_sq = w_i (1 - beta2^t) and exp_avg = the normalised momentum
+    times sqrt(w_i) + eps, so that torch's AdamW takes the step the mode would take next
+    (m^ / (sqrt(v^) + eps) = the mode's exp_avg / (1 - beta1^t)). w_i: this rank's second moment
+    (``second_moment``) from the hook's memory, or the exp_avg_sq a plain checkpoint brought
+    (``_imported``) for parameters the hook holds no moments of yet."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    memory, mechanism = state.state_dict()["memory"], state.mechanism  # register() bound the model
+    for index, group, s in _pairs(state_dict):
+        if "exp_avg" not in s:
+            continue
+        p, fields = params[index], memory.get(state.name(id(params[index])), {})
+        if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
+            w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.group.size(),
+                              mechanism.mean_of_ranks).view_as(p)
+            beta2, step = float(group["betas"][1]), float(s["step"])
+            exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)
+        elif "exp_avg_sq" in s:
+            exp_avg_sq = s["exp_avg_sq"]
+        else:
+            continue  # no second moment known: left as the mode holds it
+        exp_avg = (s["exp_avg"].double() * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
+        state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
+                                      NORMALISED: s["exp_avg"].clone()}
+    return state_dict
+
+
+def _imported(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it (one the
+    mode saved), else a plain AdamW's exp_avg divided by its sqrt(v^) + eps (the normalised
+    momentum that continues its step). exp_avg_sq is kept for ``_exported``."""
+    state_dict = {**state_dict, "state": dict(state_dict["state"])}
+    for index, group, s in _pairs(state_dict):
+        s = dict(s)
+        if NORMALISED in s:
+            s["exp_avg"] = s.pop(NORMALISED)
+        elif "exp_avg" in s and "exp_avg_sq" in s:
+            s["exp_avg"] = (s["exp_avg"].double() / _denominator(s["exp_avg_sq"], s["step"], group)
+                            ).to(s["exp_avg"].dtype)
+        state_dict["state"][index] = s
+    return state_dict

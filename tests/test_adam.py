@@ -93,6 +93,21 @@ def test_moments_reuse_the_round_before_lasts_buffers_but_never_the_rollbacks():
         assert all(torch.equal(before.tensors()[k], x) for k, x in kept.items()), "the rollback was overwritten"
 
 
+@pytest.mark.parametrize("workers", [1, 4])
+def test_second_moment_is_what_the_round_divided_by(workers):
+    """``second_moment`` (what a checkpoint exports as exp_avg_sq) against the kernel's d_i."""
+    from compressors.mechanisms.adam_normalized import second_moment
+    torch.manual_seed(0)
+    mech = AdamNormalized(GD(), betas=(0.8, 0.99), eps=1e-8)
+    for t in range(5):
+        g = torch.randn(1000) * torch.linspace(0.01, 3.0, 1000) + 0.5
+        d = mech.normalized(g, Round(t, 0, workers))
+    w = second_moment(mech.m, mech.v, mech.k, mech.betas, workers)
+    torch.testing.assert_close(g / (w.sqrt() + 1e-8), d, rtol=1e-5, atol=0)
+    if workers > 1:
+        assert not torch.allclose(w, second_moment(mech.m, mech.v, mech.k, mech.betas, 1))
+
+
 def test_eps_zero_leaves_coordinates_without_gradient_still():
     """AdamW(eps=0) is valid; a coordinate whose gradient is 0 (or squares to 0) must not send
     NaN or inf: the hook would flag and skip every round."""
@@ -363,6 +378,7 @@ def _one_rank(rank: int, workers: int) -> dict:
     """Against torch's AdamW (warm-up, skipped steps, GradScaler), step hooks, closures, a plain
     AdamW checkpoint."""
     out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4}),
+           "leaves the mode": _leaves_the_mode(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False)}
 
     # the optimizer's step hooks run, as with torch's own step
@@ -415,6 +431,9 @@ def _one_rank(rank: int, workers: int) -> dict:
     state = ddp_hooks.register(ddp, "ef14", optimizer=opt, ratio=0.1)
     opt.load_state_dict(ref.state_dict())
     loaded = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    plain_state = [ref.state[p] for p in plain.parameters()]
+    out["plain units"] = max(float((m * ((s["exp_avg_sq"] / (1 - 0.99 ** 3)).sqrt() + 1e-8) - s["exp_avg"]).abs().max()
+                                   / float(s["exp_avg"].abs().max())) for m, s in zip(loaded, plain_state))
     before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
     _loss(ddp, rank, 3).backward()
@@ -425,6 +444,45 @@ def _one_rank(rank: int, workers: int) -> dict:
         "exp_avg": max(float((opt.state[p]["exp_avg"] - m.lerp(directions[id(p)].view_as(p), 0.2)).abs().max())
                        for p, m in zip(model.parameters(), loaded)),
         "moved": all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))}
+    return out
+
+
+def _leaves_the_mode(rank: int) -> dict[str, float]:
+    """6 steps in the mode ("gd"), then the 7th in the mode and, from its optimizer's state_dict,
+    in a plain torch AdamW without the hook: the relative difference of the two updates, with the
+    state_dict as saved and with its exp_avg replaced by the mode's normalised momentum."""
+    kw = dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), **kw)
+    ddp_hooks.register(ddp, "gd", optimizer=opt)
+    for step in range(6):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    _loss(ddp, rank, 6).backward()
+    opt.step()
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    out = {}
+    for variant in ("saved", "normalised exp_avg"):
+        plain = _model()
+        with torch.no_grad():
+            for p, b in zip(plain.parameters(), before):
+                p.copy_(b)
+        ref = torch.optim.AdamW(plain.parameters(), **kw)
+        state = copy.deepcopy(saved)
+        if variant != "saved":
+            for s in state["state"].values():
+                s["exp_avg"] = s["threepc_exp_avg"]
+        ref.load_state_dict(state)
+        ref.zero_grad()
+        _loss(plain, rank, 6).backward()
+        ref.step()
+        plain_moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(plain.parameters(), before)])
+        out[variant] = float((moved - plain_moved).norm() / moved.norm())
     return out
 
 
@@ -466,6 +524,17 @@ def test_a_plain_adamw_checkpoint_loads_and_its_momentum_and_count_continue(one_
     loaded = one_rank["plain checkpoint"]
     assert loaded["steps"] == [4.0] * len(loaded["steps"]) and loaded["moved"], loaded
     assert loaded["exp_avg"] < 1e-7, loaded
+    assert one_rank["plain units"] < 1e-5, "the plain exp_avg becomes the normalised momentum of its step"
+
+
+@pytest.mark.slow
+def test_the_modes_checkpoint_resumes_in_a_plain_adamw_with_the_step_the_mode_takes(one_rank):
+    """The state_dict holds torch's AdamW state (exp_avg in gradient units, exp_avg_sq from the
+    hook's second moment): a plain AdamW steps from it (no KeyError) about as the mode does (the
+    two differ by how v moved in one round); the mode's own momentum there would be ~100x off."""
+    left = one_rank["leaves the mode"]
+    assert left["saved"] < 0.2, left
+    assert left["normalised exp_avg"] > 10, left
 
 
 # -- every kind of inner mechanism, on 2 gloo ranks -----------------------------------------------

@@ -82,6 +82,21 @@ def corrections(betas: tuple[float, float], k: Tensor) -> tuple[Tensor, Tensor]:
                                  device=k.device).reshape(-1) for beta, power in zip(betas, (2, 1)))
 
 
+def second_moment(m: Tensor, v: Tensor, k: Tensor, betas: tuple[float, float], workers: int,
+                  mean_of_ranks: bool = True) -> Tensor:
+    """w_i, the bias-corrected second moment a round divides by (the module's formula, in float64,
+    then fp32; 0 where no round was folded in): what torch's AdamW holds as
+    exp_avg_sq / (1 - beta2^t) when a checkpoint leaves the Adam mode (``ddp_hooks.adam``)."""
+    (beta1, beta2), k = betas, k.double()
+    folded = k > 0
+    v_hat = torch.where(folded, v.double() / torch.as_tensor(debiasing(beta2, k)).clamp_min(1e-300), 0.0)
+    if not mean_of_ranks or workers <= 1:
+        return v_hat.float()
+    m_hat = torch.where(folded, m.double() / torch.as_tensor(debiasing(beta1, k)).clamp_min(1e-300), 0.0)
+    s = torch.minimum(m_hat * m_hat, v_hat)
+    return (s + (v_hat - s) / workers).float()
+
+
 class AdamNormalized(Mechanism):
     """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i, k_i (``MOMENTS``). Everything
     else (payload, protocol, aggregate state) is ``inner``'s."""
