@@ -1,6 +1,8 @@
 """PyTorch Lightning: a callback that registers a threepc hook on the strategy's DDP model when
-fitting starts.
+fitting starts, told the module's optimizer (``configure_optimizers``): with an Adam or AdamW,
+the optimizer-aware mode (``ddp_hooks.adam``) and, with no name, its default.
 
+    >>> trainer = lightning.pytorch.Trainer(strategy="ddp", callbacks=[ThreePCCallback()])
     >>> trainer = lightning.pytorch.Trainer(strategy="ddp", callbacks=[ThreePCCallback("ef21", ratio=0.01)])
 
 Do not pass the hook to ``DDPStrategy(ddp_comm_hook=...)``: Lightning registers that hook only
@@ -13,7 +15,9 @@ from typing import Any
 
 from torch.nn.parallel import DistributedDataParallel
 
-from .registry import DEFAULT, register
+import torch
+
+from .registry import register
 from .state import ThreePCState
 
 try:
@@ -24,19 +28,23 @@ except ImportError:
             raise ImportError("ddp_hooks.lightning.ThreePCCallback needs PyTorch Lightning: pip install lightning")
 
 
+AWARE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)  # what register(..., optimizer=) takes
+
+
 class ThreePCCallback(Callback):
-    """Registers ``ddp_hooks.register(ddp, name, **options)`` at fit start; the hook's state
-    (byte counts in ``state.stats``, per-rank ``state_dict()``) is then ``self.state``.
+    """Registers ``ddp_hooks.register(ddp, name, optimizer=opt, **options)`` at fit start; the
+    hook's state (byte counts in ``state.stats``, per-rank ``state_dict()``) is then
+    ``self.state``. ``opt`` is the trainer's optimizer when there is one and it is an Adam, AdamW
+    or SGD (``aware=False``, or any other optimizer: the plain hook, on raw gradients).
 
     Lightning's checkpoints are written by rank 0 only, so they hold no hook state: a resumed
     fit starts the hook afresh (one dense warm-up round). Save ``state.state_dict()`` per rank
     yourself to carry it over.
     """
 
-    def __init__(self, name: str = DEFAULT, **options: object) -> None:
+    def __init__(self, name: str | None = None, *, aware: bool = True, **options: object) -> None:
         super().__init__()
-        self.name = name
-        self.options = options
+        self.name, self.aware, self.options = name, aware, options
         self.state: ThreePCState | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -44,4 +52,6 @@ class ThreePCCallback(Callback):
         if not isinstance(model, DistributedDataParallel):
             raise RuntimeError(f"ThreePCCallback needs a DDP strategy (strategy='ddp'); the strategy "
                                f"{type(trainer.strategy).__name__} wraps the model in {type(model).__name__}")
-        self.state = register(model, self.name, **self.options)
+        optimizers = list(trainer.optimizers)
+        told = optimizers[0] if self.aware and len(optimizers) == 1 and isinstance(optimizers[0], AWARE) else None
+        self.state = register(model, self.name, optimizer=told, **self.options)

@@ -65,6 +65,15 @@ def test_lightning_recipe(integration_python: Path) -> None:
 
 
 @pytest.mark.slow
+def test_lightning_callback_tells_the_hook_the_adamw(integration_python: Path) -> None:
+    stats = rank_stats(run([integration_python, EXAMPLES / "train_lightning.py", "--steps", "20", "--optimizer",
+                            "adamw"], env=ENV, timeout=300))
+    for s in stats:
+        assert s["mechanism"].startswith("AdamNormalized(EF14(ScaledSign"), s["mechanism"]
+        assert s["last_loss"] < s["first_loss"], s
+
+
+@pytest.mark.slow
 def test_accelerate_recipe(integration_python: Path) -> None:
     rank_stats(run([integration_python, *TORCHRUN, EXAMPLES / "train_accelerate.py", "--steps", "20"], env=ENV,
                    timeout=300))
