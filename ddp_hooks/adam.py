@@ -56,6 +56,24 @@ class AdamSettings:
     eps: float
 
 
+def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside a framework's wrapper (Accelerate's ``AcceleratedOptimizer``
+    and Lightning's ``LightningOptimizer`` keep it in ``.optimizer`` / ``._optimizer`` and call
+    its ``step``), else ``optimizer`` itself."""
+    while not isinstance(optimizer, (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)):
+        if hasattr(optimizer, "_optimizer_original_step_method"):
+            raise ValueError("this optimizer's wrapper (Accelerate's, with a GradScaler) puts back the step method "
+                             "it saw when it was built after every step, undoing the Adam mode's: tell the hook "
+                             "the optimizer before preparing it: model = accelerator.prepare(model); "
+                             "register(model, optimizer=opt, scaler=accelerator.scaler); "
+                             "opt = accelerator.prepare(opt)")
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
 def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
     """``optimizer``'s (betas, eps) if it is an Adam or AdamW this mode supports; None for SGD;
     otherwise a ValueError naming what to change."""

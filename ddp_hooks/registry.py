@@ -56,6 +56,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         >>> state = ddp_hooks.register(ddp_model, optimizer=adamw)   # default hook, Adam-aware
         >>> state.stats.summary()["fraction_of_dense"]
     """
+    optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     if name is None:
         name, options = DEFAULT, (dict(ADAM_DEFAULT) if settings is not None and not options else options)

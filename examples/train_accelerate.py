@@ -2,6 +2,7 @@
 ``accelerator.prepare`` returns (a DistributedDataParallel when several processes run).
 
     torchrun --standalone --nproc_per_node 2 examples/train_accelerate.py --steps 40
+    torchrun --standalone --nproc_per_node 2 examples/train_accelerate.py --optimizer adamw
 
 Not ``DistributedDataParallelKwargs(comm_hook=...)``: it takes only Accelerate's
 ``DDPCommunicationHookType`` names and ignores a callable silently.
@@ -22,14 +23,22 @@ from common import finish, report, toy_task
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                        help="adamw: the default hook told the (prepared) optimizer")
     args = parser.parse_args()
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, data = toy_task()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(data, batch_size=32, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    state = ddp_hooks.register(model, "ef21", ratio=0.01)  # after prepare: model is the DDP wrapper
+    if args.optimizer == "adamw":  # after prepare: model is the DDP wrapper, optimizer Accelerate's wrapper
+        state = ddp_hooks.register(model, optimizer=optimizer)
+    else:
+        state = ddp_hooks.register(model, "ef21", ratio=0.01)
 
     losses = []
     while len(losses) < args.steps:
@@ -41,7 +50,8 @@ def main() -> None:
             losses.append(loss.item())
             if len(losses) == args.steps:
                 break
-    report(accelerator.process_index, state, first_loss=losses[0], last_loss=losses[-1])
+    report(accelerator.process_index, state, first_loss=losses[0], last_loss=losses[-1],
+           mechanism=repr(state.mechanism))
     finish()
 
 

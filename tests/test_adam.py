@@ -154,6 +154,21 @@ def test_unsupported_optimizers_are_refused_naming_the_fix(optimizer, needle):
     assert needle in str(raised.value), raised.value
 
 
+def test_a_frameworks_wrapper_is_unwrapped_or_refused_naming_the_order():
+    from ddp_hooks.adam import unwrapped
+
+    class Wrapper(torch.optim.Optimizer):  # Accelerate's AcceleratedOptimizer keeps it in .optimizer
+        def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+            self.optimizer = optimizer
+    inner = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
+    assert unwrapped(Wrapper(inner)) is inner and unwrapped(inner) is inner
+    assert adam_settings(unwrapped(Wrapper(Wrapper(inner)))) is not None
+    scaled = Wrapper(inner)
+    scaled._optimizer_original_step_method = inner.step  # with a GradScaler it restores this after each step
+    with pytest.raises(ValueError, match="before preparing it"):
+        unwrapped(scaled)
+
+
 def test_supported_optimizers():
     assert adam_settings(torch.optim.SGD(_params({}), lr=0.1, momentum=0.9)) is None
     s = adam_settings(torch.optim.AdamW(_params({}, {}), betas=(0.8, 0.99), eps=1e-6))

@@ -79,6 +79,15 @@ def test_accelerate_recipe(integration_python: Path) -> None:
                    timeout=300))
 
 
+@pytest.mark.slow
+def test_accelerate_prepared_adamw_is_told_to_the_hook(integration_python: Path) -> None:
+    stats = rank_stats(run([integration_python, *TORCHRUN, EXAMPLES / "train_accelerate.py", "--steps", "20",
+                            "--optimizer", "adamw"], env=ENV, timeout=300))
+    for s in stats:
+        assert s["mechanism"].startswith("AdamNormalized(EF14(ScaledSign"), s["mechanism"]
+        assert s["last_loss"] < s["first_loss"], s
+
+
 def test_lightning_callback_without_lightning() -> None:
     """ddp_hooks.lightning imports without Lightning; building the callback says what is missing."""
     code = ("import sys; sys.modules['lightning'] = None\n"
