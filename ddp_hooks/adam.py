@@ -58,9 +58,10 @@ class AdamSettings:
 
 def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The torch optimizer inside a framework's wrapper (Accelerate's ``AcceleratedOptimizer``
-    and Lightning's ``LightningOptimizer`` keep it in ``.optimizer`` / ``._optimizer`` and call
-    its ``step``), else ``optimizer`` itself."""
-    while not isinstance(optimizer, (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)):
+    keeps it in ``.optimizer``, Lightning's ``LightningOptimizer``, whose class it makes a
+    subclass of the wrapped one's, in ``._optimizer``; both call its ``step``), else
+    ``optimizer`` itself."""
+    while True:
         if hasattr(optimizer, "_optimizer_original_step_method"):
             raise ValueError("this optimizer's wrapper (Accelerate's, with a GradScaler) puts back the step method "
                              "it saw when it was built after every step, undoing the Adam mode's: tell the hook "
@@ -69,9 +70,8 @@ def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
                              "opt = accelerator.prepare(opt)")
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
         if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
-            break
+            return optimizer
         optimizer = inner
-    return optimizer
 
 
 def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
@@ -105,8 +105,9 @@ def normalized(mechanism: Mechanism, settings: AdamSettings) -> AdamNormalized:
     return AdamNormalized(mechanism, settings.betas, settings.eps)
 
 
-def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Module) -> None:
-    """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions."""
+def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """A ValueError if ``optimizer`` holds parameters ``model`` does not (before anything is
+    registered)."""
     owned = {id(p) for p in model.parameters()}
     foreign = [i for i, g in enumerate(optimizer.param_groups) for p in g["params"] if id(p) not in owned]
     if foreign:
@@ -114,6 +115,13 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
                          "model does not: the hook's directions cover only the model's parameters; give the "
                          "optimizer the DDP model's parameters")
 
+
+HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last attach
+
+
+def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
+    """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
+    checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
         loss = None
         if closure is not None:
@@ -145,8 +153,10 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
                     p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
         return loss
 
-    optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state))
-    optimizer.register_load_state_dict_pre_hook(_imported)
+    for handle in getattr(optimizer, HANDLES, ()):
+        handle.remove()
+    setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),
+                                 optimizer.register_load_state_dict_pre_hook(_imported)))
 
     # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
     # ones) inside a profiler range: the same wrapper, so that hooks users registered still run
@@ -160,7 +170,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, model: nn.Modu
 # holds torch AdamW's state instead (exp_avg in gradient units and exp_avg_sq, from the hook's
 # second moment w_i), so a plain AdamW resumes from it (without the hook, or on one process), and
 # the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
-NORMALISED = "threepc_exp_avg"
+NORMALISED, AT_STEP = "threepc_exp_avg", "threepc_step"  # the mode's momentum, and the step it is of
 
 
 def _pairs(state_dict: dict) -> list[tuple[int, dict, dict]]:
@@ -181,13 +191,15 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     times sqrt(w_i) + eps, so that torch's AdamW takes the step the mode would take next
     (m^ / (sqrt(v^) + eps) = the mode's exp_avg / (1 - beta1^t)). w_i: this rank's second moment
     (``second_moment``) from the hook's memory, or the exp_avg_sq a plain checkpoint brought
-    (``_imported``) for parameters the hook holds no moments of yet."""
+    (``_imported``) for parameters the hook holds no moments of yet; with neither, the
+    parameter's state is left empty (a plain AdamW starts it afresh)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    memory, mechanism = state.state_dict()["memory"], state.mechanism  # register() bound the model
+    memory, mechanism = state.parameter_memory(), state.mechanism
     for index, group, s in _pairs(state_dict):
         if "exp_avg" not in s:
             continue
-        p, fields = params[index], memory.get(state.name(id(params[index])), {})
+        p = params[index]
+        fields = memory.get(id(p), {})
         if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
             w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.group.size(),
                               mechanism.mean_of_ranks).view_as(p)
@@ -196,22 +208,25 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         elif "exp_avg_sq" in s:
             exp_avg_sq = s["exp_avg_sq"]
         else:
-            continue  # no second moment known: left as the mode holds it
+            state_dict["state"][index] = {}
+            continue
         exp_avg = (s["exp_avg"].double() * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
         state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
-                                      NORMALISED: s["exp_avg"].clone()}
+                                      NORMALISED: s["exp_avg"].clone(), AT_STEP: float(s["step"])}
     return state_dict
 
 
 def _imported(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
-    """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it (one the
-    mode saved), else a plain AdamW's exp_avg divided by its sqrt(v^) + eps (the normalised
-    momentum that continues its step). exp_avg_sq is kept for ``_exported``."""
+    """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it for its
+    current step (the mode saved it; a plain AdamW that trained on from it has moved on), else
+    the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step).
+    exp_avg_sq is kept for ``_exported``."""
     state_dict = {**state_dict, "state": dict(state_dict["state"])}
     for index, group, s in _pairs(state_dict):
         s = dict(s)
-        if NORMALISED in s:
-            s["exp_avg"] = s.pop(NORMALISED)
+        saved, at = s.pop(NORMALISED, None), s.pop(AT_STEP, None)
+        if saved is not None and at is not None and "step" in s and at == float(s["step"]):
+            s["exp_avg"] = saved
         elif "exp_avg" in s and "exp_avg_sq" in s:
             s["exp_avg"] = (s["exp_avg"].double() / _denominator(s["exp_avg_sq"], s["step"], group)
                             ).to(s["exp_avg"].dtype)

@@ -11,12 +11,14 @@ callback then raises ImportError when built.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch.nn.parallel import DistributedDataParallel
 
 import torch
 
+from .adam import adam_settings
 from .registry import register
 from .state import ThreePCState
 
@@ -35,7 +37,8 @@ class ThreePCCallback(Callback):
     """Registers ``ddp_hooks.register(ddp, name, optimizer=opt, **options)`` at fit start; the
     hook's state (byte counts in ``state.stats``, per-rank ``state_dict()``) is then
     ``self.state``. ``opt`` is the trainer's optimizer when there is one and it is an Adam, AdamW
-    or SGD (``aware=False``, or any other optimizer: the plain hook, on raw gradients).
+    or SGD the mode supports (``aware=False``, or any other optimizer: the plain hook, on raw
+    gradients, with a warning when the mode refused it), with the precision plugin's GradScaler.
 
     Lightning's checkpoints are written by rank 0 only, so they hold no hook state: a resumed
     fit starts the hook afresh (one dense warm-up round). Save ``state.state_dict()`` per rank
@@ -54,4 +57,14 @@ class ThreePCCallback(Callback):
                                f"{type(trainer.strategy).__name__} wraps the model in {type(model).__name__}")
         optimizers = list(trainer.optimizers)
         told = optimizers[0] if self.aware and len(optimizers) == 1 and isinstance(optimizers[0], AWARE) else None
-        self.state = register(model, self.name, optimizer=told, **self.options)
+        options = dict(self.options)
+        if told is not None:
+            try:
+                adam_settings(told)
+            except ValueError as e:  # e.g. Adam's coupled weight decay: the plain hook, as without the callback's help
+                warnings.warn(f"ThreePCCallback registers the plain hook on raw gradients: {e}", stacklevel=2)
+                told = None
+        scaler = getattr(getattr(trainer.strategy, "precision_plugin", None), "scaler", None)
+        if told is not None and scaler is not None:
+            options.setdefault("scaler", scaler)  # 16-mixed: the moments in unscaled units
+        self.state = register(model, self.name, optimizer=told, **options)

@@ -288,7 +288,7 @@ class TwoStage(Protocol):
         for j in range(n):
             if packed:
                 self.count(chunks[j], specs[j])
-                self._pad(width - _LENGTH - packed[j].numel())
+            self._pad(width - _LENGTH - (packed[j].numel() if packed else 0))  # a flagged rank sends zeros
             self.stats.add("header", _LENGTH)
             slots += _framed(packed[j].numel() if packed else _flag(flags), packed[j] if packed else None, width,
                              device)
@@ -316,7 +316,7 @@ class TwoStage(Protocol):
         width += _LENGTH
         if packed is not None:
             self.count(owned, specs[me])
-            self._pad(width - _LENGTH - packed.numel())
+        self._pad(width - _LENGTH - (packed.numel() if packed is not None else 0))
         self.stats.add("header", _LENGTH)
         row = torch.cat(_framed(_flag(flags) if packed is None else packed.numel(), packed, width, device))
         gathered = row.new_empty(n * width)

@@ -67,6 +67,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
                          check_every=check_every, reproducible=reproducible, scaler=scaler)
     if settings is not None:
-        adam.attach(optimizer, state, ddp)
+        adam.check_attachable(optimizer, ddp)
     ddp.register_comm_hook(state, threepc_hook)
+    if settings is not None:  # once the hook is in: a second register() on this model raised above
+        adam.attach(optimizer, state)
     return state

@@ -348,16 +348,20 @@ class ThreePCState:
         ``static_graph``, ``gradient_as_bucket_view``) and state, then loads its own file
         before the first forward."""
         names = self._require_names("state_dict()")
-        self.settle()
-        memory: dict[str, dict[str, Tensor]] = {names[p]: {k: t.clone() for k, t in s.items()}
-                                                for p, s in self._pending.items()}
-        for state in self._buckets.values():
-            for p, s in state.slices().items():
-                memory[names[p]] = {k: t.clone() for k, t in s.items()}
+        memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
         return {"mechanism": repr(self.mechanism), "iteration": self.iteration,
                 "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
+
+    def parameter_memory(self) -> dict[int, dict[str, Tensor]]:
+        """Every parameter's (by id) slices of its bucket's memory, or of a loaded checkpoint's
+        not yet in a bucket: live views, once the last iteration settled."""
+        self.settle()
+        memory = dict(self._pending)
+        for state in self._buckets.values():
+            memory.update(state.slices())
+        return memory
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""

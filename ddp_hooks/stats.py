@@ -10,8 +10,10 @@ class CommStats:
     """What this rank has sent, in bytes, by kind, against dense (allreduce) training.
 
     ``sent`` counts the bytes this rank contributes to collectives: compressed payload parts
-    (e.g. ``values``, ``indices``), ``header`` (one int32 per rank and round when payloads may
-    be empty or vary in size: the size, or a negative flag) and ``padding`` (fill up to the longest
+    (e.g. ``values``, ``indices``), ``header`` (int32 sizes or negative flags: one per round when
+    payloads may be empty or vary in size; in a two-stage round one in front of each of the n
+    chunk payloads and of the owner's, plus a size header per stage when the chunks vary in
+    size) and ``padding`` (fill up to the longest
     payload of the round), and ``dense`` for warm-up rounds. ``control`` counts the bytes of the
     hook's agreement between ranks: ``flags`` (two fp32 per round of fixed-size payloads: whether
     this rank saw a non-finite gradient, whether it failed) and ``checks`` (the configuration and

@@ -162,11 +162,36 @@ def test_a_frameworks_wrapper_is_unwrapped_or_refused_naming_the_order():
             self.optimizer = optimizer
     inner = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
     assert unwrapped(Wrapper(inner)) is inner and unwrapped(inner) is inner
+    lightning_like = Wrapper(inner)
+    lightning_like.__class__ = type("LightningAdamW", (type(lightning_like), torch.optim.AdamW), {})
+    lightning_like._optimizer, lightning_like.optimizer = inner, None  # Lightning: ._optimizer, a subclass
+    assert isinstance(lightning_like, torch.optim.AdamW) and unwrapped(lightning_like) is inner
     assert adam_settings(unwrapped(Wrapper(Wrapper(inner)))) is not None
     scaled = Wrapper(inner)
     scaled._optimizer_original_step_method = inner.step  # with a GradScaler it restores this after each step
     with pytest.raises(ValueError, match="before preparing it"):
         unwrapped(scaled)
+
+
+def test_a_checkpoint_a_plain_adamw_trained_on_from_converts_its_exp_avg_not_the_stale_momentum():
+    from ddp_hooks.adam import AT_STEP, NORMALISED, _imported
+    group = {"params": [0], "betas": (0.9, 0.99), "eps": 1e-8}
+    state = {"step": torch.tensor(5.0), "exp_avg": torch.full((3,), 0.5), "exp_avg_sq": torch.full((3,), 0.25),
+             NORMALISED: torch.full((3,), 7.0), AT_STEP: 5.0}
+    as_saved = _imported(None, {"state": {0: state}, "param_groups": [group]})["state"][0]
+    assert torch.equal(as_saved["exp_avg"], torch.full((3,), 7.0)) and NORMALISED not in as_saved
+    moved_on = _imported(None, {"state": {0: {**state, "step": torch.tensor(9.0)}}, "param_groups": [group]})
+    expected = 0.5 / ((0.25 / (1 - 0.99 ** 9)) ** 0.5 + 1e-8)
+    torch.testing.assert_close(moved_on["state"][0]["exp_avg"], torch.full((3,), expected))
+    assert torch.equal(state[NORMALISED], torch.full((3,), 7.0)), "the caller's state_dict is not modified"
+
+
+def test_a_second_attach_replaces_the_checkpoint_hooks():
+    from ddp_hooks.adam import attach
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
+    for _ in range(2):
+        attach(opt, None)
+    assert len(opt._optimizer_state_dict_post_hooks) == 1 and len(opt._optimizer_load_state_dict_pre_hooks) == 1
 
 
 def test_supported_optimizers():
