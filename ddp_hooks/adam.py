@@ -122,6 +122,8 @@ HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last a
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
+    applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step
+
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
         loss = None
         if closure is not None:
@@ -131,6 +133,13 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not all_finite(*grads):
             return loss
+        rounds, applied["at"] = state.committed_iterations - applied["at"], state.committed_iterations
+        if rounds > 1:
+            raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
+                               "is a round of the hook (its moments count it, and .grad holds its normalised "
+                               "direction, to which another backward adds a raw gradient), so only the last would "
+                               "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
+                               "the last backward only")
         directions = state.directions()
         with torch.no_grad():
             for group in self.param_groups:
@@ -144,8 +153,11 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                         moments["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     d = directions.get(id(p))
                     if d is None:
-                        raise RuntimeError(f"threepc has no direction for {state.name(id(p))} yet: call "
-                                           "optimizer.step() after a backward() through the DDP model")
+                        raise RuntimeError(f"threepc has no direction for {state.name(id(p))}: call "
+                                           "optimizer.step() after a backward() through the DDP model. If it is "
+                                           "set, the parameter is not in DDP's buckets: it did not require grad "
+                                           "when DDP wrapped the model (frozen then), so DDP never synchronises "
+                                           "it; wrap the model in DDP again after unfreezing")
                     moments["step"] += 1
                     m = moments["exp_avg"]
                     m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)

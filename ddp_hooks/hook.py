@@ -249,6 +249,8 @@ class _Iteration:
         if self.closed and self.pending == 0:
             for r in self.rounds:
                 r.restore() if self.failed else r.commit()
+            if self.rounds and not self.failed:
+                self.rounds[0].state.committed_iterations += 1
             self.rounds = []
 
 

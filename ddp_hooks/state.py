@@ -114,7 +114,7 @@ class ThreePCState:
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
-                 "_layout", "_names", "history", "warned", "transaction")
+                 "_layout", "_names", "history", "warned", "transaction", "committed_iterations")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -147,6 +147,7 @@ class ThreePCState:
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
         self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
         self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
+        self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
         self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
@@ -167,6 +168,10 @@ class ThreePCState:
     @property
     def group(self) -> dist.ProcessGroup:
         return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    def world_size(self) -> int:
+        """The group's size (1 outside a process group: a state used standalone)."""
+        return self.group.size() if self.process_group is not None or dist.is_initialized() else 1
 
     def name(self, param: int) -> str:
         """A parameter's name (its id if the state is not bound to a model)."""
@@ -349,7 +354,7 @@ class ThreePCState:
         before the first forward."""
         names = self._require_names("state_dict()")
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
-        return {"mechanism": repr(self.mechanism), "iteration": self.iteration,
+        return {"mechanism": repr(self.mechanism), "iteration": self.iteration, "world_size": self.world_size(),
                 "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
@@ -374,6 +379,12 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
+        saved_n, n = state.get("world_size"), self.world_size()
+        peers = sorted({k for s in state["memory"].values() for k in s if k.startswith(SERVER + "peer.")})
+        if saved_n is not None and saved_n != n and peers:
+            raise ValueError(f"the checkpoint was saved on {saved_n} ranks and its aggregate keeps one message per "
+                             f"rank ({peers[0]}, ...: {self.mechanism!r}), which does not map to {n} ranks: resume "
+                             f"on {saved_n} ranks, or start this hook afresh (do not load its state_dict)")
         self.settle()
         self.transaction = None
         self.iteration = int(state["iteration"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import types
 from pathlib import Path
 
 import pytest
@@ -190,7 +191,7 @@ def test_a_second_attach_replaces_the_checkpoint_hooks():
     from ddp_hooks.adam import attach
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
     for _ in range(2):
-        attach(opt, None)
+        attach(opt, types.SimpleNamespace(committed_iterations=0))  # a state: only read when stepping
     assert len(opt._optimizer_state_dict_post_hooks) == 1 and len(opt._optimizer_load_state_dict_pre_hooks) == 1
 
 
@@ -418,7 +419,7 @@ def _one_rank(rank: int, workers: int) -> dict:
     """Against torch's AdamW (warm-up, skipped steps, GradScaler), step hooks, closures, a plain
     AdamW checkpoint."""
     out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4}),
-           "leaves the mode": _leaves_the_mode(rank),
+           "leaves the mode": _leaves_the_mode(rank), "accumulates": _accumulates(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False)}
 
     # the optimizer's step hooks run, as with torch's own step
@@ -484,6 +485,31 @@ def _one_rank(rank: int, workers: int) -> dict:
         "exp_avg": max(float((opt.state[p]["exp_avg"] - m.lerp(directions[id(p)].view_as(p), 0.2)).abs().max())
                        for p, m in zip(model.parameters(), loaded)),
         "moved": all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))}
+    return out
+
+
+def _accumulates(rank: int) -> dict[str, str]:
+    """Two micro-batches per step: both backward passes synchronised (the step must raise, on
+    every rank), or the first under ``no_sync`` (it trains)."""
+    out = {}
+    for synced in (True, False):
+        model = _model()
+        ddp = DDP(model, bucket_cap_mb=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        ddp_hooks.register(ddp, optimizer=opt)
+        try:
+            for step in range(3):
+                opt.zero_grad()
+                if synced:
+                    _loss(ddp, rank, 2 * step).backward()
+                else:
+                    with ddp.no_sync():
+                        _loss(ddp, rank, 2 * step).backward()
+                _loss(ddp, rank, 2 * step + 1).backward()
+                opt.step()
+            out["synced" if synced else "no_sync"] = "ok"
+        except RuntimeError as e:
+            out["synced" if synced else "no_sync"] = str(e)
     return out
 
 
@@ -565,6 +591,13 @@ def test_a_plain_adamw_checkpoint_loads_and_its_momentum_and_count_continue(one_
     assert loaded["steps"] == [4.0] * len(loaded["steps"]) and loaded["moved"], loaded
     assert loaded["exp_avg"] < 1e-7, loaded
     assert one_rank["plain units"] < 1e-5, "the plain exp_avg becomes the normalised momentum of its step"
+
+
+@pytest.mark.slow
+def test_accumulating_over_synchronised_backward_passes_raises_naming_no_sync(one_rank):
+    out = one_rank["accumulates"]
+    assert out["no_sync"] == "ok", out
+    assert "2 synchronised backward passes" in out["synced"] and "no_sync" in out["synced"], out
 
 
 @pytest.mark.slow

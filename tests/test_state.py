@@ -122,3 +122,20 @@ def test_the_layout_of_units_survives_a_checkpoint():
 def test_reliability_options_are_checked(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         ThreePCState(EF21(TopK(k=1)), **options)
+
+
+def test_a_checkpoint_whose_aggregate_keeps_one_message_per_rank_refuses_another_world_size():
+    """sasg and ef21plus keep "peer.r" per rank: a checkpoint of 2 ranks does not map to 1 (or 4);
+    other mechanisms load (the two-stage owners' error is dropped once, see core.two_stage)."""
+    model = torch.nn.Linear(3, 1)
+    state = ThreePCState(EF21(TopK(k=1)), model=model)
+    bucket = _fill(state, list(model.parameters()), 0)
+    bucket.server = {**bucket.server, "peer.0": bucket.estimate.clone(), "peer.1": bucket.estimate.clone()}
+    saved = {**state.state_dict(), "world_size": 2}
+    fresh = ThreePCState(EF21(TopK(k=1)), model=model)
+    with pytest.raises(ValueError, match="saved on 2 ranks.*resume on 2 ranks"):
+        fresh.load_state_dict(saved)
+    plain = {**saved, "memory": {name: {k: t for k, t in fields.items() if "peer." not in k}
+                                 for name, fields in saved["memory"].items()}}
+    fresh.load_state_dict(plain)  # nothing per rank: loads at any world size
+    assert state.state_dict()["world_size"] == 1
