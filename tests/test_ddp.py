@@ -237,3 +237,28 @@ def test_a_grad_scaler_the_hook_is_told_of_keeps_error_feedback_in_gradient_unit
         assert torch.equal(r["told"], r["plain"]), "told the scaler, the hook must compress the unscaled gradient"
         assert not torch.allclose(r["untold"], r["plain"], atol=1e-6), \
             "untold, error feedback written at one scale is read at the next (what scaler= fixes)"
+
+
+JOINED = ("ef14", "ef21", "clag", "co3", "co3_2s", "onebit", "sasg")  # plain, lazy, sized, two-stage, peers
+
+
+def _uneven_worker(rank: int, workers: int) -> dict:
+    """Uneven inputs under ``ddp.join()``: rank r trains 3 + r steps; the ranks that ran out
+    shadow the others' collectives through the hook (torch's Join)."""
+    out = {}
+    for hook in JOINED:
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+        ddp_hooks.register(ddp, hook)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        with ddp.join():
+            _steps(ddp, opt, rank, 0, 3 + rank)
+        out[hook] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return out
+
+
+def test_uneven_inputs_under_join_train_identical_replicas_with_every_protocol():
+    ranks = run_ranks(_uneven_worker, 3, timeout=240)
+    for hook in JOINED:
+        assert all(torch.equal(r[hook], ranks[0][hook]) for r in ranks), hook
+        assert bool(ranks[0][hook].isfinite().all()), hook
