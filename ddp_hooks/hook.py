@@ -50,7 +50,7 @@ from compressors import PartSpec, Payload, Round
 from compressors.core.mechanism import all_finite
 from compressors.core.memory import Memory
 
-from . import protocol
+from . import protocol, wire
 from .protocol import Flags
 from .state import BucketState, ThreePCError, ThreePCState
 
@@ -103,6 +103,7 @@ class _Round:
         relay = None  # a two-stage mechanism: every rank owns a chunk and runs its step between the stages
         if not self.dense and worker.two_stage:
             relay = protocol.Relay([hi - lo for lo, hi in worker.chunks(numel, group.size())], self._relay)
+            self.owned_spec = protocol.chunk_specs(spec, group.size())[group.rank()]
         self.relayed = relay is not None
         proto = protocol.choose(spec, summable=worker.summable(spec), lazy=lazy, reproducible=state.reproducible,
                                 group=group, stats=state.stats, relay=relay)
@@ -122,6 +123,8 @@ class _Round:
                                                          for k, t in worker.memory.tensors().items()})
                 work = grad if scale == 1.0 else grad.float().div(scale)  # the gradient's own units
                 payload = worker.init(work, self.rnd) if self.dense else worker.step(work, self.rnd)
+                if payload.parts:  # a lazy round may stay silent
+                    wire.check(payload, spec)
                 if not all_finite(*(t for t in payload.parts.values() if not _shares(t, work))):
                     self.local, flags = "its payload overflowed", Flags(nonfinite=1)
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
@@ -140,6 +143,8 @@ class _Round:
         empty = Payload({}, 0)
         try:
             payload = self.worker.relay(received, self.rnd)
+            if payload is not None:
+                wire.check(payload, self.owned_spec)
         except Exception as e:  # noqa: BLE001 - reported to every rank through the flags
             self.error = e
             return empty, Flags(error=1)

@@ -236,6 +236,13 @@ def _lengths(rows: Tensor) -> tuple[list[int], Flags]:
     return lengths, Flags(lengths.count(-1), lengths.count(-2))
 
 
+def chunk_specs(spec: Sequence[PartSpec], workers: int) -> list[list[PartSpec]]:
+    """A two-stage spec's parts ``"<j>.<part>"`` as chunk j's spec, for j < ``workers`` (owner
+    j's payload has the same parts)."""
+    return [[PartSpec(p.name[len(f"{j}."):], p.dtype, p.numel, p.aligned) for p in spec
+             if p.name.startswith(f"{j}.")] for j in range(workers)]
+
+
 class TwoStage(Protocol):
     """Chunk payloads to their owners (all_to_all), the owners' payloads to everyone (all_gather);
     the spec's parts ``"<j>.<part>"`` are chunk j's, and owner j's payload has chunk j's parts.
@@ -251,9 +258,7 @@ class TwoStage(Protocol):
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
                  flags: Flags = Flags()) -> Exchange:
-        n = self.group.size()
-        specs = [[PartSpec(p.name[len(f"{j}."):], p.dtype, p.numel, p.aligned) for p in spec
-                  if p.name.startswith(f"{j}.")] for j in range(n)]
+        specs = chunk_specs(spec, self.group.size())
         fixed = all(wire.fixed_size(s) for s in specs)
         received = self.first(payload, specs, device, flags, fixed)
         if isinstance(received, Flags):

@@ -13,19 +13,29 @@ from torch import Tensor
 from compressors import PartSpec, Payload
 
 
-def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
-    """The payload's parts, in spec order, as one flat uint8 tensor."""
-    extra = set(payload.parts) - {part.name for part in spec}
+def check(payload: Payload, spec: list[PartSpec]) -> None:
+    """A RuntimeError unless the payload has exactly the spec's parts, each of the declared dtype
+    and length (the hook calls it where a failure is agreed, so a mechanism whose step() and
+    spec() disagree raises on every rank rather than leaving its peers in a collective)."""
+    names = {part.name for part in spec}
+    extra, missing = set(payload.parts) - names, names - set(payload.parts)
     if extra:
         raise RuntimeError(f"payload parts {sorted(extra)} are not in the mechanism's spec: a DDP payload must "
                            "declare everything it sends (side information such as oracle.* parts is simulation only)")
-    chunks = []
+    if missing:
+        raise RuntimeError(f"payload parts {sorted(missing)} of the mechanism's spec are missing: its step() and "
+                           "spec() disagree")
     for part in spec:
         t = payload.parts[part.name]
         if t.dtype != part.dtype or (part.numel is not None and t.numel() != part.numel):
             raise RuntimeError(f"payload part {part.name!r} is {t.dtype}[{t.numel()}] but the mechanism declared "
                                f"{part.dtype}[{part.numel}]: its step() and spec() disagree")
-        chunks.append(t.reshape(-1).contiguous().view(torch.uint8))
+
+
+def pack(payload: Payload, spec: list[PartSpec]) -> Tensor:
+    """The payload's parts, in spec order, as one flat uint8 tensor."""
+    check(payload, spec)
+    chunks = [payload.parts[part.name].reshape(-1).contiguous().view(torch.uint8) for part in spec]
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # one part: no copy
 
 

@@ -143,6 +143,32 @@ def _hook_error(rank: int) -> dict:
     return _train_through_failures(model, ddp, state, opt, rank, before_step)
 
 
+def _spec_mismatch(rank: int, hook: str, method: str) -> dict:
+    """A mechanism whose ``method`` (step, or the two-stage owner's relay) returns fp64 values
+    where its spec declares fp32, on rank 1 at step 3: every rank raises, no rank is left in a
+    collective, training goes on."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, hook, check_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def wrong(worker: object) -> Callable:
+        right = getattr(type(worker), method)
+
+        def call(*args: object) -> object:
+            payload = right(worker, *args)
+            return type(payload)({k: v.double() if v.is_floating_point() else v for k, v in payload.parts.items()},
+                                 payload.numel)
+        return call
+
+    def before_step(step: int) -> None:
+        for b in state.buckets:
+            b.worker.__dict__.pop(method, None)
+            if rank == 1 and step == 3:
+                setattr(b.worker, method, wrong(b.worker))
+    return _train_through_failures(model, ddp, state, opt, rank, before_step)
+
+
 def _train_through_failures(model: nn.Module, ddp: DDP, state: ddp_hooks.ThreePCState, opt: torch.optim.Optimizer,
                             rank: int, before_step: Callable[[int], None]) -> dict:
     """Six steps; a step whose backward raises is recorded (step, outcome, memory untouched) and
@@ -284,6 +310,7 @@ class _Odd(nn.Module):
         return self.lin(x) * self.one + self.empty.sum()
 
 
+SPEC_MISMATCHES = (("ef21", "step"), ("onebit", "step"), ("onebit", "relay"))
 ODD = ("ef21", "clag", "co3", "co3_2s", "onebit", "sasg")
 
 
@@ -327,6 +354,8 @@ def _single_group(rank: int, workers: int) -> dict:
     out = {f"nonfinite {h}": _nonfinite_propagates(rank, h, o) for h, o in NONFINITE_HOOKS.items()}
     out["raise"] = _nonfinite_raises(rank)
     out["hook error"] = _hook_error(rank)
+    for hook, method in SPEC_MISMATCHES:
+        out[f"spec mismatch {hook} {method}"] = _spec_mismatch(rank, hook, method)
     for dtype in (torch.float16, torch.bfloat16):
         out[f"overflow {dtype}"] = _overflow(rank, dtype)
     out["overflow inside payload"] = _overflow_inside_payload(rank)
@@ -458,6 +487,15 @@ def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(
                "injected failure" if rank == 1 else "this rank did not fail")
     first, second = (r["hook error"]["params"] for r in scenarios[:2])
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("hook,method", SPEC_MISMATCHES)
+def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(scenarios, hook, method):
+    for rank, r in enumerate(scenarios):
+        [(step, *outcome, untouched)] = r[f"spec mismatch {hook} {method}"]["failures"]
+        assert step == 3 and untouched
+        _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
+               "step() and spec() disagree" if rank == 1 else "this rank did not fail")
 
 
 @pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])
