@@ -213,7 +213,7 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         p = params[index]
         fields = memory.get(id(p), {})
         if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
-            w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.group.size(),
+            w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.world_size(),
                               mechanism.mean_of_ranks).view_as(p)
             beta2, step = float(group["betas"][1]), float(s["step"])
             exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)

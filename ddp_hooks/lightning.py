@@ -14,9 +14,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from torch.nn.parallel import DistributedDataParallel
-
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .adam import adam_settings
 from .registry import register
