@@ -1,11 +1,16 @@
 """Optimizer-aware mode for Adam and AdamW: ``register(ddp, optimizer=opt)``.
 
-The hook sends Adam-normalised gradients (``compressors.mechanisms.adam_normalized``: each rank
-divides its gradient by the root of its own second moment before the mechanism compresses it),
-and ``opt.step`` becomes the linear rest of AdamW's step, on the aggregate direction g the
+The hook sends the momentum of Adam-normalised gradients (``compressors.mechanisms.adam_normalized``:
+each rank divides its gradient by the root of its own second moment and keeps the momentum of
+that direction, bias-corrected, which the mechanism compresses: 1-bit Adam's compressed
+momentum), and ``opt.step`` becomes the linear rest of AdamW's step, on the aggregate g the
 ranks agreed on (Kingma & Ba 2015, Alg. 1; Loshchilov & Hutter 2019, Alg. 2):
 
-    m <- beta1 m + (1 - beta1) g,        x <- x (1 - lr wd) - lr m / (1 - beta1^t)
+    x <- x (1 - lr wd) - lr g
+
+(``AdamNormalized(momentum=False)``: the ranks send the directions and the step keeps their
+momentum, m <- beta1 m + (1 - beta1) g, x <- x (1 - lr wd) - lr m / (1 - beta1^t).) ``exp_avg``
+holds m = g (1 - beta1^t) in the first case, so that both keep one checkpoint format.
 
 The user keeps their optimizer object, its param groups (lr, betas, weight_decay) and any LR
 scheduler, created before or after ``register``. The step reads g from the hook, not from
@@ -93,16 +98,22 @@ def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
         raise ValueError("register(..., optimizer=) applies weight decay decoupled, as AdamW does; Adam's "
                          "weight_decay adds wd * x to the gradient before normalisation. Use torch.optim.AdamW "
                          "(or Adam(decoupled_weight_decay=True)), or weight_decay=0")
-    settings = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in groups}
+    return AdamSettings(*live_settings(optimizer))
+
+
+def live_settings(optimizer: torch.optim.Optimizer) -> tuple[tuple[float, float], float]:
+    """The (betas, eps) every param group of ``optimizer`` has now (a scheduler may move them
+    between steps: OneCycleLR cycles beta1), or a ValueError if the groups differ."""
+    settings = {(tuple(float(b) for b in g["betas"]), float(g["eps"])) for g in optimizer.param_groups}
     if len(settings) != 1:
         raise ValueError(f"register(..., optimizer=) needs one (betas, eps) for every param group (the hook "
                          f"normalises whole DDP buckets); the groups have {sorted(settings)}")
-    betas, eps = settings.pop()
-    return AdamSettings(betas, eps)
+    return settings.pop()
 
 
-def normalized(mechanism: Mechanism, settings: AdamSettings) -> AdamNormalized:
-    return AdamNormalized(mechanism, settings.betas, settings.eps)
+def normalized(mechanism: Mechanism, settings: AdamSettings, optimizer: torch.optim.Optimizer) -> AdamNormalized:
+    """``mechanism`` in the Adam mode, whose rounds read ``optimizer``'s current (betas, eps)."""
+    return AdamNormalized(mechanism, settings.betas, settings.eps, follow=functools.partial(live_settings, optimizer))
 
 
 def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -123,6 +134,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
     applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step
+    sends_momentum = isinstance(state.mechanism, AdamNormalized) and state.mechanism.momentum
 
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
         loss = None
@@ -137,7 +149,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         if rounds > 1:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
-                               "direction, to which another backward adds a raw gradient), so only the last would "
+                               "aggregate, to which another backward adds a raw gradient), so only the last would "
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
                                "the last backward only")
         directions = state.directions()
@@ -159,10 +171,13 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                            "when DDP wrapped the model (frozen then), so DDP never synchronises "
                                            "it; wrap the model in DDP again after unfreezing")
                     moments["step"] += 1
-                    m = moments["exp_avg"]
-                    m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)
+                    m, correction = moments["exp_avg"], 1.0 - beta1 ** float(moments["step"])
+                    if sends_momentum:  # d is the bias-corrected momentum already
+                        m.copy_(d.view_as(p)).mul_(correction)
+                    else:
+                        m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)
                     p.mul_(1.0 - lr * wd)
-                    p.add_(m, alpha=-lr / (1.0 - beta1 ** float(moments["step"])))
+                    p.add_(m, alpha=-lr / correction)
         return loss
 
     for handle in getattr(optimizer, HANDLES, ()):

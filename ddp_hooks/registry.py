@@ -62,7 +62,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         name, options = DEFAULT, (dict(ADAM_DEFAULT) if settings is not None and not options else options)
     chosen = mechanism(name, **options)
     if settings is not None:
-        chosen = adam.normalized(chosen, settings)
+        chosen = adam.normalized(chosen, settings, optimizer)
     state = ThreePCState(chosen, process_group=process_group,
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
                          check_every=check_every, reproducible=reproducible, scaler=scaler)

@@ -354,7 +354,8 @@ class ThreePCState:
         before the first forward."""
         names = self._require_names("state_dict()")
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
-        return {"mechanism": repr(self.mechanism), "iteration": self.iteration, "world_size": self.world_size(),
+        return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
+                "world_size": self.world_size(),
                 "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
@@ -371,9 +372,9 @@ class ThreePCState:
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
         names = self._require_names("load_state_dict()")
-        if state["mechanism"] != repr(self.mechanism):
+        if state["mechanism"] != self.mechanism.checkpoint_name():
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
-                             f"{self.mechanism!r}: build the state with the same mechanism to resume")
+                             f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume")
         by_name = {name: p for p, name in names.items()}
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:

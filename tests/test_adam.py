@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
-from compressors import EF14, GD, Round, TopK
+from compressors import EF14, GD, Mechanism, Round, TopK
 from compressors.mechanisms.adam_normalized import AdamNormalized
-from ddp_hooks.adam import adam_settings
+from ddp_hooks.adam import adam_settings, attach
 from ddp_hooks.launch import RankFailure, run_ranks
 from ddp_hooks.registry import MECHANISMS, mechanism
 
@@ -53,10 +53,12 @@ def test_mean_of_ranks_lifts_noisy_coordinates_by_sqrt_n_and_leaves_steady_ones(
     """Coordinate 0 alternates +-1 (noise only), coordinate 1 is always 1 (signal only)."""
     grads = [torch.tensor([(-1.0) ** t, 1.0]) for t in range(300)]
     for n in (1, 4, 16):
-        d = _rounds(AdamNormalized(EF14(TopK(k=2)), betas=(0.9, 0.999)).spawn(), grads, workers=n)[-1]
+        d = _rounds(AdamNormalized(EF14(TopK(k=2)), betas=(0.9, 0.999), momentum=False).spawn(), grads,
+                    workers=n)[-1]
         assert abs(d[1] - 1.0) < 1e-3, "a coordinate without noise keeps Adam's unit step"
         assert 0.9 * n ** 0.5 < abs(d[0]) <= n ** 0.5 + 1e-3, (n, d)
-    plain = _rounds(AdamNormalized(EF14(TopK(k=2)), mean_of_ranks=False).spawn(), grads, workers=16)[-1]
+    plain = _rounds(AdamNormalized(EF14(TopK(k=2)), mean_of_ranks=False, momentum=False).spawn(), grads,
+                    workers=16)[-1]
     assert abs(abs(plain[0]) - 1.0) < 1e-3, "mean_of_ranks=False: one rank's second moment"
 
 
@@ -65,7 +67,7 @@ def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
     grads = [torch.randn(100, generator=torch.Generator().manual_seed(t)) for t in range(4)]
     mech.init(grads[0], Round(0, 0, 2))
     mech.step(grads[1], Round(1, 0, 2))
-    assert set(mech.memory.tensors()) == {"e_i", "adam_m", "adam_v", "adam_k"}
+    assert set(mech.memory.tensors()) == {"e_i", "adam_m", "adam_v", "adam_k", "adam_u"}
     saved = type(mech.memory).of({k: t.clone() for k, t in mech.memory.tensors().items()})
     first = mech.step(grads[2], Round(2, 0, 2))
     mech.memory = saved  # what the hook does when a round is refused
@@ -99,7 +101,7 @@ def test_second_moment_is_what_the_round_divided_by(workers):
     """``second_moment`` (what a checkpoint exports as exp_avg_sq) against the kernel's d_i."""
     from compressors.mechanisms.adam_normalized import second_moment
     torch.manual_seed(0)
-    mech = AdamNormalized(GD(), betas=(0.8, 0.99), eps=1e-8)
+    mech = AdamNormalized(GD(), betas=(0.8, 0.99), eps=1e-8, momentum=False)
     for t in range(5):
         g = torch.randn(1000) * torch.linspace(0.01, 3.0, 1000) + 0.5
         d = mech.normalized(g, Round(t, 0, workers))
@@ -107,6 +109,51 @@ def test_second_moment_is_what_the_round_divided_by(workers):
     torch.testing.assert_close(g / (w.sqrt() + 1e-8), d, rtol=1e-5, atol=0)
     if workers > 1:
         assert not torch.allclose(w, second_moment(mech.m, mech.v, mech.k, mech.betas, 1))
+
+
+def test_ranks_send_the_bias_corrected_momentum_of_their_directions():
+    """momentum=True sends u^ = u / (1 - beta1^k), u the EMA of the directions momentum=False
+    sends (the same moments, so the same d); beta1 = 0 sends d itself. Per coordinate: one whose
+    moments restart (a bucket rebuilt around it) is corrected by its own count."""
+    torch.manual_seed(0)
+    grads = [torch.randn(300) * torch.linspace(0.1, 2.0, 300) + 0.3 for _ in range(7)]
+    for beta1 in (0.0, 0.8):
+        sends, directions = (AdamNormalized(GD(), betas=(beta1, 0.99), momentum=m).spawn() for m in (True, False))
+        u = torch.zeros(300, dtype=torch.float64)
+        for t, g in enumerate(grads[:6]):
+            d = (directions.init(g) if t == 0 else directions.step(g)).parts["dense"].double()
+            u = beta1 * u + (1 - beta1) * d
+            sent = (sends.init(g) if t == 0 else sends.step(g)).parts["dense"].double()
+            torch.testing.assert_close(sent, u / (1 - beta1 ** (t + 1)), rtol=1e-5, atol=1e-6)
+    memory = sends.memory.tensors()
+    restarted = torch.arange(300) < 100
+    sends.memory = sends.memory_type.of({k: torch.where(restarted, 0.0, x) if k.startswith("adam_") else x
+                                         for k, x in memory.items()})
+    fresh = AdamNormalized(GD(), betas=(0.8, 0.99)).spawn().init(grads[6][:100]).parts["dense"]
+    torch.testing.assert_close(sends.step(grads[6]).parts["dense"][:100], fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_rounds_read_the_betas_they_follow_and_checkpoints_do_not_name_them():
+    """``follow`` (the optimizer's param groups in the hook): each round's beta1 is the one it
+    reads then (OneCycleLR cycles it), for every spawned worker; the repr (what the ranks compare)
+    shows it; the checkpoint name (what a resume must match) leaves betas and eps out."""
+    schedule = {"betas": (0.95, 0.99), "eps": 1e-8}
+    mech = AdamNormalized(GD(), betas=(0.5, 0.5), follow=lambda: (schedule["betas"], schedule["eps"]))
+    worker = mech.spawn()
+    grads = [torch.randn(50, generator=torch.Generator().manual_seed(t)) for t in range(4)]
+    u = torch.zeros(50, dtype=torch.float64)
+    for t, (g, beta1) in enumerate(zip(grads, (0.95, 0.85, 0.85, 0.95))):
+        schedule["betas"] = (beta1, 0.99)
+        assert f"betas=({beta1}, 0.99)" in repr(mech)
+        sent = (worker.init(g) if t == 0 else worker.step(g)).parts["dense"].double()
+        d = grads[t] / ((worker.v / (1 - 0.99 ** (t + 1))).sqrt() + 1e-8)  # one rank: w = v^
+        u = beta1 * u + (1 - beta1) * d.double()
+        torch.testing.assert_close(sent, u / (1 - beta1 ** (t + 1)), rtol=1e-4, atol=1e-5)
+    assert "betas" not in mech.checkpoint_name() and "eps" not in mech.checkpoint_name(), mech.checkpoint_name()
+    assert mech.checkpoint_name() == AdamNormalized(GD(), betas=(0.1, 0.2)).checkpoint_name()
+    schedule["betas"] = (1.0, 0.99)
+    with pytest.raises(ValueError, match="0 <= beta1, beta2 < 1"):
+        worker.step(grads[0])
 
 
 def test_eps_zero_leaves_coordinates_without_gradient_still():
@@ -132,7 +179,7 @@ def test_every_hook_keeps_its_own_memory_beside_the_moments(name):
         mech.step(grads[t], Round(t, 0, 2))
     fields = mech.memory.tensors()
     own = mech.inner.memory.tensors()
-    assert set(fields) == set(own) | {"adam_m", "adam_v", "adam_k"}, sorted(fields)
+    assert set(fields) == set(own) | {"adam_m", "adam_v", "adam_k", "adam_u"}, sorted(fields)
     assert all(fields[k] is t for k, t in own.items()), "the inner memory, unchanged"
     rebuilt = mech.memory_type.of({k: t.clone() for k, t in fields.items()})  # a checkpoint's round trip
     mech.memory = rebuilt
@@ -188,10 +235,9 @@ def test_a_checkpoint_a_plain_adamw_trained_on_from_converts_its_exp_avg_not_the
 
 
 def test_a_second_attach_replaces_the_checkpoint_hooks():
-    from ddp_hooks.adam import attach
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
     for _ in range(2):
-        attach(opt, types.SimpleNamespace(committed_iterations=0))  # a state: only read when stepping
+        attach(opt, types.SimpleNamespace(committed_iterations=0, mechanism=None))  # a state: read when stepping
     assert len(opt._optimizer_state_dict_post_hooks) == 1 and len(opt._optimizer_load_state_dict_pre_hooks) == 1
 
 
@@ -321,7 +367,7 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
     ranks = run_ranks(_checks, 2, str(tmp_path), timeout=180)
     for r in ranks:
         assert r["memory untouched"] and r["moments untouched"] and r["step skipped"], r
-        assert r["fields"] == ["adam_k", "adam_m", "adam_v", "e_i", "server.g"]
+        assert r["fields"] == ["adam_k", "adam_m", "adam_u", "adam_v", "e_i", "server.g"]
         assert r["fraction"] < 0.3  # ratio 5% here: values + indices, plus the first, dense, round
         assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas identical"
     resumed = run_ranks(_resumed, 2, str(tmp_path), timeout=120)
@@ -419,6 +465,7 @@ def _one_rank(rank: int, workers: int) -> dict:
     """Against torch's AdamW (warm-up, skipped steps, GradScaler), step hooks, closures, a plain
     AdamW checkpoint."""
     out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4}),
+           "one cycle": _one_cycle(rank),
            "leaves the mode": _leaves_the_mode(rank), "accumulates": _accumulates(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False)}
 
@@ -458,34 +505,98 @@ def _one_rank(rank: int, workers: int) -> dict:
         runs.append((losses, [p.detach().clone() for p in model.parameters()]))
     out["closure"] = runs
 
-    # a checkpoint of torch's AdamW (exp_avg_sq and all) loads: the step continues its exp_avg and count
+    # a checkpoint of torch's AdamW (exp_avg_sq and all) loads: the step count continues, and
+    # its exp_avg (converted) where the optimizer keeps the momentum (momentum=False)
     plain = _model()
     ref = torch.optim.AdamW(plain.parameters(), lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
     for step in range(3):
         ref.zero_grad()
         _loss(plain, rank, step).backward()
         ref.step()
-    model = _model()
-    model.load_state_dict(plain.state_dict())
-    ddp = DDP(model, bucket_cap_mb=0.01)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
-    state = ddp_hooks.register(ddp, "ef14", optimizer=opt, ratio=0.1)
-    opt.load_state_dict(ref.state_dict())
-    loaded = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
-    plain_state = [ref.state[p] for p in plain.parameters()]
-    out["plain units"] = max(float((m * ((s["exp_avg_sq"] / (1 - 0.99 ** 3)).sqrt() + 1e-8) - s["exp_avg"]).abs().max()
-                                   / float(s["exp_avg"].abs().max())) for m, s in zip(loaded, plain_state))
-    before = [p.detach().clone() for p in model.parameters()]
-    opt.zero_grad()
-    _loss(ddp, rank, 3).backward()
-    opt.step()
-    directions = state.directions()
-    out["plain checkpoint"] = {
-        "steps": [float(opt.state[p]["step"]) for p in model.parameters()],
-        "exp_avg": max(float((opt.state[p]["exp_avg"] - m.lerp(directions[id(p)].view_as(p), 0.2)).abs().max())
-                       for p, m in zip(model.parameters(), loaded)),
-        "moved": all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))}
+    for sends_momentum in (True, False):
+        model = _model()
+        model.load_state_dict(plain.state_dict())
+        ddp = DDP(model, bucket_cap_mb=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
+        state = _register_adam(ddp, opt, mechanism("ef14", ratio=0.1), sends_momentum)
+        opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # torch's load shares the step tensors
+        loaded = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+        plain_state = [ref.state[p] for p in plain.parameters()]
+        out["plain units"] = max(float((m * ((s["exp_avg_sq"] / (1 - 0.99 ** 3)).sqrt() + 1e-8) - s["exp_avg"])
+                                       .abs().max() / float(s["exp_avg"].abs().max()))
+                                 for m, s in zip(loaded, plain_state))
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad()
+        _loss(ddp, rank, 3).backward()
+        opt.step()
+        directions = state.directions()
+        expected = [directions[id(p)].view_as(p) * (1 - 0.8 ** 4) if sends_momentum else
+                    m.lerp(directions[id(p)].view_as(p), 0.2) for p, m in zip(model.parameters(), loaded)]
+        out[f"plain checkpoint, momentum={sends_momentum}"] = {
+            "steps": [float(opt.state[p]["step"]) for p in model.parameters()],
+            "exp_avg": max(float((opt.state[p]["exp_avg"] - e).abs().max()) for p, e in zip(model.parameters(), expected)),
+            "moved": all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))}
     return out
+
+
+def _register_adam(ddp: DDP, opt: torch.optim.Optimizer, inner: Mechanism, sends_momentum: bool
+                   ) -> ddp_hooks.ThreePCState:
+    """``register(ddp, optimizer=opt)`` with ``AdamNormalized(inner, momentum=sends_momentum)``."""
+    settings = adam_settings(opt)
+    state = ddp_hooks.ThreePCState(AdamNormalized(inner, settings.betas, settings.eps, momentum=sends_momentum),
+                                   model=ddp)
+    ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+    attach(opt, state)
+    return state
+
+
+def _one_cycle(rank: int) -> dict:
+    """OneCycleLR cycling AdamW's beta1, made after ``register``: the hook's rounds read the
+    optimizer's betas; its checkpoint loads into a run that made the scheduler first (other
+    betas at ``register``), which then trains as the saved run does."""
+    def build(scheduler_first: bool) -> tuple[nn.Module, DDP, torch.optim.Optimizer, object, ddp_hooks.ThreePCState]:
+        model = _model()
+        ddp = DDP(model, bucket_cap_mb=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+        make = lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=20)  # noqa: E731
+        sched = make() if scheduler_first else None
+        state = ddp_hooks.register(ddp, optimizer=opt)
+        return model, ddp, opt, sched or make(), state
+
+    model, ddp, opt, sched, state = build(False)
+    read = []
+    for step in range(6):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        read.append((state.mechanism.betas[0], opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    saved = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "hook": state.state_dict()}, saved)
+    continued = []
+    for step in range(6, 9):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+        sched.step()
+        continued.append([p.detach().clone() for p in model.parameters()])
+    model, ddp, opt, sched, state = build(True)
+    registered_with = state.mechanism.betas[0]
+    checkpoint = torch.load(io.BytesIO(saved.getvalue()))
+    model.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["opt"])
+    sched.load_state_dict(checkpoint["sched"])
+    state.load_state_dict(checkpoint["hook"])
+    resumed = []
+    for step in range(6, 9):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+        sched.step()
+        resumed.append([p.detach().clone() for p in model.parameters()])
+    return {"read": read, "registered with": registered_with, "saved at": read[-1][1],
+            "same": all(torch.equal(a, b) for x, y in zip(continued, resumed) for a, b in zip(x, y))}
 
 
 def _accumulates(rank: int) -> dict[str, str]:
@@ -575,6 +686,15 @@ def test_a_grad_scaler_the_hook_is_told_of_changes_nothing(one_rank):
 
 
 @pytest.mark.slow
+def test_one_cycle_betas_are_followed_and_a_resume_in_another_order_is_bit_for_bit(one_rank):
+    out = one_rank["one cycle"]
+    assert all(hook == group for hook, group in out["read"]), out["read"]
+    assert len({group for _, group in out["read"]}) > 2, "OneCycleLR did not move beta1"
+    assert out["registered with"] != out["saved at"], "the resume registered with the saved betas: no test"
+    assert out["same"], "the resumed run differs"
+
+
+@pytest.mark.slow
 def test_the_optimizers_step_hooks_run(one_rank):
     assert one_rank["hook calls"] == ["pre", "post"] * 3, one_rank["hook calls"]
 
@@ -586,8 +706,12 @@ def test_a_closure_sets_the_direction_its_step_applies(one_rank):
 
 
 @pytest.mark.slow
-def test_a_plain_adamw_checkpoint_loads_and_its_momentum_and_count_continue(one_rank):
-    loaded = one_rank["plain checkpoint"]
+@pytest.mark.parametrize("sends_momentum", [True, False])
+def test_a_plain_adamw_checkpoint_loads_and_its_count_and_momentum_continue(one_rank, sends_momentum):
+    """The step count continues; the plain exp_avg continues where the optimizer keeps the
+    momentum, and the ranks' momentum restarts (bias-corrected, as the hook's moments) where they
+    send it: exp_avg is then the agreed momentum's, g (1 - beta1^t)."""
+    loaded = one_rank[f"plain checkpoint, momentum={sends_momentum}"]
     assert loaded["steps"] == [4.0] * len(loaded["steps"]) and loaded["moved"], loaded
     assert loaded["exp_avg"] < 1e-7, loaded
     assert one_rank["plain units"] < 1e-5, "the plain exp_avg becomes the normalised momentum of its step"

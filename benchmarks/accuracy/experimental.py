@@ -26,6 +26,12 @@ release is a lag): an optimizer-specific trade-off, not a default.
 ``ef14_mc``: Deep Gradient Compression's momentum correction and masking for momentum SGD (the
 optimizer told, its ``step`` replaced): mixed, task-dependent results
 (benchmarks/results/accuracy_adam.md), not a default.
+
+``adam_mode``: the Adam default with its choices as options (``AdamMode``): ``momentum=False``
+(the ranks send directions, as before the mode sent momentum) and ``fraction`` (``CyclicSign``,
+fewer than one bit per entry). Measured in benchmarks/results/accuracy_momentum.md: sending
+momentum is the library's default; a cyclic window of 85% of the signs (3.0% of the bytes)
+costs the LM +1.5% against +0.9% for every sign, so it is not.
 """
 from __future__ import annotations
 
@@ -41,6 +47,9 @@ from compressors import EF14, TopK, kernels
 from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
+from compressors.mechanisms.adam_normalized import AdamNormalized
+from compressors.operators.sign import ScaledSign
+from ddp_hooks.adam import adam_settings, attach
 from compressors.core.memory import Memory
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
@@ -335,6 +344,95 @@ class MomentumCorrected(_EF14Candidate):
         return state
 
 
+class CyclicSign(ScaledSign):
+    """Scaled signs of a cyclic window of ceil(fraction d) entries: round t sends the window that
+    starts where round t - 1's ended (mod d), so every entry goes out in a ``fraction`` of the
+    rounds and error feedback holds the rest; fraction bits per entry, no indices."""
+
+    def __init__(self, block: int = 2048, fraction: float = 0.85) -> None:
+        super().__init__(block)
+        self.fraction = fraction
+
+    def __repr__(self) -> str:
+        return f"CyclicSign(block={self.block}, fraction={self.fraction})"
+
+    def _window(self, numel: int, rnd: Round) -> tuple[int, int]:
+        width = min(numel, max(1, math.ceil(self.fraction * numel)))
+        return (rnd.t * width) % max(numel, 1), width
+
+    def _slices(self, numel: int, rnd: Round) -> list[slice]:
+        start, width = self._window(numel, rnd)
+        end = start + width
+        return [slice(start, min(end, numel))] + ([slice(0, end - numel)] if end > numel else [])
+
+    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
+        return super().spec(self._window(numel, rnd)[1])
+
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        v = v.float().contiguous()
+        cuts = self._slices(v.numel(), rnd)
+        w = torch.cat([v[c] for c in cuts])
+        signs, scales = kernels.sign_residual(w, self.block)
+        offset = 0
+        for c in cuts:
+            n = c.stop - c.start
+            v[c] = w[offset:offset + n]
+            offset += n
+        return Payload({"signs": signs, "scales": scales}, v.numel()), v
+
+    def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
+        return self.residual(x.clone(), rnd)[0]
+
+    def accumulate(self, out: Tensor, payloads, alpha: float, rnd: Round = ROUND0) -> None:
+        sent = [p for p in payloads if p.parts]
+        if not sent:
+            return
+        cuts = self._slices(out.numel(), rnd)
+        w = torch.zeros(self._window(out.numel(), rnd)[1])
+        kernels.sign_accumulate(w, [p.parts["signs"] for p in sent], [p.parts["scales"] for p in sent],
+                                self.block, alpha)
+        offset = 0
+        for c in cuts:
+            n = c.stop - c.start
+            out[c] += w[offset:offset + n]
+            offset += n
+
+    def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
+        out = torch.zeros(payload.numel)
+        self.accumulate(out, [payload], 1.0, rnd)
+        return out
+
+
+@dataclass(frozen=True)
+class AdamMode:
+    """``adam_mode``: ``register(ddp, optimizer=adamw)``'s mechanism, EF14 in the Adam mode, with
+    what the library fixes made options: ``momentum=False`` sends the normalised directions and
+    the optimizer keeps their momentum (the mode before it sent momentum); ``fraction < 1`` sends
+    ``CyclicSign``'s window instead of every sign; ``compressor``/``ratio`` as ``ef14``'s."""
+
+    wants_optimizer = True
+
+    def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> AdamNormalized:
+        if fraction < 1.0:
+            inner = EF14(CyclicSign(fraction=fraction))
+        else:
+            inner = ddp_hooks.mechanism("ef14", compressor=compressor,
+                                        **({} if compressor == "sign" else {"ratio": ratio}))
+        return AdamNormalized(inner, betas, eps, momentum=momentum)
+
+    def check(self, **options: object) -> None:
+        self._mechanism(**options)
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
+                 **options: object) -> ddp_hooks.ThreePCState:
+        settings = adam_settings(optimizer)
+        state = ddp_hooks.ThreePCState(self._mechanism(betas=settings.betas, eps=settings.eps, **options), model=ddp)
+        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+        attach(optimizer, state)
+        return state
+
+
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
-                                     "ef14_mc": MomentumCorrected()}
+                                     "ef14_mc": MomentumCorrected(), "adam_mode": AdamMode()}

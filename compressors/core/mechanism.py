@@ -100,6 +100,11 @@ class Mechanism(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.compressor!r})"
 
+    def checkpoint_name(self) -> str:
+        """What a checkpoint of this mechanism records and a resume must match: its repr, less
+        any hyperparameter a resume may change (``AdamNormalized``'s betas)."""
+        return repr(self)
+
     def spawn(self) -> Mechanism:
         """A new instance with this configuration and empty memory (one per worker and tensor)."""
         clone = copy.copy(self)

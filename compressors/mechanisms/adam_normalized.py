@@ -15,7 +15,19 @@ linearly (momentum and decoupled weight decay only, ``ddp_hooks.adam``). Worker 
     m_i <- beta1 m_i + (1 - beta1) grad_i,     v_i <- beta2 v_i + (1 - beta2) grad_i^2,     k_i <- k_i + 1
     m^_i = m_i / (1 - beta1^k_i),   v^_i = v_i / (1 - beta2^k_i)
     s_i  = min(m^_i^2, v^_i),   w_i = s_i + (v^_i - s_i) / n     (``mean_of_ranks``; else w_i = v^_i)
-    d_i  = grad_i / (sqrt(w_i) + eps);   the inner mechanism runs on d_i (EF14: g = (1/n) sum_i C(e_i + d_i))
+    d_i  = grad_i / (sqrt(w_i) + eps)
+    u_i <- beta1 u_i + (1 - beta1) d_i,   u^_i = u_i / (1 - beta1^k_i)      (``momentum``)
+    the inner mechanism runs on u^_i (EF14: g = (1/n) sum_i C(e_i + u^_i)); momentum=False: on d_i
+
+``momentum`` (the default) is 1-bit Adam's choice (Tang et al. 2021, Alg. 1: error feedback on
+the compressed *momentum*): the mean of the u^_i is the momentum of the mean direction, so the
+aggregate g is Adam's bias-corrected momentum and the optimizer applies it as it comes
+(``ddp_hooks.adam``); with momentum=False the ranks send d_i and the optimizer keeps the
+momentum of the agreed directions. Uncompressed the two are the same step. Compressed, the
+error feedback of the first smooths what the compressor drops before the step sees it, where
+the second filters it through the optimizer's momentum (measured, EF14 over scaled signs,
+AdamW: the byte-level LM at +0.8% against +2.5% at 2 ranks, +1.3% against +3.0% at 4,
+benchmarks/results/accuracy_signs.md).
 
 k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
 corrections follow the moments through rounds the hook rolled back (a step GradScaler or
@@ -35,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import torch
@@ -49,17 +61,20 @@ from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
 
+Settings = Callable[[], tuple[tuple[float, float], float]]  # the live (betas, eps), e.g. an optimizer's
 MOMENTS = ("adam_m", "adam_v", "adam_k")  # m_i, v_i, k_i's memory fields (EF21-SGDM has a v_i of its own)
+VELOCITY = "adam_u"  # u_i's memory field, the momentum of d_i (``momentum=True``)
 
 
 @cache
-def with_variance(inner: type[Memory]) -> type[Memory]:
-    """``inner``'s memory plus the worker's moments m_i, v_i and their round count k_i (fields
-    ``MOMENTS``; one dataclass per inner type)."""
-    taken = {f.name for f in dataclasses.fields(inner)}.intersection(MOMENTS)
+def with_variance(inner: type[Memory], fields: tuple[str, ...] = MOMENTS) -> type[Memory]:
+    """``inner``'s memory plus the worker's moments m_i, v_i, their round count k_i and, when
+    ``fields`` names it, the momentum u_i of its directions (one dataclass per inner type and
+    fields)."""
+    taken = {f.name for f in dataclasses.fields(inner)}.intersection(fields)
     if taken:
         raise TypeError(f"{inner.__name__} already has memory fields {sorted(taken)}: Adam's moments need their own")
-    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [(name, Tensor) for name in MOMENTS],
+    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [(name, Tensor) for name in fields],
                                       bases=(inner,))
 
 
@@ -82,6 +97,13 @@ def corrections(betas: tuple[float, float], k: Tensor) -> tuple[Tensor, Tensor]:
                                  device=k.device).reshape(-1) for beta, power in zip(betas, (2, 1)))
 
 
+def checked(betas: tuple[float, float], eps: float) -> tuple[tuple[float, float], float]:
+    """(betas, eps), or a ValueError unless 0 <= beta1, beta2 < 1 and eps >= 0."""
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas) or eps < 0.0:
+        raise ValueError(f"Adam normalisation needs 0 <= beta1, beta2 < 1 and eps >= 0, got betas={betas}, eps={eps}")
+    return tuple(betas), eps
+
+
 def second_moment(m: Tensor, v: Tensor, k: Tensor, betas: tuple[float, float], workers: int,
                   mean_of_ranks: bool = True) -> Tensor:
     """w_i, the bias-corrected second moment a round divides by (the module's formula, in float64,
@@ -98,29 +120,50 @@ def second_moment(m: Tensor, v: Tensor, k: Tensor, betas: tuple[float, float], w
 
 
 class AdamNormalized(Mechanism):
-    """``inner`` on Adam-normalised gradients; memory: ``inner``'s plus m_i, v_i, k_i (``MOMENTS``). Everything
-    else (payload, protocol, aggregate state) is ``inner``'s."""
+    """``inner`` on Adam-normalised gradients (``momentum``: on their momentum); memory: ``inner``'s
+    plus m_i, v_i, k_i (``MOMENTS``) and u_i (``VELOCITY``). Everything else (payload, protocol,
+    aggregate state) is ``inner``'s."""
 
     carries_memory = True  # init continues the moments the instance holds (ddp_hooks.state seeds them)
 
     def __init__(self, inner: Mechanism, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 mean_of_ranks: bool = True) -> None:
-        if not all(0.0 <= b < 1.0 for b in betas) or eps < 0.0:
-            raise ValueError(f"Adam normalisation needs 0 <= beta1, beta2 < 1 and eps >= 0, got betas={betas}, "
-                             f"eps={eps}")
-        self.inner, self.betas, self.eps, self.mean_of_ranks = inner, tuple(betas), eps, mean_of_ranks
+                 mean_of_ranks: bool = True, momentum: bool = True, follow: Settings | None = None) -> None:
+        """``follow``: where each round reads (betas, eps) instead, e.g. the optimizer's param groups,
+        which a scheduler may change between rounds (OneCycleLR cycles beta1); spawned workers
+        share it."""
+        checked(betas, eps)
+        self.inner, self._betas, self._eps, self.mean_of_ranks = inner, tuple(betas), eps, mean_of_ranks
+        self.momentum, self.follow = momentum, follow
+        self.fields = (*MOMENTS, VELOCITY) if momentum else MOMENTS
         self.m: Tensor | None = None
         self.v: Tensor | None = None
         self.k: Tensor | None = None
-        self._spare: tuple[Tensor, Tensor, Tensor] | None = None  # last round's m_i, v_i, k_i: next round's buffers
+        self.u: Tensor | None = None
+        self._spare: tuple[Tensor, ...] | None = None  # last round's moments (``fields``): next round's buffers
         super().__init__(inner.compressor)
 
     def __repr__(self) -> str:
         return (f"AdamNormalized({self.inner!r}, betas={self.betas}, eps={self.eps}, "
-                f"mean_of_ranks={self.mean_of_ranks})")
+                f"mean_of_ranks={self.mean_of_ranks}, momentum={self.momentum})")
+
+    def checkpoint_name(self) -> str:
+        """Without the betas and eps: the moments are valid under others (a scheduler moves them;
+        torch's AdamW loads a state under any)."""
+        return (f"AdamNormalized({self.inner.checkpoint_name()}, mean_of_ranks={self.mean_of_ranks}, "
+                f"momentum={self.momentum})")
 
     def spawn(self) -> AdamNormalized:
-        return AdamNormalized(self.inner.spawn(), self.betas, self.eps, self.mean_of_ranks)
+        return AdamNormalized(self.inner.spawn(), self._betas, self._eps, self.mean_of_ranks, self.momentum,
+                              self.follow)
+
+    def _settings(self) -> tuple[tuple[float, float], float]:
+        if self.follow is None:
+            return self._betas, self._eps
+        betas, eps = self.follow()
+        return checked(tuple(float(b) for b in betas), float(eps))
+
+    betas = property(lambda self: self._settings()[0], doc="(beta1, beta2) this round")
+    eps = property(lambda self: self._settings()[1], doc="eps this round")
 
     # -- what the hook reads: the inner mechanism's declarations -------------------------------
     lazy = property(lambda self: self.inner.lazy)
@@ -145,55 +188,65 @@ class AdamNormalized(Mechanism):
 
     @property
     def memory_type(self) -> type[Memory]:
-        return with_variance(self.inner.memory_type)
+        return with_variance(self.inner.memory_type, self.fields)
+
+    def _moments(self) -> tuple[Tensor | None, ...]:
+        return (self.m, self.v, self.k, self.u)[:len(self.fields)]
 
     @property
     def memory(self) -> Memory | None:
         if self.v is None:
             return None
-        return self.memory_type(**self.inner.memory.tensors(), **dict(zip(MOMENTS, (self.m, self.v, self.k))))
+        return self.memory_type(**self.inner.memory.tensors(), **dict(zip(self.fields, self._moments())))
 
     @memory.setter
     def memory(self, value: Memory | None) -> None:
         self._spare = None  # a restored memory may be the spare buffers
         if value is None:
-            self.inner.memory, self.m, self.v, self.k = None, None, None, None
+            self.inner.memory, self.m, self.v, self.k, self.u = None, None, None, None, None
             return
         tensors = value.tensors()
-        self.m, self.v, self.k = (tensors.pop(name) for name in MOMENTS)
+        self.m, self.v, self.k, self.u = (*(tensors.pop(name) for name in self.fields), None)[:4]
         self.inner.memory = self.inner.memory_type.of(tensors)
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
-        """d_i for this round (one pass: ``kernels.adam_normalize``); sets m_i, v_i, k_i to other
-        tensors than the old ones, which stay a valid rollback."""
-        (beta1, beta2), g = self.betas, flat(grad)
-        m_new, v_new, k_new = self._buffers(g)
+        """What this round sends the inner mechanism: u^_i (``momentum``) or d_i (one pass for d_i:
+        ``kernels.adam_normalize``). Sets the moments to other tensors than the old ones, which
+        stay a valid rollback."""
+        (beta1, beta2), eps = betas, eps = self._settings()
+        g = flat(grad)
+        buffers = self._buffers(g)
+        m_new, v_new, k_new = buffers[:3]
         if self.v is None:
             m = v = torch.zeros(g.numel(), device=g.device)
             k = k_new.fill_(1.0)
         else:
             m, v, k = self.m, self.v, torch.add(self.k, 1.0, out=k_new)
-        c1, c2 = corrections(self.betas, k)
+        c1, c2 = corrections(betas, k)
         share = 1.0 / rnd.workers if self.mean_of_ranks and rnd.workers > 1 else 1.0
         d = torch.empty(g.numel(), device=g.device)  # new: the inner mechanism may keep it
-        kernels.adam_normalize(g, m, v, c1, c2, beta1, beta2, self.eps, share, out=(m_new, v_new, d))
-        self._spare = (self.m, self.v, self.k) if self.v is not None else None
+        kernels.adam_normalize(g, m, v, c1, c2, beta1, beta2, eps, share, out=(m_new, v_new, d))
+        self._spare = self._moments() if self.v is not None else None
         self.m, self.v, self.k = m_new, v_new, k
-        return d
+        if not self.momentum:
+            return d
+        u = self.u if self.u is not None else torch.zeros_like(d)
+        self.u = torch.lerp(u, d, 1.0 - beta1, out=buffers[3])
+        return torch.mul(self.u, c1.sqrt(), out=d)  # c1 = 1 / (1 - beta1^k)^2
 
-    def _buffers(self, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Where this round writes m_i, v_i, k_i: the round before last's tensors (no allocation,
+    def _buffers(self, g: Tensor) -> tuple[Tensor, ...]:
+        """Where this round writes its moments: the round before last's tensors (no allocation,
         no page faults), unless they are gone or are the memory now (a rollback restored them)."""
         spare, self._spare = self._spare, None
-        current = {t.data_ptr() for t in (self.m, self.v, self.k) if t is not None}
-        if spare is None or any(t.numel() != g.numel() or t.device != g.device or t.data_ptr() in current
+        current = {t.data_ptr() for t in self._moments() if t is not None}
+        if spare is None or any(t is None or t.numel() != g.numel() or t.device != g.device or t.data_ptr() in current
                                 for t in spare):
-            return tuple(torch.empty(g.numel(), device=g.device) for _ in MOMENTS)
+            return tuple(torch.empty(g.numel(), device=g.device) for _ in self.fields)
         return spare
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        """The inner mechanism's dense round on d_i. The moments continue from those this
+        """The inner mechanism's dense round on u^_i (d_i). The moments continue from those this
         instance holds (a warm-up round the hook seeded); a spawned instance starts them at 0."""
         return self.inner.init(self.normalized(grad, rnd), rnd)
 
