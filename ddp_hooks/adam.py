@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from compressors import Mechanism
 from compressors.core.mechanism import all_finite
-from compressors.mechanisms.adam_normalized import MOMENTS, AdamNormalized, second_moment
+from compressors.mechanisms.adam_normalized import MOMENTS, VELOCITY, AdamNormalized, debiasing, second_moment
 
 from .state import ThreePCState
 
@@ -172,12 +172,13 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                            "it; wrap the model in DDP again after unfreezing")
                     moments["step"] += 1
                     m, correction = moments["exp_avg"], 1.0 - beta1 ** float(moments["step"])
-                    if sends_momentum:  # d is the bias-corrected momentum already
-                        m.copy_(d.view_as(p)).mul_(correction)
+                    p.mul_(1.0 - lr * wd)
+                    if sends_momentum:  # d is the bias-corrected momentum: applied as it is (one rounding)
+                        p.add_(d.view_as(p), alpha=-lr)
+                        m.copy_(d.view_as(p)).mul_(correction)  # what a checkpoint holds
                     else:
                         m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)
-                    p.mul_(1.0 - lr * wd)
-                    p.add_(m, alpha=-lr / correction)
+                        p.add_(m, alpha=-lr / correction)
         return loss
 
     for handle in getattr(optimizer, HANDLES, ()):
@@ -214,30 +215,37 @@ def _denominator(exp_avg_sq: Tensor, step: Tensor, group: dict) -> Tensor:
 
 
 def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: ThreePCState) -> dict:
-    """state_dict post-hook: exp_avg_sq = w_i (1 - beta2^t) and exp_avg = the normalised momentum
+    """state_dict post-hook: exp_avg_sq = w_i (1 - beta2^t) and exp_avg = a normalised momentum
     times sqrt(w_i) + eps, so that torch's AdamW takes the step the mode would take next
-    (m^ / (sqrt(v^) + eps) = the mode's exp_avg / (1 - beta1^t)). w_i: this rank's second moment
-    (``second_moment``) from the hook's memory, or the exp_avg_sq a plain checkpoint brought
-    (``_imported``) for parameters the hook holds no moments of yet; with neither, the
-    parameter's state is left empty (a plain AdamW starts it afresh)."""
+    (m^ / (sqrt(v^) + eps) = the normalised momentum / (1 - beta1^t)). The normalised momentum:
+    this rank's own u^_i (1 - beta1^t) when the ranks send momentum (uncompressed; the agreed g
+    of one round carries that round's compression error), else the optimizer's. w_i: this
+    rank's second moment (``second_moment``) from the hook's memory, or the exp_avg_sq a plain
+    checkpoint brought (``_imported``) for parameters the hook holds no moments of yet; with
+    neither, the parameter's state is left empty (a plain AdamW starts it afresh)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     memory, mechanism = state.parameter_memory(), state.mechanism
     for index, group, s in _pairs(state_dict):
         if "exp_avg" not in s:
             continue
         p = params[index]
-        fields = memory.get(id(p), {})
+        fields, momentum = memory.get(id(p), {}), s["exp_avg"].double()
         if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
             w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.world_size(),
                               mechanism.mean_of_ranks).view_as(p)
             beta2, step = float(group["betas"][1]), float(s["step"])
             exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)
+            if VELOCITY in fields:  # u^_i (1 - beta1^t)
+                beta1, k = mechanism.betas[0], fields["adam_k"].double().view_as(p)
+                u_hat = torch.where(k > 0, fields[VELOCITY].double().view_as(p)
+                                    / torch.as_tensor(debiasing(beta1, k)).clamp_min(1e-300), 0.0)
+                momentum = u_hat * debiasing(beta1, max(step, 1.0))
         elif "exp_avg_sq" in s:
             exp_avg_sq = s["exp_avg_sq"]
         else:
             state_dict["state"][index] = {}
             continue
-        exp_avg = (s["exp_avg"].double() * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
+        exp_avg = (momentum * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
         state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
                                       NORMALISED: s["exp_avg"].clone(), AT_STEP: float(s["step"])}
     return state_dict
@@ -246,8 +254,9 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
 def _imported(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
     """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it for its
     current step (the mode saved it; a plain AdamW that trained on from it has moved on), else
-    the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step).
-    exp_avg_sq is kept for ``_exported``."""
+    the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step when
+    the optimizer keeps the momentum; when the ranks send it, their moments restart and the
+    first step overwrites it). exp_avg_sq is kept for ``_exported``."""
     state_dict = {**state_dict, "state": dict(state_dict["state"])}
     for index, group, s in _pairs(state_dict):
         s = dict(s)

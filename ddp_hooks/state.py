@@ -180,7 +180,11 @@ class ThreePCState:
     # -- agreement across ranks (collectives in the hook's thread) --------------------------
     def config(self, grad: Tensor, params: list[Tensor]) -> dict[str, str]:
         """What every rank must share, as short descriptions by field."""
-        return {"threepc": __version__, "mechanism": repr(self.mechanism), "warmup_steps": str(self.warmup_steps),
+        try:  # the repr may read live settings (the optimizer's betas), which may be invalid on this rank only
+            mechanism = repr(self.mechanism)
+        except Exception as e:  # noqa: BLE001 - compared, so that every rank raises
+            mechanism = f"unreadable on this rank: {type(e).__name__}: {e}"
+        return {"threepc": __version__, "mechanism": mechanism, "warmup_steps": str(self.warmup_steps),
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
                 "scaler": "given" if self.scaler is not None else "none",
@@ -374,7 +378,10 @@ class ThreePCState:
         names = self._require_names("load_state_dict()")
         if state["mechanism"] != self.mechanism.checkpoint_name():
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
-                             f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume")
+                             f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"
+                             + (" (this checkpoint names Adam's betas: it is from before threepc's Adam mode sent "
+                                "momentum, and cannot resume this hook; load the model's and the optimizer's states "
+                                "and start the hook afresh)" if "betas=" in str(state["mechanism"]) else ""))
         by_name = {name: p for p, name in names.items()}
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:

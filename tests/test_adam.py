@@ -870,6 +870,47 @@ def _mismatched(rank: int, workers: int) -> str:
     return "trained"
 
 
+def _unreadable_and_exported(rank: int, workers: int) -> dict:
+    """Rank 1's param groups get other betas before the first round (the configuration check
+    reads them live); and, on a healthy pair, what the default exports as exp_avg after 4 steps."""
+    out = {}
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": [*model[2:].parameters()]}], lr=0.01)
+    ddp_hooks.register(ddp, optimizer=opt)
+    if rank == 1:
+        opt.param_groups[1]["betas"] = (0.8, 0.999)
+    try:
+        _loss(ddp, rank, 0).backward()
+        out["unreadable"] = "trained"
+    except RuntimeError as e:
+        out["unreadable"] = str(e)
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)
+    state = ddp_hooks.register(ddp, optimizer=opt)
+    _train(ddp, opt, rank, range(4))
+    exported, memory, g = opt.state_dict()["state"], state.parameter_memory(), state.directions()
+    worst_own, nearest_g = 0.0, float("inf")
+    for i, p in enumerate(model.parameters()):
+        s, fields = exported[i], memory[id(p)]
+        m_hat = s["exp_avg"] / (1 - 0.8 ** 4) / ((s["exp_avg_sq"] / (1 - 0.99 ** 4)).sqrt() + 1e-8)
+        own = fields["adam_u"].view_as(p) / (1 - 0.8 ** 4)  # every coordinate saw 4 rounds
+        worst_own = max(worst_own, float((m_hat - own).abs().max() / own.abs().max()))
+        nearest_g = min(nearest_g, float((m_hat - g[id(p)].view_as(p)).abs().max() / own.abs().max()))
+    out["exported"] = (worst_own, nearest_g)
+    return out
+
+
+def test_live_betas_unreadable_on_one_rank_raise_on_every_rank_and_exp_avg_is_the_ranks_own_momentum():
+    ranks = _succeeded(run_ranks(_unreadable_and_exported, 2, timeout=120))
+    for r in ranks:
+        assert "configuration differs" in r["unreadable"] and "unreadable on this rank" in r["unreadable"], r
+        own, aggregate = r["exported"]
+        assert own < 1e-5, "a plain AdamW's m^ / (sqrt(v^) + eps) is this rank's momentum u^"
+        assert aggregate > 1e-2, "not the round's compressed aggregate"
+
+
 @pytest.mark.slow
 def test_ranks_whose_optimizers_differ_in_betas_all_raise_instead_of_hanging():
     for message in _succeeded(run_ranks(_mismatched, 2, timeout=60)):

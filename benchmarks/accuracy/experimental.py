@@ -388,7 +388,7 @@ class CyclicSign(ScaledSign):
         if not sent:
             return
         cuts = self._slices(out.numel(), rnd)
-        w = torch.zeros(self._window(out.numel(), rnd)[1])
+        w = torch.zeros(self._window(out.numel(), rnd)[1], device=out.device)
         kernels.sign_accumulate(w, [p.parts["signs"] for p in sent], [p.parts["scales"] for p in sent],
                                 self.block, alpha)
         offset = 0
@@ -398,7 +398,7 @@ class CyclicSign(ScaledSign):
             offset += n
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
-        out = torch.zeros(payload.numel)
+        out = torch.zeros(payload.numel, device=payload.parts["signs"].device)
         self.accumulate(out, [payload], 1.0, rnd)
         return out
 
@@ -408,17 +408,19 @@ class AdamMode:
     """``adam_mode``: ``register(ddp, optimizer=adamw)``'s mechanism, EF14 in the Adam mode, with
     what the library fixes made options: ``momentum=False`` sends the normalised directions and
     the optimizer keeps their momentum (the mode before it sent momentum); ``fraction < 1`` sends
-    ``CyclicSign``'s window instead of every sign; ``compressor``/``ratio`` as ``ef14``'s."""
+    ``CyclicSign``'s window instead of every sign; ``block``: entries per sign scale;
+    ``compressor``/``ratio`` as ``ef14``'s."""
 
     wants_optimizer = True
 
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
-                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> AdamNormalized:
+                   block: int = 2048, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> AdamNormalized:
         if fraction < 1.0:
-            inner = EF14(CyclicSign(fraction=fraction))
+            inner = EF14(CyclicSign(block, fraction))
+        elif compressor == "sign":
+            inner = EF14(ScaledSign(block))
         else:
-            inner = ddp_hooks.mechanism("ef14", compressor=compressor,
-                                        **({} if compressor == "sign" else {"ratio": ratio}))
+            inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)
         return AdamNormalized(inner, betas, eps, momentum=momentum)
 
     def check(self, **options: object) -> None:
@@ -427,7 +429,8 @@ class AdamMode:
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
                  **options: object) -> ddp_hooks.ThreePCState:
         settings = adam_settings(optimizer)
-        state = ddp_hooks.ThreePCState(self._mechanism(betas=settings.betas, eps=settings.eps, **options), model=ddp)
+        options = {"betas": settings.betas, "eps": settings.eps, **options}
+        state = ddp_hooks.ThreePCState(self._mechanism(**options), model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
         attach(optimizer, state)
         return state

@@ -26,8 +26,8 @@ aggregate g is Adam's bias-corrected momentum and the optimizer applies it as it
 momentum of the agreed directions. Uncompressed the two are the same step. Compressed, the
 error feedback of the first smooths what the compressor drops before the step sees it, where
 the second filters it through the optimizer's momentum (measured, EF14 over scaled signs,
-AdamW: the byte-level LM at +0.8% against +2.5% at 2 ranks, +1.3% against +3.0% at 4,
-benchmarks/results/accuracy_signs.md).
+AdamW: the byte-level LM at +0.9% against +2.5% at 2 ranks, +1.2% against +3.0% at 4,
+benchmarks/results/accuracy_momentum.md).
 
 k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
 corrections follow the moments through rounds the hook rolled back (a step GradScaler or
@@ -74,7 +74,8 @@ def with_variance(inner: type[Memory], fields: tuple[str, ...] = MOMENTS) -> typ
     taken = {f.name for f in dataclasses.fields(inner)}.intersection(fields)
     if taken:
         raise TypeError(f"{inner.__name__} already has memory fields {sorted(taken)}: Adam's moments need their own")
-    return dataclasses.make_dataclass(f"{inner.__name__}AndMoments", [(name, Tensor) for name in fields],
+    suffix = "AndMomentsAndVelocity" if VELOCITY in fields else "AndMoments"
+    return dataclasses.make_dataclass(f"{inner.__name__}{suffix}", [(name, Tensor) for name in fields],
                                       bases=(inner,))
 
 
