@@ -403,25 +403,69 @@ class CyclicSign(ScaledSign):
         return out
 
 
+class LagNormalized(AdamNormalized):
+    """The Adam mode whose n-rank second moment takes mu^2 from the lag-one autocovariance of the
+    rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
+    g_{t-1}] = mu^2, where E[m^2] = mu^2 + Var(m)), w = s + (v^ - s) / n with s = clamp(c^, 0, v^).
+    Torch ops; c and g_{t-1} live outside the memory (no rollback or checkpoint: an experiment)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.c: Tensor | None = None
+        self.previous: Tensor | None = None
+        self.lags = 0
+
+    def spawn(self) -> LagNormalized:
+        return LagNormalized(self.inner.spawn(), self._betas, self._eps, self.mean_of_ranks, self.momentum, self.follow)
+
+    def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
+        (beta1, beta2), eps = self._settings()
+        g = flat(grad).float()
+        fresh = self.v is None
+        m = torch.zeros_like(g) if fresh else self.m
+        v = torch.zeros_like(g) if fresh else self.v
+        k = torch.ones_like(g) if fresh else self.k + 1.0
+        self._spare = None
+        m, v = m * beta1 + g * (1 - beta1), v * beta2 + g * g * (1 - beta2)
+        v_hat = v / -torch.expm1(k * math.log(beta2))
+        if self.previous is not None and self.previous.numel() == g.numel():
+            self.c = (self.c * beta2 if self.c is not None else torch.zeros_like(g)) + g * self.previous * (1 - beta2)
+            self.lags += 1
+            s = torch.minimum((self.c / (1 - beta2 ** self.lags)).clamp_min(0.0), v_hat)
+        else:
+            m_hat = m / (-torch.expm1(k * math.log(beta1)) if beta1 > 0 else 1.0)
+            s = torch.minimum(m_hat * m_hat, v_hat)
+        w = s + (v_hat - s) / rnd.workers if rnd.workers > 1 else v_hat
+        d = g / (w.sqrt() + eps)
+        self.previous, self.m, self.v, self.k = g.clone(), m, v, k
+        if not self.momentum:
+            return d
+        u = self.u if self.u is not None else torch.zeros_like(d)
+        self.u = torch.lerp(u, d, 1.0 - beta1)
+        return self.u / (-torch.expm1(k * math.log(beta1)) if beta1 > 0 else 1.0)
+
+
 @dataclass(frozen=True)
 class AdamMode:
     """``adam_mode``: ``register(ddp, optimizer=adamw)``'s mechanism, EF14 in the Adam mode, with
     what the library fixes made options: ``momentum=False`` sends the normalised directions and
     the optimizer keeps their momentum (the mode before it sent momentum); ``fraction < 1`` sends
-    ``CyclicSign``'s window instead of every sign; ``block``: entries per sign scale;
+    ``CyclicSign``'s window instead of every sign; ``block``: entries per sign scale; ``lag``:
+    ``LagNormalized``'s estimate of the n-rank second moment;
     ``compressor``/``ratio`` as ``ef14``'s."""
 
     wants_optimizer = True
 
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
-                   block: int = 2048, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> AdamNormalized:
+                   block: int = 2048, lag: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> AdamNormalized:
         if fraction < 1.0:
             inner = EF14(CyclicSign(block, fraction))
         elif compressor == "sign":
             inner = EF14(ScaledSign(block))
         else:
             inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)
-        return AdamNormalized(inner, betas, eps, momentum=momentum)
+        return (LagNormalized if lag else AdamNormalized)(inner, betas, eps, momentum=momentum)
 
     def check(self, **options: object) -> None:
         self._mechanism(**options)
