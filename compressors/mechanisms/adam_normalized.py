@@ -26,7 +26,7 @@ aggregate g is Adam's bias-corrected momentum and the optimizer applies it as it
 momentum of the agreed directions. Uncompressed the two are the same step. Compressed, the
 error feedback of the first smooths what the compressor drops before the step sees it, where
 the second filters it through the optimizer's momentum (measured, EF14 over scaled signs,
-AdamW: the byte-level LM at +0.9% against +2.5% at 2 ranks, +1.2% against +3.0% at 4,
+AdamW: the byte-level LM at +0.96% against +2.5% at 2 ranks, +1.15% against +3.0% at 4,
 benchmarks/results/accuracy_momentum.md).
 
 k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
