@@ -563,24 +563,26 @@ def _one_cycle(rank: int) -> dict:
         state = ddp_hooks.register(ddp, optimizer=opt)
         return model, ddp, opt, sched or make(), state
 
+    def trained(steps: range) -> list[list[torch.Tensor]]:
+        """The parameters after each step; ``read``: the hook's and the group's beta1 at each round."""
+        params = []
+        for step in steps:
+            opt.zero_grad()
+            _loss(ddp, rank, step).backward()
+            read.append((state.mechanism.betas[0], opt.param_groups[0]["betas"][0]))
+            opt.step()
+            sched.step()
+            params.append([p.detach().clone() for p in model.parameters()])
+        return params
+
     model, ddp, opt, sched, state = build(False)
-    read = []
-    for step in range(6):
-        opt.zero_grad()
-        _loss(ddp, rank, step).backward()
-        read.append((state.mechanism.betas[0], opt.param_groups[0]["betas"][0]))
-        opt.step()
-        sched.step()
+    read: list[tuple[float, float]] = []
+    trained(range(6))
     saved = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "hook": state.state_dict()}, saved)
-    continued = []
-    for step in range(6, 9):
-        opt.zero_grad()
-        _loss(ddp, rank, step).backward()
-        opt.step()
-        sched.step()
-        continued.append([p.detach().clone() for p in model.parameters()])
+    saved_at = read[-1][1]
+    continued = trained(range(6, 9))
     model, ddp, opt, sched, state = build(True)
     registered_with = state.mechanism.betas[0]
     checkpoint = torch.load(io.BytesIO(saved.getvalue()))
@@ -588,14 +590,8 @@ def _one_cycle(rank: int) -> dict:
     opt.load_state_dict(checkpoint["opt"])
     sched.load_state_dict(checkpoint["sched"])
     state.load_state_dict(checkpoint["hook"])
-    resumed = []
-    for step in range(6, 9):
-        opt.zero_grad()
-        _loss(ddp, rank, step).backward()
-        opt.step()
-        sched.step()
-        resumed.append([p.detach().clone() for p in model.parameters()])
-    return {"read": read, "registered with": registered_with, "saved at": read[-1][1],
+    resumed = trained(range(6, 9))
+    return {"read": read, "registered with": registered_with, "saved at": saved_at,
             "same": all(torch.equal(a, b) for x, y in zip(continued, resumed) for a, b in zip(x, y))}
 
 
