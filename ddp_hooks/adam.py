@@ -117,14 +117,42 @@ def normalized(mechanism: Mechanism, settings: AdamSettings, optimizer: torch.op
 
 
 def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-    """A ValueError if ``optimizer`` holds parameters ``model`` does not (before anything is
-    registered)."""
+    """A ValueError if ``optimizer`` holds parameters ``model`` does not, or ``model`` has trainable
+    parameters ``optimizer`` does not hold: the hook writes Adam-normalised aggregates into every
+    bucket, which another optimizer would take for gradients (before anything is registered)."""
     owned = {id(p) for p in model.parameters()}
     foreign = [i for i, g in enumerate(optimizer.param_groups) for p in g["params"] if id(p) not in owned]
     if foreign:
         raise ValueError(f"the optimizer holds parameters (in param groups {sorted(set(foreign))}) that the DDP "
                          "model does not: the hook's directions cover only the model's parameters; give the "
                          "optimizer the DDP model's parameters")
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        raise ValueError(f"the DDP model has trainable parameters the optimizer does not hold ({missing[:3]}"
+                         f"{', ...' if len(missing) > 3 else ''}): in the Adam mode the hook leaves Adam-normalised "
+                         "directions, not gradients, in every parameter's .grad, which another optimizer (or none) "
+                         "would misread. Give this optimizer every trainable parameter, freeze the others "
+                         "(requires_grad=False) before wrapping the model in DDP, or register without optimizer=")
+
+
+def shaped(flat: Tensor, p: Tensor) -> Tensor:
+    """``flat``, a parameter's slice of a DDP bucket, as a tensor like ``p``: DDP lays each
+    parameter's gradient out in the parameter's own memory order (e.g. channels_last) when that
+    order is dense, so such a slice is read with ``p``'s strides."""
+    if p.is_contiguous() or not _dense(p):
+        return flat.view_as(p)
+    return flat.as_strided(p.size(), p.stride())
+
+
+def _dense(p: Tensor) -> bool:
+    """Whether ``p``'s strides are a permutation of a contiguous layout (no gaps, no overlaps)."""
+    expected = 1
+    for size, stride in sorted(zip(p.size(), p.stride()), key=lambda d: (d[1], d[0])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last attach
@@ -133,7 +161,7 @@ HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last a
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
-    applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step
+    applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
     sends_momentum = isinstance(state.mechanism, AdamNormalized) and state.mechanism.momentum
 
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
@@ -146,13 +174,25 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         if not all_finite(*grads):
             return loss
         rounds, applied["at"] = state.committed_iterations - applied["at"], state.committed_iterations
+        if rounds == 0:
+            raise RuntimeError("optimizer.step() without a synchronised backward since the last step or zero_grad(): "
+                               "in the Adam mode the step applies the ranks' aggregate of that backward, and there "
+                               "is none (a second step, or a backward only under ddp.no_sync())")
         if rounds > 1:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
                                "aggregate, to which another backward adds a raw gradient), so only the last would "
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
                                "the last backward only")
-        directions = state.directions()
+        found = state.directions()
+        directions = {id(p): found.get(id(p)) for g in self.param_groups for p in g["params"] if p.grad is not None}
+        lacking = [state.name(p) for p, d in directions.items() if d is None]
+        if lacking:  # before anything moves
+            raise RuntimeError(f"threepc has no direction for {lacking[0]}: call "
+                               "optimizer.step() after a backward() through the DDP model. If it is "
+                               "set, the parameter is not in DDP's buckets: it did not require grad "
+                               "when DDP wrapped the model (frozen then), so DDP never synchronises "
+                               "it; wrap the model in DDP again after unfreezing")
         with torch.no_grad():
             for group in self.param_groups:
                 beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
@@ -163,24 +203,25 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                     if "exp_avg" not in moments:
                         moments["step"] = torch.tensor(0.0)
                         moments["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    d = directions.get(id(p))
-                    if d is None:
-                        raise RuntimeError(f"threepc has no direction for {state.name(id(p))}: call "
-                                           "optimizer.step() after a backward() through the DDP model. If it is "
-                                           "set, the parameter is not in DDP's buckets: it did not require grad "
-                                           "when DDP wrapped the model (frozen then), so DDP never synchronises "
-                                           "it; wrap the model in DDP again after unfreezing")
+                    d = shaped(directions[id(p)], p)
                     moments["step"] += 1
                     m, correction = moments["exp_avg"], 1.0 - beta1 ** float(moments["step"])
                     p.mul_(1.0 - lr * wd)
                     if sends_momentum:  # d is the bias-corrected momentum: applied as it is (one rounding)
-                        p.add_(d.view_as(p), alpha=-lr)
-                        m.copy_(d.view_as(p)).mul_(correction)  # what a checkpoint holds
+                        p.add_(d, alpha=-lr)
+                        m.copy_(d).mul_(correction)  # what a checkpoint holds
                     else:
-                        m.lerp_(d.view_as(p).to(m.dtype), 1.0 - beta1)
+                        m.lerp_(d.to(m.dtype), 1.0 - beta1)
                         p.add_(m, alpha=-lr / correction)
         return loss
 
+    def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        """torch's, and the rounds since are the ones the next step counts (a step skipped on
+        purpose, or the rounds ``ddp.join()`` ran for a rank out of inputs, are left behind)."""
+        applied["at"] = state.committed_iterations
+        type(self).zero_grad(self, set_to_none)
+
+    optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
     for handle in getattr(optimizer, HANDLES, ()):
         handle.remove()
     setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),
@@ -231,13 +272,13 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         p = params[index]
         fields, momentum = memory.get(id(p), {}), s["exp_avg"].double()
         if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
-            w = second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.world_size(),
-                              mechanism.mean_of_ranks).view_as(p)
+            w = shaped(second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.world_size(),
+                                     mechanism.mean_of_ranks), p)
             beta2, step = float(group["betas"][1]), float(s["step"])
             exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)
             if VELOCITY in fields:  # u^_i (1 - beta1^t)
-                beta1, k = mechanism.betas[0], fields["adam_k"].double().view_as(p)
-                u_hat = torch.where(k > 0, fields[VELOCITY].double().view_as(p)
+                beta1, k = mechanism.betas[0], shaped(fields["adam_k"], p).double()
+                u_hat = torch.where(k > 0, shaped(fields[VELOCITY], p).double()
                                     / torch.as_tensor(debiasing(beta1, k)).clamp_min(1e-300), 0.0)
                 momentum = u_hat * debiasing(beta1, max(step, 1.0))
         elif "exp_avg_sq" in s:

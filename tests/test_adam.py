@@ -345,14 +345,20 @@ def _resumed(rank: int, workers: int, folder: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _foreign(rank: int, workers: int) -> str:
-    ddp = DDP(_model(), bucket_cap_mb=0.01)
-    opt = torch.optim.AdamW([*ddp.parameters(), nn.Parameter(torch.zeros(3))])
-    try:
-        ddp_hooks.register(ddp, optimizer=opt)
-    except ValueError as e:
-        return str(e)
-    return "registered"
+def _foreign(rank: int, workers: int) -> dict[str, str]:
+    """An optimizer with a parameter the model lacks, and one lacking a trainable parameter of the
+    model (a second optimizer holds it: the hook would leave it an Adam-normalised .grad)."""
+    out = {}
+    for case in ("foreign", "missing"):
+        ddp = DDP(_model(), bucket_cap_mb=0.01)
+        params = list(ddp.parameters())
+        opt = torch.optim.AdamW([*params, nn.Parameter(torch.zeros(3))] if case == "foreign" else params[:-2])
+        try:
+            ddp_hooks.register(ddp, optimizer=opt)
+            out[case] = "registered"
+        except ValueError as e:
+            out[case] = str(e)
+    return out
 
 
 @pytest.mark.slow
@@ -376,9 +382,11 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_optimizer_with_parameters_outside_the_model_is_refused():
-    message = run_ranks(_foreign, 1, timeout=60)[0]
-    assert "does not" in message and "DDP model's parameters" in message, message
+def test_an_optimizer_with_parameters_outside_the_model_or_without_some_of_it_is_refused():
+    messages = run_ranks(_foreign, 1, timeout=60)[0]
+    assert "does not" in messages["foreign"] and "DDP model's parameters" in messages["foreign"], messages
+    assert "does not hold (['module.4.weight', 'module.4.bias'])" in messages["missing"], messages
+    assert "register without optimizer=" in messages["missing"], messages
 
 
 def _defaults(rank: int, workers: int) -> dict:
@@ -465,7 +473,7 @@ def _one_rank(rank: int, workers: int) -> dict:
     """Against torch's AdamW (warm-up, skipped steps, GradScaler), step hooks, closures, a plain
     AdamW checkpoint."""
     out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4}),
-           "one cycle": _one_cycle(rank),
+           "one cycle": _one_cycle(rank), "channels_last": _channels_last(rank), "steps": _skipped_and_stale(rank),
            "leaves the mode": _leaves_the_mode(rank), "accumulates": _accumulates(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False)}
 
@@ -548,6 +556,55 @@ def _register_adam(ddp: DDP, opt: torch.optim.Optimizer, inner: Mechanism, sends
     ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
     attach(opt, state)
     return state
+
+
+def _channels_last(rank: int) -> float:
+    """1 rank, "gd", beta1 = 0, a conv net in channels_last (DDP lays its gradients out in that
+    order): the largest deviation from torch's AdamW after 4 steps."""
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(64, 1)
+                             ).to(memory_format=torch.channels_last)
+    model, plain = net(), net()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    kw = dict(lr=0.01, betas=(0.0, 0.99), weight_decay=0.1)
+    opt, ref = torch.optim.AdamW(model.parameters(), **kw), torch.optim.AdamW(plain.parameters(), **kw)
+    ddp_hooks.register(ddp, "gd", optimizer=opt)
+    for step in range(4):
+        x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(step)).to(memory_format=torch.channels_last)
+        for m, o in ((ddp, opt), (plain, ref)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    return max(float((a - b).abs().max()) for a, b in zip(model.parameters(), plain.parameters()))
+
+
+def _skipped_and_stale(rank: int) -> dict[str, str]:
+    """A step skipped on purpose (zero_grad, then the next backward) trains on; a step with no
+    synchronised backward since the last step or zero_grad raises, naming why."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    ddp_hooks.register(ddp, optimizer=opt)
+    out = {}
+    for step in range(4):
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        if step != 1:  # e.g. a loss spike
+            opt.step()
+    out["skipped"] = "trained"
+    for case in ("twice", "no_sync only"):
+        if case == "no_sync only":
+            opt.zero_grad()
+            with ddp.no_sync():
+                _loss(ddp, rank, 9).backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        try:
+            opt.step()
+            out[case] = "stepped"
+        except RuntimeError as e:
+            out[case] = str(e) if all(torch.equal(a, b) for a, b in zip(before, model.parameters())) else "moved"
+    return out
 
 
 def _one_cycle(rank: int) -> dict:
@@ -688,6 +745,19 @@ def test_one_cycle_betas_are_followed_and_a_resume_in_another_order_is_bit_for_b
     assert len({group for _, group in out["read"]}) > 2, "OneCycleLR did not move beta1"
     assert out["registered with"] != out["saved at"], "the resume registered with the saved betas: no test"
     assert out["same"], "the resumed run differs"
+
+
+@pytest.mark.slow
+def test_channels_last_parameters_step_as_torch_adamw(one_rank):
+    assert one_rank["channels_last"] < 1e-6, one_rank["channels_last"]
+
+
+@pytest.mark.slow
+def test_a_skipped_step_trains_on_and_a_step_without_a_synchronised_backward_raises(one_rank):
+    out = one_rank["steps"]
+    assert out["skipped"] == "trained", out
+    for case in ("twice", "no_sync only"):
+        assert "without a synchronised backward" in out[case], out
 
 
 @pytest.mark.slow

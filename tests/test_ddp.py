@@ -239,20 +239,28 @@ def test_a_grad_scaler_the_hook_is_told_of_keeps_error_feedback_in_gradient_unit
             "untold, error feedback written at one scale is read at the next (what scaler= fixes)"
 
 
-JOINED = ("ef14", "ef21", "clag", "co3", "co3_2s", "onebit", "sasg")  # plain, lazy, sized, two-stage, peers
+ADAM = "default, told an AdamW"
+JOINED = ("ef14", "ef21", "clag", "co3", "co3_2s", "onebit", "sasg", ADAM)  # plain, lazy, sized, two-stage, peers
 
 
 def _uneven_worker(rank: int, workers: int) -> dict:
     """Uneven inputs under ``ddp.join()``: rank r trains 3 + r steps; the ranks that ran out
-    shadow the others' collectives through the hook (torch's Join)."""
+    shadow the others' collectives through the hook (torch's Join). ``ADAM``: the default in the
+    Adam mode, and an epoch after the join (the shadow rounds are no accumulation)."""
     out = {}
     for hook in JOINED:
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
-        ddp_hooks.register(ddp, hook)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        if hook == ADAM:
+            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+            ddp_hooks.register(ddp, optimizer=opt)
+        else:
+            ddp_hooks.register(ddp, hook)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
         with ddp.join():
             _steps(ddp, opt, rank, 0, 3 + rank)
+        if hook == ADAM:
+            _steps(ddp, opt, rank, 10, 2)
         out[hook] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     return out
 
