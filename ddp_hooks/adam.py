@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from compressors import Mechanism
 from compressors.core.mechanism import all_finite
-from compressors.mechanisms.adam_normalized import MOMENTS, VELOCITY, AdamNormalized, debiasing, second_moment
+from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, debiased, debiasing,
+                                                   second_moment)
 
 from .state import ThreePCState
 
@@ -171,7 +172,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                 loss = closure()
         self._opt_called = True  # what LR schedulers check
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not all_finite(*grads):
+        if not grads or not all_finite(*grads):  # nothing to step (torch's AdamW skips it too), or a flagged round
             return loss
         rounds, applied["at"] = state.committed_iterations - applied["at"], state.committed_iterations
         if rounds == 0:
@@ -277,9 +278,8 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
             beta2, step = float(group["betas"][1]), float(s["step"])
             exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)
             if VELOCITY in fields:  # u^_i (1 - beta1^t)
-                beta1, k = mechanism.betas[0], shaped(fields["adam_k"], p).double()
-                u_hat = torch.where(k > 0, shaped(fields[VELOCITY], p).double()
-                                    / torch.as_tensor(debiasing(beta1, k)).clamp_min(1e-300), 0.0)
+                beta1 = mechanism.betas[0]
+                u_hat = shaped(debiased(fields[VELOCITY], beta1, fields["adam_k"]), p)
                 momentum = u_hat * debiasing(beta1, max(step, 1.0))
         elif "exp_avg_sq" in s:
             exp_avg_sq = s["exp_avg_sq"]

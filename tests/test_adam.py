@@ -580,13 +580,16 @@ def _channels_last(rank: int) -> float:
 
 
 def _skipped_and_stale(rank: int) -> dict[str, str]:
-    """A step skipped on purpose (zero_grad, then the next backward) trains on; a step with no
-    synchronised backward since the last step or zero_grad raises, naming why."""
+    """A step before any backward leaves everything as it is; a step skipped on purpose
+    (zero_grad, then the next backward) trains on; a step with no synchronised backward since
+    the last step or zero_grad raises, naming why."""
     model = _model()
     ddp = DDP(model, bucket_cap_mb=0.01)
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     ddp_hooks.register(ddp, optimizer=opt)
-    out = {}
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # no gradient at all: nothing to step, as torch's AdamW
+    out = {"no gradient": "still" if all(torch.equal(a, b) for a, b in zip(before, model.parameters())) else "moved"}
     for step in range(4):
         opt.zero_grad()
         _loss(ddp, rank, step).backward()
@@ -755,7 +758,7 @@ def test_channels_last_parameters_step_as_torch_adamw(one_rank):
 @pytest.mark.slow
 def test_a_skipped_step_trains_on_and_a_step_without_a_synchronised_backward_raises(one_rank):
     out = one_rank["steps"]
-    assert out["skipped"] == "trained", out
+    assert out["no gradient"] == "still" and out["skipped"] == "trained", out
     for case in ("twice", "no_sync only"):
         assert "without a synchronised backward" in out[case], out
 

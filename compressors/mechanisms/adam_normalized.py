@@ -105,17 +105,22 @@ def checked(betas: tuple[float, float], eps: float) -> tuple[tuple[float, float]
     return tuple(betas), eps
 
 
+def debiased(x: Tensor, beta: float, k: Tensor) -> Tensor:
+    """x / (1 - beta^k) in float64, per coordinate, and 0 where no round was folded in (k = 0)."""
+    k = k.double()
+    return torch.where(k > 0, x.double() / torch.as_tensor(debiasing(beta, k)).clamp_min(1e-300), 0.0)
+
+
 def second_moment(m: Tensor, v: Tensor, k: Tensor, betas: tuple[float, float], workers: int,
                   mean_of_ranks: bool = True) -> Tensor:
     """w_i, the bias-corrected second moment a round divides by (the module's formula, in float64,
     then fp32; 0 where no round was folded in): what torch's AdamW holds as
     exp_avg_sq / (1 - beta2^t) when a checkpoint leaves the Adam mode (``ddp_hooks.adam``)."""
-    (beta1, beta2), k = betas, k.double()
-    folded = k > 0
-    v_hat = torch.where(folded, v.double() / torch.as_tensor(debiasing(beta2, k)).clamp_min(1e-300), 0.0)
+    beta1, beta2 = betas
+    v_hat = debiased(v, beta2, k)
     if not mean_of_ranks or workers <= 1:
         return v_hat.float()
-    m_hat = torch.where(folded, m.double() / torch.as_tensor(debiasing(beta1, k)).clamp_min(1e-300), 0.0)
+    m_hat = debiased(m, beta1, k)
     s = torch.minimum(m_hat * m_hat, v_hat)
     return (s + (v_hat - s) / workers).float()
 
@@ -207,7 +212,8 @@ class AdamNormalized(Mechanism):
             self.inner.memory, self.m, self.v, self.k, self.u = None, None, None, None, None
             return
         tensors = value.tensors()
-        self.m, self.v, self.k, self.u = (*(tensors.pop(name) for name in self.fields), None)[:4]
+        self.m, self.v, self.k = (tensors.pop(name) for name in MOMENTS)
+        self.u = tensors.pop(VELOCITY) if self.momentum else None
         self.inner.memory = self.inner.memory_type.of(tensors)
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
@@ -215,8 +221,8 @@ class AdamNormalized(Mechanism):
         """What this round sends the inner mechanism: u^_i (``momentum``) or d_i (one pass for d_i:
         ``kernels.adam_normalize``). Sets the moments to other tensors than the old ones, which
         stay a valid rollback."""
-        (beta1, beta2), eps = betas, eps = self._settings()
-        g = flat(grad)
+        betas, eps = self._settings()
+        (beta1, beta2), g = betas, flat(grad)
         buffers = self._buffers(g)
         m_new, v_new, k_new = buffers[:3]
         if self.v is None:
