@@ -14,18 +14,23 @@ holds m = g (1 - beta1^t) in the first case, so that both keep one checkpoint fo
 
 The user keeps their optimizer object, its param groups (lr, betas, weight_decay) and any LR
 scheduler, created before or after ``register``. The step reads g from the hook, not from
-``.grad``: rescaling ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``) does not change it.
-Adam's step is itself invariant to a constant rescaling of its gradients, and its
-normalisation bounds each coordinate's step; the hook's second moment sees the unclipped
-gradient. A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
+``.grad``. Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
+the mean gradient's norm (``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)``
+returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c as the
+ratio of ``.grad``'s norm to the estimate (``follow_clipping``), and the next round's moments see
+gradients scaled by c / c_0, c_0 the first step's (``adam_normalized``: AdamW on clipped
+gradients, one round late). Any uniform rescaling of ``.grad`` is followed so: an untold
+GradScaler's ``unscale_`` too, which undoes its scale S one round late; ``clip_grad_value_`` or a
+clip of some of the parameters counts as the rescaling of the whole norm it made.
+A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
 ``ThreePCState(nonfinite=...)``) leaves the parameters and moments as they were, on every rank.
 
 GradScaler: pass it too, ``register(ddp, optimizer=opt, scaler=scaler)``. The hook runs inside
 ``backward()``, before ``unscale_``; told the scaler, it divides each bucket by the current scale
-first, so the moments see the gradient as torch's AdamW does (tests/test_adam.py). Untold, it
-normalises S grad: a constant S cancels (except that eps acts as eps / S), but each change of S
-(growth, back-off after an overflow) skews d_i until v_i catches up, over about 1 / (1 - beta2)
-rounds.
+first, so the moments see the gradient as torch's AdamW does (tests/test_adam.py). Untold, its
+first round normalises S grad, and each later round (S_0 / S) S grad, the rescaling the step reads
+off ``.grad`` after ``unscale_``: a constant S_0 cancels (except that eps acts as eps / S_0), and a
+change of S (growth, back-off after an overflow) skews one round.
 
 Checkpoints: ``opt.state_dict()`` is torch AdamW's state at rest (``exp_avg`` in gradient units,
 ``exp_avg_sq`` from the hook's second moment; the mode's normalised momentum rides along), so a
@@ -38,16 +43,17 @@ hook. Other optimizers raise, naming the choices.
 from __future__ import annotations
 
 import functools
+import math
 import types
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from compressors import Mechanism
 from compressors.core.mechanism import all_finite
-from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, debiased, debiasing,
-                                                   second_moment)
+from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, Clipping, debiased,
+                                                   debiasing, second_moment)
 
 from .state import ThreePCState
 
@@ -113,8 +119,10 @@ def live_settings(optimizer: torch.optim.Optimizer) -> tuple[tuple[float, float]
 
 
 def normalized(mechanism: Mechanism, settings: AdamSettings, optimizer: torch.optim.Optimizer) -> AdamNormalized:
-    """``mechanism`` in the Adam mode, whose rounds read ``optimizer``'s current (betas, eps)."""
-    return AdamNormalized(mechanism, settings.betas, settings.eps, follow=functools.partial(live_settings, optimizer))
+    """``mechanism`` in the Adam mode, whose rounds read ``optimizer``'s current (betas, eps) and
+    follow its step's gradient clipping (``attach``)."""
+    return AdamNormalized(mechanism, settings.betas, settings.eps, follow=functools.partial(live_settings, optimizer),
+                          clipping=Clipping())
 
 
 def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -156,6 +164,23 @@ def _dense(p: Tensor) -> bool:
     return True
 
 
+UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none (bf16 rounding of .grad)
+
+
+def follow_clipping(clipping: Clipping, state: ThreePCState, grads: list[Tensor]) -> None:
+    """The rescaling the user's step applied to ``.grad`` (``grads``): the ratio r of their norm to
+    the one the hook presented (the root of the units' estimates of the mean gradient's squared
+    norm); the next round's gradients are multiplied by r / r_0, r_0 the first step's."""
+    presented = math.sqrt(sum(b.worker.norm2 for b in state.buckets if getattr(b.worker, "norm2", None) is not None))
+    ratio = float(torch.nn.utils.get_total_norm(grads, foreach=None)) / presented if presented > 0 else math.nan
+    if not math.isfinite(ratio) or ratio <= 0.0:
+        return
+    if clipping.reference is None:
+        clipping.reference = ratio
+    factor = ratio / clipping.reference
+    clipping.factor = 1.0 if abs(factor - 1.0) < UNSCALED else factor
+
+
 HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last attach
 
 
@@ -164,6 +189,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
     applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
     sends_momentum = isinstance(state.mechanism, AdamNormalized) and state.mechanism.momentum
+    clipping = state.mechanism.clipping if isinstance(state.mechanism, AdamNormalized) else None
 
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
         loss = None
@@ -194,6 +220,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "set, the parameter is not in DDP's buckets: it did not require grad "
                                "when DDP wrapped the model (frozen then), so DDP never synchronises "
                                "it; wrap the model in DDP again after unfreezing")
+        if clipping is not None:
+            follow_clipping(clipping, state, grads)
         with torch.no_grad():
             for group in self.param_groups:
                 beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
@@ -226,7 +254,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     for handle in getattr(optimizer, HANDLES, ()):
         handle.remove()
     setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),
-                                 optimizer.register_load_state_dict_pre_hook(_imported)))
+                                 optimizer.register_load_state_dict_pre_hook(functools.partial(_imported,
+                                                                                               state=state))))
 
     # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
     # ones) inside a profiler range: the same wrapper, so that hooks users registered still run
@@ -241,6 +270,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
 # second moment w_i), so a plain AdamW resumes from it (without the hook, or on one process), and
 # the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
 NORMALISED, AT_STEP = "threepc_exp_avg", "threepc_step"  # the mode's momentum, and the step it is of
+CLIPPING = "threepc_clipping"  # the mode's ``Clipping`` (a top-level key, which torch's load ignores)
 
 
 def _pairs(state_dict: dict) -> list[tuple[int, dict, dict]]:
@@ -289,15 +319,23 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         exp_avg = (momentum * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
         state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
                                       NORMALISED: s["exp_avg"].clone(), AT_STEP: float(s["step"])}
+    if isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
+        state_dict[CLIPPING] = asdict(mechanism.clipping)
     return state_dict
 
 
-def _imported(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+def _imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: ThreePCState | None = None) -> dict:
     """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it for its
     current step (the mode saved it; a plain AdamW that trained on from it has moved on), else
     the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step when
     the optimizer keeps the momentum; when the ranks send it, their moments restart and the
-    first step overwrites it). exp_avg_sq is kept for ``_exported``."""
+    first step overwrites it). exp_avg_sq is kept for ``_exported``; the clipping it saved is
+    the mode's again (a plain checkpoint leaves it as it is: the next step reads it)."""
+    clipping = state_dict.get(CLIPPING)
+    mechanism = state.mechanism if state is not None else None
+    if clipping is not None and isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
+        for name, value in clipping.items():
+            setattr(mechanism.clipping, name, value)
     state_dict = {**state_dict, "state": dict(state_dict["state"])}
     for index, group, s in _pairs(state_dict):
         s = dict(s)

@@ -192,7 +192,7 @@ class _Round:
                 self.worker.collect(self.bucket.server, payloads, self.rnd)
             else:
                 self.worker.fold(self.bucket.server, payloads, self.rnd)
-        g = self.bucket.server["g"]
+        g = self.worker.presented(self.bucket.server["g"])
         return g if self.scale == 1.0 else g * self.scale  # what GradScaler.unscale_ expects
 
     def _refuse(self, flags: Flags) -> Tensor | str:

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import copy
 import io
+import math
+import statistics
 import types
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
 from compressors import EF14, GD, Mechanism, Round, TopK
-from compressors.mechanisms.adam_normalized import AdamNormalized
+from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping, mean_norm2
 from ddp_hooks.adam import adam_settings, attach
 from ddp_hooks.launch import RankFailure, run_ranks
 from ddp_hooks.registry import MECHANISMS, mechanism
@@ -60,6 +63,63 @@ def test_mean_of_ranks_lifts_noisy_coordinates_by_sqrt_n_and_leaves_steady_ones(
     plain = _rounds(AdamNormalized(EF14(TopK(k=2)), mean_of_ranks=False, momentum=False).spawn(), grads,
                     workers=16)[-1]
     assert abs(abs(plain[0]) - 1.0) < 1e-3, "mean_of_ranks=False: one rank's second moment"
+
+
+def test_clipping_scales_the_gradient_before_the_moments_and_measures_the_mean_gradients_norm():
+    """A worker under ``Clipping(factor=c)`` sends what a worker sent c grad sends, records the
+    n-rank estimate ||grad||^2 (r + (1 - r) / n), r = sum_j min(m^_j^2, v^_j) / sum_j v^_j, and
+    presents the aggregate at the root of it."""
+    torch.manual_seed(1)
+    grads = [torch.randn(300) + 0.5 for _ in range(5)]
+    factors = [1.0, 0.5, 0.25, 1.0, 0.1]
+    clipping = Clipping()
+    clipped = AdamNormalized(EF14(TopK(ratio=0.1)), betas=(0.9, 0.99), clipping=clipping).spawn()
+    plain = AdamNormalized(EF14(TopK(ratio=0.1)), betas=(0.9, 0.99)).spawn()
+    for t, (g, c) in enumerate(zip(grads, factors)):
+        clipping.factor = c
+        rnd = Round(t, 0, 4)
+        sent, expected = (clipped.step(g, rnd), plain.step(g * c, rnd)) if t else \
+            (clipped.init(g, rnd), plain.init(g * c, rnd))
+        for name, part in expected.parts.items():
+            torch.testing.assert_close(sent.parts[name], part, rtol=0, atol=0)
+        k = t + 1.0
+        m_hat, v_hat = plain.m.double() / (1 - 0.9 ** k), plain.v.double() / (1 - 0.99 ** k)
+        kept = float(torch.minimum(m_hat ** 2, v_hat).sum() / v_hat.sum())
+        estimate = float(g.double().square().sum()) * (kept + (1 - kept) / 4)
+        assert clipped.norm2 == pytest.approx(estimate, rel=1e-5)
+        shown = clipped.presented(torch.full((300,), 3.0))
+        assert float(shown.norm()) == pytest.approx(math.sqrt(estimate), rel=1e-5)
+    assert plain.norm2 is None and torch.equal(plain.presented(torch.ones(3)), torch.ones(3))
+
+
+def test_the_norm_estimate_with_per_coordinate_round_counts_is_the_formula():
+    """Coordinates whose moments restarted count fewer rounds: c1, c2 per coordinate."""
+    gen = torch.Generator().manual_seed(3)
+    g, m, v = torch.randn(64, generator=gen), torch.randn(64, generator=gen), torch.rand(64, generator=gen)
+    k = torch.randint(1, 9, (64,), generator=gen).float()
+    c1, c2 = 1 / (1 - 0.9 ** k) ** 2, 1 / (1 - 0.99 ** k)
+    kept = float(torch.minimum(m.double() ** 2 * c1, v.double() * c2).sum() / (v.double() * c2).sum())
+    expected = float(g.double().square().sum()) * (kept + (1 - kept) / 8)
+    assert mean_norm2(g, m, v, c1, c2, 1 / 8) == pytest.approx(expected, rel=1e-5)
+    scalar = mean_norm2(g, m, v, c1[:1], c2[:1], 1 / 8)
+    assert scalar == pytest.approx(mean_norm2(g, m, v, c1[:1].expand(64), c2[:1].expand(64), 1 / 8), rel=1e-6)
+
+
+@pytest.mark.parametrize("factors, low", [([1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65], 0.97),
+                                          ([1.0, 1.0, 0.1, 0.01, 0.001, 0.001, 0.001], 0.75)])
+def test_the_norm_estimate_does_not_collapse_with_the_clipping_factor(factors, low):
+    """The same gradient every round on 2 ranks (no noise: the mean's norm is the gradient's)
+    under a falling factor: the estimate stays near ||grad||, within 3% when the factor falls 5%
+    a round and above 1 / sqrt(n) when it falls tenfold (the moments' memories differ, so the
+    ratio r takes the fall for noise; dividing by the factor instead made it grow without end)."""
+    g = torch.randn(500, generator=torch.Generator().manual_seed(2))
+    clipping = Clipping()
+    worker = AdamNormalized(GD(), betas=(0.9, 0.999), clipping=clipping).spawn()
+    for t, c in enumerate(factors):
+        clipping.factor = c
+        rnd = Round(t, 0, 2)
+        worker.init(g, rnd) if t == 0 else worker.step(g, rnd)
+        assert low <= math.sqrt(worker.norm2) / float(g.norm()) <= 1.0 + 1e-5, (t, c)
 
 
 def test_memory_holds_the_inner_memory_and_both_moments_and_rolls_back():
@@ -264,9 +324,20 @@ def _schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRSchedule
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / 3 if s < 3 else 0.5)
 
 
+def _clip_lagged(params: list[nn.Parameter], max_norm: float, factors: list[float]) -> None:
+    """The mode's clipping on one rank, as a plain AdamW's: scale the gradients by c_{t-1} / c_0,
+    c_t = min(1, max_norm / step t's unclipped norm), none at the first step."""
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if factors:
+        for p in params:
+            p.grad.mul_(factors[-1] / factors[0])
+    factors.append(min(1.0, max_norm / (norm + 1e-6)))
+
+
 def _exact(rank: int, workers: int) -> dict:
     """1 rank, "gd", beta1 = 0: AdamW's trajectory, with the scheduler made before or after
-    ``register`` and with clipping (which the mode ignores) against a plain AdamW."""
+    ``register`` and with the user's clipping, which the mode applies one round late and relative
+    to the first round's, against a plain AdamW clipped so."""
     out = {}
     for order in ("scheduler first", "register first"):
         model, plain = _model(), _model()
@@ -277,11 +348,13 @@ def _exact(rank: int, workers: int) -> dict:
         state = ddp_hooks.register(ddp, "gd", optimizer=opt)
         sched = sched or _schedule(opt)
         ref_sched = _schedule(ref)
+        factors: list[float] = []
         for step in range(8):
             for m, o in ((ddp, opt), (plain, ref)):
                 o.zero_grad()
                 _loss(m, rank, step).backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # no effect in this mode
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            _clip_lagged(list(plain.parameters()), 1e-3, factors)
             opt.step()
             ref.step()
             sched.step()
@@ -308,6 +381,8 @@ def _checks(rank: int, workers: int, folder: str) -> dict:
         moments = copy.deepcopy(opt.state_dict()["state"])
         opt.zero_grad()
         scaler.scale(_loss(ddp, rank, step)).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         scaler.step(opt)
         scaler.update()
         if step == 3:
@@ -319,14 +394,20 @@ def _checks(rank: int, workers: int, folder: str) -> dict:
     out["fields"] = sorted(next(iter(state.state_dict()["memory"].values())))
     out["fraction"] = state.stats.summary()["fraction_of_dense"]
     out["params"] = [p.detach().clone() for p in model.parameters()]
+    out["clipping"] = copy.copy(state.mechanism.clipping)
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()},
                Path(folder, f"{rank}.pt"))
+    _clipped_steps(ddp, opt, rank)
+    out["continued"] = [p.detach().clone() for p in model.parameters()]
+    return out
+
+
+def _clipped_steps(ddp: DDP, opt: torch.optim.Optimizer, rank: int) -> None:
     for step in range(6, 9):
         opt.zero_grad()
         _loss(ddp, rank, step).backward()
+        nn.utils.clip_grad_norm_(ddp.parameters(), 0.1)
         opt.step()
-    out["continued"] = [p.detach().clone() for p in model.parameters()]
-    return out
 
 
 def _resumed(rank: int, workers: int, folder: str) -> list[torch.Tensor]:
@@ -338,10 +419,7 @@ def _resumed(rank: int, workers: int, folder: str) -> list[torch.Tensor]:
     state = ddp_hooks.register(ddp, optimizer=opt, ratio=0.05, check_every=1)
     opt.load_state_dict(saved["opt"])
     state.load_state_dict(saved["hook"])
-    for step in range(6, 9):
-        opt.zero_grad()
-        _loss(ddp, rank, step).backward()
-        opt.step()
+    _clipped_steps(ddp, opt, rank)
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -368,6 +446,39 @@ def test_one_rank_gd_with_beta1_zero_is_torch_adamw_whatever_the_scheduler_order
     assert out["scheduler first buckets"] >= 2, "several buckets"
 
 
+def _estimates(rank: int, workers: int) -> dict[str, list[float]]:
+    """What ``clip_grad_norm_`` returned in the mode (the presented norm, this rank's estimate of
+    the mean gradient's), over the mean gradient's norm at the same parameters (by all_reduce),
+    at each of 30 clipped steps, for "gd" and the default."""
+    out = {}
+    for name in ("gd", None):
+        model = _model()
+        ddp = DDP(model, bucket_cap_mb=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        ddp_hooks.register(ddp, name, optimizer=opt)
+        ratios = []
+        for step in range(30):
+            plain = copy.deepcopy(model)
+            _loss(plain, rank, step).backward()
+            mean = torch.cat([p.grad.flatten() for p in plain.parameters()])
+            dist.all_reduce(mean)
+            opt.zero_grad()
+            _loss(ddp, rank, step).backward()
+            ratios.append(float(nn.utils.clip_grad_norm_(model.parameters(), 0.1)) / float(mean.norm() / workers))
+            opt.step()
+        out[name or "default"] = ratios
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_present_an_estimate_of_the_mean_gradients_norm_that_does_not_drift():
+    """A 5.5k-parameter model with 16 samples per rank: one step's estimate is noisy (0.4-1.9 of
+    the mean's norm here), but its median stays near it while the clipping acts on every step."""
+    for r in run_ranks(_estimates, 2, timeout=120):
+        for name, ratios in r.items():
+            assert 0.7 < statistics.median(ratios) < 1.3 and min(ratios) > 0.2 and max(ratios) < 3.0, (name, ratios)
+
+
 @pytest.mark.slow
 def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
     ranks = run_ranks(_checks, 2, str(tmp_path), timeout=180)
@@ -376,6 +487,7 @@ def test_two_ranks_skip_a_nonfinite_step_and_resume_bit_for_bit(tmp_path):
         assert r["fields"] == ["adam_k", "adam_m", "adam_u", "adam_v", "e_i", "server.g"]
         assert r["fraction"] < 0.3  # ratio 5% here: values + indices, plus the first, dense, round
         assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas identical"
+        assert r["clipping"].reference < 1.0 and r["clipping"].factor != 1.0, r["clipping"]
     resumed = run_ranks(_resumed, 2, str(tmp_path), timeout=120)
     for r, again in zip(ranks, resumed):
         assert all(torch.equal(a, b) for a, b in zip(r["continued"], again)), "resumed run differs"
@@ -469,10 +581,32 @@ def _with_grad_scaler(rank: int, told: bool) -> float:
     return worst
 
 
+def _clipping_followed(rank: int) -> list[tuple[float, float, float]]:
+    """A user who clips at 0.25 for 3 steps, then stops for 2, then clips at 1e9 (a no-op): after
+    each step, the mode's ``Clipping.factor``, what ``clip_grad_norm_`` returned, and the norm of
+    the step's gradient (a copy of the model without DDP)."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    state = ddp_hooks.register(ddp, "gd", optimizer=opt)
+    seen = []
+    for step, max_norm in enumerate([0.25] * 3 + [None] * 2 + [1e9]):
+        plain = copy.deepcopy(model)
+        _loss(plain, rank, step).backward()
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in plain.parameters()]))
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        returned = float(nn.utils.clip_grad_norm_(model.parameters(), max_norm)) if max_norm else math.nan
+        opt.step()
+        seen.append((state.mechanism.clipping.factor, returned, norm))
+    return seen
+
+
 def _one_rank(rank: int, workers: int) -> dict:
     """Against torch's AdamW (warm-up, skipped steps, GradScaler), step hooks, closures, a plain
-    AdamW checkpoint."""
+    AdamW checkpoint, the clipping the mode follows."""
     out = {"warm-up": _against_adamw(rank, 3, set()), "skips": _against_adamw(rank, 1, {0, 4}),
+           "clipping": _clipping_followed(rank),
            "one cycle": _one_cycle(rank), "channels_last": _channels_last(rank), "steps": _skipped_and_stale(rank),
            "leaves the mode": _leaves_the_mode(rank), "accumulates": _accumulates(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False)}
@@ -727,6 +861,19 @@ def one_rank() -> dict:
 @pytest.mark.slow
 def test_warm_up_rounds_are_dense_adamw_rounds(one_rank):
     assert one_rank["warm-up"] < 1e-6, "warmup_steps=3 is not AdamW: the moments restarted at each dense round"
+
+
+@pytest.mark.slow
+def test_the_users_clipping_is_read_off_grad_relative_to_the_first_step(one_rank):
+    seen = one_rank["clipping"]
+    for _, returned, norm in seen[:3] + seen[5:]:  # one rank: the estimate is the gradient's norm
+        assert returned == pytest.approx(norm, rel=1e-5), "clip_grad_norm_ sees the gradient's norm"
+    first = 0.25 / seen[0][2]
+    assert first < 0.5, "the test clips"
+    for factor, _, norm in seen[1:3]:
+        assert factor == pytest.approx(0.25 / norm / first, rel=1e-5)
+    for factor, _, _ in seen[3:]:
+        assert factor == pytest.approx(1.0 / first, rel=1e-5), "unclipped after a clipped first step"
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ from compressors import EF14, TopK, kernels
 from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
-from compressors.mechanisms.adam_normalized import AdamNormalized
+from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping
 from compressors.operators.sign import ScaledSign
 from ddp_hooks.adam import adam_settings, attach
 from compressors.core.memory import Memory
@@ -407,7 +407,8 @@ class LagNormalized(AdamNormalized):
     """The Adam mode whose n-rank second moment takes mu^2 from the lag-one autocovariance of the
     rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
     g_{t-1}] = mu^2, where E[m^2] = mu^2 + Var(m)), w = s + (v^ - s) / n with s = clamp(c^, 0, v^).
-    Torch ops; c and g_{t-1} live outside the memory (no rollback or checkpoint: an experiment)."""
+    Torch ops; c and g_{t-1} live outside the memory (no rollback or checkpoint: an experiment);
+    it ignores the user's gradient clipping (measured before the mode followed it)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -465,7 +466,9 @@ class AdamMode:
             inner = EF14(ScaledSign(block))
         else:
             inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)
-        return (LagNormalized if lag else AdamNormalized)(inner, betas, eps, momentum=momentum)
+        if lag:
+            return LagNormalized(inner, betas, eps, momentum=momentum)
+        return AdamNormalized(inner, betas, eps, momentum=momentum, clipping=Clipping())
 
     def check(self, **options: object) -> None:
         self._mechanism(**options)

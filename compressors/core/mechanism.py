@@ -161,6 +161,11 @@ class Mechanism(ABC):
         self.compressor.shared_update(server, payloads, rnd)
         return None
 
+    def presented(self, g: Tensor) -> Tensor:
+        """What the hook leaves in the bucket (the parameters' ``.grad``) for the aggregate ``g``:
+        ``g`` itself (the Adam mode rescales it, ``AdamNormalized.presented``)."""
+        return g
+
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``
         workers (Perm-K's omega depends on it)."""
