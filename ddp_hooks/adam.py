@@ -16,12 +16,16 @@ The user keeps their optimizer object, its param groups (lr, betas, weight_decay
 scheduler, created before or after ``register``. The step reads g from the hook, not from
 ``.grad``. Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
 the mean gradient's norm (``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)``
-returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c as the
-ratio of ``.grad``'s norm to the estimate (``follow_clipping``), and the next round's moments see
-gradients scaled by c / c_0, c_0 the first step's (``adam_normalized``: AdamW on clipped
-gradients, one round late). Any uniform rescaling of ``.grad`` is followed so: an untold
-GradScaler's ``unscale_`` too, which undoes its scale S one round late; ``clip_grad_value_`` or a
-clip of some of the parameters counts as the rescaling of the whole norm it made.
+returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c back as the
+median over parameters of the ratio of ``.grad``'s norm to what the hook left there
+(``follow_clipping``: parameters without a gradient, e.g. unused ones, do not count), and the
+next round's moments see gradients scaled by the median of the last three c over c_0, the
+first step's (``adam_normalized``: AdamW on clipped gradients, one round late). Any uniform
+rescaling of ``.grad`` is followed so: an untold GradScaler's ``unscale_`` too, which undoes its
+scale S one round late; ``clip_grad_value_``, or a clip of some of the parameters, counts as the
+median parameter's rescaling. ``.grad`` and what ``clip_grad_norm_`` returns are each rank's own
+estimate (they differ a little between ranks; the parameters do not): a decision taken on them
+must be agreed by the user, e.g. by an all_reduce.
 A step whose ``.grad`` holds inf/NaN (a round the hook flagged on every rank, see
 ``ThreePCState(nonfinite=...)``) leaves the parameters and moments as they were, on every rank.
 
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import types
 from dataclasses import asdict, dataclass
 
@@ -164,20 +169,34 @@ def _dense(p: Tensor) -> bool:
     return True
 
 
-UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none (bf16 rounding of .grad)
+UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none
+RECENT = 3  # the factor follows the median of the last RECENT steps' rescalings
 
 
-def follow_clipping(clipping: Clipping, state: ThreePCState, grads: list[Tensor]) -> None:
-    """The rescaling the user's step applied to ``.grad`` (``grads``): the ratio r of their norm to
-    the one the hook presented (the root of the units' estimates of the mean gradient's squared
-    norm); the next round's gradients are multiplied by r / r_0, r_0 the first step's."""
-    presented = math.sqrt(sum(b.worker.norm2 for b in state.buckets if getattr(b.worker, "norm2", None) is not None))
-    ratio = float(torch.nn.utils.get_total_norm(grads, foreach=None)) / presented if presented > 0 else math.nan
-    if not math.isfinite(ratio) or ratio <= 0.0:
+def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]
+                    ) -> None:
+    """The rescaling r the user's step applied to ``.grad``: the median, over ``params`` with a
+    non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
+    parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
+    ``.grad``'s dtype as the bucket rounded it; norms in float64). The next round's gradients are
+    multiplied by the median of the last ``RECENT`` r over r_0, the first step's."""
+    shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
+             for p in b.params}
+    ratios = []
+    for p in params:
+        if id(p) in shown:
+            left = float(torch.linalg.vector_norm(directions[id(p)].mul(shown[id(p)]).to(p.grad.dtype),
+                                                  dtype=torch.float64))
+            now = float(torch.linalg.vector_norm(p.grad, dtype=torch.float64))
+            if left > 0.0 and now > 0.0 and math.isfinite(now / left):
+                ratios.append(now / left)
+    if not ratios:
         return
+    ratio = statistics.median(ratios)
     if clipping.reference is None:
         clipping.reference = ratio
-    factor = ratio / clipping.reference
+    clipping.recent = [*clipping.recent, ratio][-RECENT:]
+    factor = statistics.median(clipping.recent) / clipping.reference
     clipping.factor = 1.0 if abs(factor - 1.0) < UNSCALED else factor
 
 
@@ -221,7 +240,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "when DDP wrapped the model (frozen then), so DDP never synchronises "
                                "it; wrap the model in DDP again after unfreezing")
         if clipping is not None:
-            follow_clipping(clipping, state, grads)
+            follow_clipping(clipping, state, [p for g in self.param_groups for p in g["params"] if p.grad is not None],
+                            directions)
         with torch.no_grad():
             for group in self.param_groups:
                 beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
@@ -294,9 +314,12 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     of one round carries that round's compression error), else the optimizer's. w_i: this
     rank's second moment (``second_moment``) from the hook's memory, or the exp_avg_sq a plain
     checkpoint brought (``_imported``) for parameters the hook holds no moments of yet; with
-    neither, the parameter's state is left empty (a plain AdamW starts it afresh)."""
+    neither, the parameter's state is left empty (a plain AdamW starts it afresh). The hook's
+    moments are of gradients over r_0 (``follow_clipping``), so w_i is exported times r_0^2."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     memory, mechanism = state.parameter_memory(), state.mechanism
+    clipping = mechanism.clipping if isinstance(mechanism, AdamNormalized) else None
+    reference = clipping.reference if clipping is not None and clipping.reference is not None else 1.0
     for index, group, s in _pairs(state_dict):
         if "exp_avg" not in s:
             continue
@@ -304,7 +327,7 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         fields, momentum = memory.get(id(p), {}), s["exp_avg"].double()
         if all(name in fields for name in MOMENTS) and isinstance(mechanism, AdamNormalized):
             w = shaped(second_moment(*(fields[name] for name in MOMENTS), mechanism.betas, state.world_size(),
-                                     mechanism.mean_of_ranks), p)
+                                     mechanism.mean_of_ranks), p) * reference ** 2
             beta2, step = float(group["betas"][1]), float(s["step"])
             exp_avg_sq = w * (1.0 - beta2 ** step if step > 0 else 1.0)
             if VELOCITY in fields:  # u^_i (1 - beta1^t)
