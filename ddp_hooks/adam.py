@@ -178,16 +178,17 @@ def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor
     """The rescaling r the user's step applied to ``.grad``: the median, over ``params`` with a
     non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
     parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
-    ``.grad``'s dtype as the bucket rounded it; norms in float64). The next round's gradients are
+    ``.grad``'s dtype as the bucket rounded it; fp32 norms). The next round's gradients are
     multiplied by the median of the last ``RECENT`` r over r_0, the first step's."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
     ratios = []
     for p in params:
         if id(p) in shown:
-            left = float(torch.linalg.vector_norm(directions[id(p)].mul(shown[id(p)]).to(p.grad.dtype),
-                                                  dtype=torch.float64))
-            now = float(torch.linalg.vector_norm(p.grad, dtype=torch.float64))
+            d, scale = directions[id(p)], shown[id(p)]
+            left = scale * float(torch.linalg.vector_norm(d)) if p.grad.dtype == d.dtype else \
+                float(torch.linalg.vector_norm(d.mul(scale).to(p.grad.dtype), dtype=torch.float32))
+            now = float(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
             if left > 0.0 and now > 0.0 and math.isfinite(now / left):
                 ratios.append(now / left)
     if not ratios:

@@ -174,9 +174,9 @@ class _Round:
         self.state.record_moves(self.bucket)
         self.saved = self.server = None
 
-    def finish(self) -> Tensor | str:
-        """After the exchange: the unit's new g, or NaN for a skipped round, or the message of a
-        failure every rank raises."""
+    def finish(self) -> tuple[Tensor, float] | str:
+        """After the exchange: the unit's new g and the factor the bucket takes it times, or NaN
+        for a skipped round, or the message of a failure every rank raises."""
         payloads, flags = self.exchange.read()
         if any(flags):
             self.refused = True
@@ -192,10 +192,10 @@ class _Round:
                 self.worker.collect(self.bucket.server, payloads, self.rnd)
             else:
                 self.worker.fold(self.bucket.server, payloads, self.rnd)
-        g = self.worker.presented(self.bucket.server["g"])
-        return g if self.scale == 1.0 else g * self.scale  # what GradScaler.unscale_ expects
+        g = self.bucket.server["g"]
+        return g, self.worker.presented(g) * self.scale  # the scale: what GradScaler.unscale_ expects
 
-    def _refuse(self, flags: Flags) -> Tensor | str:
+    def _refuse(self, flags: Flags) -> tuple[Tensor, float] | str:
         state, n = self.state, self.state.group.size()
         where = (f"in iteration {self.rnd.t}, in the bucket holding {[state.name(id(p)) for p in self.params]} "
                  f"(rank {state.group.rank()} of {n}): ")
@@ -208,7 +208,7 @@ class _Round:
             return (f"threepc: non-finite gradient on {flags.nonfinite} of {n} ranks {where}memories untouched"
                     f"{mine} (nonfinite='raise')")
         state.stats.nonfinite_rounds += 1
-        return torch.full_like(self.grad, float("nan"), dtype=torch.float32)
+        return torch.full_like(self.grad, float("nan"), dtype=torch.float32), 1.0
 
 
 class _Iteration:
@@ -328,8 +328,18 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
     if failures:
         raise ThreePCError("; ".join(failures))
     if whole:
-        return grad.copy_(results[0].view_as(grad))
-    for r, g in zip(rounds, results):
+        g, factor = results[0]
+        return _write(grad, g.view_as(grad), factor)
+    for r, (g, factor) in zip(rounds, results):
         for p, part in zip(r.params, g.split([p.numel() for p in r.params])):
-            views[id(p)].copy_(part.view_as(views[id(p)]))
+            _write(views[id(p)], part.view_as(views[id(p)]), factor)
     return grad
+
+
+def _write(out: Tensor, g: Tensor, factor: float) -> Tensor:
+    """``out`` = ``g`` times ``factor``, in one pass when the dtypes agree."""
+    if factor == 1.0:
+        return out.copy_(g)
+    if out.dtype == g.dtype:
+        return torch.mul(g, factor, out=out)
+    return out.copy_(g * factor)

@@ -161,10 +161,10 @@ class Mechanism(ABC):
         self.compressor.shared_update(server, payloads, rnd)
         return None
 
-    def presented(self, g: Tensor) -> Tensor:
-        """What the hook leaves in the bucket (the parameters' ``.grad``) for the aggregate ``g``:
-        ``g`` itself (the Adam mode rescales it, ``AdamNormalized.presented``)."""
-        return g
+    def presented(self, g: Tensor) -> float:
+        """The factor the hook multiplies the aggregate ``g`` by when it leaves it in the bucket
+        (the parameters' ``.grad``): 1 (the Adam mode rescales it, ``AdamNormalized.presented``)."""
+        return 1.0
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         """The 3PC constants (A, B) of Richtárik et al. 2022, Def. 3.1, on R^numel with ``workers``

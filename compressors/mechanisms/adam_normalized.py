@@ -26,8 +26,8 @@ aggregate g is Adam's bias-corrected momentum and the optimizer applies it as it
 momentum of the agreed directions. Uncompressed the two are the same step. Compressed, the
 error feedback of the first smooths what the compressor drops before the step sees it, where
 the second filters it through the optimizer's momentum (measured, EF14 over scaled signs,
-AdamW: the byte-level LM at +0.96% against +2.5% at 2 ranks, +1.15% against +3.0% at 4,
-benchmarks/results/accuracy_momentum.md).
+AdamW, before the mode followed clipping: the byte-level LM at +0.96% against +2.5% at 2 ranks,
++1.15% against +3.0% at 4, benchmarks/results/accuracy_momentum.md).
 
 k_i counts the rounds folded into the moments, per coordinate, in the memory: the bias
 corrections follow the moments through rounds the hook rolled back (a step GradScaler or
@@ -47,8 +47,9 @@ scales ``.grad`` by c_t; the step reads c_t back (``ddp_hooks.adam``) and round 
 spike, which passes unclipped (Adam's normalisation bounds it), does not shrink the next,
 ordinary round instead; relative to the first round's c_0, which that round could not apply
 (Adam's step does not change when every gradient is scaled by one constant, except that eps
-acts as c_0 eps). Measured, the byte-level LM under AdamW with clip 1.0, allreduce AdamW gains 2.1% of
-validation loss from its clipping at 4 ranks, which the mode ignored before.
+acts as c_0 eps). Measured, the byte-level LM under AdamW with clip 1.0: allreduce AdamW gains
+2.1% of validation loss from its clipping at 4 ranks; the mode, which ignored it, went from
++1.15% to +0.10% (benchmarks/results/accuracy_clipping.md).
 
 v^_i estimates E[grad_i^2] of one rank's minibatch; allreduce AdamW sees the n-rank mean, whose
 second moment is mu^2 + sigma^2 / n when the ranks' minibatches are independent. ``w_i`` is that
@@ -150,22 +151,27 @@ def second_moment(m: Tensor, v: Tensor, k: Tensor, betas: tuple[float, float], w
     return (s + (v_hat - s) / workers).float()
 
 
+SAMPLE = 1 << 16  # about how many coordinates ``mean_norm2`` reads the moments of
+
+
 def mean_norm2(g: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, share: float) -> float:
     """This rank's estimate of ||(1/n) sum_i grad_i||^2 over the unit (``share`` = 1/n) from its
     gradient ``g`` and its moments just updated: ||g||^2 (r + (1 - r) / n), where r = sum_j s_j /
     sum_j v^_j with s_j = min(m^_j^2, v^_j) (c1 = 1 / (1 - beta1^k)^2, c2 = 1 / (1 - beta2^k)) is
-    the share of the gradient's energy that the mean keeps (its noise averages down by n). A ratio
-    of the moments, so earlier rounds' clipping factors cancel; with share = 1, ||g||^2."""
-    total = float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2
+    the share of the gradient's energy that the mean keeps (its noise averages down by n), read
+    from every (numel / ``SAMPLE``)-th coordinate. A ratio of the moments, so earlier rounds'
+    clipping factors cancel; with share = 1, ||g||^2."""
+    total = float(g.square().sum())  # fp32, summed in cascade (a float64 reduction copies: 50x slower)
     if share == 1.0:
         return total
+    every = max(1, m.numel() // SAMPLE)  # r is a ratio of sums over many coordinates: a strided sample
+    m, v = m[::every], v[::every]
+    c1, c2 = (c[::every] if c.numel() > 1 else c for c in (c1, c2))
     if c1.numel() == 1 and c2.numel() == 1:  # every coordinate counts the same rounds: min(m^2 c1 / c2, v) c2
-        signal = torch.minimum(m.square().mul_(c1 / c2), v).sum(dtype=torch.float64)
-        kept = float(signal / v.sum(dtype=torch.float64))
+        kept = float(torch.minimum(m.square().mul_(c1 / c2), v).sum()) / float(v.sum())
     else:
         energy = v.mul(c2)
-        kept = float(torch.minimum(m.square().mul_(c1), energy).sum(dtype=torch.float64) /
-                     energy.sum(dtype=torch.float64))
+        kept = float(torch.minimum(m.square().mul_(c1), energy).sum()) / float(energy.sum())
     kept = kept if math.isfinite(kept) else 1.0  # no energy yet (v = 0)
     return total * (kept + (1.0 - kept) * share)
 
@@ -313,14 +319,14 @@ class AdamNormalized(Mechanism):
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.inner.step(self.normalized(grad, rnd), rnd)
 
-    def presented(self, g: Tensor) -> Tensor:
-        """The aggregate ``g`` rescaled to this round's estimate of the mean gradient's norm (with
-        ``clipping``): the user's clipping of ``.grad`` then sees a gradient's norm."""
+    def presented(self, g: Tensor) -> float:
+        """What rescales the aggregate ``g`` to this round's estimate of the mean gradient's norm
+        (with ``clipping``): the user's clipping of ``.grad`` then sees a gradient's norm."""
         if self.clipping is None or self.norm2 is None:
-            return g
-        held = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+            return 1.0
+        held = math.sqrt(float(g.square().sum()))
         self.shown = math.sqrt(self.norm2) / held if held > 0.0 and math.isfinite(held) else 1.0
-        return g * self.shown
+        return self.shown
 
     def init_spec(self, numel: int) -> list[PartSpec]:
         return self.inner.init_spec(numel)
