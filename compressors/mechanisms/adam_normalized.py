@@ -161,7 +161,7 @@ def mean_norm2(g: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, share: f
     the share of the gradient's energy that the mean keeps (its noise averages down by n), read
     from every (numel / ``SAMPLE``)-th coordinate. A ratio of the moments, so earlier rounds'
     clipping factors cancel; with share = 1, ||g||^2."""
-    total = float(g.square().sum())  # fp32, summed in cascade (a float64 reduction copies: 50x slower)
+    total = float(torch.dot(g, g))  # fp32, no copy (a float64 reduction copies: 50x slower)
     if share == 1.0:
         return total
     every = max(1, m.numel() // SAMPLE)  # r is a ratio of sums over many coordinates: a strided sample
@@ -324,7 +324,7 @@ class AdamNormalized(Mechanism):
         (with ``clipping``): the user's clipping of ``.grad`` then sees a gradient's norm."""
         if self.clipping is None or self.norm2 is None:
             return 1.0
-        held = math.sqrt(float(g.square().sum()))
+        held = math.sqrt(float(torch.dot(g, g)))
         self.shown = math.sqrt(self.norm2) / held if held > 0.0 and math.isfinite(held) else 1.0
         return self.shown
 
