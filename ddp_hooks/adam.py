@@ -217,8 +217,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
             with torch.enable_grad():
                 loss = closure()
         self._opt_called = True  # what LR schedulers check
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or not all_finite(*grads):  # nothing to step (torch's AdamW skips it too), or a flagged round
+        stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not stepped or not all_finite(*(p.grad for p in stepped)):  # nothing to step (as torch's AdamW), or flagged
             return loss
         rounds, applied["at"] = state.committed_iterations - applied["at"], state.committed_iterations
         if rounds == 0:
@@ -232,7 +232,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
                                "the last backward only")
         found = state.directions()
-        directions = {id(p): found.get(id(p)) for g in self.param_groups for p in g["params"] if p.grad is not None}
+        directions = {id(p): found.get(id(p)) for p in stepped}
         lacking = [state.name(p) for p, d in directions.items() if d is None]
         if lacking:  # before anything moves
             raise RuntimeError(f"threepc has no direction for {lacking[0]}: call "
@@ -241,8 +241,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "when DDP wrapped the model (frozen then), so DDP never synchronises "
                                "it; wrap the model in DDP again after unfreezing")
         if clipping is not None:
-            follow_clipping(clipping, state, [p for g in self.param_groups for p in g["params"] if p.grad is not None],
-                            directions)
+            follow_clipping(clipping, state, stepped, directions)
         with torch.no_grad():
             for group in self.param_groups:
                 beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
