@@ -1,12 +1,14 @@
 """Rand-K, Perm-K, Identity, composition and scaled signs against their definitions."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from hypothesis import given, settings, strategies as st
 
-from compressors import Compose, Identity, Payload, PermK, RandK, Round, ScaledSign, SharedTopK, TopK
+from compressors import EF14, Compose, Identity, Payload, PermK, RandK, Round, ScaledSign, SharedTopK, TopK
 
 
 def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
@@ -181,7 +183,8 @@ def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(ex
 
 
 @pytest.mark.parametrize("compressor", [TopK(k=7), TopK(ratio=0.5), RandK(k=9, seed=3), RandK(k=9, scaled=False, seed=3),
-                                        PermK(seed=2), Identity(), ScaledSign(block=16)], ids=repr)
+                                        PermK(seed=2), Identity(), ScaledSign(block=16),
+                                        ScaledSign(block=16, fraction=0.75)], ids=repr)
 def test_residual_is_v_minus_what_the_payload_decodes_to_bit_for_bit(compressor):
     """Error feedback's v - C(v), whether computed in place (sparsifiers: O(K)) or from the
     decoded payload; on ties and zeros too."""
@@ -261,6 +264,51 @@ def test_scaled_sign_lets_a_non_finite_entry_through_to_the_mechanisms_check():
         assert torch.isfinite(ScaledSign(4).encode(x)[1][4:]).all()
 
 
-def test_scaled_sign_refuses_an_empty_block():
+def test_scaled_sign_refuses_an_empty_block_and_a_window_below_half():
     with pytest.raises(ValueError, match="block must be at least 1"):
         ScaledSign(0)
+    for fraction in (0.49, 1.01):
+        with pytest.raises(ValueError, match=r"fraction must be in \[0.5, 1\]"):
+            ScaledSign(16, fraction)
+    with pytest.raises(ValueError, match="not contractive in one round.*use it with EF14"):
+        ScaledSign(16, 0.9).alpha(100)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.floats(0.5, 1.0), st.integers(0, 10_000), st.integers(1, 40))
+def test_a_sign_window_is_the_scaled_sign_of_its_pieces_and_two_rounds_cover_every_entry(numel, fraction, t, block):
+    """Round t decodes to zero outside W_t and, on each of W_t's (at most two) pieces, to that
+    piece's own scaled sign; the payload is what ``spec`` says (ceil(f d) signs, the pieces' bytes
+    and blocks); W_t and W_(t+1) together hold every entry (f >= 1/2)."""
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(t))
+    c, rnd = ScaledSign(block, fraction), Round(t, 0, 2)
+    pieces = c.pieces(numel, rnd)
+    payload = c.compress(x, rnd)
+    decoded = c.decompress(payload, rnd)
+    inside = torch.zeros(numel, dtype=torch.bool)
+    for p in pieces:
+        inside[p] = True
+        assert torch.equal(decoded[p], ScaledSign(block).encode(x[p])[1])
+    assert int(inside.sum()) == min(numel, math.ceil(fraction * numel)) and len(pieces) <= 2
+    assert not decoded[~inside].any()
+    assert [(q.name, q.dtype, q.numel) for q in c.spec(numel, rnd)] == [
+        (k, v.dtype, v.numel()) for k, v in payload.parts.items()]
+    for p in c.pieces(numel, Round(t + 1, 1, 2)):
+        inside[p] = True
+    assert inside.all()
+
+
+def test_error_feedback_over_a_sign_window_keeps_its_memory_bounded():
+    """EF14 over a window of 60% of the signs, fed the same x for T rounds: what it sent adds up
+    to T x - e_T, and e_T levels off (an entry the windows skipped for good would grow it by x a
+    round: doubling from T = 600 to 1200); fraction 1 is the plain ScaledSign bit for bit."""
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.01, 3, 1000)
+    worker, decoder, sent = EF14(ScaledSign(64, 0.6)), ScaledSign(64, 0.6), torch.zeros(1000)
+    worker.init(torch.zeros(1000))
+    norms = []
+    for t in range(1200):
+        sent += decoder.decompress(worker.step(x, Round(t)), Round(t))
+        norms.append(float(worker.memory.e_i.norm()))
+    torch.testing.assert_close(sent + worker.memory.e_i, 1200 * x, rtol=1e-4, atol=0.05)
+    assert norms[-1] < 1.2 * norms[599]
+    assert torch.equal(ScaledSign(64).compress(x).parts["signs"], ScaledSign(64, 1.0).compress(x, Round(7)).parts["signs"])

@@ -43,12 +43,23 @@ def test_every_entry_builds_with_its_defaults_and_is_described():
     ({"k": True}, "k=True"),
     ({"compressor": "topq"}, "compressor must be one of 'topk', 'randk', 'randk_shared'"),
     ({"momentum": 0.9}, r"does not take option\(s\) \['momentum'\]"),
-    ({"compressor": "sign", "ratio": 0.05}, "compressor='sign' sends every entry and takes no ratio= or k="),
+    ({"compressor": "sign", "ratio": 0.05}, "compressor='sign' sends a sign per entry and takes no ratio= or k="),
     ({"compressor": "sign", "k": 5}, "takes no ratio= or k=; drop them"),
 ])
 def test_bad_options_are_refused_with_the_valid_range(options, message):
     with pytest.raises(ValueError, match=message):
         build("ef21", **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"fraction": 0.9}, "fraction=0.9 .* needs compressor='sign', got compressor='topk'"),
+    ({"compressor": "sign", "fraction": 0.4}, r"fraction must be float in \[0.5, 1\]"),
+    ({"compressor": "sign", "fraction": 0.9, "ratio": 0.1}, "takes no ratio= or k=; drop them"),
+])
+def test_a_sign_window_needs_signs_and_at_least_half_the_entries(options, message):
+    with pytest.raises(ValueError, match=message):
+        build("ef14", **options)
+    assert repr(build("ef14", compressor="sign", fraction=0.84)) == "EF14(ScaledSign(block=2048, fraction=0.84))"
 
 
 def test_unknown_and_simulation_only_names_are_refused_by_the_hook_registry():

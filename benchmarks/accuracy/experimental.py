@@ -28,8 +28,8 @@ optimizer told, its ``step`` replaced): mixed, task-dependent results
 (benchmarks/results/accuracy_adam.md), not a default.
 
 ``adam_mode``: the Adam default with its choices as options (``AdamMode``): ``momentum=False``
-(the ranks send directions, as before the mode sent momentum) and ``fraction`` (``CyclicSign``,
-fewer than one bit per entry). Measured in benchmarks/results/accuracy_momentum.md: sending
+(the ranks send directions, as before the mode sent momentum) and ``fraction`` (``ScaledSign``'s
+cyclic window, fewer than one bit per entry). Measured in benchmarks/results/accuracy_momentum.md: sending
 momentum is the library's default; a cyclic window of 85% of the signs (3.0% of the bytes)
 costs the LM +1.5% against +0.9% for every sign, so it is not.
 """
@@ -344,65 +344,6 @@ class MomentumCorrected(_EF14Candidate):
         return state
 
 
-class CyclicSign(ScaledSign):
-    """Scaled signs of a cyclic window of ceil(fraction d) entries: round t sends the window that
-    starts where round t - 1's ended (mod d), so every entry goes out in a ``fraction`` of the
-    rounds and error feedback holds the rest; fraction bits per entry, no indices."""
-
-    def __init__(self, block: int = 2048, fraction: float = 0.85) -> None:
-        super().__init__(block)
-        self.fraction = fraction
-
-    def __repr__(self) -> str:
-        return f"CyclicSign(block={self.block}, fraction={self.fraction})"
-
-    def _window(self, numel: int, rnd: Round) -> tuple[int, int]:
-        width = min(numel, max(1, math.ceil(self.fraction * numel)))
-        return (rnd.t * width) % max(numel, 1), width
-
-    def _slices(self, numel: int, rnd: Round) -> list[slice]:
-        start, width = self._window(numel, rnd)
-        end = start + width
-        return [slice(start, min(end, numel))] + ([slice(0, end - numel)] if end > numel else [])
-
-    def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:
-        return super().spec(self._window(numel, rnd)[1])
-
-    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
-        v = v.float().contiguous()
-        cuts = self._slices(v.numel(), rnd)
-        w = torch.cat([v[c] for c in cuts])
-        signs, scales = kernels.sign_residual(w, self.block)
-        offset = 0
-        for c in cuts:
-            n = c.stop - c.start
-            v[c] = w[offset:offset + n]
-            offset += n
-        return Payload({"signs": signs, "scales": scales}, v.numel()), v
-
-    def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return self.residual(x.clone(), rnd)[0]
-
-    def accumulate(self, out: Tensor, payloads, alpha: float, rnd: Round = ROUND0) -> None:
-        sent = [p for p in payloads if p.parts]
-        if not sent:
-            return
-        cuts = self._slices(out.numel(), rnd)
-        w = torch.zeros(self._window(out.numel(), rnd)[1], device=out.device)
-        kernels.sign_accumulate(w, [p.parts["signs"] for p in sent], [p.parts["scales"] for p in sent],
-                                self.block, alpha)
-        offset = 0
-        for c in cuts:
-            n = c.stop - c.start
-            out[c] += w[offset:offset + n]
-            offset += n
-
-    def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
-        out = torch.zeros(payload.numel, device=payload.parts["signs"].device)
-        self.accumulate(out, [payload], 1.0, rnd)
-        return out
-
-
 class LagNormalized(AdamNormalized):
     """The Adam mode whose n-rank second moment takes mu^2 from the lag-one autocovariance of the
     rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
@@ -451,7 +392,7 @@ class AdamMode:
     """``adam_mode``: ``register(ddp, optimizer=adamw)``'s mechanism, EF14 in the Adam mode, with
     what the library fixes made options: ``momentum=False`` sends the normalised directions and
     the optimizer keeps their momentum (the mode before it sent momentum); ``fraction < 1`` sends
-    ``CyclicSign``'s window instead of every sign; ``block``: entries per sign scale; ``lag``:
+    ``ScaledSign``'s cyclic window instead of every sign; ``block``: entries per sign scale; ``lag``:
     ``LagNormalized``'s estimate of the n-rank second moment;
     ``compressor``/``ratio`` as ``ef14``'s."""
 
@@ -460,10 +401,8 @@ class AdamMode:
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
                    block: int = 2048, lag: bool = False, betas: tuple[float, float] = (0.9, 0.999),
                    eps: float = 1e-8) -> AdamNormalized:
-        if fraction < 1.0:
-            inner = EF14(CyclicSign(block, fraction))
-        elif compressor == "sign":
-            inner = EF14(ScaledSign(block))
+        if compressor == "sign":
+            inner = EF14(ScaledSign(block, fraction))
         else:
             inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)
         if lag:

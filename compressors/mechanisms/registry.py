@@ -110,8 +110,9 @@ class Entry:
             if options.get(ratio) is not None and options.get(k) is not None:
                 raise ValueError(f"{self.name}: give {ratio}= (fraction kept) or {k}= (entries kept), not both")
         if options.get("compressor") in UNSIZED and {"ratio", "k"} & options.keys():
-            raise ValueError(f"{self.name}: compressor={options['compressor']!r} sends every entry and takes no "
-                             "ratio= or k=; drop them, or choose a sparsifier (compressor='topk')")
+            raise ValueError(f"{self.name}: compressor={options['compressor']!r} sends a sign per entry and takes "
+                             "no ratio= or k=; drop them (ef14's fraction= sends a share of the signs), or choose a "
+                             "sparsifier (compressor='topk')")
         checked = {name: o.check(self.name, options.get(name, o.default)) for name, o in known.items()}
         return self.build(checked)
 
@@ -126,6 +127,9 @@ RATIO = Option("ratio", float, 0.01, "fraction of a bucket's entries the compres
 K = Option("k", int, None, "entries kept per bucket, instead of ratio", low=1)
 SEED = Option("seed", int, 0, "seed of random supports and coins (the same on every rank)", low=0)
 SIZE = (RATIO, K)
+FRACTION = Option("fraction", float, 1.0, "compressor='sign' only: the share of each bucket's entries whose signs a "
+                  "round sends, a cyclic window (fraction bits per entry; error feedback holds the rest)",
+                  low=0.5, high=1.0)
 
 
 def compressor_option(name: str, default: str, choices: tuple[str, ...], help: str) -> Option:
@@ -149,11 +153,14 @@ def _sized(cls: type[Sparsifier], ratio: float | None, k: int | None, **kwargs: 
 
 
 def contractive(o: Mapping[str, object]) -> Compressor:
-    """C from the entry's ``compressor``, ``ratio``/``k`` and ``seed`` options."""
+    """C from the entry's ``compressor``, ``ratio``/``k``, ``fraction`` and ``seed`` options."""
+    if o.get("fraction", 1.0) != 1.0 and o.get("compressor") != "sign":
+        raise ValueError(f"fraction={o['fraction']} is the share of entries a round's signs cover: it needs "
+                         f"compressor='sign', got compressor={o.get('compressor')!r}; drop fraction= or use signs")
     if o.get("compressor", "topk") == "topk":
         return _sized(TopK, o["ratio"], o["k"])
     if o["compressor"] == "sign":
-        return ScaledSign()
+        return ScaledSign(fraction=o.get("fraction", 1.0))
     if o["compressor"] == "shared_topk":
         return _sized(SharedTopK, o["ratio"], o["k"], seed=o["seed"])
     return _sized(RandK, o["ratio"], o["k"], scaled=False, shared=o["compressor"] == "randk_shared", seed=o["seed"])
@@ -194,7 +201,7 @@ CO3_OPTIONS = (
 REGISTRY: dict[str, Entry] = {e.name: e for e in (
     _entry("gd", "no compression: one fp32 allreduce per bucket (DDP's default, through the hook)", lambda o: GD()),
     _entry("ef14", "classic error feedback (Seide et al. 2014): send C(e + grad), keep the rest",
-           lambda o: EF14(contractive(o)), *SIZE, CONTRACTIVE, SEED),
+           lambda o: EF14(contractive(o)), *SIZE, CONTRACTIVE, FRACTION, SEED),
     _entry("ef21", "EF21 (Richtarik et al. 2021): g_i += C(grad - g_i)", lambda o: EF21(contractive(o)),
            *SIZE, CONTRACTIVE, SEED),
     _entry("ef21plus", "EF21+: the better of C(grad) and g_i + C(grad - g_i) (deterministic C)",
