@@ -204,6 +204,19 @@ def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor
 HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last attach
 
 
+def _initialising(optimizer: torch.optim.Optimizer, stepped: list[Tensor]) -> bool:
+    """A step that only sets up the state (torch.distributed.checkpoint's ``set_optimizer_state_dict``
+    steps a fresh optimizer at lr 0 on zero gradients before it loads one): the optimizer has no
+    state, every lr is 0 and every gradient is zero. Sets the mode's per-parameter state as its
+    first step would (step 0, a zero momentum) and moves nothing."""
+    if optimizer.state or any(float(g["lr"]) != 0.0 for g in optimizer.param_groups) or \
+            any(p.grad.any() for p in stepped):
+        return False
+    for p in stepped:
+        optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p)}
+    return True
+
+
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
@@ -221,6 +234,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         if not stepped or not all_finite(*(p.grad for p in stepped)):  # nothing to step (as torch's AdamW), or flagged
             return loss
         rounds, applied["at"] = state.committed_iterations - applied["at"], state.committed_iterations
+        if rounds == 0 and _initialising(self, stepped):
+            return loss
         if rounds == 0:
             raise RuntimeError("optimizer.step() without a synchronised backward since the last step or zero_grad(): "
                                "in the Adam mode the step applies the ranks' aggregate of that backward, and there "
@@ -290,7 +305,9 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
 # second moment w_i), so a plain AdamW resumes from it (without the hook, or on one process), and
 # the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
 NORMALISED, AT_STEP = "threepc_exp_avg", "threepc_step"  # the mode's momentum, and the step it is of
-CLIPPING = "threepc_clipping"  # the mode's ``Clipping`` (a top-level key, which torch's load ignores)
+# the mode's ``Clipping``, in the first param group: torch.distributed.checkpoint keeps a group's keys
+# and drops top-level ones (``_imported`` still reads a top-level one, where checkpoints before kept it)
+CLIPPING = "threepc_clipping"
 
 
 def _pairs(state_dict: dict) -> list[tuple[int, dict, dict]]:
@@ -342,8 +359,8 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         exp_avg = (momentum * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
         state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
                                       NORMALISED: s["exp_avg"].clone(), AT_STEP: float(s["step"])}
-    if isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
-        state_dict[CLIPPING] = asdict(mechanism.clipping)
+    if isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None and state_dict["param_groups"]:
+        state_dict["param_groups"][0] = {**state_dict["param_groups"][0], CLIPPING: asdict(mechanism.clipping)}
     return state_dict
 
 
@@ -354,12 +371,13 @@ def _imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     the optimizer keeps the momentum; when the ranks send it, their moments restart and the
     first step overwrites it). exp_avg_sq is kept for ``_exported``; the clipping it saved is
     the mode's again (a plain checkpoint leaves it as it is: the next step reads it)."""
-    clipping = state_dict.get(CLIPPING)
+    groups = [{k: v for k, v in g.items() if k != CLIPPING} for g in state_dict["param_groups"]]
+    clipping = next((g[CLIPPING] for g in state_dict["param_groups"] if CLIPPING in g), state_dict.get(CLIPPING))
     mechanism = state.mechanism if state is not None else None
     if clipping is not None and isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
         for name, value in clipping.items():
             setattr(mechanism.clipping, name, value)
-    state_dict = {**state_dict, "state": dict(state_dict["state"])}
+    state_dict = {**state_dict, "state": dict(state_dict["state"]), "param_groups": groups}
     for index, group, s in _pairs(state_dict):
         s = dict(s)
         saved, at = s.pop(NORMALISED, None), s.pop(AT_STEP, None)
