@@ -205,15 +205,17 @@ HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last a
 
 
 def _initialising(optimizer: torch.optim.Optimizer, stepped: list[Tensor]) -> bool:
-    """A step that only sets up the state (torch.distributed.checkpoint's ``set_optimizer_state_dict``
-    steps a fresh optimizer at lr 0 on zero gradients before it loads one): the optimizer has no
-    state, every lr is 0 and every gradient is zero. Sets the mode's per-parameter state as its
-    first step would (step 0, a zero momentum) and moves nothing."""
+    """A step that only sets up the state (torch.distributed.checkpoint's ``get_optimizer_state_dict``
+    and ``set_optimizer_state_dict`` step a fresh optimizer at lr 0 on zero gradients, to build the
+    template a checkpoint loads into): the optimizer has no state, every lr is 0 and every gradient
+    is zero. Sets torch AdamW's per-parameter state (step 0, zero moments, so that the template
+    carries every key a checkpoint of the mode holds) and moves nothing."""
     if optimizer.state or any(float(g["lr"]) != 0.0 for g in optimizer.param_groups) or \
             any(p.grad.any() for p in stepped):
         return False
     for p in stepped:
-        optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p)}
+        optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                              "exp_avg_sq": torch.zeros_like(p)}
     return True
 
 
@@ -305,8 +307,9 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
 # second moment w_i), so a plain AdamW resumes from it (without the hook, or on one process), and
 # the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
 NORMALISED, AT_STEP = "threepc_exp_avg", "threepc_step"  # the mode's momentum, and the step it is of
-# the mode's ``Clipping``, in the first param group: torch.distributed.checkpoint keeps a group's keys
-# and drops top-level ones (``_imported`` still reads a top-level one, where checkpoints before kept it)
+# the mode's ``Clipping``, in the first exported parameter's state beside NORMALISED (torch.distributed.
+# checkpoint keeps per-parameter keys and drops top-level ones; ``_imported`` still reads a top-level one,
+# where checkpoints before kept it)
 CLIPPING = "threepc_clipping"
 
 
@@ -359,8 +362,9 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
         exp_avg = (momentum * _denominator(exp_avg_sq, s["step"], group)).to(s["exp_avg"].dtype)
         state_dict["state"][index] = {**s, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq.to(s["exp_avg"].dtype),
                                       NORMALISED: s["exp_avg"].clone(), AT_STEP: float(s["step"])}
-    if isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None and state_dict["param_groups"]:
-        state_dict["param_groups"][0] = {**state_dict["param_groups"][0], CLIPPING: asdict(mechanism.clipping)}
+        if clipping is not None:
+            state_dict["state"][index][CLIPPING] = asdict(clipping)
+            clipping = None  # once
     return state_dict
 
 
@@ -370,21 +374,23 @@ def _imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step when
     the optimizer keeps the momentum; when the ranks send it, their moments restart and the
     first step overwrites it). exp_avg_sq is kept for ``_exported``; the clipping it saved is
-    the mode's again (a plain checkpoint leaves it as it is: the next step reads it)."""
-    groups = [{k: v for k, v in g.items() if k != CLIPPING} for g in state_dict["param_groups"]]
-    clipping = next((g[CLIPPING] for g in state_dict["param_groups"] if CLIPPING in g), state_dict.get(CLIPPING))
+    the mode's again if saved at the checkpoint's step, like the momentum (a plain checkpoint, or
+    one a plain AdamW trained on from, leaves it as it is: the next step reads it)."""
+    clipping, current = state_dict.get(CLIPPING), state_dict.get(CLIPPING) is not None
     mechanism = state.mechanism if state is not None else None
-    if clipping is not None and isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
-        for name, value in clipping.items():
-            setattr(mechanism.clipping, name, value)
-    state_dict = {**state_dict, "state": dict(state_dict["state"]), "param_groups": groups}
+    state_dict = {**state_dict, "state": dict(state_dict["state"])}
     for index, group, s in _pairs(state_dict):
         s = dict(s)
         saved, at = s.pop(NORMALISED, None), s.pop(AT_STEP, None)
+        if CLIPPING in s:  # current only if saved at this step: a plain AdamW that trained on carries it stale
+            clipping, current = s.pop(CLIPPING), at is not None and "step" in s and at == float(s["step"])
         if saved is not None and at is not None and "step" in s and at == float(s["step"]):
             s["exp_avg"] = saved
         elif "exp_avg" in s and "exp_avg_sq" in s:
             s["exp_avg"] = (s["exp_avg"].double() / _denominator(s["exp_avg_sq"], s["step"], group)
                             ).to(s["exp_avg"].dtype)
         state_dict["state"][index] = s
+    if current and isinstance(mechanism, AdamNormalized) and mechanism.clipping is not None:
+        for name, value in clipping.items():
+            setattr(mechanism.clipping, name, value)
     return state_dict

@@ -646,12 +646,18 @@ def _nothing_rescaled(rank: int) -> dict[str, list[float]]:
     return out
 
 
-def _through_dcp(rank: int) -> tuple[float, bool]:
-    """A resume through torch.distributed.checkpoint's optimizer state dict: the largest deviation
-    from the run that went on, and whether the clipping came back."""
+def _through_dcp(rank: int) -> dict[str, object]:
+    """A resume through torch.distributed.checkpoint as its docs write it (save the optimizer's
+    state dict; a fresh optimizer's, the template, loaded from disk; set): the largest deviation
+    from the run that went on, the step count and whether the clipping came back. Then the same
+    checkpoint through a plain AdamW that trains on: its param groups, and the clipping a mode
+    that loads the plain checkpoint has (the saved one is stale by then)."""
+    import tempfile
+
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    def clipped(ddp: DDP, opt: torch.optim.Optimizer, steps: range) -> None:
+    def clipped(ddp: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
         for step in steps:
             opt.zero_grad()
             _loss(ddp, rank, step).backward()
@@ -666,17 +672,35 @@ def _through_dcp(rank: int) -> tuple[float, bool]:
 
     model, ddp, opt, state = fresh()
     clipped(ddp, opt, range(6))
-    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))
+    folder = tempfile.mkdtemp()
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=folder)
     weights, hook, clipping = copy.deepcopy(model.state_dict()), state.state_dict(), copy.deepcopy(
         state.mechanism.clipping)
+    plain_checkpoint = copy.deepcopy(opt.state_dict())
     clipped(ddp, opt, range(6, 9))
     again, ddp2, opt2, state2 = fresh()
     again.load_state_dict(weights)
-    set_optimizer_state_dict(again, opt2, optim_state_dict=saved)
+    template = {"optim": get_optimizer_state_dict(again, opt2)}
+    dcp.load(template, checkpoint_id=folder)
+    set_optimizer_state_dict(again, opt2, optim_state_dict=template["optim"])
     state2.load_state_dict(hook)
-    restored = state2.mechanism.clipping == clipping
+    out: dict[str, object] = {"restored": state2.mechanism.clipping == clipping}
     clipped(ddp2, opt2, range(6, 9))
-    return max(float((a - b).abs().max()) for a, b in zip(model.parameters(), again.parameters())), restored
+    out["deviation"] = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), again.parameters()))
+    out["steps"] = sorted({float(s["step"]) for s in opt2.state.values()})
+
+    plain_model = _model()
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=0.01)
+    plain.load_state_dict(plain_checkpoint)
+    for step in range(6, 8):
+        plain.zero_grad()
+        _loss(plain_model, rank, step).backward()
+        plain.step()
+    out["plain group keys"] = sorted(plain.param_groups[0])
+    _, _, opt3, state3 = fresh()
+    opt3.load_state_dict(plain.state_dict())
+    out["clipping from the plain checkpoint"] = state3.mechanism.clipping
+    return out
 
 
 def _one_rank(rank: int, workers: int) -> dict:
@@ -938,13 +962,18 @@ def one_rank() -> dict:
 
 @pytest.mark.slow
 def test_a_resume_through_torch_distributed_checkpoint_is_bit_for_bit(one_rank):
-    """torch.distributed.checkpoint's set_optimizer_state_dict steps a fresh optimizer at lr 0 on
-    zero gradients first (the mode's step raised: no synchronised backward), and its state dict
-    keeps only ``state`` and ``param_groups`` (the clipping, a top-level key, was lost). Not
+    """torch.distributed.checkpoint steps a fresh optimizer at lr 0 on zero gradients to build the
+    template it loads into (the mode's step raised: no synchronised backward), loads only the keys
+    the template has (the step count restarted when the template lacked them), and keeps only
+    ``state`` and ``param_groups`` (the clipping, a top-level key, was lost). Not
     supported: ``flatten_optimizer_state_dict=True``, which rebuilds only the keys a fresh
     optimizer has (the clipping and the mode's own momentum are lost; the run continues)."""
-    deviation, restored = one_rank["dcp"]
-    assert restored and deviation == 0.0, one_rank["dcp"]
+    out = one_rank["dcp"]
+    assert out["restored"] and out["deviation"] == 0.0 and out["steps"] == [9.0], out
+    # a plain AdamW that loads the mode's checkpoint keeps torch's param groups, and a mode that
+    # loads what it saved after training on does not take the clipping back (stale by then)
+    assert not any(k.startswith("threepc") for k in out["plain group keys"]), out
+    assert out["clipping from the plain checkpoint"] == Clipping(), out
 
 
 @pytest.mark.slow

@@ -29,9 +29,9 @@ optimizer told, its ``step`` replaced): mixed, task-dependent results
 
 ``adam_mode``: the Adam default with its choices as options (``AdamMode``): ``momentum=False``
 (the ranks send directions, as before the mode sent momentum) and ``fraction`` (``ScaledSign``'s
-cyclic window, fewer than one bit per entry). Measured in benchmarks/results/accuracy_momentum.md: sending
-momentum is the library's default; a cyclic window of 85% of the signs (3.0% of the bytes)
-costs the LM +1.5% against +0.9% for every sign, so it is not.
+cyclic window, fewer than one bit per entry; 1 here, every sign, as the earlier results ran it).
+Sending momentum is the library's default (benchmarks/results/accuracy_momentum.md), and so is a
+window of 84% of the signs since it met the byte limit (benchmarks/results/accuracy_window.md).
 """
 from __future__ import annotations
 
@@ -391,8 +391,9 @@ class LagNormalized(AdamNormalized):
 class AdamMode:
     """``adam_mode``: ``register(ddp, optimizer=adamw)``'s mechanism, EF14 in the Adam mode, with
     what the library fixes made options: ``momentum=False`` sends the normalised directions and
-    the optimizer keeps their momentum (the mode before it sent momentum); ``fraction < 1`` sends
-    ``ScaledSign``'s cyclic window instead of every sign; ``block``: entries per sign scale; ``lag``:
+    the optimizer keeps their momentum (the mode before it sent momentum); ``fraction`` (1 here,
+    every sign; the library's default is 0.84) sends ``ScaledSign``'s cyclic window of that share
+    of the signs; ``block``: entries per sign scale; ``lag``:
     ``LagNormalized``'s estimate of the n-rank second moment;
     ``compressor``/``ratio`` as ``ef14``'s."""
 

@@ -87,6 +87,7 @@ class ScaledSign(Compressor):
         """(compress(v), v - C(v)), written into the caller's temporary v (one pass, no dense C(v))."""
         if v.dtype != torch.float32 or not v.is_contiguous():
             v = v.float().contiguous()
+        v = v.view(-1)
         return self._payload([kernels.sign_residual(v[c], self.block) for c in self.pieces(v.numel(), rnd)],
                              v.numel()), v
 
@@ -101,7 +102,7 @@ class ScaledSign(Compressor):
         sent = [p for p in payloads if p.parts]
         if not sent:
             return
-        signs, scales = 0, 0
+        signs, scales, out = 0, 0, out.view(-1)
         for c in self.pieces(out.numel(), rnd):
             n = c.stop - c.start
             nbytes, nblocks = (n + 7) // 8, sign_blocks(n, self.block)
