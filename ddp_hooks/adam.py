@@ -382,9 +382,10 @@ def _imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     for index, group, s in _pairs(state_dict):
         s = dict(s)
         saved, at = s.pop(NORMALISED, None), s.pop(AT_STEP, None)
-        if CLIPPING in s:  # current only if saved at this step: a plain AdamW that trained on carries it stale
-            clipping, current = s.pop(CLIPPING), at is not None and "step" in s and at == float(s["step"])
-        if saved is not None and at is not None and "step" in s and at == float(s["step"]):
+        fresh = at is not None and "step" in s and at == float(s["step"])  # saved by the mode at this step
+        if CLIPPING in s:  # a plain AdamW that trained on from the mode's checkpoint carries it stale
+            clipping, current = s.pop(CLIPPING), fresh
+        if saved is not None and fresh:
             s["exp_avg"] = saved
         elif "exp_avg" in s and "exp_avg_sq" in s:
             s["exp_avg"] = (s["exp_avg"].double() / _denominator(s["exp_avg_sq"], s["step"], group)
