@@ -114,7 +114,7 @@ class ThreePCState:
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
-                 "_layout", "_names", "history", "warned", "transaction", "committed_iterations")
+                 "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -145,6 +145,7 @@ class ThreePCState:
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
+        self._rebuild: set[int] = set()  # loaded on another world size: their first round is dense
         self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
         self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
@@ -250,6 +251,8 @@ class ThreePCState:
         found = self._buckets.get(key)
         if found is not None:
             return found
+        if self._rebuild.intersection(key):
+            return None
         joined = self._joined(key)
         if joined is None:
             return None
@@ -314,6 +317,7 @@ class ThreePCState:
         for p in state.params:
             self._owner[p] = state.params
             self._pending.pop(p, None)
+            self._rebuild.discard(p)
         live = set(self._owner.values())
         for key in [k for k in self._buckets if k not in live]:
             del self._buckets[key]  # every parameter it held now lives in another bucket
@@ -359,7 +363,7 @@ class ThreePCState:
         names = self._require_names("state_dict()")
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
-                "world_size": self.world_size(),
+                "world_size": self.world_size(), "rebuild": sorted(names[p] for p in self._rebuild),
                 "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
@@ -387,12 +391,7 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
-        saved_n, n = state.get("world_size"), self.world_size()
-        peers = sorted({k for s in state["memory"].values() for k in s if k.startswith(SERVER + "peer.")})
-        if saved_n is not None and saved_n != n and peers:
-            raise ValueError(f"the checkpoint was saved on {saved_n} ranks and its aggregate keeps one message per "
-                             f"rank ({peers[0]}, ...: {self.mechanism!r}), which does not map to {n} ranks: resume "
-                             f"on {saved_n} ranks, or start this hook afresh (do not load its state_dict)")
+        saved_n = state.get("world_size")
         self.settle()
         self.transaction = None
         self.iteration = int(state["iteration"])
@@ -400,6 +399,14 @@ class ThreePCState:
         self._buckets.clear()
         self._owner.clear()
         self._pending = {by_name[name]: dict(s) for name, s in state["memory"].items()}
+        # Another set of ranks: an aggregate that outlives its round (EF21's g, moved by increments;
+        # SASG's one message per rank) is not the mean of these ranks' memories, so each bucket's
+        # first round is dense and rebuilds both from its gradients (a mechanism that carries memory,
+        # the Adam mode, keeps its loaded moments). One rewritten every round (EF14's) loads as is.
+        # A checkpoint saved before those rounds ran names the parameters still to rebuild.
+        kept = {k[len(SERVER):] for s in state["memory"].values() for k in s if k.startswith(SERVER)}
+        resized = saved_n is not None and saved_n != self.world_size() and bool(kept - self.mechanism.overwrites)
+        self._rebuild = set(self._pending) if resized else {by_name[name] for name in state.get("rebuild", [])}
         self._layout = [tuple(by_name[name] for name in unit) for unit in state.get("layout", [])]
         self.history.load({by_name[name]: h for name, h in state.get("moves", {}).items()})
         self._checked = False  # the ranks compare their configurations (and iterations) again

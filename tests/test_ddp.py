@@ -270,3 +270,56 @@ def test_uneven_inputs_under_join_train_identical_replicas_with_every_protocol()
     for hook in JOINED:
         assert all(torch.equal(r[hook], ranks[0][hook]) for r in ranks), hook
         assert bool(ranks[0][hook].isfinite().all()), hook
+
+
+RESIZED = ("ef21", "sasg", ADAM)  # an aggregate moved by increments, one message per rank, moments
+
+
+def _resized_worker(rank: int, workers: int, folder: str, save: bool) -> dict:
+    """``save``: 5 steps, then this rank's checkpoint per hook. Else rank r loads rank r % 2's
+    checkpoint (another world size) and trains 4 steps."""
+    out = {}
+    for hook in RESIZED:
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.004)
+        if hook == ADAM:
+            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+            state = ddp_hooks.register(ddp, optimizer=opt)
+        else:
+            state = ddp_hooks.register(ddp, hook, ratio=0.05)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        file = f"{folder}/{hook.split(',')[0]}.{rank % 2}.pt"
+        if save:
+            _steps(ddp, opt, rank, 0, 5)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, file)
+            continue
+        saved = torch.load(file, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        state.load_state_dict(saved["hook"])
+        _steps(ddp, opt, rank, 5, 4)
+        out[hook] = {"saved": saved["hook"], "resumed": state.state_dict(),
+                     "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()])}
+    return out
+
+
+def test_a_checkpoint_resumes_on_another_number_of_ranks_with_one_dense_round(tmp_path):
+    """Saved on 2 ranks, resumed on 3: where the aggregate outlives its round, each bucket's first
+    round is dense, so EF21's aggregate is again the mean of the ranks' g_i (loaded as they were, it
+    kept an offset for good) and SASG's one message per rank maps to 3 ranks; the Adam default
+    (EF14: its aggregate is rewritten every round) resumes without one, its moments carried on."""
+    run_ranks(_resized_worker, 2, str(tmp_path), True, timeout=120)
+    ranks = run_ranks(_resized_worker, 3, str(tmp_path), False, timeout=120)
+    assert all(isinstance(r, dict) for r in ranks), ranks  # a rank that raised comes back as its failure
+    for hook in RESIZED:
+        first = ranks[0][hook]
+        assert all(torch.equal(r[hook]["params"], first["params"]) for r in ranks), hook
+        assert bool(first["params"].isfinite().all()), hook
+        saved, resumed = first["saved"]["stats"], first["resumed"]["stats"]
+        assert (resumed["dense_rounds"] > saved["dense_rounds"]) == (hook != ADAM), hook
+        assert first["resumed"]["iteration"] == 9, hook
+    for name, memory in ranks[0]["ef21"]["resumed"]["memory"].items():
+        mean = sum(r["ef21"]["resumed"]["memory"][name]["g_i"] for r in ranks) / 3
+        assert torch.allclose(mean, memory["server.g"], atol=1e-6), name
+    for name, memory in ranks[0][ADAM]["resumed"]["memory"].items():
+        assert torch.equal(memory["adam_k"], ranks[0][ADAM]["saved"]["memory"][name]["adam_k"] + 4), name

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressors import CLAG, EF21, LAG, ThreePCv1, ThreePCv3, TopK
+from compressors import CLAG, EF14, EF21, LAG, ThreePCv1, ThreePCv3, TopK
+from compressors.mechanisms.adam_normalized import MOMENTS, AdamNormalized
 from ddp_hooks import ThreePCState
 
 
@@ -124,18 +125,47 @@ def test_reliability_options_are_checked(options):
         ThreePCState(EF21(TopK(k=1)), **options)
 
 
-def test_a_checkpoint_whose_aggregate_keeps_one_message_per_rank_refuses_another_world_size():
-    """sasg and ef21plus keep "peer.r" per rank: a checkpoint of 2 ranks does not map to 1 (or 4);
-    other mechanisms load (the two-stage owners' error is dropped once, see core.two_stage)."""
+def test_a_checkpoint_of_another_world_size_rebuilds_each_bucket_in_a_dense_round():
+    """A checkpoint of 2 ranks on 1: no bucket is assembled from it (its aggregate is not these
+    ranks' mean), so each bucket's first round is dense; on its own world size it assembles."""
     model = torch.nn.Linear(3, 1)
     state = ThreePCState(EF21(TopK(k=1)), model=model)
-    bucket = _fill(state, list(model.parameters()), 0)
-    bucket.server = {**bucket.server, "peer.0": bucket.estimate.clone(), "peer.1": bucket.estimate.clone()}
-    saved = {**state.state_dict(), "world_size": 2}
+    params = list(model.parameters())
+    _fill(state, params, 0)
+    saved = state.state_dict()
+    assert saved["world_size"] == 1
     fresh = ThreePCState(EF21(TopK(k=1)), model=model)
-    with pytest.raises(ValueError, match="saved on 2 ranks.*resume on 2 ranks"):
-        fresh.load_state_dict(saved)
-    plain = {**saved, "memory": {name: {k: t for k, t in fields.items() if "peer." not in k}
-                                 for name, fields in saved["memory"].items()}}
-    fresh.load_state_dict(plain)  # nothing per rank: loads at any world size
-    assert state.state_dict()["world_size"] == 1
+    fresh.load_state_dict({**saved, "world_size": 2})
+    assert fresh.bucket_state(params) is None
+    assert fresh.state_dict()["memory"].keys() == saved["memory"].keys(), "what was loaded stays until replaced"
+    fresh.install(fresh.new_bucket_state(params, install=False))  # the dense round committed
+    assert fresh.bucket_state(params) is not None
+    same = ThreePCState(EF21(TopK(k=1)), model=model)
+    same.load_state_dict(saved)
+    assert same.bucket_state(params) is not None
+    before = ThreePCState(EF21(TopK(k=1)), model=model)  # saved again before the dense round ran
+    before.load_state_dict({**saved, "world_size": 2})
+    again = ThreePCState(EF21(TopK(k=1)), model=model)
+    again.load_state_dict(before.state_dict())
+    assert again.bucket_state(params) is None, "the parameters still to rebuild were not saved"
+    rewritten = ThreePCState(EF14(TopK(k=1)), model=model)  # EF14's aggregate is rewritten every round
+    _fill(rewritten, params, 0)
+    resumed = ThreePCState(EF14(TopK(k=1)), model=model)
+    resumed.load_state_dict({**rewritten.state_dict(), "world_size": 2})
+    assert resumed.bucket_state(params) is not None
+
+
+def test_the_moments_of_the_adam_mode_survive_a_change_of_world_size():
+    model = torch.nn.Linear(3, 1)
+    params = list(model.parameters())
+    mode = AdamNormalized(EF21(TopK(k=1)))
+    state = ThreePCState(mode, model=model)
+    _fill(state, params, 0)
+    saved = {**state.state_dict(), "world_size": 2}
+    fresh = ThreePCState(mode.spawn(), model=model)
+    fresh.load_state_dict(saved)
+    assert fresh.bucket_state(params) is None
+    dense = fresh.new_bucket_state(params, install=False)
+    for name in MOMENTS:
+        loaded = torch.cat([saved["memory"][n][name] for n in ("weight", "bias")])
+        assert torch.equal(getattr(dense.worker.memory, name), loaded), name
