@@ -288,6 +288,10 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         type(self).zero_grad(self, set_to_none)
 
     optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
+    # A fused AdamW tells GradScaler that its step unscales (and skips on inf) by itself, so the
+    # scaler would hand it scaled gradients; this step does not, so the scaler unscales and skips
+    # for it, as for any optimizer.
+    optimizer._step_supports_amp_scaling = False
     for handle in getattr(optimizer, HANDLES, ()):
         handle.remove()
     setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),

@@ -568,14 +568,15 @@ def _against_adamw(rank: int, warmup_steps: int, skipped: set[int]) -> float:
     return worst
 
 
-def _with_grad_scaler(rank: int, told: bool) -> float:
+def _with_grad_scaler(rank: int, told: bool, fused: bool = False) -> float:
     """1 rank, "gd", beta1 = 0, both under a GradScaler whose scale doubles every 2 steps: the
     largest deviation from torch's AdamW (which unscales before its moments see the gradient);
-    ``told``: the hook registered with ``scaler=``."""
+    ``told``: the hook registered with ``scaler=``; ``fused``: the mode's AdamW is fused=True (whose
+    step GradScaler would hand the scaled gradients, to unscale in its kernel)."""
     model, plain = _model(), _model()
     ddp = DDP(model, bucket_cap_mb=0.01)
     kw = dict(lr=0.01, betas=(0.0, 0.99), weight_decay=0.1)
-    opt, ref = torch.optim.AdamW(model.parameters(), **kw), torch.optim.AdamW(plain.parameters(), **kw)
+    opt, ref = torch.optim.AdamW(model.parameters(), fused=fused, **kw), torch.optim.AdamW(plain.parameters(), **kw)
     scalers = [torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2) for _ in range(2)]
     ddp_hooks.register(ddp, "gd", optimizer=opt, scaler=scalers[0] if told else None)
     worst = 0.0
@@ -711,6 +712,7 @@ def _one_rank(rank: int, workers: int) -> dict:
            "one cycle": _one_cycle(rank), "channels_last": _channels_last(rank), "steps": _skipped_and_stale(rank),
            "leaves the mode": _leaves_the_mode(rank), "accumulates": _accumulates(rank),
            "grad scaler": _with_grad_scaler(rank, True), "grad scaler untold": _with_grad_scaler(rank, False),
+           "grad scaler fused": _with_grad_scaler(rank, True, fused=True),
            "dcp": _through_dcp(rank)}
 
     # the optimizer's step hooks run, as with torch's own step
@@ -1008,6 +1010,7 @@ def test_skipped_steps_do_not_count_in_the_bias_corrections(one_rank):
 @pytest.mark.slow
 def test_a_grad_scaler_the_hook_is_told_of_changes_nothing(one_rank):
     assert one_rank["grad scaler"] < 1e-6, one_rank["grad scaler"]
+    assert one_rank["grad scaler fused"] < 1e-6, one_rank["grad scaler fused"]
     # untold, the hook normalises S grad: each change of S skews d_i until v_i catches up
     assert one_rank["grad scaler untold"] > 1e-4, one_rank["grad scaler untold"]
 
