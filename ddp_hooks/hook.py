@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.futures import Future, collect_all
 
-from compressors import PartSpec, Payload, Round
+from compressors import GD, PartSpec, Payload, Round
 from compressors.core.mechanism import all_finite
 from compressors.core.memory import Memory
 
@@ -266,9 +266,11 @@ def _warn_if_larger_than_dense(state: ThreePCState, spec: list[PartSpec], grad: 
     dense = grad.numel() * grad.element_size()
     if sent > dense and grad.numel() not in state.warned:
         state.warned.add(grad.numel())
+        fix = ("gd sends fp32 values: DDP's own allreduce sends the bucket in its dtype"
+               if isinstance(getattr(state.mechanism, "inner", state.mechanism), GD) else  # the Adam mode's too
+               "choose a smaller ratio/k, larger buckets (bucket_cap_mb) or the gd hook")
         warnings.warn(f"threepc {state.mechanism!r} sends {sent} bytes for a bucket of {grad.numel()} {grad.dtype} "
-                      f"entries, more than its dense allreduce ({dense} bytes): choose a smaller ratio/k, larger "
-                      f"buckets (bucket_cap_mb) or the gd hook", RuntimeWarning, stacklevel=2)
+                      f"entries, more than its dense allreduce ({dense} bytes): {fix}", RuntimeWarning, stacklevel=2)
 
 
 def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]:

@@ -339,7 +339,14 @@ def _k_too_large(rank: int) -> dict:
         for step in range(3):
             _loss(ddp, rank, step).backward()
     summary = state.stats.summary()
+    half = DDP(_model().to(torch.bfloat16), bucket_cap_mb=CAP)
+    ddp_hooks.register(half, "gd")  # fp32 values for a bf16 bucket: twice its bytes
+    with warnings.catch_warnings(record=True) as dense:
+        warnings.simplefilter("always")
+        for step in range(2):  # the first round is dense
+            _loss(half, rank, step, torch.bfloat16).backward()
     return {"warnings": [str(w.message) for w in caught if w.category is RuntimeWarning],
+            "gd warnings": [str(w.message) for w in dense if w.category is RuntimeWarning],
             "fraction": summary["fraction_of_dense"]}
 
 
@@ -571,6 +578,9 @@ def test_k_larger_than_a_bucket_warns_and_counts_what_it_sends(scenarios):
     for r in scenarios:
         assert r["k too large"]["warnings"] and "more than its dense allreduce" in r["k too large"]["warnings"][0]
         assert r["k too large"]["fraction"] > 1.0
+        assert "or the gd hook" in r["k too large"]["warnings"][0]
+        assert r["k too large"]["gd warnings"] and "gd sends fp32" in r["k too large"]["gd warnings"][0], \
+            "the gd hook must not advise itself"
 
 
 def test_subgroups_of_a_world_of_four_train_two_independent_models(four):
