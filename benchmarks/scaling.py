@@ -10,8 +10,10 @@ Re-runs itself inside ``unshare -n`` (a private network namespace: the ``lo`` co
 (averaging allreduce of K values), ``ef14:compressor=shared_topk`` at 1.5% (averaging allreduce
 of K values and the next round's proposals), ``co3:fmt=fp4-121`` (Huffman-coded, sized all_gather)
 and ``co3_2s:fmt=fp4-121`` (the same code over the two-stage allreduce: all_to_all of chunk
-payloads, all_gather of the owners' chunks), ``ef14:compressor=sign`` (scaled signs, all-gathered:
-the default told an Adam) and ``onebit`` (scaled signs over the two-stage allreduce);
+payloads, all_gather of the owners' chunks), ``ef14:compressor=sign`` (every scaled sign,
+all-gathered), ``ef14:compressor=sign,fraction=0.84`` (the signs of a cyclic window of 84% of the
+entries, all-gathered: the default told an Adam) and ``onebit`` (scaled signs over the two-stage
+allreduce);
 plus the same steps without DDP (compute only) and a timed ``all_reduce`` of 1 KiB and 1 MiB.
 
 Per rank and step it records the link bytes of the ring model (``CommStats``; for the hookless
@@ -50,7 +52,8 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
     "ef14 shared_topk 1.5%": ("ef14", {"ratio": 0.015, "compressor": "shared_topk"}),
     "co3 fp4-121": ("co3", {"fmt": "fp4-121"}),
     "co3_2s fp4-121": ("co3_2s", {"fmt": "fp4-121"}),
-    "ef14 sign": ("ef14", {"compressor": "sign"}),  # the default told an Adam, all-gathered
+    "ef14 sign": ("ef14", {"compressor": "sign"}),  # every sign, all-gathered
+    "ef14 sign 84%": ("ef14", {"compressor": "sign", "fraction": 0.84}),  # the default told an Adam
     "onebit": ("onebit", {}),
 }
 # Collectives per bucket round: (kind, bytes each rank contributes per gradient element, or per round if fixed).
@@ -61,7 +64,7 @@ SHAPES = {"allreduce": [("allreduce", "dense")], "gd": [("allreduce", "dense")],
           # two stages: the payload (one coded vector per rank) in n chunks to their owners, then
           # every owner's chunk to everyone; (n-1)/n of it crosses each link in each stage
           "co3_2s fp4-121": [("all_gather", "header"), ("all_to_all", "payload"), ("all_gather_chunk", "payload")],
-          "ef14 sign": [("all_gather", "payload")],
+          "ef14 sign": [("all_gather", "payload")], "ef14 sign 84%": [("all_gather", "payload")],
           "onebit": [("all_to_all", "payload"), ("all_gather_chunk", "payload")]}
 MICRO = [1024, 1 << 20]  # bytes of the timed all_reduce calls
 WARMUP, BATCH = 2, 32

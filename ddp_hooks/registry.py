@@ -60,6 +60,11 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         >>> state = ddp_hooks.register(ddp_model, optimizer=adamw)   # default hook, Adam-aware
         >>> state.stats.summary()["fraction_of_dense"]
     """
+    if not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        raise TypeError(f"ddp_hooks.register needs the DistributedDataParallel wrapper, got {type(ddp).__name__}: "
+                        "wrap the model first (DistributedDataParallel(model)); with Accelerate, register on what "
+                        "accelerator.prepare returns, which is the plain model when it sees one process (on CPU: "
+                        "Accelerator(cpu=True))")
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     if name is None:

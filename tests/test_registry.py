@@ -70,6 +70,11 @@ def test_unknown_and_simulation_only_names_are_refused_by_the_hook_registry():
     assert "3pcv1" not in ddp_hooks.MECHANISMS and set(ddp_hooks.MECHANISMS) == set(names(ddp=True))
 
 
+def test_registering_on_a_model_that_is_not_the_ddp_wrapper_names_the_fix():
+    with pytest.raises(TypeError, match="needs the DistributedDataParallel wrapper, got Linear.*Accelerator"):
+        ddp_hooks.register(torch.nn.Linear(2, 1))
+
+
 def _mean_payload(payloads: list[Payload], spec, numel: int) -> Payload:
     """What the averaging all_reduce delivers: the mean of the packed payloads (a silent worker
     adds zeros)."""

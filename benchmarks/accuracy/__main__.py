@@ -6,7 +6,8 @@
 
 Writes OUT/accuracy.json (every run: final metric, curve (step, metric, bytes sent), bytes /
 dense, wall time), OUT/accuracy.md (mean ± std over seeds, gap to allreduce) and
-OUT/accuracy_<task>_n<ranks>.png. Hooks: allreduce, fp16 (torch's fp16_compress_hook), any
+OUT/accuracy_<task>_n<ranks>.png. Hooks: allreduce, fp16 (torch's fp16_compress_hook), powersgd:rank=R[,start=S]
+(torch's PowerSGD hook on one bucket), any
 ``ddp_hooks`` name with options as NAME:KEY=VALUE,... (e.g. ef21:ratio=0.1), the same name with
 ``+opt`` (registered with the run's optimizer: ``register(ddp, name, optimizer=opt)``, the
 optimizer-aware mode for Adam/AdamW, ``ddp_hooks.adam``; for SGD the plain hook), or an

@@ -25,11 +25,15 @@ release is a lag): an optimizer-specific trade-off, not a default.
 
 ``ef14_mc``: Deep Gradient Compression's momentum correction and masking for momentum SGD (the
 optimizer told, its ``step`` replaced): mixed, task-dependent results
-(benchmarks/results/accuracy_adam.md), not a default.
+(benchmarks/results/accuracy_adam.md), not a default. ``compressor="sign"`` (with ``mask=False``
+and ``fraction``) sends the momentum's scaled signs instead: worse than Top-K on digits
+(benchmarks/results/accuracy_sgdm_6seeds.md).
 
 ``adam_mode``: the Adam default with its choices as options (``AdamMode``): ``momentum=False``
 (the ranks send directions, as before the mode sent momentum) and ``fraction`` (``ScaledSign``'s
-cyclic window, fewer than one bit per entry; 1 here, every sign, as the earlier results ran it).
+cyclic window, fewer than one bit per entry; 1 here, every sign, as the earlier results ran it)
+and ``two_stage`` (the signs over the two-stage allreduce, ``onebit``'s path, with the window:
+the LM loses 2 points more, benchmarks/results/accuracy_window.md).
 Sending momentum is the library's default (benchmarks/results/accuracy_momentum.md), and so is a
 window of 84% of the signs since it met the byte limit (benchmarks/results/accuracy_window.md).
 """
@@ -292,7 +296,7 @@ class MomentumCorrectedEF14(EF14):
 
     memory_type = ErrorAndVelocity
 
-    def __init__(self, compressor: TopK, beta: float, mask: bool) -> None:
+    def __init__(self, compressor: TopK | ScaledSign, beta: float, mask: bool) -> None:
         super().__init__(compressor)
         self.beta, self.mask = beta, mask
 
@@ -319,7 +323,12 @@ class MomentumCorrected(_EF14Candidate):
 
     wants_optimizer = True
 
-    def _mechanism(self, ratio: float = 0.01, mask: bool = True, beta: float = 0.9) -> EF14:
+    def _mechanism(self, ratio: float = 0.01, mask: bool = True, beta: float = 0.9, compressor: str = "topk",
+                   fraction: float = 1.0, block: int = 2048) -> EF14:
+        if compressor == "sign":
+            if mask:
+                raise ValueError("ef14_mc over signs sends every entry of its window: pass mask=False")
+            return MomentumCorrectedEF14(ScaledSign(block, fraction), beta, mask)
         return MomentumCorrectedEF14(TopK(ratio), beta, mask)
 
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
@@ -394,15 +403,18 @@ class AdamMode:
     the optimizer keeps their momentum (the mode before it sent momentum); ``fraction`` (1 here,
     every sign; the library's default is 0.84) sends ``ScaledSign``'s cyclic window of that share
     of the signs; ``block``: entries per sign scale; ``lag``:
-    ``LagNormalized``'s estimate of the n-rank second moment;
+    ``LagNormalized``'s estimate of the n-rank second moment; ``two_stage``: ``TwoStage`` (the
+    signs through the owners, ``onebit``'s path) instead of EF14;
     ``compressor``/``ratio`` as ``ef14``'s."""
 
     wants_optimizer = True
 
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
                    block: int = 2048, lag: bool = False, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8) -> AdamNormalized:
-        if compressor == "sign":
+                   eps: float = 1e-8, two_stage: bool = False) -> AdamNormalized:
+        if two_stage:
+            inner = TwoStage(ScaledSign(block, fraction))
+        elif compressor == "sign":
             inner = EF14(ScaledSign(block, fraction))
         else:
             inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
 import ddp_hooks
 from ddp_hooks.launch import run_ranks
@@ -28,6 +28,8 @@ from .tasks import Data, Task
 BASELINE = "allreduce"
 AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
 DEFAULT = "default"  # register(ddp, optimizer=opt): what a user gets with no name (SGD: ef14 Top-K; Adam: signs)
+POWERSGD = "powersgd"  # torch's PowerSGD hook, the anchor torch ships (options rank=, start=)
+ONE_BUCKET_MB = 1024.0  # PowerSGD's bucket cap: one bucket (see powersgd)
 
 
 def parse_hook(spec: str) -> tuple[str, dict[str, object]]:
@@ -53,7 +55,19 @@ def aware(name: str) -> tuple[str, bool]:
 def hook_names() -> list[str]:
     from .experimental import EXPERIMENTAL
 
-    return [BASELINE, "fp16", DEFAULT, *sorted(ddp_hooks.MECHANISMS), *sorted(EXPERIMENTAL)]
+    return [BASELINE, "fp16", DEFAULT, POWERSGD, *sorted(ddp_hooks.MECHANISMS), *sorted(EXPERIMENTAL)]
+
+
+def powersgd(ddp: nn.parallel.DistributedDataParallel, rank: int = 1, start: int = 2) -> powerSGD_hook.PowerSGDState:
+    """Register torch's PowerSGD hook (Vogels et al. 2019, Alg. 1: rank-``rank`` P = MQ and Q = M^T P
+    allreduced, error feedback, warm start) after ``start`` > 1 plain allreduce iterations (torch's
+    default, 1000, is past these runs' end); tensors it would not shrink 2x travel dense. Its
+    collectives are issued from Future callbacks, which hang or mismatch on gloo once a model has
+    several buckets (pytorch #58467): the suite gives it one bucket (``ONE_BUCKET_MB``)."""
+    state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                                        start_powerSGD_iter=start)
+    ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    return state
 
 
 def check_hook(spec: str) -> None:
@@ -64,7 +78,11 @@ def check_hook(spec: str) -> None:
     name, optimizer = aware(name)
     if optimizer and (name in (BASELINE, "fp16", DEFAULT) or name in EXPERIMENTAL):
         raise ValueError(f"{AWARE} applies to the library's hooks ({', '.join(ddp_hooks.MECHANISMS)}), not {name}")
-    if name in (BASELINE, "fp16", DEFAULT):
+    if name == POWERSGD:
+        if optimizer or not set(options) <= {"rank", "start"} or \
+                not all(type(v) is int and v > 0 for v in options.values()) or options.get("start", 2) < 2:
+            raise ValueError(f"{spec!r}: powersgd takes rank=R >= 1 and start=S >= 2 (integers), and no {AWARE}")
+    elif name in (BASELINE, "fp16", DEFAULT):
         if options:
             raise ValueError(f"{name} takes no options")
     elif name in EXPERIMENTAL:
@@ -95,6 +113,10 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
     if name == DEFAULT:
         state = ddp_hooks.register(ddp, optimizer=opt)
         return lambda: state.stats.total_sent
+    if name == POWERSGD:  # what it allreduces: P, Q and the tensors it sends dense (fp32), after its plain iterations
+        low_rank = powersgd(ddp, **options)
+        dense = sum(p.numel() * p.element_size() for p in ddp.parameters())
+        return lambda: 4 * low_rank.total_numel_after_compression + dense * min(low_rank.iter, low_rank.start_powerSGD_iter)
     name, optimizer = aware(name)
     if getattr(EXPERIMENTAL.get(name), "wants_optimizer", False):
         options["optimizer"] = opt
@@ -106,7 +128,8 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
 def _train(rank: int, workers: int, task: Task, data: Data, run: Run) -> dict[str, object]:
     torch.manual_seed(run.seed)
     model = task.model()
-    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
+    one_bucket = parse_hook(run.hook)[0] == POWERSGD
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=ONE_BUCKET_MB if one_bucket else task.bucket_cap_mb)
     recipe = RECIPES[run.recipe]
     params = list(ddp.parameters())
     opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)

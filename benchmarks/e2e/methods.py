@@ -8,14 +8,13 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 import ddp_hooks
 
 from ..accuracy.recipes import RECIPES
-from ..accuracy.runner import BASELINE, aware, check_hook, parse_hook
+from ..accuracy.runner import BASELINE, POWERSGD, aware, check_hook, parse_hook, powersgd
 
-POWERSGD = "powersgd"
 DEFAULT = "default"
 POWERSGD_START = 10
 DENSE = {BASELINE: 1.0, "fp16": 0.5}  # dense hooks: bytes per fp32 gradient byte
@@ -45,10 +44,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, 
     of synchronised steps so far (dense hooks are counted from the parameter sizes: ring
     allreduce sends 2 (n - 1) / n of the buffer per rank)."""
     name, options = parse_hook(spec)
-    if name == POWERSGD:  # rank 2 after 10 dense steps (torch's default start, 1000, is past these runs' end)
-        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=2,
-                                            start_powerSGD_iter=POWERSGD_START)
-        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    if name == POWERSGD:  # rank 2 after 10 dense steps unless told (torch's default start, 1000, is past these runs' end)
+        powersgd(ddp, **{"rank": 2, "start": POWERSGD_START, **options})
         return None  # P and Q sizes are not modelled: the lo counter is the measurement
     if name in DENSE:
         if name == "fp16":
