@@ -243,20 +243,25 @@ ADAM = "default, told an AdamW"
 JOINED = ("ef14", "ef21", "clag", "co3", "co3_2s", "onebit", "sasg", ADAM)  # plain, lazy, sized, two-stage, peers
 
 
+def _registered(hook: str, bucket_cap_mb: float, **options: object
+                ) -> tuple[nn.Module, nn.parallel.DistributedDataParallel, torch.optim.Optimizer, ddp_hooks.ThreePCState]:
+    """``_model()`` in DDP with ``hook`` registered: ``ADAM`` the default told an AdamW, else the
+    named hook (with ``options``) under SGD."""
+    model = _model()
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
+    if hook == ADAM:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+        return model, ddp, opt, ddp_hooks.register(ddp, optimizer=opt)
+    return model, ddp, torch.optim.SGD(model.parameters(), lr=0.05), ddp_hooks.register(ddp, hook, **options)
+
+
 def _uneven_worker(rank: int, workers: int) -> dict:
     """Uneven inputs under ``ddp.join()``: rank r trains 3 + r steps; the ranks that ran out
     shadow the others' collectives through the hook (torch's Join). ``ADAM``: the default in the
     Adam mode, and an epoch after the join (the shadow rounds are no accumulation)."""
     out = {}
     for hook in JOINED:
-        model = _model()
-        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
-        if hook == ADAM:
-            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-            ddp_hooks.register(ddp, optimizer=opt)
-        else:
-            ddp_hooks.register(ddp, hook)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model, ddp, opt, _ = _registered(hook, 0.01)
         with ddp.join():
             _steps(ddp, opt, rank, 0, 3 + rank)
         if hook == ADAM:
@@ -280,14 +285,7 @@ def _resized_worker(rank: int, workers: int, folder: str, save: bool) -> dict:
     checkpoint (another world size) and trains 4 steps."""
     out = {}
     for hook in RESIZED:
-        model = _model()
-        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.004)
-        if hook == ADAM:
-            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-            state = ddp_hooks.register(ddp, optimizer=opt)
-        else:
-            state = ddp_hooks.register(ddp, hook, ratio=0.05)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model, ddp, opt, state = _registered(hook, 0.004, ratio=0.05)
         file = f"{folder}/{hook.split(',')[0]}.{rank % 2}.pt"
         if save:
             _steps(ddp, opt, rank, 0, 5)
