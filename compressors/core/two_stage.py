@@ -26,9 +26,10 @@ holds them all (``OWNER_ERROR``: the sum over workers of their ``s``). Both run 
 step (``_owner``), so a DDP run equals the simulation bit for bit (tests/test_parity.py).
 
 Chunk ownership follows the compression unit's length: if a unit changes (another bucket
-layout without the checkpoint's ``layout``, another world size), a worker's s outside the chunk
-it now owns is never read again (that part of the owners' error is dropped, once). Each worker
-stores d entries of s of which it uses d/n.
+layout without the checkpoint's ``layout``), a worker's s outside the chunk it now owns is never
+read again (that part of the owners' error is dropped, once); on another world size the hook
+rebuilds the memory in a dense round (``ddp_hooks.state``). Each worker stores d entries of s of
+which it uses d/n.
 
 Randomised compressors (stochastic rounding) get their own stream per (worker, chunk) and per
 owner: worker i's chunk j is encoded as worker i + n (j + 1)'s round, owner j's as worker
