@@ -24,7 +24,7 @@ build: venv
 	else $(BIN)/python -m pip install -q --no-build-isolation --no-deps -e . && touch $(STAMP); fi
 
 demo: build
-	$(BIN)/python -m benchmarks.demo --workers 2 --hook ef14 --ratio 0.01
+	$(BIN)/python -m benchmarks.demo --workers 2 --hook ef14 --opt compressor=topk8 --opt ratio=0.05
 
 test: build
 	$(BIN)/python -m pytest tests

@@ -14,6 +14,7 @@ from .core.three_point import ThreePoint
 from .operators.compose import Compose
 from .operators.float_format import FloatFormat
 from .operators.float_quantizer import FloatQuantizer
+from .operators.packed_topk import PackedTopK
 from .operators.permk import PermK
 from .operators.randk import RandK
 from .operators.shared_topk import SharedTopK
@@ -39,5 +40,5 @@ from .mechanisms.threepc_v5 import ThreePCv5
 
 __all__ = ["__version__", "CLAG", "CO3", "CO3TwoStage", "Compose", "Compressor", "EF14", "EF21", "EF21Plus", "EF21SGDM",
            "FloatFormat", "FloatQuantizer", "GD", "Identity", "LAG", "LAGWK", "MARINA", "Mechanism", "PartSpec",
-           "Payload", "PermK", "RandK", "Round", "SASG", "ScaledSign", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
+           "PackedTopK", "Payload", "PermK", "RandK", "Round", "SASG", "ScaledSign", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
            "ThreePCv3", "ThreePCv4", "ThreePCv5", "ThreePoint", "TopK"]

@@ -15,10 +15,15 @@ from .state import ThreePCState
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
 MECHANISMS: dict[str, Entry] = {name: e for name, e in REGISTRY.items() if e.ddp}
-# register(ddp) with no name: classic error feedback over Top-K 1%, the Top-K hook that held accuracy
-# best under users' own recipes (momentum SGD, AdamW with warm-up and cosine, clipping) in
-# benchmarks/results/accuracy.md; EF21 at 1% lost up to 0.46 nats on the LM there
+# register(ddp) with no name: classic error feedback, the Top-K hook that held accuracy best under users'
+# own recipes (momentum SGD, AdamW with warm-up and cosine, clipping) in benchmarks/results/accuracy.md;
+# EF21 at 1% lost up to 0.46 nats on the LM there
 DEFAULT = "ef14"
+# ... and with no options (and no Adam): over Top-K 5% in about 16 bits an entry (8-bit float values,
+# block-relative 8-bit indices; 2.8-3.0% of fp32 a run), which under momentum SGD took the LM from +2.5%
+# to +0.8% and digits from +2.40 to +1.07 pp at 2 ranks against Top-K 1% at 64 bits an entry
+# (benchmarks/results/accuracy_packed.md)
+SGD_DEFAULT: dict[str, object] = {"compressor": "topk8", "ratio": 0.05}
 # register(ddp, optimizer=adam) with no name and no options: EF14 over scaled signs of a cyclic window of
 # 84% of the entries (0.84 bits per entry, 2.65% of fp32 a round), which under AdamW held every task at 2
 # and 4 ranks within the accuracy issue's tolerance (benchmarks/results/accuracy_window.md; every sign,
@@ -41,9 +46,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
              check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
              **options: object) -> ThreePCState:
-    """Register the threepc hook ``name`` (default ``DEFAULT``, EF14 over Top-K 1%; told an Adam
-    optimizer with no name and no options, ``DEFAULT`` with ``ADAM_DEFAULT``: EF14 over scaled
-    signs of 84% of the entries a round) on ``ddp`` and return its state. The hook communicates in ``ddp``'s own process group unless
+    """Register the threepc hook ``name`` (default ``DEFAULT``, EF14; with no options
+    ``SGD_DEFAULT``, over Top-K 5% in 8-bit floats and block-relative 8-bit indices; told an Adam
+    optimizer, ``ADAM_DEFAULT``, over scaled signs of 84% of the entries a round) on ``ddp`` and
+    return its state. The hook communicates in ``ddp``'s own process group unless
     ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible`` and ``scaler``
     (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
 
@@ -68,7 +74,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     if name is None:
-        name, options = DEFAULT, (dict(ADAM_DEFAULT) if settings is not None and not options else options)
+        name, options = DEFAULT, options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
     chosen = mechanism(name, **options)
     if settings is not None:
         chosen = adam.normalized(chosen, settings, optimizer)

@@ -521,12 +521,12 @@ def _defaults(rank: int, workers: int) -> dict:
 
 def test_the_default_told_an_adam_is_ef14_over_signs_and_otherwise_ef14_over_top_k():
     """No name and no options: an Adam or AdamW gets ``ADAM_DEFAULT`` (signs of a window of 84% of
-    the entries) in the Adam mode; an SGD, no optimizer, or options given (they are the default
-    hook's: Top-K) get ``DEFAULT``."""
+    the entries) in the Adam mode; an SGD or no optimizer gets ``SGD_DEFAULT`` (Top-K 5% in about
+    16 bits an entry); options given are ``DEFAULT``'s (Top-K unless they say otherwise)."""
     built = run_ranks(_defaults, 1, timeout=60)[0]
     assert built["adamw"].startswith("AdamNormalized(EF14(ScaledSign(block=2048, fraction=0.84))"), built
     assert built["adamw ratio"].startswith("AdamNormalized(EF14(TopK(ratio=0.05))"), built
-    assert built["sgd"] == built["untold"] == "EF14(TopK(ratio=0.01))", built
+    assert built["sgd"] == built["untold"] == "EF14(PackedTopK(ratio=0.05))", built
 
 
 # -- against torch's AdamW, step hooks, closures, plain AdamW checkpoints (1 rank) --------------

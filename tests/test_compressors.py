@@ -8,7 +8,9 @@ import torch
 
 from hypothesis import given, settings, strategies as st
 
-from compressors import EF14, Compose, Identity, Payload, PermK, RandK, Round, ScaledSign, SharedTopK, TopK
+from compressors import (EF14, Compose, Identity, PackedTopK, Payload, PermK, RandK, Round, ScaledSign, SharedTopK,
+                         TopK)
+from compressors.operators.packed_topk import BLOCK, FORMAT
 
 
 def _mean_over_rounds(c, x, rounds, worker=0, workers=1):
@@ -183,7 +185,8 @@ def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(ex
 
 
 @pytest.mark.parametrize("compressor", [TopK(k=7), TopK(ratio=0.5), RandK(k=9, seed=3), RandK(k=9, scaled=False, seed=3),
-                                        PermK(seed=2), Identity(), ScaledSign(block=16),
+                                        PermK(seed=2), Identity(), ScaledSign(block=16), PackedTopK(k=7),
+                                        PackedTopK(ratio=0.5),
                                         ScaledSign(block=16, fraction=0.75)], ids=repr)
 def test_residual_is_v_minus_what_the_payload_decodes_to_bit_for_bit(compressor):
     """Error feedback's v - C(v), whether computed in place (sparsifiers: O(K)) or from the
@@ -312,3 +315,70 @@ def test_error_feedback_over_a_sign_window_keeps_its_memory_bounded():
     torch.testing.assert_close(sent + worker.memory.e_i, 1200 * x, rtol=1e-4, atol=0.05)
     assert norms[-1] < 1.2 * norms[599]
     assert torch.equal(ScaledSign(64).compress(x).parts["signs"], ScaledSign(64, 1.0).compress(x, Round(7)).parts["signs"])
+
+
+def _full_block() -> torch.Tensor:
+    """Every entry of the second index block larger than any other: one block count is 255."""
+    x = torch.randn(4 * BLOCK, generator=torch.Generator().manual_seed(6))
+    x[BLOCK:2 * BLOCK] += torch.sign(x[BLOCK:2 * BLOCK]) * 10
+    return x
+
+
+PACKED_INPUTS = {**{name: x for name, x in SIGN_INPUTS.items()},
+                 "block edges": torch.randn(3 * BLOCK + 1, generator=torch.Generator().manual_seed(7)),
+                 "a full block": _full_block(),
+                 "range 2^60": torch.logspace(-30, 30, 301, base=2.0) * torch.tensor([1.0, -1.0]).repeat(151)[:301]}
+
+
+def _nearest_code(y: torch.Tensor) -> torch.Tensor:
+    """|y - q(y)| for the nearest value q(y) of the 8-bit format (float64, from its code table)."""
+    table = torch.from_numpy(FORMAT.values())
+    return (y.double()[:, None] - table[None, :]).abs().min(dim=1).values
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.5, 1.0])
+@pytest.mark.parametrize("name", list(PACKED_INPUTS))
+def test_packed_topk_sends_the_topk_support_and_the_nearest_8_bit_float_of_each_value(name, ratio):
+    """The definition: the support is Top-K's (ties: lowest index), recovered from the block
+    counts and offsets; each kept value decodes to s times the format's nearest value to v/s,
+    s = fp32(max |v| / 480), the largest to fp32's rounding; the payload is 2K + ceil(d/255) + 4 bytes, as
+    ``spec`` declares."""
+    x = PACKED_INPUTS[name]
+    c, d = PackedTopK(ratio), x.numel()
+    k = c.k_for(d)
+    payload = c.compress(x)
+    values, indices = c.located(payload, Round())
+    want_values, want_indices = TopK(ratio).select(x.reshape(-1), Round())
+    assert torch.equal(indices, want_indices.long())
+    kept = want_values.double()
+    top = float(kept.abs().max())
+    s = float(torch.tensor(max(top / FORMAT.max_value, 2.0 ** -149) if top > 0 else 1.0, dtype=torch.float32))
+    assert float(payload.parts["scale"]) == s
+    err = (values.double() / s - kept / s).abs()
+    assert (err <= _nearest_code(kept / s) + 1e-6 * (kept / s).abs() + 1e-9).all()  # the nearest code, to fp32
+    assert (err * s <= torch.maximum(kept.abs() * 2.0 ** -4, torch.tensor(s * 2.0 ** -10)) * (1 + 1e-6)).all()
+    assert float(values.abs().max()) == pytest.approx(top, rel=1e-6)
+    assert torch.equal(c.decompress(payload)[indices], values)
+    assert payload.bits() == {"values": 8 * k, "scale": 32, "block_indices": 8 * math.ceil(d / BLOCK),
+                              "indices": 8 * k}
+    assert [(p.name, p.dtype, p.numel) for p in c.spec(d)] == [(n, t.dtype, t.numel()) for n, t in payload.parts.items()]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(-2.0 ** 100, 2.0 ** 100, width=32), min_size=1, max_size=600), st.floats(0.01, 1.0))
+def test_packed_topk_contracts_by_its_alpha(values, ratio):
+    """||C(x) - x||^2 <= (1 - alpha) ||x||^2 with alpha = (K/d)(1 - 2^-8 - K 2^-20 / 480^2)."""
+    x = torch.tensor(values, dtype=torch.float32)
+    c = PackedTopK(ratio)
+    error = float((c.decompress(c.compress(x)).double() - x.double()).square().sum())
+    norm = float(x.double().square().sum())
+    assert error <= (1 - c.alpha(x.numel())) * norm * (1 + 1e-6)
+
+
+def test_packed_topk_refuses_a_non_finite_value_with_a_message_naming_it():
+    """A NaN or inf among the kept entries raises (the hook flags the round on every rank)."""
+    for bad in (float("nan"), float("inf")):
+        x = torch.ones(10)
+        x[3] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            PackedTopK(k=2).compress(x)

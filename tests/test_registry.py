@@ -41,7 +41,7 @@ def test_every_entry_builds_with_its_defaults_and_is_described():
     ({"ratio": 0.1, "k": 5}, "ratio= .* or k= .*, not both"),
     ({"k": 2.5}, r"k must be int in \[1, inf\)"),
     ({"k": True}, "k=True"),
-    ({"compressor": "topq"}, "compressor must be one of 'topk', 'randk', 'randk_shared'"),
+    ({"compressor": "topq"}, "compressor must be one of 'topk', 'topk8', 'randk', 'randk_shared'"),
     ({"momentum": 0.9}, r"does not take option\(s\) \['momentum'\]"),
     ({"compressor": "sign", "ratio": 0.05}, "compressor='sign' sends a sign per entry and takes no ratio= or k="),
     ({"compressor": "sign", "k": 5}, "takes no ratio= or k=; drop them"),

@@ -34,7 +34,7 @@ def label(spec: str, recipe: str = "sgdm") -> str:
     """The method's name in tables and plots; ``default`` says what it resolved to under the recipe."""
     if spec != DEFAULT:
         return spec
-    return "default (ef14 signs, Adam mode)" if RECIPES[recipe].family == "adamw" else f"default ({ddp_hooks.DEFAULT})"
+    return "default (ef14 signs, Adam mode)" if RECIPES[recipe].family == "adamw" else "default (ef14 topk8 5%)"
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int],

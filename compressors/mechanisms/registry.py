@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..core.compressor import Compressor
 from ..core.mechanism import Mechanism
 from ..core.two_stage import TwoStage
+from ..operators.packed_topk import PackedTopK
 from ..operators.permk import PermK
 from ..operators.randk import RandK
 from ..operators.shared_topk import SharedTopK
@@ -136,8 +137,9 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
     return Option(name, str, default, help, choices=choices)
 
 
-CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "randk", "randk_shared", "shared_topk", "sign"),
-                                "the contractive compressor C: Top-K; unscaled Rand-K with private or shared support; "
+CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "topk8", "randk", "randk_shared", "shared_topk", "sign"),
+                                "the contractive compressor C: Top-K; Top-K in about 16 bits per entry (8-bit float "
+                                "values, indices relative to blocks of 128); unscaled Rand-K with private or shared support; "
                                 "SharedTopK (one support for all ranks, proposed by a cyclic leader's Top-K one round "
                                 "ahead, plus shared random entries: values travel by one allreduce); scaled sign (one "
                                 "bit per entry and a bf16 scale per 2048 entries; takes no ratio or k; for the Adam "
@@ -159,6 +161,8 @@ def contractive(o: Mapping[str, object]) -> Compressor:
                          f"compressor='sign', got compressor={o.get('compressor')!r}; drop fraction= or use signs")
     if o.get("compressor", "topk") == "topk":
         return _sized(TopK, o["ratio"], o["k"])
+    if o["compressor"] == "topk8":
+        return _sized(PackedTopK, o["ratio"], o["k"])
     if o["compressor"] == "sign":
         return ScaledSign(fraction=o.get("fraction", 1.0))
     if o["compressor"] == "shared_topk":
