@@ -51,7 +51,16 @@ class PackedTopK(Sparsifier):
                 PartSpec("block_indices", torch.uint8, math.ceil(numel / BLOCK)), PartSpec("indices", torch.uint8, k)]
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        x = x.reshape(-1)
+        return self._encode(x.reshape(-1), rnd)[0]
+
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """v - C(v) in place, from the support and decoded values at hand (no index rebuild)."""
+        payload, values, indices = self._encode(v, rnd)
+        kernels.sparse_accumulate(v, values, indices, -1.0)
+        return payload, v
+
+    def _encode(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor, Tensor]:
+        """The payload of flat ``x``, and the (fp32 values, int64 indices) it decodes to."""
         values, indices = self.select(x, rnd)
         indices = indices.long()
         top = float(values.abs().max())
@@ -60,10 +69,12 @@ class PackedTopK(Sparsifier):
                              "(loss scaling, a diverged step) before compressing")
         s = max(top / FORMAT.max_value, 2.0 ** -149) if top > 0.0 else 1.0  # fp32's least subnormal at least
         scale = torch.tensor([s], device=x.device)  # fp32, as sent
-        counts = torch.bincount(indices.div(BLOCK, rounding_mode="floor"), minlength=math.ceil(x.numel() / BLOCK))
-        return Payload({"values": FORMAT.encode(values, float(scale)), "scale": scale,
-                        "block_indices": counts.to(torch.uint8), "indices": indices.remainder(BLOCK).to(torch.uint8)},
-                       x.numel())
+        codes = FORMAT.encode(values, float(scale))
+        blocks = indices.div(BLOCK, rounding_mode="floor")
+        counts = torch.bincount(blocks, minlength=math.ceil(x.numel() / BLOCK))
+        payload = Payload({"values": codes, "scale": scale, "block_indices": counts.to(torch.uint8),
+                           "indices": (indices - blocks * BLOCK).to(torch.uint8)}, x.numel())
+        return payload, FORMAT.decode(codes, float(scale)), indices
 
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
         """The decoded (fp32 values, int64 indices) of a payload."""
