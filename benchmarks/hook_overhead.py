@@ -5,7 +5,7 @@ same run: wall time and CPU time (all threads of the rank's process) per step.
     python -m benchmarks.hook_overhead --optimizer adamw --hooks ef14 ef14+opt   # the Adam mode's cost
 
 The model is ``benchmarks.scaling``'s MLP (1.59M parameters, batch 32 per rank, DDP's default
-buckets, one thread per rank). Each repeat runs every method once, in turn, so that a slow
+buckets unless ``--bucket-cap-mb``, one thread per rank). Each repeat runs every method once, in turn, so that a slow
 moment of this shared machine hits all of them; the table gives the median over repeats and
 the range. Optional ``--profile HOOK`` prints rank 0's cProfile (tottime) for that hook.
 """
@@ -44,14 +44,14 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
 
 
 def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None,
-             optimizer: str) -> dict[str, tuple]:
+             optimizer: str, bucket_cap_mb: float) -> dict[str, tuple]:
     torch.set_num_threads(1)
     x, y = torch.randn(BATCH, 512), torch.randint(0, 10, (BATCH,))
     out: dict[str, tuple] = {}
     for method in methods:
         torch.manual_seed(0)
         model = make_model()
-        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
         opt = OPTIMIZERS[optimizer](model.parameters())
         if method != "allreduce":
             _register(ddp, method, opt)
@@ -91,11 +91,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", help="print rank 0's cProfile of this hook")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="every method's optimizer")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb (25: its default)")
     args = parser.parse_args()
     methods = ["allreduce", *args.hooks]
     runs = []
     for _ in range(args.repeats):
-        first = run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer, timeout=600)[0]
+        first = run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer,
+                           args.bucket_cap_mb, timeout=600)[0]
         if isinstance(first, RankFailure):
             raise SystemExit(f"rank 0 failed:\n{first.error}")
         runs.append(first)
