@@ -148,6 +148,33 @@ def test_the_default_over_packed_top_k_trains_under_ddp_variants(a9a, variant):
     assert results[0]["final_accuracy"] > 0.80, results[0]["final_accuracy"]
 
 
+def _overflowing(rank: int, workers: int) -> tuple[list[tuple[bool, bool]], int]:
+    """The default hook on one 20-entry parameter whose gradient is 3e38 in two entries from step 1
+    on: error feedback's e + grad overflows fp32 from step 2."""
+    model = nn.Linear(20, 1, bias=False)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    state = ddp_hooks.register(ddp)
+    out = []
+    for step in range(4):
+        x = torch.full((1, 20), 0.01)
+        if step >= 1:
+            x[0, :2] = 3e38
+        model.zero_grad()
+        ddp(x).sum().backward()
+        grad = model.weight.grad
+        out.append((bool(grad.isnan().all()), bool(grad.isfinite().all())))
+    return out, state.stats.nonfinite_rounds
+
+
+def test_an_overflow_in_the_defaults_error_feedback_is_a_skipped_step_on_every_rank():
+    """PackedTopK codes a non-finite kept value as a NaN scale, so the hook's payload check flags
+    the round (nonfinite="propagate": NaN gradient, memories untouched) instead of failing it (a
+    review found the ValueError it raised turned into ThreePCError on every rank)."""
+    for out, skipped in run_ranks(_overflowing, 2, timeout=120):
+        assert out[0] == (False, True) and out[1] == (False, True), out  # 3e38 itself is finite
+        assert out[2] == (True, False) and out[3] == (True, False) and skipped == 2, (out, skipped)
+
+
 def test_four_ranks_with_no_sync_and_bucket_views(a9a):
     results = train(TrainConfig(hook="ef21", workers=4, epochs=1, accumulation=2, gradient_as_bucket_view=True), a9a)
     assert_consistent(results)

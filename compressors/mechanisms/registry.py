@@ -139,7 +139,7 @@ def compressor_option(name: str, default: str, choices: tuple[str, ...], help: s
 
 CONTRACTIVE = compressor_option("compressor", "topk", ("topk", "topk8", "randk", "randk_shared", "shared_topk", "sign"),
                                 "the contractive compressor C: Top-K; Top-K in about 16 bits per entry (8-bit float "
-                                "values, indices relative to blocks of 128); unscaled Rand-K with private or shared support; "
+                                "values, indices relative to blocks of 255); unscaled Rand-K with private or shared support; "
                                 "SharedTopK (one support for all ranks, proposed by a cyclic leader's Top-K one round "
                                 "ahead, plus shared random entries: values travel by one allreduce); scaled sign (one "
                                 "bit per entry and a bf16 scale per 2048 entries; takes no ratio or k; for the Adam "

@@ -21,17 +21,18 @@ class PackedTopK(Sparsifier):
     """Top-K that sends its K entries in about 16 bits each instead of 64 (fp32 value + int32
     index), so that the same bytes carry about four times as many entries:
 
-        C(x)_j = s q(x_j / s)  for the K entries of largest |x_j|, else 0,   s = max_j |x_j| / 480,
+        C(x)_j = s q(x_j / s)  for the K entries of largest |x_j|, else 0,   s ~ max_j |x_j| / 480,
 
     q rounding to the 8-bit float [1, 4, 3] (bias 7, largest value 480, so the largest entry is
-    sent to fp32's rounding of s; s is at least fp32's least subnormal, 1 if x is 0). The support is the Top-K support, sent without loss as, for each block of
-    255 entries, how many of the K it holds (one uint8 per block, part ``block_indices``), and
+    sent to fp32's rounding of s). s is the least fp32 number at or above max|x_j| / 480, so at
+    most twice it (where it is a subnormal), and at least fp32's least subnormal (1 if x is 0).
+    The support is the Top-K support, sent without loss as, for each block of 255 entries, how many of the K it holds (one uint8 per block, part ``block_indices``), and
     each kept entry's offset in its block (uint8, ``indices``, blocks ascending). The payload is
     2K + ceil(d/255) + 4 bytes against 4d dense (K = 5% of d: 2.6% of the dense bytes).
 
     Contractive: a normal code's rounding error is at most 2^-4 |x_j|, a subnormal one's
-    s 2^-10 = max|x_j| 2^-10 / 480, so ||C(x) - x||^2 <= ||x||^2 - (1 - 2^-8 - K 2^-20 / 480^2)
-    ||TopK(x)||^2 and alpha = (K/d)(1 - 2^-8 - K 2^-20 / 480^2). Error feedback keeps the rounding
+    s 2^-10 <= 2 max|x_j| 2^-10 / 480, so ||C(x) - x||^2 <= ||x||^2 - (1 - 2^-8 - K 2^-18 / 480^2)
+    ||TopK(x)||^2 and alpha = (K/d)(1 - 2^-8 - K 2^-18 / 480^2). Error feedback keeps the rounding
     error with the unsent mass (EF14's e <- v - C(v) subtracts the decoded values).
     """
 
@@ -40,7 +41,7 @@ class PackedTopK(Sparsifier):
 
     def alpha(self, numel: int) -> float:
         k = self.k_for(numel)
-        return k / numel * (1.0 - 2.0 ** -8 - k * 2.0 ** -20 / FORMAT.max_value ** 2)
+        return k / numel * (1.0 - 2.0 ** -8 - k * 2.0 ** -18 / FORMAT.max_value ** 2)
 
     def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
         return kernels.topk_abs(x, self.k_for(x.numel()))
@@ -60,21 +61,23 @@ class PackedTopK(Sparsifier):
         return payload, v
 
     def _encode(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor, Tensor]:
-        """The payload of flat ``x``, and the (fp32 values, int64 indices) it decodes to."""
+        """The payload of flat ``x``, and the (fp32 values, int64 indices) it decodes to. A
+        non-finite kept value (e + grad overflowed) gives a NaN scale and NaN values, which the
+        hook's payload check flags on every rank, as it does Top-K's."""
         values, indices = self.select(x, rnd)
         indices = indices.long()
-        top = float(values.abs().max())
-        if not math.isfinite(top):
-            raise ValueError("PackedTopK got NaN or Inf values, which 8-bit floats cannot code. Check the gradients "
-                             "(loss scaling, a diverged step) before compressing")
-        s = max(top / FORMAT.max_value, 2.0 ** -149) if top > 0.0 else 1.0  # fp32's least subnormal at least
-        scale = torch.tensor([s], device=x.device)  # fp32, as sent
-        codes = FORMAT.encode(values, float(scale))
+        top = float(values.abs().max()) if values.numel() else 0.0
+        scale = torch.tensor([_scale(top)], dtype=torch.float32, device=x.device)
+        if math.isfinite(top):
+            codes = FORMAT.encode(values, float(scale))
+            decoded = FORMAT.decode(codes, float(scale))
+        else:
+            codes, decoded = torch.zeros_like(indices, dtype=torch.uint8), torch.full_like(values, math.nan)
         blocks = indices.div(BLOCK, rounding_mode="floor")
         counts = torch.bincount(blocks, minlength=math.ceil(x.numel() / BLOCK))
         payload = Payload({"values": codes, "scale": scale, "block_indices": counts.to(torch.uint8),
                            "indices": (indices - blocks * BLOCK).to(torch.uint8)}, x.numel())
-        return payload, FORMAT.decode(codes, float(scale)), indices
+        return payload, decoded.float(), indices
 
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
         """The decoded (fp32 values, int64 indices) of a payload."""
@@ -82,4 +85,21 @@ class PackedTopK(Sparsifier):
         counts = parts["block_indices"].long()
         blocks = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
         indices = blocks * BLOCK + parts["indices"].long()
-        return FORMAT.decode(parts["values"], float(parts["scale"])), indices
+        s = float(parts["scale"])
+        values = parts["values"]
+        decoded = FORMAT.decode(values, s) if math.isfinite(s) else torch.full(values.shape, math.nan,
+                                                                               device=values.device)
+        return decoded, indices
+
+
+def _scale(top: float) -> float:
+    """s: the least fp32 with top / s <= 480 (rounded up, so the largest value never saturates;
+    at least fp32's least subnormal; 1 for a zero tensor; NaN for a non-finite one)."""
+    if not math.isfinite(top):
+        return math.nan
+    if top == 0.0:
+        return 1.0
+    s = torch.tensor(max(top / FORMAT.max_value, 2.0 ** -149), dtype=torch.float32)
+    if float(s) * FORMAT.max_value < top:
+        s = torch.nextafter(s, torch.tensor(math.inf))
+    return float(s)
