@@ -83,7 +83,8 @@ class PackedTopK(Sparsifier):
         """The decoded (fp32 values, int64 indices) of a payload."""
         parts = payload.parts
         counts = parts["block_indices"].long()
-        blocks = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        blocks = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts,
+                                         output_size=parts["indices"].numel())  # K known: no device sync
         indices = blocks * BLOCK + parts["indices"].long()
         s = float(parts["scale"])
         values = parts["values"]
