@@ -8,7 +8,9 @@ For a flat x cut into blocks b of ``block`` entries (the last one shorter),
 
 and ||C(x) - x||^2 = ||x||^2 - sum_b ||x_b||_1^2 / |b|, so C is contractive with
 alpha(x) = sum_b ||x_b||_1^2 / (|b| ||x||^2) >= 1/block (the worst case: one non-zero per block;
-Karimireddy et al., Lemma 8); the bf16 scale s~_b adds |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2.
+Karimireddy et al., Lemma 8); the bf16 scale s~_b adds |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2 where
+s_b is a bf16 normal number (>= 2^-126), and at most |b| 2^-268 (half bf16's least subnormal,
+squared) below, where a scale under 2^-134 rounds to 0 and that block is not sent at all.
 
 A payload is the signs packed eight to a byte (bit j % 8 of byte j // 8, 1 = negative) and the
 block scales in bf16: d + 16 ceil(d / block) bits, about 1/32 of fp32 plus 1/(2 block). The
@@ -57,7 +59,8 @@ class ScaledSign(Compressor):
 
     def alpha(self, numel: int) -> float:
         """The worst case over x != 0, one non-zero entry in the longest block (1 / block), less
-        what bf16's rounding of s_b can add: |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2."""
+        what bf16's rounding of s_b can add: |b| (s~_b - s_b)^2 <= 2^-16 ||x_b||^2 (for blocks whose
+        scale is a bf16 normal number; below 2^-126, up to |b| 2^-268 more: module docstring)."""
         if self.fraction < 1.0:
             raise ValueError(f"{self!r} is not contractive in one round (an x outside the round's window is not "
                              "sent): use it with EF14, or fraction=1 where alpha is needed (EF21, CLAG)")
