@@ -1,6 +1,7 @@
 // CPU kernels of CO3's codecs: float_encode/decode (low-precision float
-// conversion, the arithmetic in float_codes.h) and huffman_encode/decode
-// (canonical prefix codes, <= 16 bits). The specification is
+// conversion, the arithmetic in float_codes.h), packed_encode/accumulate (a
+// Top-K support and its values in 8-bit floats, PackedTopK) and
+// huffman_encode/decode (canonical prefix codes, <= 16 bits). The specification is
 // compressors/kernels/reference.py.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -13,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -177,6 +180,69 @@ at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t m
   at::Tensor out = at::empty({codes.numel()}, codes.options().dtype(at::kFloat));
   float_decode_out_cpu(codes, exponent, mantissa, bias, scale, out);
   return out;
+}
+
+// -- Top-K packed in 16 bits an entry -------------------------------------------------------
+// packed_encode: one pass for max |v| (and whether a value is not finite), the scale
+// (float_codes.h), the codes with float_encode's loop, one pass over the ascending indices for
+// the block counts and offsets. packed_accumulate walks each payload's blocks in order and adds
+// alpha times the code's value, looked up in a 256-entry table of the payload's scale.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> packed_encode_cpu(const at::Tensor& values,
+                                                                            const at::Tensor& indices, int64_t numel,
+                                                                            int64_t block, int64_t exponent,
+                                                                            int64_t mantissa, int64_t bias) {
+  check_packed_encode(values, indices, numel, block, exponent, mantissa, bias);
+  const at::Tensor v = values.reshape(-1).to(at::kFloat).contiguous();
+  const at::Tensor index = indices.reshape(-1).to(at::kLong).contiguous();
+  const int64_t k = v.numel();
+  const auto bytes = v.options().dtype(at::kByte);
+  at::Tensor codes = at::empty({k}, bytes), offsets = at::empty({k}, bytes);
+  at::Tensor counts = at::zeros({packed_blocks(numel, block)}, bytes);
+  at::Tensor scale = at::empty({1}, v.options());
+  const float* src = v.const_data_ptr<float>();
+  float top = 0.0f;
+  bool bad = false;
+  for (int64_t j = 0; j < k; ++j) {
+    const float a = std::fabs(src[j]);
+    bad |= non_finite(a);
+    top = a > top ? a : top;
+  }
+  FloatFormat f{int(exponent), int(mantissa), int(bias), 1.0f};
+  f.scale = packed_scale(bad ? std::numeric_limits<float>::infinity() : top, max_value(f.exponent, f.mantissa, f.bias));
+  scale.data_ptr<float>()[0] = f.scale;
+  uint8_t* code = codes.data_ptr<uint8_t>();
+  if (std::isnan(f.scale)) {
+    std::memset(code, 0, size_t(k));
+  } else {
+    encode_range(src, code, 0, k, f, -1);
+  }
+  const int64_t* at_index = index.const_data_ptr<int64_t>();
+  uint8_t *count = counts.data_ptr<uint8_t>(), *offset = offsets.data_ptr<uint8_t>();
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t b = at_index[j] / block;
+    ++count[b];
+    offset[j] = uint8_t(at_index[j] - b * block);
+  }
+  return {codes, scale, counts, offsets};
+}
+
+void packed_accumulate_cpu(at::Tensor out, at::TensorList codes, at::TensorList scales, at::TensorList counts,
+                           at::TensorList offsets, int64_t block, int64_t exponent, int64_t mantissa, int64_t bias,
+                           double alpha) {
+  check_packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias);
+  float* dst = out.data_ptr<float>();
+  const float factor = static_cast<float>(alpha);
+  for (size_t r = 0; r < codes.size(); ++r) {
+    const at::Tensor c = codes[r].contiguous(), n = counts[r].contiguous(), o = offsets[r].contiguous();
+    const std::array<float, 256> table =
+        decode_table(int(exponent), int(mantissa), int(bias), scales[r].item<float>());
+    const uint8_t *code = c.const_data_ptr<uint8_t>(), *count = n.const_data_ptr<uint8_t>();
+    const uint8_t* offset = o.const_data_ptr<uint8_t>();
+    for (int64_t b = 0, j = 0; b < n.numel(); ++b) {
+      float* base = dst + b * block;
+      for (const int64_t end = j + count[b]; j < end; ++j) base[offset[j]] += factor * table[code[j]];
+    }
+  }
 }
 
 // -- Huffman --------------------------------------------------------------------------------
@@ -346,6 +412,8 @@ TORCH_LIBRARY_IMPL(threepc, CPU, m) {
   m.impl("float_decode", &float_decode_cpu);
   m.impl("float_encode.out", &float_encode_out_cpu);
   m.impl("float_decode.out", &float_decode_out_cpu);
+  m.impl("packed_encode", &packed_encode_cpu);
+  m.impl("packed_accumulate", &packed_accumulate_cpu);
   m.impl("huffman_encode", &huffman_encode_cpu);
   m.impl("huffman_decode", &huffman_decode_cpu);
 }

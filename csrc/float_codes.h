@@ -85,6 +85,22 @@ THREEPC_HOST_DEVICE uint8_t encode_stochastic(float x, uint64_t noise, const Flo
   return uint8_t(magnitude ? (sign | uint32_t(magnitude)) : 0u);
 }
 
+// The scale of a packed Top-K payload (reference.packed_scale): the least fp32 s with
+// s * max_value >= top (in fp64, exact), at least 2^-149; 1 for top = 0; NaN for a non-finite top.
+THREEPC_HOST_DEVICE float packed_scale(float top, float max_value) {
+  if (non_finite(top)) {
+    const uint32_t nan_bits = 0x7FC00000u;
+    float nan;
+    std::memcpy(&nan, &nan_bits, sizeof(nan));
+    return nan;
+  }
+  if (top == 0.0f) return 1.0f;
+  const double q = double(top) / double(max_value), least = 0x1p-149;
+  float s = float(q > least ? q : least);
+  if (double(s) * double(max_value) < double(top)) s = nextafterf(s, 0x1p127f);
+  return s;
+}
+
 // -- host side ----------------------------------------------------------------------------
 // The fp32 value of every code, times scale (host side; the decoders look codes up in it).
 inline std::array<float, 256> decode_table(int exponent, int mantissa, int bias, float scale) {
@@ -96,6 +112,11 @@ inline std::array<float, 256> decode_table(int exponent, int mantissa, int bias,
     table[c] = ((c >> (exponent + mantissa)) & 1 ? -value : value) * scale;
   }
   return table;
+}
+
+// The format's largest value (scale 1).
+inline float max_value(int exponent, int mantissa, int bias) {
+  return decode_table(exponent, mantissa, bias, 1.0f)[(1 << (exponent + mantissa)) - 1];
 }
 
 }  // namespace threepc

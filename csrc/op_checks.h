@@ -267,4 +267,72 @@ inline void check_adam_outputs(const at::Tensor& grad, const at::Tensor& m, cons
                               "(m and v stay the rollback)");
 }
 
+
+inline int64_t packed_blocks(int64_t numel, int64_t block) { return (numel + block - 1) / block; }
+
+inline void check_packed_block(const char* op, int64_t block) {
+  TORCH_CHECK_VALUE(block >= 1 && block <= 255, op, ": block must lie in [1, 255] entries (a block's count and an "
+                    "offset in it are bytes), got ", block);
+}
+
+// Reads the indices back (a device synchronisation on CUDA): they must be topk_abs's.
+inline void check_packed_encode(const at::Tensor& values, const at::Tensor& indices, int64_t numel, int64_t block,
+                                int64_t exponent, int64_t mantissa, int64_t bias) {
+  check_floating("packed_encode", "values", values);
+  check_packed_block("packed_encode", block);
+  check_format(exponent, mantissa, bias, 1.0);
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+                   "packed_encode: indices must be int64 or int32, got ", indices.scalar_type());
+  TORCH_CHECK_VALUE(values.numel() == indices.numel() && values.device() == indices.device(), "packed_encode: values (",
+                    values.numel(), " on ", values.device(), ") and indices (", indices.numel(), " on ",
+                    indices.device(), ") must have one size and one device");
+  TORCH_CHECK_VALUE(numel >= 0, "packed_encode: numel must be >= 0, got ", numel);
+  if (indices.numel() == 0) return;
+  const at::Tensor i = indices.reshape(-1);
+  const bool ascending = i.numel() < 2 || !at::le(i.slice(0, 1), i.slice(0, 0, -1)).any().item<bool>();
+  TORCH_CHECK_INDEX(i[0].item<int64_t>() >= 0 && i[-1].item<int64_t>() < numel && ascending,
+                    "packed_encode: indices must ascend strictly within [0, ", numel,
+                    ") (topk_abs's order); pass the support Top-K selected");
+}
+
+// Reads the counts and offsets back (a device synchronisation on CUDA): every entry must land inside out.
+inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes, at::TensorList scales,
+                                    at::TensorList counts, at::TensorList offsets, int64_t block, int64_t exponent,
+                                    int64_t mantissa, int64_t bias) {
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
+                   "packed_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   out.is_contiguous() ? "" : ", non-contiguous");
+  check_packed_block("packed_accumulate", block);
+  check_format(exponent, mantissa, bias, 1.0);
+  TORCH_CHECK_VALUE(codes.size() == scales.size() && codes.size() == counts.size() && codes.size() == offsets.size(),
+                    "packed_accumulate: ", codes.size(), " codes, ", scales.size(), " scales, ", counts.size(),
+                    " counts and ", offsets.size(), " offsets tensors; pass one of each per payload");
+  const int64_t blocks = packed_blocks(out.numel(), block), last = out.numel() - (blocks - 1) * block;
+  for (size_t r = 0; r < codes.size(); ++r) {
+    const at::Tensor &c = codes[r], &s = scales[r], &n = counts[r], &o = offsets[r];
+    TORCH_CHECK_TYPE(c.scalar_type() == at::kByte && n.scalar_type() == at::kByte && o.scalar_type() == at::kByte &&
+                         s.scalar_type() == at::kFloat,
+                     "packed_accumulate: a payload is codes, counts, offsets uint8 and scale float32, got ",
+                     c.scalar_type(), ", ", n.scalar_type(), ", ", o.scalar_type(), " and ", s.scalar_type());
+    TORCH_CHECK_VALUE(c.device() == out.device() && s.device() == out.device() && n.device() == out.device() &&
+                          o.device() == out.device(),
+                      "packed_accumulate: out is on ", out.device(), " but a payload is not; move them to one device");
+    TORCH_CHECK_VALUE(s.numel() == 1 && n.numel() == blocks && o.numel() == c.numel(), "packed_accumulate: a payload of ",
+                      out.numel(), " entries in blocks of ", block, " has 1 scale, ", blocks,
+                      " counts and as many offsets as codes, got ", s.numel(), ", ", n.numel(), ", ", o.numel(),
+                      " and ", c.numel(), "; pass the payload's numel and the compressor's block");
+    const int64_t total = blocks ? n.sum(at::kLong).item<int64_t>() : 0;
+    bool inside = total == c.numel();
+    if (inside && c.numel()) {
+      const at::Tensor flat = o.reshape(-1);
+      const int64_t tail = n.reshape(-1)[-1].item<int64_t>();
+      inside = !at::ge(flat, block).any().item<bool>() &&
+               (tail == 0 || !at::ge(flat.slice(0, flat.numel() - tail), last).any().item<bool>());
+    }
+    TORCH_CHECK_INDEX(inside, "packed_accumulate: a payload's counts sum to ", total, " for ", c.numel(),
+                      " codes, or an offset points past its block; the payload is corrupt or not of ", out.numel(),
+                      " entries");
+  }
+}
+
 }  // namespace threepc

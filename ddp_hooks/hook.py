@@ -48,7 +48,7 @@ from torch.futures import Future, collect_all
 
 from compressors import GD, PartSpec, Payload, Round
 from compressors.core.mechanism import all_finite
-from compressors.core.memory import Memory
+from compressors.core.memory import Memory, reusable
 
 from . import protocol, wire
 from .protocol import Flags
@@ -168,10 +168,13 @@ class _Round:
         self.saved = self.server = None
 
     def commit(self) -> None:
-        """Keep this round (every round of the iteration succeeded on every rank)."""
+        """Keep this round (every round of the iteration succeeded on every rank). The aggregate
+        entries it overwrote are free: the next round writes them (``BucketState.spare``)."""
         if self.dense:
             self.state.install(self.bucket)
         self.state.record_moves(self.bucket)
+        if self.server is not None:
+            self.bucket.spare = {k: self.server[k] for k in self.worker.overwrites if k in self.server}
         self.saved = self.server = None
 
     def finish(self) -> tuple[Tensor, float] | str:
@@ -186,8 +189,8 @@ class _Round:
             self.bucket.server = self.worker.begin(payloads, self.rnd)
         elif payloads is not None:  # None: every rank stayed silent, g is unchanged
             self.server = self.bucket.server  # kept as it is for a rollback; the round writes a new one
-            self.bucket.server = {k: torch.empty_like(t) if k in self.worker.overwrites else t.clone()
-                                  for k, t in self.server.items()}
+            self.bucket.server = {k: reusable(self.bucket.spare.get(k), t.numel(), t.device, busy=(t,)).view_as(t)
+                                  if k in self.worker.overwrites else t.clone() for k, t in self.server.items()}
             if self.relayed:  # the owners' payloads: every rank decodes g from them
                 self.worker.collect(self.bucket.server, payloads, self.rnd)
             else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,7 @@ class BucketState:
     sizes: tuple[int, ...]
     worker: Mechanism
     server: dict[str, Tensor] | None = None  # fp32, set by the first dense round's callback
+    spare: dict[str, Tensor] = field(default_factory=dict)  # aggregate entries a committed round overwrote
 
     @property
     def estimate(self) -> Tensor:

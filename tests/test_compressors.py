@@ -319,6 +319,34 @@ def test_error_feedback_over_a_sign_window_keeps_its_memory_bounded():
     assert torch.equal(ScaledSign(64).compress(x).parts["signs"], ScaledSign(64, 1.0).compress(x, Round(7)).parts["signs"])
 
 
+def test_error_feedback_reuses_the_error_of_the_round_before_last_never_a_kept_one():
+    """EF14 writes v = e + grad into the error of the round before last: the memory a caller keeps
+    through a round (the hook's rollback) is never written, a restored one is never reused, the
+    result is e' = v - C(v) of the definition, and spawned workers share no buffer."""
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(300, generator=gen) for _ in range(8)]
+    template = EF14(TopK(ratio=0.1))
+    template.init(torch.zeros(300))
+    for g in grads[:2]:
+        template.step(g)  # the template now holds a spare buffer
+    workers = [template.spawn(), template.spawn()]
+    errors = [torch.zeros(300), torch.zeros(300)]
+    for w in workers:
+        w.init(torch.zeros(300))
+    for t, g in enumerate(grads):
+        for w, worker in enumerate(workers):
+            kept, before = worker.memory, worker.memory.e_i.clone()
+            payload = worker.step(g * (w + 1))
+            assert torch.equal(kept.e_i, before), "the memory kept through the round was written"
+            if t in (2, 3):  # rolled back, twice in a row
+                worker.memory = kept
+                continue
+            v = errors[w] + g * (w + 1)
+            errors[w] = v - TopK(ratio=0.1).decompress(payload)
+            assert torch.equal(worker.memory.e_i, errors[w])
+    assert workers[0].memory.e_i.data_ptr() != workers[1].memory.e_i.data_ptr()
+
+
 def _full_block() -> torch.Tensor:
     """Every entry of the second index block larger than any other: one block count is 255."""
     x = torch.randn(4 * BLOCK, generator=torch.Generator().manual_seed(6))

@@ -5,6 +5,7 @@ opcheck, and DDP trains with CUDA tensors on gloo. The tests parametrized by ``d
 on the CPU (the CPU kernels), so their inputs and checks are exercised without a GPU."""
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sysconfig
@@ -198,6 +199,25 @@ def test_adam_normalize_matches_the_reference(dtype, device):
                     assert_same(to_cpu(other), cpu, nan_bits=False)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_top_k_matches_the_reference(dtype, device):
+    for kind in KINDS:
+        for n in (0, 1, 255, 4097, 1_000_003):
+            x = make(kind, n, seed=11, dtype=dtype)
+            values, indices = reference.topk_abs(x, min(n, math.ceil(0.05 * n)))
+            cpu, other = on_both("packed_encode", values, indices, n, 255, 4, 3, 7, device=device)
+            assert other[0].device.type == device
+            assert_same(to_cpu(other), cpu)
+            payloads = [cpu, reference.packed_encode(*reference.topk_abs(make("normal", n, seed=12), n // 2), n, 255,
+                                                     4, 3, 7)]
+            got, want = torch.ones(n, device=device), torch.ones(n)
+            kernels.packed_accumulate(got, *[[p[j].to(device) for p in payloads] for j in range(4)], 255, 4, 3, 7,
+                                      -1 / 3)
+            reference.packed_accumulate(want, *[[p[j] for p in payloads] for j in range(4)], 255, 4, 3, 7, -1 / 3)
+            assert_same((got.cpu(),), (want,), nan_bits=False)
+
+
 @gpu
 def test_opcheck_passes_for_the_cuda_ops():
     ops = torch.ops.threepc
@@ -215,15 +235,20 @@ def test_opcheck_passes_for_the_cuda_ops():
     torch.library.opcheck(ops.sign_accumulate.default, (x.clone(), [signs, signs], [scales, scales], 64, 0.5))
     torch.library.opcheck(ops.adam_normalize.default, (x, x.clone(), x.abs(), torch.ones(1, device="cuda"),
                                                        torch.ones(1, device="cuda"), 0.9, 0.999, 1e-8, 0.5))
+    values, indices = ops.topk_abs(x, 250)
+    payload = ops.packed_encode(values, indices, 5000, 255, 4, 3, 7)
+    torch.library.opcheck(ops.packed_encode.default, (values, indices, 5000, 255, 4, 3, 7))
+    torch.library.opcheck(ops.packed_accumulate.default, (x.clone(), *[[t, t] for t in payload], 255, 4, 3, 7, 0.5))
 
 
 @gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("hook", ["ef21", "co3", "clag"])
+@pytest.mark.parametrize("hook", ["ef21", "co3", "clag", "ef14"])
 def test_ddp_trains_with_cuda_tensors_on_gloo(hook):
     from ddp_hooks.testbed import TrainConfig, train  # the ranks share the one GPU
 
-    options = {"co3": {"fmt": "fp8-152", "coder": "huffman", "scale": "gennorm"}, "clag": {"ratio": 0.01}}
+    options = {"co3": {"fmt": "fp8-152", "coder": "huffman", "scale": "gennorm"}, "clag": {"ratio": 0.01},
+               "ef14": {"compressor": "topk8", "ratio": 0.05}}  # the SGD default
     results = train(TrainConfig(hook=hook, epochs=1, device="cuda", options=options.get(hook)))
     cpu = train(TrainConfig(hook=hook, epochs=1, options=options.get(hook)))
     for r in results:

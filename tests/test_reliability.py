@@ -110,6 +110,37 @@ def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
     return out
 
 
+NO_OP_HOOKS = {"ef14": {"ratio": 0.05}, "ef14 topk8": {"compressor": "topk8", "ratio": 0.05},
+               "ef21": {"ratio": 0.05}}  # rounds that do not depend on the iteration's number
+
+
+def _skip_is_a_no_op(rank: int, hook: str, options: dict) -> bool:
+    """Rounds rolled back (a NaN on rank 1 at steps 3 and 4, then three more steps) leave the hook
+    and the model where a run that never had those steps is, bit for bit: each rollback restores
+    every memory, and the buffers later rounds reuse (the error and aggregate of the round before
+    last) are never the restored ones."""
+    ends = []
+    for poisoned in (True, False):
+        model = _model()
+        ddp = DDP(model, bucket_cap_mb=CAP)
+        state = ddp_hooks.register(ddp, hook.split()[0], **options)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+        switch = _poison(model[2].weight)
+        for step in range(8):
+            if step in (3, 4) and not poisoned:
+                scaler.update(scaler.get_scale() / 2)  # what the skipped step did to the scale
+                continue
+            switch["value"] = float("nan") if step in (3, 4) and rank == 1 else None
+            opt.zero_grad()
+            scaler.scale(_loss(ddp, rank, step)).backward()
+            scaler.step(opt)
+            scaler.update()
+        ends.append((_params(model), _memory(state)))
+    (params, memory), (params_b, memory_b) = ends
+    return all(torch.equal(a, b) for a, b in zip(params, params_b)) and _same(memory, memory_b)
+
+
 def _nonfinite_raises(rank: int) -> dict:
     """nonfinite="raise": every rank raises naming the parameters; training then goes on."""
     model = _model()
@@ -359,6 +390,7 @@ MISMATCHES = {
 
 def _single_group(rank: int, workers: int) -> dict:
     out = {f"nonfinite {h}": _nonfinite_propagates(rank, h, o) for h, o in NONFINITE_HOOKS.items()}
+    out.update({f"no-op {h}": _skip_is_a_no_op(rank, h, o) for h, o in NO_OP_HOOKS.items()})
     out["raise"] = _nonfinite_raises(rank)
     out["hook error"] = _hook_error(rank)
     for hook, method in SPEC_MISMATCHES:
@@ -475,6 +507,11 @@ def test_a_nonfinite_gradient_on_one_rank_skips_the_step_and_touches_no_memory(s
         assert r["nonfinite_rounds"] >= 1 and r["finite"], "training goes on, finite"
         assert r["nonfinite_rounds"] == ranks[0]["nonfinite_rounds"]
         assert all(torch.equal(a, b) for a, b in zip(r["params"], ranks[0]["params"])), "replicas stay identical"
+
+
+@pytest.mark.parametrize("hook", list(NO_OP_HOOKS))
+def test_a_skipped_step_is_a_no_op_for_the_steps_after_it(scenarios, hook):
+    assert all(r[f"no-op {hook}"] for r in scenarios)
 
 
 def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_goes_on(scenarios):

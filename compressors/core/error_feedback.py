@@ -1,6 +1,7 @@
 """Classic error feedback, the one implementation EF14, CO3 and SASG share."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .compressor import Compressor
@@ -9,11 +10,12 @@ from .rounds import Round
 
 
 def compensated(compressor: Compressor, error: Tensor, x: Tensor, rnd: Round,
-                decay: float = 1.0) -> tuple[Payload, Tensor]:
+                decay: float = 1.0, out: Tensor | None = None) -> tuple[Payload, Tensor]:
     """v = x + decay * e;  send C(v);  e' = v - C(v)  (Seide et al. 2014; Stich et al. 2018, Alg. 1
     in gradient units; decay < 1 is CO3's memory decay gamma, Chen et al. 2022, Eq. (8)).
     Returns the payload and e' as a new tensor: ``error`` is never written, so a compressor that
     raises (e.g. on non-finite input) leaves it as it was, and a caller may keep it as the
-    memory to roll back to."""
-    v = x + decay * error if decay != 1.0 else x + error
+    memory to roll back to. ``out``: where to write v (a flat fp32 buffer that is not ``error``),
+    else a new tensor."""
+    v = torch.add(x, error, alpha=decay) if out is None else torch.add(x, error, alpha=decay, out=out)
     return compressor.residual(v, rnd)

@@ -189,3 +189,21 @@ def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, b
         return _ops.adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
     _ops.adam_normalize.out(grad, m, v, c1, c2, beta1, beta2, eps, share, m_new=out[0], v_new=out[1], d=out[2])
     return out
+
+
+def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
+                  bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A Top-K support (``indices`` ascending, of a tensor of ``numel`` entries) and its ``values``
+    in about 16 bits an entry: (codes, scale, counts, offsets) with codes the 8-bit floats
+    [1, exponent, mantissa] of values / scale, scale (fp32[1]) the least fp32 whose product with
+    the format's largest value reaches max |values| (NaN if one is not finite), counts the indices
+    in each block of ``block`` entries and offsets each index's place in its block (uint8)."""
+    return _ops.packed_encode(values, indices, numel, block, exponent, mantissa, bias)
+
+
+def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
+                      offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
+                      alpha: float = 1.0) -> None:
+    """out[entry] += alpha * its decoded value, for every entry of every ``packed_encode`` payload
+    (codes[r], scales[r], counts[r], offsets[r]), in list order: deterministic."""
+    _ops.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias, alpha)

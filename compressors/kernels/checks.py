@@ -259,3 +259,64 @@ def adam_outputs(grad: Tensor, m: Tensor, v: Tensor, m_new: Tensor, v_new: Tenso
     if grad.numel() and (len(set(pointers)) < 3 or set(pointers) & {m.data_ptr(), v.data_ptr(), grad.data_ptr()}):
         raise ValueError("adam_normalize: m_new, v_new and d must be three new buffers, none of them grad, m or v "
                          "(m and v stay the rollback)")
+
+
+def _packed_block(op: str, block: int) -> None:
+    if not 1 <= block <= 255:
+        raise ValueError(f"{op}: block must lie in [1, 255] entries (a block's count and an offset in it are "
+                         f"bytes), got {block}")
+
+
+def packed_blocks(numel: int, block: int) -> int:
+    """The block counts of a packed Top-K payload of ``numel`` entries: ceil(numel / block)."""
+    return -(-numel // block)
+
+
+def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
+                  bias: int) -> None:
+    """Reads the indices back (a device synchronisation on CUDA): they must be topk_abs's."""
+    _floating("packed_encode", "values", values)
+    _packed_block("packed_encode", block)
+    _format(exponent, mantissa, bias, 1.0)
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"packed_encode: indices must be int64 or int32, got {indices.dtype}")
+    if values.numel() != indices.numel() or values.device != indices.device:
+        raise ValueError(f"packed_encode: values ({values.numel()} on {values.device}) and indices "
+                         f"({indices.numel()} on {indices.device}) must have one size and one device")
+    if numel < 0:
+        raise ValueError(f"packed_encode: numel must be >= 0, got {numel}")
+    i = indices.reshape(-1)
+    if i.numel() and (int(i[0]) < 0 or int(i[-1]) >= numel or bool((i[1:] <= i[:-1]).any())):
+        raise IndexError(f"packed_encode: indices must ascend strictly within [0, {numel}) (topk_abs's order); "
+                         "pass the support Top-K selected")
+
+
+def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
+                      offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int) -> None:
+    """Reads the counts and offsets back (a device synchronisation on CUDA): every entry must land
+    inside ``out``."""
+    op = "packed_accumulate"
+    if out.dtype != torch.float32 or not out.is_contiguous():
+        raise TypeError(f"{op}: out must be a contiguous float32 tensor, got {out.dtype}{_non_contiguous(out)}")
+    _packed_block(op, block)
+    _format(exponent, mantissa, bias, 1.0)
+    if not len(codes) == len(scales) == len(counts) == len(offsets):
+        raise ValueError(f"{op}: {len(codes)} codes, {len(scales)} scales, {len(counts)} counts and {len(offsets)} "
+                         "offsets tensors; pass one of each per payload")
+    blocks = packed_blocks(out.numel(), block)
+    for c, s, n, o in zip(codes, scales, counts, offsets):
+        if c.dtype != torch.uint8 or n.dtype != torch.uint8 or o.dtype != torch.uint8 or s.dtype != torch.float32:
+            raise TypeError(f"{op}: a payload is codes, counts, offsets uint8 and scale float32, got {c.dtype}, "
+                            f"{n.dtype}, {o.dtype} and {s.dtype}")
+        if any(t.device != out.device for t in (c, s, n, o)):
+            raise ValueError(f"{op}: out is on {out.device} but a payload is not; move them to one device")
+        if s.numel() != 1 or n.numel() != blocks or o.numel() != c.numel():
+            raise ValueError(f"{op}: a payload of {out.numel()} entries in blocks of {block} has 1 scale, {blocks} "
+                             f"counts and as many offsets as codes, got {s.numel()}, {n.numel()}, {o.numel()} and "
+                             f"{c.numel()}; pass the payload's numel and the compressor's block")
+        kept = n.reshape(-1).long()
+        last = out.numel() - (blocks - 1) * block  # entries in the last block
+        tail = o.reshape(-1)[o.numel() - int(kept[-1]):] if blocks else o.reshape(-1)[:0]
+        if int(kept.sum()) != c.numel() or bool((o >= block).any()) or bool((tail >= last).any()):
+            raise IndexError(f"{op}: a payload's counts sum to {int(kept.sum())} for {c.numel()} codes, or an "
+                             f"offset points past its block; the payload is corrupt or not of {out.numel()} entries")

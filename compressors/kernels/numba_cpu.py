@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import checks
 from .checks import RANS_LOW, RANS_STATES
-from .reference import bf16_scales
+from .reference import _max_value, bf16_scales, packed_scale
 
 
 def _f32(t: Tensor) -> np.ndarray:
@@ -104,6 +104,30 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
     flat = out.view(-1).numpy()
     for s, c in zip(signs, scales):
         _sign_subtract(flat, s.contiguous().numpy(), c.float().numpy(), block, np.float32(-alpha))
+
+
+def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
+                  bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.packed_encode(values, indices, numel, block, exponent, mantissa, bias)
+    v = _f32(values)
+    top = float(np.abs(v).max()) if v.size else 0.0  # NaN if any value is
+    scale = np.float32(packed_scale(top, _max_value(exponent, mantissa, bias)))
+    codes = (_float_encode(v / scale, exponent, mantissa, bias, -1) if np.isfinite(scale)
+             else np.zeros(v.size, np.uint8))  # v / scale: one fp32 division, as the reference
+    counts, offsets = _pack_indices(indices.reshape(-1).long().numpy(), checks.packed_blocks(numel, block), block)
+    return (torch.from_numpy(codes), torch.tensor([scale], dtype=torch.float32), torch.from_numpy(counts),
+            torch.from_numpy(offsets))
+
+
+def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
+                      offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
+                      alpha: float = 1.0) -> None:
+    checks.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias)
+    every_code = np.arange(256, dtype=np.uint8)
+    for c, s, n, o in zip(codes, scales, counts, offsets):
+        table = _float_decode(every_code, exponent, mantissa, bias, np.float32(s.item()))
+        _packed_add(out.view(-1).numpy(), c.reshape(-1).contiguous().numpy(), n.reshape(-1).contiguous().numpy(),
+                    o.reshape(-1).contiguous().numpy(), block, table, np.float32(alpha))
 
 
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
@@ -396,3 +420,27 @@ def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, c1: np.ndarray,
         den = np.sqrt(w) + k[4]
         d[j] = np.float32(0.0) if den == 0 else g[j] / den
     return m_new, v_new, d
+
+
+# -- Top-K packed in 16 bits an entry (see reference.packed_encode) -----------------------------
+@numba.njit(cache=True)
+def _pack_indices(indices: np.ndarray, blocks: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.zeros(blocks, np.uint8)
+    offsets = np.empty(indices.size, np.uint8)
+    for j in range(indices.size):
+        b = indices[j] // block
+        counts[b] += 1
+        offsets[j] = indices[j] - b * block
+    return counts, offsets
+
+
+@numba.njit(cache=True)
+def _packed_add(out: np.ndarray, codes: np.ndarray, counts: np.ndarray, offsets: np.ndarray, block: int,
+                table: np.ndarray, alpha: np.float32) -> None:
+    """out[b block + offsets_j] += alpha table[codes_j], entry j in block b (blocks in order)."""
+    j = 0
+    for b in range(counts.size):
+        base = b * block
+        for _ in range(counts[b]):
+            out[base + offsets[j]] += alpha * table[codes[j]]
+            j += 1

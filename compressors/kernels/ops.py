@@ -47,6 +47,14 @@ SCHEMAS = (
     "sign_decode(Tensor signs, Tensor scales, int numel, int block) -> Tensor",
     # out += sign_j * (scale_b * alpha) of every payload (signs[r], scales[r]), in list order.
     "sign_accumulate(Tensor(a!) out, Tensor[] signs, Tensor[] scales, int block, float alpha) -> ()",
+    # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
+    # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|), one uint8 count per
+    # block of `block` entries and one uint8 offset in its block per entry.
+    "packed_encode(Tensor values, Tensor indices, int numel, int block, int exponent, int mantissa, int bias) "
+    "-> (Tensor codes, Tensor scale, Tensor counts, Tensor offsets)",
+    # out[block b_j * block + offsets_j] += alpha * scale * value(codes_j) of every payload, in list order.
+    "packed_accumulate(Tensor(a!) out, Tensor[] codes, Tensor[] scales, Tensor[] counts, Tensor[] offsets, int block, "
+    "int exponent, int mantissa, int bias, float alpha) -> ()",
     # Adam's moments m', v' and the normalised gradient d = grad / (sqrt(w) + eps) in one pass.
     "adam_normalize(Tensor grad, Tensor m, Tensor v, Tensor c1, Tensor c2, float beta1, float beta2, float eps, "
     "float share) -> (Tensor m_new, Tensor v_new, Tensor d)",
@@ -59,7 +67,7 @@ for _schema in SCHEMAS:
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
               "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
-              "sign_accumulate", "adam_normalize")
+              "sign_accumulate", "adam_normalize", "packed_encode", "packed_accumulate")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -161,6 +169,21 @@ def _sign_decode_fake(signs: Tensor, scales: Tensor, numel: int, block: int) -> 
 
 @torch.library.register_fake("threepc::sign_accumulate", lib=LIB)
 def _sign_accumulate_fake(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::packed_encode", lib=LIB)
+def _packed_encode_fake(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
+                        bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return (values.new_empty(values.numel(), dtype=torch.uint8), values.new_empty(1, dtype=torch.float32),
+            values.new_empty(checks.packed_blocks(numel, block), dtype=torch.uint8),
+            values.new_empty(values.numel(), dtype=torch.uint8))
+
+
+@torch.library.register_fake("threepc::packed_accumulate", lib=LIB)
+def _packed_accumulate_fake(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
+                            offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
+                            alpha: float) -> None:
     return None
 
 

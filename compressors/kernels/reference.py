@@ -42,6 +42,19 @@ CUDA tensors when the extension has no CUDA kernels.
   d = g / (sqrt(w) + eps) with sqrt correctly rounded, and 0 where sqrt(w) + eps = 0. c1, c2 (the bias corrections
   1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k)) hold one value or one per entry. Returns new
   tensors (m', v', d); m and v are not written.
+* ``packed_encode(values, indices, numel, block, exponent, mantissa, bias)``: a Top-K support
+  (indices ascending strictly in [0, numel)) and its values in about 16 bits an entry. With
+  top = max |values| (fp32) and M the format's largest value: the scale s (fp32[1]) is the least
+  fp32 with s M >= top, at least 2^-149 (fp32's least subnormal); 1 when top = 0 or there are no
+  values; NaN when a value is not finite. codes = float_encode(values, ..., s, -1) (round to
+  nearest), all 0 when s is NaN. counts (uint8[ceil(numel / block)]): how many indices each block
+  of ``block`` (<= 255) entries holds; offsets (uint8): index - block floor(index / block).
+  Returns (codes, scale, counts, offsets).
+* ``packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias,
+  alpha)``: for each payload r in list order, its entries j in order, with b_j the block that
+  holds entry j (blocks ascending, counts[b] entries each): out[b_j block + offsets_j] +=
+  alpha float_decode(codes_j, ..., s_r) (as ``sparse_accumulate`` of the decoded values at the
+  decoded indices; a NaN scale decodes to NaN).
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
@@ -63,6 +76,7 @@ CUDA tensors when the extension has no CUDA kernels.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import Tensor
@@ -308,3 +322,49 @@ def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, b
     denominator = w.double().sqrt().float() + fp32(eps)  # correctly rounded: torch's fp32 sqrt is not (AVX-512)
     d = torch.where(denominator == 0.0, 0.0, g / denominator)
     return m_new, v_new, d
+
+
+# -- Top-K packed in 16 bits an entry ---------------------------------------------------------
+def _max_value(exponent: int, mantissa: int, bias: int) -> float:
+    """The largest value of the float format [1, exponent, mantissa] with ``bias``."""
+    return float_decode(torch.tensor([(1 << (exponent + mantissa)) - 1], dtype=torch.uint8), exponent, mantissa, bias,
+                        1.0).item()
+
+
+def packed_scale(top: float, max_value: float) -> float:
+    """s: the least fp32 with s * max_value >= top, at least 2^-149; 1 for top = 0; NaN for a
+    non-finite top."""
+    if not math.isfinite(top):
+        return math.nan
+    if top == 0.0:
+        return 1.0
+    s = torch.tensor(max(top / max_value, 2.0 ** -149), dtype=torch.float32)
+    if float(s) * max_value < top:
+        s = torch.nextafter(s, torch.tensor(math.inf))
+    return float(s)
+
+
+def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
+                  bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.packed_encode(values, indices, numel, block, exponent, mantissa, bias)
+    v, i = values.reshape(-1).float(), indices.reshape(-1).long()
+    top = float(v.abs().max()) if v.numel() else 0.0  # NaN if any value is
+    scale = packed_scale(top, _max_value(exponent, mantissa, bias))
+    codes = (float_encode(v, exponent, mantissa, bias, scale, -1) if math.isfinite(scale)
+             else torch.zeros(v.numel(), dtype=torch.uint8, device=v.device))
+    blocks = i.div(block, rounding_mode="floor")
+    counts = torch.bincount(blocks, minlength=checks.packed_blocks(numel, block))
+    return (codes, torch.tensor([scale], dtype=torch.float32, device=v.device), counts.to(torch.uint8),
+            (i - blocks * block).to(torch.uint8))
+
+
+def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
+                      offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
+                      alpha: float = 1.0) -> None:
+    checks.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias)
+    for c, s, n, o in zip(codes, scales, counts, offsets):
+        if c.numel() == 0:
+            continue
+        blocks = torch.repeat_interleave(torch.arange(n.numel(), device=out.device), n.reshape(-1).long())
+        value = float_decode(c, exponent, mantissa, bias, 1.0) * s.reshape(-1)  # one fp32 product, any scale
+        sparse_accumulate(out, value, blocks * block + o.reshape(-1).long(), alpha)

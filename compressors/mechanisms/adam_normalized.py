@@ -71,7 +71,7 @@ from torch import Tensor
 from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from ..core.mechanism import Mechanism, flat
-from ..core.memory import Memory
+from ..core.memory import Memory, reusable
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
@@ -304,12 +304,8 @@ class AdamNormalized(Mechanism):
     def _buffers(self, g: Tensor) -> tuple[Tensor, ...]:
         """Where this round writes its moments: the round before last's tensors (no allocation,
         no page faults), unless they are gone or are the memory now (a rollback restored them)."""
-        spare, self._spare = self._spare, None
-        current = {t.data_ptr() for t in self._moments() if t is not None}
-        if spare is None or any(t is None or t.numel() != g.numel() or t.device != g.device or t.data_ptr() in current
-                                for t in spare):
-            return tuple(torch.empty(g.numel(), device=g.device) for _ in self.fields)
-        return spare
+        spare, self._spare = self._spare or (None,) * len(self.fields), None
+        return tuple(reusable(t, g.numel(), g.device, busy=self._moments()) for t in spare)
 
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """The inner mechanism's dense round on u^_i (d_i). The moments continue from those this

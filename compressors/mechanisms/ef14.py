@@ -6,7 +6,7 @@ from torch import Tensor
 from ..core.compressor import ROUND0
 from ..core.error_feedback import compensated
 from ..core.mechanism import Replacing, flat
-from ..core.memory import Error
+from ..core.memory import Error, reusable
 from ..core.payload import Payload
 from ..core.rounds import Round
 
@@ -19,17 +19,26 @@ class EF14(Replacing):
         g^{t+1} = (1/n) sum_i p_i           (the worker sends p_i)
 
     The hook needs no stepsize. Not a 3PC (no (A, B)); the harness starts it from gamma = 1/L_-.
-    Memory: e_i.
+    Memory: e_i. v = e_i + grad is written into the e_i of the round before last (free once that
+    round committed; ``core.memory.reusable``), not into a new tensor.
     """
 
     memory_type = Error
     memory: Error
     written_in_place: frozenset[str] = frozenset()
+    _spare: Tensor | None = None  # the error before the current one
+
+    def spawn(self) -> EF14:
+        clone = super().spawn()
+        clone._spare = None
+        return clone
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        payload, error = compensated(self.compressor, self.memory.e_i, flat(grad), rnd)
-        self.memory = Error(error)
+        e = self.memory.e_i
+        out = reusable(self._spare, e.numel(), e.device, busy=(e,))
+        payload, error = compensated(self.compressor, e, flat(grad), rnd, out=out)
+        self._spare, self.memory = e, Error(error)
         return payload

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -50,52 +51,41 @@ class PackedTopK(TopK):
                 PartSpec("block_indices", torch.uint8, math.ceil(numel / BLOCK)), PartSpec("indices", torch.uint8, k)]
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return self._encode(x.reshape(-1), rnd)[0]
+        """The payload of x: ``kernels.packed_encode`` of Top-K's (values, indices). A non-finite
+        kept value (e + grad overflowed) gives a NaN scale, which decodes to NaN values and which
+        the hook's payload check flags on every rank, as it does Top-K's."""
+        x = x.reshape(-1)
+        values, indices = self.select(x, rnd)
+        codes, scale, counts, offsets = kernels.packed_encode(values, indices, x.numel(), BLOCK, FORMAT.exponent,
+                                                              FORMAT.mantissa, FORMAT.bias)
+        return Payload({"values": codes, "scale": scale, "block_indices": counts, "indices": offsets}, x.numel())
 
     def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
-        """v - C(v) in place, from the support at hand (no index rebuild)."""
-        payload, indices = self._encode(v, rnd)
-        kernels.sparse_accumulate(v, _values(payload), indices, -1.0)
+        """v - C(v) in place, O(K): one pass over the payload's entries."""
+        payload = self.compress(v, rnd)
+        self.accumulate(v, [payload], -1.0, rnd)
         return payload, v
 
-    def _encode(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor]:
-        """The payload of flat ``x`` and its support (int64). A non-finite kept value (e + grad
-        overflowed) gives a NaN scale, which decodes to NaN values and which the hook's payload
-        check flags on every rank, as it does Top-K's."""
-        values, indices = self.select(x, rnd)
-        top = float(values.abs().max()) if values.numel() else 0.0
-        scale = torch.tensor([_scale(top)], dtype=torch.float32, device=x.device)
-        finite = math.isfinite(top)
-        codes = FORMAT.encode(values, float(scale)) if finite else torch.zeros_like(indices, dtype=torch.uint8)
-        blocks = indices.div(BLOCK, rounding_mode="floor")
-        counts = torch.bincount(blocks, minlength=math.ceil(x.numel() / BLOCK))
-        payload = Payload({"values": codes, "scale": scale, "block_indices": counts.to(torch.uint8),
-                           "indices": (indices - blocks * BLOCK).to(torch.uint8)}, x.numel())
-        return payload, indices
+    def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
+        out = torch.zeros(payload.numel, dtype=torch.float32, device=payload.parts["values"].device)
+        self.accumulate(out, [payload], 1.0, rnd)
+        return out
+
+    def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:
+        """One ``kernels.packed_accumulate`` of every payload's entries, in rank order (no index or
+        value tensors built)."""
+        present = [p.parts for p in payloads if p.parts]  # empty: a worker that stayed silent
+        if present:
+            kernels.packed_accumulate(out, [p["values"] for p in present], [p["scale"] for p in present],
+                                      [p["block_indices"] for p in present], [p["indices"] for p in present], BLOCK,
+                                      FORMAT.exponent, FORMAT.mantissa, FORMAT.bias, alpha)
 
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
-        """The decoded (fp32 values, int64 indices) of a payload."""
+        """The decoded (fp32 values, int64 indices) of a payload, from plain torch ops (what the
+        kernels compute, entry by entry)."""
         parts = payload.parts
         blocks = torch.repeat_interleave(torch.arange(parts["block_indices"].numel(), device=parts["indices"].device),
                                          parts["block_indices"].long(),
                                          output_size=parts["indices"].numel())  # K known: no device sync
-        return _values(payload), blocks * BLOCK + parts["indices"].long()
-
-
-def _values(payload: Payload) -> Tensor:
-    """The fp32 values s q of a payload (NaN where its scale is not finite)."""
-    codes, s = payload.parts["values"], float(payload.parts["scale"])
-    return FORMAT.decode(codes, s) if math.isfinite(s) else torch.full(codes.shape, math.nan, device=codes.device)
-
-
-def _scale(top: float) -> float:
-    """s: the least fp32 with top / s <= 480 (rounded up, so the largest value never saturates;
-    at least fp32's least subnormal; 1 for a zero tensor; NaN for a non-finite one)."""
-    if not math.isfinite(top):
-        return math.nan
-    if top == 0.0:
-        return 1.0
-    s = torch.tensor(max(top / FORMAT.max_value, 2.0 ** -149), dtype=torch.float32)
-    if float(s) * FORMAT.max_value < top:
-        s = torch.nextafter(s, torch.tensor(math.inf))
-    return float(s)
+        values = FORMAT.decode(parts["values"], 1.0) * parts["scale"]  # NaN where the scale is
+        return values, blocks * BLOCK + parts["indices"].long()

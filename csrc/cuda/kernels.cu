@@ -5,7 +5,8 @@
 // All work is queued on the current stream with no device synchronisation,
 // except where the result's size or an error depends on the data:
 // float_encode reads back one flag to raise on NaN/Inf, sparse_accumulate the
-// indices' range (csrc/op_checks.h), and the Huffman ops (sequential,
+// indices' range, packed_encode/accumulate the support's order and range (csrc/op_checks.h),
+// and the Huffman ops (sequential,
 // variable-length) copy to the CPU coder and back.
 //
 // Top-k by |v| (topk_abs, ef21_topk_step) is a radix select on the key
@@ -365,6 +366,114 @@ at::Tensor float_decode_cuda(const at::Tensor& codes, int64_t exponent, int64_t 
   return out;
 }
 
+// -- Top-K packed in 16 bits an entry -------------------------------------------------------
+// The scale is computed on the device from max |v| (amax propagates NaN) and read there by the
+// codes kernel: no read-back besides the indices' check. Counts: each block binary-searches the
+// ascending indices for its range. Accumulate: an exclusive scan of a payload's counts gives
+// each block's first entry; each entry finds its block by binary search and adds its value (the
+// code's value at scale 1 times the scale, one fp32 product, as decode_table computes it). The
+// entries of a valid payload are distinct coordinates, so the atomic adds never meet and the
+// sums are those of the CPU; payloads go in list order on the stream.
+__global__ void packed_scale_kernel(const float* top, int64_t k, float max_value, float* scale) {
+  *scale = k ? packed_scale(*top, max_value) : 1.0f;
+}
+
+__global__ void packed_codes_kernel(const float* v, const int64_t* index, int64_t k, int64_t block, FloatFormat f,
+                                    const float* scale, uint8_t* codes, uint8_t* offsets) {
+  const float s = *scale;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < k; j += int64_t(gridDim.x) * blockDim.x) {
+    codes[j] = s != s ? uint8_t(0) : encode_nearest(__fdiv_rn(v[j], s), f);
+    offsets[j] = uint8_t(index[j] % block);
+  }
+}
+
+__device__ int64_t first_at_least(const int64_t* sorted, int64_t n, int64_t value) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (sorted[mid] < value) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+__global__ void packed_counts_kernel(const int64_t* index, int64_t k, int64_t block, int64_t blocks, uint8_t* counts) {
+  for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * blockDim.x) {
+    counts[b] = uint8_t(first_at_least(index, k, (b + 1) * block) - first_at_least(index, k, b * block));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> packed_encode_cuda(const at::Tensor& values,
+                                                                             const at::Tensor& indices, int64_t numel,
+                                                                             int64_t block, int64_t exponent,
+                                                                             int64_t mantissa, int64_t bias) {
+  check_packed_encode(values, indices, numel, block, exponent, mantissa, bias);
+  const c10::cuda::CUDAGuard guard(values.device());
+  cudaStream_t stream = current_stream();
+  const at::Tensor v = values.reshape(-1).to(at::kFloat).contiguous();
+  const at::Tensor index = indices.reshape(-1).to(at::kLong).contiguous();
+  const int64_t k = v.numel(), blocks = packed_blocks(numel, block);
+  const auto bytes = v.options().dtype(at::kByte);
+  at::Tensor codes = at::empty({k}, bytes), offsets = at::empty({k}, bytes), counts = at::empty({blocks}, bytes);
+  at::Tensor scale = at::empty({1}, v.options());
+  const at::Tensor top = k ? v.abs().amax() : at::zeros({}, v.options());
+  packed_scale_kernel<<<1, 1, 0, stream>>>(top.const_data_ptr<float>(), k,
+                                           max_value(int(exponent), int(mantissa), int(bias)),
+                                           scale.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (k) {
+    const FloatFormat f{int(exponent), int(mantissa), int(bias), 1.0f};
+    packed_codes_kernel<<<grid_for(k), kThreads, 0, stream>>>(
+        v.const_data_ptr<float>(), index.const_data_ptr<int64_t>(), k, block, f, scale.const_data_ptr<float>(),
+        codes.mutable_data_ptr<uint8_t>(), offsets.mutable_data_ptr<uint8_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (blocks) {
+    packed_counts_kernel<<<grid_for(blocks), kThreads, 0, stream>>>(index.const_data_ptr<int64_t>(), k, block, blocks,
+                                                                   counts.mutable_data_ptr<uint8_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {codes, scale, counts, offsets};
+}
+
+__global__ void packed_add_kernel(float* out, const uint8_t* codes, const int64_t* starts, int64_t blocks,
+                                  const uint8_t* offsets, int64_t k, int64_t block, DecodeTable table,
+                                  const float* scale, float alpha) {
+  __shared__ float local[256];
+  for (int c = threadIdx.x; c < 256; c += blockDim.x) local[c] = table.value[c];
+  __syncthreads();
+  const float s = *scale;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < k; j += int64_t(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = blocks;  // the last block b with starts[b] <= j: the one holding entry j
+    while (hi - lo > 1) {
+      const int64_t mid = (lo + hi) / 2;
+      if (starts[mid] <= j) lo = mid; else hi = mid;
+    }
+    atomicAdd(out + lo * block + offsets[j], __fmul_rn(alpha, __fmul_rn(local[codes[j]], s)));
+  }
+}
+
+void packed_accumulate_cuda(at::Tensor out, at::TensorList codes, at::TensorList scales, at::TensorList counts,
+                            at::TensorList offsets, int64_t block, int64_t exponent, int64_t mantissa, int64_t bias,
+                            double alpha) {
+  check_packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias);
+  const c10::cuda::CUDAGuard guard(out.device());
+  DecodeTable table;
+  const std::array<float, 256> values = decode_table(int(exponent), int(mantissa), int(bias), 1.0f);
+  std::copy(values.begin(), values.end(), table.value);
+  for (size_t r = 0; r < codes.size(); ++r) {
+    const int64_t k = codes[r].numel(), blocks = counts[r].numel();
+    if (k == 0) continue;
+    const at::Tensor c = codes[r].contiguous(), o = offsets[r].contiguous();
+    const at::Tensor n = counts[r].reshape(-1).to(at::kLong).contiguous();
+    at::Tensor starts = at::empty_like(n);
+    exclusive_sum(n.const_data_ptr<int64_t>(), starts.mutable_data_ptr<int64_t>(), blocks, n);
+    packed_add_kernel<<<grid_for(k), kThreads, 0, current_stream()>>>(
+        out.mutable_data_ptr<float>(), c.const_data_ptr<uint8_t>(), starts.const_data_ptr<int64_t>(), blocks,
+        o.const_data_ptr<uint8_t>(), k, block, table, scales[r].const_data_ptr<float>(), static_cast<float>(alpha));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 // -- Huffman: the sequential coder runs on the CPU ------------------------------------------
 // A prefix code's output length depends on every symbol before it, so the stream is produced
 // by the CPU kernel: one device-to-host copy of the symbols (1 byte each), one host-to-device
@@ -552,6 +661,8 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("sign_accumulate", &sign_accumulate_cuda);
   m.impl("adam_normalize", &adam_normalize_cuda);
   m.impl("adam_normalize.out", &adam_normalize_out_cuda);
+  m.impl("packed_encode", &packed_encode_cuda);
+  m.impl("packed_accumulate", &packed_accumulate_cuda);
 }
 
 }  // namespace threepc
