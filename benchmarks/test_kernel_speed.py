@@ -1,5 +1,5 @@
-"""Speed of the selection kernels, the scaled-sign codec and Adam's normalisation against torch
-and against a copy of the same buffer (``make bench``).
+"""Speed of the selection kernels, PackedTopK's packing, the scaled-sign codec and Adam's
+normalisation against torch and against a copy of the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
@@ -14,9 +14,11 @@ import torch
 
 from compressors import ScaledSign, kernels
 from compressors.kernels import reference
+from compressors.operators.packed_topk import BLOCK, FORMAT
 
 SIZES = {"1M": 1_000_000, "6.5M": 6_500_000, "64M": 64_000_000}
 RATIO = 0.01
+PACKED_RATIO = 0.05  # the SGD default's PackedTopK
 
 
 def rounds(n: int) -> int:
@@ -56,10 +58,38 @@ def measure(benchmark, record, group, implementation, buffer, make_args, threepc
 
 
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
-def test_topk_abs(benchmark, record, buffers, implementation):
+@pytest.mark.parametrize("ratio", [RATIO, PACKED_RATIO], ids=lambda r: f"{r:.0%}")
+def test_topk_abs(benchmark, record, buffers, implementation, ratio):
     size, x, _ = buffers
-    k = int(RATIO * x.numel())
-    measure(benchmark, record, f"topk_abs {size}", implementation, x, lambda: (x, k), kernels.topk_abs, torch_topk_abs)
+    k = int(ratio * x.numel())
+    group = f"topk_abs {size}" if ratio == RATIO else f"topk_abs {ratio:.0%} {size}"
+    measure(benchmark, record, group, implementation, x, lambda: (x, k), kernels.topk_abs, torch_topk_abs)
+
+
+def _packed(values: torch.Tensor, indices: torch.Tensor, numel: int, encode=kernels.packed_encode):
+    return encode(values, indices, numel, BLOCK, FORMAT.exponent, FORMAT.mantissa, FORMAT.bias)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_packed_encode(benchmark, record, buffers, implementation):
+    """PackedTopK's payload from Top-K 5%'s (values, indices): threepc's one pass against the
+    reference's torch ops (what PackedTopK ran before the kernel)."""
+    size, x, _ = buffers
+    selected = kernels.topk_abs(x, int(PACKED_RATIO * x.numel()))
+    measure(benchmark, record, f"packed_encode 5% {size}", implementation, x, lambda: selected,
+            lambda v, i: _packed(v, i, x.numel()), lambda v, i: _packed(v, i, x.numel(), reference.packed_encode))
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_packed_accumulate(benchmark, record, buffers, implementation):
+    """out += (1/2) of 2 PackedTopK 5% payloads (a rank's decode of an all_gather of 2)."""
+    size, x, y = buffers
+    payloads = [_packed(*kernels.topk_abs(t, int(PACKED_RATIO * t.numel())), t.numel()) for t in (x, y)]
+    parts = [[p[j] for p in payloads] for j in range(4)]
+    out = torch.zeros_like(x)
+    args = (BLOCK, FORMAT.exponent, FORMAT.mantissa, FORMAT.bias, 0.5)
+    measure(benchmark, record, f"packed_accumulate n=2 5% {size}", implementation, x, lambda: (out,),
+            lambda o: kernels.packed_accumulate(o, *parts, *args), lambda o: reference.packed_accumulate(o, *parts, *args))
 
 
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])

@@ -85,20 +85,24 @@ THREEPC_HOST_DEVICE uint8_t encode_stochastic(float x, uint64_t noise, const Flo
   return uint8_t(magnitude ? (sign | uint32_t(magnitude)) : 0u);
 }
 
+THREEPC_HOST_DEVICE float float_of_bits(uint32_t bits) {
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
 // The scale of a packed Top-K payload (reference.packed_scale): the least fp32 s with
-// s * max_value >= top (in fp64, exact), at least 2^-149; 1 for top = 0; NaN for a non-finite top.
+// s * max_value >= top (in fp64, exact), at least 2^-149; 1 for top = 0; NaN for a non-finite top
+// or when no finite fp32 is large enough.
 THREEPC_HOST_DEVICE float packed_scale(float top, float max_value) {
-  if (non_finite(top)) {
-    const uint32_t nan_bits = 0x7FC00000u;
-    float nan;
-    std::memcpy(&nan, &nan_bits, sizeof(nan));
-    return nan;
-  }
+  const float nan = float_of_bits(0x7FC00000u), inf = float_of_bits(0x7F800000u);
+  if (non_finite(top)) return nan;
   if (top == 0.0f) return 1.0f;
   const double q = double(top) / double(max_value), least = 0x1p-149;
+  if (q > double(float_of_bits(0x7F7FFFFFu))) return nan;  // beyond fp32's largest finite value
   float s = float(q > least ? q : least);
-  if (double(s) * double(max_value) < double(top)) s = nextafterf(s, 0x1p127f);
-  return s;
+  if (double(s) * double(max_value) < double(top)) s = nextafterf(s, inf);
+  return non_finite(s) ? nan : s;
 }
 
 // -- host side ----------------------------------------------------------------------------

@@ -270,6 +270,13 @@ inline void check_adam_outputs(const at::Tensor& grad, const at::Tensor& m, cons
 
 inline int64_t packed_blocks(int64_t numel, int64_t block) { return (numel + block - 1) / block; }
 
+// A float format whose largest value, (2 - 2^-m) 2^(2^e - 1 - bias), is a finite fp32.
+inline void check_packed_format(const char* op, int64_t exponent, int64_t mantissa, int64_t bias) {
+  check_format(exponent, mantissa, bias, 1.0);
+  TORCH_CHECK_VALUE((int64_t{1} << exponent) - 1 - bias < 128, op, ": the float format [1, ", exponent, ", ", mantissa,
+                    "] with bias ", bias, " has a largest value beyond fp32's; use a larger bias");
+}
+
 inline void check_packed_block(const char* op, int64_t block) {
   TORCH_CHECK_VALUE(block >= 1 && block <= 255, op, ": block must lie in [1, 255] entries (a block's count and an "
                     "offset in it are bytes), got ", block);
@@ -280,7 +287,7 @@ inline void check_packed_encode(const at::Tensor& values, const at::Tensor& indi
                                 int64_t exponent, int64_t mantissa, int64_t bias) {
   check_floating("packed_encode", "values", values);
   check_packed_block("packed_encode", block);
-  check_format(exponent, mantissa, bias, 1.0);
+  check_packed_format("packed_encode", exponent, mantissa, bias);
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
                    "packed_encode: indices must be int64 or int32, got ", indices.scalar_type());
   TORCH_CHECK_VALUE(values.numel() == indices.numel() && values.device() == indices.device(), "packed_encode: values (",
@@ -303,7 +310,7 @@ inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes,
                    "packed_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
                    out.is_contiguous() ? "" : ", non-contiguous");
   check_packed_block("packed_accumulate", block);
-  check_format(exponent, mantissa, bias, 1.0);
+  check_packed_format("packed_accumulate", exponent, mantissa, bias);
   TORCH_CHECK_VALUE(codes.size() == scales.size() && codes.size() == counts.size() && codes.size() == offsets.size(),
                     "packed_accumulate: ", codes.size(), " codes, ", scales.size(), " scales, ", counts.size(),
                     " counts and ", offsets.size(), " offsets tensors; pass one of each per payload");

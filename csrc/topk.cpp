@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -72,17 +73,30 @@ inline uint32_t mask16(const KeyFn& key, int64_t base, int32_t bound) {
   return mask;
 }
 
-// The (index, value) pairs one chunk of the filter pass keeps, in index order.
-struct Kept {
-  std::vector<int64_t> index;
-  std::vector<float> value;
+// The (index, value) pairs one chunk of the filter pass keeps, in index order, in buffers that
+// are never zero-filled (pages are touched only as used) with room to store 8 pairs at once. One
+// cache line each: the chunks' threads update their counts side by side.
+struct alignas(64) Kept {
+  std::unique_ptr<int64_t[]> index;
+  std::unique_ptr<float[]> value;
+  int64_t size = 0, capacity = 0;
   void reserve(int64_t m) {
-    index.reserve(m);
-    value.reserve(m);
+    if (m <= capacity) return;
+    std::unique_ptr<int64_t[]> more_index(new int64_t[m]);
+    std::unique_ptr<float[]> more_value(new float[m]);
+    std::copy(index.get(), index.get() + size, more_index.get());
+    std::copy(value.get(), value.get() + size, more_value.get());
+    index.swap(more_index);
+    value.swap(more_value);
+    capacity = m;
+  }
+  void room(int64_t extra) {
+    if (size + extra > capacity) reserve(std::max(2 * capacity, size + extra));
   }
   void push(int64_t i, float v) {
-    index.push_back(i);
-    value.push_back(v);
+    room(1);
+    index[size] = i;
+    value[size++] = v;
   }
 };
 
@@ -102,28 +116,47 @@ void keep_at_least(const KeyFn& key, int64_t begin, int64_t end, int32_t bound, 
 }
 
 #if defined(__x86_64__)
+// kHitLanes[m]: the lanes whose bit is set in the 8-bit mask m, in order (the rest 0).
+alignas(32) constexpr auto kHitLanes = [] {
+  std::array<std::array<int32_t, 8>, 256> lanes{};
+  for (int m = 0; m < 256; ++m) {
+    int n = 0;
+    for (int lane = 0; lane < 8; ++lane) {
+      if ((m >> lane) & 1) lanes[m][n++] = lane;
+    }
+  }
+  return lanes;
+}();
+
 // The same for fp32 values x[i] (h == nullptr) or x[i] - h[i], eight keys per AVX2 compare.
 // Compiled for AVX2 alone and called only where the CPU has it (see keep_at_least_fast).
 __attribute__((target("avx2"))) void keep_at_least_avx2(const float* x, const float* h, int64_t begin, int64_t end,
                                                        int32_t bound, Kept& out) {
   const __m256i bound_minus_one = _mm256_set1_epi32(bound - 1), magnitude = _mm256_set1_epi32(0x7fffffff);
   const auto value = [x, h](int64_t i) { return h != nullptr ? x[i] - h[i] : x[i]; };
-  int64_t base = begin;
-  for (; base + 16 <= end; base += 16) {
-    uint32_t mask = 0;
-    for (int half = 0; half < 2; ++half) {
-      const int64_t i = base + 8 * half;
-      __m256 v = _mm256_loadu_ps(x + i);
-      if (h != nullptr) v = _mm256_sub_ps(v, _mm256_loadu_ps(h + i));
-      const __m256i keys = _mm256_and_si256(_mm256_castps_si256(v), magnitude);
-      const __m256i hit = _mm256_cmpgt_epi32(keys, bound_minus_one);
-      mask |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(hit))) << (8 * half);
+  int64_t base = begin, size = out.size;  // a local count: the chunks' Kept may share a cache line
+  for (; base + 8 <= end; base += 8) {
+    __m256 v = _mm256_loadu_ps(x + base);
+    if (h != nullptr) v = _mm256_sub_ps(v, _mm256_loadu_ps(h + base));
+    const __m256i keys = _mm256_and_si256(_mm256_castps_si256(v), magnitude);
+    const uint32_t mask = static_cast<uint32_t>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(keys, bound_minus_one))));
+    // Left-pack the hits with one permute (no branch on the data): store 8 pairs, keep popcount.
+    const __m256i lanes = _mm256_load_si256(reinterpret_cast<const __m256i*>(kHitLanes[mask].data()));
+    if (size + 8 > out.capacity) {
+      out.size = size;
+      out.room(8);
     }
-    for (; mask != 0; mask &= mask - 1) {
-      const int64_t i = base + __builtin_ctz(mask);
-      out.push(i, value(i));
-    }
+    _mm256_storeu_ps(out.value.get() + size, _mm256_permutevar8x32_ps(v, lanes));
+    const __m256i first = _mm256_set1_epi64x(base);
+    int64_t* index = out.index.get() + size;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index),
+                        _mm256_add_epi64(first, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(lanes))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + 4),
+                        _mm256_add_epi64(first, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(lanes, 1))));
+    size += __builtin_popcount(mask);
   }
+  out.size = size;
   for (; base < end; ++base) {
     if (static_cast<int32_t>(abs_key(value(base))) >= bound) out.push(base, value(base));
   }
@@ -179,13 +212,13 @@ struct KeptValues {
   std::vector<Kept> chunks;
   int64_t size() const {
     int64_t m = 0;
-    for (const Kept& c : chunks) m += static_cast<int64_t>(c.index.size());
+    for (const Kept& c : chunks) m += c.size;
     return m;
   }
   template <typename Fn>
   void for_each(const Fn& fn) const {
     for (const Kept& c : chunks) {
-      for (size_t j = 0; j < c.index.size(); ++j) fn(c.index[j], c.value[j]);
+      for (int64_t j = 0; j < c.size; ++j) fn(c.index[j], c.value[j]);
     }
   }
 };

@@ -421,3 +421,18 @@ def test_packed_topk_marks_a_non_finite_value_with_a_nan_scale_that_the_hook_fla
         assert torch.isnan(payload.parts["scale"]).all()
         values, indices = c.located(payload, Round())
         assert 3 in indices.tolist() and torch.isnan(values).all()
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.7])
+def test_error_feedback_rounds_decay_times_e_then_the_sum(decay):
+    """v = x + decay e, the product and the sum each rounded to fp32 (no fused multiply-add, which
+    would change CO3's memory with the CPU), into a new tensor or into ``out``."""
+    from compressors.core.error_feedback import compensated
+
+    gen = torch.Generator().manual_seed(4)
+    x, e = torch.randn(100_003, generator=gen), torch.randn(100_003, generator=gen)
+    want = x + decay * e if decay != 1.0 else x + e
+    for out in (None, torch.empty(100_003)):
+        _, residual = compensated(TopK(k=1), e, x, Round(), decay, out=out)
+        kept = residual != 0
+        assert torch.equal(residual[kept], want[kept]) and int(kept.sum()) == 100_002

@@ -166,3 +166,30 @@ def test_opcheck_passes_for_the_packed_ops():
     torch.library.opcheck(torch.ops.threepc.packed_encode.default, (values, indices, 5000, 255, *f))
     torch.library.opcheck(torch.ops.threepc.packed_accumulate.default,
                           (torch.zeros(5000), *[[t, t] for t in payload], 255, *f, 0.5))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_the_scale_is_fp32_whatever_the_default_dtype(impl):
+    """The scale's rounding up is an fp32 step even when torch's default dtype is float64 (a float64
+    step rounded back to fp32 left s one ulp short: the largest value saturated)."""
+    values, indices = torch.tensor([847.449, -3.0]), torch.tensor([0, 7])
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, scale, _, _ = IMPLS[impl].packed_encode(values, indices, 8, 255, *_args(FORMATS["fp8-143"]))
+    finally:
+        torch.set_default_dtype(before)
+    s = float(scale)
+    assert s * FORMATS["fp8-143"].max_value >= 847.449 and scale.dtype == torch.float32
+    assert torch.equal(scale, reference.packed_encode(values, indices, 8, 255, *_args(FORMATS["fp8-143"]))[1])
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_formats_beyond_fp32_are_refused_and_a_scale_beyond_it_is_nan(impl):
+    ops = IMPLS[impl]
+    with pytest.raises(ValueError, match=r"\[1, 7, 0\] with bias -1 has a largest value beyond fp32's"):
+        ops.packed_encode(torch.ones(2), torch.tensor([0, 1]), 2, 1, 7, 0, -1)
+    with pytest.raises(ValueError, match="beyond fp32's"):
+        ops.packed_accumulate(torch.zeros(2), [], [], [], [], 1, 7, 0, -1, 1.0)
+    codes, scale, _, _ = ops.packed_encode(torch.tensor([1e30, 1.0]), torch.tensor([0, 1]), 2, 1, 1, 0, 64)
+    assert math.isnan(float(scale)) and not codes.any()  # the largest value is 2^-63: s would be 1e30 2^63

@@ -76,7 +76,9 @@ class Mechanism(ABC):
     keeps the old state may pass uninitialised tensors there instead of copies).
     ``written_in_place``: the memory fields whose tensors ``step`` (or ``relay``) may write in
     place; None: any. A caller that keeps the memory to roll a round back copies these and keeps
-    the others by reference (empty: ``step`` replaces ``memory`` and never writes the old tensors).
+    the others by reference (empty: ``step`` replaces ``memory`` and never writes the tensors of
+    the memory it replaces; it may write those of the memory before, as EF14 does, so a caller
+    holds a memory by reference through one round, not two).
     ``carries_memory``: ``init`` continues the memory the instance already holds instead of
     starting it (a caller may seed a dense round's worker with its tensors' current memory).
     ``two_stage``: payloads travel in two stages, through the owner of each chunk

@@ -196,8 +196,9 @@ def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, expon
     """A Top-K support (``indices`` ascending, of a tensor of ``numel`` entries) and its ``values``
     in about 16 bits an entry: (codes, scale, counts, offsets) with codes the 8-bit floats
     [1, exponent, mantissa] of values / scale, scale (fp32[1]) the least fp32 whose product with
-    the format's largest value reaches max |values| (NaN if one is not finite), counts the indices
-    in each block of ``block`` entries and offsets each index's place in its block (uint8)."""
+    the format's largest value reaches max |values| (at least 2^-149; 1 if max |values| is 0; NaN
+    if a value is not finite), counts the indices in each block of ``block`` entries and offsets
+    each index's place in its block (uint8). ``reference`` has the rounding."""
     return _ops.packed_encode(values, indices, numel, block, exponent, mantissa, bias)
 
 
@@ -205,5 +206,7 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
                       offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
                       alpha: float = 1.0) -> None:
     """out[entry] += alpha * its decoded value, for every entry of every ``packed_encode`` payload
-    (codes[r], scales[r], counts[r], offsets[r]), in list order: deterministic."""
+    (codes[r], scales[r], counts[r], offsets[r]), in list order: deterministic for payloads whose
+    entries are distinct coordinates (``packed_encode``'s; on CUDA the adds of a corrupt payload
+    that repeats an entry meet in any order)."""
     _ops.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias, alpha)

@@ -267,6 +267,14 @@ def _packed_block(op: str, block: int) -> None:
                          f"bytes), got {block}")
 
 
+def _packed_format(op: str, exponent: int, mantissa: int, bias: int) -> None:
+    """A float format whose largest value, (2 - 2^-m) 2^(2^e - 1 - bias), is a finite fp32."""
+    _format(exponent, mantissa, bias, 1.0)
+    if (1 << exponent) - 1 - bias >= 128:
+        raise ValueError(f"{op}: the float format [1, {exponent}, {mantissa}] with bias {bias} has a largest value "
+                         "beyond fp32's; use a larger bias")
+
+
 def packed_blocks(numel: int, block: int) -> int:
     """The block counts of a packed Top-K payload of ``numel`` entries: ceil(numel / block)."""
     return -(-numel // block)
@@ -277,7 +285,7 @@ def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, expon
     """Reads the indices back (a device synchronisation on CUDA): they must be topk_abs's."""
     _floating("packed_encode", "values", values)
     _packed_block("packed_encode", block)
-    _format(exponent, mantissa, bias, 1.0)
+    _packed_format("packed_encode", exponent, mantissa, bias)
     if indices.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"packed_encode: indices must be int64 or int32, got {indices.dtype}")
     if values.numel() != indices.numel() or values.device != indices.device:
@@ -299,7 +307,7 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise TypeError(f"{op}: out must be a contiguous float32 tensor, got {out.dtype}{_non_contiguous(out)}")
     _packed_block(op, block)
-    _format(exponent, mantissa, bias, 1.0)
+    _packed_format(op, exponent, mantissa, bias)
     if not len(codes) == len(scales) == len(counts) == len(offsets):
         raise ValueError(f"{op}: {len(codes)} codes, {len(scales)} scales, {len(counts)} counts and {len(offsets)} "
                          "offsets tensors; pass one of each per payload")

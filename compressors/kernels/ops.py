@@ -48,11 +48,12 @@ SCHEMAS = (
     # out += sign_j * (scale_b * alpha) of every payload (signs[r], scales[r]), in list order.
     "sign_accumulate(Tensor(a!) out, Tensor[] signs, Tensor[] scales, int block, float alpha) -> ()",
     # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
-    # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|), one uint8 count per
-    # block of `block` entries and one uint8 offset in its block per entry.
+    # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|, at least 2^-149; 1
+    # for max |v| = 0; NaN for a non-finite v), one uint8 count per block of `block` entries and one
+    # uint8 offset in its block per entry.
     "packed_encode(Tensor values, Tensor indices, int numel, int block, int exponent, int mantissa, int bias) "
     "-> (Tensor codes, Tensor scale, Tensor counts, Tensor offsets)",
-    # out[block b_j * block + offsets_j] += alpha * scale * value(codes_j) of every payload, in list order.
+    # out[b_j * block + offsets_j] += alpha * (value(codes_j) * scale) of every payload, in list order.
     "packed_accumulate(Tensor(a!) out, Tensor[] codes, Tensor[] scales, Tensor[] counts, Tensor[] offsets, int block, "
     "int exponent, int mantissa, int bias, float alpha) -> ()",
     # Adam's moments m', v' and the normalised gradient d = grad / (sqrt(w) + eps) in one pass.

@@ -44,9 +44,10 @@ CUDA tensors when the extension has no CUDA kernels.
   tensors (m', v', d); m and v are not written.
 * ``packed_encode(values, indices, numel, block, exponent, mantissa, bias)``: a Top-K support
   (indices ascending strictly in [0, numel)) and its values in about 16 bits an entry. With
-  top = max |values| (fp32) and M the format's largest value: the scale s (fp32[1]) is the least
-  fp32 with s M >= top, at least 2^-149 (fp32's least subnormal); 1 when top = 0 or there are no
-  values; NaN when a value is not finite. codes = float_encode(values, ..., s, -1) (round to
+  top = max |values| (fp32) and M the format's largest value (finite in fp32, else ValueError):
+  the scale s (fp32[1]) is the least fp32 with s M >= top, at least 2^-149 (fp32's least
+  subnormal); 1 when top = 0 or there are no values; NaN when a value is not finite or no finite
+  fp32 is large enough. codes = float_encode(values, ..., s, -1) (round to
   nearest), all 0 when s is NaN. counts (uint8[ceil(numel / block)]): how many indices each block
   of ``block`` (<= 255) entries holds; offsets (uint8): index - block floor(index / block).
   Returns (codes, scale, counts, offsets).
@@ -333,15 +334,15 @@ def _max_value(exponent: int, mantissa: int, bias: int) -> float:
 
 def packed_scale(top: float, max_value: float) -> float:
     """s: the least fp32 with s * max_value >= top, at least 2^-149; 1 for top = 0; NaN for a
-    non-finite top."""
+    non-finite top or when no finite fp32 is large enough."""
     if not math.isfinite(top):
         return math.nan
     if top == 0.0:
         return 1.0
     s = torch.tensor(max(top / max_value, 2.0 ** -149), dtype=torch.float32)
     if float(s) * max_value < top:
-        s = torch.nextafter(s, torch.tensor(math.inf))
-    return float(s)
+        s = torch.nextafter(s, torch.tensor(math.inf, dtype=torch.float32))
+    return float(s) if math.isfinite(float(s)) else math.nan
 
 
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
