@@ -6,7 +6,8 @@
 // compares order them too. Top-k of n keys:
 //   1. a sample of evenly spaced runs bounds the k-th largest key from below;
 //   2. one parallel pass over fixed chunks keeps the (index, value) pairs whose
-//      key reaches the bound (AVX2 where the CPU has it; ~1.3 k pairs for k/n=1%);
+//      key reaches the bound (AVX2 where the CPU has it: each 8 keys' hits are
+//      left-packed by one permute and stored as 8 pairs; ~1.3 k pairs for k/n=1%);
 //   3. an exact radix select (11+11+10-bit digits) on those pairs finds the k-th
 //      key T; keys above T are all taken, keys equal to T lowest index first.
 // If the sample overshot (fewer than k pairs kept), step 3 runs on all n keys.
@@ -134,7 +135,7 @@ __attribute__((target("avx2"))) void keep_at_least_avx2(const float* x, const fl
                                                        int32_t bound, Kept& out) {
   const __m256i bound_minus_one = _mm256_set1_epi32(bound - 1), magnitude = _mm256_set1_epi32(0x7fffffff);
   const auto value = [x, h](int64_t i) { return h != nullptr ? x[i] - h[i] : x[i]; };
-  int64_t base = begin, size = out.size;  // a local count: the chunks' Kept may share a cache line
+  int64_t base = begin, size = out.size;  // the count stays in a register
   for (; base + 8 <= end; base += 8) {
     __m256 v = _mm256_loadu_ps(x + base);
     if (h != nullptr) v = _mm256_sub_ps(v, _mm256_loadu_ps(h + base));
