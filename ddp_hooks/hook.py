@@ -172,6 +172,8 @@ class _Round:
         entries it overwrote are free: the next round writes them (``BucketState.spare``)."""
         if self.dense:
             self.state.install(self.bucket)
+        else:
+            self.bucket.compressed += 1
         self.state.record_moves(self.bucket)
         if self.server is not None:
             self.bucket.spare = {k: self.server[k] for k in self.worker.overwrites if k in self.server}

@@ -55,6 +55,7 @@ class BucketState:
     worker: Mechanism
     server: dict[str, Tensor] | None = None  # fp32, set by the first dense round's callback
     spare: dict[str, Tensor] = field(default_factory=dict)  # aggregate entries a committed round overwrote
+    compressed: int = 0  # compressed rounds committed
 
     @property
     def estimate(self) -> Tensor:
@@ -282,9 +283,16 @@ class ThreePCState:
     def units(self, params: list[Tensor]) -> list[tuple[int, ...]]:
         """The compression units of the bucket holding ``params``: the bucket itself, unless it is
         exactly a union of known units (live bucket states, or a checkpoint's layout), which are
-        then compressed one by one, as they were before."""
+        then compressed one by one, as they were before. A bucket that holds the parameters of one
+        live state that has seen only its dense round, in another order (DDP's rebuilt buckets
+        after the first iteration), is its own unit: its state is re-laid out once in the
+        bucket's order (``bucket_state``) instead of the bucket being copied into the old order
+        every round."""
         key = tuple(id(p) for p in params)
         if key in self._buckets:
+            return [key]
+        owner = self._buckets.get(self._owner.get(key[0], ())) if key else None
+        if owner is not None and owner.compressed == 0 and set(owner.params) == set(key):
             return [key]
         known = {p: unit for unit in (*self._buckets, *self._layout) for p in unit}
         members, units = set(key), []
