@@ -363,9 +363,17 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
                       offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
                       alpha: float = 1.0) -> None:
     checks.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias)
-    for c, s, n, o in zip(codes, scales, counts, offsets):
-        if c.numel() == 0:
-            continue
-        blocks = torch.repeat_interleave(torch.arange(n.numel(), device=out.device), n.reshape(-1).long())
-        value = float_decode(c, exponent, mantissa, bias, 1.0) * s.reshape(-1)  # one fp32 product, any scale
-        sparse_accumulate(out, value, blocks * block + o.reshape(-1).long(), alpha)
+    for payload in zip(codes, scales, counts, offsets):
+        if payload[0].numel():
+            sparse_accumulate(out, *packed_decode(*payload, block, exponent, mantissa, bias), alpha)
+
+
+def packed_decode(codes: Tensor, scale: Tensor, counts: Tensor, offsets: Tensor, block: int, exponent: int,
+                  mantissa: int, bias: int) -> tuple[Tensor, Tensor]:
+    """A ``packed_encode`` payload as (fp32 values, int64 indices): each code's value times the
+    scale (one fp32 product; NaN where the scale is), at block b_j * block + offsets_j (no
+    argument checks: ``packed_accumulate``'s)."""
+    blocks = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts.reshape(-1).long(),
+                                     output_size=codes.numel())  # K known: no device sync
+    values = float_decode(codes, exponent, mantissa, bias, 1.0) * scale.reshape(-1)
+    return values, blocks * block + offsets.reshape(-1).long()

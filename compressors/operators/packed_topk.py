@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import kernels
+from ..kernels import reference
 from ..core.compressor import ROUND0
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
@@ -81,11 +82,8 @@ class PackedTopK(TopK):
                                       FORMAT.exponent, FORMAT.mantissa, FORMAT.bias, alpha)
 
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
-        """The decoded (fp32 values, int64 indices) of a payload, from plain torch ops (what the
-        kernels compute, entry by entry)."""
-        parts = payload.parts
-        blocks = torch.repeat_interleave(torch.arange(parts["block_indices"].numel(), device=parts["indices"].device),
-                                         parts["block_indices"].long(),
-                                         output_size=parts["indices"].numel())  # K known: no device sync
-        values = FORMAT.decode(parts["values"], 1.0) * parts["scale"]  # NaN where the scale is
-        return values, blocks * BLOCK + parts["indices"].long()
+        """The decoded (fp32 values, int64 indices) of a payload, from the kernels' plain-torch
+        specification (``kernels.reference.packed_decode``)."""
+        p = payload.parts
+        return reference.packed_decode(p["values"], p["scale"], p["block_indices"], p["indices"], BLOCK,
+                                       FORMAT.exponent, FORMAT.mantissa, FORMAT.bias)
