@@ -53,4 +53,16 @@ THREEPC_HOST_DEVICE void adam_normalize_one(float g, float m, float v, float c1,
   d = denominator == 0.0f ? 0.0f : quotient;
 }
 
+// adam_normalize_one, then the momentum of d: u' = b1 u + (1 - b1) d and u^ = u' sqrt(c1) (c1 = 1 / (1 - b1^k)^2,
+// so u^ is u' bias-corrected).
+template <bool MIX>
+THREEPC_HOST_DEVICE void adam_momentum_one(float g, float m, float v, float u, float c1, float c2,
+                                           const AdamConstants& k, float& m_new, float& v_new, float& u_new,
+                                           float& u_hat) {
+  float d;
+  adam_normalize_one<MIX>(g, m, v, c1, c2, k, m_new, v_new, d);
+  u_new = THREEPC_ADD(THREEPC_MUL(u, k.beta1), THREEPC_MUL(d, k.one_minus_beta1));
+  u_hat = THREEPC_MUL(u_new, THREEPC_SQRT(c1));
+}
+
 }  // namespace threepc

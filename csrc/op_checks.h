@@ -221,50 +221,54 @@ inline void check_sign_accumulate(const at::Tensor& out, at::TensorList signs, a
   }
 }
 
-inline void check_adam_normalize(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& c1,
-                                 const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
-  check_floating("adam_normalize", "grad", grad);
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"m", &m}, {"v", &v}}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel(),
-                     "adam_normalize: ", name, " must be a contiguous float32 tensor of grad's ", grad.numel(),
-                     " elements, got ", t->scalar_type(), " of ", t->numel(),
-                     t->is_contiguous() ? "" : ", non-contiguous");
+using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
+
+// adam_normalize's inputs (adam_momentum's: op, and its u among `states`): grad floating, the
+// states (m, v[, u]) contiguous fp32 of grad's size, c1 and c2 of 1 or grad's size, one device.
+inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTensors states, const at::Tensor& c1,
+                              const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
+  check_floating(op, "grad", grad);
+  for (const auto& [name, t] : states) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel(), op, ": ",
+                     name, " must be a contiguous float32 tensor of grad's ", grad.numel(), " elements, got ",
+                     t->scalar_type(), " of ", t->numel(), t->is_contiguous() ? "" : ", non-contiguous");
   }
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"c1", &c1}, {"c2", &c2}}) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                          (t->numel() == 1 || t->numel() == grad.numel()),
-                     "adam_normalize: ", name, " must be a contiguous float32 tensor of 1 or ", grad.numel(),
+                     op, ": ", name, " must be a contiguous float32 tensor of 1 or ", grad.numel(),
                      " elements, got ", t->scalar_type(), " of ", t->numel(),
                      t->is_contiguous() ? "" : ", non-contiguous");
   }
-  TORCH_CHECK_VALUE(m.device() == grad.device() && v.device() == grad.device() && c1.device() == grad.device() &&
-                        c2.device() == grad.device(),
-                    "adam_normalize: grad, m, v, c1 and c2 must be on one device, got ", grad.device(), ", ",
-                    m.device(), ", ", v.device(), ", ", c1.device(), ", ", c2.device());
+  bool one_device = c1.device() == grad.device() && c2.device() == grad.device();
+  for (const auto& named : states) one_device &= named.second->device() == grad.device();
+  TORCH_CHECK_VALUE(one_device, op, ": grad, its states, c1 and c2 must be on one device, got grad on ",
+                    grad.device(), ", c1 on ", c1.device(), ", c2 on ", c2.device(), ", ", states.begin()->first,
+                    " on ", states.begin()->second->device());
   TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps >= 0 && share > 0 && share <= 1,
-                    "adam_normalize needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1=", beta1,
+                    op, " needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1=", beta1,
                     ", beta2=", beta2, ", eps=", eps, ", share=", share);
 }
 
-// adam_normalize.out's outputs: contiguous fp32 of grad's size on its device, none of them an input.
-inline void check_adam_outputs(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v,
-                               const at::Tensor& m_new, const at::Tensor& v_new, const at::Tensor& d) {
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"m_new", &m_new}, {"v_new", &v_new},
-                                {"d", &d}}) {
+// The .out variants' outputs: contiguous fp32 of grad's size on its device, all distinct and none
+// of them an input (the old states stay the rollback).
+inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTensors inputs, NamedTensors outputs) {
+  for (const auto& [name, t] : outputs) {
     TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel() &&
                           t->device() == grad.device(),
-                      "adam_normalize: ", name, " must be a contiguous float32 tensor of ", grad.numel(),
+                      op, ": ", name, " must be a contiguous float32 tensor of ", grad.numel(),
                       " elements on ", grad.device(), ", got ", t->scalar_type(), " of ", t->numel(), " on ",
                       t->device(), t->is_contiguous() ? "" : ", non-contiguous");
   }
   if (grad.numel() == 0) return;
-  const void* outs[] = {m_new.data_ptr(), v_new.data_ptr(), d.data_ptr()};
-  const void* ins[] = {m.data_ptr(), v.data_ptr(), grad.data_ptr()};
-  bool overlap = outs[0] == outs[1] || outs[0] == outs[2] || outs[1] == outs[2];
-  for (const void* o : outs)
-    for (const void* i : ins) overlap |= o == i;
-  TORCH_CHECK_VALUE(!overlap, "adam_normalize: m_new, v_new and d must be three new buffers, none of them grad, m or v "
-                              "(m and v stay the rollback)");
+  bool overlap = false;
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    for (auto p = o + 1; p != outputs.end(); ++p) overlap |= o->second->data_ptr() == p->second->data_ptr();
+    overlap |= o->second->data_ptr() == grad.data_ptr();
+    for (const auto& named : inputs) overlap |= o->second->data_ptr() == named.second->data_ptr();
+  }
+  TORCH_CHECK_VALUE(!overlap, op, ": the outputs must be new buffers, distinct, none of them grad or a state "
+                              "(the states stay the rollback)");
 }
 
 

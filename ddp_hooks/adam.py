@@ -275,7 +275,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                     p.mul_(1.0 - lr * wd)
                     if sends_momentum:  # d is the bias-corrected momentum: applied as it is (one rounding)
                         p.add_(d, alpha=-lr)
-                        m.copy_(d).mul_(correction)  # what a checkpoint holds
+                        torch.mul(d, correction, out=m)  # what a checkpoint holds
                     else:
                         m.lerp_(d.to(m.dtype), 1.0 - beta1)
                         p.add_(m, alpha=-lr / correction)

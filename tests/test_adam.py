@@ -156,6 +156,29 @@ def test_moments_reuse_the_round_before_lasts_buffers_but_never_the_rollbacks():
         assert all(torch.equal(before.tensors()[k], x) for k, x in kept.items()), "the rollback was overwritten"
 
 
+def test_the_round_count_kept_aside_gives_the_bits_of_reading_k_every_round():
+    """While every coordinate counts the same rounds the mechanism writes k without reading it
+    (``rounds``); a memory set from outside (a rollback, a checkpoint, joined units) is read
+    again. Both give the same k and the same payloads, bit for bit, also after a restart of some
+    coordinates (then k is read per coordinate)."""
+    torch.manual_seed(0)
+    grads = [torch.randn(300) * torch.linspace(0.1, 2.0, 300) for _ in range(8)]
+    kept, read = (AdamNormalized(EF14(TopK(ratio=0.1)), betas=(0.8, 0.99)).spawn() for _ in range(2))
+    for t, g in enumerate(grads):
+        if t == 5:  # some coordinates restart: k differs across the tensor
+            for mech in (kept, read):
+                mech.memory = mech.memory_type.of({k: torch.where(torch.arange(300) < 100, 0.0, x)
+                                                   if k.startswith("adam_") else x
+                                                   for k, x in mech.memory.tensors().items()})
+        if t > 0:
+            read.memory = read.memory  # as a rollback does: the count is read off k
+        sent = [m.init(g, Round(t, 0, 2)) if t == 0 else m.step(g, Round(t, 0, 2)) for m in (kept, read)]
+        assert all(torch.equal(sent[0].parts[k], sent[1].parts[k]) for k in sent[0].parts)
+        assert torch.equal(kept.k, read.k)
+        assert kept.rounds == (t + 1.0 if t < 5 else None)
+    assert torch.equal(kept.k, torch.where(torch.arange(300) < 100, 3.0, 8.0))
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_second_moment_is_what_the_round_divided_by(workers):
     """``second_moment`` (what a checkpoint exports as exp_avg_sq) against the kernel's d_i."""

@@ -1,4 +1,5 @@
-"""The adam_normalize kernel (Adam's normalisation before compression in one pass). The reference
+"""The adam_normalize and adam_momentum kernels (Adam's normalisation before compression, and
+the momentum of the normalised gradient, in one pass). The reference
 is held to a float64 oracle that rounds each operation to fp32 (numpy), and to the formulas of
 ``AdamNormalized``'s docstring; every other implementation here (the C++ extension, numba) must
 return exactly what the reference returns (any NaN counts as one); every implementation raises
@@ -28,8 +29,14 @@ def inputs(kind: str, n: int, seed: int, dtype: torch.dtype, per_entry: bool):
     return g, m, v, c1, c2
 
 
-def oracle(g, m, v, c1, c2, beta1, beta2, eps, share):
-    """numpy float32 scalars: each product, sum, square root and quotient rounded once."""
+def momentum_inputs(kind: str, n: int, seed: int, dtype: torch.dtype, per_entry: bool):
+    g, m, v, c1, c2 = inputs(kind, n, seed, dtype, per_entry)
+    return g, m, v, make("normal", n, seed + 3), c1, c2
+
+
+def oracle(g, m, v, c1, c2, beta1, beta2, eps, share, u=None):
+    """numpy float32 scalars: each product, sum, square root and quotient rounded once; with the
+    momentum u: (m', v', u', u^)."""
     f = np.float32
     gs = g.float().numpy()
     out = [np.empty(gs.size, np.float32) for _ in range(3)]
@@ -44,7 +51,13 @@ def oracle(g, m, v, c1, c2, beta1, beta2, eps, share):
             w = f(f(w * f(share)) + f(s * f(1.0 - share)))
         den = f(np.sqrt(w) + f(eps))
         out[0][j], out[1][j], out[2][j] = mj, vj, f(0.0) if den == 0 else f(x / den)
-    return tuple(torch.from_numpy(o) for o in out)
+    if u is None:
+        return tuple(torch.from_numpy(o) for o in out)
+    u_new = np.array([f(f(f(u[j].item()) * f(beta1)) + f(out[2][j] * f(1.0 - beta1))) for j in range(gs.size)],
+                     dtype=np.float32)
+    root = np.sqrt(c1.numpy().astype(np.float32))
+    u_hat = np.array([f(u_new[j] * root[j if c1.numel() > 1 else 0]) for j in range(gs.size)], dtype=np.float32)
+    return tuple(torch.from_numpy(o) for o in (out[0], out[1], u_new, u_hat))
 
 
 @settings(max_examples=40, deadline=None)
@@ -77,15 +90,15 @@ def test_a_zero_denominator_gives_a_zero_step_not_a_nan():
     assert torch.equal(d, zero) and torch.equal(m_new, zero) and torch.equal(v_new, zero)
 
 
+@pytest.mark.parametrize("op", ["adam_normalize", "adam_momentum"])
 @pytest.mark.parametrize("impl", OTHERS)
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(0, 300_000), kind=st.sampled_from(KINDS), dtype=st.sampled_from(DTYPES),
        setting=st.sampled_from(SETTINGS), per_entry=st.booleans(), seed=st.integers(0, 2**31))
-def test_adam_normalize_matches_reference(impl, n, kind, dtype, setting, per_entry, seed):
-    args = inputs(kind, n, seed, dtype, per_entry)
+def test_the_kernels_match_reference(op, impl, n, kind, dtype, setting, per_entry, seed):
+    args = (inputs if op == "adam_normalize" else momentum_inputs)(kind, n, seed, dtype, per_entry)
     before = [a.clone() for a in args]
-    assert_same(IMPLS[impl].adam_normalize(*args, *setting), reference.adam_normalize(*args, *setting),
-                nan_bits=False)
+    assert_same(getattr(IMPLS[impl], op)(*args, *setting), getattr(reference, op)(*args, *setting), nan_bits=False)
     assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(args, before)), "inputs are not written"
 
 
@@ -109,3 +122,65 @@ def test_opcheck_passes_for_adam_normalize():
     g, m, v = torch.randn(5000), torch.randn(5000), torch.rand(5000)
     torch.library.opcheck(torch.ops.threepc.adam_normalize.default,
                           (g, m, v, torch.ones(1), torch.rand(5000) + 1, 0.9, 0.999, 1e-8, 0.5))
+
+
+# -- adam_momentum: adam_normalize, then u' = beta1 u + (1 - beta1) d and u^ = u' sqrt(c1) -----------
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), kind=st.sampled_from(KINDS), dtype=st.sampled_from(DTYPES),
+       setting=st.sampled_from(SETTINGS), per_entry=st.booleans(), seed=st.integers(0, 2**31))
+def test_reference_adam_momentum_matches_the_fp32_oracle(n, kind, dtype, setting, per_entry, seed):
+    g, m, v, u, c1, c2 = momentum_inputs(kind, n, seed, dtype, per_entry)
+    with np.errstate(all="ignore"):
+        want = oracle(g, m, v, c1, c2, *setting, u=u)
+    assert_same(reference.adam_momentum(g, m, v, u, c1, c2, *setting), want, nan_bits=False)
+
+
+def test_reference_adam_momentum_is_the_docstring_formula_in_float64():
+    """Away from rounding: u^ = (beta1 u + (1 - beta1) d) / (1 - beta1^k), with d adam_normalize's."""
+    g, m, v, u = torch.randn(1000), torch.randn(1000), torch.rand(1000), torch.randn(1000)
+    beta1, beta2, eps, k = 0.9, 0.99, 1e-8, 3
+    c1, c2 = torch.tensor([1 / (1 - beta1 ** k) ** 2]), torch.tensor([1 / (1 - beta2 ** k)])
+    _, _, d = reference.adam_normalize(g, m, v, c1, c2, beta1, beta2, eps, 0.25)
+    u_new = beta1 * u.double() + (1 - beta1) * d.double()
+    m_new, v_new, got_u, got_hat = reference.adam_momentum(g, m, v, u, c1, c2, beta1, beta2, eps, 0.25)
+    torch.testing.assert_close(got_u.double(), u_new, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_hat.double(), u_new / (1 - beta1 ** k), rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(a, b) for a, b in zip((m_new, v_new), reference.adam_normalize(
+        g, m, v, c1, c2, beta1, beta2, eps, 0.25)[:2]))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_adam_momentum_rejects_bad_arguments_with_the_fix(impl):
+    op, g, one = IMPLS[impl].adam_momentum, torch.randn(10), torch.ones(1)
+    with pytest.raises(TypeError, match="adam_momentum: u must be a contiguous float32 tensor of grad's 10 elements"):
+        op(g, g, g, torch.randn(20)[::2], one, one, 0.9, 0.999, 1e-8, 1.0)
+    with pytest.raises(TypeError, match="adam_momentum: c1 must be a contiguous float32 tensor of 1 or 10 elements"):
+        op(g, g, g, g, torch.ones(2), one, 0.9, 0.999, 1e-8, 1.0)
+    with pytest.raises(ValueError, match="adam_momentum needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1"):
+        op(g, g, g, g, one, one, 0.9, 1.0, 1e-8, 1.0)
+
+
+def test_the_out_variants_refuse_an_output_that_is_an_input_or_another_output():
+    """Through the op (whichever backend serves it): the old states stay the round's rollback."""
+    g, m, v, u, one = torch.randn(10), torch.randn(10), torch.rand(10), torch.randn(10), torch.ones(1)
+    fresh = [torch.empty(10) for _ in range(4)]
+    for outs in ((u, *fresh[1:]), (fresh[0], fresh[0], *fresh[2:]), (*fresh[:3], g)):
+        before = [t.clone() for t in (g, m, v, u)]
+        with pytest.raises(ValueError, match="adam_momentum: the outputs must be new buffers, distinct"):
+            torch.ops.threepc.adam_momentum.out(g, m, v, u, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=outs[0],
+                                                v_new=outs[1], u_new=outs[2], u_hat=outs[3])
+        assert all(torch.equal(a, b) for a, b in zip((g, m, v, u), before))
+    with pytest.raises(ValueError, match="adam_normalize: the outputs must be new buffers, distinct"):
+        torch.ops.threepc.adam_normalize.out(g, m, v, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=m, v_new=fresh[1],
+                                             d=fresh[2])
+    with pytest.raises(ValueError, match="adam_momentum: u_hat must be a contiguous float32 tensor of 10 elements"):
+        torch.ops.threepc.adam_momentum.out(g, m, v, u, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=fresh[0],
+                                            v_new=fresh[1], u_new=fresh[2], u_hat=torch.empty(20)[::2])
+
+
+@pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
+def test_opcheck_passes_for_adam_momentum():
+    g, m, v, u = torch.randn(5000), torch.randn(5000), torch.rand(5000), torch.randn(5000)
+    torch.library.opcheck(torch.ops.threepc.adam_momentum.default,
+                          (g, m, v, u, torch.rand(5000) + 1, torch.ones(1), 0.9, 0.999, 1e-8, 0.5))

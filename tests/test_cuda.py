@@ -192,10 +192,14 @@ def test_adam_normalize_matches_the_reference(dtype, device):
     for kind in KINDS:
         for n in (0, 1, 1_000_003):
             g, m, v = make(kind, n, seed=7, dtype=dtype), make("normal", n, seed=8), make("normal", n, seed=9).abs()
+            u = make("normal", n, seed=10)
             for c1, c2 in ((torch.tensor([27.7]), torch.tensor([50.3])), (torch.rand(n) + 1, torch.rand(n) + 1)):
                 for setting in ((0.9, 0.999, 1e-8, 1.0), (0.9, 0.95, 0.0, 0.25)):
                     cpu, other = on_both("adam_normalize", g, m, v, c1, c2, *setting, device=device)
                     assert other[2].device.type == device
+                    assert_same(to_cpu(other), cpu, nan_bits=False)
+                    cpu, other = on_both("adam_momentum", g, m, v, u, c1, c2, *setting, device=device)
+                    assert other[3].device.type == device
                     assert_same(to_cpu(other), cpu, nan_bits=False)
 
 
@@ -235,6 +239,8 @@ def test_opcheck_passes_for_the_cuda_ops():
     torch.library.opcheck(ops.sign_accumulate.default, (x.clone(), [signs, signs], [scales, scales], 64, 0.5))
     torch.library.opcheck(ops.adam_normalize.default, (x, x.clone(), x.abs(), torch.ones(1, device="cuda"),
                                                        torch.ones(1, device="cuda"), 0.9, 0.999, 1e-8, 0.5))
+    torch.library.opcheck(ops.adam_momentum.default, (x, x.clone(), x.abs(), x.clone(), torch.ones(1, device="cuda"),
+                                                      torch.ones(1, device="cuda"), 0.9, 0.999, 1e-8, 0.5))
     values, indices = ops.topk_abs(x, 250)
     payload = ops.packed_encode(values, indices, 5000, 255, 4, 3, 7)
     torch.library.opcheck(ops.packed_encode.default, (values, indices, 5000, 255, 4, 3, 7))

@@ -191,6 +191,19 @@ def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, b
     return out
 
 
+def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                  eps: float, share: float = 1.0, *,
+                  out: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``adam_normalize``, then in the same pass the momentum of d, u' = beta1 u + (1 - beta1) d,
+    and u^ = u' sqrt(c1), its bias correction (c1 = 1 / (1 - beta1^k)^2): new tensors
+    (m', v', u', u^), or written into ``out``, four contiguous fp32 buffers, none of them an input."""
+    if out is None:
+        return _ops.adam_momentum(grad, m, v, u, c1, c2, beta1, beta2, eps, share)
+    _ops.adam_momentum.out(grad, m, v, u, c1, c2, beta1, beta2, eps, share, m_new=out[0], v_new=out[1], u_new=out[2],
+                           u_hat=out[3])
+    return out
+
+
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
                   bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A Top-K support (``indices`` ascending, of a tensor of ``numel`` entries) and its ``values``

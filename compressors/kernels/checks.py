@@ -231,34 +231,44 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
 
 
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float, eps: float,
-                   share: float) -> None:
-    _floating("adam_normalize", "grad", grad)
-    for name, t in (("m", m), ("v", v)):
+                   share: float, op: str = "adam_normalize", states: dict[str, Tensor] | None = None) -> None:
+    """adam_normalize's inputs (``op`` adam_momentum: ``states`` m, v and u)."""
+    _floating(op, "grad", grad)
+    states = states or {"m": m, "v": v}
+    for name, t in states.items():
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel():
-            raise TypeError(f"adam_normalize: {name} must be a contiguous float32 tensor of grad's {grad.numel()} "
+            raise TypeError(f"{op}: {name} must be a contiguous float32 tensor of grad's {grad.numel()} "
                             f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
     for name, t in (("c1", c1), ("c2", c2)):
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() not in (1, grad.numel()):
-            raise TypeError(f"adam_normalize: {name} must be a contiguous float32 tensor of 1 or {grad.numel()} "
+            raise TypeError(f"{op}: {name} must be a contiguous float32 tensor of 1 or {grad.numel()} "
                             f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
-    if any(t.device != grad.device for t in (m, v, c1, c2)):
-        raise ValueError("adam_normalize: grad, m, v, c1 and c2 must be on one device, got "
-                         f"{', '.join(str(t.device) for t in (grad, m, v, c1, c2))}")
+    if any(t.device != grad.device for t in (*states.values(), c1, c2)):
+        raise ValueError(f"{op}: grad, its states, c1 and c2 must be on one device, got grad on {grad.device}, "
+                         f"c1 on {c1.device}, c2 on {c2.device}, "
+                         + ", ".join(f"{name} on {t.device}" for name, t in states.items()))
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and eps >= 0.0 and 0.0 < share <= 1.0):
-        raise ValueError(f"adam_normalize needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1={beta1}, "
+        raise ValueError(f"{op} needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1={beta1}, "
                          f"beta2={beta2}, eps={eps}, share={share}")
 
 
-def adam_outputs(grad: Tensor, m: Tensor, v: Tensor, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
-    """adam_normalize.out's outputs: contiguous fp32 of grad's size on its device, none of them an input."""
-    for name, t in (("m_new", m_new), ("v_new", v_new), ("d", d)):
+def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                  eps: float, share: float) -> None:
+    adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share, "adam_momentum", {"m": m, "v": v, "u": u})
+
+
+def adam_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dict[str, Tensor]) -> None:
+    """The .out variants' outputs: contiguous fp32 of grad's size on its device, all distinct and
+    none of them an input (the old states stay the rollback)."""
+    for name, t in outputs.items():
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel() or t.device != grad.device:
-            raise ValueError(f"adam_normalize: {name} must be a contiguous float32 tensor of {grad.numel()} elements "
+            raise ValueError(f"{op}: {name} must be a contiguous float32 tensor of {grad.numel()} elements "
                              f"on {grad.device}, got {t.dtype} of {t.numel()} on {t.device}{_non_contiguous(t)}")
-    pointers = [t.data_ptr() for t in (m_new, v_new, d)]
-    if grad.numel() and (len(set(pointers)) < 3 or set(pointers) & {m.data_ptr(), v.data_ptr(), grad.data_ptr()}):
-        raise ValueError("adam_normalize: m_new, v_new and d must be three new buffers, none of them grad, m or v "
-                         "(m and v stay the rollback)")
+    pointers = [t.data_ptr() for t in outputs.values()]
+    if grad.numel() and (len(set(pointers)) < len(pointers)
+                         or set(pointers) & {t.data_ptr() for t in (grad, *inputs)}):
+        raise ValueError(f"{op}: the outputs must be new buffers, distinct, none of them grad or a state "
+                         "(the states stay the rollback)")
 
 
 def _packed_block(op: str, block: int) -> None:

@@ -133,10 +133,23 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
                    eps: float, share: float) -> tuple[Tensor, Tensor, Tensor]:
     checks.adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
+    return _adam(grad, m, v, None, c1, c2, beta1, beta2, eps, share)
+
+
+def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                  eps: float, share: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.adam_momentum(grad, m, v, u, c1, c2, beta1, beta2, eps, share)
+    return _adam(grad, m, v, u, c1, c2, beta1, beta2, eps, share)
+
+
+def _adam(grad: Tensor, m: Tensor, v: Tensor, u: Tensor | None, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+          eps: float, share: float) -> tuple[Tensor, ...]:
+    """Both ops on checked arguments: (m', v', d), or with u (m', v', u', u^)."""
     constants = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, share, 1.0 - share], dtype=np.float32)
-    outs = _adam_normalize(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), c1.numpy(), c2.numpy(), constants,
-                           share < 1.0)
-    return tuple(torch.from_numpy(t) for t in outs)
+    momentum = np.empty(0, np.float32) if u is None else u.view(-1).numpy()
+    outs = _adam_normalize(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), momentum, c1.numpy(), c2.numpy(),
+                           constants, share < 1.0, u is not None)
+    return tuple(torch.from_numpy(t) for t in (outs if u is not None else outs[:3]))
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -402,11 +415,14 @@ def _sign_subtract(v: np.ndarray, signs: np.ndarray, scales: np.ndarray, block: 
 
 
 @numba.njit(cache=True)
-def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, c1: np.ndarray, c2: np.ndarray, k: np.ndarray,
-                    mix: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """k: fp32 beta1, 1 - beta1, beta2, 1 - beta2, eps, share, 1 - share (reference.adam_normalize)."""
+def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: np.ndarray, c2: np.ndarray,
+                    k: np.ndarray, mix: bool, momentum: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """k: fp32 beta1, 1 - beta1, beta2, 1 - beta2, eps, share, 1 - share (reference.adam_normalize);
+    ``momentum``: also u' and u^ (reference.adam_momentum), returned as (m', v', u', u^), else
+    (m', v', d, an empty array)."""
     n = g.size
     m_new, v_new, d = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+    u_new = np.empty(n if momentum else 0, np.float32)
     per1, per2 = c1.size > 1, c2.size > 1
     for j in range(n):
         m_new[j] = m[j] * k[0] + g[j] * k[1]
@@ -419,7 +435,12 @@ def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, c1: np.ndarray,
             w = w * k[5] + s * k[6]
         den = np.sqrt(w) + k[4]
         d[j] = np.float32(0.0) if den == 0 else g[j] / den
-    return m_new, v_new, d
+        if momentum:
+            u_new[j] = u[j] * k[0] + d[j] * k[1]
+            d[j] = u_new[j] * np.sqrt(c1[j if per1 else 0])
+    if momentum:
+        return m_new, v_new, u_new, d
+    return m_new, v_new, d, u_new
 
 
 # -- Top-K packed in 16 bits an entry (see reference.packed_encode) -----------------------------

@@ -61,6 +61,11 @@ SCHEMAS = (
     "float share) -> (Tensor m_new, Tensor v_new, Tensor d)",
     "adam_normalize.out(Tensor grad, Tensor m, Tensor v, Tensor c1, Tensor c2, float beta1, float beta2, float eps, "
     "float share, *, Tensor(a!) m_new, Tensor(b!) v_new, Tensor(c!) d) -> ()",
+    # adam_normalize, then the momentum of d, u' = beta1 u + (1 - beta1) d, and u^ = u' sqrt(c1).
+    "adam_momentum(Tensor grad, Tensor m, Tensor v, Tensor u, Tensor c1, Tensor c2, float beta1, float beta2, "
+    "float eps, float share) -> (Tensor m_new, Tensor v_new, Tensor u_new, Tensor u_hat)",
+    "adam_momentum.out(Tensor grad, Tensor m, Tensor v, Tensor u, Tensor c1, Tensor c2, float beta1, float beta2, "
+    "float eps, float share, *, Tensor(a!) m_new, Tensor(b!) v_new, Tensor(c!) u_new, Tensor(d!) u_hat) -> ()",
 )
 for _schema in SCHEMAS:
     LIB.define(_schema)
@@ -68,7 +73,7 @@ for _schema in SCHEMAS:
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
               "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
-              "sign_accumulate", "adam_normalize", "packed_encode", "packed_accumulate")
+              "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -85,14 +90,21 @@ def register(implementation: ModuleType, key: str) -> None:
         LIB.impl(name, getattr(implementation, name), key)
     LIB.impl("float_encode.out", _into(implementation.float_encode, "float_encode", torch.uint8), key)
     LIB.impl("float_decode.out", _into(implementation.float_decode, "float_decode", torch.float32), key)
-    LIB.impl("adam_normalize.out", _adam_into(implementation.adam_normalize), key)
+    LIB.impl("adam_normalize.out", _adam_into(implementation.adam_normalize, "adam_normalize", 2,
+                                              ("m_new", "v_new", "d")), key)
+    LIB.impl("adam_momentum.out", _adam_into(implementation.adam_momentum, "adam_momentum", 3,
+                                             ("m_new", "v_new", "u_new", "u_hat")), key)
 
 
-def _adam_into(functional: Callable[..., tuple[Tensor, Tensor, Tensor]]) -> Callable[..., None]:
-    """The ``.out`` kernel of a Python adam_normalize: check the outputs, compute, copy."""
-    def out_kernel(grad: Tensor, *args: object, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
-        checks.adam_outputs(grad, args[0], args[1], m_new, v_new, d)
-        for out, value in zip((m_new, v_new, d), functional(grad, *args)):
+def _adam_into(functional: Callable[..., tuple[Tensor, ...]], op: str, states: int,
+               names: tuple[str, ...]) -> Callable[..., None]:
+    """The ``.out`` kernel of a Python adam_normalize or adam_momentum (whose first ``states``
+    arguments after grad are the states; outputs ``names`` in the order it returns them): check
+    the outputs, compute, copy."""
+    def out_kernel(grad: Tensor, *args: object, **outputs: Tensor) -> None:
+        ordered = {name: outputs[name] for name in names}
+        checks.adam_outputs(op, grad, args[:states], ordered)
+        for out, value in zip(ordered.values(), functional(grad, *args)):
             out.copy_(value)
     return out_kernel
 
@@ -192,6 +204,19 @@ def _packed_accumulate_fake(out: Tensor, codes: list[Tensor], scales: list[Tenso
 def _adam_normalize_out_fake(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
                              eps: float, share: float, *, m_new: Tensor, v_new: Tensor, d: Tensor) -> None:
     return None
+
+
+@torch.library.register_fake("threepc::adam_momentum.out", lib=LIB)
+def _adam_momentum_out_fake(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float,
+                            beta2: float, eps: float, share: float, *, m_new: Tensor, v_new: Tensor, u_new: Tensor,
+                            u_hat: Tensor) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::adam_momentum", lib=LIB)
+def _adam_momentum_fake(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float,
+                        beta2: float, eps: float, share: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(m.new_empty(grad.numel()) for _ in range(4))
 
 
 @torch.library.register_fake("threepc::adam_normalize", lib=LIB)

@@ -42,6 +42,9 @@ CUDA tensors when the extension has no CUDA kernels.
   d = g / (sqrt(w) + eps) with sqrt correctly rounded, and 0 where sqrt(w) + eps = 0. c1, c2 (the bias corrections
   1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k)) hold one value or one per entry. Returns new
   tensors (m', v', d); m and v are not written.
+* ``adam_momentum(grad, m, v, u, c1, c2, beta1, beta2, eps, share)``: ``adam_normalize``, then the
+  momentum of d, u' = beta1 u + (1 - beta1) d, and u^ = u' sqrt(c1) (sqrt correctly rounded; with
+  c1 = 1 / (1 - beta1^k)^2, u^ is u' bias-corrected). Returns new tensors (m', v', u', u^).
 * ``packed_encode(values, indices, numel, block, exponent, mantissa, bias)``: a Top-K support
   (indices ascending strictly in [0, numel)) and its values in about 16 bits an entry. With
   top = max |values| (fp32) and M the format's largest value (finite in fp32, else ValueError):
@@ -320,9 +323,23 @@ def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, b
     if share < 1.0:
         s = torch.minimum((m_new * m_new) * c1.view(-1), w)
         w = w * fp32(share) + s * fp32(1.0 - share)
-    denominator = w.double().sqrt().float() + fp32(eps)  # correctly rounded: torch's fp32 sqrt is not (AVX-512)
+    denominator = _sqrt(w) + fp32(eps)
     d = torch.where(denominator == 0.0, 0.0, g / denominator)
     return m_new, v_new, d
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    """fp32 square root, correctly rounded (torch's fp32 sqrt is not, with AVX-512)."""
+    return x.double().sqrt().float()
+
+
+def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
+                  eps: float, share: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    checks.adam_momentum(grad, m, v, u, c1, c2, beta1, beta2, eps, share)
+    m_new, v_new, d = adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share)
+    b1, rest = (torch.tensor(x, dtype=torch.float32, device=m.device) for x in (beta1, 1.0 - beta1))
+    u_new = u.view(-1) * b1 + d * rest
+    return m_new, v_new, u_new, u_new * _sqrt(c1.view(-1))
 
 
 # -- Top-K packed in 16 bits an entry ---------------------------------------------------------

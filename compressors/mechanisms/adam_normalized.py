@@ -115,13 +115,18 @@ def debiasing(beta: float, rounds: Tensor | float) -> Tensor | float:
     return torch.expm1(rounds * math.log(beta)).neg_()
 
 
-def corrections(betas: tuple[float, float], k: Tensor) -> tuple[Tensor, Tensor]:
-    """fp32 1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k), each one value (computed in float64) when
-    every coordinate counts the same rounds, else one per coordinate."""
+def uniform(k: Tensor) -> float | None:
+    """The round count every coordinate of ``k`` holds, or None when they differ (units joined
+    from tensors with other histories)."""
     low, high = torch.aminmax(k)
-    rounds = float(low) if bool(low == high) else k
+    return float(low) if bool(low == high) else None
+
+
+def corrections(betas: tuple[float, float], rounds: Tensor | float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """fp32 1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k) (computed in float64): one value when every
+    coordinate counts the same ``rounds`` (a float), else one per coordinate of the tensor k."""
     return tuple(torch.as_tensor(1.0 / debiasing(beta, rounds) ** power, dtype=torch.float32,
-                                 device=k.device).reshape(-1) for beta, power in zip(betas, (2, 1)))
+                                 device=device).reshape(-1) for beta, power in zip(betas, (2, 1)))
 
 
 def checked(betas: tuple[float, float], eps: float) -> tuple[tuple[float, float], float]:
@@ -198,6 +203,7 @@ class AdamNormalized(Mechanism):
         self.m: Tensor | None = None
         self.v: Tensor | None = None
         self.k: Tensor | None = None
+        self.rounds: float | None = None  # what every coordinate of k holds, when known (else k is read)
         self.u: Tensor | None = None
         self._spare: tuple[Tensor, ...] | None = None  # last round's moments (``fields``): next round's buffers
         super().__init__(inner.compressor)
@@ -262,6 +268,7 @@ class AdamNormalized(Mechanism):
     @memory.setter
     def memory(self, value: Memory | None) -> None:
         self._spare = None  # a restored memory may be the spare buffers
+        self.rounds = None  # k from elsewhere (a rollback, a checkpoint, joined units): read it next round
         if value is None:
             self.inner.memory, self.m, self.v, self.k, self.u = None, None, None, None, None
             return
@@ -272,9 +279,10 @@ class AdamNormalized(Mechanism):
 
     # -- the worker: normalise, then the inner mechanism -------------------------------------
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
-        """What this round sends the inner mechanism: u^_i (``momentum``) or d_i (one pass for d_i:
-        ``kernels.adam_normalize``). Sets the moments to other tensors than the old ones, which
-        stay a valid rollback."""
+        """What this round sends the inner mechanism: u^_i (``momentum``, one pass:
+        ``kernels.adam_momentum``) or d_i (``kernels.adam_normalize``). Sets the moments to other
+        tensors than the old ones, which stay a valid rollback; k_i is written as one value while
+        every coordinate counts the same rounds (``rounds``), without reading it."""
         betas, eps = self._settings()
         (beta1, beta2), g = betas, flat(grad)
         raw, gain = g, self.clipping.factor if self.clipping is not None else 1.0
@@ -284,22 +292,27 @@ class AdamNormalized(Mechanism):
         m_new, v_new, k_new = buffers[:3]
         if self.v is None:
             m = v = torch.zeros(g.numel(), device=g.device)
-            k = k_new.fill_(1.0)
+            rounds: float | None = 1.0
         else:
-            m, v, k = self.m, self.v, torch.add(self.k, 1.0, out=k_new)
-        c1, c2 = corrections(betas, k)
+            m, v = self.m, self.v
+            rounds = (self.rounds if self.rounds is not None else uniform(self.k))
+            rounds = rounds + 1.0 if rounds is not None else None
+        k = k_new.fill_(rounds) if rounds is not None else torch.add(self.k, 1.0, out=k_new)
+        c1, c2 = corrections(betas, rounds if rounds is not None else k, g.device)
         share = 1.0 / rnd.workers if self.mean_of_ranks and rnd.workers > 1 else 1.0
-        d = torch.empty(g.numel(), device=g.device)  # new: the inner mechanism may keep it
-        kernels.adam_normalize(g, m, v, c1, c2, beta1, beta2, eps, share, out=(m_new, v_new, d))
+        out = torch.empty(g.numel(), device=g.device)  # d or u^: new, the inner mechanism may keep it
+        if self.momentum:
+            u = self.u if self.u is not None else torch.zeros_like(out)
+            kernels.adam_momentum(g, m, v, u, c1, c2, beta1, beta2, eps, share, out=(m_new, v_new, buffers[3], out))
+        else:
+            kernels.adam_normalize(g, m, v, c1, c2, beta1, beta2, eps, share, out=(m_new, v_new, out))
         self._spare = self._moments() if self.v is not None else None
-        self.m, self.v, self.k = m_new, v_new, k
+        self.m, self.v, self.k, self.rounds = m_new, v_new, k, rounds
+        if self.momentum:
+            self.u = buffers[3]
         if self.clipping is not None:
             self.norm2 = mean_norm2(raw, m_new, v_new, c1, c2, share)
-        if not self.momentum:
-            return d
-        u = self.u if self.u is not None else torch.zeros_like(d)
-        self.u = torch.lerp(u, d, 1.0 - beta1, out=buffers[3])
-        return torch.mul(self.u, c1.sqrt(), out=d)  # c1 = 1 / (1 - beta1^k)^2
+        return out
 
     def _buffers(self, g: Tensor) -> tuple[Tensor, ...]:
         """Where this round writes its moments: the round before last's tensors (no allocation,

@@ -597,38 +597,53 @@ void sign_accumulate_cuda(at::Tensor out, at::TensorList signs, at::TensorList s
   }
 }
 
-// -- Adam's normalisation: one elementwise pass (csrc/adam_codes.h) ----------------------------
+// -- Adam's normalisation (adam_momentum: and its momentum): one elementwise pass (csrc/adam_codes.h)
+struct AdamPointers {  // u and u_new null for adam_normalize (then d holds d, else u^)
+  const float *m, *v, *u, *c1, *c2;
+  float *m_new, *v_new, *u_new, *d;
+};
+
 template <typename scalar_t>
-__global__ void adam_normalize_kernel(const scalar_t* g, const float* m, const float* v, const float* c1,
-                                      const float* c2, int64_t c1_step, int64_t c2_step, int64_t n, AdamConstants k,
-                                      float* m_new, float* v_new, float* d) {
+__global__ void adam_kernel(const scalar_t* g, AdamPointers a, int64_t c1_step, int64_t c2_step, int64_t n,
+                            AdamConstants k) {
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
-    const float c1j = c1[j * c1_step], c2j = c2[j * c2_step];
-    if (k.mix) {
-      adam_normalize_one<true>(static_cast<float>(g[j]), m[j], v[j], c1j, c2j, k, m_new[j], v_new[j], d[j]);
+    const float gj = static_cast<float>(g[j]), c1j = a.c1[j * c1_step], c2j = a.c2[j * c2_step];
+    if (a.u != nullptr && k.mix) {
+      adam_momentum_one<true>(gj, a.m[j], a.v[j], a.u[j], c1j, c2j, k, a.m_new[j], a.v_new[j], a.u_new[j], a.d[j]);
+    } else if (a.u != nullptr) {
+      adam_momentum_one<false>(gj, a.m[j], a.v[j], a.u[j], c1j, c2j, k, a.m_new[j], a.v_new[j], a.u_new[j], a.d[j]);
+    } else if (k.mix) {
+      adam_normalize_one<true>(gj, a.m[j], a.v[j], c1j, c2j, k, a.m_new[j], a.v_new[j], a.d[j]);
     } else {
-      adam_normalize_one<false>(static_cast<float>(g[j]), m[j], v[j], c1j, c2j, k, m_new[j], v_new[j], d[j]);
+      adam_normalize_one<false>(gj, a.m[j], a.v[j], c1j, c2j, k, a.m_new[j], a.v_new[j], a.d[j]);
     }
   }
 }
 
-void adam_normalize_out_cuda(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& c1,
-                             const at::Tensor& c2, double beta1, double beta2, double eps, double share,
-                             at::Tensor m_new, at::Tensor v_new, at::Tensor d) {
-  check_adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share);
-  check_adam_outputs(grad, m, v, m_new, v_new, d);
+void adam_run_cuda(const at::Tensor& grad, const AdamPointers& a, const at::Tensor& c1, const at::Tensor& c2,
+                   double beta1, double beta2, double eps, double share) {
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.reshape(-1).contiguous();
   const int64_t n = g.numel();
   if (n == 0) return;
   const AdamConstants k = adam_constants(beta1, beta2, eps, share);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "adam_normalize", [&] {
-    adam_normalize_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
-        g.const_data_ptr<scalar_t>(), m.const_data_ptr<float>(), v.const_data_ptr<float>(), c1.const_data_ptr<float>(),
-        c2.const_data_ptr<float>(), c1.numel() > 1, c2.numel() > 1, n, k, m_new.mutable_data_ptr<float>(),
-        v_new.mutable_data_ptr<float>(), d.mutable_data_ptr<float>());
+    adam_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(g.const_data_ptr<scalar_t>(), a, c1.numel() > 1,
+                                                                 c2.numel() > 1, n, k);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void adam_normalize_out_cuda(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& c1,
+                             const at::Tensor& c2, double beta1, double beta2, double eps, double share,
+                             at::Tensor m_new, at::Tensor v_new, at::Tensor d) {
+  check_adam_inputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, c1, c2, beta1, beta2, eps, share);
+  check_adam_outputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, {{"m_new", &m_new}, {"v_new", &v_new}, {"d", &d}});
+  adam_run_cuda(grad,
+                {m.const_data_ptr<float>(), v.const_data_ptr<float>(), nullptr, c1.const_data_ptr<float>(),
+                 c2.const_data_ptr<float>(), m_new.mutable_data_ptr<float>(), v_new.mutable_data_ptr<float>(), nullptr,
+                 d.mutable_data_ptr<float>()},
+                c1, c2, beta1, beta2, eps, share);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adam_normalize_cuda(const at::Tensor& grad, const at::Tensor& m,
@@ -639,6 +654,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adam_normalize_cuda(const at::Ten
   at::Tensor m_new = at::empty({n}, m.options()), v_new = at::empty({n}, m.options()), d = at::empty({n}, m.options());
   adam_normalize_out_cuda(grad, m, v, c1, c2, beta1, beta2, eps, share, m_new, v_new, d);
   return {m_new, v_new, d};
+}
+
+void adam_momentum_out_cuda(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& u,
+                            const at::Tensor& c1, const at::Tensor& c2, double beta1, double beta2, double eps,
+                            double share, at::Tensor m_new, at::Tensor v_new, at::Tensor u_new, at::Tensor u_hat) {
+  check_adam_inputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}}, c1, c2, beta1, beta2, eps, share);
+  check_adam_outputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}},
+                     {{"m_new", &m_new}, {"v_new", &v_new}, {"u_new", &u_new}, {"u_hat", &u_hat}});
+  adam_run_cuda(grad,
+                {m.const_data_ptr<float>(), v.const_data_ptr<float>(), u.const_data_ptr<float>(),
+                 c1.const_data_ptr<float>(), c2.const_data_ptr<float>(), m_new.mutable_data_ptr<float>(),
+                 v_new.mutable_data_ptr<float>(), u_new.mutable_data_ptr<float>(), u_hat.mutable_data_ptr<float>()},
+                c1, c2, beta1, beta2, eps, share);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adam_momentum_cuda(
+    const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v, const at::Tensor& u, const at::Tensor& c1,
+    const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
+  const int64_t n = grad.numel();
+  at::Tensor m_new = at::empty({n}, m.options()), v_new = at::empty({n}, m.options()),
+             u_new = at::empty({n}, m.options()), u_hat = at::empty({n}, m.options());
+  adam_momentum_out_cuda(grad, m, v, u, c1, c2, beta1, beta2, eps, share, m_new, v_new, u_new, u_hat);
+  return {m_new, v_new, u_new, u_hat};
 }
 
 }  // namespace
@@ -661,6 +699,8 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("sign_accumulate", &sign_accumulate_cuda);
   m.impl("adam_normalize", &adam_normalize_cuda);
   m.impl("adam_normalize.out", &adam_normalize_out_cuda);
+  m.impl("adam_momentum", &adam_momentum_cuda);
+  m.impl("adam_momentum.out", &adam_momentum_out_cuda);
   m.impl("packed_encode", &packed_encode_cuda);
   m.impl("packed_accumulate", &packed_accumulate_cuda);
 }
