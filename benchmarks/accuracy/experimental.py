@@ -59,6 +59,7 @@ from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
 from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping
+from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.sign import ScaledSign
 from ddp_hooks.adam import adam_settings, attach
 from compressors.core.memory import Memory
@@ -283,8 +284,10 @@ class EF14TwoStage(_EF14Candidate):
     rank sends every chunk's own Top-K to its owner, the owner keeps the Top-K of the chunk's
     mean plus its error. Link bytes per rank flat in n; the aggregate has K entries a round."""
 
-    def _mechanism(self, ratio: float = 0.01) -> TwoStage:
-        return TwoStage(TopK(ratio))
+    def _mechanism(self, ratio: float = 0.01, compressor: str = "topk") -> TwoStage:
+        if compressor not in ("topk", "topk8"):
+            raise ValueError(f"ef14_2s: compressor is 'topk' or 'topk8', got {compressor!r}")
+        return TwoStage((TopK if compressor == "topk" else PackedTopK)(ratio))
 
 
 # --- issue 14: momentum correction for SGD (the optimizer told) --------------------------------
