@@ -1,5 +1,5 @@
 """Speed of the selection kernels, PackedTopK's packing, the scaled-sign codec and Adam's
-normalisation against torch and against a copy of the same buffer (``make bench``).
+normalisation (and its momentum) against torch and against a copy of the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
@@ -138,6 +138,24 @@ def test_adam_normalize(benchmark, record, buffers, implementation):
     measure(benchmark, record, f"adam_normalize {size}", implementation, grad, lambda: (grad,),
             lambda g: kernels.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5, out=out),
             lambda g: reference.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5))
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_adam_momentum(benchmark, record, buffers, implementation):
+    """The Adam default's worker step: the moments, d and its bias-corrected momentum u^. threepc
+    is one pass (``out=``); torch is what the mode ran before it: adam_normalize's kernel, then
+    torch.lerp for u' and torch.mul for u^ (two more passes)."""
+    size, grad, m = buffers
+    v, u, c1, c2 = m.square(), grad * 0.1, torch.tensor([1.5]), torch.tensor([2.5])
+    out = tuple(torch.empty_like(grad) for _ in range(4))
+
+    def before(g: torch.Tensor) -> None:
+        kernels.adam_normalize(g, m, v, c1, c2, 0.9, 0.999, 1e-8, 0.5, out=(out[0], out[1], out[3]))
+        torch.lerp(u, out[3], 0.1, out=out[2])
+        torch.mul(out[2], c1.sqrt(), out=out[3])
+
+    measure(benchmark, record, f"adam_momentum {size}", implementation, grad, lambda: (grad,),
+            lambda g: kernels.adam_momentum(g, m, v, u, c1, c2, 0.9, 0.999, 1e-8, 0.5, out=out), before)
 
 
 @pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])

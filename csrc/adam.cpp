@@ -26,9 +26,13 @@ struct AdamInputs {
 };
 
 // PER1/PER2: c1/c2 hold one value per entry (else one for all); MOMENTUM: adam_momentum (d is u^).
-// __restrict and compile-time strides let the loop vectorise (sqrt and division included).
+// __restrict and compile-time strides let the loop vectorise (sqrt and division included). Inlined
+// into a baseline build (SSE2, 4 lanes) and an AVX2 one (8 lanes): the loop is compute-bound (a
+// square root and a division per entry), so the lanes set its speed. Both give the same bits:
+// every operation is one IEEE rounding in either width, and no contraction (-ffp-contract=off).
 template <bool MIX, bool PER1, bool PER2, bool MOMENTUM, typename scalar_t>
-void adam_range(const scalar_t* __restrict g, const AdamInputs& a, const AdamConstants& k, int64_t lo, int64_t hi) {
+__attribute__((always_inline)) inline void adam_loop(const scalar_t* __restrict g, const AdamInputs& a,
+                                                     const AdamConstants& k, int64_t lo, int64_t hi) {
   const float* __restrict m = a.m;
   const float* __restrict v = a.v;
   const float* __restrict u = a.u;
@@ -50,13 +54,31 @@ void adam_range(const scalar_t* __restrict g, const AdamInputs& a, const AdamCon
   }
 }
 
+template <bool MIX, bool PER1, bool PER2, bool MOMENTUM, typename scalar_t>
+void adam_range(const scalar_t* g, const AdamInputs& a, const AdamConstants& k, int64_t lo, int64_t hi) {
+  adam_loop<MIX, PER1, PER2, MOMENTUM>(g, a, k, lo, hi);
+}
+
+template <bool MIX, bool PER1, bool PER2, bool MOMENTUM, typename scalar_t>
+__attribute__((target("avx2"))) void adam_range_avx2(const scalar_t* g, const AdamInputs& a, const AdamConstants& k,
+                                                      int64_t lo, int64_t hi) {
+  adam_loop<MIX, PER1, PER2, MOMENTUM>(g, a, k, lo, hi);
+}
+
+template <bool MIX, bool PER1, bool PER2, bool MOMENTUM, typename scalar_t>
+void adam_widest(const scalar_t* g, const AdamInputs& a, const AdamConstants& k, int64_t lo, int64_t hi) {
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) return adam_range_avx2<MIX, PER1, PER2, MOMENTUM>(g, a, k, lo, hi);
+  adam_range<MIX, PER1, PER2, MOMENTUM>(g, a, k, lo, hi);
+}
+
 template <bool MIX, bool MOMENTUM, typename scalar_t>
 void adam_dispatch(const scalar_t* g, const AdamInputs& a, const AdamConstants& k, bool per1, bool per2, int64_t lo,
                    int64_t hi) {
-  if (per1 && per2) return adam_range<MIX, true, true, MOMENTUM>(g, a, k, lo, hi);
-  if (per1) return adam_range<MIX, true, false, MOMENTUM>(g, a, k, lo, hi);
-  if (per2) return adam_range<MIX, false, true, MOMENTUM>(g, a, k, lo, hi);
-  adam_range<MIX, false, false, MOMENTUM>(g, a, k, lo, hi);
+  if (per1 && per2) return adam_widest<MIX, true, true, MOMENTUM>(g, a, k, lo, hi);
+  if (per1) return adam_widest<MIX, true, false, MOMENTUM>(g, a, k, lo, hi);
+  if (per2) return adam_widest<MIX, false, true, MOMENTUM>(g, a, k, lo, hi);
+  adam_widest<MIX, false, false, MOMENTUM>(g, a, k, lo, hi);
 }
 
 // Both ops, once their arguments are checked.
