@@ -14,6 +14,10 @@
 #include <tuple>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "op_checks.h"
 #include "sign_codes.h"
 
@@ -39,6 +43,14 @@ double abs_sum(const float* v, int64_t n) {
 }
 
 uint8_t sign_byte(const float* v, int64_t n) {  // bit k set iff v[k] < 0, k < n <= 8
+#if defined(__SSE2__)
+  if (n == 8) {  // a whole byte: two 4-lane compares (false for -0 and NaN, as below) and their masks
+    const __m128 zero = _mm_setzero_ps();
+    const int low = _mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(v), zero));
+    const int high = _mm_movemask_ps(_mm_cmplt_ps(_mm_loadu_ps(v + 4), zero));
+    return static_cast<uint8_t>(low | high << 4);
+  }
+#endif
   uint8_t byte = 0;
   for (int64_t k = 0; k < n; ++k) byte |= static_cast<uint8_t>(v[k] < 0.0f) << k;
   return byte;
