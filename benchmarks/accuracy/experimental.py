@@ -59,6 +59,7 @@ from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
 from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping
+from compressors.operators.float_format import FloatFormat
 from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.sign import ScaledSign
 from ddp_hooks.adam import adam_settings, attach
@@ -471,7 +472,33 @@ class EF14SignTopK(_EF14Candidate):
         return EF14(SignTopK(ratio, levels))
 
 
+class QuantizedTopK(TopK):
+    """Top-K's support; each kept value rounded to the float format ``fmt`` relative to the
+    payload's largest |value| (round to nearest, one fp32 scale): what a coded Top-K with
+    ``fmt`` values would deliver (the values only; the payload still carries fp32)."""
+
+    def __init__(self, ratio: float, fmt: str) -> None:
+        super().__init__(ratio)
+        self.fmt = FloatFormat.parse(fmt)
+
+    def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
+        values, indices = super().select(x, rnd)
+        top = float(values.abs().max()) if values.numel() else 0.0
+        if top == 0.0 or not math.isfinite(top):
+            return values, indices
+        scale = top / self.fmt.max_value
+        f = self.fmt
+        codes = kernels.float_encode(values, f.exponent, f.mantissa, f.bias, scale)
+        return kernels.float_decode(codes, f.exponent, f.mantissa, f.bias, scale), indices
+
+
+@dataclass(frozen=True)
+class EF14QuantizedTopK(_EF14Candidate):
+    def _mechanism(self, ratio: float = 0.1, fmt: str = "fp4-121") -> EF14:
+        return EF14(QuantizedTopK(ratio, fmt))
+
+
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
                                      "ef14_mc": MomentumCorrected(), "adam_mode": AdamMode(),
-                                     "ef14_signtopk": EF14SignTopK()}
+                                     "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK()}
