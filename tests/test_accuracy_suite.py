@@ -48,3 +48,30 @@ def test_quick_suite_writes_results_allreduce_learns_and_the_default_holds_a9a(t
     assert table.count("| allreduce |") == 6 and "gap to allreduce" in table
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "accuracy_a9a_mlp_n2.png", "accuracy_digits_cnn_n2.png", "accuracy_stdlib_lm_n2.png"]
+
+
+SENDS_WHAT_IT_DECLARES = """
+import torch
+from benchmarks.accuracy.experimental import EXPERIMENTAL
+from compressors import Round
+from ddp_hooks import wire
+
+for name, candidate in sorted(EXPERIMENTAL.items()):
+    candidate.check()
+    mech = candidate._mechanism().spawn()
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    mech.init(x.clone(), Round(0, 0, 2))
+    rnd = Round(1, 0, 2)
+    wire.check(mech.step(x.clone(), rnd), mech.spec(x.numel(), rnd))
+    print(name)
+"""
+
+
+def test_every_experimental_candidate_sends_what_it_declares() -> None:
+    """The suite runs these under DDP, where a payload that differs from the mechanism's spec is
+    an error on every rank: each candidate, with its default options, on 2 workers, sends what
+    its spec declares for a compressed round."""
+    done = subprocess.run([sys.executable, "-c", SENDS_WHAT_IT_DECLARES], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.split()) >= 8, done.stdout
