@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -241,10 +242,13 @@ inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTenso
                      t->is_contiguous() ? "" : ", non-contiguous");
   }
   bool one_device = c1.device() == grad.device() && c2.device() == grad.device();
-  for (const auto& named : states) one_device &= named.second->device() == grad.device();
+  std::string where;
+  for (const auto& [name, t] : states) {
+    one_device &= t->device() == grad.device();
+    where += std::string(", ") + name + " on " + t->device().str();
+  }
   TORCH_CHECK_VALUE(one_device, op, ": grad, its states, c1 and c2 must be on one device, got grad on ",
-                    grad.device(), ", c1 on ", c1.device(), ", c2 on ", c2.device(), ", ", states.begin()->first,
-                    " on ", states.begin()->second->device());
+                    grad.device(), ", c1 on ", c1.device(), ", c2 on ", c2.device(), where);
   TORCH_CHECK_VALUE(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps >= 0 && share > 0 && share <= 1,
                     op, " needs 0 <= beta1, beta2 < 1, eps >= 0 and 0 < share <= 1, got beta1=", beta1,
                     ", beta2=", beta2, ", eps=", eps, ", share=", share);

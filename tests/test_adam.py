@@ -179,6 +179,22 @@ def test_the_round_count_kept_aside_gives_the_bits_of_reading_k_every_round():
     assert torch.equal(kept.k, torch.where(torch.arange(300) < 100, 3.0, 8.0))
 
 
+def test_the_round_count_kept_aside_stops_where_fp32_k_does():
+    """Past 2^24 rounds k (fp32) stops counting; the count kept aside stops with it, so a memory
+    read back from k (a rollback, a checkpoint) gives the same corrections."""
+    grads = [torch.randn(50, generator=torch.Generator().manual_seed(t)) for t in range(5)]
+    kept, read = (AdamNormalized(EF14(TopK(ratio=0.2)), betas=(0.9, 1 - 1e-8)).spawn() for _ in range(2))
+    for mech in (kept, read):
+        mech.init(grads[0], Round(0, 0, 2))
+        mech.memory = mech.memory_type.of({k: torch.full_like(x, 2.0 ** 24 - 1) if k == "adam_k" else x
+                                           for k, x in mech.memory.tensors().items()})
+    for t, g in enumerate(grads[1:], start=1):
+        read.memory = read.memory
+        sent = [m.step(g, Round(t, 0, 2)) for m in (kept, read)]
+        assert all(torch.equal(sent[0].parts[k], sent[1].parts[k]) for k in sent[0].parts)
+        assert kept.rounds == float(kept.k[0]) == 2.0 ** 24
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_second_moment_is_what_the_round_divided_by(workers):
     """``second_moment`` (what a checkpoint exports as exp_avg_sq) against the kernel's d_i."""

@@ -117,14 +117,22 @@ def debiasing(beta: float, rounds: Tensor | float) -> Tensor | float:
 
 def uniform(k: Tensor) -> float | None:
     """The round count every coordinate of ``k`` holds, or None when they differ (units joined
-    from tensors with other histories)."""
+    from tensors with other histories); 0 for an empty k."""
+    if k.numel() == 0:
+        return 0.0
     low, high = torch.aminmax(k)
     return float(low) if bool(low == high) else None
 
 
+def _next_count(rounds: float) -> float:
+    """rounds + 1 rounded to fp32, as k (fp32) holds it: past 2^24 the count stops where k does."""
+    return float(torch.tensor(rounds, dtype=torch.float32) + 1.0)
+
+
 def corrections(betas: tuple[float, float], rounds: Tensor | float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """fp32 1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k) (computed in float64): one value when every
-    coordinate counts the same ``rounds`` (a float), else one per coordinate of the tensor k."""
+    """fp32 1 / (1 - beta1^k)^2 and 1 / (1 - beta2^k): one value, computed in float64, when every
+    coordinate counts the same ``rounds`` (a float), else one per coordinate of the tensor k
+    (computed in fp32)."""
     return tuple(torch.as_tensor(1.0 / debiasing(beta, rounds) ** power, dtype=torch.float32,
                                  device=device).reshape(-1) for beta, power in zip(betas, (2, 1)))
 
@@ -296,7 +304,7 @@ class AdamNormalized(Mechanism):
         else:
             m, v = self.m, self.v
             rounds = (self.rounds if self.rounds is not None else uniform(self.k))
-            rounds = rounds + 1.0 if rounds is not None else None
+            rounds = _next_count(rounds) if rounds is not None else None
         k = k_new.fill_(rounds) if rounds is not None else torch.add(self.k, 1.0, out=k_new)
         c1, c2 = corrections(betas, rounds if rounds is not None else k, g.device)
         share = 1.0 / rnd.workers if self.mean_of_ranks and rnd.workers > 1 else 1.0
