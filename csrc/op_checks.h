@@ -10,6 +10,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 namespace threepc {
 
@@ -254,8 +255,9 @@ inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTenso
                     ", beta2=", beta2, ", eps=", eps, ", share=", share);
 }
 
-// The .out variants' outputs: contiguous fp32 of grad's size on its device, all distinct and none
-// of them an input (the old states stay the rollback).
+// The .out variants' outputs: contiguous fp32 of grad's size on its device, overlapping neither
+// each other nor an input (the old states stay the rollback; a kernel reads an input entry after
+// writing an output one).
 inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTensors inputs, NamedTensors outputs) {
   for (const auto& [name, t] : outputs) {
     TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel() &&
@@ -265,14 +267,17 @@ inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTens
                       t->device(), t->is_contiguous() ? "" : ", non-contiguous");
   }
   if (grad.numel() == 0) return;
+  auto overlaps = [](const at::Tensor& a, const at::Tensor& b) {
+    return at::get_overlap_status(a, b) != at::MemOverlapStatus::No;  // TooHard counts as overlapping
+  };
   bool overlap = false;
   for (auto o = outputs.begin(); o != outputs.end(); ++o) {
-    for (auto p = o + 1; p != outputs.end(); ++p) overlap |= o->second->data_ptr() == p->second->data_ptr();
-    overlap |= o->second->data_ptr() == grad.data_ptr();
-    for (const auto& named : inputs) overlap |= o->second->data_ptr() == named.second->data_ptr();
+    for (auto p = o + 1; p != outputs.end(); ++p) overlap |= overlaps(*o->second, *p->second);
+    overlap |= overlaps(*o->second, grad);
+    for (const auto& named : inputs) overlap |= overlaps(*o->second, *named.second);
   }
-  TORCH_CHECK_VALUE(!overlap, op, ": the outputs must be new buffers, distinct, none of them grad or a state "
-                              "(the states stay the rollback)");
+  TORCH_CHECK_VALUE(!overlap, op, ": the outputs must be new buffers that overlap neither each other nor grad "
+                              "or a state (the states stay the rollback)");
 }
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kernels import ALL, DTYPES, IMPLS, KINDS, OTHERS, assert_same, make
 
-from compressors.kernels import reference
+from compressors.kernels import checks, reference
 
 SETTINGS = [(0.9, 0.999, 1e-8, 1.0), (0.9, 0.95, 0.0, 0.25), (0.0, 0.99, 1e-6, 1 / 3), (0.5, 0.0, 1e-3, 0.5)]
 
@@ -164,14 +164,17 @@ def test_adam_momentum_rejects_bad_arguments_with_the_fix(impl):
 def test_the_out_variants_refuse_an_output_that_is_an_input_or_another_output():
     """Through the op (whichever backend serves it): the old states stay the round's rollback."""
     g, m, v, u, one = torch.randn(10), torch.randn(10), torch.rand(10), torch.randn(10), torch.ones(1)
-    fresh = [torch.empty(10) for _ in range(4)]
-    for outs in ((u, *fresh[1:]), (fresh[0], fresh[0], *fresh[2:]), (*fresh[:3], g)):
+    fresh, spare = [torch.empty(10) for _ in range(4)], torch.empty(11)
+    for outs in ((u, *fresh[1:]), (fresh[0], fresh[0], *fresh[2:]), (*fresh[:3], g),
+                 (*fresh[:2], spare[:10], spare[1:])):  # the last two overlap in 9 entries
         before = [t.clone() for t in (g, m, v, u)]
-        with pytest.raises(ValueError, match="adam_momentum: the outputs must be new buffers, distinct"):
+        with pytest.raises(ValueError, match="adam_momentum: the outputs must be new buffers that overlap neither"):
             torch.ops.threepc.adam_momentum.out(g, m, v, u, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=outs[0],
                                                 v_new=outs[1], u_new=outs[2], u_hat=outs[3])
         assert all(torch.equal(a, b) for a, b in zip((g, m, v, u), before))
-    with pytest.raises(ValueError, match="adam_normalize: the outputs must be new buffers, distinct"):
+        with pytest.raises(ValueError, match="adam_momentum: the outputs must be new buffers that overlap neither"):
+            checks.adam_outputs("adam_momentum", g, (m, v, u), dict(zip(("m_new", "v_new", "u_new", "u_hat"), outs)))
+    with pytest.raises(ValueError, match="adam_normalize: the outputs must be new buffers that overlap neither"):
         torch.ops.threepc.adam_normalize.out(g, m, v, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=m, v_new=fresh[1],
                                              d=fresh[2])
     with pytest.raises(ValueError, match="adam_momentum: u_hat must be a contiguous float32 tensor of 10 elements"):

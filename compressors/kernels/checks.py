@@ -258,17 +258,24 @@ def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2:
 
 
 def adam_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dict[str, Tensor]) -> None:
-    """The .out variants' outputs: contiguous fp32 of grad's size on its device, all distinct and
-    none of them an input (the old states stay the rollback)."""
+    """The .out variants' outputs: contiguous fp32 of grad's size on its device, overlapping
+    neither each other nor an input (the old states stay the rollback)."""
     for name, t in outputs.items():
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel() or t.device != grad.device:
             raise ValueError(f"{op}: {name} must be a contiguous float32 tensor of {grad.numel()} elements "
                              f"on {grad.device}, got {t.dtype} of {t.numel()} on {t.device}{_non_contiguous(t)}")
-    pointers = [t.data_ptr() for t in outputs.values()]
-    if grad.numel() and (len(set(pointers)) < len(pointers)
-                         or set(pointers) & {t.data_ptr() for t in (grad, *inputs)}):
-        raise ValueError(f"{op}: the outputs must be new buffers, distinct, none of them grad or a state "
-                         "(the states stay the rollback)")
+    outs = list(outputs.values())
+    if grad.numel() and any(_overlap(o, t) for i, o in enumerate(outs) for t in (*outs[i + 1:], grad, *inputs)):
+        raise ValueError(f"{op}: the outputs must be new buffers that overlap neither each other nor grad or a "
+                         "state (the states stay the rollback)")
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether the bytes of two tensors (contiguous ones: their span) share memory."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    lo_a, lo_b = a.storage_offset() * a.element_size(), b.storage_offset() * b.element_size()
+    return lo_a < lo_b + b.numel() * b.element_size() and lo_b < lo_a + a.numel() * a.element_size()
 
 
 def _packed_block(op: str, block: int) -> None:
