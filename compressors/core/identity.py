@@ -26,7 +26,10 @@ class Identity(Compressor):
         return [PartSpec("dense", torch.float32, numel, aligned=True)]
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return Payload({"dense": x.reshape(-1).to(torch.float32, copy=True)}, x.numel())  # one copy
+        """x's fp32 entries: a view of x when it is a contiguous fp32 tensor (no copy; the
+        caller sends or reads the payload before it changes x, as DDP's hook, which packs it
+        into the collective's buffer at once, and the simulation do), else a converted copy."""
+        return Payload({"dense": x.reshape(-1).to(torch.float32)}, x.numel())
 
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         return payload.parts["dense"]
