@@ -147,7 +147,7 @@ def _adam(grad: Tensor, m: Tensor, v: Tensor, u: Tensor | None, c1: Tensor, c2: 
     """Both ops on checked arguments: (m', v', d), or with u (m', v', u', u^)."""
     constants = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, share, 1.0 - share], dtype=np.float32)
     momentum = np.empty(0, np.float32) if u is None else u.view(-1).numpy()
-    outs = _adam_normalize(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), momentum, c1.numpy(), c2.numpy(),
+    outs = _adam_loop(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), momentum, c1.numpy(), c2.numpy(),
                            constants, share < 1.0, u is not None)
     return tuple(torch.from_numpy(t) for t in (outs if u is not None else outs[:3]))
 
@@ -415,7 +415,7 @@ def _sign_subtract(v: np.ndarray, signs: np.ndarray, scales: np.ndarray, block: 
 
 
 @numba.njit(cache=True)
-def _adam_normalize(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: np.ndarray, c2: np.ndarray,
+def _adam_loop(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: np.ndarray, c2: np.ndarray,
                     k: np.ndarray, mix: bool, momentum: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """k: fp32 beta1, 1 - beta1, beta2, 1 - beta2, eps, share, 1 - share (reference.adam_normalize);
     ``momentum``: also u' and u^ (reference.adam_momentum), returned as (m', v', u', u^), else
