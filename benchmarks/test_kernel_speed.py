@@ -1,5 +1,5 @@
-"""Speed of the selection kernels, PackedTopK's packing, the scaled-sign codec and Adam's
-normalisation (and its momentum) against torch and against a copy of the same buffer (``make bench``).
+"""Speed of the selection kernels, PackedTopK's packing, the scaled-sign codec, Adam's
+normalisation (and its momentum) and the lazy triggers' squared distances against torch and against a copy of the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
@@ -175,3 +175,18 @@ def test_sign_accumulate(benchmark, record, buffers, implementation):
 
     measure(benchmark, record, f"sign_accumulate n=4 {size}", implementation, x, lambda: (out,),
             lambda o: kernels.sign_accumulate(o, signs, scales, block, 0.25), unfused)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_squared_distances(benchmark, record, buffers, implementation):
+    """CLAG's trigger: ||x - h||^2 and ||x - y||^2. threepc is one call (float64 sums in a fixed
+    order, no temporaries); torch is what the trigger ran before it, ``(x - h).square().sum()``
+    twice (four temporaries of x's size)."""
+    size, x, h = buffers
+    y = h.flip(0)
+
+    def before(x: torch.Tensor) -> tuple[float, float]:
+        return float((x - h).square().sum()), float((x - y).square().sum())
+
+    measure(benchmark, record, f"squared_distances 2 others {size}", implementation, x, lambda: (x,),
+            lambda x: kernels.squared_distances(x, [h, y]), before)

@@ -280,6 +280,22 @@ inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTens
                               "or a state (the states stay the rollback)");
 }
 
+// squared_distances: entry i of a block adds into lane i mod kDistanceLanes; blocks of
+// kDistanceBlock entries are summed on their own, then added in order (reference.py has the spec).
+inline constexpr int kDistanceLanes = 32;
+inline constexpr int64_t kDistanceBlock = int64_t(1) << 16;
+
+inline void check_squared_distances(const at::Tensor& x, at::TensorList others) {
+  check_floating("squared_distances", "x", x);
+  for (size_t i = 0; i < others.size(); ++i) {
+    const std::string name = "others[" + std::to_string(i) + "]";
+    check_floating("squared_distances", name.c_str(), others[i]);
+    TORCH_CHECK_VALUE(others[i].numel() == x.numel(), "squared_distances: x has ", x.numel(), " elements but ", name,
+                      " has ", others[i].numel());
+    TORCH_CHECK_VALUE(others[i].device() == x.device(), "squared_distances: x is on ", x.device(), " but ", name,
+                      " on ", others[i].device(), "; move them to one device");
+  }
+}
 
 inline int64_t packed_blocks(int64_t numel, int64_t block) { return (numel + block - 1) / block; }
 

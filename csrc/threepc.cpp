@@ -2,7 +2,7 @@
 //
 // The operator schemas are defined once, in Python (compressors/kernels/ops.py, with
 // torch.library); each device's kernels register for them with TORCH_LIBRARY_IMPL(threepc, <Key>, m):
-// csrc/topk.cpp and csrc/codecs.cpp for CPU, csrc/cuda/kernels.cu for CUDA. The dispatcher accepts
+// csrc/*.cpp for CPU, csrc/cuda/kernels.cu for CUDA. The dispatcher accepts
 // kernels registered before their schema. compressors/kernels checks the torch version the library
 // was built against (_C_build.json, written by setup.py) before loading it.
 #include <Python.h>

@@ -222,6 +222,19 @@ def test_packed_top_k_matches_the_reference(dtype, device):
             assert_same((got.cpu(),), (want,), nan_bits=False)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squared_distances_match_the_reference(dtype, device):
+    for kind in KINDS:
+        for n in (0, 1, 33, 65_537, 1_000_003):
+            x, o = make(kind, n, seed=13, dtype=dtype), make("normal", n, seed=14)
+            others = [o, make(kind, n, seed=15, dtype=torch.bfloat16), x]
+            want = reference.squared_distances(x, others)
+            got = kernels.squared_distances(x.to(device), [t.to(device) for t in others])
+            assert got.device.type == device
+            assert_same((got.cpu(),), (want,), nan_bits=False)
+
+
 @gpu
 def test_opcheck_passes_for_the_cuda_ops():
     ops = torch.ops.threepc
@@ -245,6 +258,7 @@ def test_opcheck_passes_for_the_cuda_ops():
     payload = ops.packed_encode(values, indices, 5000, 255, 4, 3, 7)
     torch.library.opcheck(ops.packed_encode.default, (values, indices, 5000, 255, 4, 3, 7))
     torch.library.opcheck(ops.packed_accumulate.default, (x.clone(), *[[t, t] for t in payload], 255, 4, 3, 7, 0.5))
+    torch.library.opcheck(ops.squared_distances.default, (x, [x.flip(0), x.half()]))
 
 
 @gpu

@@ -204,6 +204,14 @@ def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2:
     return out
 
 
+def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
+    """||x - o||^2 for each tensor o in ``others`` (same number of elements as x; fp32, fp16 or
+    bf16), as float64[len(others)] on x's device: differences in fp32, exact squares, float64 sums
+    in a fixed order (``reference``), so every implementation and device gives the same bits. One
+    pass per o and no temporaries, where ``(x - o).square().sum()`` writes two tensors of x's size."""
+    return _ops.squared_distances(x, others)
+
+
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
                   bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A Top-K support (``indices`` ascending, of a tensor of ``numel`` entries) and its ``values``

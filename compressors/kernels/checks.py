@@ -15,6 +15,8 @@ MAX_CODE_LENGTH = 16  # Huffman codewords
 RANS_MAX_PRECISION = 16  # rANS frequencies sum to 2^precision, precision <= 16
 RANS_LOW = 1 << 23  # rANS states lie in [RANS_LOW, 2^31)
 RANS_STATES = 2  # interleaved rANS states: symbol i uses state i mod 2
+DISTANCE_LANES = 32  # squared_distances: entry i of a block adds into lane i mod 32
+DISTANCE_BLOCK = 1 << 16  # squared_distances: entries summed per block before the blocks are added
 NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
               "Check the gradients (loss scaling, a diverged step) before compressing")
 NO_CODEWORD = ("huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights "
@@ -276,6 +278,17 @@ def _overlap(a: Tensor, b: Tensor) -> bool:
         return False
     lo_a, lo_b = a.storage_offset() * a.element_size(), b.storage_offset() * b.element_size()
     return lo_a < lo_b + b.numel() * b.element_size() and lo_b < lo_a + a.numel() * a.element_size()
+
+
+def squared_distances(x: Tensor, others: list[Tensor]) -> None:
+    _floating("squared_distances", "x", x)
+    for i, o in enumerate(others):
+        _floating("squared_distances", f"others[{i}]", o)
+        if o.numel() != x.numel():
+            raise ValueError(f"squared_distances: x has {x.numel()} elements but others[{i}] has {o.numel()}")
+        if o.device != x.device:
+            raise ValueError(f"squared_distances: x is on {x.device} but others[{i}] on {o.device}; move them to one "
+                             "device")
 
 
 def _packed_block(op: str, block: int) -> None:

@@ -106,6 +106,13 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
         _sign_subtract(flat, s.contiguous().numpy(), c.float().numpy(), block, np.float32(-alpha))
 
 
+def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
+    checks.squared_distances(x, others)
+    flat = _f32(x)
+    return torch.tensor([_squared_distance(flat, _f32(o), checks.DISTANCE_BLOCK, checks.DISTANCE_LANES)
+                         for o in others], dtype=torch.float64)
+
+
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
                   bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     checks.packed_encode(values, indices, numel, block, exponent, mantissa, bias)
@@ -148,7 +155,7 @@ def _adam(grad: Tensor, m: Tensor, v: Tensor, u: Tensor | None, c1: Tensor, c2: 
     constants = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, share, 1.0 - share], dtype=np.float32)
     momentum = np.empty(0, np.float32) if u is None else u.view(-1).numpy()
     outs = _adam_loop(_f32(grad), m.view(-1).numpy(), v.view(-1).numpy(), momentum, c1.numpy(), c2.numpy(),
-                           constants, share < 1.0, u is not None)
+                      constants, share < 1.0, u is not None)
     return tuple(torch.from_numpy(t) for t in (outs if u is not None else outs[:3]))
 
 
@@ -441,6 +448,23 @@ def _adam_loop(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: n
     if momentum:
         return m_new, v_new, u_new, d
     return m_new, v_new, d, u_new
+
+
+# -- squared distances (see reference.squared_distances) ----------------------------------------
+@numba.njit(cache=True)
+def _squared_distance(x: np.ndarray, o: np.ndarray, block: int, lanes: int) -> float:
+    total = 0.0
+    acc = np.empty(lanes, np.float64)
+    for lo in range(0, max(x.size, 1), block):
+        acc[:] = 0.0
+        for i in range(lo, min(lo + block, x.size)):
+            d = np.float64(x[i] - o[i])  # one fp32 subtraction; its square is exact in float64
+            acc[(i - lo) % lanes] += d * d
+        block_sum = acc[0]
+        for lane in range(1, lanes):
+            block_sum += acc[lane]
+        total += block_sum
+    return total
 
 
 # -- Top-K packed in 16 bits an entry (see reference.packed_encode) -----------------------------

@@ -47,6 +47,8 @@ SCHEMAS = (
     "sign_decode(Tensor signs, Tensor scales, int numel, int block) -> Tensor",
     # out += sign_j * (scale_b * alpha) of every payload (signs[r], scales[r]), in list order.
     "sign_accumulate(Tensor(a!) out, Tensor[] signs, Tensor[] scales, int block, float alpha) -> ()",
+    # ||x - o||^2 of each o in others (float64), summed in a fixed order: the same bits everywhere.
+    "squared_distances(Tensor x, Tensor[] others) -> Tensor",
     # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
     # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|, at least 2^-149; 1
     # for max |v| = 0; NaN for a non-finite v), one uint8 count per block of `block` entries and one
@@ -73,7 +75,8 @@ for _schema in SCHEMAS:
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
               "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
-              "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate")
+              "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate",
+              "squared_distances")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -183,6 +186,11 @@ def _sign_decode_fake(signs: Tensor, scales: Tensor, numel: int, block: int) -> 
 @torch.library.register_fake("threepc::sign_accumulate", lib=LIB)
 def _sign_accumulate_fake(out: Tensor, signs: list[Tensor], scales: list[Tensor], block: int, alpha: float) -> None:
     return None
+
+
+@torch.library.register_fake("threepc::squared_distances", lib=LIB)
+def _squared_distances_fake(x: Tensor, others: list[Tensor]) -> Tensor:
+    return x.new_empty(len(others), dtype=torch.float64)
 
 
 @torch.library.register_fake("threepc::packed_encode", lib=LIB)

@@ -59,6 +59,13 @@ CUDA tensors when the extension has no CUDA kernels.
   holds entry j (blocks ascending, counts[b] entries each): out[b_j block + offsets_j] +=
   alpha float_decode(codes_j, ..., s_r) (as ``sparse_accumulate`` of the decoded values at the
   decoded indices; a NaN scale decodes to NaN).
+* ``squared_distances(x, others)``: ||x - o||^2 for each o in ``others`` (float64[len(others)]).
+  Each entry's difference d_i = x_i - o_i is one fp32 subtraction of the values read as fp32
+  (fp16/bf16 exactly), and d_i^2 is exact in float64. The float64 sum has a fixed order, so every
+  implementation gives the same bits: the entries fall in blocks of ``DISTANCE_BLOCK`` = 2^16;
+  within a block, entry i adds into lane i mod ``DISTANCE_LANES`` = 32, each lane in index order
+  from +0; a block's sum is lane 0 + lane 1 + ... + lane 31, left to right; the result is the
+  blocks' sums added left to right. NaN if a difference is NaN, +inf if one overflows.
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
@@ -340,6 +347,24 @@ def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2:
     b1, rest = (torch.tensor(x, dtype=torch.float32, device=m.device) for x in (beta1, 1.0 - beta1))
     u_new = u.view(-1) * b1 + d * rest
     return m_new, v_new, u_new, u_new * _sqrt(c1.view(-1))
+
+
+# -- squared distances -----------------------------------------------------------------------
+def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
+    checks.squared_distances(x, others)
+    return torch.stack([_squared_distance(x, o) for o in others]) if others else x.new_zeros(0, dtype=torch.float64)
+
+
+def _squared_distance(x: Tensor, o: Tensor) -> Tensor:
+    """||x - o||^2 in the order of the module docstring (``cumsum`` adds in index order)."""
+    squares = (x.reshape(-1).float() - o.reshape(-1).float()).double().square()
+    blocks = max(1, -(-squares.numel() // checks.DISTANCE_BLOCK))
+    padded = torch.nn.functional.pad(squares, (0, blocks * checks.DISTANCE_BLOCK - squares.numel()))  # +0: no change
+    lanes = padded.view(blocks, -1, checks.DISTANCE_LANES).cumsum(1)[:, -1]
+    sums = lanes[:, 0]
+    for lane in range(1, checks.DISTANCE_LANES):
+        sums = sums + lanes[:, lane]
+    return sums.cumsum(0)[-1]
 
 
 # -- Top-K packed in 16 bits an entry ---------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .. import kernels
 from ..core.compressor import Compressor
 from .ef21 import ef21_constants, ef21_move
 from ..core.payload import Payload
@@ -35,8 +36,9 @@ class CLAG(ThreePoint):
         return f"{type(self).__name__}({self.compressor!r}, zeta={self.zeta})"
 
     def triggered(self, h: Tensor, y: Tensor, x: Tensor, rnd: Round) -> bool:
-        """Whether the worker uploads this round."""
-        return float((x - h).square().sum()) > self.zeta * float((x - y).square().sum())
+        """Whether the worker uploads this round (both norms in one call: float64 sums, no temporaries)."""
+        to_h, to_y = kernels.squared_distances(x, [h, y]).tolist()
+        return to_h > self.zeta * to_y
 
     def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:
         if not self.triggered(h, y, x, rnd):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from .ef21 import ef21_constants
 from ..core.mechanism import KeepsPeers, flat
@@ -48,7 +49,8 @@ class EF21Plus(KeepsPeers):
         b = c.decompress(fresh, rnd)
         update = c.compress(x - h, rnd)
         m = h + c.decompress(update, rnd)
-        reset = float((b - x).square().sum()) <= float((m - x).square().sum())
+        to_b, to_m = kernels.squared_distances(x, [b, m]).tolist()
+        reset = to_b <= to_m
         h.copy_(b if reset else m)
         chosen = fresh if reset else update
         return Payload({"flag": torch.tensor([int(reset)], dtype=torch.uint8), **chosen.parts}, h.numel())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .. import kernels
 from .clag import CLAG
 from ..core.identity import Identity
 from ..core.mechanism import Mechanism
@@ -47,7 +48,7 @@ class LAGWK(LAG):
 
     def triggered(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> bool:
         threshold = self.xi / self.window * sum(rnd.moves[:self.window])
-        return float((x - h).square().sum()) > threshold
+        return float(kernels.squared_distances(x, [h])) > threshold
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         return Mechanism.constants(self, numel, workers)  # raises: LAG-WK is not a 3PC

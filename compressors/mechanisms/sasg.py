@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from ..core.error_feedback import compensated
 from ..core.mechanism import KeepsPeers, flat
@@ -89,7 +90,7 @@ class SASG(KeepsPeers):
         skips = int(self.memory.skips.max()) if self.memory.skips.numel() else 0
         if rnd.t <= self.window or skips >= self.window:
             return True
-        return float((x - self.memory.y).square().sum()) > sum(rnd.moves[:self.window]) / self.c
+        return float(kernels.squared_distances(x, [self.memory.y])) > sum(rnd.moves[:self.window]) / self.c
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         x = flat(grad)

@@ -679,6 +679,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adam_momentum_cuda(
   return {m_new, v_new, u_new, u_hat};
 }
 
+// -- squared_distances: the CPU's order (op_checks.h, reference.py), so the same bits ---------------
+// One warp per block of kDistanceBlock entries: lane j sums the entries i = j (mod 32) of the
+// block in index order; lane 0 adds the lanes left to right. d * d is exact in float64.
+__global__ void distance_blocks_kernel(const float* x, const float* o, int64_t n, double* sums) {
+  const int64_t lo = static_cast<int64_t>(blockIdx.x) * kDistanceBlock, hi = min(n, lo + kDistanceBlock);
+  double acc = 0.0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += kDistanceLanes) {
+    const double d = __fsub_rn(x[i], o[i]);
+    acc = __dadd_rn(acc, __dmul_rn(d, d));
+  }
+  __shared__ double lanes[kDistanceLanes];
+  lanes[threadIdx.x] = acc;
+  __syncwarp();
+  if (threadIdx.x == 0) {
+    double sum = lanes[0];
+    for (int j = 1; j < kDistanceLanes; ++j) sum = __dadd_rn(sum, lanes[j]);
+    sums[blockIdx.x] = sum;
+  }
+}
+
+__global__ void distance_total_kernel(const double* sums, int64_t blocks, double* out) {  // one thread
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) total = __dadd_rn(total, sums[b]);
+  *out = total;
+}
+
+at::Tensor squared_distances_cuda(const at::Tensor& x, at::TensorList others) {
+  check_squared_distances(x, others);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor flat = x.reshape(-1).to(at::kFloat).contiguous();  // fp16/bf16: exact
+  const int64_t n = flat.numel(), blocks = std::max<int64_t>(1, (n + kDistanceBlock - 1) / kDistanceBlock);
+  at::Tensor out = at::empty({static_cast<int64_t>(others.size())}, x.options().dtype(at::kDouble));
+  at::Tensor sums = at::empty({blocks}, out.options());
+  for (size_t j = 0; j < others.size(); ++j) {
+    const at::Tensor o = others[j].reshape(-1).to(at::kFloat).contiguous();
+    distance_blocks_kernel<<<blocks, kDistanceLanes, 0, current_stream()>>>(
+        flat.const_data_ptr<float>(), o.const_data_ptr<float>(), n, sums.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    distance_total_kernel<<<1, 1, 0, current_stream()>>>(sums.const_data_ptr<double>(), blocks,
+                                                         out.mutable_data_ptr<double>() + j);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
@@ -703,6 +748,7 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("adam_momentum.out", &adam_momentum_out_cuda);
   m.impl("packed_encode", &packed_encode_cuda);
   m.impl("packed_accumulate", &packed_accumulate_cuda);
+  m.impl("squared_distances", &squared_distances_cuda);
 }
 
 }  // namespace threepc

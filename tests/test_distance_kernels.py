@@ -1,0 +1,122 @@
+"""``squared_distances`` (||x - o||^2 for the lazy triggers): the reference against an independent
+numpy oracle of the order it specifies and against the exactly rounded sum; ext and numba bit for
+bit against the reference on random and adversarial inputs; bad arguments; opcheck."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_kernels import ALL, DTYPES, IMPLS, KINDS, OTHERS, assert_same, make
+
+from compressors.kernels import checks, reference
+
+BLOCK, LANES = checks.DISTANCE_BLOCK, checks.DISTANCE_LANES
+EDGES = [0, 1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17]
+
+
+def oracle(x: torch.Tensor, o: torch.Tensor) -> float:
+    """The docstring's order in numpy, one explicit loop per level: fp32 differences, float64
+    squares, lanes row by row, lanes left to right, blocks left to right."""
+    d = (x.reshape(-1).float().numpy() - o.reshape(-1).float().numpy()).astype(np.float64)
+    squares = d * d
+    blocks = max(1, -(-squares.size // BLOCK))
+    rows = np.zeros(blocks * BLOCK)
+    rows[:squares.size] = squares
+    rows = rows.reshape(blocks, BLOCK // LANES, LANES)
+    lanes = np.zeros((blocks, LANES))
+    for r in range(rows.shape[1]):
+        lanes += rows[:, r, :]
+    sums = lanes[:, 0].copy()
+    for j in range(1, LANES):
+        sums += lanes[:, j]
+    total = 0.0
+    for s in sums:
+        total += s
+    return total
+
+
+def pair(kind: str, n: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return make(kind, n, seed, dtype), make("normal", n, seed + 1) * 3
+
+
+@pytest.mark.parametrize("n", EDGES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_matches_the_oracle_of_its_order(n, kind):
+    x, o = pair(kind, n, n, torch.float32)
+    got = reference.squared_distances(x, [o])
+    want = oracle(x, o)
+    assert got.dtype == torch.float64 and got.shape == (1,)
+    assert got.item() == want or (math.isnan(want) and math.isnan(got.item()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 4 * BLOCK), seed=st.integers(0, 2**31), scale=st.sampled_from([1e-30, 1.0, 1e30]))
+def test_reference_is_within_the_float64_bound_of_the_exact_sum(n, seed, scale):
+    x, o = pair("normal", n, seed, torch.float32)
+    x, o = x * scale, o * scale
+    d = (x - o).double()  # the fp32 difference, exactly widened
+    exact = math.fsum((d * d).tolist())  # squares exact in float64, sum correctly rounded
+    got = reference.squared_distances(x, [o]).item()
+    assert abs(got - exact) <= max(n, 1) * 2.0 ** -52 * exact
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@pytest.mark.parametrize("n", EDGES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_kernels_match_the_reference_bit_for_bit(impl, n, dtype):
+    for kind in KINDS:
+        x, o = pair(kind, n, n + 7, dtype)
+        others = [o, make(kind, n, n + 9, torch.bfloat16), x, torch.zeros(n)]  # mixed dtypes, itself, zeros
+        want = reference.squared_distances(x, others)
+        assert_same((IMPLS[impl].squared_distances(x, others),), (want,), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 300_000), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**31))
+def test_the_kernels_match_the_reference_on_random_sizes(impl, n, kind, seed):
+    x, o = pair(kind, n, seed, torch.float32)
+    assert_same((IMPLS[impl].squared_distances(x, [o, x.flip(0)]),), (reference.squared_distances(x, [o, x.flip(0)]),),
+                nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_non_contiguous_and_shaped_inputs_read_as_flat(impl):
+    x, o = torch.randn(300, 400), torch.randn(400, 300).t()  # o non-contiguous
+    got = IMPLS[impl].squared_distances(x, [o, x[:, ::2].repeat(1, 2)])
+    want = reference.squared_distances(x.reshape(-1), [o.contiguous().reshape(-1), x[:, ::2].repeat(1, 2).reshape(-1)])
+    assert_same((got,), (want,))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_nan_gives_nan_and_an_overflowing_difference_gives_inf(impl):
+    x = torch.zeros(BLOCK + 5)
+    nan, big = x.clone(), x.clone()
+    nan[BLOCK + 3] = math.nan
+    big[7] = 3e38
+    got = IMPLS[impl].squared_distances(x, [nan, big, -big, x])
+    assert math.isnan(got[0]) and got[1].item() == big[7].item() ** 2 == got[2].item() and got[3].item() == 0.0
+    inf = IMPLS[impl].squared_distances(big, [-big])  # 6e38 overflows fp32: the difference is inf
+    assert inf.item() == math.inf
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_squared_distances_rejects_bad_arguments_with_the_fix(impl):
+    op, x = IMPLS[impl].squared_distances, torch.randn(10)
+    with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
+        op(x.double(), [x])
+    with pytest.raises(TypeError, match=r"others\[1\] must be float32, float16 or bfloat16"):
+        op(x, [x, x.long()])
+    with pytest.raises(ValueError, match=r"x has 10 elements but others\[0\] has 11"):
+        op(x, [torch.randn(11)])
+    assert op(x, []).shape == (0,)
+
+
+@pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
+def test_opcheck_passes_for_squared_distances():
+    x = torch.randn(70_000)
+    torch.library.opcheck(torch.ops.threepc.squared_distances.default, (x, [torch.randn(70_000), x.half()]))
