@@ -280,10 +280,11 @@ inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTens
                               "or a state (the states stay the rollback)");
 }
 
-// squared_distances: entry i of a block adds into lane i mod kDistanceLanes; blocks of
-// kDistanceBlock entries are summed on their own, then added in order (reference.py has the spec).
-inline constexpr int kDistanceLanes = 32;
-inline constexpr int64_t kDistanceBlock = int64_t(1) << 16;
+// Float64 sums in a fixed order (squared_distances, abs_moments): entry i of a block adds into lane
+// i mod kSumLanes; blocks of kSumBlock entries are summed on their own, then added in order
+// (reference.py has the spec).
+inline constexpr int kSumLanes = 32;
+inline constexpr int64_t kSumBlock = int64_t(1) << 16;
 
 inline void check_squared_distances(const at::Tensor& x, at::TensorList others) {
   check_floating("squared_distances", "x", x);
@@ -296,6 +297,8 @@ inline void check_squared_distances(const at::Tensor& x, at::TensorList others) 
                       " on ", others[i].device(), "; move them to one device");
   }
 }
+
+inline void check_abs_moments(const at::Tensor& x) { check_floating("abs_moments", "x", x); }
 
 inline int64_t packed_blocks(int64_t numel, int64_t block) { return (numel + block - 1) / block; }
 

@@ -224,7 +224,7 @@ def test_packed_top_k_matches_the_reference(dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_squared_distances_match_the_reference(dtype, device):
+def test_the_ordered_sums_match_the_reference(dtype, device):
     for kind in KINDS:
         for n in (0, 1, 33, 65_537, 1_000_003):
             x, o = make(kind, n, seed=13, dtype=dtype), make("normal", n, seed=14)
@@ -233,6 +233,8 @@ def test_squared_distances_match_the_reference(dtype, device):
             got = kernels.squared_distances(x.to(device), [t.to(device) for t in others])
             assert got.device.type == device
             assert_same((got.cpu(),), (want,), nan_bits=False)
+            moments = kernels.abs_moments(x.to(device))
+            assert_same((moments.cpu(),), (reference.abs_moments(x),), nan_bits=False)
 
 
 @gpu
@@ -259,6 +261,7 @@ def test_opcheck_passes_for_the_cuda_ops():
     torch.library.opcheck(ops.packed_encode.default, (values, indices, 5000, 255, 4, 3, 7))
     torch.library.opcheck(ops.packed_accumulate.default, (x.clone(), *[[t, t] for t in payload], 255, 4, 3, 7, 0.5))
     torch.library.opcheck(ops.squared_distances.default, (x, [x.flip(0), x.half()]))
+    torch.library.opcheck(ops.abs_moments.default, (x,))
 
 
 @gpu

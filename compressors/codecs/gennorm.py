@@ -59,7 +59,13 @@ def fit(v: Tensor | np.ndarray) -> tuple[float, float]:
     x = np.asarray(v.detach().reshape(-1).double().cpu() if isinstance(v, Tensor) else v, np.float64).ravel()
     if x.size == 0:
         return 2.0, 0.0
-    m1, m2 = float(np.abs(x).mean()), float(np.square(x).mean())
+    return fit_moments(float(np.abs(x).mean()), float(np.square(x).mean()))
+
+
+def fit_moments(m1: float, m2: float) -> tuple[float, float]:
+    """(beta, alpha) of the GenNorm with E|X| = m1 and E X^2 = m2: beta solves
+    Gamma(2/beta)^2 / (Gamma(1/beta) Gamma(3/beta)) = m1^2 / m2 (bisection on log beta), then
+    alpha = m1 Gamma(1/beta) / Gamma(2/beta). (2, 0) when m2 = 0."""
     if m2 == 0.0:
         return 2.0, 0.0
     target = m1 * m1 / m2

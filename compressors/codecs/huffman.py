@@ -36,14 +36,19 @@ def huffman_lengths(weights: np.ndarray, limit: int = MAX_LENGTH) -> np.ndarray:
     if n == 1:
         lengths[0] = 1
         return lengths
-    tie = itertools.count()
-    heap = [(float(x), next(tie), [i]) for i, x in enumerate(w)]
+    tie = itertools.count()  # equal weights merge in the order they entered the heap
+    heap = [(float(x), next(tie), i) for i, x in enumerate(w)]  # leaves are nodes 0 .. n-1
     heapq.heapify(heap)
-    while len(heap) > 1:
+    parent = [0] * (2 * n - 1)
+    for node in range(n, 2 * n - 1):  # the merged pair's parent; the root is node 2n - 2
         wa, _, a = heapq.heappop(heap)
         wb, _, b = heapq.heappop(heap)
-        lengths[a + b] += 1
-        heapq.heappush(heap, (wa + wb, next(tie), a + b))
+        parent[a] = parent[b] = node
+        heapq.heappush(heap, (wa + wb, next(tie), node))
+    depth = [0] * (2 * n - 1)
+    for node in range(2 * n - 3, -1, -1):  # a parent is created after its children
+        depth[node] = depth[parent[node]] + 1
+    lengths[:] = depth[:n]
     if lengths.max() > limit:
         np.minimum(lengths, limit, out=lengths)
         excess = int(np.sum(1 << (limit - lengths))) - (1 << limit)

@@ -212,6 +212,13 @@ def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
     return _ops.squared_distances(x, others)
 
 
+def abs_moments(x: Tensor) -> Tensor:
+    """(the number of non-zero entries, sum |x_i|, sum x_i^2) of x (fp32, fp16 or bf16) as
+    float64[3] on x's device, summed in ``squared_distances``' order (the same bits everywhere;
+    a NaN counts as non-zero). One pass over x, where masking out the zeros copies them."""
+    return _ops.abs_moments(x)
+
+
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
                   bias: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A Top-K support (``indices`` ascending, of a tensor of ``numel`` entries) and its ``values``

@@ -15,8 +15,8 @@ MAX_CODE_LENGTH = 16  # Huffman codewords
 RANS_MAX_PRECISION = 16  # rANS frequencies sum to 2^precision, precision <= 16
 RANS_LOW = 1 << 23  # rANS states lie in [RANS_LOW, 2^31)
 RANS_STATES = 2  # interleaved rANS states: symbol i uses state i mod 2
-DISTANCE_LANES = 32  # squared_distances: entry i of a block adds into lane i mod 32
-DISTANCE_BLOCK = 1 << 16  # squared_distances: entries summed per block before the blocks are added
+SUM_LANES = 32  # float64 sums in a fixed order (squared_distances, abs_moments): entry i of a block into lane i mod 32
+SUM_BLOCK = 1 << 16  # ... and blocks of 2^16 entries summed on their own before the blocks are added
 NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
               "Check the gradients (loss scaling, a diverged step) before compressing")
 NO_CODEWORD = ("huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights "
@@ -289,6 +289,10 @@ def squared_distances(x: Tensor, others: list[Tensor]) -> None:
         if o.device != x.device:
             raise ValueError(f"squared_distances: x is on {x.device} but others[{i}] on {o.device}; move them to one "
                              "device")
+
+
+def abs_moments(x: Tensor) -> None:
+    _floating("abs_moments", "x", x)
 
 
 def _packed_block(op: str, block: int) -> None:

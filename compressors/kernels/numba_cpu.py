@@ -109,8 +109,14 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
 def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
     checks.squared_distances(x, others)
     flat = _f32(x)
-    return torch.tensor([_squared_distance(flat, _f32(o), checks.DISTANCE_BLOCK, checks.DISTANCE_LANES)
-                         for o in others], dtype=torch.float64)
+    return torch.tensor([_ordered_sums(flat, _f32(o), True, checks.SUM_BLOCK, checks.SUM_LANES)[0] for o in others],
+                        dtype=torch.float64)
+
+
+def abs_moments(x: Tensor) -> Tensor:
+    checks.abs_moments(x)
+    flat = _f32(x)
+    return torch.from_numpy(_ordered_sums(flat, flat, False, checks.SUM_BLOCK, checks.SUM_LANES))
 
 
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
@@ -450,21 +456,31 @@ def _adam_loop(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: n
     return m_new, v_new, d, u_new
 
 
-# -- squared distances (see reference.squared_distances) ----------------------------------------
+# -- float64 sums in a fixed order (see reference) ----------------------------------------------
 @numba.njit(cache=True)
-def _squared_distance(x: np.ndarray, o: np.ndarray, block: int, lanes: int) -> float:
-    total = 0.0
-    acc = np.empty(lanes, np.float64)
+def _ordered_sums(x: np.ndarray, o: np.ndarray, distance: bool, block: int, lanes: int) -> np.ndarray:
+    """distance: [||x - o||^2]; else x's [#non-zero, sum |x_i|, sum x_i^2] (o unused)."""
+    k = 1 if distance else 3
+    totals = np.zeros(k, np.float64)
+    acc = np.empty((k, lanes), np.float64)
     for lo in range(0, max(x.size, 1), block):
         acc[:] = 0.0
         for i in range(lo, min(lo + block, x.size)):
-            d = np.float64(x[i] - o[i])  # one fp32 subtraction; its square is exact in float64
-            acc[(i - lo) % lanes] += d * d
-        block_sum = acc[0]
-        for lane in range(1, lanes):
-            block_sum += acc[lane]
-        total += block_sum
-    return total
+            lane = (i - lo) % lanes
+            if distance:
+                d = np.float64(x[i] - o[i])  # one fp32 subtraction; its square is exact in float64
+                acc[0, lane] += d * d
+            else:
+                v = np.float64(x[i])
+                acc[0, lane] += 1.0 if v != 0.0 else 0.0
+                acc[1, lane] += abs(v)
+                acc[2, lane] += v * v
+        for j in range(k):
+            block_sum = acc[j, 0]
+            for lane in range(1, lanes):
+                block_sum += acc[j, lane]
+            totals[j] += block_sum
+    return totals
 
 
 # -- Top-K packed in 16 bits an entry (see reference.packed_encode) -----------------------------

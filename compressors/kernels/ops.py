@@ -49,6 +49,8 @@ SCHEMAS = (
     "sign_accumulate(Tensor(a!) out, Tensor[] signs, Tensor[] scales, int block, float alpha) -> ()",
     # ||x - o||^2 of each o in others (float64), summed in a fixed order: the same bits everywhere.
     "squared_distances(Tensor x, Tensor[] others) -> Tensor",
+    # (the number of non-zero x_i, sum |x_i|, sum x_i^2) in float64, summed in the same order.
+    "abs_moments(Tensor x) -> Tensor",
     # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
     # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|, at least 2^-149; 1
     # for max |v| = 0; NaN for a non-finite v), one uint8 count per block of `block` entries and one
@@ -76,7 +78,7 @@ for _schema in SCHEMAS:
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
               "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
               "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate",
-              "squared_distances")
+              "squared_distances", "abs_moments")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -191,6 +193,11 @@ def _sign_accumulate_fake(out: Tensor, signs: list[Tensor], scales: list[Tensor]
 @torch.library.register_fake("threepc::squared_distances", lib=LIB)
 def _squared_distances_fake(x: Tensor, others: list[Tensor]) -> Tensor:
     return x.new_empty(len(others), dtype=torch.float64)
+
+
+@torch.library.register_fake("threepc::abs_moments", lib=LIB)
+def _abs_moments_fake(x: Tensor) -> Tensor:
+    return x.new_empty(3, dtype=torch.float64)
 
 
 @torch.library.register_fake("threepc::packed_encode", lib=LIB)

@@ -59,13 +59,15 @@ CUDA tensors when the extension has no CUDA kernels.
   holds entry j (blocks ascending, counts[b] entries each): out[b_j block + offsets_j] +=
   alpha float_decode(codes_j, ..., s_r) (as ``sparse_accumulate`` of the decoded values at the
   decoded indices; a NaN scale decodes to NaN).
-* ``squared_distances(x, others)``: ||x - o||^2 for each o in ``others`` (float64[len(others)]).
-  Each entry's difference d_i = x_i - o_i is one fp32 subtraction of the values read as fp32
-  (fp16/bf16 exactly), and d_i^2 is exact in float64. The float64 sum has a fixed order, so every
-  implementation gives the same bits: the entries fall in blocks of ``DISTANCE_BLOCK`` = 2^16;
-  within a block, entry i adds into lane i mod ``DISTANCE_LANES`` = 32, each lane in index order
-  from +0; a block's sum is lane 0 + lane 1 + ... + lane 31, left to right; the result is the
-  blocks' sums added left to right. NaN if a difference is NaN, +inf if one overflows.
+* Float64 sums in a fixed order, so that every implementation gives the same bits: the terms
+  (each exact in float64) fall in blocks of ``SUM_BLOCK`` = 2^16; within a block, term i adds
+  into lane i mod ``SUM_LANES`` = 32, each lane in index order from +0; a block's sum is
+  lane 0 + lane 1 + ... + lane 31, left to right; the sum is the blocks' sums added left to right.
+* ``squared_distances(x, others)``: ||x - o||^2 for each o in ``others`` (float64[len(others)]),
+  the ordered sum of d_i^2, d_i = x_i - o_i one fp32 subtraction of the values read as fp32
+  (fp16/bf16 exactly). NaN if a difference is NaN, +inf if one overflows.
+* ``abs_moments(x)``: float64[3], the ordered sums of [x_i != 0] (a NaN counts), |x_i| and
+  x_i^2, the values read as fp32 (exact in float64, as their squares).
 * ``huffman_encode(symbols, codes, lengths)``: symbol s as the ``lengths[s]`` low bits of
   ``codes[s]``, most significant bit first, concatenated MSB-first into bytes; the last byte is
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
@@ -349,20 +351,27 @@ def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2:
     return m_new, v_new, u_new, u_new * _sqrt(c1.view(-1))
 
 
-# -- squared distances -----------------------------------------------------------------------
+# -- float64 sums in a fixed order ----------------------------------------------------------
 def squared_distances(x: Tensor, others: list[Tensor]) -> Tensor:
     checks.squared_distances(x, others)
-    return torch.stack([_squared_distance(x, o) for o in others]) if others else x.new_zeros(0, dtype=torch.float64)
+    if not others:
+        return x.new_zeros(0, dtype=torch.float64)
+    return torch.stack([_ordered_sum((x.reshape(-1).float() - o.reshape(-1).float()).double().square()) for o in others])
 
 
-def _squared_distance(x: Tensor, o: Tensor) -> Tensor:
-    """||x - o||^2 in the order of the module docstring (``cumsum`` adds in index order)."""
-    squares = (x.reshape(-1).float() - o.reshape(-1).float()).double().square()
-    blocks = max(1, -(-squares.numel() // checks.DISTANCE_BLOCK))
-    padded = torch.nn.functional.pad(squares, (0, blocks * checks.DISTANCE_BLOCK - squares.numel()))  # +0: no change
-    lanes = padded.view(blocks, -1, checks.DISTANCE_LANES).cumsum(1)[:, -1]
+def abs_moments(x: Tensor) -> Tensor:
+    checks.abs_moments(x)
+    v = x.reshape(-1).float().double()
+    return torch.stack([_ordered_sum((v != 0).double()), _ordered_sum(v.abs()), _ordered_sum(v.square())])
+
+
+def _ordered_sum(terms: Tensor) -> Tensor:
+    """The float64 ``terms`` summed in the order of the module docstring (``cumsum`` adds in index order)."""
+    blocks = max(1, -(-terms.numel() // checks.SUM_BLOCK))
+    padded = torch.nn.functional.pad(terms, (0, blocks * checks.SUM_BLOCK - terms.numel()))  # +0: no change
+    lanes = padded.view(blocks, -1, checks.SUM_LANES).cumsum(1)[:, -1]
     sums = lanes[:, 0]
-    for lane in range(1, checks.DISTANCE_LANES):
+    for lane in range(1, checks.SUM_LANES):
         sums = sums + lanes[:, lane]
     return sums.cumsum(0)[-1]
 

@@ -2,16 +2,9 @@
 and error feedback with memory decay."""
 from __future__ import annotations
 
-from torch import Tensor
-
-from ..core.compressor import ROUND0
+from .ef14 import EF14
 from ..operators.float_format import FloatFormat
 from ..operators.float_quantizer import FloatQuantizer
-from ..core.error_feedback import compensated
-from ..core.mechanism import Replacing, flat
-from ..core.memory import Error
-from ..core.payload import Payload
-from ..core.rounds import Round
 
 
 def co3_quantizer(fmt: str | FloatFormat, gamma: float, *, coder: str, scale: str, rounding: str,
@@ -22,15 +15,15 @@ def co3_quantizer(fmt: str | FloatFormat, gamma: float, *, coder: str, scale: st
     return FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding, seed=seed)
 
 
-class CO3(Replacing):
+class CO3(EF14):
     """CO3, worker i with error memory e_i (e_i^0 = 0) and decay gamma in (0, 1]:
 
         v_i = grad f_i(x^{t+1}) + gamma e_i,   q_i = Q(v_i),   e_i <- v_i - q_i,
         g^{t+1} = (1/n) sum_i q_i              (the worker sends the code of q_i)
 
     with Q = ``FloatQuantizer(fmt, scale=scale, coder=coder, rounding=rounding)`` (the paper's
-    Eq. (6)-(8); gamma = 1 is classical error feedback, the authors' default is 0.7). Not a 3PC.
-    Memory: e_i.
+    Eq. (6)-(8); gamma = 1 is classical error feedback, the authors' default is 0.7): ``EF14``
+    with e_i decayed. Not a 3PC. Memory: e_i.
     """
 
     def __init__(self, fmt: str | FloatFormat = "fp8-152", gamma: float = 0.7, *, coder: str = "huffman",
@@ -41,14 +34,6 @@ class CO3(Replacing):
     def __repr__(self) -> str:
         return f"CO3({self.compressor!r}, gamma={self.gamma})"
 
-    memory_type = Error
-    memory: Error
-    written_in_place: frozenset[str] = frozenset()
-
-    def setup(self, grad: Tensor) -> Error:
-        return Error(grad.zero_())
-
-    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        payload, error = compensated(self.compressor, self.memory.e_i, flat(grad), rnd, decay=self.gamma)
-        self.memory = Error(error)
-        return payload
+    @property
+    def decay(self) -> float:
+        return self.gamma

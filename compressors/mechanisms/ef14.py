@@ -36,9 +36,11 @@ class EF14(Replacing):
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
 
+    decay = 1.0  # the factor of e_i in v (CO3's gamma)
+
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         e = self.memory.e_i
         out = reusable(self._spare, e.numel(), e.device, busy=(e,))
-        payload, error = compensated(self.compressor, e, flat(grad), rnd, out=out)
+        payload, error = compensated(self.compressor, e, flat(grad), rnd, decay=self.decay, out=out)
         self._spare, self.memory = e, Error(error)
         return payload

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..codecs import gennorm, histogram
 from ..core.compressor import ROUND0, Compressor
 from .float_format import FloatFormat
@@ -122,10 +123,10 @@ class FloatQuantizer(Compressor):
     def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """The payload of x and the fp32 Q(x) it decodes to (without decoding the stream)."""
         v = x.reshape(-1)
-        if self.coder in MODEL_CODERS or self.scale == "gennorm":
-            nonzero = v[v != 0]
-            zero_q = round(_ZERO_STEPS * (1 - nonzero.numel() / max(v.numel(), 1)))
-            beta, alpha = gennorm.fit(nonzero)
+        if self.coder in MODEL_CODERS or self.scale == "gennorm":  # the model of the non-zero values
+            nonzero, magnitudes, squares = kernels.abs_moments(v).tolist()
+            zero_q = round(_ZERO_STEPS * (1 - nonzero / max(v.numel(), 1)))
+            beta, alpha = gennorm.fit_moments(magnitudes / nonzero, squares / nonzero) if nonzero else (2.0, 0.0)
             beta_q = _quantize_log(beta)
         if self.scale == "gennorm" and alpha > 0:
             clip = gennorm.clip_ratio(self._magnitudes, 2.0 ** (beta_q / _MODEL_STEPS))
@@ -160,6 +161,11 @@ class FloatQuantizer(Compressor):
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self.encode(x, rnd)[0]
+
+    def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
+        """(compress(v), v - Q(v)), the residual written into v (the caller's temporary)."""
+        payload, decoded = self.encode(v, rnd)
+        return payload, v.sub_(decoded.view_as(v))
 
     def coded(self, payload: Payload) -> tuple[HuffmanTable | RansTable, Tensor]:
         """The code a payload was written with, rebuilt from what it carries, and the coded stream

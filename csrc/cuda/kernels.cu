@@ -679,48 +679,95 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adam_momentum_cuda(
   return {m_new, v_new, u_new, u_hat};
 }
 
-// -- squared_distances: the CPU's order (op_checks.h, reference.py), so the same bits ---------------
-// One warp per block of kDistanceBlock entries: lane j sums the entries i = j (mod 32) of the
-// block in index order; lane 0 adds the lanes left to right. d * d is exact in float64.
-__global__ void distance_blocks_kernel(const float* x, const float* o, int64_t n, double* sums) {
-  const int64_t lo = static_cast<int64_t>(blockIdx.x) * kDistanceBlock, hi = min(n, lo + kDistanceBlock);
-  double acc = 0.0;
-  for (int64_t i = lo + threadIdx.x; i < hi; i += kDistanceLanes) {
+// -- float64 sums in the CPU's order (op_checks.h, reference.py), so the same bits -------------------
+// The terms, each exact in float64.
+struct SquaredDifference {
+  const float* x;
+  const float* o;
+  __device__ __forceinline__ double operator()(int64_t i) const {
     const double d = __fsub_rn(x[i], o[i]);
-    acc = __dadd_rn(acc, __dmul_rn(d, d));
+    return __dmul_rn(d, d);
   }
-  __shared__ double lanes[kDistanceLanes];
+};
+struct NonZero {
+  const float* x;
+  __device__ __forceinline__ double operator()(int64_t i) const { return x[i] != 0.0f ? 1.0 : 0.0; }
+};
+struct Magnitude {
+  const float* x;
+  __device__ __forceinline__ double operator()(int64_t i) const { return fabs(static_cast<double>(x[i])); }
+};
+struct Square {
+  const float* x;
+  __device__ __forceinline__ double operator()(int64_t i) const {
+    const double v = x[i];
+    return __dmul_rn(v, v);
+  }
+};
+
+// One warp per block of kSumBlock entries: lane j sums the terms i = j (mod 32) of the block in
+// index order; lane 0 adds the lanes left to right.
+template <typename Term>
+__global__ void ordered_blocks_kernel(Term term, int64_t n, double* sums) {
+  const int64_t lo = static_cast<int64_t>(blockIdx.x) * kSumBlock, hi = min(n, lo + kSumBlock);
+  double acc = 0.0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += kSumLanes) acc = __dadd_rn(acc, term(i));
+  __shared__ double lanes[kSumLanes];
   lanes[threadIdx.x] = acc;
   __syncwarp();
   if (threadIdx.x == 0) {
     double sum = lanes[0];
-    for (int j = 1; j < kDistanceLanes; ++j) sum = __dadd_rn(sum, lanes[j]);
+    for (int j = 1; j < kSumLanes; ++j) sum = __dadd_rn(sum, lanes[j]);
     sums[blockIdx.x] = sum;
   }
 }
 
-__global__ void distance_total_kernel(const double* sums, int64_t blocks, double* out) {  // one thread
+__global__ void ordered_total_kernel(const double* sums, int64_t blocks, double* out) {  // one thread
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) total = __dadd_rn(total, sums[b]);
   *out = total;
 }
 
+int64_t sum_blocks(int64_t n) { return std::max<int64_t>(1, (n + kSumBlock - 1) / kSumBlock); }
+
+// out[0] = the ordered sum of term(i) over n entries; sums: a float64 scratch of sum_blocks(n).
+template <typename Term>
+void ordered_sum_cuda(const Term& term, int64_t n, at::Tensor& sums, double* out) {
+  const int64_t blocks = sum_blocks(n);
+  ordered_blocks_kernel<<<blocks, kSumLanes, 0, current_stream()>>>(term, n, sums.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ordered_total_kernel<<<1, 1, 0, current_stream()>>>(sums.const_data_ptr<double>(), blocks, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor flat_float(const at::Tensor& t) { return t.reshape(-1).to(at::kFloat).contiguous(); }  // fp16/bf16: exact
+
 at::Tensor squared_distances_cuda(const at::Tensor& x, at::TensorList others) {
   check_squared_distances(x, others);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor flat = x.reshape(-1).to(at::kFloat).contiguous();  // fp16/bf16: exact
-  const int64_t n = flat.numel(), blocks = std::max<int64_t>(1, (n + kDistanceBlock - 1) / kDistanceBlock);
+  const at::Tensor flat = flat_float(x);
+  const int64_t n = flat.numel();
   at::Tensor out = at::empty({static_cast<int64_t>(others.size())}, x.options().dtype(at::kDouble));
-  at::Tensor sums = at::empty({blocks}, out.options());
+  at::Tensor sums = at::empty({sum_blocks(n)}, out.options());
   for (size_t j = 0; j < others.size(); ++j) {
-    const at::Tensor o = others[j].reshape(-1).to(at::kFloat).contiguous();
-    distance_blocks_kernel<<<blocks, kDistanceLanes, 0, current_stream()>>>(
-        flat.const_data_ptr<float>(), o.const_data_ptr<float>(), n, sums.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    distance_total_kernel<<<1, 1, 0, current_stream()>>>(sums.const_data_ptr<double>(), blocks,
-                                                         out.mutable_data_ptr<double>() + j);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const at::Tensor o = flat_float(others[j]);
+    ordered_sum_cuda(SquaredDifference{flat.const_data_ptr<float>(), o.const_data_ptr<float>()}, n, sums,
+                     out.mutable_data_ptr<double>() + j);
   }
+  return out;
+}
+
+at::Tensor abs_moments_cuda(const at::Tensor& x) {
+  check_abs_moments(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor flat = flat_float(x);
+  const int64_t n = flat.numel();
+  const float* xp = flat.const_data_ptr<float>();
+  at::Tensor out = at::empty({3}, x.options().dtype(at::kDouble));
+  at::Tensor sums = at::empty({sum_blocks(n)}, out.options());
+  ordered_sum_cuda(NonZero{xp}, n, sums, out.mutable_data_ptr<double>());
+  ordered_sum_cuda(Magnitude{xp}, n, sums, out.mutable_data_ptr<double>() + 1);
+  ordered_sum_cuda(Square{xp}, n, sums, out.mutable_data_ptr<double>() + 2);
   return out;
 }
 
@@ -749,6 +796,7 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("packed_encode", &packed_encode_cuda);
   m.impl("packed_accumulate", &packed_accumulate_cuda);
   m.impl("squared_distances", &squared_distances_cuda);
+  m.impl("abs_moments", &abs_moments_cuda);
 }
 
 }  // namespace threepc

@@ -1,6 +1,7 @@
-"""``squared_distances`` (||x - o||^2 for the lazy triggers): the reference against an independent
-numpy oracle of the order it specifies and against the exactly rounded sum; ext and numba bit for
-bit against the reference on random and adversarial inputs; bad arguments; opcheck."""
+"""The float64 sums in a fixed order: ``squared_distances`` (||x - o||^2 for the lazy triggers) and
+``abs_moments`` (CO3's GenNorm fit). The reference against an independent numpy oracle of the
+order it specifies and against the exactly rounded sum; ext and numba bit for bit against the
+reference on random and adversarial inputs; bad arguments; opcheck."""
 from __future__ import annotations
 
 import math
@@ -14,18 +15,27 @@ from test_kernels import ALL, DTYPES, IMPLS, KINDS, OTHERS, assert_same, make
 
 from compressors.kernels import checks, reference
 
-BLOCK, LANES = checks.DISTANCE_BLOCK, checks.DISTANCE_LANES
+BLOCK, LANES = checks.SUM_BLOCK, checks.SUM_LANES
 EDGES = [0, 1, LANES - 1, LANES, LANES + 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17]
 
 
 def oracle(x: torch.Tensor, o: torch.Tensor) -> float:
-    """The docstring's order in numpy, one explicit loop per level: fp32 differences, float64
-    squares, lanes row by row, lanes left to right, blocks left to right."""
+    """||x - o||^2 in the docstring's order: fp32 differences, float64 squares, ``ordered``."""
     d = (x.reshape(-1).float().numpy() - o.reshape(-1).float().numpy()).astype(np.float64)
-    squares = d * d
-    blocks = max(1, -(-squares.size // BLOCK))
+    return ordered(d * d)
+
+
+def moments_oracle(x: torch.Tensor) -> list[float]:
+    v = x.reshape(-1).float().numpy().astype(np.float64)
+    return [ordered((v != 0).astype(np.float64)), ordered(np.abs(v)), ordered(v * v)]
+
+
+def ordered(terms: np.ndarray) -> float:
+    """The docstring's order in numpy, one explicit loop per level: lanes row by row, lanes left
+    to right, blocks left to right."""
+    blocks = max(1, -(-terms.size // BLOCK))
     rows = np.zeros(blocks * BLOCK)
-    rows[:squares.size] = squares
+    rows[:terms.size] = terms
     rows = rows.reshape(blocks, BLOCK // LANES, LANES)
     lanes = np.zeros((blocks, LANES))
     for r in range(rows.shape[1]):
@@ -51,6 +61,9 @@ def test_reference_matches_the_oracle_of_its_order(n, kind):
     want = oracle(x, o)
     assert got.dtype == torch.float64 and got.shape == (1,)
     assert got.item() == want or (math.isnan(want) and math.isnan(got.item()))
+    moments = reference.abs_moments(x)
+    assert moments.dtype == torch.float64 and moments.shape == (3,)
+    assert_same((moments,), (torch.tensor(moments_oracle(x), dtype=torch.float64),), nan_bits=False)
 
 
 @settings(max_examples=30, deadline=None)
@@ -62,6 +75,11 @@ def test_reference_is_within_the_float64_bound_of_the_exact_sum(n, seed, scale):
     exact = math.fsum((d * d).tolist())  # squares exact in float64, sum correctly rounded
     got = reference.squared_distances(x, [o]).item()
     assert abs(got - exact) <= max(n, 1) * 2.0 ** -52 * exact
+    count, magnitudes, squares = reference.abs_moments(x).tolist()
+    v = x.double()
+    assert count == int(torch.count_nonzero(x))
+    for got, exact in ((magnitudes, math.fsum(v.abs().tolist())), (squares, math.fsum((v * v).tolist()))):
+        assert abs(got - exact) <= max(n, 1) * 2.0 ** -52 * exact
 
 
 @pytest.mark.parametrize("impl", OTHERS)
@@ -73,6 +91,7 @@ def test_the_kernels_match_the_reference_bit_for_bit(impl, n, dtype):
         others = [o, make(kind, n, n + 9, torch.bfloat16), x, torch.zeros(n)]  # mixed dtypes, itself, zeros
         want = reference.squared_distances(x, others)
         assert_same((IMPLS[impl].squared_distances(x, others),), (want,), nan_bits=False)
+        assert_same((IMPLS[impl].abs_moments(x),), (reference.abs_moments(x),), nan_bits=False)
 
 
 @pytest.mark.parametrize("impl", OTHERS)
@@ -82,6 +101,7 @@ def test_the_kernels_match_the_reference_on_random_sizes(impl, n, kind, seed):
     x, o = pair(kind, n, seed, torch.float32)
     assert_same((IMPLS[impl].squared_distances(x, [o, x.flip(0)]),), (reference.squared_distances(x, [o, x.flip(0)]),),
                 nan_bits=False)
+    assert_same((IMPLS[impl].abs_moments(o),), (reference.abs_moments(o),))
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -90,6 +110,7 @@ def test_non_contiguous_and_shaped_inputs_read_as_flat(impl):
     got = IMPLS[impl].squared_distances(x, [o, x[:, ::2].repeat(1, 2)])
     want = reference.squared_distances(x.reshape(-1), [o.contiguous().reshape(-1), x[:, ::2].repeat(1, 2).reshape(-1)])
     assert_same((got,), (want,))
+    assert_same((IMPLS[impl].abs_moments(o),), (reference.abs_moments(o.contiguous().reshape(-1)),))
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -102,10 +123,14 @@ def test_nan_gives_nan_and_an_overflowing_difference_gives_inf(impl):
     assert math.isnan(got[0]) and got[1].item() == big[7].item() ** 2 == got[2].item() and got[3].item() == 0.0
     inf = IMPLS[impl].squared_distances(big, [-big])  # 6e38 overflows fp32: the difference is inf
     assert inf.item() == math.inf
+    count, magnitudes, squares = IMPLS[impl].abs_moments(nan).tolist()  # a NaN counts as non-zero
+    assert count == 1 and math.isnan(magnitudes) and math.isnan(squares)
+    assert IMPLS[impl].abs_moments(big).tolist() == [1.0, big[7].item(), big[7].item() ** 2]
+    assert IMPLS[impl].abs_moments(torch.tensor([-0.0, 0.0])).tolist() == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("impl", ALL)
-def test_squared_distances_rejects_bad_arguments_with_the_fix(impl):
+def test_the_ordered_sums_reject_bad_arguments_with_the_fix(impl):
     op, x = IMPLS[impl].squared_distances, torch.randn(10)
     with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
         op(x.double(), [x])
@@ -114,9 +139,12 @@ def test_squared_distances_rejects_bad_arguments_with_the_fix(impl):
     with pytest.raises(ValueError, match=r"x has 10 elements but others\[0\] has 11"):
         op(x, [torch.randn(11)])
     assert op(x, []).shape == (0,)
+    with pytest.raises(TypeError, match="abs_moments: x must be float32, float16 or bfloat16"):
+        IMPLS[impl].abs_moments(x.long())
 
 
 @pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
-def test_opcheck_passes_for_squared_distances():
+def test_opcheck_passes_for_the_ordered_sums():
     x = torch.randn(70_000)
     torch.library.opcheck(torch.ops.threepc.squared_distances.default, (x, [torch.randn(70_000), x.half()]))
+    torch.library.opcheck(torch.ops.threepc.abs_moments.default, (x,))
