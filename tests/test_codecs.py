@@ -483,6 +483,35 @@ def test_gennorm_fit_recovers_shape_and_scale(beta, alpha):
     assert fit_beta == pytest.approx(beta, rel=0.05) and fit_alpha == pytest.approx(alpha, rel=0.05)
 
 
+@pytest.mark.parametrize("fmt", ["fp4-121", "fp8-152"])
+@pytest.mark.parametrize("beta", [0.3, 0.7, 1.0, 2.0, 4.0])
+def test_gennorm_clip_ratio_is_the_best_candidate_by_direct_integration(fmt, beta):
+    magnitudes = np.unique(np.abs(FloatFormat.parse(fmt).values()))
+    top = gennorm.abs_quantile(1 - 1e-9, beta, 1.0)
+    t = np.linspace(0.0, top, 20_001)
+    weight = 2 * gennorm.density(t, beta, 1.0) * (t[1] - t[0])
+    edges = (magnitudes[1:] + magnitudes[:-1]) / 2
+
+    def error(c: float) -> float:  # each point rounded to its nearest level, summed directly
+        unit = c / magnitudes[-1]
+        return float(np.sum((t - magnitudes[np.searchsorted(edges, t / unit)] * unit) ** 2 * weight))
+
+    candidates = np.geomspace(gennorm.abs_quantile(0.5, beta, 1.0), top, 64)
+    chosen = gennorm.clip_ratio(tuple(magnitudes.tolist()), beta)
+    assert chosen in candidates
+    assert error(chosen) <= min(error(c) for c in candidates) * (1 + 1e-6)
+
+
+def test_the_quantizer_fits_gennorm_to_the_non_zero_values():
+    g = np.random.default_rng(3)
+    x = torch.from_numpy(g.laplace(size=100_003) * (g.random(100_003) < 0.6)).float()
+    x[:5] = 0.0
+    nonzero, magnitudes, squares = kernels.abs_moments(x).tolist()
+    kept = x[x != 0].double()
+    assert nonzero == kept.numel()
+    assert gennorm.fit_moments(magnitudes / nonzero, squares / nonzero) == pytest.approx(gennorm.fit(kept), rel=1e-12)
+
+
 def test_gennorm_bin_probabilities_match_frequencies():
     fmt = FloatFormat(2, 1, 1)
     g = np.random.default_rng(1)

@@ -91,6 +91,8 @@ def abs_quantile(p: float, beta: float, alpha: float) -> float:
         hi *= 2
     for _ in range(100):
         mid = (lo + hi) / 2
+        if mid in (lo, hi):  # converged: further halvings change nothing
+            break
         lo, hi = (mid, hi) if gammainc(1 / beta, mid) < p else (lo, mid)
     return alpha * ((lo + hi) / 2) ** (1 / beta)
 
@@ -116,17 +118,25 @@ def density(x: np.ndarray, beta: float, alpha: float) -> np.ndarray:
 def clip_ratio(grid: tuple[float, ...], beta: float) -> float:
     """The clip point c (in units of alpha) that minimises E(X - Q(X))^2 for X ~ GenNorm(beta, 1)
     when Q rounds to the nearest of ``grid`` (non-negative magnitudes) scaled so that max(grid)
-    lands on c; searched over 64 log-spaced candidates by numerical integration."""
+    lands on c; searched over 64 log-spaced candidates by numerical integration on 20,001 points.
+    Each candidate's error is sum over bins k of S2_k - 2 q_k S1_k + q_k^2 S0_k, with S_j the sum
+    of t^j w(t) over the bin's points, differences of prefix sums: O(bins) per candidate."""
     magnitudes = np.array(sorted(set(grid)))
     top = abs_quantile(1 - 1e-9, beta, 1.0)
     t = np.linspace(0.0, top, 20_001)
     weight = 2 * density(t, beta, 1.0) * (t[1] - t[0])
     edges = (magnitudes[1:] + magnitudes[:-1]) / 2
-    best, best_error = top, math.inf
-    for c in np.geomspace(abs_quantile(0.5, beta, 1.0), top, 64):
-        unit = c / magnitudes[-1]
-        q = magnitudes[np.searchsorted(edges, t / unit)] * unit
-        error = float(np.sum((t - q) ** 2 * weight))
-        if error < best_error:
-            best, best_error = float(c), error
-    return best
+    prefix = [np.concatenate([[0.0], np.cumsum(weight * t ** j)]) for j in range(3)]
+    clips = np.geomspace(abs_quantile(0.5, beta, 1.0), top, 64)
+    units = clips / magnitudes[-1]
+    # Bin k (k >= 1) starts after the points with t / unit <= edges[k-1] (round to nearest, ties
+    # down): the count is found near edges * unit, then corrected to that predicate.
+    cuts = np.searchsorted(t, np.outer(units, edges), side="right")
+    for _ in range(2):
+        cuts -= (cuts > 0) & (t[np.maximum(cuts - 1, 0)] / units[:, None] > edges)
+        cuts += (cuts < t.size) & (t[np.minimum(cuts, t.size - 1)] / units[:, None] <= edges)
+    bounds = np.concatenate([np.zeros((len(clips), 1), np.int64), cuts, np.full((len(clips), 1), t.size)], axis=1)
+    s0, s1, s2 = (np.diff(p[bounds], axis=1) for p in prefix)
+    q = magnitudes * units[:, None]
+    errors = np.sum(s2 - 2 * q * s1 + q * q * s0, axis=1)
+    return float(clips[int(np.argmin(errors))])
