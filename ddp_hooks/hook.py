@@ -132,7 +132,11 @@ class _Round:
         if any(flags):
             self.restore()
             payload = _blank(spec, numel, grad.device, isinstance(proto, (protocol.Sized, protocol.TwoStage)))
-        self.exchange = proto.exchange(payload, spec, grad.device, flags)
+            own = set(payload.parts)
+        else:  # the parts that are this round's fp32 gradient, which no memory holds: the exchange may overwrite them
+            held = [t for t in worker.memory.tensors().values() if _shares(t, work)]
+            own = set() if held else {k for k, t in payload.parts.items() if _shares(t, work)}
+        self.exchange = proto.exchange(payload, spec, grad.device, flags, own)
         state.stats.dense_round(numel * grad.element_size(), group.size())
 
     def _relay(self, received: list[Payload]) -> tuple[Payload, Flags]:
@@ -336,6 +340,8 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
         raise ThreePCError("; ".join(failures))
     if whole:
         g, factor = results[0]
+        if factor == 1.0 and g.dtype == grad.dtype:  # DDP copies the result into the .grad tensors itself
+            return g.view_as(grad)
         return _write(grad, g.view_as(grad), factor)
     for r, (g, factor) in zip(rounds, results):
         for p, part in zip(r.params, g.split([p.numel() for p in r.params])):

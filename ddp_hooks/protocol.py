@@ -22,8 +22,9 @@
   of that bucket's communication with the rest of backward.
 
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
-header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), so
-that every rank learns them from a collective it runs anyway and all act alike.
+header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), or,
+for a one-part averaged payload, in an all_reduce of their own beside it, so that every rank
+learns them from the round's collectives and all act alike.
 
 ``choose`` picks one from what the mechanism declares. Every collective is issued in the
 hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the
@@ -33,13 +34,13 @@ collective lives on the bucket's device (gloo accepts CPU and CUDA tensors, NCCL
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.futures import Future
+from torch.futures import Future, collect_all
 
 from compressors import PartSpec, Payload
 
@@ -105,9 +106,10 @@ class Protocol(ABC):
         self.group, self.stats = group, stats
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
-                 flags: Flags = Flags()) -> Exchange:
+                 flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
         """Issue the collectives for this rank's ``payload`` (parts as ``spec`` declares) and
-        ``flags``."""
+        ``flags``. ``own``: the parts that are the round's own temporaries, which the exchange may
+        overwrite."""
         self.count(payload, spec)
         self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
         spec = [*spec, FLAGS]
@@ -150,7 +152,32 @@ class Protocol(ABC):
 
 
 class MeanAllReduce(Protocol):
-    """One averaging all_reduce of fp32 payloads; a silent rank's zeros add nothing."""
+    """One averaging all_reduce of fp32 payloads; a silent rank's zeros add nothing.
+
+    A one-part payload (a dense gradient: GD's, any mechanism's dense round) travels alone, and
+    its flags by an all_reduce of their own issued just before it (the spec decides, so every
+    rank issues the same two): the bucket is not copied to carry 8 bytes, and a part the round
+    owns (``own``: the mechanism's fp32 view of the gradient, or a blank) is averaged in place."""
+
+    def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
+                 flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
+        if len(spec) != 1:
+            return super().exchange(payload, spec, device, flags)
+        wire.check(payload, spec)
+        self.count(payload, spec)
+        self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
+        n, name = self.group.size(), spec[0].name
+        raised = torch.tensor(flags, dtype=torch.float32, device=device)
+        part = payload.parts[name].reshape(-1)
+        mean = part.div_(n) if name in own else part / n
+        on_device(device, raised, mean)
+        self.stats.ran("all_reduce")
+        self.stats.ring_all_reduce(raised.numel() * raised.element_size(), n)
+        self.stats.ring_all_reduce(mean.numel() * mean.element_size(), n)
+        counted = dist.all_reduce(raised, group=self.group, async_op=True).get_future()
+        future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
+        return Exchange(collect_all([counted, future]),
+                        lambda: ([Payload({name: mean}, payload.numel)], Flags(*(round(v) for v in raised.tolist()))))
 
     def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
         self.stats.ran("all_reduce")
@@ -185,7 +212,7 @@ class Sized(Protocol):
         self.data = data
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
-                 flags: Flags = Flags()) -> Exchange:
+                 flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
         silent = not payload.parts
         packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
         on_device(device, packed)
@@ -257,7 +284,7 @@ class TwoStage(Protocol):
         self.relay = relay
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
-                 flags: Flags = Flags()) -> Exchange:
+                 flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
         specs = chunk_specs(spec, self.group.size())
         fixed = all(wire.fixed_size(s) for s in specs)
         received = self.first(payload, specs, device, flags, fixed)

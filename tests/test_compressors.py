@@ -8,8 +8,9 @@ import torch
 
 from hypothesis import given, settings, strategies as st
 
-from compressors import (EF14, Compose, Identity, PackedTopK, Payload, PermK, RandK, Round, ScaledSign, SharedTopK,
-                         TopK)
+from compressors import (CLAG, EF14, LAG, Compose, Identity, PackedTopK, Payload, PermK, RandK, Round, ScaledSign,
+                         SharedTopK, TopK)
+from compressors.core.three_point import ThreePoint
 from compressors.operators.packed_topk import BLOCK, FORMAT
 
 
@@ -345,6 +346,37 @@ def test_error_feedback_reuses_the_error_of_the_round_before_last_never_a_kept_o
             errors[w] = v - TopK(ratio=0.1).decompress(payload)
             assert torch.equal(worker.memory.e_i, errors[w])
     assert workers[0].memory.e_i.data_ptr() != workers[1].memory.e_i.data_ptr()
+
+
+@pytest.mark.parametrize("mechanism", [CLAG(TopK(ratio=0.1), zeta=1.0), CLAG(RandK(ratio=0.5, scaled=False), zeta=4.0),
+                                       LAG(zeta=1.0)], ids=repr)
+def test_a_lazy_trigger_writes_new_memory_and_gives_the_bits_of_the_in_place_move(mechanism):
+    """CLAG and LAG write g_i (when uploading) and y into the tensors of the round before last:
+    the payloads and memories are those of the 3PC step that writes its memory in place (``move``),
+    bit for bit, silent rounds and uploads both occur, the memory a caller keeps through a round
+    is never written, and a restored one (twice in a row) is never reused."""
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(500, generator=gen)
+    grads = [base + torch.randn(500, generator=gen) * (0.05 if t % 3 else 1.0) for t in range(12)]
+    worker, reference = mechanism.spawn(), mechanism.spawn()
+    for w in (worker, reference):
+        w.init(grads[0].clone())
+    silent = []
+    for t, g in enumerate(grads[1:], start=1):
+        kept = worker.memory
+        before = {k: v.clone() for k, v in kept.tensors().items()}
+        payload = worker.step(g, Round(t))
+        assert all(torch.equal(v, before[k]) for k, v in kept.tensors().items()), "the kept memory was written"
+        if t in (3, 4):  # rolled back, twice in a row
+            worker.memory = kept
+            continue
+        expected = ThreePoint.step(reference, g, Round(t))
+        silent.append(not expected.parts)
+        assert payload.parts.keys() == expected.parts.keys()
+        assert all(torch.equal(payload.parts[k], expected.parts[k]) for k in expected.parts)
+        assert all(torch.equal(a, b) for a, b in zip(worker.memory.tensors().values(),
+                                                     reference.memory.tensors().values()))
+    assert any(silent) and not all(silent)
 
 
 def _full_block() -> torch.Tensor:

@@ -74,3 +74,8 @@ class Compressor(ABC):
         for r, payload in enumerate(payloads):
             if payload.parts:
                 out.view(-1).add_(self.decompress(payload, rnd.of(r)), alpha=alpha)
+
+    def mean(self, out: Tensor, payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
+        """out = (1/m) sum_r decompress(payloads[r]) over the m payloads (silent ones add nothing)."""
+        out.zero_()
+        self.accumulate(out, payloads, 1.0 / len(payloads), rnd)

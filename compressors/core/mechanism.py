@@ -200,6 +200,4 @@ class Replacing(Mechanism):
     overwrites = frozenset({"g"})
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
-        g = server["g"]
-        g.zero_()
-        self.compressor.accumulate(g, payloads, 1.0 / len(payloads), rnd)
+        self.compressor.mean(server["g"], payloads, rnd)

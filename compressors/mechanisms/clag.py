@@ -4,11 +4,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import kernels
-from ..core.compressor import Compressor
-from .ef21 import ef21_constants, ef21_move
+from ..core.compressor import ROUND0, Compressor
+from ..core.mechanism import flat
+from ..core.memory import Estimate, EstimateAndGradient, reusable
 from ..core.payload import Payload
 from ..core.rounds import Round
 from ..core.three_point import ThreePoint
+from .ef21 import ef21_constants, ef21_move
 
 
 class CLAG(ThreePoint):
@@ -25,6 +27,8 @@ class CLAG(ThreePoint):
 
     uses_y = True
     lazy = True
+    written_in_place: frozenset[str] = frozenset()
+    _spare: tuple[Tensor | None, Tensor | None] = (None, None)  # the g_i and y before the current ones
 
     def __init__(self, compressor: Compressor, zeta: float = 1.0) -> None:
         if zeta < 0:
@@ -44,6 +48,29 @@ class CLAG(ThreePoint):
         if not self.triggered(h, y, x, rnd):
             return Payload({}, h.numel())
         return ef21_move(self.compressor, h, x, rnd)
+
+    def spawn(self) -> CLAG:
+        clone = super().spawn()
+        clone._spare = (None, None)
+        return clone
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """``move`` without writing the memory's tensors: the new g_i (only when the worker
+        uploads) and y go into those of the round before last (``core.memory.reusable``), so a
+        caller keeps the memory for a rollback by reference, and a silent round writes only y."""
+        x, h, y = flat(grad), self.memory.g_i, getattr(self.memory, "y", None)
+        spare_h, spare_y = self._spare
+        payload, new_h = Payload({}, h.numel()), h
+        if self.triggered(h, y, x, rnd):
+            new_h = reusable(spare_h, h.numel(), h.device, busy=(h, y)).view_as(h)
+            payload = ef21_move(self.compressor, h, x, rnd, out=new_h)
+        self._spare = (spare_h if new_h is h else h, y)
+        if y is None:
+            self.memory = Estimate(new_h)
+        else:
+            new_y = reusable(spare_y, y.numel(), y.device, busy=(h, y, new_h)).view_as(y).copy_(x.view_as(y))
+            self.memory = EstimateAndGradient(new_h, new_y)
+        return payload
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         theta, beta = ef21_constants(self.compressor.alpha(numel))

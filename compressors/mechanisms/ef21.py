@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .. import kernels
@@ -13,13 +14,15 @@ from ..core.three_point import ThreePoint
 from ..operators.topk import TopK
 
 
-def ef21_move(compressor: Compressor, h: Tensor, x: Tensor, rnd: Round) -> Payload:
-    """c = C(x - h); h += c; return c's payload (one fused kernel for Top-K)."""
+def ef21_move(compressor: Compressor, h: Tensor, x: Tensor, rnd: Round, out: Tensor | None = None) -> Payload:
+    """c = C(x - h); h' = h + c, written into ``out`` (a tensor shaped like h), else into h;
+    return c's payload (one fused kernel for Top-K)."""
     if type(compressor) is TopK:
-        values, indices = kernels.ef21_topk_step(x, h, compressor.k_for(h.numel()))
+        target = h if out is None else out.copy_(h)
+        values, indices = kernels.ef21_topk_step(x, target, compressor.k_for(h.numel()))
         return compressor.payload(values, indices, h.numel())
     payload = compressor.compress(x - h, rnd)
-    h += compressor.decompress(payload, rnd)
+    torch.add(h, compressor.decompress(payload, rnd).view_as(h), out=h if out is None else out)
     return payload
 
 
