@@ -173,14 +173,14 @@ class _Round:
 
     def commit(self) -> None:
         """Keep this round (every round of the iteration succeeded on every rank). The aggregate
-        entries it overwrote are free: the next round writes them (``BucketState.spare``)."""
+        it replaced is free: the next round writes it (``BucketState.spare``)."""
         if self.dense:
             self.state.install(self.bucket)
         else:
             self.bucket.compressed += 1
         self.state.record_moves(self.bucket)
         if self.server is not None:
-            self.bucket.spare = {k: self.server[k] for k in self.worker.overwrites if k in self.server}
+            self.bucket.spare = self.server
         self.saved = self.server = None
 
     def finish(self) -> tuple[Tensor, float] | str:
@@ -195,14 +195,22 @@ class _Round:
             self.bucket.server = self.worker.begin(payloads, self.rnd)
         elif payloads is not None:  # None: every rank stayed silent, g is unchanged
             self.server = self.bucket.server  # kept as it is for a rollback; the round writes a new one
-            self.bucket.server = {k: reusable(self.bucket.spare.get(k), t.numel(), t.device, busy=(t,)).view_as(t)
-                                  if k in self.worker.overwrites else t.clone() for k, t in self.server.items()}
+            self.bucket.server = {k: self._fresh(k, t) for k, t in self.server.items()}
             if self.relayed:  # the owners' payloads: every rank decodes g from them
                 self.worker.collect(self.bucket.server, payloads, self.rnd)
             else:
                 self.worker.fold(self.bucket.server, payloads, self.rnd)
         g = self.bucket.server["g"]
         return g, self.worker.presented(g) * self.scale  # the scale: what GradScaler.unscale_ expects
+
+    def _fresh(self, key: str, old: Tensor) -> Tensor:
+        """The tensor a round writes aggregate entry ``key`` into: that of the round before last
+        (``BucketState.spare``: fp32 entries) or a new one, holding ``old`` unless the mechanism
+        overwrites the entry."""
+        if old.dtype != torch.float32:
+            return old.clone()
+        fresh = reusable(self.bucket.spare.get(key), old.numel(), old.device, busy=(old,)).view_as(old)
+        return fresh if key in self.worker.overwrites else fresh.copy_(old)
 
     def _refuse(self, flags: Flags) -> tuple[Tensor, float] | str:
         state, n = self.state, self.state.group.size()

@@ -29,6 +29,7 @@ HOOKS = {
     "onebit": {},  # two stages of fixed-size chunks: all_to_all, all_gather
     "ef21": {"ratio": 0.1},
     "ef14": {"ratio": 0.1},
+    "gd": {},  # one part, averaged: the flags in an all_reduce of their own
 }
 
 SILENT = ("clag", "lag")
@@ -62,7 +63,7 @@ def collectives(monkeypatch) -> list[tuple[str, torch.device, torch.dtype]]:
     monkeypatch.setattr(dist, "all_reduce", recording("all_reduce", dist.all_reduce))
     monkeypatch.setattr(protocol, "all_gather_single", recording("all_gather", protocol.all_gather_single))
     monkeypatch.setattr(dist, "all_to_all_single", recording("all_to_all", dist.all_to_all_single))
-    for cls in (protocol.Protocol, protocol.Sized):
+    for cls in (protocol.Protocol, protocol.MeanAllReduce, protocol.Sized):
         monkeypatch.setattr(cls, "exchange", under_meta(cls.exchange))
     for stage in ("first", "second"):  # not the owner's step between them (mechanism code)
         monkeypatch.setattr(protocol.TwoStage, stage, under_meta(getattr(protocol.TwoStage, stage)))

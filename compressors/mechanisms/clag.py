@@ -22,7 +22,8 @@ class CLAG(ThreePoint):
     zeta = 0 is EF21, C = identity is LAG. With theta = 1 - sqrt(1 - alpha) and
     beta = (1 - alpha)/theta: A = theta, B = max(beta, zeta) (3PC paper, Lemma 4.5).
     A silent round sends nothing (0 bits; under DDP the hook's lazy protocol counts a 4-byte
-    header per rank and round, and padding). Memory: g_i and y (2d floats per worker).
+    header per rank and round, and padding). Memory: g_i and y (2d floats per worker; under
+    ``step`` as much again: the tensors of the round before last, which the next round writes).
     """
 
     uses_y = True
