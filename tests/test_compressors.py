@@ -8,8 +8,8 @@ import torch
 
 from hypothesis import given, settings, strategies as st
 
-from compressors import (CLAG, EF14, LAG, Compose, Identity, PackedTopK, Payload, PermK, RandK, Round, ScaledSign,
-                         SharedTopK, TopK)
+from compressors import (CLAG, EF14, EF21, LAG, LAGWK, MARINA, Compose, Identity, PackedTopK, Payload, PermK, RandK,
+                         Round, ScaledSign, SharedTopK, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
 from compressors.core.three_point import ThreePoint
 from compressors.operators.packed_topk import BLOCK, FORMAT
 
@@ -348,13 +348,26 @@ def test_error_feedback_reuses_the_error_of_the_round_before_last_never_a_kept_o
     assert workers[0].memory.e_i.data_ptr() != workers[1].memory.e_i.data_ptr()
 
 
+def _in_place_step(worker: ThreePoint, grad: torch.Tensor, rnd: Round) -> Payload:
+    """The 3PC step as defined: ``move`` writes g_i in place, then y = x."""
+    x = grad.reshape(-1).float()
+    payload = worker.move(worker.memory.g_i, getattr(worker.memory, "y", None), x, rnd)
+    if worker.uses_y:
+        worker.memory.y.copy_(x)
+    return payload
+
+
 @pytest.mark.parametrize("mechanism", [CLAG(TopK(ratio=0.1), zeta=1.0), CLAG(RandK(ratio=0.5, scaled=False), zeta=4.0),
-                                       LAG(zeta=1.0)], ids=repr)
-def test_a_lazy_trigger_writes_new_memory_and_gives_the_bits_of_the_in_place_move(mechanism):
-    """CLAG and LAG write g_i (when uploading) and y into the tensors of the round before last:
-    the payloads and memories are those of the 3PC step that writes its memory in place (``move``),
-    bit for bit, silent rounds and uploads both occur, the memory a caller keeps through a round
-    is never written, and a restored one (twice in a row) is never reused."""
+                                       LAG(zeta=1.0), LAGWK(xi=1.0, window=2), EF21(TopK(ratio=0.1)),
+                                       EF21(RandK(ratio=0.3, scaled=False)), ThreePCv2(TopK(ratio=0.1)),
+                                       ThreePCv4(TopK(ratio=0.1), TopK(ratio=0.05)), ThreePCv5(TopK(ratio=0.1), p=0.3),
+                                       MARINA(p=0.3)], ids=repr)
+def test_a_3pc_step_writes_new_memory_and_gives_the_bits_of_the_in_place_move(mechanism):
+    """The 3PC mechanisms write g_i and y into the tensors of the round before last (CLAG and LAG:
+    g_i only when uploading): the payloads and memories are those of the step that writes its
+    memory in place (``move``), bit for bit, the memory a caller keeps through a round is never
+    written, and a restored one (twice in a row) is never reused; the lazy ones both upload and
+    stay silent."""
     gen = torch.Generator().manual_seed(4)
     base = torch.randn(500, generator=gen)
     grads = [base + torch.randn(500, generator=gen) * (0.05 if t % 3 else 1.0) for t in range(12)]
@@ -363,20 +376,22 @@ def test_a_lazy_trigger_writes_new_memory_and_gives_the_bits_of_the_in_place_mov
         w.init(grads[0].clone())
     silent = []
     for t, g in enumerate(grads[1:], start=1):
+        rnd = Round(t, moves=(20.0, 20.0))  # LAG-WK's threshold
         kept = worker.memory
         before = {k: v.clone() for k, v in kept.tensors().items()}
-        payload = worker.step(g, Round(t))
+        payload = worker.step(g, rnd)
         assert all(torch.equal(v, before[k]) for k, v in kept.tensors().items()), "the kept memory was written"
         if t in (3, 4):  # rolled back, twice in a row
             worker.memory = kept
             continue
-        expected = ThreePoint.step(reference, g, Round(t))
+        expected = _in_place_step(reference, g, rnd)
         silent.append(not expected.parts)
         assert payload.parts.keys() == expected.parts.keys()
         assert all(torch.equal(payload.parts[k], expected.parts[k]) for k in expected.parts)
         assert all(torch.equal(a, b) for a, b in zip(worker.memory.tensors().values(),
                                                      reference.memory.tensors().values()))
-    assert any(silent) and not all(silent)
+    if mechanism.lazy:
+        assert any(silent) and not all(silent)
 
 
 def _full_block() -> torch.Tensor:

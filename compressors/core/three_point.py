@@ -16,30 +16,56 @@ from torch import Tensor
 
 from .compressor import ROUND0
 from .mechanism import Mechanism, flat
-from .memory import Estimate, EstimateAndGradient
+from .memory import Estimate, EstimateAndGradient, reusable
 from .payload import Payload
 from .rounds import Round
 
 
 class ThreePoint(Mechanism):
-    """A 3PC mechanism. Memory: ``g_i`` (h) and, if ``uses_y``, ``y`` (the last gradient)."""
+    """A 3PC mechanism. Memory: ``g_i`` (h) and, if ``uses_y``, ``y`` (the last gradient).
+    ``step`` writes the new g_i and y into the tensors of the round before last (free once
+    that round committed; ``core.memory.reusable``) and never the memory it replaces, so a
+    caller keeps that memory for a rollback by reference."""
 
     uses_y = False
     memory: Estimate
+    written_in_place: frozenset[str] | None = frozenset()
+    _spare: tuple[Tensor | None, Tensor | None] = (None, None)  # the g_i and y before the current ones
 
     @property
     def memory_type(self) -> type[Estimate]:
         return EstimateAndGradient if self.uses_y else Estimate
 
+    def spawn(self) -> ThreePoint:
+        clone = super().spawn()
+        clone._spare = (None, None)
+        return clone
+
     def setup(self, grad: Tensor) -> Estimate:
         return EstimateAndGradient(grad, grad.clone()) if self.uses_y else Estimate(grad)
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        x = flat(grad)
-        payload = self.move(self.memory.g_i, getattr(self.memory, "y", None), x, rnd)
-        if self.uses_y:
-            self.memory.y.copy_(x)
+        """``move`` on a copy of g_i, then y = x."""
+        x, h, y = flat(grad), self.memory.g_i, getattr(self.memory, "y", None)
+        new_h = self.buffer(h, y).copy_(h)
+        payload = self.move(new_h, y, x, rnd)
+        self.advance(h, new_h, y, x)
         return payload
+
+    def buffer(self, h: Tensor, y: Tensor | None) -> Tensor:
+        """The tensor shaped like h that the new g_i goes into (not h, not y)."""
+        return reusable(self._spare[0], h.numel(), h.device, busy=(h, y)).view_as(h)
+
+    def advance(self, h: Tensor, new_h: Tensor, y: Tensor | None, x: Tensor) -> None:
+        """memory <- (new_h, x), y written into a buffer of its own; the tensors replaced are the
+        next round's spares."""
+        spare_h, spare_y = self._spare
+        self._spare = (spare_h if new_h is h else h, y)
+        if y is None:
+            self.memory = Estimate(new_h)
+            return
+        new_y = reusable(spare_y, y.numel(), y.device, busy=(h, y, new_h)).view_as(y).copy_(x.view_as(y))
+        self.memory = EstimateAndGradient(new_h, new_y)
 
     @abstractmethod
     def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:

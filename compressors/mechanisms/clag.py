@@ -6,7 +6,6 @@ from torch import Tensor
 from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from ..core.mechanism import flat
-from ..core.memory import Estimate, EstimateAndGradient, reusable
 from ..core.payload import Payload
 from ..core.rounds import Round
 from ..core.three_point import ThreePoint
@@ -28,8 +27,6 @@ class CLAG(ThreePoint):
 
     uses_y = True
     lazy = True
-    written_in_place: frozenset[str] = frozenset()
-    _spare: tuple[Tensor | None, Tensor | None] = (None, None)  # the g_i and y before the current ones
 
     def __init__(self, compressor: Compressor, zeta: float = 1.0) -> None:
         if zeta < 0:
@@ -50,27 +47,14 @@ class CLAG(ThreePoint):
             return Payload({}, h.numel())
         return ef21_move(self.compressor, h, x, rnd)
 
-    def spawn(self) -> CLAG:
-        clone = super().spawn()
-        clone._spare = (None, None)
-        return clone
-
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        """``move`` without writing the memory's tensors: the new g_i (only when the worker
-        uploads) and y go into those of the round before last (``core.memory.reusable``), so a
-        caller keeps the memory for a rollback by reference, and a silent round writes only y."""
+        """``move`` without a copy of g_i when the worker stays silent (a silent round writes only y)."""
         x, h, y = flat(grad), self.memory.g_i, getattr(self.memory, "y", None)
-        spare_h, spare_y = self._spare
         payload, new_h = Payload({}, h.numel()), h
         if self.triggered(h, y, x, rnd):
-            new_h = reusable(spare_h, h.numel(), h.device, busy=(h, y)).view_as(h)
+            new_h = self.buffer(h, y)
             payload = ef21_move(self.compressor, h, x, rnd, out=new_h)
-        self._spare = (spare_h if new_h is h else h, y)
-        if y is None:
-            self.memory = Estimate(new_h)
-        else:
-            new_y = reusable(spare_y, y.numel(), y.device, busy=(h, y, new_h)).view_as(y).copy_(x.view_as(y))
-            self.memory = EstimateAndGradient(new_h, new_y)
+        self.advance(h, new_h, y, x)
         return payload
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:

@@ -35,6 +35,7 @@ class EF21SGDM(EF21):
 
     memory_type = EstimateAndMomentum
     memory: EstimateAndMomentum
+    written_in_place = None  # step writes g_i and v_i in place
 
     def setup(self, grad: Tensor) -> EstimateAndMomentum:
         return EstimateAndMomentum(grad, grad.clone())
