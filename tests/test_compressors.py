@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from compressors import (CLAG, EF14, EF21, LAG, LAGWK, MARINA, Compose, Identity, PackedTopK, Payload, PermK, RandK,
-                         Round, ScaledSign, SharedTopK, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
+                         Round, SASG, ScaledSign, SharedTopK, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
+from compressors.core.error_feedback import compensated
 from compressors.core.three_point import ThreePoint
 from compressors.operators.packed_topk import BLOCK, FORMAT
 
@@ -348,9 +349,18 @@ def test_error_feedback_reuses_the_error_of_the_round_before_last_never_a_kept_o
     assert workers[0].memory.e_i.data_ptr() != workers[1].memory.e_i.data_ptr()
 
 
-def _in_place_step(worker: ThreePoint, grad: torch.Tensor, rnd: Round) -> Payload:
+def _in_place_step(worker: ThreePoint | SASG, grad: torch.Tensor, rnd: Round) -> Payload:
     """The 3PC step as defined: ``move`` writes g_i in place, then y = x."""
     x = grad.reshape(-1).float()
+    if isinstance(worker, SASG):  # its rule, written in place
+        if not worker.triggered(x, rnd):
+            worker.memory.skips += 1
+            return Payload({}, x.numel())
+        payload, error = compensated(worker.compressor, worker.memory.e_i, x, rnd)
+        worker.memory.e_i.copy_(error)
+        worker.memory.y.copy_(x)
+        worker.memory.skips.zero_()
+        return payload
     payload = worker.move(worker.memory.g_i, getattr(worker.memory, "y", None), x, rnd)
     if worker.uses_y:
         worker.memory.y.copy_(x)
@@ -361,10 +371,10 @@ def _in_place_step(worker: ThreePoint, grad: torch.Tensor, rnd: Round) -> Payloa
                                        LAG(zeta=1.0), LAGWK(xi=1.0, window=2), EF21(TopK(ratio=0.1)),
                                        EF21(RandK(ratio=0.3, scaled=False)), ThreePCv2(TopK(ratio=0.1)),
                                        ThreePCv4(TopK(ratio=0.1), TopK(ratio=0.05)), ThreePCv5(TopK(ratio=0.1), p=0.3),
-                                       MARINA(p=0.3)], ids=repr)
+                                       MARINA(p=0.3), SASG(TopK(ratio=0.1), window=2)], ids=repr)
 def test_a_3pc_step_writes_new_memory_and_gives_the_bits_of_the_in_place_move(mechanism):
-    """The 3PC mechanisms write g_i and y into the tensors of the round before last (CLAG and LAG:
-    g_i only when uploading): the payloads and memories are those of the step that writes its
+    """The 3PC mechanisms (and SASG) write their memory into the tensors of the round before last
+    (CLAG and LAG: g_i only when uploading): the payloads and memories are those of the step that writes its
     memory in place (``move``), bit for bit, the memory a caller keeps through a round is never
     written, and a restored one (twice in a row) is never reused; the lazy ones both upload and
     stay silent."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .. import kernels
+
 _MIX = 0x9E3779B97F4A7C15  # splitmix64's increment
 _MASK = (1 << 63) - 1
 
@@ -77,9 +79,10 @@ class MoveHistory:
         self.norms: dict[Hashable, deque[float]] = {}
 
     def record(self, key: Hashable, g: torch.Tensor) -> None:
-        """Append ||g||^2 (g: the key's slice of the new aggregate direction); no-op at window 0."""
+        """Append ||g||^2 (g: the key's slice of the new aggregate direction; a float64 sum in
+        ``kernels.abs_moments``' fixed order, no temporary); no-op at window 0."""
         if self.window:
-            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(g.square().sum()))
+            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(kernels.abs_moments(g)[2]))
 
     def moves(self, keys: Iterable[Hashable]) -> tuple[float, ...]:
         """||g^{t-1}||^2, ||g^{t-2}||^2, ... summed over ``keys``, as deep as every key's history."""

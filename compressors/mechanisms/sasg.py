@@ -11,7 +11,7 @@ from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from ..core.error_feedback import compensated
 from ..core.mechanism import KeepsPeers, flat
-from ..core.memory import Error
+from ..core.memory import Error, reusable
 from ..core.payload import Payload
 from ..core.rounds import Round
 
@@ -54,6 +54,8 @@ class SASG(KeepsPeers):
     """
 
     lazy = True
+    written_in_place: frozenset[str] = frozenset()
+    _spare: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)  # e_i, y, skips before
 
     def __init__(self, compressor: Compressor, *, window: int = 10, c: float | None = None,
                  exact: bool = False) -> None:
@@ -92,16 +94,29 @@ class SASG(KeepsPeers):
             return True
         return float(kernels.squared_distances(x, [self.memory.y])) > sum(rnd.moves[:self.window]) / self.c
 
+    def spawn(self) -> SASG:
+        clone = super().spawn()
+        clone._spare = (None, None, None)
+        return clone
+
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        x = flat(grad)
+        """The rule above, writing the new e_i, y and skip count into the tensors of the round
+        before last (``core.memory.reusable``), never into the memory it replaces."""
+        x, old = flat(grad), self.memory
+        spare_e, spare_y, spare_s = self._spare
+
+        def buffer(spare: Tensor | None, like: Tensor, *busy: Tensor) -> Tensor:
+            return reusable(spare, like.numel(), like.device, busy=(old.e_i, old.y, old.skips, *busy)).view_as(like)
+
         if not self.triggered(x, rnd):
-            self.memory.skips += 1
+            self._spare = (spare_e, spare_y, old.skips)
+            self.memory = SASGMemory(old.e_i, old.y, torch.add(old.skips, 1, out=buffer(spare_s, old.skips)))
             return Payload({}, x.numel())
-        payload, error = compensated(self.compressor, self.memory.e_i, x, rnd)
-        self.memory.e_i.copy_(error)
-        if not self.exact:
-            self.memory.y.copy_(x)
-        self.memory.skips.zero_()
+        payload, error = compensated(self.compressor, old.e_i, x, rnd, out=buffer(spare_e, old.e_i).view(-1))
+        y = old.y if self.exact else buffer(spare_y, old.y, error).copy_(x.view_as(old.y))
+        skips = buffer(spare_s, old.skips, error, y).zero_()
+        self._spare = (old.e_i, spare_y if y is old.y else old.y, old.skips)
+        self.memory = SASGMemory(error.view_as(old.e_i), y, skips)
         return payload
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
