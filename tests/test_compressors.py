@@ -349,6 +349,21 @@ def test_error_feedback_reuses_the_error_of_the_round_before_last_never_a_kept_o
     assert workers[0].memory.e_i.data_ptr() != workers[1].memory.e_i.data_ptr()
 
 
+@pytest.mark.parametrize("c", [TopK(ratio=0.1), RandK(ratio=0.2), RandK(ratio=0.2, scaled=False),
+                               RandK(ratio=0.2, shared=True), PermK(seed=1), Identity(), ScaledSign(64),
+                               PackedTopK(0.1)], ids=repr)
+def test_adding_a_workers_own_payload_is_adding_its_decoded_vector(c):
+    """``add_to`` (O(K) for the sparsifiers) gives the bits of out + decompress(payload) with the
+    worker's own round (worker 1 of 3: Rand-K's and Perm-K's supports depend on it)."""
+    gen = torch.Generator().manual_seed(8)
+    out, x = torch.randn(301, generator=gen), torch.randn(301, generator=gen)
+    rnd = Round(5, 1, 3)
+    payload = c.compress(x, rnd)
+    expected = out + c.decompress(payload, rnd)
+    c.add_to(out, payload, rnd)
+    assert torch.equal(out, expected)
+
+
 def _in_place_step(worker: ThreePoint | SASG, grad: torch.Tensor, rnd: Round) -> Payload:
     """The 3PC step as defined: ``move`` writes g_i in place, then y = x."""
     x = grad.reshape(-1).float()

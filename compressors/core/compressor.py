@@ -75,6 +75,11 @@ class Compressor(ABC):
             if payload.parts:
                 out.view(-1).add_(self.decompress(payload, rnd.of(r)), alpha=alpha)
 
+    def add_to(self, out: Tensor, payload: Payload, rnd: Round = ROUND0) -> None:
+        """out += decompress(payload, rnd): a worker's own payload, ``rnd`` as it was encoded
+        with (``accumulate`` reads payload r with worker r's round)."""
+        out.view(-1).add_(self.decompress(payload, rnd))
+
     def mean(self, out: Tensor, payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """out = (1/m) sum_r decompress(payloads[r]) over the m payloads (silent ones add nothing)."""
         out.zero_()

@@ -18,7 +18,7 @@ class DifferenceStep(ThreePoint):
 
     def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:
         sent = self.compressor.compress(x - y, rnd)
-        h += self.compressor.decompress(sent, rnd)
+        self.compressor.add_to(h, sent, rnd)
         return sent
 
 

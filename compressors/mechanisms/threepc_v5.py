@@ -44,7 +44,7 @@ class ThreePCv5(ThreePoint):
             h.copy_(x)
             return sent
         sent = self.compressor.compress(x - y, rnd)
-        h += self.compressor.decompress(sent, rnd)
+        self.compressor.add_to(h, sent, rnd)
         return sent
 
     def spec(self, numel: int, rnd: Round = ROUND0) -> list[PartSpec]:

@@ -91,6 +91,10 @@ class Sparsifier(Compressor):
         kernels.sparse_accumulate(out, *self.located(payload, rnd))
         return out
 
+    def add_to(self, out: Tensor, payload: Payload, rnd: Round = ROUND0) -> None:
+        """out += C(x) in O(K), no dense decode."""
+        kernels.sparse_accumulate(out.view(-1), *self.located(payload, rnd))
+
     def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:
         """One deterministic sparse_accumulate of every payload's entries, in rank order."""
         located = [self.located(p, rnd.of(r)) for r, p in enumerate(payloads) if p.parts]
