@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compressors import (CLAG, EF21, EF21SGDM, GD, LAG, MARINA, EF21Plus, PermK, RandK, Round, ThreePCv1, ThreePCv2,
-                         ThreePCv3, ThreePCv4, ThreePCv5, TopK)
+from compressors import (CLAG, EF21, EF21SGDM, GD, LAG, MARINA, EF21Plus, PackedTopK, Payload, PermK, RandK, Round,
+                         ScaledSign, ThreePCv1, ThreePCv2, ThreePCv3, ThreePCv4, ThreePCv5, TopK)
 from compressors.sim import theory
 from compressors.sim.simulation import Cluster
 from ddp_hooks import wire
@@ -136,3 +136,27 @@ def test_theorem1_stepsize():
 def test_ef21_plus_needs_a_deterministic_compressor():
     with pytest.raises(ValueError, match="deterministic"):
         EF21Plus(RandK(k=2))
+
+
+@pytest.mark.parametrize("compressor", [TopK(k=5), PackedTopK(0.2), ScaledSign(8)], ids=repr)
+@pytest.mark.parametrize("seed", range(6))
+def test_ef21_plus_keeps_the_nearer_of_c_x_and_h_plus_c_x_minus_h(compressor, seed):
+    """EF21+'s definition, computed densely: b = C(x), m = h + C(x - h); the step keeps b when
+    ||x - b|| <= ||x - m|| (exact float64 norms; near-ties, where the two roundings may disagree,
+    are skipped), sends the matching payload and flag, and its new g_i equals the kept vector."""
+    gen = torch.Generator().manual_seed(seed)
+    h, x = torch.randn(D, generator=gen), torch.randn(D, generator=gen)
+    x = h + 0.1 * x if seed % 2 else 3.0 * x  # near h (m wins) or far from it (b wins)
+    worker = EF21Plus(compressor)
+    worker.init(h.clone())
+    b = compressor.decompress(compressor.compress(x))
+    m = h + compressor.decompress(compressor.compress(x - h))
+    to_b, to_m = float((x.double() - b.double()).square().sum()), float((x.double() - m.double()).square().sum())
+    payload = worker.step(x)
+    if abs(to_b - to_m) <= 1e-6 * max(to_b, to_m):
+        pytest.skip("a near-tie")
+    reset = to_b <= to_m
+    assert int(payload.parts["flag"][0]) == reset
+    torch.testing.assert_close(worker.memory.g_i, b if reset else m, rtol=0, atol=1e-6)
+    sent = compressor.decompress(Payload({k: t for k, t in payload.parts.items() if k != "flag"}, D))
+    torch.testing.assert_close(sent, compressor.decompress(compressor.compress(x if reset else x - h)), rtol=0, atol=0)

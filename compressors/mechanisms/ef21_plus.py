@@ -44,14 +44,17 @@ class EF21Plus(KeepsPeers):
         return [PartSpec("flag", torch.uint8, 1), *self.compressor.spec(numel, rnd)]
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        """The distances from their residuals, x - b = x - C(x) and x - m = (x - h) - C(x - h)
+        (for a sparsifier the residual is written in place in O(K), and its terms are exactly
+        x_i or x_i - h_i off the support, 0 on it), float64 sums (``kernels.abs_moments``);
+        then g_i is written in place: C(x), or h plus C(x - h) (O(K) for a sparsifier)."""
         x, h, c = flat(grad), self.memory.g_i, self.compressor
-        fresh = c.compress(x, rnd)
-        b = c.decompress(fresh, rnd)
-        update = c.compress(x - h, rnd)
-        m = h + c.decompress(update, rnd)
-        to_b, to_m = kernels.squared_distances(x, [b, m]).tolist()
-        reset = to_b <= to_m
-        h.copy_(b if reset else m)
+        fresh, off_b = c.residual(x.clone(), rnd)
+        update, off_m = c.residual(x - h, rnd)
+        reset = float(kernels.abs_moments(off_b)[2]) <= float(kernels.abs_moments(off_m)[2])
+        if reset:
+            h.zero_()
+        c.add_to(h, fresh if reset else update, rnd)
         chosen = fresh if reset else update
         return Payload({"flag": torch.tensor([int(reset)], dtype=torch.uint8), **chosen.parts}, h.numel())
 
