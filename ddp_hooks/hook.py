@@ -173,14 +173,15 @@ class _Round:
 
     def commit(self) -> None:
         """Keep this round (every round of the iteration succeeded on every rank). The aggregate
-        it replaced is free: the next round writes it (``BucketState.spare``)."""
+        it replaced is free: the next round writes its g and the entries the mechanism
+        overwrites there (``BucketState.spare``)."""
         if self.dense:
             self.state.install(self.bucket)
         else:
             self.bucket.compressed += 1
         self.state.record_moves(self.bucket)
-        if self.server is not None:
-            self.bucket.spare = self.server
+        if self.server is not None:  # g and what the mechanism overwrites, not the n peers' copies
+            self.bucket.spare = {k: self.server[k] for k in (*self.worker.overwrites, "g") if k in self.server}
         self.saved = self.server = None
 
     def finish(self) -> tuple[Tensor, float] | str:

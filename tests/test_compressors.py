@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from compressors import (CLAG, EF14, EF21, LAG, LAGWK, MARINA, Compose, Identity, PackedTopK, Payload, PermK, RandK,
                          Round, SASG, ScaledSign, SharedTopK, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
 from compressors.core.error_feedback import compensated
+from compressors.core.rounds import MoveHistory
 from compressors.core.three_point import ThreePoint
 from compressors.operators.packed_topk import BLOCK, FORMAT
 
@@ -508,3 +509,14 @@ def test_error_feedback_rounds_decay_times_e_then_the_sum(decay):
         _, residual = compensated(TopK(k=1), e, x, Round(), decay, out=out)
         kept = residual != 0
         assert torch.equal(residual[kept], want[kept]) and int(kept.sum()) == 100_002
+
+
+def test_the_move_history_keeps_the_squared_norms_of_any_float_direction():
+    """||g||^2 per key, most recent first, as deep as the window (fp32, fp64, fp16, empty)."""
+    history = MoveHistory(2)
+    for t, dtype in enumerate((torch.float32, torch.float64, torch.float16)):
+        g = torch.arange(4, dtype=dtype) * (t + 1)
+        history.record("p", g)
+        history.record("empty", g[:0])
+    assert history.moves(["p"]) == pytest.approx((14.0 * 9, 14.0 * 4))
+    assert history.moves(["p", "empty"]) == history.moves(["p"])

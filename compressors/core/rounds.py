@@ -82,7 +82,7 @@ class MoveHistory:
         """Append ||g||^2 (g: the key's slice of the new aggregate direction; a float64 sum in
         ``kernels.abs_moments``' fixed order, no temporary); no-op at window 0."""
         if self.window:
-            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(kernels.abs_moments(g)[2]))
+            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(kernels.abs_moments(g.float())[2]))
 
     def moves(self, keys: Iterable[Hashable]) -> tuple[float, ...]:
         """||g^{t-1}||^2, ||g^{t-2}||^2, ... summed over ``keys``, as deep as every key's history."""
