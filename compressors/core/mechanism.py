@@ -110,6 +110,7 @@ class Mechanism(ABC):
     def spawn(self) -> Mechanism:
         """A new instance with this configuration and empty memory (one per worker and tensor)."""
         clone = copy.copy(self)
+        clone.__dict__.pop("_spare", None)  # the buffers a step reuses (``core.memory.reusable``) are not shared
         clone.memory = None
         return clone
 

@@ -36,11 +36,6 @@ class ThreePoint(Mechanism):
     def memory_type(self) -> type[Estimate]:
         return EstimateAndGradient if self.uses_y else Estimate
 
-    def spawn(self) -> ThreePoint:
-        clone = super().spawn()
-        clone._spare = (None, None)
-        return clone
-
     def setup(self, grad: Tensor) -> Estimate:
         return EstimateAndGradient(grad, grad.clone()) if self.uses_y else Estimate(grad)
 

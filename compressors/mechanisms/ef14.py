@@ -28,11 +28,6 @@ class EF14(Replacing):
     written_in_place: frozenset[str] = frozenset()
     _spare: Tensor | None = None  # the error before the current one
 
-    def spawn(self) -> EF14:
-        clone = super().spawn()
-        clone._spare = None
-        return clone
-
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
 

@@ -52,10 +52,10 @@ class EF21Plus(KeepsPeers):
         fresh, off_b = c.residual(x.clone(), rnd)
         update, off_m = c.residual(x - h, rnd)
         reset = float(kernels.abs_moments(off_b)[2]) <= float(kernels.abs_moments(off_m)[2])
+        chosen = fresh if reset else update
         if reset:
             h.zero_()
-        c.add_to(h, fresh if reset else update, rnd)
-        chosen = fresh if reset else update
+        c.add_to(h, chosen, rnd)
         return Payload({"flag": torch.tensor([int(reset)], dtype=torch.uint8), **chosen.parts}, h.numel())
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:

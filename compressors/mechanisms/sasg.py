@@ -94,11 +94,6 @@ class SASG(KeepsPeers):
             return True
         return float(kernels.squared_distances(x, [self.memory.y])) > sum(rnd.moves[:self.window]) / self.c
 
-    def spawn(self) -> SASG:
-        clone = super().spawn()
-        clone._spare = (None, None, None)
-        return clone
-
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """The rule above, writing the new e_i, y and skip count into the tensors of the round
         before last (``core.memory.reusable``), never into the memory it replaces."""
