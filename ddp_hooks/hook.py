@@ -133,9 +133,9 @@ class _Round:
             self.restore()
             payload = _blank(spec, numel, grad.device, isinstance(proto, (protocol.Sized, protocol.TwoStage)))
             own = set(payload.parts)
-        else:  # the parts that are this round's fp32 gradient, which no memory holds: the exchange may overwrite them
+        else:  # the round's fp32 gradient, which no memory holds, and scratch parts: the exchange may overwrite them
             held = [t for t in worker.memory.tensors().values() if _shares(t, work)]
-            own = set() if held else {k for k, t in payload.parts.items() if _shares(t, work)}
+            own = set(payload.scratch) | (set() if held else {k for k, t in payload.parts.items() if _shares(t, work)})
         self.exchange = proto.exchange(payload, spec, grad.device, flags, own)
         state.stats.dense_round(numel * grad.element_size(), group.size())
 
@@ -173,15 +173,14 @@ class _Round:
 
     def commit(self) -> None:
         """Keep this round (every round of the iteration succeeded on every rank). The aggregate
-        it replaced is free: the next round writes its g and the entries the mechanism
-        overwrites there (``BucketState.spare``)."""
+        it replaced is free: the next round writes its entries there (``BucketState.spare``)."""
         if self.dense:
             self.state.install(self.bucket)
         else:
             self.bucket.compressed += 1
         self.state.record_moves(self.bucket)
-        if self.server is not None:  # g and what the mechanism overwrites, not the n peers' copies
-            self.bucket.spare = {k: self.server[k] for k in (*self.worker.overwrites, "g") if k in self.server}
+        if self.server is not None:  # every entry: a round holds old and new at once in any case
+            self.bucket.spare = {k: t for k, t in self.server.items() if t.dtype == torch.float32}
         self.saved = self.server = None
 
     def finish(self) -> tuple[Tensor, float] | str:

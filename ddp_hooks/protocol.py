@@ -115,8 +115,8 @@ class Protocol(ABC):
         spec = [*spec, FLAGS]
         payload = Payload({**payload.parts, FLAGS.name: torch.tensor(flags, dtype=torch.float32, device=device)},
                           payload.numel)
-        packed = wire.pack(payload, spec)
-        return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size())
+        packed = wire.pack(payload, spec)  # two parts at least: a buffer of its own
+        return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size(), writable=True)
 
     def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
         for part in spec:
@@ -146,9 +146,11 @@ class Protocol(ABC):
             self.stats.add("padding", size)
 
     @abstractmethod
-    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int],
+                   writable: bool = False) -> Exchange:
         """One async collective of equal-length uint8 buffers; rank r's payload is the first
-        ``sizes[r]`` bytes of its buffer (0: rank r stayed silent and sent zeros)."""
+        ``sizes[r]`` bytes of its buffer (0: rank r stayed silent and sent zeros). ``writable``:
+        ``packed`` may be overwritten (a buffer the exchange built, or a part the round owns)."""
 
 
 class MeanAllReduce(Protocol):
@@ -157,7 +159,8 @@ class MeanAllReduce(Protocol):
     A one-part payload (a dense gradient: GD's, any mechanism's dense round) travels alone, and
     its flags by an all_reduce of their own issued just before it (the spec decides, so every
     rank issues the same two): the bucket is not copied to carry 8 bytes, and a part the round
-    owns (``own``: the mechanism's fp32 view of the gradient, or a blank) is averaged in place."""
+    owns (``own``: the mechanism's fp32 view of the gradient, a ``Payload.scratch`` part, or a
+    blank) is averaged in place; so is ``Sized``'s one-part payload (LAG's x - h)."""
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
                  flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
@@ -179,11 +182,12 @@ class MeanAllReduce(Protocol):
         return Exchange(collect_all([counted, future]),
                         lambda: ([Payload({name: mean}, payload.numel)], Flags(*(round(v) for v in raised.tolist()))))
 
-    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int],
+                   writable: bool = False) -> Exchange:
         self.stats.ran("all_reduce")
         self.stats.ring_all_reduce(packed.numel(), self.group.size())
-        mean = packed.view(torch.float32)  # reduced in place: a buffer of its own, or a copy of a payload's
-        mean = mean.div_(self.group.size()) if packed._base is None else mean / self.group.size()
+        mean = packed.view(torch.float32)  # reduced in place: a buffer of its own or the round's, else a copy
+        mean = mean.div_(self.group.size()) if writable else mean / self.group.size()
         on_device(packed.device, mean)
         future = dist.all_reduce(mean, group=self.group, async_op=True).get_future()
         return Exchange(future, lambda: _count([wire.unpack(mean.view(torch.uint8), spec, numel)],
@@ -193,7 +197,8 @@ class MeanAllReduce(Protocol):
 class AllGather(Protocol):
     """One all_gather; row r of the result holds rank r's payload."""
 
-    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int],
+                   writable: bool = False) -> Exchange:
         self.stats.ran("all_gather")
         self.stats.ring_all_gather(packed.numel(), self.group.size())
         gathered = packed.new_empty(self.group.size() * packed.numel())
@@ -225,11 +230,14 @@ class Sized(Protocol):
             return _done(raised)
         if not silent:
             self.count(payload, spec)
+        # a one-part payload's pack is a view of the part (a dtype view: no ``_base`` to tell)
+        writable = silent or len(spec) > 1 or packed.numel() < width or spec[0].name in own
         packed = self.padded(packed, width)
-        return self.data.collective(packed, spec, payload.numel, sizes)
+        return self.data.collective(packed, spec, payload.numel, sizes, writable)
 
-    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
-        return self.data.collective(packed, spec, numel, sizes)
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int],
+                   writable: bool = False) -> Exchange:
+        return self.data.collective(packed, spec, numel, sizes, writable)
 
 
 class Relay(NamedTuple):
@@ -366,7 +374,8 @@ class TwoStage(Protocol):
                     for j, (r, size) in enumerate(zip(rows, lengths))], Flags()
         return Exchange(future, read)
 
-    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int]) -> Exchange:
+    def collective(self, packed: Tensor, spec: Sequence[PartSpec], numel: int, sizes: list[int],
+                   writable: bool = False) -> Exchange:
         raise TypeError("TwoStage runs its own collectives in exchange()")
 
 

@@ -54,7 +54,7 @@ class BucketState:
     sizes: tuple[int, ...]
     worker: Mechanism
     server: dict[str, Tensor] | None = None  # fp32, set by the first dense round's callback
-    spare: dict[str, Tensor] = field(default_factory=dict)  # g (and overwritten entries) a committed round replaced
+    spare: dict[str, Tensor] = field(default_factory=dict)  # the aggregate entries a committed round replaced
     compressed: int = 0  # compressed rounds committed
 
     @property

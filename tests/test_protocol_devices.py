@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 import ddp_hooks
+from compressors import PartSpec, Payload
 from ddp_hooks import protocol
 
 # name -> options: lazy triggers that stay silent (clag with a huge zeta; lag, as the same batch
@@ -88,3 +89,23 @@ def test_every_collective_tensor_lives_on_the_buckets_device(group, collectives,
         assert {"all_gather", "all_to_all"} <= {c[0] for c in collectives}
     if name in SILENT:
         assert state.stats.silent_rounds > 0, "the silent path (an empty payload, size 0) did not run"
+
+
+@pytest.mark.parametrize("scratch", [True, False])
+def test_a_sized_one_part_payload_is_averaged_in_place_only_when_it_is_scratch(group, monkeypatch, scratch):
+    """LAG's upload x - h is the round's own temporary (``Payload.scratch``): the averaging
+    all_reduce runs on it in place; a part the payload does not mark (it may be memory) is copied."""
+    reduced: list[torch.Tensor] = []
+    all_reduce = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: reduced.append(t) or all_reduce(t, **kw))
+    part = torch.arange(6, dtype=torch.float32)
+    payload = Payload({"dense": part}, 6, frozenset({"dense"}) if scratch else frozenset())
+    spec = [PartSpec("dense", torch.float32, 6, aligned=True)]
+    sized = protocol.choose(spec, summable=True, lazy=True, reproducible=False, group=dist.group.WORLD,
+                            stats=ddp_hooks.CommStats())
+    exchange = sized.exchange(payload, spec, part.device, own=payload.scratch)
+    exchange.future.wait()
+    (mean,), flags = exchange.read()
+    assert isinstance(sized, protocol.Sized) and not any(flags)
+    assert torch.equal(mean.parts["dense"], torch.arange(6, dtype=torch.float32))  # one rank: the mean is itself
+    assert (reduced[-1].data_ptr() == part.data_ptr()) is scratch

@@ -17,10 +17,22 @@ class Payload:
     bits each, int32 indices 32 bits each). The DDP hook adds its padding and headers on top.
     Parts named ``oracle.*`` model side information that a simulated server has for free
     (3PCv1's previous gradient); they cost nothing and the DDP hook refuses them.
+    ``scratch``: parts whose memory the producer allocated for this payload alone (no memory or
+    state holds it), which the DDP hook may overwrite once they are sent (an averaging allreduce
+    in place).
     """
 
     parts: dict[str, Tensor]
     numel: int
+    scratch: frozenset[str] = frozenset()
+
+    @staticmethod
+    def of_temporary(payload: Payload, temporary: Tensor) -> Payload:
+        """``payload`` with the parts that are views of ``temporary`` (a tensor its producer
+        allocated and holds nowhere else) marked ``scratch``."""
+        base = temporary.untyped_storage().data_ptr()
+        return Payload(payload.parts, payload.numel, frozenset(
+            k for k, t in payload.parts.items() if t.untyped_storage().data_ptr() == base))
 
     def bits(self) -> dict[str, int]:
         """Bits per sent part, e.g. ``{"values": 32 * k, "indices": 32 * k}``."""

@@ -21,9 +21,10 @@ def ef21_move(compressor: Compressor, h: Tensor, x: Tensor, rnd: Round, out: Ten
         target = h if out is None else out.copy_(h)
         values, indices = kernels.ef21_topk_step(x, target, compressor.k_for(h.numel()))
         return compressor.payload(values, indices, h.numel())
-    payload = compressor.compress(x - h, rnd)
+    difference = x - h
+    payload = compressor.compress(difference, rnd)
     torch.add(h, compressor.decompress(payload, rnd).view_as(h), out=h if out is None else out)
-    return payload
+    return Payload.of_temporary(payload, difference)  # the identity's payload (LAG's) is x - h itself
 
 
 def ef21_constants(alpha: float) -> tuple[float, float]:

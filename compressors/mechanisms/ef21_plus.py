@@ -11,7 +11,7 @@ from .. import kernels
 from ..core.compressor import ROUND0, Compressor
 from .ef21 import ef21_constants
 from ..core.mechanism import KeepsPeers, flat
-from ..core.memory import Estimate
+from ..core.memory import Estimate, reusable
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
@@ -36,6 +36,8 @@ class EF21Plus(KeepsPeers):
 
     memory_type = Estimate
     memory: Estimate
+    written_in_place: frozenset[str] | None = frozenset()
+    _spare: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)  # g_i before, 2 residuals
 
     def setup(self, grad: Tensor) -> Estimate:
         return Estimate(grad)
@@ -47,27 +49,40 @@ class EF21Plus(KeepsPeers):
         """The distances from their residuals, x - b = x - C(x) and x - m = (x - h) - C(x - h)
         (for a sparsifier the residual is written in place in O(K), and its terms are exactly
         x_i or x_i - h_i off the support, 0 on it), float64 sums (``kernels.abs_moments``);
-        then g_i is written in place: C(x), or h plus C(x - h) (O(K) for a sparsifier)."""
+        then the new g_i, C(x) or h plus C(x - h) (O(K) for a sparsifier after a copy of h),
+        goes into the g_i of the round before last: the memory it replaces is never written.
+        The residuals go into buffers of their own, reused every round."""
         x, h, c = flat(grad), self.memory.g_i, self.compressor
-        fresh, off_b = c.residual(x.clone(), rnd)
-        update, off_m = c.residual(x - h, rnd)
+        spare, off_b, off_m = self._spare
+        busy = (h, x)
+        off_b = reusable(off_b, x.numel(), x.device, busy).copy_(x)
+        off_m = torch.sub(x, h.view_as(x), out=reusable(off_m, x.numel(), x.device, (*busy, off_b)))
+        fresh, off_b = c.residual(off_b, rnd)
+        update, off_m = c.residual(off_m, rnd)
         reset = float(kernels.abs_moments(off_b)[2]) <= float(kernels.abs_moments(off_m)[2])
-        chosen = fresh if reset else update
+        new_h = reusable(spare, h.numel(), h.device, (*busy, off_b, off_m)).view_as(h)
         if reset:
-            h.zero_()
-        c.add_to(h, chosen, rnd)
+            new_h.zero_()
+        else:
+            new_h.copy_(h)
+        chosen = fresh if reset else update
+        c.add_to(new_h, chosen, rnd)
+        self._spare, self.memory = (h, off_b, off_m), Estimate(new_h)
         return Payload({"flag": torch.tensor([int(reset)], dtype=torch.uint8), **chosen.parts}, h.numel())
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
-        n = len(payloads)
-        for r, p in enumerate(payloads):
-            decoded = self.compressor.decompress(Payload({k: t for k, t in p.parts.items() if k != "flag"}, p.numel),
-                                                 rnd.of(r))
-            if int(p.parts["flag"][0]):
-                self.replace_peer(server, r, decoded, n)
+        """Worker r's reset replaces peer_r (dense); its increment is added to peer_r and, times
+        1/n, to g (O(K) each for a sparsifier, all increments in one ``accumulate``)."""
+        n, c = len(payloads), self.compressor
+        sent = [Payload({k: t for k, t in p.parts.items() if k != "flag"}, p.numel) for p in payloads]
+        resets = [bool(p.parts["flag"][0]) for p in payloads]
+        for r, (p, reset) in enumerate(zip(sent, resets)):
+            if reset:
+                self.replace_peer(server, r, c.decompress(p, rnd.of(r)), n)
             else:  # an increment: the new g_r is peer_r + C(x - h)
-                server["g"].add_(decoded, alpha=1.0 / n)
-                server[f"peer.{r}"].add_(decoded)
+                c.add_to(server[f"peer.{r}"], p, rnd.of(r))
+        c.accumulate(server["g"], [Payload({}, p.numel) if reset else p for p, reset in zip(sent, resets)],
+                     1.0 / n, rnd)
 
     def constants(self, numel: int, workers: int = 1) -> tuple[float, float]:
         return ef21_constants(self.compressor.alpha(numel))
