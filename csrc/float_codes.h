@@ -118,6 +118,13 @@ inline std::array<float, 256> decode_table(int exponent, int mantissa, int bias,
   return table;
 }
 
+// decode_table times alpha, each entry rounded to fp32: what float_accumulate adds per code.
+inline std::array<float, 256> accumulate_table(int exponent, int mantissa, int bias, float scale, float alpha) {
+  std::array<float, 256> table = decode_table(exponent, mantissa, bias, scale);
+  for (float& value : table) value *= alpha;
+  return table;
+}
+
 // The format's largest value (scale 1).
 inline float max_value(int exponent, int mantissa, int bias) {
   return decode_table(exponent, mantissa, bias, 1.0f)[(1 << (exponent + mantissa)) - 1];

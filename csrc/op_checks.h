@@ -88,6 +88,16 @@ inline void check_float_decode(const at::Tensor& codes, int64_t exponent, int64_
   check_format(exponent, mantissa, bias, scale);
 }
 
+inline void check_float_accumulate(const at::Tensor& out, const at::Tensor& codes, int64_t exponent, int64_t mantissa,
+                                   int64_t bias, double scale) {
+  check_float_decode(codes, exponent, mantissa, bias, scale);
+  TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == codes.numel() &&
+                        out.device() == codes.device(),
+                    "float_accumulate: out must be a contiguous float32 tensor of ", codes.numel(),
+                    " elements on ", codes.device(), " (one per code), got ", out.scalar_type(), " of ", out.numel(),
+                    " elements on ", out.device(), out.is_contiguous() ? "" : ", non-contiguous");
+}
+
 // ``out`` of a float_encode/decode.out call: contiguous, of ``dtype`` (named ``dtype_name`` as in
 // torch), as many elements as ``input`` and on its device.
 inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& input, at::ScalarType dtype,

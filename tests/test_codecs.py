@@ -195,6 +195,39 @@ def test_float_decode_matches_reference(impl, fmt):
     assert torch.equal(decode(impl, codes, fmt, 0.75).view(torch.int32), want.view(torch.int32))
 
 
+@pytest.mark.parametrize("impl", ALL)
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_float_accumulate_adds_alpha_times_the_decoded_values(impl, fmt):
+    """out += (value * scale) * alpha with both products rounded to fp32, then one add: the oracle
+    is the decoded tensor times alpha added, to the bit; alpha = -1 is the residual v - Q(v)."""
+    codes = torch.arange(256, dtype=torch.uint8).repeat(300)[::3]  # non-contiguous, every code
+    base = torch.randn(codes.numel(), generator=torch.Generator().manual_seed(3))
+    base[:7] = torch.tensor([0.0, -0.0, 1e-40, -1e38, 3e38, 1.0, -1.0])  # subnormal, near overflow
+    for scale, alpha in ((0.75, 1.0), (0.75, -1.0), (1e-3, 1 / 3), (2.0 ** 60, 0.5), (1e-30, -7.0)):
+        decoded = decode("torch", codes, fmt, scale)
+        want = base + decoded * torch.tensor(alpha, dtype=torch.float32)
+        out = base.clone()
+        IMPLS[impl].float_accumulate(out, codes, fmt.exponent, fmt.mantissa, fmt.bias, scale, alpha)
+        assert torch.equal(out.view(torch.int32), want.view(torch.int32)), (scale, alpha)
+        if alpha == -1.0:
+            assert torch.equal(out, base - decoded)
+    empty = torch.empty(0)
+    IMPLS[impl].float_accumulate(empty, torch.empty(0, dtype=torch.uint8), fmt.exponent, fmt.mantissa, fmt.bias,
+                                 1.0, 1.0)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_float_accumulate_rejects_a_wrong_out_and_bad_codes(impl):
+    ops, codes = IMPLS[impl], torch.zeros(10, dtype=torch.uint8)
+    for bad in (torch.zeros(9), torch.zeros(10, dtype=torch.float64), torch.zeros(20)[::2]):
+        with pytest.raises(ValueError, match="float_accumulate: out must be a contiguous float32 tensor of 10"):
+            ops.float_accumulate(bad, codes, 4, 3, 7, 1.0, 1.0)
+    with pytest.raises(TypeError, match="codes must be uint8"):
+        ops.float_accumulate(torch.zeros(10), codes.to(torch.int8), 4, 3, 7, 1.0, 1.0)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, float("nan"), 1.0)
+
+
 # -- properties every implementation has ----------------------------------------------------
 @pytest.mark.parametrize("impl", ALL)
 def test_every_code_of_every_format_round_trips(impl):
@@ -276,6 +309,7 @@ def test_opcheck_passes_for_the_codec_ops():
     torch.library.opcheck(ops.float_encode.out, (v, 5, 2, 15, 0.5, -1), {"out": torch.empty(3000, dtype=torch.uint8)})
     torch.library.opcheck(ops.float_decode.default, (codes, 5, 2, 15, 0.5))
     torch.library.opcheck(ops.float_decode.out, (codes, 5, 2, 15, 0.5), {"out": torch.empty(3000)})
+    torch.library.opcheck(ops.float_accumulate.default, (torch.randn(3000), codes, 5, 2, 15, 0.5, -1.0))
     table = HuffmanTable.from_weights(np.arange(1.0, 257.0))
     stream = table.encode(codes)
     torch.library.opcheck(ops.huffman_encode.default, (codes, table.codes, table.lengths))

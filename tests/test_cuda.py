@@ -138,6 +138,12 @@ def test_float_conversion_matches_the_reference(fmt, dtype, device):
     assert_same((other.cpu(),), (cpu,))
     out = torch.empty(codes.numel(), device=device)
     assert kernels.float_decode(codes.to(device), f.exponent, f.mantissa, f.bias, 0.37, out=out) is out
+    base = torch.randn(codes.numel(), generator=torch.Generator().manual_seed(5))
+    for alpha in (1.0, -1.0, 1 / 3):
+        want, got = base.clone(), base.to(device)
+        reference.float_accumulate(want, codes, f.exponent, f.mantissa, f.bias, 0.37, alpha)
+        kernels.float_accumulate(got, codes.to(device), f.exponent, f.mantissa, f.bias, 0.37, alpha)
+        assert torch.equal(got.cpu(), want), alpha
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="NaN or Inf"):
             kernels.float_encode(torch.tensor([1.0, bad], dtype=dtype, device=device), f.exponent, f.mantissa, f.bias)
@@ -247,6 +253,7 @@ def test_opcheck_passes_for_the_cuda_ops():
                                                           torch.randint(0, 5000, (100,), device="cuda"), 0.5))
     torch.library.opcheck(ops.float_encode.default, (x, 5, 2, 15, 0.5, 3))
     torch.library.opcheck(ops.float_decode.out, (codes, 5, 2, 15, 0.5), {"out": torch.empty(5000, device="cuda")})
+    torch.library.opcheck(ops.float_accumulate.default, (x.clone(), codes, 5, 2, 15, 0.5, -1.0))
     signs, scales = ops.sign_encode(x, 64)
     torch.library.opcheck(ops.sign_encode.default, (x, 64))
     torch.library.opcheck(ops.sign_residual.default, (x.clone(), 64))

@@ -356,6 +356,10 @@ assert torch.equal(codes, ref.float_encode(x, 4, 3, 7, 0.5, 3))
 values = torch.empty(3000)
 assert kernels.float_decode(codes, 4, 3, 7, 0.5, out=values) is values
 assert torch.equal(values, ref.float_decode(codes, 4, 3, 7, 0.5))
+out, want = x.clone(), x.clone()
+kernels.float_accumulate(out, codes, 4, 3, 7, 0.5, -0.3)
+ref.float_accumulate(want, codes, 4, 3, 7, 0.5, -0.3)
+assert torch.equal(out, want)
 table = (torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([1, 2, 2], dtype=torch.uint8))
 stream = kernels.huffman_encode(codes % 3, *table)
 assert torch.equal(stream, ref.huffman_encode(codes % 3, *table))
@@ -367,6 +371,7 @@ assert torch.equal(kernels.rans_decode(rans, 3000, freqs), codes % 2)
 for call, error in ((lambda: kernels.topk_abs(x, 3001), ValueError),
                     (lambda: kernels.float_encode(x, 4, 3, 7, out=codes[:5]), ValueError),
                     (lambda: kernels.float_encode(x / 0, 4, 3, 7), ValueError),
+                    (lambda: kernels.float_accumulate(out[:5], codes, 4, 3, 7), ValueError),
                     (lambda: kernels.sparse_accumulate(out, x[:1], torch.tensor([3000])), IndexError),
                     (lambda: kernels.huffman_decode(stream[:5], 3000, *table), ValueError),
                     (lambda: kernels.rans_decode(rans[1:], 3000, freqs), ValueError)):

@@ -130,6 +130,14 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
     return out
 
 
+def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float = 1.0,
+                     alpha: float = 1.0) -> None:
+    """out += alpha * (the fp32 values of ``codes`` times ``scale``), in place and in one pass (each
+    code's value times scale, then times alpha, rounded to fp32; then one fp32 add). ``out``: a
+    contiguous float32 tensor of codes.numel() elements. alpha = -1 leaves the residual v - Q(v)."""
+    _ops.float_accumulate(out, codes, exponent, mantissa, bias, scale, alpha)
+
+
 def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
     """The uint8 ``symbols`` prefix-coded MSB-first (symbol s: the ``lengths[s]`` low bits of
     ``codes[s]``), zero-padded to whole bytes."""

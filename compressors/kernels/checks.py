@@ -103,6 +103,14 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
     _format(exponent, mantissa, bias, scale)
 
 
+def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> None:
+    float_decode(codes, exponent, mantissa, bias, scale)
+    if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != codes.numel() or out.device != codes.device:
+        raise ValueError(f"float_accumulate: out must be a contiguous float32 tensor of {codes.numel()} elements on "
+                         f"{codes.device} (one per code), got {out.dtype} of {out.numel()} elements on {out.device}"
+                         f"{_non_contiguous(out)}")
+
+
 def out(op: str, out: Tensor, like: Tensor, dtype: torch.dtype) -> None:
     """``out`` of a float_encode/decode.out call: contiguous, ``dtype``, like's size and device."""
     if out.dtype != dtype or not out.is_contiguous() or out.numel() != like.numel() or out.device != like.device:

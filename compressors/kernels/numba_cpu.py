@@ -52,6 +52,13 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
                                           np.float32(scale)))
 
 
+def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
+                     alpha: float) -> None:
+    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale)
+    _float_accumulate(out.view(-1).numpy(), codes.reshape(-1).contiguous().numpy(),
+                      _decode_table(exponent, mantissa, bias, np.float32(scale)) * np.float32(alpha))
+
+
 def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
     checks.huffman_encode(symbols, codes, lengths)
     return torch.from_numpy(_huffman_encode(symbols.reshape(-1).contiguous().numpy(), codes.numpy(),
@@ -136,9 +143,8 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
                       offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
                       alpha: float = 1.0) -> None:
     checks.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias)
-    every_code = np.arange(256, dtype=np.uint8)
     for c, s, n, o in zip(codes, scales, counts, offsets):
-        table = _float_decode(every_code, exponent, mantissa, bias, np.float32(s.item()))
+        table = _decode_table(exponent, mantissa, bias, np.float32(s.item()))
         _packed_add(out.view(-1).numpy(), c.reshape(-1).contiguous().numpy(), n.reshape(-1).contiguous().numpy(),
                     o.reshape(-1).contiguous().numpy(), block, table, np.float32(alpha))
 
@@ -263,17 +269,30 @@ def _float_encode(x: np.ndarray, exponent: int, mantissa: int, bias: int, seed: 
 
 
 @numba.njit(cache=True)
-def _float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
+def _decode_table(exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
+    """The fp32 value of each of the 256 codes, times ``scale``."""
     table = np.empty(256, np.float32)
     for c in range(256):
         magnitude = c & ((1 << (exponent + mantissa)) - 1)
         e, m = magnitude >> mantissa, magnitude & ((1 << mantissa) - 1)
         value = np.float32(np.ldexp(np.float64(m + (1 << mantissa) if e > 0 else m), max(e, 1) - bias - mantissa))
         table[c] = (-value if (c >> (exponent + mantissa)) & 1 else value) * scale
+    return table
+
+
+@numba.njit(cache=True)
+def _float_decode(codes: np.ndarray, exponent: int, mantissa: int, bias: int, scale: np.float32) -> np.ndarray:
+    table = _decode_table(exponent, mantissa, bias, scale)
     out = np.empty(codes.size, np.float32)
     for i in range(codes.size):
         out[i] = table[codes[i]]
     return out
+
+
+@numba.njit(cache=True)
+def _float_accumulate(out: np.ndarray, codes: np.ndarray, table: np.ndarray) -> None:
+    for i in range(codes.size):
+        out[i] += table[codes[i]]
 
 
 # -- Huffman coding (see reference.huffman_encode) -------------------------------------------

@@ -30,6 +30,10 @@ SCHEMAS = (
     # The fp32 value of each code, times scale.
     "float_decode(Tensor codes, int exponent, int mantissa, int bias, float scale) -> Tensor",
     "float_decode.out(Tensor codes, int exponent, int mantissa, int bias, float scale, *, Tensor(a!) out) -> ()",
+    # out += (value(codes) * scale) * alpha, both products rounded to fp32 (a table of the 256
+    # codes), then one fp32 add: a decode and an add in one pass, no decoded tensor.
+    "float_accumulate(Tensor(a!) out, Tensor codes, int exponent, int mantissa, int bias, float scale, "
+    "float alpha) -> ()",
     # The uint8 symbols prefix-coded MSB-first with the table (codes int32[A], lengths uint8[A]).
     "huffman_encode(Tensor symbols, Tensor codes, Tensor lengths) -> Tensor",
     # The first n symbols of a stream coded with that table.
@@ -75,7 +79,8 @@ for _schema in SCHEMAS:
     LIB.define(_schema)
 
 # The ops a Python implementation provides as functions of the same name and signature.
-FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "huffman_encode",
+FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "float_accumulate",
+              "huffman_encode",
               "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
               "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate",
               "squared_distances", "abs_moments")
@@ -126,6 +131,12 @@ def _ef21_topk_step_fake(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tenso
 
 @torch.library.register_fake("threepc::sparse_accumulate", lib=LIB)
 def _sparse_accumulate_fake(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
+    return None
+
+
+@torch.library.register_fake("threepc::float_accumulate", lib=LIB)
+def _float_accumulate_fake(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
+                           alpha: float) -> None:
     return None
 
 

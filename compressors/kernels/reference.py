@@ -190,6 +190,13 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
     return value * torch.tensor(scale, dtype=torch.float32, device=value.device)
 
 
+def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
+                     alpha: float) -> None:
+    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale)
+    decoded = float_decode(codes, exponent, mantissa, bias, scale)
+    out.view(-1).add_(decoded * torch.tensor(alpha, dtype=torch.float32, device=decoded.device))
+
+
 # -- scaled signs -----------------------------------------------------------------------------
 _BF16_MAX = torch.finfo(torch.bfloat16).max
 _BIT = (1 << torch.arange(8)).to(torch.uint8)

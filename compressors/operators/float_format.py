@@ -73,3 +73,7 @@ class FloatFormat:
 
     def decode(self, codes: Tensor, scale: float = 1.0, *, out: Tensor | None = None) -> Tensor:
         return kernels.float_decode(codes, self.exponent, self.mantissa, self.bias, scale, out=out)
+
+    def accumulate(self, out: Tensor, codes: Tensor, scale: float = 1.0, alpha: float = 1.0) -> None:
+        """out += alpha * decode(codes, scale), in one pass (``kernels.float_accumulate``)."""
+        kernels.float_accumulate(out, codes, self.exponent, self.mantissa, self.bias, scale, alpha)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -122,6 +123,11 @@ class FloatQuantizer(Compressor):
     # -- encoding -------------------------------------------------------------------------
     def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """The payload of x and the fp32 Q(x) it decodes to (without decoding the stream)."""
+        payload, codes = self._coded(x, rnd)
+        return payload, self.fmt.decode(codes, float(payload.parts["scale"][0]))
+
+    def _coded(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor]:
+        """The payload of x and its float codes."""
         v = x.reshape(-1)
         if self.coder in MODEL_CODERS or self.scale == "gennorm":  # the model of the non-zero values
             nonzero, magnitudes, squares = kernels.abs_moments(v).tolist()
@@ -157,15 +163,23 @@ class FloatQuantizer(Compressor):
         parts["bytes"] = table.encode(self.symbols(codes))
         if self.coder == "rans_empirical":
             parts["bytes"] = torch.cat([histogram.write(levels).to(parts["bytes"].device), parts["bytes"]])
-        return Payload(parts, v.numel()), self.fmt.decode(codes, s)
+        return Payload(parts, v.numel()), codes
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
-        return self.encode(x, rnd)[0]
+        return self._coded(x, rnd)[0]
 
     def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
-        """(compress(v), v - Q(v)), the residual written into v (the caller's temporary)."""
-        payload, decoded = self.encode(v, rnd)
-        return payload, v.sub_(decoded.view_as(v))
+        """(compress(v), v - Q(v)), the residual written into v (the caller's temporary) from the
+        codes in one pass (no decoded Q(v))."""
+        payload, codes = self._coded(v, rnd)
+        self.fmt.accumulate(v.view(-1), codes, float(payload.parts["scale"][0]), -1.0)
+        return payload, v
+
+    def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:
+        """out += alpha * sum_r Q_r in rank order, each payload's codes added in one pass."""
+        for payload in payloads:
+            if payload.parts:
+                self.fmt.accumulate(out.view(-1), self.codes(payload), float(payload.parts["scale"][0]), alpha)
 
     def coded(self, payload: Payload) -> tuple[HuffmanTable | RansTable, Tensor]:
         """The code a payload was written with, rebuilt from what it carries, and the coded stream

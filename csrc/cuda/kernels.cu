@@ -366,6 +366,31 @@ at::Tensor float_decode_cuda(const at::Tensor& codes, int64_t exponent, int64_t 
   return out;
 }
 
+__global__ void float_accumulate_kernel(const uint8_t* codes, int64_t n, DecodeTable table, float* out) {
+  __shared__ float local[256];
+  for (int c = threadIdx.x; c < 256; c += blockDim.x) local[c] = table.value[c];
+  __syncthreads();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    out[i] = __fadd_rn(out[i], local[codes[i]]);
+  }
+}
+
+void float_accumulate_cuda(at::Tensor out, const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
+                           double scale, double alpha) {
+  check_float_accumulate(out, codes, exponent, mantissa, bias, scale);
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const at::Tensor input = codes.contiguous();
+  const int64_t n = input.numel();
+  if (n == 0) return;
+  DecodeTable table;
+  const std::array<float, 256> values =
+      accumulate_table(int(exponent), int(mantissa), int(bias), float(scale), float(alpha));
+  std::copy(values.begin(), values.end(), table.value);
+  float_accumulate_kernel<<<grid_for(n), kThreads, 0, current_stream()>>>(
+      input.const_data_ptr<uint8_t>(), n, table, out.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // -- Top-K packed in 16 bits an entry -------------------------------------------------------
 // The scale is computed on the device from max |v| (amax propagates NaN) and read there by the
 // codes kernel: no read-back besides the indices' check. Counts: each block binary-searches the
@@ -781,6 +806,7 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("float_encode.out", &float_encode_out_cuda);
   m.impl("float_decode", &float_decode_cuda);
   m.impl("float_decode.out", &float_decode_out_cuda);
+  m.impl("float_accumulate", &float_accumulate_cuda);
   m.impl("huffman_encode", &huffman_encode_cuda);
   m.impl("huffman_decode", &huffman_decode_cuda);
   m.impl("rans_encode", &rans_encode_cuda);
