@@ -141,9 +141,16 @@ at::Tensor float_encode_cpu(const at::Tensor& v, int64_t exponent, int64_t manti
   return codes;
 }
 
-// Table lookups with AVX2 gathers, 32 codes per iteration.
+// Table lookups with AVX2 gathers, 32 codes per iteration: dst = table[code] (decode), or
+// dst += table[code] (kAdd: float_accumulate, whose table holds (value * scale) * alpha).
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) void decode_avx2(const uint8_t* src, float* dst, int64_t begin, int64_t end,
+template <bool kAdd>
+__attribute__((target("avx2"))) inline void store(float* at, __m256 looked_up) {
+  _mm256_storeu_ps(at, kAdd ? _mm256_add_ps(_mm256_loadu_ps(at), looked_up) : looked_up);
+}
+
+template <bool kAdd>
+__attribute__((target("avx2"))) void lookup_avx2(const uint8_t* src, float* dst, int64_t begin, int64_t end,
                                                  const float* table) {
   int64_t i = begin;
   for (; i + 32 <= end; i += 32) {
@@ -151,29 +158,33 @@ __attribute__((target("avx2"))) void decode_avx2(const uint8_t* src, float* dst,
     const __m128i halves[2] = {_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)};
     for (int h = 0; h < 2; ++h) {
       const __m256i low = _mm256_cvtepu8_epi32(halves[h]), high = _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8));
-      _mm256_storeu_ps(dst + i + 16 * h, _mm256_i32gather_ps(table, low, 4));
-      _mm256_storeu_ps(dst + i + 16 * h + 8, _mm256_i32gather_ps(table, high, 4));
+      store<kAdd>(dst + i + 16 * h, _mm256_i32gather_ps(table, low, 4));
+      store<kAdd>(dst + i + 16 * h + 8, _mm256_i32gather_ps(table, high, 4));
     }
   }
-  for (; i < end; ++i) dst[i] = table[src[i]];
+  for (; i < end; ++i) dst[i] = kAdd ? dst[i] + table[src[i]] : table[src[i]];
 }
 #endif
+
+// dst[i] = table[codes[i]] (or += with kAdd) over the codes, in parallel chunks.
+template <bool kAdd>
+void lookup(const at::Tensor& codes, float* dst, const std::array<float, 256>& table) {
+  const at::Tensor input = codes.contiguous();
+  const uint8_t* src = input.const_data_ptr<uint8_t>();
+  at::parallel_for(0, input.numel(), kGrain, [&](int64_t begin, int64_t end) {
+#if defined(__x86_64__)
+    static const bool has_avx2 = __builtin_cpu_supports("avx2");
+    if (has_avx2) return lookup_avx2<kAdd>(src, dst, begin, end, table.data());
+#endif
+    for (int64_t i = begin; i < end; ++i) dst[i] = kAdd ? dst[i] + table[src[i]] : table[src[i]];
+  });
+}
 
 void float_decode_out_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale,
                           const at::Tensor& out) {
   check_float_decode(codes, exponent, mantissa, bias, scale);
   check_out("float_decode", out, codes, at::kFloat, "float32");
-  const at::Tensor input = codes.contiguous();
-  const std::array<float, 256> table = decode_table(int(exponent), int(mantissa), int(bias), float(scale));
-  const uint8_t* src = input.const_data_ptr<uint8_t>();
-  float* dst = out.mutable_data_ptr<float>();
-  at::parallel_for(0, input.numel(), kGrain, [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__)
-    static const bool has_avx2 = __builtin_cpu_supports("avx2");
-    if (has_avx2) return decode_avx2(src, dst, begin, end, table.data());
-#endif
-    for (int64_t i = begin; i < end; ++i) dst[i] = table[src[i]];
-  });
+  lookup<false>(codes, out.mutable_data_ptr<float>(), decode_table(int(exponent), int(mantissa), int(bias), float(scale)));
 }
 
 at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
@@ -182,41 +193,11 @@ at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t m
   return out;
 }
 
-// float_accumulate: out += table[code], the table holding (value * scale) * alpha; decode_avx2's
-// gathers with a load and an add per 8 entries.
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) void accumulate_avx2(const uint8_t* src, float* dst, int64_t begin, int64_t end,
-                                                     const float* table) {
-  int64_t i = begin;
-  for (; i + 32 <= end; i += 32) {
-    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    const __m128i halves[2] = {_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)};
-    for (int h = 0; h < 2; ++h) {
-      const __m256i low = _mm256_cvtepu8_epi32(halves[h]), high = _mm256_cvtepu8_epi32(_mm_srli_si128(halves[h], 8));
-      float* at = dst + i + 16 * h;
-      _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), _mm256_i32gather_ps(table, low, 4)));
-      _mm256_storeu_ps(at + 8, _mm256_add_ps(_mm256_loadu_ps(at + 8), _mm256_i32gather_ps(table, high, 4)));
-    }
-  }
-  for (; i < end; ++i) dst[i] += table[src[i]];
-}
-#endif
-
 void float_accumulate_cpu(at::Tensor out, const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
                           double scale, double alpha) {
   check_float_accumulate(out, codes, exponent, mantissa, bias, scale);
-  const at::Tensor input = codes.contiguous();
-  const std::array<float, 256> table =
-      accumulate_table(int(exponent), int(mantissa), int(bias), float(scale), float(alpha));
-  const uint8_t* src = input.const_data_ptr<uint8_t>();
-  float* dst = out.mutable_data_ptr<float>();
-  at::parallel_for(0, input.numel(), kGrain, [&](int64_t begin, int64_t end) {
-#if defined(__x86_64__)
-    static const bool has_avx2 = __builtin_cpu_supports("avx2");
-    if (has_avx2) return accumulate_avx2(src, dst, begin, end, table.data());
-#endif
-    for (int64_t i = begin; i < end; ++i) dst[i] += table[src[i]];
-  });
+  lookup<true>(codes, out.mutable_data_ptr<float>(),
+               accumulate_table(int(exponent), int(mantissa), int(bias), float(scale), float(alpha)));
 }
 
 // -- Top-K packed in 16 bits an entry -------------------------------------------------------
