@@ -1,7 +1,7 @@
 """Speed of CO3's codecs (``make bench``): float conversion against a copy of the same fp32
 buffer, Huffman coding in MB/s of 1-byte codes on one core.
 
-Groups: ``float_encode``/``float_decode`` of 6.5M and 64M fp32 values (fp8-152, round to
+Groups: ``float_encode``/``float_decode``/``float_accumulate`` of 6.5M and 64M fp32 values (fp8-152, round to
 nearest; the active backend, all cores) next to ``copy`` (``dst.copy_(src)`` of the fp32
 buffer into a preallocated ``dst``) and ``clone`` (the same copy into a fresh buffer), threepc both
 allocating its output (``threepc``, to compare with ``clone``) and writing into a preallocated
@@ -73,3 +73,21 @@ def test_huffman_decode(benchmark, record, coded, one_thread):
     benchmark.group = "huffman_decode 6.5M codes"
     benchmark.pedantic(table.decode, args=(stream, codes.numel()), rounds=30, warmup_rounds=1)
     record(benchmark, benchmark.group, "threepc", processed=codes.numel())
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "torch out=", "add_"])
+def test_float_accumulate(benchmark, record, values, implementation):
+    """out += alpha * decoded codes (CO3's residual, alpha = -1, and its aggregate) in one pass,
+    against decoding into a fresh buffer and adding (``torch``, what CO3 did), or into a
+    preallocated one (``torch out=``); ``add_`` of an fp32 buffer of the same size is the
+    yardstick of one pass."""
+    size, x = values
+    benchmark.group = f"float_accumulate {size}"
+    codes, out = FMT.encode(x, 1e-3), torch.zeros_like(x)
+    scratch = torch.empty_like(x)
+    fn = {"threepc": lambda: FMT.accumulate(out, codes, 1e-3, -1.0),
+          "torch": lambda: out.sub_(FMT.decode(codes, 1e-3)),
+          "torch out=": lambda: out.sub_(FMT.decode(codes, 1e-3, out=scratch)),
+          "add_": lambda: out.sub_(x)}[implementation]
+    benchmark.pedantic(fn, rounds=rounds(x.numel()), warmup_rounds=1)
+    record(benchmark, benchmark.group, implementation)
