@@ -276,6 +276,11 @@ class _Iteration:
             self.rounds = []
 
 
+SPARSE_GRADIENTS = ("threepc hooks compress dense gradients, and this DDP model produces sparse ones "
+                    "(nn.Embedding or nn.EmbeddingBag with sparse=True): build those modules with sparse=False, or "
+                    "keep them out of the compressed model and use DDP's default allreduce for it")
+
+
 def _warn_if_larger_than_dense(state: ThreePCState, spec: list[PartSpec], grad: Tensor) -> None:
     """Warn once per unit size when a payload outweighs the dense gradient (e.g. Top-K with k
     near the bucket size: values + indices); the statistics count what is really sent."""
@@ -304,6 +309,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         state.settle()  # the last iteration's rounds, if DDP raised before they all completed
         iteration = state.transaction = _Iteration(state.loss_scale())
     try:
+        if grad.layout != torch.strided:  # every rank's DDP has the same sparse buckets: all raise here
+            raise TypeError(SPARSE_GRADIENTS)
         state.check(grad, params, first=bucket.index() == 0)
         if grad.dtype not in _GRAD_DTYPES:
             raise TypeError(f"threepc hooks compress float32, float16 and bfloat16 gradients; this bucket holds "

@@ -10,7 +10,7 @@ from compressors import Mechanism
 from compressors.mechanisms.registry import REGISTRY, Entry, entry
 
 from . import adam
-from .hook import threepc_hook
+from .hook import SPARSE_GRADIENTS, threepc_hook
 from .state import ThreePCState
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
@@ -71,6 +71,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
                         "wrap the model first (DistributedDataParallel(model)); with Accelerate, register on what "
                         "accelerator.prepare returns, which is the plain model when it sees one process (on CPU: "
                         "Accelerator(cpu=True))")
+    sparse = [name for name, m in ddp.module.named_modules()
+              if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+    if sparse:
+        raise ValueError(f"{SPARSE_GRADIENTS}; sparse modules: {sparse[:5]}")
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     if name is None:

@@ -258,6 +258,33 @@ def test_unsupported_gradients_raise_the_same_clear_error_on_every_rank():
         assert r["iteration"] == 0 and r["buckets"] == 0, "a rejected bucket must leave the state untouched"
 
 
+def _sparse_worker(rank: int, workers: int) -> dict:
+    """An EmbeddingBag with sparse=True: refused by ``register``; registered by hand, refused by the
+    hook at its sparse bucket (DDP gives it a bucket of its own), with no collective left waiting."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(50, 8, sparse=True), nn.Linear(8, 2))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    errors = []
+    try:
+        ddp_hooks.register(ddp)
+    except ValueError as e:
+        errors.append(str(e))
+    state = ddp_hooks.ThreePCState(ddp_hooks.mechanism("ef14"), model=ddp)
+    ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+    try:
+        ddp(torch.randint(0, 50, (4, 3))).sum().backward()
+    except Exception as e:  # noqa: BLE001 - the test inspects whatever DDP re-raised
+        errors.append(str(e))
+    return {"errors": errors, "buckets": len(state.buckets)}
+
+
+def test_sparse_gradients_raise_a_clear_error_at_registration_and_in_the_hook_on_every_rank():
+    for r in run_ranks(_sparse_worker, 2):
+        assert len(r["errors"]) == 2, r["errors"]
+        assert all("compress dense gradients" in e and "sparse=False" in e for e in r["errors"]), r["errors"]
+        assert "sparse modules: ['0']" in r["errors"][0]
+
+
 
 def _scaled_worker(rank: int, workers: int) -> dict:
     """EF14 with momentum SGD: without mixed-precision scaling, and under a GradScaler whose scale
