@@ -365,6 +365,20 @@ def test_adding_a_workers_own_payload_is_adding_its_decoded_vector(c):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("c", [TopK(ratio=0.1), RandK(ratio=0.2), RandK(ratio=0.2, scaled=False),
+                               RandK(ratio=0.2, shared=True), PermK(seed=1), Identity(), PackedTopK(0.1)], ids=repr)
+def test_compressing_a_difference_gives_the_bits_of_compressing_it_formed(c):
+    """``compress_difference(x, y)`` (Rand-K and Perm-K gather x and y at their support, O(K))
+    is ``compress(x - y)`` part for part, bit for bit, with worker 1 of 3's round."""
+    gen = torch.Generator().manual_seed(9)
+    x, y = torch.randn(301, generator=gen), torch.randn(301, generator=gen)
+    x[:20] = y[:20]  # zero differences, kept by a random support
+    rnd = Round(4, 1, 3)
+    got, want = c.compress_difference(x, y, rnd), c.compress(x - y, rnd)
+    assert got.parts.keys() == want.parts.keys()
+    assert all(torch.equal(got.parts[k], want.parts[k]) for k in want.parts), c
+
+
 def _in_place_step(worker: ThreePoint | SASG, grad: torch.Tensor, rnd: Round) -> Payload:
     """The 3PC step as defined: ``move`` writes g_i in place, then y = x."""
     x = grad.reshape(-1).float()

@@ -41,6 +41,12 @@ class Compressor(ABC):
         payload = self.compress(x, rnd)
         return payload, self.decompress(payload, rnd)
 
+    def compress_difference(self, x: Tensor, y: Tensor, rnd: Round = ROUND0) -> Payload:
+        """compress(x - y) (3PCv2's and MARINA's Q of a gradient's change); a compressor whose
+        support does not depend on the values (Rand-K, Perm-K) gathers both at it instead of
+        forming the dense difference."""
+        return self.compress(x - y, rnd)
+
     def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """(compress(v), v - C(v)) for error feedback. ``v`` is the caller's own flat fp32
         temporary: an override may write the residual into it (a sparsifier subtracts its K

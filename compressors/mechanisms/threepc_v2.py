@@ -17,7 +17,7 @@ class DifferenceStep(ThreePoint):
     uses_y = True
 
     def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:
-        sent = self.compressor.compress(x - y, rnd)
+        sent = self.compressor.compress_difference(x, y, rnd)
         self.compressor.add_to(h, sent, rnd)
         return sent
 

@@ -43,7 +43,7 @@ class ThreePCv5(ThreePoint):
             sent = DENSE.compress(x - h)
             h.copy_(x)
             return sent
-        sent = self.compressor.compress(x - y, rnd)
+        sent = self.compressor.compress_difference(x, y, rnd)
         self.compressor.add_to(h, sent, rnd)
         return sent
 

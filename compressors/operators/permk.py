@@ -10,10 +10,10 @@ from torch import Tensor
 from ..core.compressor import ROUND0
 from ..core.payload import PartSpec
 from ..core.rounds import Round
-from .sparse import Sparsifier
+from .sparse import SupportFirst
 
 
-class PermK(Sparsifier):
+class PermK(SupportFirst):
     """Perm-K: a permutation pi of [d] shared by the n workers; worker i keeps the block
     B_i = pi[i d/n : (i+1) d/n] scaled by d/|B_i|, so E C_i(x) = x (omega = d/|B_i| - 1 ~ n - 1),
     and the n blocks tile [d]: for equal inputs sum_i C_i(x)/n = x exactly.
@@ -48,8 +48,7 @@ class PermK(Sparsifier):
         lo, hi = rnd.worker * numel // rnd.workers, (rnd.worker + 1) * numel // rnd.workers
         return perm[lo:hi].sort().values
 
-    def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
-        indices = self.support(x.numel(), rnd).to(x.device)
-        values = x.new_zeros(self.k_for(x.numel(), rnd), dtype=torch.float32)
-        values[:indices.numel()] = x[indices].float() * (x.numel() / indices.numel())
-        return values, indices
+    def scale(self, gathered: Tensor, numel: int, rnd: Round) -> Tensor:
+        values = gathered.new_zeros(self.k_for(numel, rnd))
+        values[:gathered.numel()] = gathered * (numel / gathered.numel())
+        return values

@@ -5,10 +5,10 @@ from torch import Tensor
 
 from ..core.compressor import ROUND0
 from ..core.rounds import Round
-from .sparse import Sparsifier
+from .sparse import SupportFirst
 
 
-class RandK(Sparsifier):
+class RandK(SupportFirst):
     """Rand-K: C(x) = s * sum_{j in S} x_j e_j with S a uniform K-subset of [d].
 
     * ``scaled=True`` (s = d/K): unbiased with omega = d/K - 1.
@@ -42,9 +42,7 @@ class RandK(Sparsifier):
     def support(self, numel: int, rnd: Round = ROUND0) -> Tensor:
         return rnd.subset(self.seed, numel, self.k_for(numel), shared=self.shared).sort().values
 
-    def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
-        indices = self.support(x.numel(), rnd).to(x.device)
-        values = x[indices].float()
+    def scale(self, gathered: Tensor, numel: int, rnd: Round) -> Tensor:
         if self.scaled:
-            values *= x.numel() / indices.numel()
-        return values, indices
+            gathered *= numel / gathered.numel()
+        return gathered

@@ -102,3 +102,28 @@ class Sparsifier(Compressor):
             return  # every worker stayed silent
         kernels.sparse_accumulate(out, torch.cat([v for v, _ in located]),
                                   torch.cat([i for _, i in located]), alpha)  # cat promotes mixed index dtypes
+
+
+class SupportFirst(Sparsifier):
+    """A sparsifier whose support does not depend on the values (Rand-K, Perm-K): ``support``
+    draws it, ``scale`` turns the fp32 entries gathered there into the payload's values."""
+
+    @abstractmethod
+    def support(self, numel: int, rnd: Round) -> Tensor:
+        """The ascending indices kept in this round (the receiver regenerates them when shared)."""
+
+    @abstractmethod
+    def scale(self, gathered: Tensor, numel: int, rnd: Round) -> Tensor:
+        """The payload's values from the fp32 entries at the support."""
+
+    def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
+        indices = self.support(x.numel(), rnd).to(x.device)
+        return self.scale(x[indices].float(), x.numel(), rnd), indices
+
+    def compress_difference(self, x: Tensor, y: Tensor, rnd: Round = ROUND0) -> Payload:
+        """C(x - y) from x and y gathered at the support, O(K): the same bits as forming x - y
+        (one fp32 subtraction per kept entry)."""
+        x, y = x.reshape(-1), y.reshape(-1)
+        indices = self.support(x.numel(), rnd).to(x.device)
+        gathered = x[indices].float() - y[indices].float()
+        return self.payload(self.scale(gathered, x.numel(), rnd), indices, x.numel())
