@@ -195,7 +195,7 @@ at::Tensor float_decode_cpu(const at::Tensor& codes, int64_t exponent, int64_t m
 
 void float_accumulate_cpu(at::Tensor out, const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
                           double scale, double alpha) {
-  check_float_accumulate(out, codes, exponent, mantissa, bias, scale);
+  check_float_accumulate(out, codes, exponent, mantissa, bias, scale, alpha);
   lookup<true>(codes, out.mutable_data_ptr<float>(),
                accumulate_table(int(exponent), int(mantissa), int(bias), float(scale), float(alpha)));
 }

@@ -89,8 +89,11 @@ inline void check_float_decode(const at::Tensor& codes, int64_t exponent, int64_
 }
 
 inline void check_float_accumulate(const at::Tensor& out, const at::Tensor& codes, int64_t exponent, int64_t mantissa,
-                                   int64_t bias, double scale) {
-  check_float_decode(codes, exponent, mantissa, bias, scale);
+                                   int64_t bias, double scale, double alpha) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_accumulate: codes must be uint8, got ",
+                   codes.scalar_type());
+  check_format(exponent, mantissa, bias, scale);
+  TORCH_CHECK_VALUE(std::isfinite(alpha), "float_accumulate: alpha must be finite, got ", alpha);
   TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == codes.numel() &&
                         out.device() == codes.device(),
                     "float_accumulate: out must be a contiguous float32 tensor of ", codes.numel(),

@@ -71,8 +71,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
                         "wrap the model first (DistributedDataParallel(model)); with Accelerate, register on what "
                         "accelerator.prepare returns, which is the plain model when it sees one process (on CPU: "
                         "Accelerator(cpu=True))")
-    sparse = [name for name, m in ddp.module.named_modules()
-              if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad]
+    ignored = set(getattr(ddp, "parameters_to_ignore", ()))  # DDP's _set_params_and_buffers_to_ignore_for_model
+    sparse = [module_name for module_name, m in ddp.module.named_modules()
+              if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
+              and f"{module_name}.weight" not in ignored]
     if sparse:
         raise ValueError(f"{SPARSE_GRADIENTS}; sparse modules: {sparse[:5]}")
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None

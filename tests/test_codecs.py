@@ -200,7 +200,7 @@ def test_float_decode_matches_reference(impl, fmt):
 def test_float_accumulate_adds_alpha_times_the_decoded_values(impl, fmt):
     """out += (value * scale) * alpha with both products rounded to fp32, then one add: the oracle
     is the decoded tensor times alpha added, to the bit; alpha = -1 is the residual v - Q(v)."""
-    codes = torch.arange(256, dtype=torch.uint8).repeat(300)[::3]  # non-contiguous, every code
+    codes = torch.arange(256, dtype=torch.uint8).repeat(301)[::3]  # non-contiguous, every code, a vector tail
     base = torch.randn(codes.numel(), generator=torch.Generator().manual_seed(3))
     base[:7] = torch.tensor([0.0, -0.0, 1e-40, -1e38, 3e38, 1.0, -1.0])  # subnormal, near overflow
     for scale, alpha in ((0.75, 1.0), (0.75, -1.0), (1e-3, 1 / 3), (2.0 ** 60, 0.5), (1e-30, -7.0)):
@@ -222,10 +222,13 @@ def test_float_accumulate_rejects_a_wrong_out_and_bad_codes(impl):
     for bad in (torch.zeros(9), torch.zeros(10, dtype=torch.float64), torch.zeros(20)[::2]):
         with pytest.raises(ValueError, match="float_accumulate: out must be a contiguous float32 tensor of 10"):
             ops.float_accumulate(bad, codes, 4, 3, 7, 1.0, 1.0)
-    with pytest.raises(TypeError, match="codes must be uint8"):
+    with pytest.raises(TypeError, match="float_accumulate: codes must be uint8"):
         ops.float_accumulate(torch.zeros(10), codes.to(torch.int8), 4, 3, 7, 1.0, 1.0)
     with pytest.raises(ValueError, match="scale must be positive"):
         ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, float("nan"), 1.0)
+    for alpha in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="float_accumulate: alpha must be finite"):
+            ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, 1.0, alpha)
 
 
 # -- properties every implementation has ----------------------------------------------------

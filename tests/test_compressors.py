@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from compressors import (CLAG, EF14, EF21, LAG, LAGWK, MARINA, Compose, Identity, PackedTopK, Payload, PermK, RandK,
                          Round, SASG, ScaledSign, SharedTopK, ThreePCv2, ThreePCv4, ThreePCv5, TopK)
 from compressors.core.error_feedback import compensated
+from compressors.mechanisms.ef21 import ef21_move
 from compressors.core.rounds import MoveHistory
 from compressors.core.three_point import ThreePoint
 from compressors.operators.packed_topk import BLOCK, FORMAT
@@ -371,12 +372,23 @@ def test_compressing_a_difference_gives_the_bits_of_compressing_it_formed(c):
     """``compress_difference(x, y)`` (Rand-K and Perm-K gather x and y at their support, O(K))
     is ``compress(x - y)`` part for part, bit for bit, with worker 1 of 3's round."""
     gen = torch.Generator().manual_seed(9)
-    x, y = torch.randn(301, generator=gen), torch.randn(301, generator=gen)
-    x[:20] = y[:20]  # zero differences, kept by a random support
-    rnd = Round(4, 1, 3)
-    got, want = c.compress_difference(x, y, rnd), c.compress(x - y, rnd)
-    assert got.parts.keys() == want.parts.keys()
-    assert all(torch.equal(got.parts[k], want.parts[k]) for k in want.parts), c
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # the difference rounds in the inputs' dtype
+        x, y = torch.randn(301, generator=gen).to(dtype), torch.randn(301, generator=gen).to(dtype)
+        x[:20] = y[:20]  # zero differences, kept by a random support
+        rnd = Round(4, 1, 3)
+        got, want = c.compress_difference(x, y, rnd), c.compress(x - y, rnd)
+        assert got.parts.keys() == want.parts.keys()
+        assert all(torch.equal(got.parts[k], want.parts[k]) for k in want.parts), (c, dtype)
+
+
+def test_lags_upload_is_marked_scratch_and_sparse_payloads_are_not():
+    """``ef21_move``'s identity payload is its own x - h (``Payload.scratch``: the hook may average
+    it in place); a sparsifier's gathered values are not marked (nothing says they are unheld)."""
+    gen = torch.Generator().manual_seed(2)
+    x, h = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+    lag = ef21_move(Identity(), h.clone(), x, Round())
+    assert lag.scratch == {"dense"} and torch.equal(lag.parts["dense"], x - h)
+    assert ef21_move(RandK(ratio=0.2), h.clone(), x, Round()).scratch == frozenset()
 
 
 def _in_place_step(worker: ThreePoint | SASG, grad: torch.Tensor, rnd: Round) -> Payload:

@@ -260,7 +260,8 @@ def test_unsupported_gradients_raise_the_same_clear_error_on_every_rank():
 
 def _sparse_worker(rank: int, workers: int) -> dict:
     """An EmbeddingBag with sparse=True: refused by ``register``; registered by hand, refused by the
-    hook at its sparse bucket (DDP gives it a bucket of its own), with no collective left waiting."""
+    hook at its sparse bucket (DDP gives it a bucket of its own), with no collective left waiting;
+    kept out of DDP (its parameters ignored), the rest registers and trains."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.EmbeddingBag(50, 8, sparse=True), nn.Linear(8, 2))
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -275,6 +276,11 @@ def _sparse_worker(rank: int, workers: int) -> dict:
         ddp(torch.randint(0, 50, (4, 3))).sum().backward()
     except Exception as e:  # noqa: BLE001 - the test inspects whatever DDP re-raised
         errors.append(str(e))
+    kept_out = nn.Sequential(nn.EmbeddingBag(50, 8, sparse=True), nn.Linear(8, 2))  # the error's fix: DDP ignores it
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(kept_out, ["0.weight"])
+    ddp = nn.parallel.DistributedDataParallel(kept_out)
+    ddp_hooks.register(ddp)
+    ddp(torch.randint(0, 50, (4, 3))).sum().backward()
     return {"errors": errors, "buckets": len(state.buckets)}
 
 

@@ -103,8 +103,13 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
     _format(exponent, mantissa, bias, scale)
 
 
-def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> None:
-    float_decode(codes, exponent, mantissa, bias, scale)
+def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
+                     alpha: float) -> None:
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"float_accumulate: codes must be uint8, got {codes.dtype}")
+    _format(exponent, mantissa, bias, scale)
+    if not math.isfinite(alpha):
+        raise ValueError(f"float_accumulate: alpha must be finite, got {alpha}")
     if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != codes.numel() or out.device != codes.device:
         raise ValueError(f"float_accumulate: out must be a contiguous float32 tensor of {codes.numel()} elements on "
                          f"{codes.device} (one per code), got {out.dtype} of {out.numel()} elements on {out.device}"

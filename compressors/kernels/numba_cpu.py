@@ -54,7 +54,7 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
 
 def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
                      alpha: float) -> None:
-    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale)
+    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale, alpha)
     _float_accumulate(out.view(-1).numpy(), codes.reshape(-1).contiguous().numpy(),
                       _decode_table(exponent, mantissa, bias, np.float32(scale)) * np.float32(alpha))
 

@@ -80,10 +80,9 @@ for _schema in SCHEMAS:
 
 # The ops a Python implementation provides as functions of the same name and signature.
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "float_accumulate",
-              "huffman_encode",
-              "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual", "sign_decode",
-              "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode", "packed_accumulate",
-              "squared_distances", "abs_moments")
+              "huffman_encode", "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual",
+              "sign_decode", "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode",
+              "packed_accumulate", "squared_distances", "abs_moments")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:

@@ -192,7 +192,7 @@ def float_decode(codes: Tensor, exponent: int, mantissa: int, bias: int, scale: 
 
 def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, bias: int, scale: float,
                      alpha: float) -> None:
-    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale)
+    checks.float_accumulate(out, codes, exponent, mantissa, bias, scale, alpha)
     decoded = float_decode(codes, exponent, mantissa, bias, scale)
     out.view(-1).add_(decoded * torch.tensor(alpha, dtype=torch.float32, device=decoded.device))
 

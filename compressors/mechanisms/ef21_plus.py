@@ -25,7 +25,8 @@ class EF21Plus(KeepsPeers):
     Replacing g_i by C(x) is not an increment the aggregate can decode alone, so the aggregate
     keeps every worker's g_r ("peer.r", n x d floats, on every DDP rank) and the dense round
     sends each worker's gradient (an all_gather, not an allreduce). (A, B) are EF21's:
-    ||g_i^{t+1} - x|| <= ||m - x||. Memory: g_i.
+    ||g_i^{t+1} - x|| <= ||m - x||. Memory: g_i (under ``step`` three more d-float buffers: the
+    g_i of the round before last, which the next round writes, and the two residuals).
     """
 
     def __init__(self, compressor: Compressor) -> None:
@@ -72,7 +73,8 @@ class EF21Plus(KeepsPeers):
 
     def aggregate(self, server: dict[str, Tensor], payloads: Sequence[Payload], rnd: Round = ROUND0) -> None:
         """Worker r's reset replaces peer_r (dense); its increment is added to peer_r and, times
-        1/n, to g (O(K) each for a sparsifier, all increments in one ``accumulate``)."""
+        1/n, to g (O(K) each for a sparsifier, all increments in one ``accumulate``; under DDP
+        the hook first copies the aggregate it keeps for a rollback, a dense pass per entry)."""
         n, c = len(payloads), self.compressor
         sent = [Payload({k: t for k, t in p.parts.items() if k != "flag"}, p.numel) for p in payloads]
         resets = [bool(p.parts["flag"][0]) for p in payloads]

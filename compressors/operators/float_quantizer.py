@@ -123,11 +123,11 @@ class FloatQuantizer(Compressor):
     # -- encoding -------------------------------------------------------------------------
     def encode(self, x: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """The payload of x and the fp32 Q(x) it decodes to (without decoding the stream)."""
-        payload, codes = self._coded(x, rnd)
-        return payload, self.fmt.decode(codes, float(payload.parts["scale"][0]))
+        payload, codes, s = self._coded(x, rnd)
+        return payload, self.fmt.decode(codes, s)
 
-    def _coded(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor]:
-        """The payload of x and its float codes."""
+    def _coded(self, x: Tensor, rnd: Round) -> tuple[Payload, Tensor, float]:
+        """The payload of x, its float codes and the scale s (as the receiver reads it)."""
         v = x.reshape(-1)
         if self.coder in MODEL_CODERS or self.scale == "gennorm":  # the model of the non-zero values
             nonzero, magnitudes, squares = kernels.abs_moments(v).tolist()
@@ -163,7 +163,7 @@ class FloatQuantizer(Compressor):
         parts["bytes"] = table.encode(self.symbols(codes))
         if self.coder == "rans_empirical":
             parts["bytes"] = torch.cat([histogram.write(levels).to(parts["bytes"].device), parts["bytes"]])
-        return Payload(parts, v.numel()), codes
+        return Payload(parts, v.numel()), codes, s
 
     def compress(self, x: Tensor, rnd: Round = ROUND0) -> Payload:
         return self._coded(x, rnd)[0]
@@ -171,8 +171,8 @@ class FloatQuantizer(Compressor):
     def residual(self, v: Tensor, rnd: Round = ROUND0) -> tuple[Payload, Tensor]:
         """(compress(v), v - Q(v)), the residual written into v (the caller's temporary) from the
         codes in one pass (no decoded Q(v))."""
-        payload, codes = self._coded(v, rnd)
-        self.fmt.accumulate(v.view(-1), codes, float(payload.parts["scale"][0]), -1.0)
+        payload, codes, s = self._coded(v, rnd)
+        self.fmt.accumulate(v.view(-1), codes, s, -1.0)
         return payload, v
 
     def accumulate(self, out: Tensor, payloads: Sequence[Payload], alpha: float, rnd: Round = ROUND0) -> None:

@@ -114,7 +114,8 @@ class SupportFirst(Sparsifier):
 
     @abstractmethod
     def scale(self, gathered: Tensor, numel: int, rnd: Round) -> Tensor:
-        """The payload's values from the fp32 entries at the support."""
+        """The payload's values from the fp32 entries at the support (a new tensor the caller
+        owns, which ``scale`` may overwrite)."""
 
     def select(self, x: Tensor, rnd: Round) -> tuple[Tensor, Tensor]:
         indices = self.support(x.numel(), rnd).to(x.device)
@@ -122,8 +123,8 @@ class SupportFirst(Sparsifier):
 
     def compress_difference(self, x: Tensor, y: Tensor, rnd: Round = ROUND0) -> Payload:
         """C(x - y) from x and y gathered at the support, O(K): the same bits as forming x - y
-        (one fp32 subtraction per kept entry)."""
+        (one subtraction per kept entry in the inputs' dtype, then fp32)."""
         x, y = x.reshape(-1), y.reshape(-1)
         indices = self.support(x.numel(), rnd).to(x.device)
-        gathered = x[indices].float() - y[indices].float()
+        gathered = (x[indices] - y[indices]).float()
         return self.payload(self.scale(gathered, x.numel(), rnd), indices, x.numel())

@@ -377,7 +377,7 @@ __global__ void float_accumulate_kernel(const uint8_t* codes, int64_t n, DecodeT
 
 void float_accumulate_cuda(at::Tensor out, const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
                            double scale, double alpha) {
-  check_float_accumulate(out, codes, exponent, mantissa, bias, scale);
+  check_float_accumulate(out, codes, exponent, mantissa, bias, scale, alpha);
   const c10::cuda::CUDAGuard guard(codes.device());
   const at::Tensor input = codes.contiguous();
   const int64_t n = input.numel();
