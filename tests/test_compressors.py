@@ -382,13 +382,16 @@ def test_compressing_a_difference_gives_the_bits_of_compressing_it_formed(c):
 
 
 def test_lags_upload_is_marked_scratch_and_sparse_payloads_are_not():
-    """``ef21_move``'s identity payload is its own x - h (``Payload.scratch``: the hook may average
-    it in place); a sparsifier's gathered values are not marked (nothing says they are unheld)."""
+    """``ef21_move``'s identity payload (LAG's) and 3PCv5's dense round are their own x - h
+    (``Payload.scratch``: the hook may average it in place); a sparsifier's gathered values are
+    not marked (nothing says they are unheld)."""
     gen = torch.Generator().manual_seed(2)
     x, h = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
     lag = ef21_move(Identity(), h.clone(), x, Round())
     assert lag.scratch == {"dense"} and torch.equal(lag.parts["dense"], x - h)
     assert ef21_move(RandK(ratio=0.2), h.clone(), x, Round()).scratch == frozenset()
+    dense_round = ThreePCv5(TopK(ratio=0.1), p=1.0).move(h.clone(), h, x, Round(1))  # 3PCv5's (MARINA's) coin
+    assert dense_round.scratch == {"dense"} and torch.equal(dense_round.parts["dense"], x - h)
 
 
 def _in_place_step(worker: ThreePoint | SASG, grad: torch.Tensor, rnd: Round) -> Payload:

@@ -40,9 +40,9 @@ class ThreePCv5(ThreePoint):
 
     def move(self, h: Tensor, y: Tensor | None, x: Tensor, rnd: Round) -> Payload:
         if self.dense(rnd):
-            sent = DENSE.compress(x - h)
+            difference = x - h
             h.copy_(x)
-            return sent
+            return Payload.of_temporary(DENSE.compress(difference), difference)  # averaged in place
         sent = self.compressor.compress_difference(x, y, rnd)
         self.compressor.add_to(h, sent, rnd)
         return sent
