@@ -37,6 +37,10 @@ the LM loses 2 points more, benchmarks/results/accuracy_window.md).
 Sending momentum is the library's default (benchmarks/results/accuracy_momentum.md), and so is a
 window of 84% of the signs since it met the byte limit (benchmarks/results/accuracy_window.md).
 
+``ef14_decay``: the SGD default's compressor with CO3's memory decay on the error (v = grad +
+gamma e). Measured on the LM at 4 ranks under momentum SGD (benchmarks/results/accuracy_decay.md):
+gamma = 0.97 gives the default's gap, 0.9 a worse one (+3.2% against +2.1%). Not pursued.
+
 ``ef14_signtopk``: EF14 over Top-K whose kept values are sent as their signs times one scale
 (the mean kept magnitude; ``levels=2``: one for each half split at the median magnitude), the
 cheapest values a wider support could carry (about 1 bit, plus entropy-coded positions: 15-20%
@@ -498,7 +502,27 @@ class EF14QuantizedTopK(_EF14Candidate):
         return EF14(QuantizedTopK(ratio, fmt))
 
 
-EXPERIMENTAL: dict[str, Candidate] = {"ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
+class DecayedEF14(EF14):
+    """EF14 whose error decays: v = grad + gamma e (CO3's memory decay, Chen et al. 2022, Eq. (8),
+    over a sparsifier)."""
+
+    def __init__(self, compressor: TopK, gamma: float) -> None:
+        super().__init__(compressor)
+        self.decay = gamma
+
+    def __repr__(self) -> str:
+        return f"DecayedEF14({self.compressor!r}, gamma={self.decay})"
+
+
+@dataclass(frozen=True)
+class EF14Decay(_EF14Candidate):
+    """``ef14_decay``: the SGD default's compressor (``PackedTopK``) with a decaying error."""
+
+    def _mechanism(self, ratio: float = 0.05, gamma: float = 0.9) -> EF14:
+        return DecayedEF14(PackedTopK(ratio), gamma)
+
+
+EXPERIMENTAL: dict[str, Candidate] = {"ef14_decay": EF14Decay(), "ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
                                      "ef14_mc": MomentumCorrected(), "adam_mode": AdamMode(),
                                      "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK()}
