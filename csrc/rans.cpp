@@ -26,13 +26,13 @@ constexpr int kRansStates = 2;           // symbol i uses state i mod 2
 constexpr uint32_t kMissing = ~0u;       // x_max of a symbol without frequency: never reached, flags it
 
 // x -> floor(x / f) 2^p + (x mod f) + c as x + bias + q (2^p - f) with q = floor(x / f) from a
-// reciprocal: q = (x rcp) >> (32 + shift), or q = x - 1 (rcp = 2^32 - 1, shift 0) when f = 1.
+// reciprocal: q = (x rcp) >> shift (shift >= 32), or q = x - 1 (rcp = 2^32 - 1, shift 32) when f = 1.
 struct EncodeSymbol {
   uint32_t x_max;  // renormalise (emit bytes) while x >= x_max = 2^(31 - p) f; kMissing when f = 0
   uint32_t rcp;
   uint32_t bias;
   uint32_t complement;  // 2^p - f
-  uint32_t shift;
+  uint32_t shift;  // 32 + the reciprocal's extra shift
 };
 
 std::array<EncodeSymbol, 256> encode_table(const at::Tensor& freqs, int precision) {
@@ -49,13 +49,13 @@ std::array<EncodeSymbol, 256> encode_table(const at::Tensor& freqs, int precisio
     e.complement = (1u << precision) - freq;
     if (freq == 1) {
       e.rcp = ~0u;
-      e.shift = 0;
+      e.shift = 32;
       e.bias = start + (1u << precision) - 1;
     } else {
       uint32_t shift = 0;
       while (freq > (1u << shift)) ++shift;
       e.rcp = uint32_t(((uint64_t(1) << (shift + 31)) + freq - 1) / freq);
-      e.shift = shift - 1;
+      e.shift = 32 + shift - 1;
       e.bias = start;
     }
     start += freq;
@@ -65,15 +65,17 @@ std::array<EncodeSymbol, 256> encode_table(const at::Tensor& freqs, int precisio
 
 // Renormalisation without branches (they would be mispredicted about every other symbol): emit
 // k = [x >= x_max] + [x >= 256 x_max] <= 2 bytes by storing x's low two bytes and advancing k.
+// The state's chain is kept short: the three candidate shifts of x are formed at once and
+// selected, the quotient takes one 64-bit shift, and x + bias is added beside the multiply.
 inline void encode_one(uint32_t& x, const EncodeSymbol& e, uint8_t*& ptr, bool& missing) {
   missing |= e.x_max == kMissing;
-  const uint32_t k = uint32_t(x >= e.x_max) + uint32_t((x >> 8) >= e.x_max);
+  const bool one = x >= e.x_max, two = (x >> 8) >= e.x_max;
   const uint16_t low = htole16(uint16_t(x));
   std::memcpy(ptr, &low, sizeof(low));
-  ptr += k;
-  x >>= 8 * k;
-  const uint32_t q = uint32_t((uint64_t(x) * e.rcp) >> 32) >> e.shift;
-  x += e.bias + q * e.complement;
+  ptr += uint32_t(one) + uint32_t(two);
+  const uint32_t kept = two ? x >> 16 : one ? x >> 8 : x;
+  const uint32_t q = uint32_t((uint64_t(kept) * e.rcp) >> e.shift);
+  x = (kept + e.bias) + q * e.complement;
 }
 
 at::Tensor rans_encode_cpu(const at::Tensor& symbols, const at::Tensor& freqs) {
