@@ -25,6 +25,7 @@ from .mechanisms.clag import CLAG
 from .mechanisms.co3 import CO3
 from .mechanisms.co3_2s import CO3TwoStage
 from .mechanisms.ef14 import EF14
+from .mechanisms.ef14_momentum import MomentumCorrectedEF14
 from .mechanisms.ef21 import EF21
 from .mechanisms.ef21_plus import EF21Plus
 from .mechanisms.ef21_sgdm import EF21SGDM
@@ -39,6 +40,6 @@ from .mechanisms.threepc_v4 import ThreePCv4
 from .mechanisms.threepc_v5 import ThreePCv5
 
 __all__ = ["__version__", "CLAG", "CO3", "CO3TwoStage", "Compose", "Compressor", "EF14", "EF21", "EF21Plus", "EF21SGDM",
-           "FloatFormat", "FloatQuantizer", "GD", "Identity", "LAG", "LAGWK", "MARINA", "Mechanism", "PartSpec",
+           "FloatFormat", "FloatQuantizer", "GD", "Identity", "LAG", "LAGWK", "MARINA", "Mechanism", "MomentumCorrectedEF14", "PartSpec",
            "PackedTopK", "Payload", "PermK", "RandK", "Round", "SASG", "ScaledSign", "SharedTopK", "Sparsifier", "ThreePCv1", "ThreePCv2",
            "ThreePCv3", "ThreePCv4", "ThreePCv5", "ThreePoint", "TopK"]

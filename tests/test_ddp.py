@@ -320,6 +320,61 @@ def test_a_grad_scaler_the_hook_is_told_of_keeps_error_feedback_in_gradient_unit
             "untold, error feedback written at one scale is read at the next (what scaler= fixes)"
 
 
+def _momentum_worker(rank: int, workers: int) -> dict:
+    """Momentum SGD: DDP's allreduce; ef14_mc keeping every entry (exact in the dense limit); the
+    default told the SGD, whose momentum a scheduler-like edit moves at step 3; refused SGDs."""
+    out: dict[str, object] = {}
+    for run in ("allreduce", "uncompressed", "default"):
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)  # several buckets
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+        if run == "uncompressed":
+            ddp_hooks.register(ddp, "ef14_mc", ratio=1.0, kept=1.0)
+        elif run == "default":
+            state = ddp_hooks.register(ddp, optimizer=opt)
+            out["mechanism"] = repr(state.mechanism)
+        _steps(ddp, opt, rank, 0, 3)
+        if run == "default":
+            for group in opt.param_groups:
+                group["momentum"] = 0.8
+            out["beta"] = state.buckets[0].worker.beta
+        _steps(ddp, opt, rank, 3, 3)
+        out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    errors = []
+    for refused in ("dampening", "two momenta", "adamw"):
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        if refused == "two momenta":
+            opt = torch.optim.SGD([{"params": model[0].parameters(), "momentum": 0.9},
+                                   {"params": list(model[2].parameters()) + list(model[4].parameters())}],
+                                  lr=0.1, momentum=0.5)
+        elif refused == "dampening":
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.1)
+        else:
+            opt = torch.optim.AdamW(model.parameters())
+        try:
+            ddp_hooks.register(ddp, "ef14_mc" if refused == "adamw" else None, optimizer=opt)
+        except ValueError as e:
+            errors.append(str(e))
+    out["errors"] = errors
+    plain = nn.parallel.DistributedDataParallel(_model())
+    out["no_momentum"] = repr(ddp_hooks.register(plain, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1)).mechanism)
+    return out
+
+
+def test_told_a_momentum_sgd_the_default_corrects_its_momentum_and_leaves_the_optimizer_as_it_is():
+    ranks = run_ranks(_momentum_worker, 2, timeout=180)
+    for r in ranks:
+        assert r["mechanism"].startswith("MomentumCorrectedEF14(PackedTopK(ratio=0.05)"), r["mechanism"]
+        assert r["beta"] == 0.8, "the hook reads the optimizer's momentum every round"
+        torch.testing.assert_close(r["uncompressed"], r["allreduce"], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(r["default"], r["allreduce"], atol=1e-6)
+        assert torch.equal(r["default"], ranks[0]["default"]) and bool(r["default"].isfinite().all())
+        assert "dampening" in r["errors"][0] and "one momentum for every param group" in r["errors"][1], r["errors"]
+        assert "corrects the momentum of SGD; told an AdamW" in r["errors"][2], r["errors"]
+        assert r["no_momentum"].startswith("EF14(PackedTopK"), r["no_momentum"]
+
+
 ADAM = "default, told an AdamW"
 JOINED = ("ef14", "ef21", "clag", "co3", "co3_2s", "onebit", "sasg", ADAM)  # plain, lazy, sized, two-stage, peers
 

@@ -35,6 +35,8 @@ CASES = {
     "ef14_shared_topk": ("ef14", {"k": 2 * K, "compressor": "shared_topk", "seed": 9}, 0.5),
     "ef14_sign": ("ef14", {"compressor": "sign"}, 0.5),
     "ef14_sign_window": ("ef14", {"compressor": "sign", "fraction": 0.75}, 0.5),
+    "ef14_mc": ("ef14_mc", {"k": K, "momentum": 0.5, "kept": 0.5}, 0.5),
+    "ef14_mc_packed": ("ef14_mc", {"k": 2 * K, "compressor": "topk8", "momentum": 0.5}, 0.5),
     "ef21": ("ef21", {"k": K}, 0.5),
     "ef21_randk_shared": ("ef21", {"k": K, "compressor": "randk_shared", "seed": 7}, 0.5),
     "ef21_shared_topk": ("ef21", {"k": 2 * K, "compressor": "shared_topk", "seed": 7}, 0.5),

@@ -10,7 +10,8 @@ OUT/accuracy_<task>_n<ranks>.png. Hooks: allreduce, fp16 (torch's fp16_compress_
 (torch's PowerSGD hook on one bucket), any
 ``ddp_hooks`` name with options as NAME:KEY=VALUE,... (e.g. ef21:ratio=0.1), the same name with
 ``+opt`` (registered with the run's optimizer: ``register(ddp, name, optimizer=opt)``, the
-optimizer-aware mode for Adam/AdamW, ``ddp_hooks.adam``; for SGD the plain hook), or an
+optimizer-aware mode for Adam/AdamW, ``ddp_hooks.adam``; for SGD the named hook, whose momentum
+``ef14_mc`` reads from the optimizer), or an
 experimental candidate of ``benchmarks.accuracy.experimental``.
 """
 from __future__ import annotations

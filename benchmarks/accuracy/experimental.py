@@ -23,9 +23,11 @@ last pulse, at most ``tau``). Closes most of AdamW's gap (Adam normalises a coor
 accumulated pulse by its own size) and costs SGD with momentum several points on digits (the
 release is a lag): an optimizer-specific trade-off, not a default.
 
-``ef14_mc``: Deep Gradient Compression's momentum correction and masking for momentum SGD (the
-optimizer told, its ``step`` replaced): mixed, task-dependent results
-(benchmarks/results/accuracy_adam.md), not a default. ``compressor="sign"`` (with ``mask=False``
+``ef14_dgc``: Deep Gradient Compression's momentum correction and masking for momentum SGD (the
+optimizer told, its ``step`` replaced; ``compressor="topk8"`` and a fractional ``mask``, the share
+of the momentum kept where a rank sent, for the 2026-12-06 runs): mixed, task-dependent results
+(benchmarks/results/accuracy_adam.md); the library's ``ef14_mc`` is the same correction with the
+user's optimizer unchanged (benchmarks/results/accuracy_momentum_sgd.md). ``compressor="sign"`` (with ``mask=False``
 and ``fraction``) sends the momentum's scaled signs instead: worse than Top-K on digits
 (benchmarks/results/accuracy_sgdm_6seeds.md).
 
@@ -324,15 +326,15 @@ class MomentumCorrectedEF14(EF14):
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         u = self.memory.u_i * self.beta + flat(grad)
         payload, error = self.compressor.residual(self.memory.e_i + u, rnd)
-        if self.mask:
-            u[payload.parts["indices"].long()] = 0.0
+        if self.mask:  # True: DGC's masking; a number: the share of u kept where C(v) sent
+            u[self.compressor.located(payload, rnd)[1]] *= 0.0 if self.mask is True else float(self.mask)
         self.memory = ErrorAndVelocity(error, u)
         return payload
 
 
 @dataclass(frozen=True)
 class MomentumCorrected(_EF14Candidate):
-    """``ef14_mc``: needs the run's ``torch.optim.SGD`` (momentum beta, no Nesterov), whose
+    """``ef14_dgc``: needs the run's ``torch.optim.SGD`` (momentum beta, no Nesterov), whose
     ``step`` becomes p <- p - lr (g + b), b <- beta b + wd p: the weight-decay term's own
     momentum, so that without compression this is SGD with momentum exactly."""
 
@@ -342,14 +344,16 @@ class MomentumCorrected(_EF14Candidate):
                    fraction: float = 1.0, block: int = 2048) -> EF14:
         if compressor == "sign":
             if mask:
-                raise ValueError("ef14_mc over signs sends every entry of its window: pass mask=False")
+                raise ValueError("ef14_dgc over signs sends every entry of its window: pass mask=False")
             return MomentumCorrectedEF14(ScaledSign(block, fraction), beta, mask)
-        return MomentumCorrectedEF14(TopK(ratio), beta, mask)
+        if compressor not in ("topk", "topk8"):
+            raise ValueError(f"ef14_dgc: compressor is 'topk', 'topk8' or 'sign', got {compressor!r}")
+        return MomentumCorrectedEF14((PackedTopK if compressor == "topk8" else TopK)(ratio), beta, mask)
 
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
                  **options: object) -> ddp_hooks.ThreePCState:
         if not isinstance(optimizer, torch.optim.SGD) or optimizer.param_groups[0]["nesterov"]:
-            raise ValueError("ef14_mc runs with torch.optim.SGD with momentum, without Nesterov")
+            raise ValueError("ef14_dgc runs with torch.optim.SGD with momentum, without Nesterov")
         options.setdefault("beta", optimizer.param_groups[0]["momentum"])
         state = super().register(ddp, **options)
 
@@ -524,5 +528,5 @@ class EF14Decay(_EF14Candidate):
 
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_decay": EF14Decay(), "ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
-                                     "ef14_mc": MomentumCorrected(), "adam_mode": AdamMode(),
+                                     "ef14_dgc": MomentumCorrected(), "adam_mode": AdamMode(),
                                      "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK()}

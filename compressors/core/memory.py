@@ -69,3 +69,10 @@ class Error(Memory):
     """e_i: the part of past vectors not yet sent (classic error feedback)."""
 
     e_i: Tensor
+
+
+@dataclass
+class ErrorAndMomentum(Error):
+    """e_i and u_i, the momentum of the worker's own gradient (EF14 with momentum correction)."""
+
+    u_i: Tensor

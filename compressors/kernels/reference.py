@@ -431,7 +431,13 @@ def packed_decode(codes: Tensor, scale: Tensor, counts: Tensor, offsets: Tensor,
     """A ``packed_encode`` payload as (fp32 values, int64 indices): each code's value times the
     scale (one fp32 product; NaN where the scale is), at block b_j * block + offsets_j (no
     argument checks: ``packed_accumulate``'s)."""
-    blocks = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts.reshape(-1).long(),
-                                     output_size=codes.numel())  # K known: no device sync
     values = float_decode(codes, exponent, mantissa, bias, 1.0) * scale.reshape(-1)
-    return values, blocks * block + offsets.reshape(-1).long()
+    return values, packed_positions(counts, offsets, block)
+
+
+def packed_positions(counts: Tensor, offsets: Tensor, block: int) -> Tensor:
+    """The int64 indices of a ``packed_encode`` payload's entries: b_j * block + offsets_j, b_j the
+    block entry j falls in by the per-block ``counts``."""
+    starts = torch.arange(counts.numel(), device=counts.device) * block
+    return torch.repeat_interleave(starts, counts.reshape(-1).long(),
+                                   output_size=offsets.numel()) + offsets.reshape(-1).long()  # K known: no sync

@@ -26,6 +26,7 @@ from .clag import CLAG
 from .co3 import CO3
 from .co3_2s import CO3TwoStage
 from .ef14 import EF14
+from .ef14_momentum import MomentumCorrectedEF14
 from .ef21 import EF21
 from .ef21_plus import EF21Plus
 from .ef21_sgdm import EF21SGDM
@@ -206,6 +207,16 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in (
     _entry("gd", "no compression: one fp32 allreduce per bucket (DDP's default, through the hook)", lambda o: GD()),
     _entry("ef14", "classic error feedback (Seide et al. 2014): send C(e + grad), keep the rest",
            lambda o: EF14(contractive(o)), *SIZE, CONTRACTIVE, FRACTION, SEED),
+    _entry("ef14_mc", "EF14 with momentum correction (DGC, Lin et al. 2018) for SGD with momentum: error feedback "
+           "on each rank's momentum, .grad = a - momentum * a_prev, so the user's SGD applies the corrected step",
+           lambda o: MomentumCorrectedEF14(contractive(o), o["momentum"], o["kept"]), *SIZE,
+           compressor_option("compressor", "topk", ("topk", "topk8", "randk", "randk_shared"),
+                             "the sparsifier C: Top-K; Top-K in about 16 bits per entry; unscaled Rand-K with private "
+                             "or shared support"), SEED,
+           Option("momentum", float, 0.9, "the optimizer's momentum beta (register(ddp, optimizer=sgd) reads it "
+                  "from the optimizer every round)", low=0.0, high=1.0),
+           Option("kept", float, 0.9, "the share of a rank's momentum kept at the entries it sent (DGC's "
+                  "momentum-factor masking is 0)", low=0.0, high=1.0)),
     _entry("ef21", "EF21 (Richtarik et al. 2021): g_i += C(grad - g_i)", lambda o: EF21(contractive(o)),
            *SIZE, CONTRACTIVE, SEED),
     _entry("ef21plus", "EF21+: the better of C(grad) and g_i + C(grad - g_i) (deterministic C)",

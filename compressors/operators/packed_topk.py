@@ -81,6 +81,10 @@ class PackedTopK(TopK):
                                       [p["block_indices"] for p in present], [p["indices"] for p in present], BLOCK,
                                       FORMAT.exponent, FORMAT.mantissa, FORMAT.bias, alpha)
 
+    def sent(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
+        """The payload's indices alone, O(K), no value decoded."""
+        return reference.packed_positions(payload.parts["block_indices"], payload.parts["indices"], BLOCK)
+
     def located(self, payload: Payload, rnd: Round) -> tuple[Tensor, Tensor]:
         """The decoded (fp32 values, int64 indices) of a payload, from the kernels' plain-torch
         specification (``kernels.reference.packed_decode``)."""

@@ -86,6 +86,10 @@ class Sparsifier(Compressor):
         indices = self.support(payload.numel, rnd)
         return values[:indices.numel()], indices
 
+    def sent(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
+        """The indices of the entries a payload holds."""
+        return self.located(payload, rnd)[1]
+
     def decompress(self, payload: Payload, rnd: Round = ROUND0) -> Tensor:
         out = torch.zeros(payload.numel, dtype=torch.float32, device=payload.parts["values"].device)
         kernels.sparse_accumulate(out, *self.located(payload, rnd))

@@ -1,0 +1,149 @@
+"""EF14 with momentum correction (``MomentumCorrectedEF14``): torch's SGD on what it leaves in the
+gradients is SGD with momentum on the mean gradient when nothing is dropped, the masking, the
+memory a step must not write, and the registration that reads the optimizer's momentum."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressors import EF14, MomentumCorrectedEF14, PackedTopK, Round, ScaledSign, TopK
+from compressors.mechanisms.ef14_momentum import MOMENTUM
+
+D, WORKERS = 40, 3
+
+
+def gradients(steps: int, seed: int = 0) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(D, generator=g) for _ in range(WORKERS)] for _ in range(steps)]
+
+
+class Cluster:
+    """WORKERS workers of ``mechanism`` and one aggregate, driven round by round as the hook does
+    (a dense round at ``dense_at``: a new state, as after a resume on other ranks)."""
+
+    def __init__(self, mechanism: MomentumCorrectedEF14) -> None:
+        self.mechanism, self.workers, self.server = mechanism, [], None
+
+    def round(self, t: int, grads: list[torch.Tensor], dense: bool) -> torch.Tensor:
+        if dense or self.server is None:
+            self.workers = [self.mechanism.spawn() for _ in grads]
+            payloads = [w.init(g.clone(), Round(t, r, len(grads))) for r, (w, g) in enumerate(zip(self.workers, grads))]
+            self.server = self.mechanism.begin(payloads, Round(t, 0, len(grads)))
+        else:
+            shared = dict(self.server)  # the state before the round, as the hook and the simulation pass it
+            payloads = [w.step(g.clone(), Round(t, r, len(grads), shared=shared))
+                        for r, (w, g) in enumerate(zip(self.workers, grads))]
+            self.server = {k: torch.full_like(v, float("nan")) for k, v in self.server.items()}  # the hook's
+            self.mechanism.fold(self.server, payloads, Round(t, 0, len(grads), shared=shared))  # fresh buffers
+        return self.server["g"]
+
+
+def trajectory(directions, nesterov: bool, weight_decay: float) -> torch.Tensor:
+    """torch's SGD(momentum=0.9) fed ``directions`` (a callable t -> the gradient it sees)."""
+    x = torch.nn.Parameter(torch.linspace(-1.0, 1.0, D))
+    opt = torch.optim.SGD([x], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    for t in range(12):
+        x.grad = directions(t).clone()
+        opt.step()
+    return x.detach()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("dense_at", [(), (5,)], ids=["one-dense-round", "dense-again-at-5"])
+def test_uncompressed_the_users_sgd_steps_as_sgd_with_momentum_on_the_mean_gradient(nesterov, weight_decay,
+                                                                                   dense_at):
+    grads = gradients(12)
+    cluster = Cluster(MomentumCorrectedEF14(TopK(ratio=1.0), beta=0.9, kept=1.0))
+    corrected = trajectory(lambda t: cluster.round(t, grads[t], t in dense_at), nesterov, weight_decay)
+    plain = trajectory(lambda t: torch.stack(grads[t]).mean(0), nesterov, weight_decay)
+    torch.testing.assert_close(corrected, plain, rtol=1e-5, atol=1e-6)
+    # and the correction matters: the same gradients through EF14 without it move elsewhere once C drops entries
+    dropped = Cluster(MomentumCorrectedEF14(TopK(k=4), beta=0.9, kept=1.0))
+    assert not torch.allclose(trajectory(lambda t: dropped.round(t, grads[t], False), nesterov, weight_decay), plain)
+
+
+def test_the_aggregate_is_the_mean_of_the_compressed_momenta_and_g_its_increment():
+    grads = gradients(4, seed=1)
+    mechanism = MomentumCorrectedEF14(TopK(k=5), beta=0.8, kept=1.0)
+    cluster = Cluster(mechanism)
+    previous = None
+    for t in range(4):
+        cluster.round(t, grads[t], False)
+        a = cluster.server[MOMENTUM]
+        if t == 0:
+            torch.testing.assert_close(a, torch.stack(grads[0]).mean(0))
+        else:
+            torch.testing.assert_close(cluster.server["g"], a - 0.8 * previous, rtol=0, atol=1e-6)
+            assert int((a != 0).sum()) <= 5 * WORKERS  # a sum of WORKERS payloads of 5 entries
+        previous = a.clone()
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 1.0])
+def test_the_momentum_is_scaled_by_kept_where_the_worker_sent(kept):
+    g0, g1 = torch.randn(D), torch.randn(D)
+    worker = MomentumCorrectedEF14(PackedTopK(ratio=0.1), beta=0.9, kept=kept).spawn()
+    worker.init(g0.clone())
+    payload = worker.step(g1.clone(), Round(1))
+    sent = worker.compressor.located(payload, Round(1))[1].long()
+    assert torch.equal(worker.compressor.sent(payload, Round(1)), sent)
+    u = torch.add(g1, g0, alpha=0.9)  # u = grad + beta u, as the step rounds it
+    expected = u.clone()
+    expected[sent] *= kept
+    torch.testing.assert_close(worker.memory.u_i, expected, rtol=0, atol=0)
+    # error feedback on the momentum: e = v - C(v) with v = 0 + u
+    torch.testing.assert_close(worker.memory.e_i + worker.compressor.decompress(payload, Round(1)), u, rtol=0,
+                               atol=1e-6)
+
+
+def test_a_step_writes_neither_tensor_of_the_memory_it_replaces():
+    """The hook keeps the memory by reference to roll a round back (``written_in_place`` is empty)."""
+    worker = MomentumCorrectedEF14(TopK(k=3), beta=0.9, kept=0.5).spawn()
+    worker.init(torch.randn(D))
+    for t in range(1, 5):
+        before = {k: (v, v.clone()) for k, v in worker.memory.tensors().items()}
+        worker.step(torch.randn(D), Round(t))
+        for name, (tensor, copy) in before.items():
+            assert torch.equal(tensor, copy), name
+            assert worker.memory.tensors()[name].data_ptr() != tensor.data_ptr(), name
+    assert worker.written_in_place == frozenset()
+
+
+def test_beta_is_read_each_round_from_follow():
+    momentum = {"beta": 0.9}
+    mechanism = MomentumCorrectedEF14(TopK(ratio=1.0), kept=1.0, follow=lambda: momentum["beta"])
+    cluster = Cluster(mechanism)
+    grads = gradients(3, seed=2)
+    cluster.round(0, grads[0], False)
+    a0 = cluster.server[MOMENTUM].clone()
+    momentum["beta"] = 0.5
+    g = cluster.round(1, grads[1], False)
+    mean = [torch.stack(grads[t]).mean(0) for t in range(2)]
+    torch.testing.assert_close(cluster.server[MOMENTUM], 0.5 * mean[0] + mean[1])
+    torch.testing.assert_close(g, cluster.server[MOMENTUM] - 0.5 * a0)
+
+
+def test_with_no_momentum_it_is_ef14():
+    grads = gradients(5, seed=3)
+    corrected, plain = Cluster(MomentumCorrectedEF14(TopK(k=4), beta=0.0, kept=0.3)), Cluster(EF14(TopK(k=4)))
+    for t in range(5):
+        torch.testing.assert_close(corrected.round(t, grads[t], False), plain.round(t, grads[t], False), rtol=0, atol=0)
+
+
+def test_the_aggregate_needs_the_state_before_the_round():
+    mechanism = MomentumCorrectedEF14(TopK(k=2))
+    worker = mechanism.spawn()
+    server = mechanism.begin([worker.init(torch.randn(D))])
+    with pytest.raises(ValueError, match="rnd.shared"):
+        mechanism.fold(server, [worker.step(torch.randn(D), Round(1))], Round(1))
+
+
+def test_bad_settings_name_the_problem():
+    with pytest.raises(ValueError, match="sparsifier"):
+        MomentumCorrectedEF14(ScaledSign())
+    with pytest.raises(ValueError, match="kept"):
+        MomentumCorrectedEF14(TopK(k=2), kept=1.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        MomentumCorrectedEF14(TopK(k=2), beta=1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        MomentumCorrectedEF14(TopK(k=2), follow=lambda: 1.2).beta
