@@ -89,15 +89,17 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         raise ValueError(f"{SPARSE_GRADIENTS}; sparse modules: {sparse[:5]}")
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
-    if name is None and not options and sgd.has_momentum(optimizer):
-        name, options = MOMENTUM_DEFAULT, dict(SGD_DEFAULT)
-    if name is None:
-        name, options = DEFAULT, options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
+    if name is None:  # told a momentum SGD it can correct: ef14_mc; else (warned why, if it cannot) ef14
+        name = MOMENTUM_DEFAULT if sgd.has_momentum(optimizer) and sgd.correctable(optimizer) else DEFAULT
+        options = options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
     chosen = mechanism(name, **options)
     if isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None:
         if settings is not None:
             raise ValueError(f"{name} corrects the momentum of SGD; told an {type(optimizer).__name__}, register "
                              "without a name (the Adam mode sends the momentum of Adam-normalised gradients)")
+        if "momentum" in options:
+            raise ValueError(f"{name}: momentum= is read from the optimizer it is told; drop momentum= (or do not "
+                             "pass optimizer=)")
         chosen.follow = sgd.follows(optimizer)  # every round reads the optimizer's momentum
     if settings is not None:
         chosen = adam.normalized(chosen, settings, optimizer)

@@ -9,6 +9,7 @@ scheduler may change it); nothing of the optimizer is replaced.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -34,6 +35,18 @@ def live_momentum(optimizer: torch.optim.SGD) -> float:
                          f"whole DDP buckets); the groups have {sorted(betas)}. Give the groups one momentum, or "
                          "register a named hook, e.g. register(ddp, 'ef14', compressor='topk8', ratio=0.05)")
     return checked_beta(betas.pop())
+
+
+def correctable(optimizer: torch.optim.SGD) -> bool:
+    """Whether the default can correct ``optimizer``'s momentum; if not, a warning says why and
+    the caller registers the plain SGD default (as before the correction existed)."""
+    try:
+        live_momentum(optimizer)
+    except ValueError as e:
+        warnings.warn(f"registering the SGD default without the momentum correction: {e}", RuntimeWarning,
+                      stacklevel=3)
+        return False
+    return True
 
 
 def follows(optimizer: torch.optim.SGD) -> functools.partial:

@@ -84,7 +84,7 @@ NONFINITE_HOOKS = {"gd": {}, "ef21": {"ratio": 0.05}, "ef21_sgdm": {"ratio": 0.0
                    "clag": {"ratio": 0.05}, "co3": {}, "ef14": {"ratio": 0.05}, "3pcv5": {"ratio": 0.05, "p": 0.5},
                    "ef14 shared_topk": {"ratio": 0.05, "compressor": "shared_topk"}, "co3_2s": {},
                    "co3_2s fp4": {"fmt": "fp4-121"}, "onebit": {}, "ef14 sign": {"compressor": "sign"},
-                   "ef21plus": {"ratio": 0.05}}
+                   "ef21plus": {"ratio": 0.05}, "ef14_mc": {"compressor": "topk8", "ratio": 0.05}}
 
 
 def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
@@ -112,7 +112,8 @@ def _nonfinite_propagates(rank: int, hook: str, options: dict) -> dict:
 
 
 NO_OP_HOOKS = {"ef14": {"ratio": 0.05}, "ef14 topk8": {"compressor": "topk8", "ratio": 0.05},
-               "ef21": {"ratio": 0.05}, "ef21plus": {"ratio": 0.05}}  # rounds that do not depend on the iteration's number
+               "ef21": {"ratio": 0.05}, "ef21plus": {"ratio": 0.05},
+               "ef14_mc": {"compressor": "topk8", "ratio": 0.05}}  # rounds that do not depend on the iteration's number
 
 
 def _skip_is_a_no_op(rank: int, hook: str, options: dict) -> bool:

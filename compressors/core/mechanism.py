@@ -72,8 +72,9 @@ class Mechanism(ABC):
     1/len(payloads)), so aligned payloads may be averaged by the network instead.
     ``window``: how many past aggregate moves ``Round.moves`` the trigger reads (0: none).
     ``memory_type``: the ``Memory`` dataclass of ``memory``.
-    ``overwrites``: aggregate-state entries ``aggregate`` sets without reading them (a caller that
-    keeps the old state may pass uninitialised tensors there instead of copies).
+    ``overwrites``: aggregate-state entries ``aggregate`` sets without reading them from ``server``
+    (a caller that keeps the old state may pass uninitialised tensors there instead of copies; the
+    old state stays readable in ``Round.shared``, so the caller keeps it until the round is over).
     ``written_in_place``: the memory fields whose tensors ``step`` (or ``relay``) may write in
     place; None: any. A caller that keeps the memory to roll a round back copies these and keeps
     the others by reference (empty: ``step`` replaces ``memory`` and never writes the tensors of

@@ -33,8 +33,12 @@ class MomentumCorrectedEF14(EF14):
     stay torch's; ``clip_grad_norm_`` sees g^t, an estimate of the mean gradient, and a constant
     clipping factor scales b^t and a^t alike). With C the identity and kept = 1, a^t is the momentum
     of the mean gradient and this is SGD with momentum exactly; with Nesterov the step g^t + beta b^t
-    is then Nesterov's too. One round per optimizer step: accumulate micro-batches under
-    ``ddp.no_sync()`` (a second synchronised backward before the step would add its g to the first's).
+    is then Nesterov's too. It assumes one optimizer step on ``.grad`` per committed round: accumulate
+    micro-batches under ``ddp.no_sync()`` (a second synchronised backward before the step would add
+    its g to the first's). Where a step does not apply g (a step skipped that the hook did not flag,
+    a parameter ``find_unused_parameters`` leaves without a gradient, the hook's state resumed
+    without the optimizer's or the reverse), the buffer and a^t part, and the difference decays as
+    beta^k.
 
     Why. Under error feedback a coordinate waits for its turn while the optimizer's momentum
     applies only what arrived, so the momentum acts on stale pulses; correcting it before the
@@ -42,9 +46,9 @@ class MomentumCorrectedEF14(EF14):
     of the coordinates sent most often (sent every round, they move with momentum kept * beta),
     which holds the pulses of the others in check. Measured (the accuracy suite, momentum SGD, over
     Top-K 5% in 16 bits an entry, 2.9% of the bytes; ``benchmarks/results/accuracy_momentum_sgd.md``):
-    the byte-level LM at 4 ranks +0.9% of validation loss (+2.1% without the correction), digits at
-    2 ranks +0.13 pp (+1.2 pp); kept = 1 left digits 1.4 pp below allreduce and DGC's kept = 0 cost
-    the LM +4.5%.
+    the byte-level LM at 4 ranks +0.8% of validation loss over 6 seeds (+2.3% without the
+    correction), digits at 2 ranks +0.13 pp (+1.07 pp), a9a +0.33 pp (0); kept = 1 left digits
+    1.4 pp below allreduce and DGC's kept = 0 cost the LM +4.5%.
 
     Dense round: u_i = grad_i (e_i = 0) and g = a = the mean gradient, so SGD's buffer keeps the
     momentum it had (b - a then decays as beta^k): exact in the dense limit at the first round and
@@ -70,7 +74,12 @@ class MomentumCorrectedEF14(EF14):
         self._beta, self.kept, self.follow = float(beta), float(kept), follow
 
     def __repr__(self) -> str:
-        return f"MomentumCorrectedEF14({self.compressor!r}, beta={self._beta}, kept={self.kept})"
+        """With the momentum this round (``follow``'s: the ranks compare it at their first round)."""
+        try:
+            beta = self.beta
+        except ValueError as e:  # a repr never raises; the round does
+            beta = f"<{e}>"
+        return f"MomentumCorrectedEF14({self.compressor!r}, beta={beta}, kept={self.kept})"
 
     def checkpoint_name(self) -> str:
         """Without beta: the memories stay valid when a scheduler moves the momentum."""
