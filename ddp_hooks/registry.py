@@ -24,11 +24,6 @@ DEFAULT = "ef14"
 # to +0.8% and digits from +2.40 to +1.07 pp at 2 ranks against Top-K 1% at 64 bits an entry
 # (benchmarks/results/accuracy_packed.md)
 SGD_DEFAULT: dict[str, object] = {"compressor": "topk8", "ratio": 0.05}
-# register(ddp, optimizer=sgd) with momentum, no name and no options: the same compressor under error feedback on
-# each rank's own momentum (DGC's momentum correction, 90% of the momentum kept where a rank sent), the user's SGD
-# unchanged; under momentum SGD it took the LM at 4 ranks from +2.1% to +0.8% (6 seeds) and digits at 2 ranks
-# from +1.07 pp to +0.13 pp (6 seeds each), a9a paying +0.33 pp (benchmarks/results/accuracy_momentum_sgd.md)
-MOMENTUM_DEFAULT = "ef14_mc"
 # register(ddp, optimizer=adam) with no name and no options: EF14 over scaled signs of a cyclic window of
 # 84% of the entries (0.84 bits per entry, 2.65% of fp32 a round), which under AdamW held every task at 2
 # and 4 ranks within the accuracy issue's tolerance (benchmarks/results/accuracy_window.md; every sign,
@@ -64,16 +59,15 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     ``optimizer.step`` becomes AdamW's linear step on the agreed momentum (measured, the default
     over 84% of the signs, AdamW with clipping: the LM's gap +0.8% at 2 ranks and +0.9% at 4,
     benchmarks/results/accuracy_window.md; with Top-K 1% the mode took digits
-    from +3.13 to -0.07 pp, benchmarks/results/accuracy_adam.md). An SGD with momentum (no
-    dampening), with no name and no options: ``MOMENTUM_DEFAULT``, the SGD default's compressor
-    with the momentum corrected before compression (``compressors.mechanisms.ef14_momentum``: each
-    rank's own momentum under error feedback, the optimizer's momentum read every round, the
-    optimizer itself unchanged); without momentum, the plain hook. Validated here, before any
+    from +3.13 to -0.07 pp, benchmarks/results/accuracy_adam.md). An SGD: the plain hook; told
+    ``ef14_mc`` (momentum corrected before compression, ``compressors.mechanisms.ef14_momentum``),
+    the hook reads the SGD's momentum every round (not the default: the user's ``clip_grad_norm_``
+    breaks it, benchmarks/results/accuracy_momentum_sgd.md). Validated here, before any
     collective, on every rank.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
         >>> state = ddp_hooks.register(ddp_model, optimizer=adamw)   # default hook, Adam-aware
-        >>> state = ddp_hooks.register(ddp_model, optimizer=sgd)     # momentum SGD: corrected momentum
+        >>> state = ddp_hooks.register(ddp_model, "ef14_mc", compressor="topk8", ratio=0.05, optimizer=sgd)
         >>> state.stats.summary()["fraction_of_dense"]
     """
     if not isinstance(ddp, nn.parallel.DistributedDataParallel):
@@ -89,9 +83,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         raise ValueError(f"{SPARSE_GRADIENTS}; sparse modules: {sparse[:5]}")
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
-    if name is None:  # told a momentum SGD it can correct: ef14_mc; else (warned why, if it cannot) ef14
-        name = MOMENTUM_DEFAULT if sgd.has_momentum(optimizer) and sgd.correctable(optimizer) else DEFAULT
-        options = options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
+    if name is None:
+        name, options = DEFAULT, options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
     chosen = mechanism(name, **options)
     if isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None:
         if settings is not None:

@@ -1,7 +1,6 @@
 """Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default``
-(``register(ddp, optimizer=opt)``: the default hook, told the run's optimizer, which is EF14 over
-PackedTopK with the momentum corrected under SGD with momentum and EF14 over signs in the
-optimizer-aware mode under AdamW) and any threepc hook spec
+(``register(ddp, optimizer=opt)``: the default hook, told the run's optimizer, which is the plain
+hook under SGD and EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
 (``NAME[+opt]:KEY=VALUE,...``, as in the accuracy suite)."""
 from __future__ import annotations
 
@@ -35,9 +34,7 @@ def label(spec: str, recipe: str = "sgdm") -> str:
     """The method's name in tables and plots; ``default`` says what it resolved to under the recipe."""
     if spec != DEFAULT:
         return spec
-    if RECIPES[recipe].family == "adamw":
-        return "default (ef14 signs, Adam mode)"
-    return "default (ef14_mc topk8 5%)" if RECIPES[recipe].momentum else "default (ef14 topk8 5%)"
+    return "default (ef14 signs, Adam mode)" if RECIPES[recipe].family == "adamw" else "default (ef14 topk8 5%)"
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int],

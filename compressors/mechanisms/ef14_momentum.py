@@ -30,8 +30,10 @@ class MomentumCorrectedEF14(EF14):
     Torch's SGD(momentum=beta) on g^t keeps b^t = beta b^{t-1} + g^t + wd x = a^t + B^t in its buffer,
     B^t = beta B^{t-1} + wd x its weight decay's momentum, so it steps by the aggregate of the
     compressed momenta, DGC's step, with no change to the optimizer (its checkpoints and schedulers
-    stay torch's; ``clip_grad_norm_`` sees g^t, an estimate of the mean gradient, and a constant
-    clipping factor scales b^t and a^t alike). With C the identity and kept = 1, a^t is the momentum
+    stay torch's). Not with ``clip_grad_norm_``: under compression g^t carries the momentum's
+    accumulated pulses, about 1/(1 - beta) times a gradient's norm, so the user's clipping shrinks
+    every step and b^t no longer holds a^t (measured: 8-12% worse than allreduce with clipping at
+    1.0, where plain EF14 holds). With C the identity and kept = 1, a^t is the momentum
     of the mean gradient and this is SGD with momentum exactly; with Nesterov the step g^t + beta b^t
     is then Nesterov's too. It assumes one optimizer step on ``.grad`` per committed round: accumulate
     micro-batches under ``ddp.no_sync()`` (a second synchronised backward before the step would add
@@ -47,8 +49,8 @@ class MomentumCorrectedEF14(EF14):
     which holds the pulses of the others in check. Measured (the accuracy suite, momentum SGD, over
     Top-K 5% in 16 bits an entry, 2.9% of the bytes; ``benchmarks/results/accuracy_momentum_sgd.md``):
     the byte-level LM at 4 ranks +0.8% of validation loss over 6 seeds (+2.3% without the
-    correction), digits at 2 ranks +0.13 pp (+1.07 pp), a9a +0.33 pp (0); kept = 1 left digits
-    1.4 pp below allreduce and DGC's kept = 0 cost the LM +4.5%.
+    correction), digits at 2 ranks +0.13 pp (+1.07 pp), a9a +0.33 pp (0), all without clipping;
+    kept = 1 left digits 1.4 pp below allreduce and DGC's kept = 0 cost the LM +4.5%.
 
     Dense round: u_i = grad_i (e_i = 0) and g = a = the mean gradient, so SGD's buffer keeps the
     momentum it had (b - a then decays as beta^k): exact in the dense limit at the first round and
