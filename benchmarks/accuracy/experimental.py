@@ -69,7 +69,7 @@ from compressors.operators.float_format import FloatFormat
 from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.sign import ScaledSign
 from ddp_hooks.adam import adam_settings, attach
-from compressors.core.memory import Memory
+from compressors.core.memory import ErrorAndMomentum
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
 
@@ -299,36 +299,31 @@ class EF14TwoStage(_EF14Candidate):
 
 # --- issue 14: momentum correction for SGD (the optimizer told) --------------------------------
 
-@dataclass
-class ErrorAndVelocity(Memory):
-    e_i: Tensor
-    u_i: Tensor
-
-
-class MomentumCorrectedEF14(EF14):
+class StepReplacedMomentumEF14(EF14):
     """EF14 on the worker's own momentum, Deep Gradient Compression's momentum correction and
     factor masking (Lin et al. 2018, Alg. 1 lines 9-13): u_i <- beta u_i + grad_i, v = e_i + u_i,
-    send C(v), e_i <- v - C(v), and (``mask``) u_i <- 0 where C(v) sent. The optimizer then
-    applies the aggregate without momentum (``MomentumCorrected.register``)."""
+    send C(v), e_i <- v - C(v), and (``mask``) u_i <- 0 where C(v) sent (a number: u_i times it
+    there). The optimizer then applies the aggregate without momentum (``MomentumCorrected.register``);
+    the library's ``MomentumCorrectedEF14`` is the same correction with the optimizer unchanged."""
 
-    memory_type = ErrorAndVelocity
+    memory_type = ErrorAndMomentum
 
-    def __init__(self, compressor: TopK | ScaledSign, beta: float, mask: bool) -> None:
+    def __init__(self, compressor: TopK | ScaledSign, beta: float, mask: bool | float) -> None:
         super().__init__(compressor)
         self.beta, self.mask = beta, mask
 
     def __repr__(self) -> str:
-        return f"MomentumCorrectedEF14({self.compressor!r}, beta={self.beta}, mask={self.mask})"
+        return f"StepReplacedMomentumEF14({self.compressor!r}, beta={self.beta}, mask={self.mask})"
 
-    def setup(self, grad: Tensor) -> ErrorAndVelocity:
-        return ErrorAndVelocity(torch.zeros_like(grad), grad)
+    def setup(self, grad: Tensor) -> ErrorAndMomentum:
+        return ErrorAndMomentum(torch.zeros_like(grad), grad)
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         u = self.memory.u_i * self.beta + flat(grad)
         payload, error = self.compressor.residual(self.memory.e_i + u, rnd)
-        if self.mask:  # True: DGC's masking; a number: the share of u kept where C(v) sent
-            u[self.compressor.located(payload, rnd)[1]] *= 0.0 if self.mask is True else float(self.mask)
-        self.memory = ErrorAndVelocity(error, u)
+        if self.mask is not False:  # True: DGC's masking (0 kept); a number: the share of u kept where C(v) sent
+            u[self.compressor.sent(payload, rnd).long()] *= 0.0 if self.mask is True else float(self.mask)
+        self.memory = ErrorAndMomentum(error, u)
         return payload
 
 
@@ -345,10 +340,10 @@ class MomentumCorrected(_EF14Candidate):
         if compressor == "sign":
             if mask:
                 raise ValueError("ef14_dgc over signs sends every entry of its window: pass mask=False")
-            return MomentumCorrectedEF14(ScaledSign(block, fraction), beta, mask)
+            return StepReplacedMomentumEF14(ScaledSign(block, fraction), beta, mask)
         if compressor not in ("topk", "topk8"):
             raise ValueError(f"ef14_dgc: compressor is 'topk', 'topk8' or 'sign', got {compressor!r}")
-        return MomentumCorrectedEF14((PackedTopK if compressor == "topk8" else TopK)(ratio), beta, mask)
+        return StepReplacedMomentumEF14((PackedTopK if compressor == "topk8" else TopK)(ratio), beta, mask)
 
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
                  **options: object) -> ddp_hooks.ThreePCState:

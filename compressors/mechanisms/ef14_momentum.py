@@ -130,6 +130,7 @@ class MomentumCorrectedEF14(EF14):
 
 
 def checked_beta(beta: float) -> float:
+    """``beta`` as a float, or a ValueError unless 0 <= beta < 1 (a heavy-ball momentum)."""
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"momentum correction needs a momentum beta in [0, 1), got {beta}")
     return float(beta)
