@@ -132,8 +132,9 @@ def normalized(mechanism: Mechanism, settings: AdamSettings, optimizer: torch.op
 
 def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """A ValueError if ``optimizer`` holds parameters ``model`` does not, or ``model`` has trainable
-    parameters ``optimizer`` does not hold: the hook writes Adam-normalised aggregates into every
-    bucket, which another optimizer would take for gradients (before anything is registered)."""
+    parameters ``optimizer`` does not hold: told the optimizer, the hook writes what its step
+    reads into every bucket (Adam-normalised aggregates; SGD's rescaled g^t, ``ddp_hooks.sgd``),
+    which another optimizer would take for gradients (before anything is registered)."""
     owned = {id(p) for p in model.parameters()}
     foreign = [i for i, g in enumerate(optimizer.param_groups) for p in g["params"] if id(p) not in owned]
     if foreign:
@@ -144,9 +145,9 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
     missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in held]
     if missing:
         raise ValueError(f"the DDP model has trainable parameters the optimizer does not hold ({missing[:3]}"
-                         f"{', ...' if len(missing) > 3 else ''}): in the Adam mode the hook leaves Adam-normalised "
-                         "directions, not gradients, in every parameter's .grad, which another optimizer (or none) "
-                         "would misread. Give this optimizer every trainable parameter, freeze the others "
+                         f"{', ...' if len(missing) > 3 else ''}): told the optimizer, the hook leaves what its step "
+                         "reads (Adam-normalised directions, or an SGD's rescaled momentum increments), not gradients, "
+                         "in every parameter's .grad, which another optimizer (or none) would misread. Give this optimizer every trainable parameter, freeze the others "
                          "(requires_grad=False) before wrapping the model in DDP, or register without optimizer=")
 
 
@@ -173,13 +174,11 @@ UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none
 RECENT = 3  # the factor follows the median of the last RECENT steps' rescalings
 
 
-def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]
-                    ) -> None:
+def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]) -> float | None:
     """The rescaling r the user's step applied to ``.grad``: the median, over ``params`` with a
     non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
     parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
-    ``.grad``'s dtype as the bucket rounded it; fp32 norms). The next round's gradients are
-    multiplied by the median of the last ``RECENT`` r over r_0, the first step's."""
+    ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
     ratios = []
@@ -191,9 +190,16 @@ def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor
             now = float(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
             if left > 0.0 and now > 0.0 and math.isfinite(now / left):
                 ratios.append(now / left)
-    if not ratios:
+    return statistics.median(ratios) if ratios else None
+
+
+def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]
+                    ) -> None:
+    """The next round's gradients are multiplied by the median of the last ``RECENT`` rescalings
+    r (``rescaling``) over r_0, the first step's."""
+    ratio = rescaling(state, params, directions)
+    if ratio is None:
         return
-    ratio = statistics.median(ratios)
     if clipping.reference is None:
         clipping.reference = ratio
     clipping.recent = [*clipping.recent, ratio][-RECENT:]
@@ -219,6 +225,17 @@ def _initialising(optimizer: torch.optim.Optimizer, stepped: list[Tensor]) -> bo
     return True
 
 
+def started(optimizer: torch.optim.Optimizer, closure) -> object:  # noqa: ANN001 - torch's closure
+    """What a replaced step does first: the closure's loss (None without one), evaluated with
+    gradients on as torch's steps do, and the mark LR schedulers check."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    optimizer._opt_called = True
+    return loss
+
+
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
@@ -227,11 +244,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     clipping = state.mechanism.clipping if isinstance(state.mechanism, AdamNormalized) else None
 
     def step(self: torch.optim.Optimizer, closure=None):  # noqa: ANN001, ANN202 - torch's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._opt_called = True  # what LR schedulers check
+        loss = started(self, closure)
         stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not stepped or not all_finite(*(p.grad for p in stepped)):  # nothing to step (as torch's AdamW), or flagged
             return loss

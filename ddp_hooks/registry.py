@@ -61,8 +61,9 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     benchmarks/results/accuracy_window.md; with Top-K 1% the mode took digits
     from +3.13 to -0.07 pp, benchmarks/results/accuracy_adam.md). An SGD: the plain hook; told
     ``ef14_mc`` (momentum corrected before compression, ``compressors.mechanisms.ef14_momentum``),
-    the hook reads the SGD's momentum every round (not the default: the user's ``clip_grad_norm_``
-    breaks it, benchmarks/results/accuracy_momentum_sgd.md). Validated here, before any
+    the hook reads the SGD's momentum every round and ``optimizer.step`` follows the user's
+    ``clip_grad_norm_`` into the hook's memories before torch's SGD step (``ddp_hooks.sgd``; not
+    the default: benchmarks/results/accuracy_sgd_clipping.md). Validated here, before any
     collective, on every rank.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
@@ -86,7 +87,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     if name is None:
         name, options = DEFAULT, options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
     chosen = mechanism(name, **options)
-    if isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None:
+    corrected = isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None  # ddp_hooks.sgd's mode
+    if corrected:
         if settings is not None:
             raise ValueError(f"{name} corrects the momentum of SGD; told an {type(optimizer).__name__}, register "
                              "without a name (the Adam mode sends the momentum of Adam-normalised gradients)")
@@ -94,14 +96,17 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
             raise ValueError(f"{name}: momentum= is read from the optimizer it is told; drop momentum= (or do not "
                              "pass optimizer=)")
         chosen.follow = sgd.follows(optimizer)  # every round reads the optimizer's momentum
+        chosen.clipping = True  # and the step follows the user's clipping (sgd.attach)
     if settings is not None:
         chosen = adam.normalized(chosen, settings, optimizer)
     state = ThreePCState(chosen, process_group=process_group,
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
                          check_every=check_every, reproducible=reproducible, scaler=scaler)
-    if settings is not None:
+    if settings is not None or corrected:
         adam.check_attachable(optimizer, ddp)
     ddp.register_comm_hook(state, threepc_hook)
     if settings is not None:  # once the hook is in: a second register() on this model raised above
         adam.attach(optimizer, state)
+    elif corrected:
+        sgd.attach(optimizer, state)
     return state

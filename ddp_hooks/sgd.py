@@ -1,19 +1,31 @@
 """``ef14_mc`` told its SGD: ``register(ddp, "ef14_mc", optimizer=sgd)``.
 
 The hook corrects the momentum before compressing (``compressors.mechanisms.ef14_momentum``):
-each rank keeps the momentum of its own gradient, error feedback runs on it, and the hook
-leaves a^t - beta a^{t-1} in the gradients, so that torch's SGD, unchanged, steps by the
-aggregate a^t of the compressed momenta. beta is read from the optimizer every round (a
-scheduler may change it); nothing of the optimizer is replaced, so nothing follows the user's
-``clip_grad_norm_``, which this hook's gradients do not survive.
+each rank keeps the momentum of its own gradient, error feedback runs on it, and torch's SGD
+steps by the aggregate a^t of the compressed momenta on g^t = a^t - beta a^{t-1}. beta is read
+from the optimizer every round (a scheduler may change it).
+
+Gradient clipping (``attach``): g^t carries the momentum's pulses, about 1/(1 - beta) times a
+gradient's norm, so the hook leaves g^t in ``.grad`` rescaled to this rank's gradient norm
+(``MomentumCorrectedEF14.presented``); the user's ``clip_grad_norm_(params, tau)`` then scales it
+by c = min(1, tau / ||grad_i||), the step reads c back (``adam.rescaling``), takes it out of the
+round after the fact (``MomentumCorrectedEF14.clip``: the rank's memories as if it had sent
+c grad_i) and puts g^t back in ``.grad`` for torch's own SGD step, whose momentum buffer, weight
+decay, Nesterov, hooks and checkpoints stay torch's. Any uniform rescaling of ``.grad`` is
+followed so. A GradScaler must be told (``register(..., scaler=)``): the hook then divides each
+bucket by its scale, and ``unscale_`` leaves the rescaled g^t for the clipping.
 """
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 
-from compressors.mechanisms.ef14_momentum import checked_beta
+from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
+
+from .adam import SCHEDULER_MARK, UNSCALED, rescaling, shaped, started
+from .state import ThreePCState
 
 
 def live_momentum(optimizer: torch.optim.SGD) -> float:
@@ -35,3 +47,41 @@ def follows(optimizer: torch.optim.SGD) -> functools.partial:
     """What a round calls for beta: ``live_momentum`` of ``optimizer``, checked once now."""
     live_momentum(optimizer)
     return functools.partial(live_momentum, optimizer)
+
+
+def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
+    """Make ``optimizer.step`` follow the user's rescaling of ``.grad`` (gradient clipping) into
+    the hook's memories and step torch's SGD on the agreed g^t (module docstring)."""
+    applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
+
+    def step(self: torch.optim.SGD, closure=None):  # noqa: ANN001, ANN202 - torch's signature
+        loss = started(self, closure)
+        if state.committed_iterations != applied["at"]:  # .grad holds a round's presented g^t
+            applied["at"] = state.committed_iterations
+            restore(self, state)
+        type(self).step(self)
+        return loss
+
+    def zero_grad(self: torch.optim.SGD, set_to_none: bool = True) -> None:
+        """torch's, and ``.grad`` holds no round until the next backward."""
+        applied["at"] = state.committed_iterations
+        type(self).zero_grad(self, set_to_none)
+
+    optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
+    setattr(step, SCHEDULER_MARK, True)
+    optimizer.step = types.MethodType(step, optimizer)
+
+
+def restore(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
+    """Read the rescaling c of ``.grad`` since the round (``adam.rescaling``), take it into every
+    bucket's memory (``MomentumCorrectedEF14.clip``), and put the agreed g^t back in ``.grad``."""
+    found = state.directions()
+    stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None and id(p) in found]
+    factor = rescaling(state, stepped, found)
+    factor = 1.0 if factor is None or abs(factor - 1.0) < UNSCALED else factor
+    with torch.no_grad():
+        for bucket in state.buckets:
+            if isinstance(bucket.worker, MomentumCorrectedEF14):
+                bucket.worker.clip(factor)
+        for p in stepped:
+            p.grad.copy_(shaped(found[id(p)], p))

@@ -342,7 +342,7 @@ def _momentum_worker(rank: int, workers: int) -> dict:
         out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     out["mechanism"] = repr(state.mechanism)  # the momentum it reads now
     errors = []
-    for kind in ("dampening", "two momenta", "adamw", "momentum="):
+    for kind in ("dampening", "two momenta", "adamw", "momentum=", "part of the model"):
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model)
         if kind == "two momenta":
@@ -351,6 +351,8 @@ def _momentum_worker(rank: int, workers: int) -> dict:
                  {"params": list(model[2].parameters()) + list(model[4].parameters())}], lr=0.1, momentum=0.9)
         elif kind == "adamw":
             opt = torch.optim.AdamW(model.parameters())
+        elif kind == "part of the model":
+            opt = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.1 if kind == "dampening" else 0)
         try:
@@ -372,10 +374,61 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
         torch.testing.assert_close(r["uncompressed"], r["allreduce"], rtol=1e-5, atol=1e-6)
         assert torch.equal(r["packed"], ranks[0]["packed"]) and bool(r["packed"].isfinite().all())
         errors = r["errors"]
-        assert len(errors) == 4 and "dampening" in errors[0] and "one momentum for every param group" in errors[1]
+        assert len(errors) == 5 and "dampening" in errors[0] and "one momentum for every param group" in errors[1]
         assert "corrects the momentum of SGD; told an AdamW" in errors[2], errors
         assert "momentum= is read from the optimizer" in errors[3], errors
+        assert "trainable parameters the optimizer does not hold" in errors[4], errors
         assert r["default"].startswith("EF14(PackedTopK"), "the default told an SGD stays uncorrected"
+
+
+def _clipping_worker(rank: int, workers: int) -> dict:
+    """ef14_mc over PackedTopK told its momentum SGD, several buckets: the user clipping at 0.05
+    (active every step), and not clipping; ef14_mc untold (momentum=0.9)."""
+    out: dict[str, object] = {}
+    for run in ("clipped", "told", "untold"):
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        told = {} if run == "untold" else {"optimizer": opt}
+        state = ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05,
+                                   **({"momentum": 0.9} if run == "untold" else told))
+        seen, factors, gains, restored = [], [], [], []
+        for step in range(6):
+            x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
+            opt.zero_grad()
+            ((ddp(x) - x[:, :1]) ** 2).mean().backward()
+            if run == "clipped":
+                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05))
+                shown = [b.worker.norm2 for b in state.buckets if b.worker.norm2 is not None]
+                seen.append((norm, sum(shown) ** 0.5 if shown else None))
+                factors.append(min(1.0, 0.05 / (norm + 1e-6)))  # what clip_grad_norm_ multiplied .grad by
+            opt.step()
+            gains.append(sorted({b.worker.gain for b in state.buckets}))
+            found = state.directions()
+            restored.append(all(torch.equal(p.grad.reshape(-1), found[id(p)]) for p in model.parameters()))
+        out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        out[f"{run} gains"], out[f"{run} restored"] = gains, restored
+        if run == "clipped":
+            out["seen"], out["factors"] = seen, factors
+            out["buffers"] = sorted({k for s in opt.state_dict()["state"].values() for k in s})
+    return out
+
+
+def test_ef14_mc_told_its_sgd_follows_the_users_clipping_into_its_memory():
+    ranks = run_ranks(_clipping_worker, 2, timeout=180)
+    for r in ranks:
+        assert torch.equal(r["clipped"], ranks[0]["clipped"]) and bool(r["clipped"].isfinite().all())
+        assert torch.equal(r["told"], r["untold"]), "without clipping the step changes nothing"
+        assert not torch.allclose(r["clipped"], r["told"], atol=1e-4)
+        norm0, estimate0 = r["seen"][0]
+        assert estimate0 is None, "a dense round's g is the mean gradient, shown as it is"
+        for norm, estimate in r["seen"][1:]:  # clip_grad_norm_ saw the hook's estimate, not g's pulses
+            assert norm == pytest.approx(estimate, rel=1e-4)
+        for gains, factor in zip(r["clipped gains"], r["factors"]):  # every bucket took the clipping
+            assert len(gains) == 1 and gains[0] == pytest.approx(factor, rel=1e-5) and factor < 1.0
+        assert r["told gains"][-1] == [1.0] == r["untold gains"][-1]
+        assert all(r["clipped restored"]) and all(r["told restored"]), "torch's SGD steps on the agreed g"
+        assert r["buffers"] == ["momentum_buffer"], "the optimizer's state stays torch's"
 
 
 ADAM = "default, told an AdamW"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compressors import EF14, MomentumCorrectedEF14, PackedTopK, Round, ScaledSign, TopK
-from compressors.mechanisms.ef14_momentum import MOMENTUM
+from compressors.mechanisms.ef14_momentum import MOMENTUM, mean_norm2
 
 D, WORKERS = 40, 3
 
@@ -36,6 +36,11 @@ class Cluster:
             self.server = {k: torch.full_like(v, float("nan")) for k, v in self.server.items()}  # the hook's
             self.mechanism.fold(self.server, payloads, Round(t, 0, len(grads), shared=shared))  # fresh buffers
         return self.server["g"]
+
+    def clip(self, factors: list[float]) -> None:
+        """What ``ddp_hooks.sgd`` does after the step: each worker takes its rank's clipping factor."""
+        for w, c in zip(self.workers, factors):
+            w.clip(c)
 
 
 def trajectory(directions, nesterov: bool, weight_decay: float) -> torch.Tensor:
@@ -147,3 +152,83 @@ def test_bad_settings_name_the_problem():
         MomentumCorrectedEF14(TopK(k=2), beta=1.0)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         MomentumCorrectedEF14(TopK(k=2), follow=lambda: 1.2).beta
+
+
+# -- following the user's gradient clipping (ddp_hooks.sgd) -----------------------------------
+@pytest.mark.parametrize("kept", [1.0, 0.7])
+def test_clip_leaves_the_memory_as_if_the_round_had_taken_the_clipped_gradient(kept):
+    """After each round and its clip(c_t), with the payloads p_t that were sent and the masks m_t of
+    their entries: u = m_t (beta u + c_t g_t) and e = e + beta u_prev + c_t g_t - p_t."""
+    mechanism = MomentumCorrectedEF14(TopK(k=6), beta=0.9, kept=kept, clipping=True)
+    worker, u, e = mechanism.spawn(), torch.zeros(D), torch.zeros(D)
+    g = torch.Generator().manual_seed(3)
+    for t in range(8):
+        grad, c = torch.randn(D, generator=g), float(torch.rand((), generator=g)) * 0.9 + 0.05
+        rnd = Round(t, 0, 1)
+        payload = worker.init(grad.clone(), rnd) if t == 0 else worker.step(grad.clone(), rnd)
+        sent = torch.ones(D, dtype=torch.bool)
+        if t > 0:
+            sent = torch.zeros(D, dtype=torch.bool)
+            sent[mechanism.compressor.sent(payload, rnd).long()] = True
+        sent_values = grad if t == 0 else mechanism.compressor.decompress(payload, rnd)  # a dense round: grad
+        worker.clip(c)
+        v = 0.9 * u + c * grad
+        e, u = e + v - sent_values.reshape(-1), torch.where(sent & (t > 0), kept * v, v)
+        torch.testing.assert_close(worker.memory.u_i, u, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(worker.memory.e_i, e, rtol=1e-5, atol=1e-6)
+        assert worker.gain == c  # the next round takes c grad
+    worker.clip(0.5)  # once per round: a second clip changes nothing
+    torch.testing.assert_close(worker.memory.u_i, u, rtol=1e-5, atol=1e-6)
+    before = worker.memory
+    worker.step(torch.full((D,), float("nan")), Round(8, 0, 1))
+    worker.memory = before  # the hook's rollback of a round flagged non-finite
+    worker.clip(0.5)  # the round's gradient is not taken into the memory it did not write
+    assert bool(worker.memory.u_i.isfinite().all()) and bool(worker.memory.e_i.isfinite().all())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_uncompressed_a_constant_clipping_is_sgd_with_momentum_on_the_clipped_mean_gradient(nesterov):
+    """Each rank clips by its own c_i: the first round sends grad_i unclipped and the next takes
+    the excess back, so from the second step on the position is SGD's on mean_i c_i grad_i."""
+    grads, factors = gradients(12, seed=2), [0.3, 0.6, 1.0]
+    cluster = Cluster(MomentumCorrectedEF14(TopK(ratio=1.0), beta=0.9, kept=1.0, clipping=True))
+
+    def clipped_round(t: int) -> torch.Tensor:
+        g = cluster.round(t, grads[t], False).clone()
+        cluster.clip(factors)
+        return g
+
+    corrected = trajectory(clipped_round, nesterov, 0.0)
+    plain = trajectory(lambda t: torch.stack([c * g for c, g in zip(factors, grads[t])]).mean(0), nesterov, 0.0)
+    torch.testing.assert_close(corrected, plain, rtol=1e-5, atol=1e-6)
+    unclipped = trajectory(lambda t: torch.stack(grads[t]).mean(0), nesterov, 0.0)
+    assert not torch.allclose(corrected, unclipped, atol=1e-3)
+
+
+def test_the_norm_shown_estimates_the_mean_gradients():
+    """mean_norm2 with noise orthogonal to the mean: ||mu||^2 + ||noise||^2 / n, the momentum u
+    of earlier rounds (times gain) telling the mean; one worker: ||grad||^2; no signal: 1/n."""
+    mu, noise = torch.zeros(D), torch.zeros(D)
+    mu[:10], noise[10:] = 1.0, 2.0
+    grad, beta, gain = mu + noise, 0.9, 0.5
+    u = gain * mu / (1.0 - beta)
+    assert mean_norm2(grad, u, beta, gain, 4) == pytest.approx(10.0 + 120.0 / 4)
+    assert mean_norm2(grad, u, beta, gain, 1) == pytest.approx(130.0)
+    assert mean_norm2(grad, torch.zeros(D), beta, gain, 4) == pytest.approx(130.0 / 4)
+    assert mean_norm2(grad, -u, beta, gain, 4) == pytest.approx(130.0 / 4)  # clamped at no signal
+    assert mean_norm2(grad, 100 * u, beta, gain, 4) == pytest.approx(130.0)  # at most all of it
+
+
+def test_presented_rescales_to_the_estimate_and_shows_a_dense_round_as_it_is():
+    mechanism = MomentumCorrectedEF14(TopK(k=4), beta=0.9, clipping=True)
+    worker, grad = mechanism.spawn(), torch.arange(float(D))
+    worker.init(grad.clone(), Round(0, 0, 2))
+    aggregate = 3.0 * grad
+    assert worker.presented(aggregate) == 1.0 and worker.shown == 1.0  # a dense round's g is the mean gradient
+    worker.step(grad.clone(), Round(1, 0, 2))
+    expected = mean_norm2(grad, grad, 0.9, 1.0, 2) ** 0.5 / float(aggregate.norm())
+    assert worker.presented(aggregate) == pytest.approx(expected) and worker.shown == pytest.approx(expected)
+    plain = MomentumCorrectedEF14(TopK(k=4), beta=0.9).spawn()
+    plain.init(grad.clone(), Round(0, 0, 2))
+    plain.step(grad.clone(), Round(1, 0, 2))
+    assert plain.presented(aggregate) == 1.0 and plain.shown is None  # not told to follow clipping

@@ -2,6 +2,7 @@
 momentum SGD, with the user's optimizer unchanged."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,10 +31,15 @@ class MomentumCorrectedEF14(EF14):
     Torch's SGD(momentum=beta) on g^t keeps b^t = beta b^{t-1} + g^t + wd x = a^t + B^t in its buffer,
     B^t = beta B^{t-1} + wd x its weight decay's momentum, so it steps by the aggregate of the
     compressed momenta, DGC's step, with no change to the optimizer (its checkpoints and schedulers
-    stay torch's). Not with ``clip_grad_norm_``: under compression g^t carries the momentum's
-    accumulated pulses, about 1/(1 - beta) times a gradient's norm, so the user's clipping shrinks
-    every step and b^t no longer holds a^t (measured: 8-12% worse than allreduce with clipping at
-    1.0, where plain EF14 holds). With C the identity and kept = 1, a^t is the momentum
+    stay torch's). Gradient clipping needs ``clipping`` (set by ``register(..., optimizer=sgd)``,
+    whose step follows it, ``ddp_hooks.sgd``): under compression g^t carries the momentum's
+    accumulated pulses, about 1/(1 - beta) times a gradient's norm, so the user's clipping of g^t
+    shrinks every step and b^t no longer holds a^t (measured without ``clipping``: 8-12% worse than
+    allreduce with clipping at 1.0). With ``clipping``, ``presented`` shows the clipping an
+    estimate of the mean gradient's norm (``mean_norm2``), the step reads the factor c the user
+    applied, ``clip`` takes c grad_i into the memory in place of what the round took, and the
+    next rounds take c grad_i (clip_grad_norm_ clips the mean gradient of the n ranks; here each
+    rank clips its own by c, computed from its estimate). With C the identity and kept = 1, a^t is the momentum
     of the mean gradient and this is SGD with momentum exactly; with Nesterov the step g^t + beta b^t
     is then Nesterov's too. It assumes one optimizer step on ``.grad`` per committed round: accumulate
     micro-batches under ``ddp.no_sync()`` (a second synchronised backward before the step would add
@@ -50,7 +56,10 @@ class MomentumCorrectedEF14(EF14):
     Top-K 5% in 16 bits an entry, 2.9% of the bytes; ``benchmarks/results/accuracy_momentum_sgd.md``):
     the byte-level LM at 4 ranks +0.8% of validation loss over 6 seeds (+2.3% without the
     correction), digits at 2 ranks +0.13 pp (+1.07 pp), a9a +0.33 pp (0), all without clipping;
-    kept = 1 left digits 1.4 pp below allreduce and DGC's kept = 0 cost the LM +4.5%.
+    kept = 1 left digits 1.4 pp below allreduce and DGC's kept = 0 cost the LM +4.5%. With
+    clipping at 1.0 and a cosine schedule (``clipping``; ``accuracy_sgd_clipping.md``) the masking
+    costs instead: kept = 0.9 digits +1.37 pp (6 seeds), the LM at 4 ranks +1.1%; kept = 1 -0.33 pp
+    and +0.8%.
 
     Dense round: u_i = grad_i (e_i = 0) and g = a = the mean gradient, so SGD's buffer keeps the
     momentum it had (b - a then decays as beta^k): exact in the dense limit at the first round and
@@ -65,7 +74,7 @@ class MomentumCorrectedEF14(EF14):
     _spare: tuple[Tensor, Tensor] | None = None  # the memory before the current one: this round's buffers
 
     def __init__(self, compressor: Compressor, beta: float = 0.9, kept: float = 0.9,
-                 follow: Callable[[], float] | None = None) -> None:
+                 follow: Callable[[], float] | None = None, clipping: bool = False) -> None:
         if not isinstance(compressor, Sparsifier):
             raise ValueError(f"momentum correction masks the momentum where C sent, so C must be a sparsifier "
                              f"(Top-K, Rand-K); got {compressor!r}")
@@ -73,7 +82,11 @@ class MomentumCorrectedEF14(EF14):
             raise ValueError(f"kept (the share of the momentum kept where C sent) must be in [0, 1], got {kept}")
         checked_beta(beta)
         super().__init__(compressor)
-        self._beta, self.kept, self.follow = float(beta), float(kept), follow
+        self._beta, self.kept, self.follow, self.clipping = float(beta), float(kept), follow, clipping
+        self.gain = 1.0  # what multiplies grad_i in u_i: the user's last clipping factor (``clip``)
+        self.norm2: float | None = None  # ||grad_i||^2 of the last round (``clipping``)
+        self.shown: float | None = None  # what ``presented`` multiplied the last aggregate by
+        self._round: tuple[Tensor, Tensor | None, float, ErrorAndMomentum] | None = None  # ``_remember``
 
     def __repr__(self) -> str:
         """With the momentum this round (``follow``'s: the ranks compare it at their first round)."""
@@ -95,20 +108,73 @@ class MomentumCorrectedEF14(EF14):
     def setup(self, grad: Tensor) -> ErrorAndMomentum:
         return ErrorAndMomentum(torch.zeros_like(grad), grad)
 
+    def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        payload = super().init(grad, rnd)
+        self.norm2 = None  # a dense round's g is the mean gradient: shown as it is
+        self._remember(self.memory.u_i, None, 1.0)  # a dense round sends grad_i itself
+        return payload
+
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         """u' = grad + beta u and v = e + u' in the buffers of the round before last; neither
         tensor of the memory it replaces is written."""
         e, u = self.memory.e_i, self.memory.u_i
+        if self.clipping:
+            self.norm2 = mean_norm2(flat(grad), u, self.beta, self.gain, rnd.workers)
         spare = self._spare or (None, None)
         u_new = reusable(spare[1], u.numel(), u.device, busy=(e, u))
-        torch.add(flat(grad), u, alpha=self.beta, out=u_new)
+        if self.gain == 1.0:
+            torch.add(flat(grad), u, alpha=self.beta, out=u_new)
+        else:
+            torch.mul(u, self.beta, out=u_new).add_(flat(grad), alpha=self.gain)
         out = reusable(spare[0], e.numel(), e.device, busy=(e, u, u_new))
         payload, error = compensated(self.compressor, e, u_new, rnd, out=out)
+        sent = self.compressor.sent(payload, rnd).long() if self.kept != 1.0 or self.clipping else None
         if self.kept != 1.0:
-            sent = self.compressor.sent(payload, rnd).long()
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
+        self._remember(flat(grad), sent, self.gain)
         return payload
+
+    # -- following the user's gradient clipping (``ddp_hooks.sgd``) ----------------------------
+    def _remember(self, grad: Tensor, sent: Tensor | None, taken: float) -> None:
+        """With ``clipping``: keep this round's grad_i (a copy: the bucket is overwritten), the
+        entries sent, the factor u_i took grad_i times and the memory written, for ``clip``."""
+        if self.clipping:
+            self._round = (grad.clone(), sent, taken, self.memory)
+
+    def presented(self, g: Tensor) -> float:
+        """With ``clipping``: what rescales g^t to this rank's estimate of the mean gradient's norm
+        (``mean_norm2``; 1 after a dense round, whose g is the mean gradient), so that the user's
+        ``clip_grad_norm_`` on ``.grad`` sees a gradient's norm and not g^t's pulses (about
+        1/(1 - beta) of it)."""
+        if not self.clipping:
+            return 1.0
+        if self.norm2 is None:
+            self.shown = 1.0
+            return 1.0
+        held = math.sqrt(float(torch.dot(g, g)))
+        self.shown = math.sqrt(self.norm2) / held if held > 0.0 and math.isfinite(held) else 1.0
+        return self.shown
+
+    def clip(self, factor: float) -> None:
+        """The last round as if u_i had taken ``factor`` grad_i (the user's clipping c, read back
+        after the round by ``ddp_hooks.sgd``) where it took ``gain`` grad_i (the last c; 1 in a dense
+        round): p_i
+        is sent, so the difference goes to the memory, e_i -= (gain - c) grad_i and
+        u_i -= (gain - c) m * grad_i (m: ``kept`` where p_i sent, else 1), and error feedback sends
+        it with later rounds; the next rounds take c grad_i (a clipping factor moves slowly: what
+        is sent is nearly clipped already). Once per round, and only on the memory the round wrote
+        (not after a rollback restored the one before)."""
+        if self._round is None or self._round[3] is not self.memory:
+            return
+        grad, sent, taken, _ = self._round
+        self._round, cut, self.gain = None, taken - factor, factor
+        if cut == 0.0:
+            return
+        self.memory.e_i.sub_(grad, alpha=cut)
+        self.memory.u_i.sub_(grad, alpha=cut)
+        if sent is not None and self.kept != 1.0:
+            self.memory.u_i[sent] += grad[sent] * (cut * (1.0 - self.kept))
 
     def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
         server = super().start(payloads, rnd)
@@ -134,3 +200,15 @@ def checked_beta(beta: float) -> float:
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"momentum correction needs a momentum beta in [0, 1), got {beta}")
     return float(beta)
+
+
+def mean_norm2(grad: Tensor, u: Tensor, beta: float, gain: float, workers: int) -> float:
+    """This rank's estimate of ||(1/n) sum_i grad_i||^2 from its gradient and its momentum before
+    the round: s + (||grad||^2 - s) / n, where s = <(1 - beta) u / gain, grad> (clamped to [0,
+    ||grad||^2]) estimates the mean's share ||E grad||^2 (u, of earlier rounds' gain-scaled
+    gradients, is independent of this minibatch's noise), whose noise averages down by n."""
+    total = float(torch.dot(grad, grad))
+    if workers <= 1 or gain <= 0.0:
+        return total
+    signal = min(max(float(torch.dot(u, grad)) * (1.0 - beta) / gain, 0.0), total)
+    return signal + (total - signal) / workers
