@@ -12,7 +12,8 @@ by c = min(1, tau / ||grad_i||), the step reads c back (``adam.rescaling``), tak
 round after the fact (``MomentumCorrectedEF14.clip``: the rank's memories as if it had sent
 c grad_i) and puts g^t back in ``.grad`` for torch's own SGD step, whose momentum buffer, weight
 decay, Nesterov, hooks and checkpoints stay torch's. Any uniform rescaling of ``.grad`` is
-followed so. A GradScaler must be told (``register(..., scaler=)``): the hook then divides each
+followed so. The factor the rounds take lives in the hook's workers, not in checkpoints: a
+resumed hook's first round takes 1 and its step corrects it. A GradScaler must be told (``register(..., scaler=)``): the hook then divides each
 bucket by its scale, and ``unscale_`` leaves the rescaled g^t for the clipping.
 """
 from __future__ import annotations
