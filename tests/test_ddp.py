@@ -383,31 +383,37 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
 
 def _clipping_worker(rank: int, workers: int) -> dict:
     """ef14_mc over PackedTopK told its momentum SGD, several buckets: the user clipping at 0.05
-    (active every step), and not clipping; ef14_mc untold (momentum=0.9)."""
+    (active every step); the same under a GradScaler the hook is told of (powers of two: exact);
+    not clipping; ef14_mc untold (momentum=0.9)."""
     out: dict[str, object] = {}
-    for run in ("clipped", "told", "untold"):
+    for run in ("clipped", "scaled", "told", "untold"):
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        told = {} if run == "untold" else {"optimizer": opt}
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2, enabled=run == "scaled")
+        told = {} if run == "untold" else {"optimizer": opt, "scaler": scaler if run == "scaled" else None}
         state = ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05,
                                    **({"momentum": 0.9} if run == "untold" else told))
         seen, factors, gains, restored = [], [], [], []
         for step in range(6):
             x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
             opt.zero_grad()
-            ((ddp(x) - x[:, :1]) ** 2).mean().backward()
-            if run == "clipped":
+            scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
+            scaler.unscale_(opt)
+            if run in ("clipped", "scaled"):
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05))
                 shown = [b.worker.norm2 for b in state.buckets if b.worker.norm2 is not None]
                 seen.append((norm, sum(shown) ** 0.5 if shown else None))
                 factors.append(min(1.0, 0.05 / (norm + 1e-6)))  # what clip_grad_norm_ multiplied .grad by
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             gains.append(sorted({b.worker.gain for b in state.buckets}))
             found = state.directions()
             restored.append(all(torch.equal(p.grad.reshape(-1), found[id(p)]) for p in model.parameters()))
         out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         out[f"{run} gains"], out[f"{run} restored"] = gains, restored
+        if run == "scaled":
+            out["scaled seen"] = seen
         if run == "clipped":
             out["seen"], out["factors"] = seen, factors
             out["buffers"] = sorted({k for s in opt.state_dict()["state"].values() for k in s})
@@ -419,6 +425,8 @@ def test_ef14_mc_told_its_sgd_follows_the_users_clipping_into_its_memory():
     for r in ranks:
         assert torch.equal(r["clipped"], ranks[0]["clipped"]) and bool(r["clipped"].isfinite().all())
         assert torch.equal(r["told"], r["untold"]), "without clipping the step changes nothing"
+        assert torch.equal(r["scaled"], r["clipped"]), "told the scaler, unscale_ leaves what the clipping reads"
+        assert r["scaled seen"] == r["seen"]
         assert not torch.allclose(r["clipped"], r["told"], atol=1e-4)
         norm0, estimate0 = r["seen"][0]
         assert estimate0 is None, "a dense round's g is the mean gradient, shown as it is"

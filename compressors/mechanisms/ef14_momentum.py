@@ -128,8 +128,8 @@ class MomentumCorrectedEF14(EF14):
             torch.mul(u, self.beta, out=u_new).add_(flat(grad), alpha=self.gain)
         out = reusable(spare[0], e.numel(), e.device, busy=(e, u, u_new))
         payload, error = compensated(self.compressor, e, u_new, rnd, out=out)
-        sent = self.compressor.sent(payload, rnd).long() if self.kept != 1.0 or self.clipping else None
-        if self.kept != 1.0:
+        sent = self.compressor.sent(payload, rnd).long() if self.kept != 1.0 else None
+        if sent is not None:
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
         self._remember(flat(grad), sent, self.gain)
