@@ -1,11 +1,11 @@
-// CPU kernels of rans_encode/decode: byte-wise rANS (Duda 2013) with two interleaved 32-bit
-// states, the coder of CO3's float codes at their entropy. The specification (stream layout,
-// arithmetic, errors) is compressors/kernels/reference.py.
+// CPU kernels of rans_encode/decode: byte-wise rANS (Duda 2013) with 2 interleaved 32-bit states,
+// or 4 for messages of kRansWide symbols or more, the coder of CO3's float codes at their entropy.
+// The specification (stream layout, arithmetic, errors) is compressors/kernels/reference.py.
 //
 // The encoder divides by a symbol's frequency with a multiply by a precomputed reciprocal
 // (Giesen's ryg_rans, exact for states below 2^31); the decoder finds a slot's symbol in a
 // 2^precision-byte table and the symbol's frequency and start in a 256-entry one. Each state
-// depends only on every other symbol, so the two chains overlap in the pipeline.
+// depends only on every k-th symbol, so the k chains overlap in the pipeline.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -22,7 +22,7 @@ namespace threepc {
 namespace {
 
 constexpr uint32_t kRansLow = 1u << 23;  // states lie in [kRansLow, 2^31)
-constexpr int kRansStates = 2;           // symbol i uses state i mod 2
+constexpr int64_t kRansWide = 1 << 16;   // messages this long or longer use 4 states (checks.rans_states)
 constexpr uint32_t kMissing = ~0u;       // x_max of a symbol without frequency: never reached, flags it
 
 // x -> floor(x / f) 2^p + (x mod f) + c as x + bias + q (2^p - f) with q = floor(x / f) from a
@@ -78,6 +78,27 @@ inline void encode_one(uint32_t& x, const EncodeSymbol& e, uint8_t*& ptr, bool& 
   x = (kept + e.bias) + q * e.complement;
 }
 
+// Symbols last to first, symbol i into state i mod S; then the states x_{S-1}, ..., x_0, big-endian.
+template <int S>
+int64_t encode_states(const uint8_t* src, int64_t n, const std::array<EncodeSymbol, 256>& table, uint8_t* begin,
+                      bool& missing) {
+  uint8_t* ptr = begin;
+  uint32_t x[S];
+  for (int j = 0; j < S; ++j) x[j] = kRansLow;
+  // Every index into x is a constant once the loops over j unroll: the states stay in registers.
+  const int64_t whole = n - n % S;  // the symbols past it go to states 0 .. n - whole - 1
+  for (int j = S - 1; j >= 0; --j) {
+    if (whole + j < n) encode_one(x[j], table[src[whole + j]], ptr, missing);
+  }
+  for (int64_t i = whole; i > 0; i -= S) {
+    for (int j = S - 1; j >= 0; --j) encode_one(x[j], table[src[i - S + j]], ptr, missing);
+  }
+  for (int j = S - 1; j >= 0; --j) {
+    for (int b = 3; b >= 0; --b) *ptr++ = uint8_t(x[j] >> (8 * b));
+  }
+  return ptr - begin;
+}
+
 at::Tensor rans_encode_cpu(const at::Tensor& symbols, const at::Tensor& freqs) {
   const int precision = check_rans_encode(symbols, freqs);
   const at::Tensor input = symbols.contiguous();
@@ -85,25 +106,13 @@ at::Tensor rans_encode_cpu(const at::Tensor& symbols, const at::Tensor& freqs) {
   const uint8_t* src = input.const_data_ptr<uint8_t>();
   const int64_t n = input.numel();
   // Room for the longest stream (<= 2 bytes per symbol when p <= 16); only written pages are touched.
-  at::Tensor out = at::empty({2 * n + 4 * kRansStates}, input.options());
+  at::Tensor out = at::empty({2 * n + 4 * 4}, input.options());
   uint8_t* const begin = out.mutable_data_ptr<uint8_t>();
-  uint8_t* ptr = begin;
-  uint32_t x0 = kRansLow, x1 = kRansLow;
   bool missing = false;
-  int64_t i = n;
-  if (i & 1) {
-    --i;
-    encode_one(x0, table[src[i]], ptr, missing);
-  }
-  for (; i > 0; i -= 2) {
-    encode_one(x1, table[src[i - 1]], ptr, missing);
-    encode_one(x0, table[src[i - 2]], ptr, missing);
-  }
+  const int64_t size = n >= kRansWide ? encode_states<4>(src, n, table, begin, missing)
+                                      : encode_states<2>(src, n, table, begin, missing);
   TORCH_CHECK_VALUE(!missing, kNoFrequencyMessage);
-  for (const uint32_t x : {x1, x0}) {
-    for (int b = 3; b >= 0; --b) *ptr++ = uint8_t(x >> (8 * b));
-  }
-  return out.narrow(0, 0, ptr - begin);
+  return out.narrow(0, 0, size);
 }
 
 // The decoder's per-symbol entry: frequency and start.
@@ -111,6 +120,57 @@ struct DecodeSymbol {
   uint32_t freq;
   uint32_t start;
 };
+
+// The n symbols into dst, read back to front over S states; false unless that ends at the
+// stream's first byte with every state back at kRansLow (a corrupt stream or a wrong n).
+template <int S>
+bool decode_states(const uint8_t* src, int64_t size, int64_t n, int precision, const std::vector<uint8_t>& symbol_of,
+                   const std::array<DecodeSymbol, 256>& table, uint8_t* dst) {
+  if (size < 4 * S) return false;
+  // Read back to front: the states, then the bytes last emitted first.
+  const uint8_t* ptr = src + size;
+  uint32_t x[S];
+  for (int j = 0; j < S; ++j) {
+    x[j] = 0;
+    for (int b = 0; b < 4; ++b) x[j] |= uint32_t(*--ptr) << (8 * b);
+    if (x[j] < kRansLow || x[j] >= (1u << 31)) return false;
+  }
+  const uint32_t mask = (1u << precision) - 1;
+  auto step = [&](uint32_t& state) -> uint8_t {
+    const uint32_t r = state & mask;
+    const uint8_t s = symbol_of[r];
+    state = table[s].freq * (state >> precision) + r - table[s].start;
+    return s;
+  };
+  // Fast path: S symbols read at most 2 S bytes. A state needs k = [x < L] + [x < L / 256] bytes
+  // (x >= 2^(23 - p) >= 2^7 after a step), read without branches from the two bytes before ptr.
+  auto refill = [&](uint32_t& state) {
+    const uint32_t k = uint32_t(state < kRansLow) + uint32_t(state < (kRansLow >> 8));
+    uint16_t two;  // ptr[-1] << 8 | ptr[-2]: the next byte read, then the one after it
+    std::memcpy(&two, ptr - 2, sizeof(two));
+    state = uint32_t((uint64_t(state) << (8 * k)) | (uint32_t(le16toh(two)) >> (16 - 8 * k)));
+    ptr -= k;
+  };
+  int64_t i = 0;
+  for (; i + S <= n && ptr - src >= 2 * S; i += S) {
+    for (int j = 0; j < S; ++j) {
+      dst[i + j] = step(x[j]);
+      refill(x[j]);
+    }
+  }
+  for (; i < n; i += S) {  // the last symbols, near the stream's start (i is a multiple of S)
+    for (int j = 0; j < S && i + j < n; ++j) {
+      dst[i + j] = step(x[j]);
+      while (x[j] < kRansLow) {
+        if (ptr == src) return false;
+        x[j] = (x[j] << 8) | *--ptr;
+      }
+    }
+  }
+  bool back = ptr == src;
+  for (int j = 0; j < S; ++j) back = back && x[j] == kRansLow;
+  return back;
+}
 
 at::Tensor rans_decode_cpu(const at::Tensor& stream, int64_t n, const at::Tensor& freqs) {
   const int precision = check_rans_decode(stream, n, freqs);
@@ -125,51 +185,13 @@ at::Tensor rans_decode_cpu(const at::Tensor& stream, int64_t n, const at::Tensor
     start += uint32_t(f[s]);
   }
   const at::Tensor input = stream.contiguous();
-  const uint8_t* src = input.const_data_ptr<uint8_t>();
-  const int64_t size = input.numel();
   at::Tensor out = at::empty({n}, input.options());
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  TORCH_CHECK_VALUE(size >= 4 * kRansStates, kRansCorruptStreamMessage);
-  // Read back to front: the states, then the bytes last emitted first.
-  const uint8_t* ptr = src + size;
-  uint32_t x[kRansStates];
-  for (int j = 0; j < kRansStates; ++j) {
-    x[j] = 0;
-    for (int b = 0; b < 4; ++b) x[j] |= uint32_t(*--ptr) << (8 * b);
-    TORCH_CHECK_VALUE(x[j] >= kRansLow && x[j] < (1u << 31), kRansCorruptStreamMessage);
-  }
-  const uint32_t mask = (1u << precision) - 1;
-  auto step = [&](uint32_t& state) -> uint8_t {
-    const uint32_t r = state & mask;
-    const uint8_t s = symbol_of[r];
-    state = table[s].freq * (state >> precision) + r - table[s].start;
-    return s;
-  };
-  int64_t i = 0;
-  // Fast path: a pair of symbols reads at most 4 bytes. A state needs k = [x < L] + [x < L / 256]
-  // bytes (x >= 2^(23 - p) >= 2^7 after a step), read without branches from the two bytes before ptr.
-  auto refill = [&](uint32_t& state) {
-    const uint32_t k = uint32_t(state < kRansLow) + uint32_t(state < (kRansLow >> 8));
-    uint16_t two;  // ptr[-1] << 8 | ptr[-2]: the next byte read, then the one after it
-    std::memcpy(&two, ptr - 2, sizeof(two));
-    state = uint32_t((uint64_t(state) << (8 * k)) | (uint32_t(le16toh(two)) >> (16 - 8 * k)));
-    ptr -= k;
-  };
-  for (; i + 2 <= n && ptr - src >= 4; i += 2) {
-    dst[i] = step(x[0]);
-    refill(x[0]);
-    dst[i + 1] = step(x[1]);
-    refill(x[1]);
-  }
-  for (; i < n; ++i) {
-    uint32_t& state = x[i & 1];
-    dst[i] = step(state);
-    while (state < kRansLow) {
-      TORCH_CHECK_VALUE(ptr != src, kRansCorruptStreamMessage);
-      state = (state << 8) | *--ptr;
-    }
-  }
-  TORCH_CHECK_VALUE(ptr == src && x[0] == kRansLow && x[1] == kRansLow, kRansCorruptStreamMessage);
+  const bool complete = n >= kRansWide
+      ? decode_states<4>(input.const_data_ptr<uint8_t>(), input.numel(), n, precision, symbol_of, table,
+                         out.mutable_data_ptr<uint8_t>())
+      : decode_states<2>(input.const_data_ptr<uint8_t>(), input.numel(), n, precision, symbol_of, table,
+                         out.mutable_data_ptr<uint8_t>());
+  TORCH_CHECK_VALUE(complete, kRansCorruptStreamMessage);
   return out;
 }
 

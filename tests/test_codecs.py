@@ -19,6 +19,7 @@ from compressors.codecs import gennorm, histogram
 from compressors.codecs.huffman import MAX_LENGTH, HuffmanTable, entropy_bits, huffman_lengths
 from compressors.codecs.rans import PRECISION, RansTable, quantize
 from compressors.kernels import reference
+from compressors.kernels.checks import RANS_WIDE, rans_states
 
 FORMATS = [FloatFormat(5, 2, 15), FloatFormat(4, 3, 10), FloatFormat(4, 3, 7), FloatFormat(2, 1, 1),
            FloatFormat(1, 0, 0), FloatFormat(3, 4, 7), FloatFormat(6, 1, 31), FloatFormat(4, 3, -3)]
@@ -578,10 +579,10 @@ def rans(impl: str, op: str, *args):
 
 
 def rans_bound_bits(symbols: torch.Tensor, freqs: torch.Tensor) -> float:
-    """8 * (stream bytes) can reach at most: the two 32-bit states plus, per symbol, log2(M / f_s) and
+    """8 * (stream bytes) can reach at most: the 32-bit states plus, per symbol, log2(M / f_s) and
     the renormalised state's slack log2(1 + 2^(p - 23)) (reference docstring; codecs.rans)."""
     table = RansTable(freqs)
-    return 64 + table.ideal_bits(symbols) + symbols.numel() * math.log2(1 + 2.0 ** (table.precision - 23)) + 1e-6
+    return 32 * rans_states(symbols.numel()) + table.ideal_bits(symbols) + symbols.numel() * math.log2(1 + 2.0 ** (table.precision - 23)) + 1e-6
 
 
 @settings(max_examples=40, deadline=None)
@@ -665,6 +666,24 @@ def test_rans_round_trips_long_inputs_with_the_same_bytes_everywhere(impl):
         assert torch.equal(rans(other, "encode", symbols, freqs), stream)
     head = symbols[:20_000]
     assert torch.equal(rans(impl, "encode", head, freqs), reference.rans_encode(head, freqs))
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+def test_rans_interleaves_four_states_from_rans_wide_symbols_as_the_reference_does(impl):
+    """Around the length where a message goes from 2 to 4 states (each state 4 more bytes), with a
+    remainder of 0-3 symbols for the last states; a 4-state stream decoded as a shorter message."""
+    freqs = random_freqs(200, 7)
+    symbols = draw(freqs, RANS_WIDE + 3, 7)
+    for n in (RANS_WIDE - 1, RANS_WIDE, RANS_WIDE + 1, RANS_WIDE + 3):
+        head = symbols[:n]
+        stream = rans(impl, "encode", head, freqs)
+        assert torch.equal(stream, reference.rans_encode(head, freqs)), n
+        assert torch.equal(rans(impl, "decode", stream, n, freqs), head), n
+        tail = int.from_bytes(bytes(stream[-4 * rans_states(n):].tolist()), "big")
+        assert all((tail >> (32 * j)) & 0xFFFFFFFF >= 1 << 23 for j in range(rans_states(n))), n
+        assert 8 * stream.numel() <= rans_bound_bits(head, freqs), n
+    with pytest.raises(ValueError, match="corrupt"):  # the 4-state stream read as 2 states' (a wrong n)
+        rans(impl, "decode", stream, RANS_WIDE - 1, freqs)
 
 
 @pytest.mark.parametrize("impl", ALL)

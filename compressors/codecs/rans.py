@@ -4,7 +4,8 @@ entropy of its model.
 A code is a frequency table: integers f_s >= 0 summing to M = 2^precision, f_s >= 1 for every
 symbol the model gives nonzero probability. Symbol s costs log2(M / f_s) bits plus the coder's
 overhead: below log2(1 + 2^(precision - 23)) bits per symbol (a state x codes s only when
-x / f_s >= 2^(23 - precision)) and the 8 bytes of the final states. So a message of symbols
+x / f_s >= 2^(23 - precision)) and the final states' 8 bytes (16 for messages of 2^16 symbols
+or more, which interleave 4 states: ``kernels.checks.rans_states``). So a message of symbols
 drawn from p costs about its cross entropy -sum_s p_s log2(f_s / M) per symbol; quantizing p to f
 adds the divergence D(p || f / M). The receiver rebuilds f from what produced it (CO3's GenNorm
 parameters), as a Huffman receiver rebuilds its lengths. The coding kernels are

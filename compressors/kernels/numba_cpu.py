@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .checks import RANS_LOW, RANS_STATES
+from .checks import RANS_LOW, rans_states
 from .reference import _max_value, bf16_scales, packed_scale
 
 
@@ -75,12 +75,14 @@ def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> Te
 
 def rans_encode(symbols: Tensor, freqs: Tensor) -> Tensor:
     precision = checks.rans_encode(symbols, freqs)
-    return torch.from_numpy(_rans_encode(symbols.reshape(-1).contiguous().numpy(), freqs.numpy(), precision))
+    return torch.from_numpy(_rans_encode(symbols.reshape(-1).contiguous().numpy(), freqs.numpy(), precision,
+                                         rans_states(symbols.numel())))
 
 
 def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     precision = checks.rans_decode(stream, n, freqs)
-    symbols, complete = _rans_decode(stream.reshape(-1).contiguous().numpy(), n, freqs.numpy(), precision)
+    symbols, complete = _rans_decode(stream.reshape(-1).contiguous().numpy(), n, freqs.numpy(), precision,
+                                     rans_states(n))
     if not complete:
         raise ValueError(checks.RANS_CORRUPT_STREAM)
     return torch.from_numpy(symbols)
@@ -347,16 +349,16 @@ def _huffman_decode(stream: np.ndarray, n: int, codes: np.ndarray, lengths: np.n
 
 # -- rANS coding (see reference.rans_encode) -----------------------------------------------
 @numba.njit(cache=True)
-def _rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int) -> np.ndarray:
-    """The stream of symbols that all have nonzero frequencies."""
+def _rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int, states: int) -> np.ndarray:
+    """The stream of symbols that all have nonzero frequencies, over ``states`` interleaved states."""
     starts = np.zeros(freqs.size, np.int64)
     for s in range(1, freqs.size):
         starts[s] = starts[s - 1] + freqs[s - 1]
-    out = np.empty(2 * symbols.size + 4 * RANS_STATES, np.uint8)  # <= 2 bytes per symbol when precision <= 16
+    out = np.empty(2 * symbols.size + 4 * states, np.uint8)  # <= 2 bytes per symbol when precision <= 16
     pos = 0
-    x = np.full(RANS_STATES, RANS_LOW, np.int64)
+    x = np.full(states, RANS_LOW, np.int64)
     for i in range(symbols.size - 1, -1, -1):
-        j = i % RANS_STATES
+        j = i % states
         s = symbols[i]
         f = np.int64(freqs[s])
         while x[j] >= f << (31 - precision):
@@ -364,7 +366,7 @@ def _rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int) -> np.n
             pos += 1
             x[j] >>= 8
         x[j] = ((x[j] // f) << precision) + x[j] % f + starts[s]
-    for j in range(RANS_STATES - 1, -1, -1):
+    for j in range(states - 1, -1, -1):
         for b in range(3, -1, -1):
             out[pos] = (x[j] >> (8 * b)) & 0xFF
             pos += 1
@@ -372,7 +374,8 @@ def _rans_encode(symbols: np.ndarray, freqs: np.ndarray, precision: int) -> np.n
 
 
 @numba.njit(cache=True)
-def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int) -> tuple[np.ndarray, bool]:
+def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int, states: int
+                 ) -> tuple[np.ndarray, bool]:
     """The n symbols, and False unless reading them (back to front) ends at the stream's start with the
     states back at RANS_LOW."""
     out = np.empty(n, np.uint8)
@@ -383,11 +386,11 @@ def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int) 
         starts[s] = total
         symbol_of[total:total + freqs[s]] = s
         total += freqs[s]
-    if stream.size < 4 * RANS_STATES:
+    if stream.size < 4 * states:
         return out, False
-    x = np.zeros(RANS_STATES, np.int64)
+    x = np.zeros(states, np.int64)
     pos = stream.size
-    for j in range(RANS_STATES):
+    for j in range(states):
         for b in range(4):
             pos -= 1
             x[j] |= np.int64(stream[pos]) << (8 * b)
@@ -395,7 +398,7 @@ def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int) 
             return out, False
     mask = (1 << precision) - 1
     for i in range(n):
-        j = i % RANS_STATES
+        j = i % states
         r = x[j] & mask
         s = symbol_of[r]
         x[j] = freqs[s] * (x[j] >> precision) + r - starts[s]
@@ -405,7 +408,7 @@ def _rans_decode(stream: np.ndarray, n: int, freqs: np.ndarray, precision: int) 
             pos -= 1
             x[j] = (x[j] << 8) | stream[pos]
         out[i] = s
-    for j in range(RANS_STATES):
+    for j in range(states):
         if x[j] != RANS_LOW:
             return out, False
     return out, pos == 0

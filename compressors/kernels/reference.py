@@ -73,18 +73,19 @@ CUDA tensors when the extension has no CUDA kernels.
   padded with zero bits; a symbol without a codeword (length 0) raises ValueError.
   ``huffman_decode(stream, n, codes, lengths)`` reads n symbols back (ValueError when the stream
   runs out or holds a bit string that starts no codeword).
-* ``rans_encode(symbols, freqs)``: rANS (Duda 2013) with ``RANS_STATES`` = 2 interleaved 32-bit
-  states and byte-wise renormalisation. With M = sum f = 2^p (p <= 16), c_s = f_0 + ... + f_{s-1}
-  and L = 2^23, symbol i uses state j = i mod 2. Both states start at L; symbols are coded last
-  to first: while x_j >= 2^(31 - p) f_s, emit the byte x_j mod 256 and x_j <- floor(x_j / 256);
-  then x_j <- floor(x_j / f_s) M + (x_j mod f_s) + c_s (so L <= x_j < 2^31 throughout). The
-  stream is the emitted bytes in the order emitted, then x_1 and x_0 as big-endian uint32 (read
-  back to front, the decoder's order: x_0, x_1, the bytes last emitted first); a symbol of
-  frequency 0 raises ValueError. ``rans_decode(stream, n, freqs)`` inverts it from the end: read
-  x_0, x_1 (each in [L, 2^31)); for i = 0 .. n-1, j = i mod 2, r = x_j mod M, s the symbol with c_s <= r < c_s + f_s,
-  x_j <- f_s floor(x_j / M) + r - c_s, and while x_j < L, x_j <- 256 x_j + the preceding byte.
-  ValueError unless that reaches the stream's first byte exactly there with both states back at
-  L (a corrupt or truncated stream, or a wrong n).
+* ``rans_encode(symbols, freqs)``: rANS (Duda 2013) with k = ``checks.rans_states(n)`` interleaved
+  32-bit states (2, or 4 for n >= 2^16 symbols) and byte-wise renormalisation. With M = sum f =
+  2^p (p <= 16), c_s = f_0 + ... + f_{s-1} and L = 2^23, symbol i uses state j = i mod k. Every
+  state starts at L; symbols are coded last to first: while x_j >= 2^(31 - p) f_s, emit the byte
+  x_j mod 256 and x_j <- floor(x_j / 256); then x_j <- floor(x_j / f_s) M + (x_j mod f_s) + c_s
+  (so L <= x_j < 2^31 throughout). The stream is the emitted bytes in the order emitted, then
+  x_{k-1}, ..., x_0 as big-endian uint32 (read back to front, the decoder's order: x_0, ..., x_{k-1},
+  the bytes last emitted first); a symbol of frequency 0 raises ValueError. ``rans_decode(stream,
+  n, freqs)`` inverts it from the end: read x_0, ..., x_{k-1} (each in [L, 2^31)); for i = 0 ..
+  n-1, j = i mod k, r = x_j mod M, s the symbol with c_s <= r < c_s + f_s, x_j <- f_s floor(x_j / M)
+  + r - c_s, and while x_j < L, x_j <- 256 x_j + the preceding byte. ValueError unless that
+  reaches the stream's first byte exactly there with every state back at L (a corrupt or
+  truncated stream, or a wrong n).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .checks import RANS_LOW, RANS_STATES
+from .checks import RANS_LOW, rans_states
 
 _ABS_MASK = 0x7FFFFFFF
 
@@ -285,10 +286,11 @@ def rans_encode(symbols: Tensor, freqs: Tensor) -> Tensor:
     precision = checks.rans_encode(symbols, freqs)
     f = freqs.tolist()
     c = [0, *itertools.accumulate(f)]
-    x = [RANS_LOW] * RANS_STATES
+    states = rans_states(symbols.numel())
+    x = [RANS_LOW] * states
     emitted = []
     for i, s in reversed(list(enumerate(symbols.reshape(-1).tolist()))):
-        j = i % RANS_STATES
+        j = i % states
         while x[j] >= f[s] << (31 - precision):
             emitted.append(x[j] & 0xFF)
             x[j] >>= 8
@@ -303,14 +305,15 @@ def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
     c = [0, *itertools.accumulate(f)]
     symbol_of = [s for s, count in enumerate(f) for _ in range(count)]  # slot r -> s
     data = bytes(reversed(stream.reshape(-1).tolist()))  # back to front
-    if len(data) < 4 * RANS_STATES:
+    states = rans_states(n)
+    if len(data) < 4 * states:
         raise ValueError(checks.RANS_CORRUPT_STREAM)
-    x = [int.from_bytes(data[4 * j:4 * j + 4], "little") for j in range(RANS_STATES)]
+    x = [int.from_bytes(data[4 * j:4 * j + 4], "little") for j in range(states)]
     if not all(RANS_LOW <= state < 1 << 31 for state in x):
         raise ValueError(checks.RANS_CORRUPT_STREAM)
-    position, out = 4 * RANS_STATES, []
+    position, out = 4 * states, []
     for i in range(n):
-        j = i % RANS_STATES
+        j = i % states
         r = x[j] & ((1 << precision) - 1)
         s = symbol_of[r]
         x[j] = f[s] * (x[j] >> precision) + r - c[s]
@@ -319,7 +322,7 @@ def rans_decode(stream: Tensor, n: int, freqs: Tensor) -> Tensor:
                 raise ValueError(checks.RANS_CORRUPT_STREAM)
             x[j], position = x[j] << 8 | data[position], position + 1
         out.append(s)
-    if position != len(data) or x != [RANS_LOW] * RANS_STATES:
+    if position != len(data) or x != [RANS_LOW] * states:
         raise ValueError(checks.RANS_CORRUPT_STREAM)
     return torch.tensor(out, dtype=torch.uint8, device=stream.device)
 
