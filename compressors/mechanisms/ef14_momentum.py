@@ -158,13 +158,12 @@ class MomentumCorrectedEF14(EF14):
 
     def clip(self, factor: float) -> None:
         """The last round as if u_i had taken ``factor`` grad_i (the user's clipping c, read back
-        after the round by ``ddp_hooks.sgd``) where it took ``gain`` grad_i (the last c; 1 in a dense
-        round): p_i
-        is sent, so the difference goes to the memory, e_i -= (gain - c) grad_i and
-        u_i -= (gain - c) m * grad_i (m: ``kept`` where p_i sent, else 1), and error feedback sends
-        it with later rounds; the next rounds take c grad_i (a clipping factor moves slowly: what
-        is sent is nearly clipped already). Once per round, and only on the memory the round wrote
-        (not after a rollback restored the one before)."""
+        after the round by ``ddp_hooks.sgd``) where it took ``gain`` grad_i (the last c; 1 in a
+        dense round): p_i is sent, so the difference goes to the memory, e_i -= (gain - c) grad_i
+        and u_i -= (gain - c) m * grad_i (m: ``kept`` where p_i sent, else 1), and error feedback
+        sends it with later rounds; the next rounds take c grad_i (a clipping factor moves slowly:
+        what is sent is nearly clipped already). Once per round, and only on the memory the round
+        wrote (not after a rollback restored the one before)."""
         if self._round is None or self._round[3] is not self.memory:
             return
         grad, sent, taken, _ = self._round
