@@ -147,8 +147,9 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
         raise ValueError(f"the DDP model has trainable parameters the optimizer does not hold ({missing[:3]}"
                          f"{', ...' if len(missing) > 3 else ''}): told the optimizer, the hook leaves what its step "
                          "reads (Adam-normalised directions, or an SGD's rescaled momentum increments), not gradients, "
-                         "in every parameter's .grad, which another optimizer (or none) would misread. Give this optimizer every trainable parameter, freeze the others "
-                         "(requires_grad=False) before wrapping the model in DDP, or register without optimizer=")
+                         "in every parameter's .grad, which another optimizer (or none) would misread. Give this "
+                         "optimizer every trainable parameter, freeze the others (requires_grad=False) before "
+                         "wrapping the model in DDP, or register without optimizer=")
 
 
 def shaped(flat: Tensor, p: Tensor) -> Tensor:

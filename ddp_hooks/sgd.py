@@ -6,15 +6,16 @@ steps by the aggregate a^t of the compressed momenta on g^t = a^t - beta a^{t-1}
 from the optimizer every round (a scheduler may change it).
 
 Gradient clipping (``attach``): g^t carries the momentum's pulses, about 1/(1 - beta) times a
-gradient's norm, so the hook leaves g^t in ``.grad`` rescaled to this rank's gradient norm
-(``MomentumCorrectedEF14.presented``); the user's ``clip_grad_norm_(params, tau)`` then scales it
-by c = min(1, tau / ||grad_i||), the step reads c back (``adam.rescaling``), takes it out of the
-round after the fact (``MomentumCorrectedEF14.clip``: the rank's memories as if it had sent
-c grad_i) and puts g^t back in ``.grad`` for torch's own SGD step, whose momentum buffer, weight
-decay, Nesterov, hooks and checkpoints stay torch's. Any uniform rescaling of ``.grad`` is
-followed so. The factor the rounds take lives in the hook's workers, not in checkpoints: a
-resumed hook's first round takes 1 and its step corrects it. A GradScaler must be told (``register(..., scaler=)``): the hook then divides each
-bucket by its scale, and ``unscale_`` leaves the rescaled g^t for the clipping.
+gradient's norm, so the hook leaves g^t in ``.grad`` rescaled to this rank's estimate of the mean
+gradient's norm (``MomentumCorrectedEF14.presented``, ``ef14_momentum.mean_norm2``); the user's
+``clip_grad_norm_(params, tau)`` then scales it by c = min(1, tau / that norm), the step reads c
+back (``adam.rescaling``), takes it into the round after the fact (``MomentumCorrectedEF14.clip``:
+the rank's memories as if the round had taken c grad_i) and puts g^t back in ``.grad`` for torch's
+own SGD step, whose momentum buffer, weight decay, Nesterov, hooks and checkpoints stay torch's.
+Any uniform rescaling of ``.grad`` is followed so. The factor the rounds take lives in the hook's
+workers, not in checkpoints: a resumed hook's first round takes 1 and its step corrects it. A
+GradScaler must be told (``register(..., scaler=)``): the hook then divides each bucket by its
+scale, and ``unscale_`` leaves the rescaled g^t for the clipping.
 """
 from __future__ import annotations
 

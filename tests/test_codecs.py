@@ -582,7 +582,8 @@ def rans_bound_bits(symbols: torch.Tensor, freqs: torch.Tensor) -> float:
     """8 * (stream bytes) can reach at most: the 32-bit states plus, per symbol, log2(M / f_s) and
     the renormalised state's slack log2(1 + 2^(p - 23)) (reference docstring; codecs.rans)."""
     table = RansTable(freqs)
-    return 32 * rans_states(symbols.numel()) + table.ideal_bits(symbols) + symbols.numel() * math.log2(1 + 2.0 ** (table.precision - 23)) + 1e-6
+    slack = symbols.numel() * math.log2(1 + 2.0 ** (table.precision - 23))
+    return 32 * rans_states(symbols.numel()) + table.ideal_bits(symbols) + slack + 1e-6
 
 
 @settings(max_examples=40, deadline=None)

@@ -16,12 +16,6 @@ RANS_MAX_PRECISION = 16  # rANS frequencies sum to 2^precision, precision <= 16
 RANS_LOW = 1 << 23  # rANS states lie in [RANS_LOW, 2^31)
 RANS_WIDE = 1 << 16  # messages of this many symbols or more interleave 4 rANS states, shorter ones 2
 
-
-def rans_states(n: int) -> int:
-    """How many interleaved rANS states code a message of n symbols (symbol i uses state i mod k):
-    4 from ``RANS_WIDE`` symbols on (more independent chains for the CPU to overlap), else 2 (each
-    state adds 4 bytes to the stream)."""
-    return 4 if n >= RANS_WIDE else 2
 SUM_LANES = 32  # float64 sums in a fixed order (squared_distances, abs_moments): entry i of a block into lane i mod 32
 SUM_BLOCK = 1 << 16  # ... and blocks of 2^16 entries summed on their own before the blocks are added
 NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
@@ -33,6 +27,13 @@ NO_FREQUENCY = ("rans_encode: a symbol has frequency 0 in this table; build the 
                 "every symbol")
 RANS_CORRUPT_STREAM = "rans_decode: the stream is corrupt or does not hold n symbols"
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def rans_states(n: int) -> int:
+    """How many interleaved rANS states code a message of n symbols (symbol i uses state i mod k):
+    4 from ``RANS_WIDE`` symbols on (more independent chains for the CPU to overlap), else 2 (each
+    state adds 4 bytes to the stream)."""
+    return 4 if n >= RANS_WIDE else 2
 
 
 def _floating(op: str, name: str, t: Tensor) -> None:
