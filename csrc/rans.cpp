@@ -23,21 +23,21 @@ namespace {
 
 constexpr uint32_t kRansLow = 1u << 23;  // states lie in [kRansLow, 2^31)
 constexpr int64_t kRansWide = 1 << 16;   // messages this long or longer use 4 states (checks.rans_states)
-constexpr uint32_t kMissing = ~0u;       // x_max of a symbol without frequency: never reached, flags it
+constexpr uint32_t kMissing = 64;        // the shift of a symbol without frequency: no valid shift has bit 6
 
 // x -> floor(x / f) 2^p + (x mod f) + c as x + bias + q (2^p - f) with q = floor(x / f) from a
 // reciprocal: q = (x rcp) >> shift (shift >= 32), or q = x - 1 (rcp = 2^32 - 1, shift 32) when f = 1.
 struct EncodeSymbol {
-  uint32_t x_max;  // renormalise (emit bytes) while x >= x_max = 2^(31 - p) f; kMissing when f = 0
+  uint32_t x_max;  // renormalise (emit bytes) while x >= x_max = 2^(31 - p) f
   uint32_t rcp;
   uint32_t bias;
   uint32_t complement;  // 2^p - f
-  uint32_t shift;  // 32 + the reciprocal's extra shift
+  uint32_t shift;  // 32 + the reciprocal's extra shift (<= 47); kMissing when f = 0
 };
 
 std::array<EncodeSymbol, 256> encode_table(const at::Tensor& freqs, int precision) {
   std::array<EncodeSymbol, 256> table;
-  table.fill({kMissing, 0, 0, 0, 0});
+  table.fill({~0u, 0, 0, 0, kMissing});
   const at::Tensor freq_t = freqs.contiguous();
   const int32_t* f = freq_t.const_data_ptr<int32_t>();
   uint32_t start = 0;
@@ -64,38 +64,47 @@ std::array<EncodeSymbol, 256> encode_table(const at::Tensor& freqs, int precisio
 }
 
 // Renormalisation without branches (they would be mispredicted about every other symbol): emit
-// k = [x >= x_max] + [x >= 256 x_max] <= 2 bytes by storing x's low two bytes and advancing k.
-// The state's chain is kept short: the three candidate shifts of x are formed at once and
-// selected, the quotient takes one 64-bit shift, and x + bias is added beside the multiply.
-inline void encode_one(uint32_t& x, const EncodeSymbol& e, uint8_t*& ptr, bool& missing) {
-  missing |= e.x_max == kMissing;
+// k = [x >= x_max] + [x >= 256 x_max] <= 2 bytes by storing x's low two bytes and advancing k, and
+// keep x >> 8k. With 4 states the loop is bound by its operation count, so the shift is one shift
+// by 8k; with 2 it is bound by each state's chain, so the three candidate shifts of x are formed
+// at once and selected. The symbols' shifts are OR-ed into `shifts`, which has bit 6 (kMissing)
+// iff one had no frequency: one register operation a symbol, where a compare and a flag in
+// memory cost 10%.
+template <int S>
+inline void encode_one(uint32_t& x, const EncodeSymbol& e, uint8_t*& ptr, uint32_t& shifts) {
+  shifts |= e.shift;
   const bool one = x >= e.x_max, two = (x >> 8) >= e.x_max;
   const uint16_t low = htole16(uint16_t(x));
   std::memcpy(ptr, &low, sizeof(low));
-  ptr += uint32_t(one) + uint32_t(two);
-  const uint32_t kept = two ? x >> 16 : one ? x >> 8 : x;
-  const uint32_t q = uint32_t((uint64_t(kept) * e.rcp) >> e.shift);
+  const uint32_t k = uint32_t(one) + uint32_t(two);
+  ptr += k;
+  const uint32_t kept = S >= 4 ? x >> (8 * k) : two ? x >> 16 : one ? x >> 8 : x;
+  const uint32_t q = uint32_t((uint64_t(kept) * e.rcp) >> (e.shift & 63));
   x = (kept + e.bias) + q * e.complement;
 }
 
 // Symbols last to first, symbol i into state i mod S; then the states x_{S-1}, ..., x_0, big-endian.
+// Not inlined: both instances inlined into rans_encode_cpu spill states in the loop (493 against 522 MB/s).
 template <int S>
-int64_t encode_states(const uint8_t* src, int64_t n, const std::array<EncodeSymbol, 256>& table, uint8_t* begin,
-                      bool& missing) {
+__attribute__((noinline)) int64_t encode_states(const uint8_t* src, int64_t n,
+                                                const std::array<EncodeSymbol, 256>& table, uint8_t* begin,
+                                                bool& missing) {
   uint8_t* ptr = begin;
+  uint32_t shifts = 0;  // in a register, not behind `missing`, which the byte stores may alias
   uint32_t x[S];
   for (int j = 0; j < S; ++j) x[j] = kRansLow;
   // Every index into x is a constant once the loops over j unroll: the states stay in registers.
   const int64_t whole = n - n % S;  // the symbols past it go to states 0 .. n - whole - 1
   for (int j = S - 1; j >= 0; --j) {
-    if (whole + j < n) encode_one(x[j], table[src[whole + j]], ptr, missing);
+    if (whole + j < n) encode_one<S>(x[j], table[src[whole + j]], ptr, shifts);
   }
   for (int64_t i = whole; i > 0; i -= S) {
-    for (int j = S - 1; j >= 0; --j) encode_one(x[j], table[src[i - S + j]], ptr, missing);
+    for (int j = S - 1; j >= 0; --j) encode_one<S>(x[j], table[src[i - S + j]], ptr, shifts);
   }
   for (int j = S - 1; j >= 0; --j) {
     for (int b = 3; b >= 0; --b) *ptr++ = uint8_t(x[j] >> (8 * b));
   }
+  missing = (shifts & kMissing) != 0;
   return ptr - begin;
 }
 

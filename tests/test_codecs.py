@@ -693,6 +693,12 @@ def test_rans_rejects_uncoded_symbols_corrupt_streams_and_bad_tables(impl):
     for symbols in ([0, 3], [0, 4]):  # without frequency; beyond the table
         with pytest.raises(ValueError, match="frequency 0"):
             rans(impl, "encode", torch.tensor(symbols * 100, dtype=torch.uint8), freqs)
+    for n in (7, RANS_WIDE + 3):  # one such symbol, first, in the middle or last, for 2 and 4 states
+        for at in (0, n // 2, n - 1):
+            symbols = torch.zeros(n, dtype=torch.uint8)
+            symbols[at] = 3
+            with pytest.raises(ValueError, match="frequency 0"):
+                rans(impl, "encode", symbols, freqs)
     symbols = torch.tensor([0, 1, 2, 0] * 50, dtype=torch.uint8)
     stream = rans(impl, "encode", symbols, freqs)
     for bad_stream, n in ((stream[:-1], 200), (torch.cat([stream, stream[:1]]), 200), (stream, 199), (stream, 201),
