@@ -255,7 +255,10 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         if rounds == 0:
             raise RuntimeError("optimizer.step() without a synchronised backward since the last step or zero_grad(): "
                                "in the Adam mode the step applies the ranks' aggregate of that backward, and there "
-                               "is none (a second step, or a backward only under ddp.no_sync())")
+                               "is none (a second step, or a backward only under ddp.no_sync()), or DDP did not "
+                               "finish reducing it: a parameter that got no gradient needs "
+                               "find_unused_parameters=True in DistributedDataParallel (with static_graph=True, the "
+                               "graph must stay the same every iteration)")
         if rounds > 1:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
                                "is a round of the hook (its moments count it, and .grad holds its normalised "

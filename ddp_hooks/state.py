@@ -36,6 +36,9 @@ logger = logging.getLogger("threepc")
 SERVER = "server."  # prefix of the aggregate state (its "g" and any more) beside the worker memory
 ESTIMATE = SERVER + "g"
 NONFINITE = ("propagate", "raise")
+# What to do when a configuration field differs across ranks (appended to the error).
+FIXES = {"checkpoint": " (each rank saves its own hook state, torch.save(state.state_dict(), f'hook-rank{rank}.pt'), "
+                       "and loads the file it saved: the memories differ per rank)"}
 
 
 class ThreePCError(RuntimeError):
@@ -116,7 +119,8 @@ class ThreePCState:
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
-                 "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations")
+                 "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
+                 "_loaded_from")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -149,6 +153,7 @@ class ThreePCState:
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
         self._rebuild: set[int] = set()  # loaded on another world size: their first round is dense
         self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
+        self._loaded_from: int | None = None  # the rank whose checkpoint this rank loaded, if not its own
         self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
@@ -176,6 +181,10 @@ class ThreePCState:
         """The group's size (1 outside a process group: a state used standalone)."""
         return self.group.size() if self.process_group is not None or dist.is_initialized() else 1
 
+    def rank(self) -> int:
+        """This rank in the group (0 outside a process group)."""
+        return self.group.rank() if self.process_group is not None or dist.is_initialized() else 0
+
     def name(self, param: int) -> str:
         """A parameter's name (its id if the state is not bound to a model)."""
         return (self._names or {}).get(param, f"<parameter id {param}>")
@@ -191,6 +200,7 @@ class ThreePCState:
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
                 "scaler": "given" if self.scaler is not None else "none",
+                "checkpoint": "its own" if self._loaded_from is None else f"rank {self._loaded_from}'s",
                 "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
 
     def check(self, grad: Tensor, params: list[Tensor], first: bool) -> None:
@@ -222,7 +232,7 @@ class ThreePCState:
         every: list[dict[str, str] | None] = [None] * n
         dist.all_gather_object(every, fields, group=group)
         differ = [f"{key}: " + ", ".join(f"rank {r} {f.get(key)!r}" for r, f in enumerate(every))
-                  for key in fields if len({f.get(key) for f in every}) > 1]
+                  + FIXES.get(key, "") for key in fields if len({f.get(key) for f in every}) > 1]
         raise ThreePCError(f"threepc {what} differs across ranks (rank {group.rank()} of {n}): " + "; ".join(differ))
 
     def checksum(self) -> int:
@@ -368,12 +378,13 @@ class ThreePCState:
         optimizer's (``torch.save(..., f"ckpt.{rank}.pt")``: worker memories differ per rank),
         and after a restart each rank builds its model, DDP wrapper (same ``bucket_cap_mb``,
         ``static_graph``, ``gradient_as_bucket_view``) and state, then loads its own file
-        before the first forward."""
+        before the first forward. Another rank's file, on as many ranks, fails the first round's
+        configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
-                "world_size": self.world_size(), "rebuild": sorted(names[p] for p in self._rebuild),
-                "stats": self.stats.state_dict(), "memory": memory,
+                "world_size": self.world_size(), "rank": self.rank(),
+                "rebuild": sorted(names[p] for p in self._rebuild), "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
 
@@ -400,7 +411,7 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
-        saved_n = state.get("world_size")
+        saved_n, saved_rank = state.get("world_size"), state.get("rank")
         self.settle()
         self.transaction = None
         self.iteration = int(state["iteration"])
@@ -418,4 +429,8 @@ class ThreePCState:
         self._rebuild = set(self._pending) if resized else {by_name[name] for name in state.get("rebuild", [])}
         self._layout = [tuple(by_name[name] for name in unit) for unit in state.get("layout", [])]
         self.history.load({by_name[name]: h for name, h in state.get("moves", {}).items()})
+        # Another rank's file on as many ranks: its memories are that rank's (EF21's g_i, EF14's
+        # error), so the aggregate would keep their offset for good; the configuration check raises.
+        foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
+        self._loaded_from = int(saved_rank) if foreign else None
         self._checked = False  # the ranks compare their configurations (and iterations) again

@@ -884,6 +884,19 @@ def _skipped_and_stale(rank: int) -> dict[str, str]:
             out[case] = "stepped"
         except RuntimeError as e:
             out[case] = str(e) if all(torch.equal(a, b) for a, b in zip(before, model.parameters())) else "moved"
+    # a parameter the forward never uses, without find_unused_parameters: DDP never finishes the
+    # reduction (it raises at the next forward), and the step says so first
+    model = nn.ModuleList([_model(), nn.Linear(3, 3)])
+    ddp = DDP(model, bucket_cap_mb=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    ddp_hooks.register(ddp, optimizer=opt)
+    ddp.module.forward = ddp.module[0].forward
+    _loss(ddp, rank, 0).backward()
+    try:
+        opt.step()
+        out["unused parameter"] = "stepped"
+    except RuntimeError as e:
+        out["unused parameter"] = str(e)
     return out
 
 
@@ -1074,6 +1087,7 @@ def test_a_skipped_step_trains_on_and_a_step_without_a_synchronised_backward_rai
     assert out["no gradient"] == "still" and out["skipped"] == "trained", out
     for case in ("twice", "no_sync only"):
         assert "without a synchronised backward" in out[case], out
+    assert "find_unused_parameters=True" in out["unused parameter"], out
 
 
 @pytest.mark.slow

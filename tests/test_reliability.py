@@ -317,6 +317,26 @@ def _mismatch(rank: int, left: dict, right: dict) -> dict:
             "again": _outcome(lambda: _loss(ddp, rank, 1).backward())}
 
 
+def _foreign_checkpoint(rank: int) -> dict:
+    """After 2 steps every rank loads rank 0's hook state (saved once, like the model) into a fresh
+    DDP wrapper: the first round raises on every rank; each rank's own state resumes."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05)
+    for step in range(2):
+        _loss(ddp, rank, step).backward()
+    files: list = [None]
+    if rank == 0:
+        files[0] = state.state_dict()
+    dist.broadcast_object_list(files, src=0)
+    out = {}
+    for label, saved in (("rank 0's", files[0]), ("own", state.state_dict())):
+        fresh = DDP(_model(), bucket_cap_mb=CAP)
+        ddp_hooks.register(fresh, "ef21", ratio=0.05).load_state_dict(saved)
+        out[label] = _outcome(lambda: _loss(fresh, rank, 2).backward())
+    return out
+
+
 def _diverged(rank: int) -> dict:
     """Rank 1's aggregate replica is corrupted after step 2: the replica check raises everywhere."""
     model = _model()
@@ -405,6 +425,7 @@ def _single_group(rank: int, workers: int) -> dict:
     for name, (left, right) in MISMATCHES.items():
         out[f"mismatch {name}"] = _mismatch(rank, left, right)
     out["diverged"] = _diverged(rank)
+    out["foreign checkpoint"] = _foreign_checkpoint(rank)
     for hook in ODD:
         out[f"odd {hook}"] = _odd_buckets(rank, hook)
     out["k too large"] = _k_too_large(rank)
@@ -595,6 +616,14 @@ def test_ranks_configured_differently_all_raise_naming_the_field(scenarios, name
     if name == "3pcv5 p":
         message = scenarios[0]["mismatch 3pcv5 p"]["first"][0]
         assert "p=0.1" in message and "p=0.2" in message
+
+
+def test_every_rank_loading_rank_0s_hook_state_raises_on_every_rank_naming_the_fix(scenarios):
+    """EF21's aggregate would keep the offset of the duplicated memories for good (a silent bias)."""
+    for r in scenarios:
+        _fails(r["foreign checkpoint"]["rank 0's"], "configuration differs", "checkpoint: rank 0 'its own'",
+               "rank 1 \"rank 0's\"", "hook-rank{rank}.pt")
+        assert r["foreign checkpoint"]["own"][0] == "ok", r["foreign checkpoint"]["own"]
 
 
 def test_diverged_replicas_raise_on_every_rank_at_the_next_check(scenarios):
