@@ -54,7 +54,13 @@ from . import protocol, wire
 from .protocol import Flags
 from .state import BucketState, ThreePCError, ThreePCState
 
-_GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def unsupported_dtype(found: str) -> str:
+    """The error for gradients of another dtype (``found`` says where)."""
+    return (f"threepc hooks compress float32, float16 and bfloat16 gradients; {found}. Train in one of those dtypes "
+            "(e.g. model.float()) or use DDP's default allreduce")
 
 
 def _shares(t: Tensor, other: Tensor) -> bool:
@@ -312,10 +318,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         if grad.layout != torch.strided:  # every rank's DDP has the same sparse buckets: all raise here
             raise TypeError(SPARSE_GRADIENTS)
         state.check(grad, params, first=bucket.index() == 0)
-        if grad.dtype not in _GRAD_DTYPES:
-            raise TypeError(f"threepc hooks compress float32, float16 and bfloat16 gradients; this bucket holds "
-                            f"{grad.dtype}. Train in one of those dtypes (e.g. model.float()) or use DDP's default "
-                            "allreduce")
+        if grad.dtype not in GRAD_DTYPES:
+            raise TypeError(unsupported_dtype(f"this bucket holds {grad.dtype}"))
         views = dict(zip((id(p) for p in params), grad.split([p.numel() for p in params])))
         by_id = {id(p): p for p in params}
         units = state.units(params)

@@ -10,7 +10,7 @@ from compressors import Mechanism, MomentumCorrectedEF14
 from compressors.mechanisms.registry import REGISTRY, Entry, entry
 
 from . import adam, sgd
-from .hook import SPARSE_GRADIENTS, threepc_hook
+from .hook import GRAD_DTYPES, SPARSE_GRADIENTS, threepc_hook, unsupported_dtype
 from .state import ThreePCState
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
@@ -82,6 +82,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
               and f"{module_name}.weight" not in ignored]
     if sparse:
         raise ValueError(f"{SPARSE_GRADIENTS}; sparse modules: {sparse[:5]}")
+    other = [f"{n} ({p.dtype})" for n, p in ddp.module.named_parameters()
+             if p.requires_grad and p.dtype not in GRAD_DTYPES and n not in ignored]
+    if other:
+        raise TypeError(unsupported_dtype(f"these parameters are not: {other[:5]}"))
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     if name is None:

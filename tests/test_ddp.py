@@ -243,19 +243,28 @@ def test_checkpoint_resumes_in_a_wrapper_with_other_buckets(hook):
 
 
 def _bad_dtype_worker(rank: int, workers: int) -> dict:
+    """A float64 model: ``register`` refuses it; a hand-registered hook raises from backward()."""
     model = _model().double()
     ddp = nn.parallel.DistributedDataParallel(model)
-    state = ddp_hooks.register(ddp, "ef21")
+    try:
+        ddp_hooks.register(ddp, "ef21")
+        registered = ""
+    except TypeError as e:
+        registered = str(e)
+    state = ddp_hooks.ThreePCState(ddp_hooks.mechanism("ef21"), model=ddp)
+    ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
     error = ""
     try:
         ddp(torch.randn(4, 20, dtype=torch.float64)).sum().backward()
     except Exception as e:  # noqa: BLE001 - the test inspects whatever DDP re-raised
         error = str(e)
-    return {"error": error, "iteration": state.iteration, "buckets": len(state.buckets)}
+    return {"registered": registered, "error": error, "iteration": state.iteration, "buckets": len(state.buckets)}
 
 
 def test_unsupported_gradients_raise_the_same_clear_error_on_every_rank():
     for r in run_ranks(_bad_dtype_worker, 2):
+        assert "compress float32, float16 and bfloat16 gradients" in r["registered"], r
+        assert "0.weight (torch.float64)" in r["registered"], r
         assert "compress float32, float16 and bfloat16 gradients" in r["error"] and "float64" in r["error"]
         assert r["iteration"] == 0 and r["buckets"] == 0, "a rejected bucket must leave the state untouched"
 
