@@ -48,6 +48,7 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
     "allreduce": None,  # DDP's default communication, no hook
     "gd": ("gd", {}),
     "ef14 topk 1%": ("ef14", {"ratio": 0.01}),
+    "default (ef14 topk8 5%)": ("ef14", {"compressor": "topk8", "ratio": 0.05}),  # register(ddp)
     "ef21 randk_shared 1%": ("ef21", {"ratio": 0.01, "compressor": "randk_shared"}),
     "ef14 shared_topk 1.5%": ("ef14", {"ratio": 0.015, "compressor": "shared_topk"}),
     "co3 fp4-121": ("co3", {"fmt": "fp4-121"}),
@@ -58,7 +59,8 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
 }
 # Collectives per bucket round: (kind, bytes each rank contributes per gradient element, or per round if fixed).
 SHAPES = {"allreduce": [("allreduce", "dense")], "gd": [("allreduce", "dense")],
-          "ef14 topk 1%": [("all_gather", "payload")], "ef21 randk_shared 1%": [("allreduce", "payload")],
+          "ef14 topk 1%": [("all_gather", "payload")], "default (ef14 topk8 5%)": [("all_gather", "payload")],
+          "ef21 randk_shared 1%": [("allreduce", "payload")],
           "ef14 shared_topk 1.5%": [("allreduce", "payload")],
           "co3 fp4-121": [("all_gather", "header"), ("all_gather", "payload")],
           # two stages: the payload (one coded vector per rank) in n chunks to their owners, then

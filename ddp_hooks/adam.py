@@ -237,6 +237,13 @@ def started(optimizer: torch.optim.Optimizer, closure) -> object:  # noqa: ANN00
     return loss
 
 
+def unscaled_by_the_scaler(optimizer: torch.optim.Optimizer) -> None:
+    """A fused optimizer tells GradScaler that its step unscales (and skips on inf) by itself, so
+    the scaler would hand it scaled gradients; a replaced step reads ``.grad`` before torch's, so
+    the scaler unscales and skips for it, as for any optimizer."""
+    optimizer._step_supports_amp_scaling = False
+
+
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
@@ -305,10 +312,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
         type(self).zero_grad(self, set_to_none)
 
     optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
-    # A fused AdamW tells GradScaler that its step unscales (and skips on inf) by itself, so the
-    # scaler would hand it scaled gradients; this step does not, so the scaler unscales and skips
-    # for it, as for any optimizer.
-    optimizer._step_supports_amp_scaling = False
+    unscaled_by_the_scaler(optimizer)
     for handle in getattr(optimizer, HANDLES, ()):
         handle.remove()
     setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),

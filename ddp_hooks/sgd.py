@@ -12,10 +12,15 @@ gradient's norm (``MomentumCorrectedEF14.presented``, ``ef14_momentum.mean_norm2
 back (``adam.rescaling``), takes it into the round after the fact (``MomentumCorrectedEF14.clip``:
 the rank's memories as if the round had taken c grad_i) and puts g^t back in ``.grad`` for torch's
 own SGD step, whose momentum buffer, weight decay, Nesterov, hooks and checkpoints stay torch's.
-Any uniform rescaling of ``.grad`` is followed so. The factor the rounds take lives in the hook's
-workers, not in checkpoints: a resumed hook's first round takes 1 and its step corrects it. A
-GradScaler must be told (``register(..., scaler=)``): the hook then divides each bucket by its
-scale, and ``unscale_`` leaves the rescaled g^t for the clipping.
+The factor takes effect one round late: the step applies g^t, whose round took the factor of the
+round before, and c reaches the aggregate through the memories in later rounds. A factor that
+moves slowly (clipping active step after step) is followed; a one-step gradient spike is stepped
+at the previous factor, then taken back over the next rounds; dense rounds (the first, and every
+warm-up round) step unclipped. The factor the rounds take lives in the hook's workers, not in
+checkpoints: a resumed hook's first round takes 1 and its step corrects it. A GradScaler must be
+told (``register(..., scaler=)``): the hook then divides each bucket by its scale, and
+``unscale_`` leaves the rescaled g^t for the clipping; untold, ``unscale_`` reads as a clipping
+by 1/S, and the first rounds step S times too far.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, UNSCALED, rescaling, shaped, started
+from .adam import SCHEDULER_MARK, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
 from .state import ThreePCState
 
 
@@ -70,6 +75,7 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
         type(self).zero_grad(self, set_to_none)
 
     optimizer.zero_grad = types.MethodType(zero_grad, optimizer)
+    unscaled_by_the_scaler(optimizer)
     setattr(step, SCHEDULER_MARK, True)
     optimizer.step = types.MethodType(step, optimizer)
 

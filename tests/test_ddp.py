@@ -393,14 +393,17 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
 def _clipping_worker(rank: int, workers: int) -> dict:
     """ef14_mc over PackedTopK told its momentum SGD, several buckets: the user clipping at 0.05
     (active every step); the same under a GradScaler the hook is told of (powers of two: exact);
-    not clipping; ef14_mc untold (momentum=0.9)."""
+    not clipping, also under the scaler with a fused SGD and no ``unscale_`` of the user's (the
+    scaler would hand the fused step scaled gradients); ef14_mc untold (momentum=0.9)."""
     out: dict[str, object] = {}
-    for run in ("clipped", "scaled", "told", "untold"):
+    for run in ("clipped", "scaled", "told", "told fused", "untold"):
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2, enabled=run == "scaled")
-        told = {} if run == "untold" else {"optimizer": opt, "scaler": scaler if run == "scaled" else None}
+        fused = run == "told fused"
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, fused=fused)
+        scaled = run == "scaled" or fused
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2, enabled=scaled)
+        told = {} if run == "untold" else {"optimizer": opt, "scaler": scaler if scaled else None}
         state = ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05,
                                    **({"momentum": 0.9} if run == "untold" else told))
         seen, factors, gains, restored = [], [], [], []
@@ -408,7 +411,8 @@ def _clipping_worker(rank: int, workers: int) -> dict:
             x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
             opt.zero_grad()
             scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
-            scaler.unscale_(opt)
+            if not fused:
+                scaler.unscale_(opt)
             if run in ("clipped", "scaled"):
                 norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05))
                 shown = [b.worker.norm2 for b in state.buckets if b.worker.norm2 is not None]
@@ -435,6 +439,8 @@ def test_ef14_mc_told_its_sgd_follows_the_users_clipping_into_its_memory():
         assert torch.equal(r["clipped"], ranks[0]["clipped"]) and bool(r["clipped"].isfinite().all())
         assert torch.equal(r["told"], r["untold"]), "without clipping the step changes nothing"
         assert torch.equal(r["scaled"], r["clipped"]), "told the scaler, unscale_ leaves what the clipping reads"
+        assert torch.allclose(r["told fused"], r["told"], rtol=1e-5, atol=1e-7), "the scaler unscales for it"
+        assert r["told fused gains"][-1] == [1.0]
         assert r["scaled seen"] == r["seen"]
         assert not torch.allclose(r["clipped"], r["told"], atol=1e-4)
         norm0, estimate0 = r["seen"][0]
