@@ -81,6 +81,24 @@ def test_quantizer_of_an_all_zero_tensor():
         assert torch.equal(q.decompress(payload), torch.zeros(1000)) and torch.equal(kept, torch.zeros(1000))
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c["rounding"] == "nearest"],
+                         ids=lambda c: "-".join(c.values()))
+def test_quantizer_of_finite_extremes_stays_finite_and_decodes_to_what_it_kept(config):
+    """Values far below fp32's normal range (the scale of max |x| / max code was 0 or subnormal:
+    "non-finite values", or 8% saturation) and near its top (a GenNorm scale whose largest code
+    overflowed fp32 to inf) encode, and nothing saturates above the largest |x|."""
+    q = FloatQuantizer(**config)
+    for x in (torch.tensor([1e-41, -3e-42, 0.0, 5e-43]), torch.tensor([1e-40, 2e-41, -7e-41]),
+              torch.tensor([3.4e38, -1.0, 2.0, -1e30])):
+        payload, kept = q.encode(x)
+        assert bool(kept.isfinite().all()), (x, kept)
+        assert torch.equal(q.decompress(payload), kept)
+        assert float((kept - x).abs().max()) <= float(x.abs().max()), (x, kept)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="non-finite values"):
+            q.encode(torch.tensor([bad, 1.0]))
+
+
 @pytest.mark.parametrize("fmt,coder", [("fp4-121", "rans"), ("fp4-121", "rans_empirical"),
                                        ("fp8-152", "rans_empirical")])
 def test_co3_with_rans_decodes_to_what_huffman_decodes(fmt, coder):

@@ -42,6 +42,7 @@ from ..core.compressor import ROUND0, Compressor
 from .float_format import FloatFormat
 from ..codecs.huffman import HuffmanTable
 from ..codecs.rans import RansTable
+from ..kernels.reference import packed_scale
 from ..core.payload import PartSpec, Payload
 from ..core.rounds import Round
 
@@ -52,6 +53,7 @@ ROUNDINGS = ("nearest", "stochastic")
 _MODEL_STEPS = 64  # the GenNorm parameters travel as round(64 log2(.)) in int16
 _ZERO_STEPS = 256  # the fraction of exact zeros travels as round(256 p0)
 _MIN_WEIGHT = 2.0 ** -40  # every code gets a codeword, however unlikely the model says it is
+_FP32 = torch.finfo(torch.float32)
 
 
 def _quantize_log(x: float) -> int:
@@ -134,16 +136,17 @@ class FloatQuantizer(Compressor):
             zero_q = round(_ZERO_STEPS * (1 - nonzero / max(v.numel(), 1)))
             beta, alpha = gennorm.fit_moments(magnitudes / nonzero, squares / nonzero) if nonzero else (2.0, 0.0)
             beta_q = _quantize_log(beta)
+        # s is an fp32 (the receiver reads it so) and a normal one: the codecs divide by it
+        s = math.nan
         if self.scale == "gennorm" and alpha > 0:
             clip = gennorm.clip_ratio(self._magnitudes, 2.0 ** (beta_q / _MODEL_STEPS))
-            s = alpha * clip / self.fmt.max_value
-        else:
-            top = float(v.abs().max()) if v.numel() else 0.0
-            s = top / self.fmt.max_value if top > 0 else 1.0
-        s = float(torch.tensor(s, dtype=torch.float32))  # the receiver sees s as fp32
-        if not (s > 0 and math.isfinite(s)):
-            raise ValueError(f"{self!r}: the tensor has non-finite values (scale {s}); the float formats have no "
-                             "codes for NaN/Inf. Check the gradients before compressing")
+            s = float(torch.tensor(max(alpha * clip / self.fmt.max_value, _FP32.tiny), dtype=torch.float32))
+        if not s * self.fmt.max_value <= _FP32.max:  # "max", or a model whose largest code overflows fp32
+            s = max(packed_scale(float(v.abs().max()) if v.numel() else 0.0, self.fmt.max_value), _FP32.tiny)
+        if not math.isfinite(s):
+            raise ValueError(f"{self!r}: the tensor has non-finite values, or values so large that no fp32 scale "
+                             "maps them into the format; the float formats have no codes for NaN/Inf. Check the "
+                             "gradients before compressing")
         seed = rnd.key(self.seed, v.numel(), shared=False) if self.rounding == "stochastic" else None
         codes = self.fmt.encode(v, s, seed)
         parts = {"scale": torch.tensor([s], dtype=torch.float32, device=v.device)}
