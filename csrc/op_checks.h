@@ -48,9 +48,20 @@ inline void check_ef21_topk_step(const at::Tensor& grad, const at::Tensor& h, in
   check_k("ef21_topk_step", k, h.numel());
 }
 
+// Scales and alphas are fp32 in the kernels: finite as an fp32, and a scale positive.
+constexpr double kFp32Max = 3.4028234663852886e38;
+constexpr double kFp32TrueMin = 1.401298464324817e-45;  // 2^-149
+
+inline void check_alpha(const char* op, double alpha) {
+  TORCH_CHECK_VALUE(std::abs(alpha) <= kFp32Max, op,
+                    ": alpha must be finite as an fp32 (|alpha| <= 3.4e38: the kernels add in fp32), got ", alpha);
+}
+
 // Reads the indices' range back (a device synchronisation on CUDA): an index out of range
 // raises IndexError here instead of writing out of bounds.
-inline void check_sparse_accumulate(const at::Tensor& out, const at::Tensor& values, const at::Tensor& indices) {
+inline void check_sparse_accumulate(const at::Tensor& out, const at::Tensor& values, const at::Tensor& indices,
+                                    double alpha) {
+  check_alpha("sparse_accumulate", alpha);
   TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
                    "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
                    out.is_contiguous() ? "" : ", non-contiguous");
@@ -73,8 +84,9 @@ inline void check_format(int64_t exponent, int64_t mantissa, int64_t bias, doubl
                     "float format [1, ", exponent, ", ", mantissa, "] needs exponent >= 1, mantissa >= 0 and "
                     "exponent + mantissa <= 7 (codes fit in one byte)");
   TORCH_CHECK_VALUE(bias >= -64 && bias <= 64, "float format bias must lie in [-64, 64], got ", bias);
-  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale), "float format scale must be positive and finite, got ",
-                    scale);
+  TORCH_CHECK_VALUE(scale >= kFp32TrueMin && scale <= kFp32Max,
+                    "float format scale must be positive and finite as an fp32 (in [2^-149, 3.4e38]: the codecs "
+                    "scale in fp32), got ", scale);
 }
 
 inline void check_float_encode(const at::Tensor& v, int64_t exponent, int64_t mantissa, int64_t bias, double scale) {
@@ -93,7 +105,7 @@ inline void check_float_accumulate(const at::Tensor& out, const at::Tensor& code
   TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_accumulate: codes must be uint8, got ",
                    codes.scalar_type());
   check_format(exponent, mantissa, bias, scale);
-  TORCH_CHECK_VALUE(std::isfinite(alpha), "float_accumulate: alpha must be finite, got ", alpha);
+  check_alpha("float_accumulate", alpha);
   TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == codes.numel() &&
                         out.device() == codes.device(),
                     "float_accumulate: out must be a contiguous float32 tensor of ", codes.numel(),

@@ -370,7 +370,7 @@ void accumulate(float* out, int64_t n, const float* val, const index_t* idx, int
 }
 
 void sparse_accumulate_cpu(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
-  check_sparse_accumulate(out, values, indices);
+  check_sparse_accumulate(out, values, indices, alpha);
   const at::Tensor val = values.to(at::kFloat).contiguous().view(-1);
   const at::Tensor idx = indices.contiguous().view(-1);
   float* dst = out.mutable_data_ptr<float>();

@@ -225,11 +225,18 @@ def test_float_accumulate_rejects_a_wrong_out_and_bad_codes(impl):
             ops.float_accumulate(bad, codes, 4, 3, 7, 1.0, 1.0)
     with pytest.raises(TypeError, match="float_accumulate: codes must be uint8"):
         ops.float_accumulate(torch.zeros(10), codes.to(torch.int8), 4, 3, 7, 1.0, 1.0)
-    with pytest.raises(ValueError, match="scale must be positive"):
-        ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, float("nan"), 1.0)
-    for alpha in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="float_accumulate: alpha must be finite"):
+    for scale in (float("nan"), 1e39, 1e-300, 0.0, -1.0):  # 0 or inf as an fp32: NaN codes, or no codes at all
+        with pytest.raises(ValueError, match="scale must be positive and finite as an fp32"):
+            ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, scale, 1.0)
+        with pytest.raises(ValueError, match="scale must be positive and finite as an fp32"):
+            ops.float_decode(codes, 4, 3, 7, scale)
+        with pytest.raises(ValueError, match="scale must be positive and finite as an fp32"):
+            ops.float_encode(torch.ones(10), 4, 3, 7, scale, -1)
+    for alpha in (float("nan"), float("inf"), -1e40):
+        with pytest.raises(ValueError, match="float_accumulate: alpha must be finite as an fp32"):
             ops.float_accumulate(torch.zeros(10), codes, 4, 3, 7, 1.0, alpha)
+        with pytest.raises(ValueError, match="sparse_accumulate: alpha must be finite as an fp32"):
+            ops.sparse_accumulate(torch.zeros(10), torch.ones(2), torch.tensor([1, 2]), alpha)
 
 
 # -- properties every implementation has ----------------------------------------------------

@@ -188,6 +188,14 @@ def test_shared_topk_contracts_by_at_least_its_alpha_even_against_its_support(ex
     assert c.alpha(d) == pytest.approx(c.explored(d) / d)
 
 
+@pytest.mark.parametrize("compressor", [TopK(k=7), RandK(k=5), RandK(ratio=0.1, shared=True),
+                                        PackedTopK(ratio=0.05), ScaledSign(block=16), Identity()], ids=repr)
+def test_an_empty_tensor_compresses_to_an_empty_payload(compressor):
+    """A 0-element tensor: no division by k = 0 (PermK refuses fewer entries than workers)."""
+    rnd = Round(3, 0, 2)
+    assert compressor.decompress(compressor.compress(torch.zeros(0), rnd), rnd).numel() == 0
+
+
 @pytest.mark.parametrize("compressor", [TopK(k=7), TopK(ratio=0.5), RandK(k=9, seed=3), RandK(k=9, scaled=False, seed=3),
                                         PermK(seed=2), Identity(), ScaledSign(block=16), PackedTopK(k=7),
                                         PackedTopK(ratio=0.5),
@@ -274,8 +282,13 @@ def test_scaled_sign_lets_a_non_finite_entry_through_to_the_mechanisms_check():
 
 
 def test_scaled_sign_refuses_an_empty_block_and_a_window_below_half():
-    with pytest.raises(ValueError, match="block must be at least 1"):
-        ScaledSign(0)
+    for block in (0, 16.0, True):
+        with pytest.raises(ValueError, match="block must be an int of at least 1"):
+            ScaledSign(block)
+    for make in (TopK, RandK, PackedTopK):  # a float k failed later, inside torch or numpy
+        for k in (2.5, 3.0, 0, True):
+            with pytest.raises(ValueError, match="k must be an int of at least 1"):
+                make(k=k)
     for fraction in (0.49, 1.01):
         with pytest.raises(ValueError, match=r"fraction must be in \[0.5, 1\]"):
             ScaledSign(16, fraction)

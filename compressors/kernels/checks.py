@@ -16,6 +16,8 @@ RANS_MAX_PRECISION = 16  # rANS frequencies sum to 2^precision, precision <= 16
 RANS_LOW = 1 << 23  # rANS states lie in [RANS_LOW, 2^31)
 RANS_WIDE = 1 << 16  # messages of this many symbols or more interleave 4 rANS states, shorter ones 2
 
+FP32_MAX = torch.finfo(torch.float32).max  # scales and alphas are fp32 in the kernels: these bound them
+FP32_TRUE_MIN = 2.0 ** -149
 SUM_LANES = 32  # float64 sums in a fixed order (squared_distances, abs_moments): entry i of a block into lane i mod 32
 SUM_BLOCK = 1 << 16  # ... and blocks of 2^16 entries summed on their own before the blocks are added
 NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no codes for them. "
@@ -67,7 +69,14 @@ def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> None:
     _k("ef21_topk_step", k, h.numel())
 
 
-def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor) -> None:
+def _alpha(op: str, alpha: float) -> None:
+    if not abs(alpha) <= FP32_MAX:
+        raise ValueError(f"{op}: alpha must be finite as an fp32 (|alpha| <= 3.4e38: the kernels add in fp32), "
+                         f"got {alpha}")
+
+
+def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float) -> None:
+    _alpha("sparse_accumulate", alpha)
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise TypeError(f"sparse_accumulate: out must be a contiguous float32 tensor, got {out.dtype}"
                         f"{_non_contiguous(out)}")
@@ -90,8 +99,9 @@ def _format(exponent: int, mantissa: int, bias: int, scale: float) -> None:
                          "exponent + mantissa <= 7 (codes fit in one byte)")
     if not -64 <= bias <= 64:
         raise ValueError(f"float format bias must lie in [-64, 64], got {bias}")
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"float format scale must be positive and finite, got {scale}")
+    if not FP32_TRUE_MIN <= scale <= FP32_MAX:
+        raise ValueError(f"float format scale must be positive and finite as an fp32 (in [2^-149, 3.4e38]: the "
+                         f"codecs scale in fp32), got {scale}")
 
 
 def float_encode(v: Tensor, exponent: int, mantissa: int, bias: int, scale: float) -> None:
@@ -116,8 +126,7 @@ def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, b
     if codes.dtype != torch.uint8:
         raise TypeError(f"float_accumulate: codes must be uint8, got {codes.dtype}")
     _format(exponent, mantissa, bias, scale)
-    if not math.isfinite(alpha):
-        raise ValueError(f"float_accumulate: alpha must be finite, got {alpha}")
+    _alpha("float_accumulate", alpha)
     if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != codes.numel() or out.device != codes.device:
         raise ValueError(f"float_accumulate: out must be a contiguous float32 tensor of {codes.numel()} elements on "
                          f"{codes.device} (one per code), got {out.dtype} of {out.numel()} elements on {out.device}"

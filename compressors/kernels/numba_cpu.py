@@ -35,7 +35,7 @@ def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
-    checks.sparse_accumulate(out, values, indices)
+    checks.sparse_accumulate(out, values, indices, alpha)
     _sparse_accumulate(out.view(-1).numpy(), _f32(values), indices.reshape(-1).long().numpy(), np.float32(alpha))
 
 

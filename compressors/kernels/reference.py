@@ -127,7 +127,7 @@ def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float = 1.0) -> None:
-    checks.sparse_accumulate(out, values, indices)
+    checks.sparse_accumulate(out, values, indices, alpha)
     if values.numel() == 0:
         return
     rows = values.shape[0] if values.dim() > 1 else 1

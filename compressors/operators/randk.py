@@ -43,6 +43,6 @@ class RandK(SupportFirst):
         return rnd.subset(self.seed, numel, self.k_for(numel), shared=self.shared).sort().values
 
     def scale(self, gathered: Tensor, numel: int, rnd: Round) -> Tensor:
-        if self.scaled:
+        if self.scaled and gathered.numel():  # k = 0 of an empty tensor: nothing to scale
             gathered *= numel / gathered.numel()
         return gathered

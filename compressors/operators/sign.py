@@ -46,8 +46,8 @@ class ScaledSign(Compressor):
     the entries (module docstring; fraction 1: every entry, every round)."""
 
     def __init__(self, block: int = 2048, fraction: float = 1.0) -> None:
-        if block < 1:
-            raise ValueError(f"ScaledSign block must be at least 1 entry, got {block}")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"ScaledSign block must be an int of at least 1 entry, got {block!r}")
         if not 0.5 <= fraction <= 1.0:
             raise ValueError(f"ScaledSign fraction must be in [0.5, 1] (the share of entries whose signs a round "
                              f"sends; below 1/2 two rounds' windows leave entries out), got {fraction}")

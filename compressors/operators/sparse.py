@@ -33,8 +33,8 @@ class Sparsifier(Compressor):
             raise ValueError(f"{name} needs exactly one of ratio= (fraction of entries kept) or k= (entries kept)")
         if ratio is not None and not 0.0 < ratio <= 1.0:
             raise ValueError(f"{name} ratio must lie in (0, 1], got {ratio}")
-        if k is not None and k < 1:
-            raise ValueError(f"{name} k must be at least 1, got {k}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"{name} k must be an int of at least 1 (entries kept), got {k!r}")
         self.ratio, self.k = ratio, k
 
     def _size(self) -> str:

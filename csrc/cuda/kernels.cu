@@ -270,7 +270,7 @@ __global__ void accumulate_runs(float* out, const int64_t* keys, const int64_t* 
 }
 
 void sparse_accumulate_cuda(at::Tensor out, const at::Tensor& values, const at::Tensor& indices, double alpha) {
-  check_sparse_accumulate(out, values, indices);
+  check_sparse_accumulate(out, values, indices, alpha);
   const int64_t m = indices.numel();
   if (m == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
