@@ -243,6 +243,9 @@ def test_topk_abs_orders_nan_above_inf_and_signed_zeros_equal(impl):
     assert math.isnan(values[1]) and values[0] == math.inf and values[2] == -math.inf
     _, zero_idx = IMPLS[impl].topk_abs(torch.tensor([-0.0, 0.0, -0.0]), 2)
     assert zero_idx.tolist() == [0, 1]
+    half = torch.tensor([0x7E01, 0xFE00 - 0x10000, 0x3C00], dtype=torch.int16).view(torch.float16)  # +-NaN, 1
+    values, _ = IMPLS[impl].topk_abs(half, 2)
+    assert values.view(torch.int16).tolist() == half[:2].view(torch.int16).tolist(), "a NaN's sign and payload"
 
 
 @pytest.mark.parametrize("impl", ALL)

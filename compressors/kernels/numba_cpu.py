@@ -24,8 +24,9 @@ def _f32(t: Tensor) -> np.ndarray:
 
 def topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     checks.topk_abs(x, k)
-    values, indices = _topk_abs(_f32(x), k)
-    return torch.from_numpy(values).to(x.dtype), torch.from_numpy(indices)
+    _, indices = _topk_abs(_f32(x), k)
+    indices = torch.from_numpy(indices)
+    return x.reshape(-1)[indices], indices  # x's own elements: fp16/bf16 NaN bits survive (no fp32 round trip)
 
 
 def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> tuple[Tensor, Tensor]:
