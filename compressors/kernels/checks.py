@@ -153,6 +153,16 @@ def _huffman_table(op: str, codes: Tensor, lengths: Tensor) -> None:
         s = int(bad[0])
         raise ValueError(f"{op}: symbol {s} has the invalid codeword {int(code[s])} of length {int(length[s])} "
                          "(codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable")
+    # Prefix-free: the codewords' intervals [c, c + 1) 2^(16 - l) of [0, 2^16) do not overlap.
+    used = (length > 0).nonzero().reshape(-1)
+    starts = code[used] << (MAX_CODE_LENGTH - length[used])
+    order = torch.argsort(starts, stable=True)
+    ends = starts[order] + (1 << (MAX_CODE_LENGTH - length[used][order]))
+    overlap = (ends[:-1] > starts[order][1:]).nonzero()
+    if overlap.numel():
+        a, b = (int(used[order[int(overlap[0]) + i]]) for i in (0, 1))
+        raise ValueError(f"{op}: the codewords of symbols {a} and {b} overlap (one is a prefix of the other; a "
+                         "Huffman code is prefix-free); build the table with compressors.codecs.huffman.HuffmanTable")
 
 
 def _coded_symbols(op: str, symbols: Tensor, present: Tensor, missing: str) -> None:
@@ -182,6 +192,8 @@ def huffman_encode(symbols: Tensor, codes: Tensor, lengths: Tensor) -> None:
 def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> None:
     _huffman_table("huffman_decode", codes, lengths)
     _stream("huffman_decode", stream, n)
+    if n > 8 * stream.numel():  # every codeword has a bit at least: before n bytes are allocated
+        raise ValueError(CORRUPT_STREAM)
 
 
 def rans_precision(op: str, freqs: Tensor) -> int:
