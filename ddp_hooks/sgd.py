@@ -15,8 +15,10 @@ own SGD step, whose momentum buffer, weight decay, Nesterov, hooks and checkpoin
 The factor takes effect one round late: the step applies g^t, whose round took the factor of the
 round before, and c reaches the aggregate through the memories in later rounds. A factor that
 moves slowly (clipping active step after step) is followed; a one-step gradient spike is stepped
-at the previous factor, then taken back over the next rounds; dense rounds (the first, and every
-warm-up round) step unclipped. The factor the rounds take lives in the hook's workers, not in
+at the previous factor, then taken back over the next rounds. A dense round (the first, every
+warm-up round) is clipped exactly: every rank holds the mean gradient, so every rank reads the
+same c, and the aggregate itself is scaled. One step per synchronised backward: a second one
+before the step raises (accumulate under ``ddp.no_sync()``). The factor the rounds take lives in the hook's workers, not in
 checkpoints: a resumed hook's first round takes 1 and its step corrects it. A GradScaler must be
 told (``register(..., scaler=)``): the hook then divides each bucket by its scale, and
 ``unscale_`` leaves the rescaled g^t for the clipping; untold, ``unscale_`` reads as a clipping
@@ -63,7 +65,13 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
 
     def step(self: torch.optim.SGD, closure=None):  # noqa: ANN001, ANN202 - torch's signature
         loss = started(self, closure)
-        if state.committed_iterations != applied["at"]:  # .grad holds a round's presented g^t
+        rounds = state.committed_iterations - applied["at"]
+        if rounds > 1:
+            raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: told its SGD, "
+                               "ef14_mc leaves each round's g^t in .grad, to which another backward adds a raw "
+                               "gradient, and its memories take one clipping factor per round. Accumulate "
+                               "micro-batches under `with ddp.no_sync():` and synchronise the last backward only")
+        if rounds == 1:  # .grad holds a round's presented g^t
             applied["at"] = state.committed_iterations
             restore(self, state)
         type(self).step(self)
@@ -87,9 +95,11 @@ def restore(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
     stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None and id(p) in found]
     factor = rescaling(state, stepped, found)
     factor = 1.0 if factor is None or abs(factor - 1.0) < UNSCALED else factor
+    corrected = [b for b in state.buckets if isinstance(b.worker, MomentumCorrectedEF14)]
+    # every round dense: .grad held the mean gradient on every rank, so every rank read this c
+    agreed = bool(corrected) and all(b.worker.dense_round for b in corrected)
     with torch.no_grad():
-        for bucket in state.buckets:
-            if isinstance(bucket.worker, MomentumCorrectedEF14):
-                bucket.worker.clip(factor)
+        for bucket in corrected:
+            bucket.worker.clip(factor, bucket.server if agreed else None)
         for p in stepped:
             p.grad.copy_(shaped(found[id(p)], p))

@@ -368,6 +368,17 @@ def _momentum_worker(rank: int, workers: int) -> dict:
             ddp_hooks.register(ddp, "ef14_mc", optimizer=opt, **({"momentum": 0.5} if kind == "momentum=" else {}))
         except ValueError as e:
             errors.append(str(e))
+    model = _model()  # two synchronised backward passes, then a step
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ddp_hooks.register(ddp, "ef14_mc", optimizer=opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    for step in range(2):
+        ddp(torch.randn(8, 20)).sum().backward()
+    try:
+        opt.step()
+    except RuntimeError as e:
+        errors.append(str(e) if all(torch.equal(a, b) for a, b in zip(before, model.parameters())) else "moved")
     out["errors"] = errors
     plain = nn.parallel.DistributedDataParallel(_model())
     told = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
@@ -383,10 +394,11 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
         torch.testing.assert_close(r["uncompressed"], r["allreduce"], rtol=1e-5, atol=1e-6)
         assert torch.equal(r["packed"], ranks[0]["packed"]) and bool(r["packed"].isfinite().all())
         errors = r["errors"]
-        assert len(errors) == 5 and "dampening" in errors[0] and "one momentum for every param group" in errors[1]
+        assert len(errors) == 6 and "dampening" in errors[0] and "one momentum for every param group" in errors[1]
         assert "corrects the momentum of SGD; told an AdamW" in errors[2], errors
         assert "momentum= is read from the optimizer" in errors[3], errors
         assert "trainable parameters the optimizer does not hold" in errors[4], errors
+        assert "follows 2 synchronised backward passes" in errors[5] and "no_sync" in errors[5], errors
         assert r["default"].startswith("EF14(PackedTopK"), "the default told an SGD stays uncorrected"
 
 
@@ -431,6 +443,39 @@ def _clipping_worker(rank: int, workers: int) -> dict:
             out["seen"], out["factors"] = seen, factors
             out["buffers"] = sorted({k for s in opt.state_dict()["state"].values() for k in s})
     return out
+
+
+def _clipped_warmup_worker(rank: int, workers: int) -> dict:
+    """Three dense warm-up rounds of ef14_mc told its SGD, clipping at 0.05, against DDP's own
+    allreduce clipped so; then a compressed round, which must still train."""
+    out = {}
+    for run in ("allreduce", "ef14_mc"):
+        model = _model()
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.01)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if run == "ef14_mc":
+            ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05, kept=1.0, optimizer=opt,
+                               warmup_steps=3)
+        for step in range(4):
+            x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
+            opt.zero_grad()
+            ((ddp(x) - x[:, :1]) ** 2).mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+            if step == 2:
+                out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        out[f"{run} after"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return out
+
+
+def test_ef14_mc_told_its_sgd_steps_dense_warmup_rounds_clipped_as_allreduce():
+    """In a dense round every rank holds the mean gradient, so every rank reads the same factor,
+    and the round is clipped exactly: the aggregate scaled, u_i = c grad_i (before, the step was
+    unclipped and the factor went to the memories)."""
+    for r in run_ranks(_clipped_warmup_worker, 2):
+        assert torch.allclose(r["ef14_mc"], r["allreduce"], rtol=1e-5, atol=1e-6), \
+            float((r["ef14_mc"] - r["allreduce"]).abs().max())
+        assert bool(r["ef14_mc after"].isfinite().all()) and not torch.equal(r["ef14_mc after"], r["ef14_mc"])
 
 
 def test_ef14_mc_told_its_sgd_follows_the_users_clipping_into_its_memory():

@@ -86,7 +86,7 @@ class MomentumCorrectedEF14(EF14):
         self.gain = 1.0  # what multiplies grad_i in u_i: the user's last clipping factor (``clip``)
         self.norm2: float | None = None  # ||grad_i||^2 of the last round (``clipping``)
         self.shown: float | None = None  # what ``presented`` multiplied the last aggregate by
-        self._round: tuple[Tensor, Tensor | None, float, ErrorAndMomentum] | None = None  # ``_remember``
+        self._round: tuple[Tensor, Tensor | None, float, ErrorAndMomentum, bool] | None = None  # ``_remember``
 
     def __repr__(self) -> str:
         """With the momentum this round (``follow``'s: the ranks compare it at their first round)."""
@@ -111,7 +111,7 @@ class MomentumCorrectedEF14(EF14):
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         payload = super().init(grad, rnd)
         self.norm2 = None  # a dense round's g is the mean gradient: shown as it is
-        self._remember(self.memory.u_i, None, 1.0)  # a dense round sends grad_i itself
+        self._remember(self.memory.u_i, None, 1.0, dense=True)  # a dense round sends grad_i itself
         return payload
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
@@ -136,11 +136,17 @@ class MomentumCorrectedEF14(EF14):
         return payload
 
     # -- following the user's gradient clipping (``ddp_hooks.sgd``) ----------------------------
-    def _remember(self, grad: Tensor, sent: Tensor | None, taken: float) -> None:
+    def _remember(self, grad: Tensor, sent: Tensor | None, taken: float, dense: bool = False) -> None:
         """With ``clipping``: keep this round's grad_i (a copy: the bucket is overwritten), the
-        entries sent, the factor u_i took grad_i times and the memory written, for ``clip``."""
+        entries sent, the factor u_i took grad_i times, the memory written and whether the round
+        was dense, for ``clip``."""
         if self.clipping:
-            self._round = (grad.clone(), sent, taken, self.memory)
+            self._round = (grad.clone(), sent, taken, self.memory, dense)
+
+    @property
+    def dense_round(self) -> bool:
+        """Whether the round ``clip`` would correct was dense (``.grad`` held the mean gradient)."""
+        return self._round is not None and self._round[4]
 
     def presented(self, g: Tensor) -> float:
         """With ``clipping``: what rescales g^t to this rank's estimate of the mean gradient's norm
@@ -156,19 +162,28 @@ class MomentumCorrectedEF14(EF14):
         self.shown = math.sqrt(self.norm2) / held if held > 0.0 and math.isfinite(held) else 1.0
         return self.shown
 
-    def clip(self, factor: float) -> None:
+    def clip(self, factor: float, aggregate: dict[str, Tensor] | None = None) -> None:
         """The last round as if u_i had taken ``factor`` grad_i (the user's clipping c, read back
         after the round by ``ddp_hooks.sgd``) where it took ``gain`` grad_i (the last c; 1 in a
         dense round): p_i is sent, so the difference goes to the memory, e_i -= (gain - c) grad_i
         and u_i -= (gain - c) m * grad_i (m: ``kept`` where p_i sent, else 1), and error feedback
-        sends it with later rounds; the next rounds take c grad_i (a clipping factor moves slowly:
-        what is sent is nearly clipped already). Once per round, and only on the memory the round
-        wrote (not after a rollback restored the one before)."""
+        sends it with later rounds; the next rounds take c grad_i. So c takes effect one round
+        late: a factor that moves slowly is followed, a one-step spike is stepped at the last
+        one. ``aggregate``: a dense round's, when every rank applied this c (every bucket's
+        round was dense, so ``.grad`` held the same mean gradient everywhere): the round is then
+        clipped exactly, u_i = c grad_i with e_i = 0, and a and g are scaled by c, so that the
+        step is clipped SGD's. Once per round, and only on the memory the round wrote (not after
+        a rollback restored the one before)."""
         if self._round is None or self._round[3] is not self.memory:
             return
-        grad, sent, taken, _ = self._round
+        grad, sent, taken, _, dense = self._round
         self._round, cut, self.gain = None, taken - factor, factor
         if cut == 0.0:
+            return
+        if dense and aggregate is not None:
+            self.memory.u_i.mul_(factor)
+            for entry in ("g", MOMENTUM):
+                aggregate[entry].mul_(factor)
             return
         self.memory.e_i.sub_(grad, alpha=cut)
         self.memory.u_i.sub_(grad, alpha=cut)
