@@ -18,11 +18,11 @@ moves slowly (clipping active step after step) is followed; a one-step gradient 
 at the previous factor, then taken back over the next rounds. A dense round (the first, every
 warm-up round) is clipped exactly: every rank holds the mean gradient, so every rank reads the
 same c, and the aggregate itself is scaled. One step per synchronised backward: a second one
-before the step raises (accumulate under ``ddp.no_sync()``). The factor the rounds take lives in the hook's workers, not in
-checkpoints: a resumed hook's first round takes 1 and its step corrects it. A GradScaler must be
-told (``register(..., scaler=)``): the hook then divides each bucket by its scale, and
-``unscale_`` leaves the rescaled g^t for the clipping; untold, ``unscale_`` reads as a clipping
-by 1/S, and the first rounds step S times too far.
+before the step raises (accumulate under ``ddp.no_sync()``). The factor the rounds take lives in
+the hook's workers, not in checkpoints: a resumed hook's first round takes 1 and its step
+corrects it. A GradScaler must be told (``register(..., scaler=)``): the hook then divides each
+bucket by its scale, and ``unscale_`` leaves the rescaled g^t for the clipping; untold,
+``unscale_`` reads as a clipping by 1/S, and the first rounds step S times too far.
 """
 from __future__ import annotations
 
