@@ -57,6 +57,7 @@ METHODS: dict[str, tuple[str, dict[str, object]] | None] = {
     "ef14 sign 84%": ("ef14", {"compressor": "sign", "fraction": 0.84}),  # the default told an Adam
     "onebit": ("onebit", {}),
 }
+DEFAULTS = ("default (ef14 topk8 5%)", "ef14 sign 84%")  # register(ddp) and register(ddp, optimizer=adamw): drawn bold
 # Collectives per bucket round: (kind, bytes each rank contributes per gradient element, or per round if fixed).
 SHAPES = {"allreduce": [("allreduce", "dense")], "gd": [("allreduce", "dense")],
           "ef14 topk 1%": [("all_gather", "payload")], "default (ef14 topk8 5%)": [("all_gather", "payload")],
@@ -246,11 +247,14 @@ def plot(rows: dict[int, dict], params: int, widths: dict, pap: dict, path: Path
     ns = sorted(rows)
     line = np.arange(2, 33)
     rounds = rows[ns[-1]]["gd"]["rounds"]
-    for i, m in enumerate(METHODS):
-        c = f"C{i}"
+    palette = plt.get_cmap("tab20").colors  # one colour per method (the default cycle has 10)
+    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20] for i, m in enumerate(METHODS)}
+    for m in METHODS:
+        c = colour[m]
         link, _ = comm_model(m, line, params / rounds, rounds, widths[m], 0.0, 1.0)
         ax = axes[0]
-        ax.plot(line, link, color=c, lw=1, ls="--" if m == "gd" else "-", label=f"{m} (model)")
+        ax.plot(line, link, color=c, lw=2.5 if m in DEFAULTS else 1, ls="--" if m == "gd" else "-",
+                label=f"{m} (model)", zorder=3 if m in DEFAULTS else 2)
         ax.plot(ns, [rows[n][m]["link"] for n in ns], "o", color=c, mfc="none")
         ax.plot(ns, [rows[n][m]["lo_per_rank"] for n in ns], "x", color=c)
     axes[0].set(xscale="log", yscale="log", xlabel="ranks n", ylabel="link bytes per rank and step",
@@ -261,9 +265,10 @@ def plot(rows: dict[int, dict], params: int, widths: dict, pap: dict, path: Path
     axes[0].legend(fontsize=7, loc="lower right")
     n = np.array(pap["n"])
     for ax, g in zip(axes[1:], PAPER["gbits"]):
-        for i, (m, c) in enumerate(pap["by_gbits"][g].items()):
-            color = f"C{list(METHODS).index(m)}"
-            ax.plot(n, np.array(c["time_s"]) * 1e3, color=color, label=m)
+        for m, c in pap["by_gbits"][g].items():
+            color = colour[m]
+            ax.plot(n, np.array(c["time_s"]) * 1e3, color=color, label=m, lw=2.5 if m in DEFAULTS else 1.5,
+                    zorder=3 if m in DEFAULTS else 2)
             if c["crossover_time"]:
                 x = c["crossover_time"]
                 ax.axvline(x, color=color, ls=":", lw=1)
