@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from compressors import CO3, EF14, Payload, Round, ScaledSign, SharedTopK, TopK
+from compressors import CO3, EF14, PackedTopK, Payload, Round, ScaledSign, SharedTopK, TopK
 from compressors.core.mechanism import Mechanism
 from compressors.core.two_stage import TwoStage
 from compressors.mechanisms.co3_2s import CO3TwoStage
@@ -36,10 +36,12 @@ from compressors.mechanisms.co3_2s import CO3TwoStage
 RESULTS = Path(__file__).parent / "results"
 METHODS: dict[str, Callable[[], Mechanism]] = {
     "ef14 topk 1% (all_gather)": lambda: EF14(TopK(0.01)),
+    "ef14 PackedTopK 5% (all_gather, the SGD default)": lambda: EF14(PackedTopK(0.05)),
     "ef14 shared_topk 1.5% (allreduce)": lambda: EF14(SharedTopK(0.015)),
     "co3 fp4-121 (all_gather)": lambda: CO3("fp4-121"),
     "co3_2s fp4-121 (two stages)": lambda: CO3TwoStage("fp4-121"),
-    "ef14 sign (all_gather, the Adam default)": lambda: EF14(ScaledSign()),
+    "ef14 every sign (all_gather)": lambda: EF14(ScaledSign()),
+    "ef14 sign 84% (all_gather, the Adam default's compressor)": lambda: EF14(ScaledSign(fraction=0.84)),
     "onebit (two stages)": lambda: TwoStage(ScaledSign()),
 }
 
