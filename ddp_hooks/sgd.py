@@ -27,7 +27,9 @@ bucket by its scale, and ``unscale_`` leaves the rescaled g^t for the clipping; 
 from __future__ import annotations
 
 import functools
+import math
 import types
+import warnings
 
 import torch
 
@@ -95,6 +97,11 @@ def restore(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
     stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None and id(p) in found]
     factor = rescaling(state, stepped, found)
     factor = 1.0 if factor is None or abs(factor - 1.0) < UNSCALED else factor
+    if factor < 1.0 and math.frexp(factor)[0] == 0.5 and state.scaler is None:  # exactly 2^-k: not a clipping
+        warnings.warn(f"ef14_mc told its SGD: .grad was rescaled by exactly {factor:g} since the round, which it "
+                      "takes for a clipping factor, applied one round late (this step is 1/factor too long). A "
+                      "GradScaler's unscale_? Pass it: register(..., scaler=scaler). A division for gradient "
+                      "accumulation? Scale the loss instead", RuntimeWarning, stacklevel=3)
     corrected = [b for b in state.buckets if isinstance(b.worker, MomentumCorrectedEF14)]
     # every round dense: .grad held the mean gradient on every rank, so every rank read this c
     agreed = bool(corrected) and all(b.worker.dense_round for b in corrected)

@@ -1,6 +1,8 @@
 """The hook on real gloo processes: accuracy, bytes, replicas, DDP variants, checkpoints, errors."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -465,6 +467,20 @@ def _clipped_warmup_worker(rank: int, workers: int) -> dict:
             if step == 2:
                 out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         out[f"{run} after"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    model = _model()  # a GradScaler the hook was not told of: its unscale_ reads as a clipping, and it says so
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05, optimizer=opt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3):
+            x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
+            opt.zero_grad()
+            scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+    out["untold scaler"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     return out
 
 
@@ -476,6 +492,8 @@ def test_ef14_mc_told_its_sgd_steps_dense_warmup_rounds_clipped_as_allreduce():
         assert torch.allclose(r["ef14_mc"], r["allreduce"], rtol=1e-5, atol=1e-6), \
             float((r["ef14_mc"] - r["allreduce"]).abs().max())
         assert bool(r["ef14_mc after"].isfinite().all()) and not torch.equal(r["ef14_mc after"], r["ef14_mc"])
+        assert any("rescaled by exactly 0.00390625" in m and "scaler=scaler" in m for m in r["untold scaler"]), \
+            r["untold scaler"]
 
 
 def test_ef14_mc_told_its_sgd_follows_the_users_clipping_into_its_memory():
