@@ -182,15 +182,25 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
-    ratios = []
+    factors, norms = [], []  # the norms stay on the device until one transfer (a GPU syncs once, not per parameter)
     for p in params:
         if id(p) in shown:
             d, scale = directions[id(p)], shown[id(p)]
-            left = scale * float(torch.linalg.vector_norm(d)) if p.grad.dtype == d.dtype else \
-                float(torch.linalg.vector_norm(d.mul(scale).to(p.grad.dtype), dtype=torch.float32))
-            now = float(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
-            if left > 0.0 and now > 0.0 and math.isfinite(now / left):
-                ratios.append(now / left)
+            if p.grad.dtype == d.dtype:
+                factors.append(scale)
+                norms.append(torch.linalg.vector_norm(d).float())
+            else:
+                factors.append(1.0)
+                norms.append(torch.linalg.vector_norm(d.mul(scale).to(p.grad.dtype), dtype=torch.float32))
+            norms.append(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
+    if not factors:
+        return None
+    values = torch.stack(norms).tolist()
+    ratios = []
+    for factor, left, now in zip(factors, values[0::2], values[1::2]):
+        left *= factor
+        if left > 0.0 and now > 0.0 and math.isfinite(now / left):
+            ratios.append(now / left)
     return statistics.median(ratios) if ratios else None
 
 
