@@ -694,4 +694,6 @@ def test_the_finiteness_check_sums_once_and_falls_back_on_overflow():
     both[[1, 2]] = torch.tensor([float("inf"), float("-inf")])
     assert not all_finite(both)
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows, every value is finite
+    assert all_finite(x, torch.full((4,), 3e38))  # ... also among several tensors (read back at once)
+    assert all_finite(x[:0], x) and all_finite()
     assert all_finite(torch.full((4,), 60000.0, dtype=torch.float16))  # an fp16 sum would overflow
