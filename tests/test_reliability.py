@@ -694,6 +694,7 @@ def test_the_finiteness_check_sums_once_and_falls_back_on_overflow():
     both[[1, 2]] = torch.tensor([float("inf"), float("-inf")])
     assert not all_finite(both)
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows, every value is finite
-    assert all_finite(x, torch.full((4,), 3e38))  # ... also among several tensors (read back at once)
-    assert all_finite(x[:0], x) and all_finite()
+    finite = torch.randn(100)  # (x itself took the NaNs above: x.to(torch.float32) is x)
+    assert all_finite(finite, torch.full((4,), 3e38))  # ... also among several tensors (read back at once)
+    assert all_finite(finite[:0], finite) and all_finite() and not all_finite(finite, x)
     assert all_finite(torch.full((4,), 60000.0, dtype=torch.float16))  # an fp16 sum would overflow
