@@ -185,6 +185,17 @@ def test_four_ranks_with_no_sync_and_bucket_views(a9a):
 
 
 # -- processes with their own scripts ------------------------------------------------------
+def _scaled_steps(ddp: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, count: int, batch: int,
+                  seeds: int) -> None:
+    """``count`` GradScaler steps of the regression loss on batches seeded ``seeds + step``."""
+    for step in range(count):
+        x = torch.randn(batch, 20, generator=torch.Generator().manual_seed(seeds + step))
+        opt.zero_grad()
+        scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
@@ -316,12 +327,7 @@ def _scaled_worker(rank: int, workers: int) -> dict:
         scaler = torch.amp.GradScaler("cpu", init_scale=256.0, growth_interval=2, enabled=run != "plain")
         ddp_hooks.register(ddp, "ef14", ratio=0.05, scaler=scaler if run == "told" else None)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        for step in range(10):
-            x = torch.randn(16, 20, generator=torch.Generator().manual_seed(100 * rank + step))
-            opt.zero_grad()
-            scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
-            scaler.step(opt)
-            scaler.update()
+        _scaled_steps(ddp, opt, scaler, 10, batch=16, seeds=100 * rank)
         out[run] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     return out
 
@@ -474,12 +480,7 @@ def _clipped_warmup_worker(rank: int, workers: int) -> dict:
     ddp_hooks.register(ddp, "ef14_mc", compressor="topk8", ratio=0.05, optimizer=opt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for step in range(3):
-            x = torch.randn(32, 20, generator=torch.Generator().manual_seed(1000 * rank + step))
-            opt.zero_grad()
-            scaler.scale(((ddp(x) - x[:, :1]) ** 2).mean()).backward()
-            scaler.step(opt)
-            scaler.update()
+        _scaled_steps(ddp, opt, scaler, 3, batch=32, seeds=1000 * rank)
     out["untold scaler"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     return out
 
