@@ -22,6 +22,26 @@ inline constexpr const char* kNonFiniteMessage =
     "float_encode got NaN or Inf values; the float formats have no codes for them. "
     "Check the gradients (loss scaling, a diverged step) before compressing";
 
+// A dtype as Python prints it (torch.float16, not Half): the extension's messages read as the
+// Python backends' (compressors/kernels/checks.py).
+inline std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 inline void check_k(const char* op, int64_t k, int64_t n) {
   TORCH_CHECK_VALUE(k >= 0 && k <= n, op, ": k must lie in [0, numel] = [0, ", n, "], got k = ", k);
 }
@@ -29,7 +49,7 @@ inline void check_k(const char* op, int64_t k, int64_t n) {
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   const auto dt = t.scalar_type();
   TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op, ": ", name,
-                   " must be float32, float16 or bfloat16, got ", dt, "; cast it with .float()");
+                   " must be float32, float16 or bfloat16, got ", py_dtype(dt), "; cast it with .float()");
 }
 
 inline void check_topk_abs(const at::Tensor& x, int64_t k) {
@@ -41,7 +61,7 @@ inline void check_ef21_topk_step(const at::Tensor& grad, const at::Tensor& h, in
   check_floating("ef21_topk_step", "grad", grad);
   TORCH_CHECK_TYPE(h.scalar_type() == at::kFloat && h.is_contiguous(),
                    "ef21_topk_step: h must be a contiguous float32 tensor (the fp32 estimate, updated in place), "
-                   "got ", h.scalar_type(), h.is_contiguous() ? "" : ", non-contiguous",
+                   "got ", py_dtype(h.scalar_type()), h.is_contiguous() ? "" : ", non-contiguous",
                    "; keep the estimate as one contiguous float32 tensor");
   TORCH_CHECK_VALUE(grad.numel() == h.numel(), "ef21_topk_step: grad has ", grad.numel(), " elements but h has ",
                     h.numel());
@@ -65,12 +85,12 @@ inline void check_sparse_accumulate(const at::Tensor& out, const at::Tensor& val
                                     double alpha) {
   check_alpha("sparse_accumulate", alpha);
   TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
-                   "sparse_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   "sparse_accumulate: out must be a contiguous float32 tensor, got ", py_dtype(out.scalar_type()),
                    out.is_contiguous() ? "" : ", non-contiguous");
   TORCH_CHECK_VALUE(values.numel() == indices.numel(), "sparse_accumulate: values has ", values.numel(),
                     " elements but indices has ", indices.numel());
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
-                   "sparse_accumulate: indices must be int64 or int32, got ", indices.scalar_type());
+                   "sparse_accumulate: indices must be int64 or int32, got ", py_dtype(indices.scalar_type()));
   TORCH_CHECK_VALUE(values.device() == out.device() && indices.device() == out.device(),
                     "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
                     values.device(), " and ", indices.device());
@@ -98,21 +118,22 @@ inline void check_float_encode(const at::Tensor& v, int64_t exponent, int64_t ma
 
 inline void check_float_decode(const at::Tensor& codes, int64_t exponent, int64_t mantissa, int64_t bias,
                                double scale) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_decode: codes must be uint8, got ", codes.scalar_type());
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_decode: codes must be uint8, got ",
+                   py_dtype(codes.scalar_type()));
   check_format(exponent, mantissa, bias, scale);
 }
 
 inline void check_float_accumulate(const at::Tensor& out, const at::Tensor& codes, int64_t exponent, int64_t mantissa,
                                    int64_t bias, double scale, double alpha) {
   TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, "float_accumulate: codes must be uint8, got ",
-                   codes.scalar_type());
+                   py_dtype(codes.scalar_type()));
   check_format(exponent, mantissa, bias, scale);
   check_alpha("float_accumulate", alpha);
   TORCH_CHECK_VALUE(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == codes.numel() &&
                         out.device() == codes.device(),
                     "float_accumulate: out must be a contiguous float32 tensor of ", codes.numel(),
-                    " elements on ", codes.device(), " (one per code), got ", out.scalar_type(), " of ", out.numel(),
-                    " elements on ", out.device(), out.is_contiguous() ? "" : ", non-contiguous");
+                    " elements on ", codes.device(), " (one per code), got ", py_dtype(out.scalar_type()), " of ",
+                    out.numel(), " elements on ", out.device(), out.is_contiguous() ? "" : ", non-contiguous");
 }
 
 // ``out`` of a float_encode/decode.out call: contiguous, of ``dtype`` (named ``dtype_name`` as in
@@ -122,7 +143,8 @@ inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& i
   TORCH_CHECK_VALUE(out.scalar_type() == dtype && out.is_contiguous() && out.numel() == input.numel() &&
                         out.device() == input.device(),
                     op, ": out must be a contiguous ", dtype_name, " tensor of ", input.numel(), " elements on ",
-                    input.device(), ", got ", out.scalar_type(), " of ", out.numel(), " elements on ", out.device(),
+                    input.device(), ", got ", py_dtype(out.scalar_type()), " of ", out.numel(), " elements on ",
+                    out.device(),
                     out.is_contiguous() ? "" : ", non-contiguous", "; allocate it with torch.empty(", input.numel(),
                     ", dtype=torch.", dtype_name, ")");
 }
@@ -159,7 +181,7 @@ inline void check_huffman_table(const char* op, const at::Tensor& codes, const a
 inline void check_huffman_encode(const at::Tensor& symbols, const at::Tensor& codes, const at::Tensor& lengths) {
   check_huffman_table("huffman_encode", codes, lengths);
   TORCH_CHECK_TYPE(symbols.scalar_type() == at::kByte, "huffman_encode: symbols must be uint8, got ",
-                   symbols.scalar_type());
+                   py_dtype(symbols.scalar_type()));
 }
 
 inline constexpr const char* kNoCodewordMessage =
@@ -173,7 +195,7 @@ inline void check_huffman_decode(const at::Tensor& stream, int64_t n, const at::
                                  const at::Tensor& lengths) {
   check_huffman_table("huffman_decode", codes, lengths);
   TORCH_CHECK_TYPE(stream.scalar_type() == at::kByte, "huffman_decode: stream must be uint8, got ",
-                   stream.scalar_type());
+                   py_dtype(stream.scalar_type()));
   TORCH_CHECK_VALUE(n >= 0, "huffman_decode: n must be >= 0, got ", n);
   // every codeword has a bit at least: refused before n bytes are allocated
   TORCH_CHECK_VALUE(n <= 8 * stream.numel(), kCorruptStreamMessage);
@@ -204,7 +226,7 @@ inline int check_rans_table(const char* op, const at::Tensor& freqs) {
 inline int check_rans_encode(const at::Tensor& symbols, const at::Tensor& freqs) {
   const int precision = check_rans_table("rans_encode", freqs);
   TORCH_CHECK_TYPE(symbols.scalar_type() == at::kByte, "rans_encode: symbols must be uint8, got ",
-                   symbols.scalar_type());
+                   py_dtype(symbols.scalar_type()));
   return precision;
 }
 
@@ -213,7 +235,8 @@ inline constexpr const char* kNoFrequencyMessage =
 
 inline int check_rans_decode(const at::Tensor& stream, int64_t n, const at::Tensor& freqs) {
   const int precision = check_rans_table("rans_decode", freqs);
-  TORCH_CHECK_TYPE(stream.scalar_type() == at::kByte, "rans_decode: stream must be uint8, got ", stream.scalar_type());
+  TORCH_CHECK_TYPE(stream.scalar_type() == at::kByte, "rans_decode: stream must be uint8, got ",
+                   py_dtype(stream.scalar_type()));
   TORCH_CHECK_VALUE(n >= 0, "rans_decode: n must be >= 0, got ", n);
   return precision;
 }
@@ -233,7 +256,8 @@ inline void check_sign_encode(const at::Tensor& x, int64_t block) {
 inline void check_sign_residual(const at::Tensor& v, int64_t block) {
   TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat && v.is_contiguous(),
                    "sign_residual: v must be a contiguous float32 tensor (overwritten with v - C(v)), got ",
-                   v.scalar_type(), v.is_contiguous() ? "" : ", non-contiguous", "; pass v.float().contiguous()");
+                   py_dtype(v.scalar_type()), v.is_contiguous() ? "" : ", non-contiguous",
+                   "; pass v.float().contiguous()");
   check_sign_block("sign_residual", block);
 }
 
@@ -241,8 +265,8 @@ inline void check_sign_decode(const at::Tensor& signs, const at::Tensor& scales,
   check_sign_block("sign_decode", block);
   TORCH_CHECK_VALUE(numel >= 0, "sign_decode: numel must be >= 0, got ", numel);
   TORCH_CHECK_TYPE(signs.scalar_type() == at::kByte && scales.scalar_type() == at::kBFloat16,
-                   "sign_decode: signs must be uint8 and scales bfloat16, got ", signs.scalar_type(), " and ",
-                   scales.scalar_type());
+                   "sign_decode: signs must be uint8 and scales bfloat16, got ", py_dtype(signs.scalar_type()), " and ",
+                   py_dtype(scales.scalar_type()));
   const int64_t bytes = (numel + 7) / 8, blocks = numel > 0 ? (numel + block - 1) / block : 1;
   TORCH_CHECK_VALUE(signs.numel() == bytes && scales.numel() == blocks, "sign_decode: ", numel,
                     " entries in blocks of ", block, " need ", bytes, " sign bytes and ", blocks, " scales, got ",
@@ -253,7 +277,7 @@ inline void check_sign_decode(const at::Tensor& signs, const at::Tensor& scales,
 
 inline void check_sign_accumulate(const at::Tensor& out, at::TensorList signs, at::TensorList scales, int64_t block) {
   TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
-                   "sign_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   "sign_accumulate: out must be a contiguous float32 tensor, got ", py_dtype(out.scalar_type()),
                    out.is_contiguous() ? "" : ", non-contiguous");
   TORCH_CHECK_VALUE(signs.size() == scales.size(), "sign_accumulate: ", signs.size(), " sign tensors but ",
                     scales.size(), " scale tensors; pass one of each per payload");
@@ -274,13 +298,13 @@ inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTenso
   for (const auto& [name, t] : states) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel(), op, ": ",
                      name, " must be a contiguous float32 tensor of grad's ", grad.numel(), " elements, got ",
-                     t->scalar_type(), " of ", t->numel(), t->is_contiguous() ? "" : ", non-contiguous");
+                     py_dtype(t->scalar_type()), " of ", t->numel(), t->is_contiguous() ? "" : ", non-contiguous");
   }
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"c1", &c1}, {"c2", &c2}}) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                          (t->numel() == 1 || t->numel() == grad.numel()),
                      op, ": ", name, " must be a contiguous float32 tensor of 1 or ", grad.numel(),
-                     " elements, got ", t->scalar_type(), " of ", t->numel(),
+                     " elements, got ", py_dtype(t->scalar_type()), " of ", t->numel(),
                      t->is_contiguous() ? "" : ", non-contiguous");
   }
   bool one_device = c1.device() == grad.device() && c2.device() == grad.device();
@@ -304,7 +328,7 @@ inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTens
     TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel() &&
                           t->device() == grad.device(),
                       op, ": ", name, " must be a contiguous float32 tensor of ", grad.numel(),
-                      " elements on ", grad.device(), ", got ", t->scalar_type(), " of ", t->numel(), " on ",
+                      " elements on ", grad.device(), ", got ", py_dtype(t->scalar_type()), " of ", t->numel(), " on ",
                       t->device(), t->is_contiguous() ? "" : ", non-contiguous");
   }
   if (grad.numel() == 0) return;
@@ -362,7 +386,7 @@ inline void check_packed_encode(const at::Tensor& values, const at::Tensor& indi
   check_packed_block("packed_encode", block);
   check_packed_format("packed_encode", exponent, mantissa, bias);
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
-                   "packed_encode: indices must be int64 or int32, got ", indices.scalar_type());
+                   "packed_encode: indices must be int64 or int32, got ", py_dtype(indices.scalar_type()));
   TORCH_CHECK_VALUE(values.numel() == indices.numel() && values.device() == indices.device(), "packed_encode: values (",
                     values.numel(), " on ", values.device(), ") and indices (", indices.numel(), " on ",
                     indices.device(), ") must have one size and one device");
@@ -380,7 +404,7 @@ inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes,
                                     at::TensorList counts, at::TensorList offsets, int64_t block, int64_t exponent,
                                     int64_t mantissa, int64_t bias) {
   TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat && out.is_contiguous(),
-                   "packed_accumulate: out must be a contiguous float32 tensor, got ", out.scalar_type(),
+                   "packed_accumulate: out must be a contiguous float32 tensor, got ", py_dtype(out.scalar_type()),
                    out.is_contiguous() ? "" : ", non-contiguous");
   check_packed_block("packed_accumulate", block);
   check_packed_format("packed_accumulate", exponent, mantissa, bias);
@@ -393,7 +417,8 @@ inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes,
     TORCH_CHECK_TYPE(c.scalar_type() == at::kByte && n.scalar_type() == at::kByte && o.scalar_type() == at::kByte &&
                          s.scalar_type() == at::kFloat,
                      "packed_accumulate: a payload is codes, counts, offsets uint8 and scale float32, got ",
-                     c.scalar_type(), ", ", n.scalar_type(), ", ", o.scalar_type(), " and ", s.scalar_type());
+                     py_dtype(c.scalar_type()), ", ", py_dtype(n.scalar_type()), ", ", py_dtype(o.scalar_type()),
+                     " and ", py_dtype(s.scalar_type()));
     TORCH_CHECK_VALUE(c.device() == out.device() && s.device() == out.device() && n.device() == out.device() &&
                           o.device() == out.device(),
                       "packed_accumulate: out is on ", out.device(), " but a payload is not; move them to one device");

@@ -450,3 +450,27 @@ def test_threepc_backend_forces_a_backend():
     warned, info = run_smoke(ROOT, THREEPC_BACKEND="torch")
     assert warned == [] and info["backend"] == "torch" and info["reason"] == "forced by THREEPC_BACKEND=torch"
     assert not info["_C_loaded"]
+
+
+BAD_DTYPES = {  # op -> a call with a tensor of a dtype the op refuses
+    "topk_abs": lambda ops: ops.topk_abs(torch.arange(5), 2),
+    "float_decode": lambda ops: ops.float_decode(torch.zeros(3, dtype=torch.int8), 4, 3, 7, 1.0),
+    "sparse_accumulate": lambda ops: ops.sparse_accumulate(torch.zeros(3, dtype=torch.float64), torch.ones(1),
+                                                           torch.tensor([0])),
+    "sparse_accumulate indices": lambda ops: ops.sparse_accumulate(torch.zeros(3), torch.ones(1),
+                                                                   torch.tensor([0], dtype=torch.int16)),
+    "rans_decode": lambda ops: ops.rans_decode(torch.zeros(8, dtype=torch.int8), 1,
+                                               torch.tensor([1, 1], dtype=torch.int32)),
+    "sign_residual": lambda ops: ops.sign_residual(torch.zeros(8, dtype=torch.float16), 4),
+}
+
+
+@pytest.mark.parametrize("call", list(BAD_DTYPES))
+def test_every_backend_names_a_refused_dtype_in_the_same_words(call):
+    """torch.float64 and torch.int8, as Python prints them (the extension said Double, Char)."""
+    messages = {}
+    for impl in ALL:
+        with pytest.raises(TypeError) as caught:
+            BAD_DTYPES[call](IMPLS[impl])
+        messages[impl] = str(caught.value)
+    assert len(set(messages.values())) == 1 and "torch." in messages[ALL[0]], messages
