@@ -1,7 +1,7 @@
 """Speed of CO3's rANS coder against its Huffman coder and a copy of the same codes, one core
 (``pytest benchmarks/test_rans_speed.py``).
 
-Input: 64K, 1M and 4M codes of GenNorm(beta = 1.2) values (a Laplace-like gradient with a spike
+Input: 16K, 64K, 1M and 4M codes of GenNorm(beta = 1.2) values (a Laplace-like gradient with a spike
 of 20% exact zeros) quantized by ``FloatQuantizer(fmt, scale="gennorm")``, fp8-152, fp8-143 and
 fp4-121 (whose coders take pairs of codes per symbol). Per group, ``threepc rans`` and ``threepc
 huffman`` code the quantizer's symbols with the tables the quantizer built from the same GenNorm
@@ -18,7 +18,7 @@ import torch
 from compressors import FloatQuantizer
 
 FORMATS = ("fp8-152", "fp8-143", "fp4-121")
-SIZES = {"64K": 1 << 16, "1M": 1 << 20, "4M": 1 << 22}
+SIZES = {"16K": 1 << 14, "64K": 1 << 16, "1M": 1 << 20, "4M": 1 << 22}  # 16K: two rANS states for every format
 
 
 def gennorm_gradient(n: int, seed: int, beta: float = 1.2, zeros: float = 0.2) -> torch.Tensor:

@@ -351,10 +351,18 @@ std::vector<uint16_t> prefix_table(const at::Tensor& codes, const at::Tensor& le
   const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
   const int32_t* code = code_t.const_data_ptr<int32_t>();
   const uint8_t* length = length_t.const_data_ptr<uint8_t>();
-  for (int64_t s = 0; s < codes.numel(); ++s) {
+  // Shortest codewords first (a counting sort by length): codeword intervals are dyadic, so a later
+  // one that overlaps an earlier one lies inside it, and its first entry is filled already.
+  std::array<int64_t, kMaxCodeLength + 2> at{};
+  for (int64_t s = 0; s < codes.numel(); ++s) ++at[length[s] + 1];
+  for (int l = 1; l <= kMaxCodeLength + 1; ++l) at[l] += at[l - 1];
+  std::vector<int64_t> order(codes.numel());
+  for (int64_t s = 0; s < codes.numel(); ++s) order[at[length[s]]++] = s;
+  for (const int64_t s : order) {
     const int l = length[s];
     if (l == 0) continue;
     const uint32_t first = uint32_t(code[s]) << (kMaxCodeLength - l);
+    TORCH_CHECK_VALUE(lut[first] == 0, kOverlapMessage);  // prefix-free
     std::fill(lut.begin() + first, lut.begin() + first + (1u << (kMaxCodeLength - l)), uint16_t((l << 8) | s));
   }
   return lut;

@@ -4,12 +4,10 @@
 // (compressors/kernels/checks.py); keep the two in step.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -159,22 +157,10 @@ inline void check_huffman_table(const char* op, const at::Tensor& codes, const a
   const at::Tensor code_t = codes.contiguous(), length_t = lengths.contiguous();
   const int32_t* code = code_t.const_data_ptr<int32_t>();
   const uint8_t* length = length_t.const_data_ptr<uint8_t>();
-  // (start, symbol) of each codeword's interval [c, c + 1) 2^(16 - l) of [0, 2^16)
-  std::vector<std::pair<uint32_t, int64_t>> intervals;
   for (int64_t s = 0; s < codes.numel(); ++s) {
     TORCH_CHECK_VALUE(length[s] <= kMaxCodeLength && (length[s] == 0 || uint32_t(code[s]) < (1u << length[s])),
                       op, ": symbol ", s, " has the invalid codeword ", code[s], " of length ", int(length[s]),
                       " (codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable");
-    if (length[s] > 0) intervals.emplace_back(uint32_t(code[s]) << (kMaxCodeLength - length[s]), s);
-  }
-  // Prefix-free: the intervals do not overlap.
-  std::stable_sort(intervals.begin(), intervals.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (size_t i = 1; i < intervals.size(); ++i) {
-    const int64_t a = intervals[i - 1].second, b = intervals[i].second;
-    TORCH_CHECK_VALUE(intervals[i - 1].first + (1u << (kMaxCodeLength - length[a])) <= intervals[i].first, op,
-                      ": the codewords of symbols ", a, " and ", b, " overlap (one is a prefix of the other; a "
-                      "Huffman code is prefix-free); build the table with compressors.codecs.huffman.HuffmanTable");
   }
 }
 
@@ -190,6 +176,9 @@ inline constexpr const char* kNoCodewordMessage =
 
 inline constexpr const char* kCorruptStreamMessage =
     "huffman_decode: the stream is corrupt or shorter than n symbols";
+inline constexpr const char* kOverlapMessage =
+    "huffman_decode: two codewords overlap (one is a prefix of the other; a Huffman code is prefix-free); build "
+    "the table with compressors.codecs.huffman.HuffmanTable";
 
 inline void check_huffman_decode(const at::Tensor& stream, int64_t n, const at::Tensor& codes,
                                  const at::Tensor& lengths) {

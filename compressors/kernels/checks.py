@@ -25,6 +25,8 @@ NON_FINITE = ("float_encode got NaN or Inf values; the float formats have no cod
 NO_CODEWORD = ("huffman_encode: a symbol has no codeword (length 0) in this table; build the table from weights "
                "that cover every symbol")
 CORRUPT_STREAM = "huffman_decode: the stream is corrupt or shorter than n symbols"
+OVERLAP = ("huffman_decode: two codewords overlap (one is a prefix of the other; a Huffman code is prefix-free); "
+           "build the table with compressors.codecs.huffman.HuffmanTable")
 NO_FREQUENCY = ("rans_encode: a symbol has frequency 0 in this table; build the table from weights that cover "
                 "every symbol")
 RANS_CORRUPT_STREAM = "rans_decode: the stream is corrupt or does not hold n symbols"
@@ -153,16 +155,6 @@ def _huffman_table(op: str, codes: Tensor, lengths: Tensor) -> None:
         s = int(bad[0])
         raise ValueError(f"{op}: symbol {s} has the invalid codeword {int(code[s])} of length {int(length[s])} "
                          "(codewords have 1 to 16 bits); build the table with compressors.codecs.huffman.HuffmanTable")
-    # Prefix-free: the codewords' intervals [c, c + 1) 2^(16 - l) of [0, 2^16) do not overlap.
-    used = (length > 0).nonzero().reshape(-1)
-    starts = code[used] << (MAX_CODE_LENGTH - length[used])
-    order = torch.argsort(starts, stable=True)
-    ends = starts[order] + (1 << (MAX_CODE_LENGTH - length[used][order]))
-    overlap = (ends[:-1] > starts[order][1:]).nonzero()
-    if overlap.numel():
-        a, b = (int(used[order[int(overlap[0]) + i]]) for i in (0, 1))
-        raise ValueError(f"{op}: the codewords of symbols {a} and {b} overlap (one is a prefix of the other; a "
-                         "Huffman code is prefix-free); build the table with compressors.codecs.huffman.HuffmanTable")
 
 
 def _coded_symbols(op: str, symbols: Tensor, present: Tensor, missing: str) -> None:
@@ -194,6 +186,15 @@ def huffman_decode(stream: Tensor, n: int, codes: Tensor, lengths: Tensor) -> No
     _stream("huffman_decode", stream, n)
     if n > 8 * stream.numel():  # every codeword has a bit at least: before n bytes are allocated
         raise ValueError(CORRUPT_STREAM)
+    # Prefix-free (decoding needs it; the extension checks it while filling its lookup table): the
+    # codewords' intervals [c, c + 1) 2^(16 - l) of [0, 2^16) do not overlap.
+    length = lengths.long()
+    used = (length > 0).nonzero().reshape(-1)
+    starts = codes.long()[used] << (MAX_CODE_LENGTH - length[used])
+    order = torch.argsort(starts)
+    ends = starts[order] + (1 << (MAX_CODE_LENGTH - length[used][order]))
+    if bool((ends[:-1] > starts[order][1:]).any()):
+        raise ValueError(OVERLAP)
 
 
 def rans_precision(op: str, freqs: Tensor) -> int:
