@@ -18,6 +18,7 @@ compiled against the torch found at build time and loads only with that torch ve
 import glob
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,8 +53,39 @@ class BuildWithInfo(BuildExtension):
 
     def run(self) -> None:
         super().run()  # after it, get_ext_fullpath names the library's final place (--inplace: the sources)
+        library = Path(self.get_ext_fullpath("compressors._C"))
         info = {"torch": torch.__version__, "cuda": WITH_CUDA}
-        Path(self.get_ext_fullpath("compressors._C")).with_name("_C_build.json").write_text(json.dumps(info) + "\n")
+        library.with_name("_C_build.json").write_text(json.dumps(info) + "\n")
+        check_errors_raise(library.parent.parent)
 
 
-setup(ext_modules=[extension], cmdclass={"build_ext": BuildWithInfo})
+# An op given a bad argument must raise a Python error. A toolchain whose C++ runtime cannot throw
+# through torch's frames builds a library that crashes the process instead (seen with a compiler
+# wrapper that links libstdc++ statically: SIGSEGV on the first bad argument).
+RAISES = """
+import torch
+from compressors import kernels
+assert kernels.backend_info()["backend"] == "ext", kernels.backend_info()["reason"]
+try:
+    kernels.topk_abs(torch.zeros(1), 2)
+except ValueError:
+    pass
+"""
+
+
+def check_errors_raise(root: Path) -> None:
+    """Load the library just built (the package under ``root``) in a fresh interpreter and make an
+    op raise: a crash fails the build with the fix, any other failure to load is a warning."""
+    result = subprocess.run([sys.executable, "-c", RAISES], cwd=root, capture_output=True, text=True)
+    if result.returncode < 0:
+        compiler = os.environ.get("CXX", "the default C++ compiler")
+        raise RuntimeError(
+            f"the extension built with {compiler} crashes (signal {-result.returncode}) when an op raises an "
+            "error: its C++ runtime cannot throw through torch (a compiler that links libstdc++ or libgcc "
+            "statically?). Build with the system compiler: CXX=g++ CC=gcc pip install --no-build-isolation .")
+    if result.returncode != 0:
+        print(f"warning: the extension just built did not load here:\n{result.stderr[-2000:]}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pip runs this file as __main__ too; tests import check_errors_raise
+    setup(ext_modules=[extension], cmdclass={"build_ext": BuildWithInfo})

@@ -2,8 +2,9 @@
 //
 // Selection ranks values by the bits of |v| as a uint32 key: clearing the sign
 // bit of an IEEE float gives a key whose unsigned order is the order of |v|
-// (NaN above +inf, -0 equal to +0). Keys fit in 31 bits, so signed 32-bit SIMD
-// compares order them too. Top-k of n keys:
+// (-0 equal to +0); every NaN gets one key above +inf (kNanKey), as its sign and
+// payload out of grad - h differ between CPU and GPU arithmetic. Keys fit in 31
+// bits, so signed 32-bit SIMD compares order them too. Top-k of n keys:
 //   1. a sample of evenly spaced runs bounds the k-th largest key from below;
 //   2. one parallel pass over fixed chunks keeps the (index, value) pairs whose
 //      key reaches the bound (AVX2 where the CPU has it: each 8 keys' hits are
@@ -42,10 +43,12 @@ constexpr int64_t kSmallInput = 1 << 14;  // below this, radix select on all key
 constexpr int64_t kSampleRuns = 512;      // runs sampled to bound the k-th largest key
 constexpr int64_t kRunLength = 32;        // consecutive keys per run (two cache lines of fp32)
 
+constexpr uint32_t kNanKey = 0x7f800001u;  // every NaN's key: above +inf, whatever its sign and payload
+
 inline uint32_t abs_key(float v) {
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof(bits));
-  return bits & 0x7fffffffu;
+  return std::min(bits & 0x7fffffffu, kNanKey);
 }
 
 // Values x[i], ranked by |x[i]|.
@@ -133,13 +136,14 @@ alignas(32) constexpr auto kHitLanes = [] {
 // Compiled for AVX2 alone and called only where the CPU has it (see keep_at_least_fast).
 __attribute__((target("avx2"))) void keep_at_least_avx2(const float* x, const float* h, int64_t begin, int64_t end,
                                                        int32_t bound, Kept& out) {
-  const __m256i bound_minus_one = _mm256_set1_epi32(bound - 1), magnitude = _mm256_set1_epi32(0x7fffffff);
+  const __m256i bound_minus_one = _mm256_set1_epi32(bound - 1), magnitude = _mm256_set1_epi32(0x7fffffff),
+                nan_key = _mm256_set1_epi32(kNanKey);
   const auto value = [x, h](int64_t i) { return h != nullptr ? x[i] - h[i] : x[i]; };
   int64_t base = begin, size = out.size;  // the count stays in a register
   for (; base + 8 <= end; base += 8) {
     __m256 v = _mm256_loadu_ps(x + base);
     if (h != nullptr) v = _mm256_sub_ps(v, _mm256_loadu_ps(h + base));
-    const __m256i keys = _mm256_and_si256(_mm256_castps_si256(v), magnitude);
+    const __m256i keys = _mm256_min_epi32(_mm256_and_si256(_mm256_castps_si256(v), magnitude), nan_key);
     const uint32_t mask = static_cast<uint32_t>(
         _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(keys, bound_minus_one))));
     // Left-pack the hits with one permute (no branch on the data): store 8 pairs, keep popcount.

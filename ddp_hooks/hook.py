@@ -39,6 +39,7 @@ This module keeps real (not postponed) annotations: DDP checks that the hook's `
 parameter is annotated ``dist.GradBucket`` and its result ``Future[Tensor]``.
 """
 import threading
+from collections.abc import Callable
 import warnings
 
 import torch
@@ -333,8 +334,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         iteration.settle(failed=True)
     else:
         iteration.add(rounds)  # before the callback can settle it
-        future = collect_all([r.exchange.future for r in rounds]).then(
-            lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
+        future = _when_all([r.exchange.future for r in rounds], grad.device,
+                           lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
     iteration.futures.append(future)
     if bucket.is_last():
         iteration.close()
@@ -343,13 +344,37 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
     return future
 
 
+def _when_all(futures: list[Future], device: torch.device,
+              decode: Callable[[Future], Tensor]) -> Future[Tensor]:
+    """``decode(collected)`` in a ``.then()`` callback once every exchange completed.
+
+    On a GPU the callback runs behind a CUDA-aware future: the ``.then()`` of a future with
+    devices runs on a stream of the pool and its result records CUDA events, which DDP's stream
+    waits for (``Future.wait``); torch's ``collect_all`` has no devices, and would leave DDP reading
+    the result while it is written. ``decode`` makes its stream wait for every collective
+    (``_synchronize``: a callback's stream waited only for the future it follows).
+    """
+    collected = collect_all(futures)
+    gate: Future = Future(devices=[device]) if device.type == "cuda" else Future()
+    collected.then(lambda _: gate.set_result(None))
+    return gate.then(lambda _: decode(collected))
+
+
+def _synchronize(future: Future) -> None:
+    """Re-raise a failed collective under ``future``; on a GPU the current stream waits for each
+    one's copies (``Future.wait``; it returns at once, as every future here has completed)."""
+    value = future.wait()
+    for inner in value if isinstance(value, list) else ():
+        if isinstance(inner, Future):
+            _synchronize(inner)
+
+
 def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tensor, views: dict[int, Tensor],
             whole: bool) -> Tensor:
-    """The bucket's result, once its exchanges completed (the ``.then()`` callback)."""
+    """The bucket's result, once its exchanges (collected in ``fut``) completed."""
     completed = False
     try:
-        for f in fut.value():
-            f.value()  # re-raises a failed collective
+        _synchronize(fut)
         results = [r.finish() for r in rounds]
         completed = True
     finally:

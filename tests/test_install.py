@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import site
 import subprocess
@@ -84,6 +85,16 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # for installed; --no-deps --no-index: torch and numpy come from the parent, never downloaded
     run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--ignore-installed", wheel])
     return python
+
+
+def test_the_build_fails_when_the_library_crashes_on_an_error(tmp_path: Path) -> None:
+    """setup.py makes the fresh library raise an error in a new interpreter; a crash (here a
+    package whose import dies of SIGSEGV) fails the build with the fix."""
+    check = runpy.run_path(str(ROOT / "setup.py"), run_name="threepc_setup")["check_errors_raise"]
+    (tmp_path / "compressors").mkdir()
+    (tmp_path / "compressors" / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    with pytest.raises(RuntimeError, match=r"crashes \(signal 11\) when an op raises.*CXX=g\+\+ CC=gcc"):
+        check(tmp_path)
 
 
 def test_sdist_carries_every_build_source(sdist: Path) -> None:

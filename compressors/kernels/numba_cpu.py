@@ -204,7 +204,7 @@ def _topk_abs(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     indices = np.empty(k, np.int64)
     if k == 0:
         return x[:0].copy(), indices
-    keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    keys = np.minimum(x.view(np.uint32) & np.uint32(0x7FFFFFFF), np.uint32(0x7F800001))  # one key for every NaN
     threshold, ties = _digit_threshold(keys, k)
     j = 0
     for i in range(n):

@@ -99,11 +99,15 @@ from . import checks
 from .checks import RANS_LOW, rans_states
 
 _ABS_MASK = 0x7FFFFFFF
+NAN_KEY = 0x7F800001  # every NaN's key: one magnitude above +inf, whatever its sign and payload
 
 
 def magnitude_key(x: Tensor) -> Tensor:
-    """int32 key whose order is the order of |x| (the fp32 bit pattern without its sign)."""
-    return x.reshape(-1).float().contiguous().view(torch.int32) & _ABS_MASK
+    """int32 key whose order is the order of |x|: the fp32 bit pattern without its sign, every NaN
+    as one magnitude above +inf. (A NaN's payload and sign out of ``grad - h`` are left open by
+    IEEE and differ between CPUs and GPUs, which return one canonical NaN: ranking NaNs by them
+    would make the selection differ too.)"""
+    return (x.reshape(-1).float().contiguous().view(torch.int32) & _ABS_MASK).clamp_max_(NAN_KEY)
 
 
 def topk_abs(x: Tensor, k: int) -> tuple[Tensor, Tensor]:

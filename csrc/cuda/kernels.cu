@@ -45,7 +45,9 @@ constexpr int kRounds = 16;                  // rounds of kThreads elements per 
 constexpr int kTile = kThreads * kRounds;    // elements per compaction tile
 constexpr int kDigits = 256;                 // 8-bit radix digits
 
-__device__ __forceinline__ uint32_t abs_key(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+// |v|'s order; every NaN one key above +inf (this GPU's arithmetic returns one canonical NaN, a CPU's
+// keeps the operand's sign and payload: ranking NaNs by them would select differently).
+__device__ __forceinline__ uint32_t abs_key(float v) { return min(__float_as_uint(v) & 0x7fffffffu, 0x7f800001u); }
 
 template <typename scalar_t>
 struct AbsValue {  // x[i], ranked by |x[i]|
