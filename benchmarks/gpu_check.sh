@@ -25,12 +25,12 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.l
 stage env 20 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'"
 # The system compiler: the lent GPU machine sets CXX to a wrapper (/opt/gcc/bin/g++) whose library
 # crashes when an op raises (setup.py now refuses such a build).
-stage build 120 env CXX="${THREEPC_CXX:-g++}" CC="${THREEPC_CC:-gcc}" "$PY" setup.py build_ext --inplace
+stage build 90 env CXX="${THREEPC_CXX:-g++}" CC="${THREEPC_CC:-gcc}" "$PY" setup.py build_ext --inplace
 stage backend 20 "$PY" -c "from compressors import kernels; print(kernels.backend_info())"
-stage test_cuda 210 "$PY" -m pytest tests/test_cuda.py -q -rf --durations=5 -p no:cacheprovider -k "not compiles"
-stage bench_cuda 100 "$PY" -m pytest benchmarks/test_cuda_speed.py -q -p no:cacheprovider \
+stage test_cuda 300 "$PY" -m pytest tests/test_cuda.py -q -rf --tb=short --durations=5 -p no:cacheprovider -k "not compiles"
+stage bench_cuda 60 "$PY" -m pytest benchmarks/test_cuda_speed.py -q -p no:cacheprovider \
   --benchmark-json "$OUT/cuda_speed.json"
-stage hook_step 70 "$PY" -m benchmarks.hook_step_gpu --out "$OUT/hook_step.json"
+stage hook_step 60 "$PY" -m benchmarks.hook_step_gpu --out "$OUT/hook_step.json"
 
 echo "== summary (logs in $OUT)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"

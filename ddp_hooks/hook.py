@@ -117,6 +117,7 @@ class _Round:
         self.saved: Memory | None = None  # the worker memory before step()
         self.server: dict[str, Tensor] | None = None  # the aggregate before aggregate()
         self.refused = False  # some rank flagged the round
+        self.moves: list[float] = []  # finish(): the new g's moves, recorded at the commit
         self.error: Exception | None = None
         self.local = ""  # what this rank saw (for the error message)
         flags = Flags()
@@ -185,7 +186,7 @@ class _Round:
             self.state.install(self.bucket)
         else:
             self.bucket.compressed += 1
-        self.state.record_moves(self.bucket)
+        self.state.record_moves(self.bucket, self.moves)
         if self.server is not None:  # every entry: a round holds old and new at once in any case
             self.bucket.spare = {k: t for k, t in self.server.items() if t.dtype == torch.float32}
         self.saved = self.server = None
@@ -208,6 +209,7 @@ class _Round:
             else:
                 self.worker.fold(self.bucket.server, payloads, self.rnd)
         g = self.bucket.server["g"]
+        self.moves = self.state.measure_moves(self.bucket)  # here, not at the commit: g's stream (see _when_all)
         return g, self.worker.presented(g) * self.scale  # the scale: what GradScaler.unscale_ expects
 
     def _fresh(self, key: str, old: Tensor) -> Tensor:

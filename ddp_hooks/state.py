@@ -342,12 +342,18 @@ class ThreePCState:
             del self._buckets[key]  # every parameter it held now lives in another bucket
 
     # -- the aggregate's recent moves (LAG-WK and SASG triggers) -----------------------------
-    def record_moves(self, state: BucketState) -> None:
-        """Append the bucket's new g (the direction of the coming step) to the per-parameter
-        history (``Round.moves``; empty unless the mechanism's trigger reads it)."""
-        if self.history.window:
-            for p, g in zip(state.params, state.estimate.split(state.sizes)):
-                self.history.record(p, g)
+    def measure_moves(self, state: BucketState) -> list[float]:
+        """||g slice||^2 per parameter of the bucket's new g (the direction of the coming step),
+        for the history that ``Round.moves`` reads (empty unless the mechanism's trigger reads it).
+        Measured where g was written: in the hook's callback, on its CUDA stream."""
+        if not self.history.window:
+            return []
+        return [self.history.measure(g) for g in state.estimate.split(state.sizes)]
+
+    def record_moves(self, state: BucketState, norms: list[float]) -> None:
+        """Append ``measure_moves``' norms to the per-parameter history (at the round's commit)."""
+        for p, norm in zip(state.params, norms):
+            self.history.append(p, norm)
 
     def settle(self) -> None:
         """Wait until every round of the last iteration committed or rolled back (when DDP

@@ -78,11 +78,21 @@ class MoveHistory:
         self.window = window
         self.norms: dict[Hashable, deque[float]] = {}
 
-    def record(self, key: Hashable, g: torch.Tensor) -> None:
-        """Append ||g||^2 (g: the key's slice of the new aggregate direction; a float64 sum in
-        ``kernels.abs_moments``' fixed order, no temporary); no-op at window 0."""
+    @staticmethod
+    def measure(g: torch.Tensor) -> float:
+        """||g||^2 (g: a key's slice of the new aggregate direction), a float64 sum in
+        ``kernels.abs_moments``' fixed order, no temporary; read back to the host."""
+        return float(kernels.abs_moments(g.float())[2])
+
+    def append(self, key: Hashable, norm: float) -> None:
+        """Append a measured ||g||^2 as the key's most recent move; no-op at window 0."""
         if self.window:
-            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(float(kernels.abs_moments(g.float())[2]))
+            self.norms.setdefault(key, deque(maxlen=self.window)).appendleft(norm)
+
+    def record(self, key: Hashable, g: torch.Tensor) -> None:
+        """Measure and append g's move; no-op at window 0."""
+        if self.window:
+            self.append(key, self.measure(g))
 
     def moves(self, keys: Iterable[Hashable]) -> tuple[float, ...]:
         """||g^{t-1}||^2, ||g^{t-2}||^2, ... summed over ``keys``, as deep as every key's history."""
