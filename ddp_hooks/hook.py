@@ -357,9 +357,16 @@ def _when_all(futures: list[Future], device: torch.device,
     (``_synchronize``: a callback's stream waited only for the future it follows).
     """
     collected = collect_all(futures)
-    gate: Future = Future(devices=[device]) if device.type == "cuda" else Future()
+    if device.type != "cuda":
+        return collected.then(decode)
+    gate: Future = Future(devices=[device])
     collected.then(lambda _: gate.set_result(None))
-    return gate.then(lambda _: decode(collected))
+
+    def on_device(_: Future) -> Tensor:
+        with torch.cuda.device(device):  # the callback's thread may have another current device
+            return decode(collected)
+
+    return gate.then(on_device)
 
 
 def _synchronize(future: Future) -> None:
@@ -367,7 +374,7 @@ def _synchronize(future: Future) -> None:
     one's copies (``Future.wait``; it returns at once, as every future here has completed)."""
     value = future.wait()
     for inner in value if isinstance(value, list) else ():
-        if isinstance(inner, Future):
+        if isinstance(inner, torch._C.Future):  # collect_all's and get_future()'s: not torch.futures.Future
             _synchronize(inner)
 
 

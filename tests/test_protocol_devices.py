@@ -109,3 +109,20 @@ def test_a_sized_one_part_payload_is_averaged_in_place_only_when_it_is_scratch(g
     assert isinstance(sized, protocol.Sized) and not any(flags)
     assert torch.equal(mean.parts["dense"], torch.arange(6, dtype=torch.float32))  # one rank: the mean is itself
     assert (reduced[-1].data_ptr() == part.data_ptr()) is scratch
+
+
+def test_the_decoding_waits_for_every_collective_of_a_bucket(monkeypatch):
+    """On a GPU, ``Future.wait`` makes the current stream wait for a collective's CUDA events, and
+    a ``.then()`` callback waited only for the future it follows: the hook's decoding waits for
+    every future under the one it follows, nested ``collect_all`` results (the flags and the
+    mean of an all_reduce round) included. Counted here through ``wait`` on the CPU."""
+    from ddp_hooks.hook import _synchronize
+
+    waited: list[torch._C.Future] = []
+    wait = torch._C.Future.wait
+    monkeypatch.setattr(torch._C.Future, "wait", lambda f: waited.append(f) or wait(f))
+    done = [torch.futures.Future() for _ in range(3)]
+    for f in done:
+        f.set_result([torch.zeros(1)])  # a collective's value: its output tensors
+    _synchronize(torch.futures.collect_all([torch.futures.collect_all(done[:2]), done[2]]))
+    assert len(waited) == 5  # the bucket's, the round's pair and the three collectives
