@@ -281,14 +281,17 @@ void sparse_accumulate_cuda(at::Tensor out, const at::Tensor& values, const at::
   const at::Tensor keys_in = indices.to(at::kLong).contiguous().view(-1);
   const at::Tensor order_in = at::arange(m, keys_in.options());
   at::Tensor keys = at::empty_like(keys_in), order = at::empty_like(order_in);
+  // The indices lie in [0, numel) (checked above): sorting on their low bits alone gives the same
+  // stable order in fewer passes (23 bits for a 6.5M-entry bucket, not 64).
+  const int bits = 64 - __builtin_clzll(static_cast<unsigned long long>(std::max<int64_t>(out.numel() - 1, 1)));
   size_t bytes = 0;
   const auto* kin = reinterpret_cast<const unsigned long long*>(keys_in.const_data_ptr<int64_t>());
   auto* kout = reinterpret_cast<unsigned long long*>(keys.mutable_data_ptr<int64_t>());
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
-                                                 order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
+                                                 order.mutable_data_ptr<int64_t>(), m, 0, bits, stream));
   at::Tensor temp = at::empty({static_cast<int64_t>(bytes)}, out.options().dtype(at::kByte));
   C10_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, kin, kout, order_in.const_data_ptr<int64_t>(),
-                                                 order.mutable_data_ptr<int64_t>(), m, 0, 64, stream));
+                                                 order.mutable_data_ptr<int64_t>(), m, 0, bits, stream));
   accumulate_runs<<<(m + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
       out.mutable_data_ptr<float>(), keys.const_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
       val.const_data_ptr<float>(), m, static_cast<float>(alpha));
