@@ -16,7 +16,8 @@ workers produced from random gradients of ``--numel`` entries (the scaling bench
   added in one pass (``kernels.sign_accumulate``);
 * ``onebit`` (two stages): as ``co3_2s`` with signs.
 
-One thread; the minimum over ``--repeats`` calls. Writes benchmarks/results/decode_vs_n.md.
+One thread (``--threads``); the minimum over ``--repeats`` calls. Writes benchmarks/results/decode_vs_n.md
+(``--out``); ``--methods`` picks rows by name.
 """
 from __future__ import annotations
 
@@ -100,22 +101,28 @@ def main() -> None:
     parser.add_argument("--numel", type=int, default=1_585_162)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (the kernels' parallel_for)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME")
+    parser.add_argument("--out", type=Path, default=RESULTS / "decode_vs_n.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    threads = "one thread" if args.threads == 1 else f"{args.threads} threads"
     rows = {}
-    for name, make in METHODS.items():
+    for name in args.methods:
+        make = METHODS[name]
         rows[name] = [timed(receive(make(), n, args.numel), args.repeats) for n in args.workers]
         print(name, [f"{1e3 * t:.1f} ms" for t in rows[name]], flush=True)
     head = " | ".join(f"n={n}" for n in args.workers)
-    lines = [f"# Aggregate-side work of one rank per round against n ({args.numel:,} entries, one thread)", "",
+    lines = [f"# Aggregate-side work of one rank per round against n ({args.numel:,} entries, {threads})", "",
              f"Command: `python -m benchmarks.decode_vs_n --numel {args.numel} --workers "
-             f"{' '.join(map(str, args.workers))} --repeats {args.repeats}` (ms, minimum over the repeats).", "",
+             f"{' '.join(map(str, args.workers))} --repeats {args.repeats} --threads {args.threads}` "
+             "(ms, minimum over the repeats).", "",
              f"| method | {head} | n={args.workers[-1]} / n={args.workers[0]} |",
              "|---|" + "---|" * (len(args.workers) + 1)]
     for name, times in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{1e3 * t:.2f}" for t in times) + f" | {times[-1] / times[0]:.1f}× |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decode_vs_n.md").write_text("\n".join(lines) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -248,19 +248,47 @@ void packed_accumulate_cpu(at::Tensor out, at::TensorList codes, at::TensorList 
                            at::TensorList offsets, int64_t block, int64_t exponent, int64_t mantissa, int64_t bias,
                            double alpha) {
   check_packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias);
+  const size_t payloads = codes.size();
+  if (payloads == 0) return;
   float* dst = out.data_ptr<float>();
   const float factor = static_cast<float>(alpha);
-  for (size_t r = 0; r < codes.size(); ++r) {
-    const at::Tensor c = codes[r].contiguous(), n = counts[r].contiguous(), o = offsets[r].contiguous();
-    const std::array<float, 256> table =
-        decode_table(int(exponent), int(mantissa), int(bias), scales[r].item<float>());
-    const uint8_t *code = c.const_data_ptr<uint8_t>(), *count = n.const_data_ptr<uint8_t>();
-    const uint8_t* offset = o.const_data_ptr<uint8_t>();
-    for (int64_t b = 0, j = 0; b < n.numel(); ++b) {
-      float* base = dst + b * block;
-      for (const int64_t end = j + count[b]; j < end; ++j) base[offset[j]] += factor * table[code[j]];
+  std::vector<at::Tensor> code(payloads), count(payloads), offset(payloads);
+  std::vector<std::array<float, 256>> table(payloads);
+  int64_t entries = 0;
+  for (size_t r = 0; r < payloads; ++r) {
+    code[r] = codes[r].contiguous(), count[r] = counts[r].contiguous(), offset[r] = offsets[r].contiguous();
+    table[r] = decode_table(int(exponent), int(mantissa), int(bias), scales[r].item<float>());
+    entries += code[r].numel();
+  }
+  // Each task owns a range of blocks and applies every payload's entries there, payload after
+  // payload: every coordinate sums in payload (rank) order, as one sequential pass would. A task's
+  // first entry in each payload is the payload's count of entries in the blocks before its range.
+  const int64_t blocks = count[0].numel();
+  const int64_t tasks = entries >= kGrain ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks)) : 1;
+  std::vector<int64_t> first(tasks * payloads);  // first[t * payloads + r]
+  for (size_t r = 0; r < payloads; ++r) {
+    const uint8_t* n = count[r].const_data_ptr<uint8_t>();
+    int64_t j = 0, b = 0;
+    for (int64_t t = 0; t < tasks; ++t) {
+      for (const int64_t begin = t * blocks / tasks; b < begin; ++b) j += n[b];
+      first[t * payloads + r] = j;
     }
   }
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t begin = t * blocks / tasks, end = (t + 1) * blocks / tasks;
+      for (size_t r = 0; r < payloads; ++r) {
+        const uint8_t *c = code[r].const_data_ptr<uint8_t>(), *n = count[r].const_data_ptr<uint8_t>();
+        const uint8_t* o = offset[r].const_data_ptr<uint8_t>();
+        const std::array<float, 256>& values = table[r];
+        int64_t j = first[t * payloads + r];
+        for (int64_t b = begin; b < end; ++b) {
+          float* base = dst + b * block;
+          for (const int64_t stop = j + n[b]; j < stop; ++j) base[o[j]] += factor * values[c[j]];
+        }
+      }
+    }
+  });
 }
 
 // -- Huffman --------------------------------------------------------------------------------

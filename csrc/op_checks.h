@@ -4,6 +4,7 @@
 // (compressors/kernels/checks.py); keep the two in step.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -389,6 +390,31 @@ inline void check_packed_encode(const at::Tensor& values, const at::Tensor& indi
 }
 
 // Reads the counts and offsets back (a device synchronisation on CUDA): every entry must land inside out.
+// A payload's counts sum to its number of codes, and each offset lies in its block: below `block`,
+// below `last` in the last block (whose entries come last). On the CPU one pass of plain loops (the
+// decode of n payloads ran about 4 tensor ops each here); on a GPU as tensor ops.
+inline bool packed_payload_inside(const at::Tensor& counts, const at::Tensor& offsets, int64_t codes, int64_t block,
+                                  int64_t last) {
+  if (counts.is_cpu()) {
+    const at::Tensor n = counts.contiguous(), o = offsets.contiguous();
+    const uint8_t *count = n.const_data_ptr<uint8_t>(), *offset = o.const_data_ptr<uint8_t>();
+    int64_t total = 0;
+    for (int64_t b = 0; b < n.numel(); ++b) total += count[b];
+    if (total != codes || codes == 0) return total == codes;
+    const int64_t body = total - count[n.numel() - 1];  // the entries before the last block's
+    uint8_t high = 0, tail = 0;
+    for (int64_t j = 0; j < body; ++j) high = std::max(high, offset[j]);
+    for (int64_t j = body; j < total; ++j) tail = std::max(tail, offset[j]);
+    return high < block && (body == total || tail < last);
+  }
+  const int64_t total = counts.numel() ? counts.sum(at::kLong).item<int64_t>() : 0;
+  if (total != codes || codes == 0) return total == codes;
+  const at::Tensor flat = offsets.reshape(-1);
+  const int64_t tail = counts.reshape(-1)[-1].item<int64_t>();
+  return !at::ge(flat, block).any().item<bool>() &&
+         (tail == 0 || !at::ge(flat.slice(0, flat.numel() - tail), last).any().item<bool>());
+}
+
 inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes, at::TensorList scales,
                                     at::TensorList counts, at::TensorList offsets, int64_t block, int64_t exponent,
                                     int64_t mantissa, int64_t bias) {
@@ -415,17 +441,9 @@ inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes,
                       out.numel(), " entries in blocks of ", block, " has 1 scale, ", blocks,
                       " counts and as many offsets as codes, got ", s.numel(), ", ", n.numel(), ", ", o.numel(),
                       " and ", c.numel(), "; pass the payload's numel and the compressor's block");
-    const int64_t total = blocks ? n.sum(at::kLong).item<int64_t>() : 0;
-    bool inside = total == c.numel();
-    if (inside && c.numel()) {
-      const at::Tensor flat = o.reshape(-1);
-      const int64_t tail = n.reshape(-1)[-1].item<int64_t>();
-      inside = !at::ge(flat, block).any().item<bool>() &&
-               (tail == 0 || !at::ge(flat.slice(0, flat.numel() - tail), last).any().item<bool>());
-    }
-    TORCH_CHECK_INDEX(inside, "packed_accumulate: a payload's counts sum to ", total, " for ", c.numel(),
-                      " codes, or an offset points past its block; the payload is corrupt or not of ", out.numel(),
-                      " entries");
+    TORCH_CHECK_INDEX(packed_payload_inside(n, o, c.numel(), block, last), "packed_accumulate: a payload's counts sum to ",
+                      n.sum(at::kLong).item<int64_t>(), " for ", c.numel(), " codes, or an offset points past its "
+                      "block; the payload is corrupt or not of ", out.numel(), " entries");  // the sum: on failure only
   }
 }
 
