@@ -256,7 +256,9 @@ void packed_accumulate_cpu(at::Tensor out, at::TensorList codes, at::TensorList 
   std::vector<std::array<float, 256>> table(payloads);
   int64_t entries = 0;
   for (size_t r = 0; r < payloads; ++r) {
-    code[r] = codes[r].contiguous(), count[r] = counts[r].contiguous(), offset[r] = offsets[r].contiguous();
+    code[r] = codes[r].contiguous();
+    count[r] = counts[r].contiguous();
+    offset[r] = offsets[r].contiguous();
     table[r] = decode_table(int(exponent), int(mantissa), int(bias), scales[r].item<float>());
     entries += code[r].numel();
   }

@@ -39,8 +39,8 @@ This module keeps real (not postponed) annotations: DDP checks that the hook's `
 parameter is annotated ``dist.GradBucket`` and its result ``Future[Tensor]``.
 """
 import threading
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
