@@ -39,7 +39,7 @@ change of S (growth, back-off after an overflow) skews one round.
 Checkpoints: ``opt.state_dict()`` is torch AdamW's state at rest (``exp_avg`` in gradient units,
 ``exp_avg_sq`` from the hook's second moment; the mode's normalised momentum rides along), so a
 plain AdamW resumes from it; ``opt.load_state_dict`` takes either kind (``_exported``,
-``_imported`` below).
+``imported`` below).
 
 SGD (with or without momentum, Nesterov) needs no change: ``register`` then registers the plain
 hook. Other optimizers raise, naming the choices.
@@ -63,6 +63,9 @@ from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNorma
 from .state import ThreePCState
 
 SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step unless it carries this
+# the other way to two rounds before a step
+SKIPPED = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() (model.zero_grad() "
+           "does not tell the hook that the round was dropped)")
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ def unscaled_by_the_scaler(optimizer: torch.optim.Optimizer) -> None:
 
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
-    checkpoints torch AdamW's (``_exported``, ``_imported``); a second attach replaces the first."""
+    checkpoints torch AdamW's (``_exported``, ``imported``); a second attach replaces the first."""
     applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
     sends_momentum = isinstance(state.mechanism, AdamNormalized) and state.mechanism.momentum
     clipping = state.mechanism.clipping if isinstance(state.mechanism, AdamNormalized) else None
@@ -281,7 +284,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
                                "aggregate, to which another backward adds a raw gradient), so only the last would "
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
-                               "the last backward only")
+                               "the last backward only" + SKIPPED)
         found = state.directions()
         directions = {id(p): found.get(id(p)) for p in stepped}
         lacking = [state.name(p) for p, d in directions.items() if d is None]
@@ -326,7 +329,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
     for handle in getattr(optimizer, HANDLES, ()):
         handle.remove()
     setattr(optimizer, HANDLES, (optimizer.register_state_dict_post_hook(functools.partial(_exported, state=state)),
-                                 optimizer.register_load_state_dict_pre_hook(functools.partial(_imported,
+                                 optimizer.register_load_state_dict_pre_hook(functools.partial(imported,
                                                                                                state=state))))
 
     # torch's own step runs the optimizer's step hooks (register_step_pre_hook/_post_hook, global
@@ -343,7 +346,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
 # the mode's own momentum rides along under ``NORMALISED`` for a bit-for-bit resume.
 NORMALISED, AT_STEP = "threepc_exp_avg", "threepc_step"  # the mode's momentum, and the step it is of
 # the mode's ``Clipping``, in the first exported parameter's state beside NORMALISED (torch.distributed.
-# checkpoint keeps per-parameter keys and drops top-level ones; ``_imported`` still reads a top-level one,
+# checkpoint keeps per-parameter keys and drops top-level ones; ``imported`` still reads a top-level one,
 # where checkpoints before kept it)
 CLIPPING = "threepc_clipping"
 
@@ -368,7 +371,7 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     this rank's own u^_i (1 - beta1^t) when the ranks send momentum (uncompressed; the agreed g
     of one round carries that round's compression error), else the optimizer's. w_i: this
     rank's second moment (``second_moment``) from the hook's memory, or the exp_avg_sq a plain
-    checkpoint brought (``_imported``) for parameters the hook holds no moments of yet; with
+    checkpoint brought (``imported``) for parameters the hook holds no moments of yet; with
     neither, the parameter's state is left empty (a plain AdamW starts it afresh). The hook's
     moments are of gradients over r_0 (``follow_clipping``), so w_i is exported times r_0^2."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -403,7 +406,7 @@ def _exported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: Thre
     return state_dict
 
 
-def _imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: ThreePCState | None = None) -> dict:
+def imported(optimizer: torch.optim.Optimizer, state_dict: dict, *, state: ThreePCState | None = None) -> dict:
     """load_state_dict pre-hook: the mode's own momentum if the checkpoint carries it for its
     current step (the mode saved it; a plain AdamW that trained on from it has moved on), else
     the exp_avg divided by sqrt(v^) + eps (the normalised momentum that continues its step when

@@ -2,6 +2,9 @@
 one registry, ``compressors.mechanisms.registry``."""
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -9,8 +12,9 @@ from torch import nn
 from compressors import Mechanism, MomentumCorrectedEF14
 from compressors.mechanisms.registry import REGISTRY, Entry, entry
 
-from . import adam, sgd
+from . import adam, optimizer_lookup, sgd
 from .hook import GRAD_DTYPES, SPARSE_GRADIENTS, threepc_hook, unsupported_dtype
+from .optimizer_lookup import AUTO
 from .state import ThreePCState
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
@@ -42,7 +46,7 @@ def mechanism(name: str, **options: object) -> Mechanism:
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, *,
-             optimizer: torch.optim.Optimizer | None = None, warmup_steps: int = 1,
+             optimizer: torch.optim.Optimizer | str | None = AUTO, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
              check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
              **options: object) -> ThreePCState:
@@ -54,7 +58,11 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
 
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
-    An Adam or AdamW: the hook compresses the momentum of Adam-normalised gradients (each rank
+    Left out (``"auto"``), a registration without a name looks for it (``optimizer_lookup``: the
+    one optimizer that holds the model's parameters, now or, if none exists yet, at the first
+    round) and takes the Adam mode when it is an Adam or AdamW the mode supports; ``None``: raw
+    gradients, no lookup; with a name, only an optimizer passed here is followed. An Adam or
+    AdamW: the hook compresses the momentum of Adam-normalised gradients (each rank
     reads the optimizer's current betas and follows the user's ``clip_grad_norm_``) and
     ``optimizer.step`` becomes AdamW's linear step on the agreed momentum (measured, the default
     over 84% of the signs, AdamW with clipping: the LM's gap +0.8% at 2 ranks and +0.9% at 4,
@@ -86,11 +94,15 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
              if p.requires_grad and p.dtype not in GRAD_DTYPES and n not in ignored]
     if other:
         raise TypeError(unsupported_dtype(f"these parameters are not: {other[:5]}"))
+    lookup = isinstance(optimizer, str)
+    if lookup and optimizer != AUTO:
+        raise ValueError(f"optimizer= takes the training's optimizer, None or {AUTO!r} (look for it), got {optimizer!r}")
+    if lookup:
+        optimizer = optimizer_lookup.adam_of(ddp.module) if name is None else None
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
-    if name is None:
-        name, options = DEFAULT, options or dict(ADAM_DEFAULT if settings is not None else SGD_DEFAULT)
-    chosen = mechanism(name, **options)
+    default = name is None
+    chosen = _default(options, settings, optimizer) if default else mechanism(name, **options)
     corrected = isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None  # ddp_hooks.sgd's mode
     if corrected:
         if settings is not None:
@@ -101,7 +113,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
                              "pass optimizer=)")
         chosen.follow = sgd.follows(optimizer)  # every round reads the optimizer's momentum
         chosen.clipping = True  # and the step follows the user's clipping (sgd.attach)
-    if settings is not None:
+    if settings is not None and not default:
         chosen = adam.normalized(chosen, settings, optimizer)
     state = ThreePCState(chosen, process_group=process_group,
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
@@ -113,4 +125,37 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         adam.attach(optimizer, state)
     elif corrected:
         sgd.attach(optimizer, state)
+    elif lookup and default:  # no optimizer yet: look again at the first round (or load_state_dict)
+        state.deferred = functools.partial(_adopt_found, ddp, state, options)
     return state
+
+
+def _default(options: dict[str, object], settings: adam.AdamSettings | None,
+             optimizer: torch.optim.Optimizer | None) -> Mechanism:
+    """``register``'s mechanism without a name: ``DEFAULT`` with ``options`` (or the defaults'
+    options), in the Adam mode when told an Adam (``settings``)."""
+    chosen = mechanism(DEFAULT, **(options or (ADAM_DEFAULT if settings is not None else SGD_DEFAULT)))
+    return adam.normalized(chosen, settings, optimizer) if settings is not None else chosen
+
+
+def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, options: dict[str, object]) -> None:
+    """``register(ddp)``'s second look, before the first round: an Adam or AdamW built after
+    ``register`` makes the state run the Adam mode from that round on, as if it had been passed.
+    A state the optimizer already holds (a checkpoint loaded into it, plain steps) is converted
+    as a load after ``register`` would be (``adam.imported``).
+    It never raises (a failure here on one rank would leave the others waiting in the
+    configuration check, which now compares the mechanisms instead)."""
+    previous = state.mechanism
+    try:
+        optimizer = optimizer_lookup.adam_of(ddp.module)
+        if optimizer is None:
+            return
+        state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))
+        if optimizer.state:  # converted before the step is replaced: nothing to undo if it fails
+            optimizer.load_state_dict(adam.imported(optimizer, optimizer.state_dict(), state=state))
+        adam.attach(optimizer, state)
+    except Exception as e:  # noqa: BLE001 - see above
+        state.adopt(previous)
+        warnings.warn(f"threepc: register(ddp) could not take the Adam mode at the first round ({type(e).__name__}: "
+                      f"{e}); the default hook compresses raw gradients. Pass optimizer= to register", RuntimeWarning,
+                      stacklevel=2)

@@ -35,7 +35,7 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
+from .adam import SCHEDULER_MARK, SKIPPED, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
 from .state import ThreePCState
 
 
@@ -72,7 +72,8 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: told its SGD, "
                                "ef14_mc leaves each round's g^t in .grad, to which another backward adds a raw "
                                "gradient, and its memories take one clipping factor per round. Accumulate "
-                               "micro-batches under `with ddp.no_sync():` and synchronise the last backward only")
+                               "micro-batches under `with ddp.no_sync():` and synchronise the last backward only"
+                               + SKIPPED)
         if rounds == 1:  # .grad holds a round's presented g^t
             applied["at"] = state.committed_iterations
             restore(self, state)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -120,7 +121,7 @@ class ThreePCState:
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
                  "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
-                 "_loaded_from")
+                 "_loaded_from", "deferred")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -133,11 +134,6 @@ class ThreePCState:
                                  f"after the first iteration), got {value!r}")
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-        try:  # fail at registration, on every rank, for mechanisms DDP cannot run
-            mechanism.spec(1 << 10, Round(1, 0, 2))
-        except NotImplementedError as e:
-            raise ValueError(f"{mechanism!r} cannot run as a DDP hook: {e}") from None
-        self.mechanism = mechanism
         self.process_group = process_group
         self.warmup_steps = warmup_steps
         self.log_every = log_every
@@ -158,11 +154,30 @@ class ThreePCState:
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
-        self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
+        self.deferred: Callable[[], None] | None = None  # a choice register() left to the first round (resolve)
+        self.adopt(mechanism)
         if model is not None:
             self.bind(model)
             if process_group is None:
                 self.process_group = getattr(model, "process_group", None)  # the DDP model's own group
+
+    def adopt(self, mechanism: Mechanism) -> None:
+        """Run ``mechanism`` (before the first round: ``register`` may choose it late, ``resolve``)."""
+        if self.iteration or self._buckets:
+            raise RuntimeError("ThreePCState.adopt: the hook has run rounds; a mechanism is chosen before the first")
+        try:  # fail at registration, on every rank, for mechanisms DDP cannot run
+            mechanism.spec(1 << 10, Round(1, 0, 2))
+        except NotImplementedError as e:
+            raise ValueError(f"{mechanism!r} cannot run as a DDP hook: {e}") from None
+        self.mechanism = mechanism
+        self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
+
+    def resolve(self) -> None:
+        """Run the choice ``register`` deferred (``deferred``), once: at the first round, or at
+        ``state_dict``/``load_state_dict`` if they come first."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            deferred()
 
     def bind(self, model: nn.Module) -> None:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
@@ -387,6 +402,7 @@ class ThreePCState:
         before the first forward. Another rank's file, on as many ranks, fails the first round's
         configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
+        self.resolve()
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
                 "world_size": self.world_size(), "rank": self.rank(),
@@ -406,6 +422,7 @@ class ThreePCState:
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
         names = self._require_names("load_state_dict()")
+        self.resolve()
         if state["mechanism"] != self.mechanism.checkpoint_name():
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
                              f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"

@@ -105,6 +105,45 @@ def test_the_norm_estimate_with_per_coordinate_round_counts_is_the_formula():
     assert scalar == pytest.approx(mean_norm2(g, m, v, c1[:1].expand(64), c2[:1].expand(64), 1 / 8), rel=1e-6)
 
 
+def test_the_norm_estimate_of_a_unit_without_energy_is_the_gradients_norm():
+    """v = 0 on every read coordinate (a gradient zero so far on this rank: a head another rank
+    uses): r is taken as 1, not a ZeroDivisionError."""
+    g, zero = torch.zeros(300), torch.zeros(300)
+    for c in (torch.tensor([4.0]), torch.full((300,), 4.0)):
+        assert mean_norm2(g, zero, zero, c, c, 1 / 2) == 0.0
+        assert mean_norm2(torch.ones(300), zero, zero, c, c, 1 / 2) == pytest.approx(300.0)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk, self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 1), nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor, head: str) -> torch.Tensor:
+        return getattr(self, head)(torch.relu(self.trunk(x)))
+
+
+def _head_of_one_rank(rank: int, workers: int) -> torch.Tensor:
+    """The Adam mode, ``find_unused_parameters=True``, buckets of one parameter, head ``b`` used
+    by rank 0 only: rank 1's gradient there is zero every round (DDP fills it with zeros)."""
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    ddp = DDP(model, find_unused_parameters=True, bucket_cap_mb=0.0001)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    ddp_hooks.register(ddp, optimizer=opt)
+    gen = torch.Generator().manual_seed(rank)
+    for _ in range(4):
+        opt.zero_grad()
+        ddp(torch.randn(8, 16, generator=gen), "b" if rank == 0 else "a").pow(2).mean().backward()
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_a_bucket_one_rank_never_has_a_gradient_for_trains():
+    first, second = run_ranks(_head_of_one_rank, 2, timeout=120)  # a ZeroDivisionError on rank 1 before
+    assert torch.equal(first, second) and bool(torch.isfinite(first).all())
+
+
 @pytest.mark.parametrize("factors, low", [([1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65], 0.97),
                                           ([1.0, 1.0, 0.1, 0.01, 0.001, 0.001, 0.001], 0.75)])
 def test_the_norm_estimate_does_not_collapse_with_the_clipping_factor(factors, low):
@@ -321,13 +360,13 @@ def test_a_frameworks_wrapper_is_unwrapped_or_refused_naming_the_order():
 
 
 def test_a_checkpoint_a_plain_adamw_trained_on_from_converts_its_exp_avg_not_the_stale_momentum():
-    from ddp_hooks.adam import AT_STEP, NORMALISED, _imported
+    from ddp_hooks.adam import AT_STEP, NORMALISED, imported
     group = {"params": [0], "betas": (0.9, 0.99), "eps": 1e-8}
     state = {"step": torch.tensor(5.0), "exp_avg": torch.full((3,), 0.5), "exp_avg_sq": torch.full((3,), 0.25),
              NORMALISED: torch.full((3,), 7.0), AT_STEP: 5.0}
-    as_saved = _imported(None, {"state": {0: state}, "param_groups": [group]})["state"][0]
+    as_saved = imported(None, {"state": {0: state}, "param_groups": [group]})["state"][0]
     assert torch.equal(as_saved["exp_avg"], torch.full((3,), 7.0)) and NORMALISED not in as_saved
-    moved_on = _imported(None, {"state": {0: {**state, "step": torch.tensor(9.0)}}, "param_groups": [group]})
+    moved_on = imported(None, {"state": {0: {**state, "step": torch.tensor(9.0)}}, "param_groups": [group]})
     expected = 0.5 / ((0.25 / (1 - 0.99 ** 9)) ** 0.5 + 1e-8)
     torch.testing.assert_close(moved_on["state"][0]["exp_avg"], torch.full((3,), expected))
     assert torch.equal(state[NORMALISED], torch.full((3,), 7.0)), "the caller's state_dict is not modified"
@@ -1117,7 +1156,8 @@ def test_a_plain_adamw_checkpoint_loads_and_its_count_and_momentum_continue(one_
 def test_accumulating_over_synchronised_backward_passes_raises_naming_no_sync(one_rank):
     out = one_rank["accumulates"]
     assert out["no_sync"] == "ok", out
-    assert "2 synchronised backward passes" in out["synced"] and "no_sync" in out["synced"], out
+    assert "2 synchronised backward passes" in out["synced"] and "no_sync" in out["synced"] \
+        and "optimizer.zero_grad()" in out["synced"], out
 
 
 @pytest.mark.slow

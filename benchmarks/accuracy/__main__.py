@@ -29,7 +29,7 @@ from .tasks import QUICK, TASKS
 
 DEFAULT_HOOKS = ["allreduce", "fp16", "ef21", "ef14", "ef14" + AWARE, DEFAULT, "ef21_sgdm:eta=0.1", "clag",
                  "co3:fmt=fp4-121", "ef21:ratio=0.1"]
-QUICK_HOOKS = ["allreduce", DEFAULT]  # register(ddp, optimizer=opt): SGD ef14 over Top-K, AdamW ef14 over signs
+QUICK_HOOKS = ["allreduce", DEFAULT]  # register(ddp), which finds opt: SGD ef14 over Top-K, AdamW ef14 over signs
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=float, default=1.0, help="multiply every task's steps and eval interval")
     parser.add_argument("--quick", action="store_true",
                         help="short LM and digits (a9a as in the full run), sgdm and adamw, allreduce and the "
-                             f"default hook told the optimizer ({DEFAULT}), 2 ranks, seed 0 (about a minute)")
+                             f"default hook ({DEFAULT}: register(ddp), which finds the optimizer), 2 ranks, seed 0 (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep OUT/accuracy.json's runs; run only the others")
     parser.add_argument("--chunk", type=int, default=8, help="runs per spawn of the ranks")

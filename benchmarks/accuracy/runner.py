@@ -27,7 +27,7 @@ from .tasks import Data, Task
 
 BASELINE = "allreduce"
 AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
-DEFAULT = "default"  # register(ddp, optimizer=opt): what a user gets with no name (SGD: ef14 topk8 5%; Adam: signs)
+DEFAULT = "default"  # register(ddp): what a user gets with no name (it finds opt; SGD: ef14 topk8 5%; Adam: signs)
 POWERSGD = "powersgd"  # torch's PowerSGD hook, the anchor torch ships (options rank=, start=)
 ONE_BUCKET_MB = 1024.0  # PowerSGD's bucket cap: one bucket (see powersgd)
 
@@ -110,8 +110,8 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
     if name == "fp16":
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
-    if name == DEFAULT:
-        state = ddp_hooks.register(ddp, optimizer=opt)
+    if name == DEFAULT:  # as a user writes it: the registration finds ``opt`` (ddp_hooks.optimizer_lookup)
+        state = ddp_hooks.register(ddp)
         return lambda: state.stats.total_sent
     if name == POWERSGD:  # what it allreduces: P, Q and the tensors it sends dense (fp32), after its plain iterations
         low_rank = powersgd(ddp, **options)

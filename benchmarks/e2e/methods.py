@@ -1,6 +1,6 @@
 """Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default``
-(``register(ddp, optimizer=opt)``: the default hook, told the run's optimizer, which is the plain
-hook under SGD and EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
+(``register(ddp)``: the default hook, which finds the run's optimizer: the plain hook under SGD,
+EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
 (``NAME[+opt]:KEY=VALUE,...``, as in the accuracy suite)."""
 from __future__ import annotations
 
@@ -53,6 +53,6 @@ def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, 
         dense = sum(p.numel() * p.element_size() for p in ddp.parameters()) * DENSE[name]
         return lambda: (round(dense * steps[0]), round(dense * steps[0] * 2 * (workers - 1) / workers))
     name, told = aware(name)
-    state = ddp_hooks.register(ddp, optimizer=optimizer) if name == DEFAULT else \
+    state = ddp_hooks.register(ddp) if name == DEFAULT else \
         ddp_hooks.register(ddp, name, optimizer=optimizer if told else None, **options)
     return lambda: (state.stats.total_sent, state.stats.link_sent)
