@@ -58,8 +58,8 @@ class Encoder(nn.Module):
 def register(ddp: DistributedDataParallel, hook: str) -> ddp_hooks.ThreePCState | None:
     if hook == "fp16_compress":
         ddp.register_comm_hook(None, fp16_compress_hook)
-    elif hook == "default":
-        return ddp_hooks.register(ddp)
+    elif hook == "default":  # the SGD default: register(ddp) would find this run's AdamW and take its Adam mode
+        return ddp_hooks.register(ddp, optimizer=None)
     elif hook != "none":
         return ddp_hooks.register(ddp, hook)
     return None

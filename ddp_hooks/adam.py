@@ -76,13 +76,13 @@ class AdamSettings:
     eps: float
 
 
-def unwrapped(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def unwrapped(optimizer: torch.optim.Optimizer, strict: bool = True) -> torch.optim.Optimizer:
     """The torch optimizer inside a framework's wrapper (Accelerate's ``AcceleratedOptimizer``
     keeps it in ``.optimizer``, Lightning's ``LightningOptimizer``, whose class it makes a
     subclass of the wrapped one's, in ``._optimizer``; both call its ``step``), else
-    ``optimizer`` itself."""
+    ``optimizer`` itself. ``strict``: a ValueError for a wrapper that would undo the Adam mode."""
     while True:
-        if hasattr(optimizer, "_optimizer_original_step_method"):
+        if strict and hasattr(optimizer, "_optimizer_original_step_method"):
             raise ValueError("this optimizer's wrapper (Accelerate's, with a GradScaler) puts back the step method "
                              "it saw when it was built after every step, undoing the Adam mode's: tell the hook "
                              "the optimizer before preparing it: model = accelerator.prepare(model); "
@@ -257,9 +257,10 @@ def unscaled_by_the_scaler(optimizer: torch.optim.Optimizer) -> None:
     optimizer._step_supports_amp_scaling = False
 
 
-def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
+def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = "") -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
-    checkpoints torch AdamW's (``_exported``, ``imported``); a second attach replaces the first."""
+    checkpoints torch AdamW's (``_exported``, ``imported``); a second attach replaces the first.
+    ``note``: what the step's errors add (how the mode was chosen)."""
     applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
     sends_momentum = isinstance(state.mechanism, AdamNormalized) and state.mechanism.momentum
     clipping = state.mechanism.clipping if isinstance(state.mechanism, AdamNormalized) else None
@@ -278,13 +279,13 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "is none (a second step, or a backward only under ddp.no_sync()), or DDP did not "
                                "finish reducing it: a parameter that got no gradient needs "
                                "find_unused_parameters=True in DistributedDataParallel (with static_graph=True, the "
-                               "graph must stay the same every iteration)")
+                               "graph must stay the same every iteration)" + note)
         if rounds > 1:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
                                "aggregate, to which another backward adds a raw gradient), so only the last would "
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
-                               "the last backward only" + SKIPPED)
+                               "the last backward only" + SKIPPED + note)
         found = state.directions()
         directions = {id(p): found.get(id(p)) for p in stepped}
         lacking = [state.name(p) for p, d in directions.items() if d is None]
@@ -293,7 +294,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState) -> None:
                                "optimizer.step() after a backward() through the DDP model. If it is "
                                "set, the parameter is not in DDP's buckets: it did not require grad "
                                "when DDP wrapped the model (frozen then), so DDP never synchronises "
-                               "it; wrap the model in DDP again after unfreezing")
+                               "it; wrap the model in DDP again after unfreezing" + note)
         if clipping is not None:
             follow_clipping(clipping, state, stepped, directions)
         with torch.no_grad():

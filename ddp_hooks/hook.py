@@ -320,7 +320,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
     try:
         if grad.layout != torch.strided:  # every rank's DDP has the same sparse buckets: all raise here
             raise TypeError(SPARSE_GRADIENTS)
-        state.resolve()  # register(ddp)'s look for an optimizer built after it; before the configuration check
+        state.resolve()  # register(ddp)'s look for the optimizer (optimizer_lookup), before the configuration check
         state.check(grad, params, first=bucket.index() == 0)
         if grad.dtype not in GRAD_DTYPES:
             raise TypeError(unsupported_dtype(f"this bucket holds {grad.dtype}"))

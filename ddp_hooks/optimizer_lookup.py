@@ -3,17 +3,20 @@
 The default hook is measured best told an Adam or AdamW (the Adam mode: the accuracy suite's LM
 +0.8% / +0.9% at 2 / 4 ranks, where the default on raw gradients is +5.0% at 2;
 ``benchmarks/results/accuracy_window.md``, ``accuracy_packed.md``); told an SGD it is the same
-hook as untold. Users write ``register(ddp)``, so the registration looks for the optimizer
-itself: torch keeps no registry of optimizers, so the lookup reads the objects Python's garbage
-collector tracks, once at registration and, if it found none there (an optimizer built after
-``register``), once more at the hook's first round or ``load_state_dict``, whichever comes first.
-Every rank runs the same lookup; the configuration check of the first round compares the
-mechanisms, so ranks that found different optimizers raise ``ThreePCError`` together.
+hook as untold. Users write ``register(ddp)``, so the hook looks for the optimizer itself, at its
+first round (``ThreePCState.resolve``; or at ``state_dict``/``load_state_dict`` when one of them
+comes first and finds it), when the training's optimizer exists whatever the order of the
+script: torch keeps no registry of optimizers, so the lookup collects garbage (an optimizer of
+an earlier run dropped in a reference cycle must not count) and reads the objects Python's
+garbage collector tracks. Every rank runs the same lookup; the configuration check of the first
+round compares the mechanisms, so ranks that chose differently raise ``ThreePCError`` together.
 """
 from __future__ import annotations
 
 import gc
+import logging
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,52 +24,82 @@ from torch import nn
 from . import adam
 
 AUTO = "auto"  # register(ddp, optimizer=AUTO): look for it; optimizer=None: compress raw gradients, look for nothing
+# what the Adam mode's errors add when the lookup chose it
+FOUND = (" (register(ddp) found this optimizer and runs its Adam mode; register(ddp, optimizer=None) leaves the "
+         "optimizer and .grad as torch's)")
 
 
-def holding(model: nn.Module) -> list[torch.optim.Optimizer]:
-    """The optimizers alive in this process (a framework's wrapper resolved to the torch optimizer
-    inside, ``adam.unwrapped``) that hold at least one of ``model``'s trainable parameters. An
-    optimizer dropped in a reference cycle may linger: with more than one found, the cycles are
-    collected and the objects read again."""
+class Held(NamedTuple):
+    """An optimizer that holds some of the model's trainable parameters (a framework's wrapper
+    resolved to the torch optimizer inside), and why its wrapper refuses the Adam mode, if it does."""
+
+    optimizer: torch.optim.Optimizer
+    refused: str | None
+
+
+class Found(NamedTuple):
+    """The lookup's answer: the Adam or AdamW the mode takes, if any, and whether any optimizer
+    holds the model's parameters (none yet: a later look may find one)."""
+
+    adam: torch.optim.Optimizer | None
+    any: bool
+
+
+def holding(model: nn.Module) -> list[Held]:
+    """The optimizers alive in this process that hold at least one of ``model``'s trainable
+    parameters, after a garbage collection."""
     owned = {id(p) for p in model.parameters() if p.requires_grad}
+    gc.collect()
+    found: dict[int, Held] = {}
+    for obj in gc.get_objects():
+        if not issubclass(type(obj), torch.optim.Optimizer):  # type(): isinstance reads __class__, which may warn
+            continue
+        try:  # a wrapper shows its optimizer's param_groups
+            if not any(id(p) in owned for group in obj.param_groups for p in group["params"]):
+                continue
+            inner, refused = adam.unwrapped(obj, strict=False), None
+            try:
+                adam.unwrapped(obj)
+            except ValueError as e:
+                refused = str(e)
+        except Exception:  # noqa: BLE001, S112 - an object half built or torn down is no one's optimizer
+            continue
+        known = found.get(id(inner))
+        found[id(inner)] = Held(inner, refused or (known.refused if known else None))
+    return list(found.values())
 
-    def scan() -> list[torch.optim.Optimizer]:
-        found: dict[int, torch.optim.Optimizer] = {}
-        for obj in gc.get_objects():
-            if issubclass(type(obj), torch.optim.Optimizer):  # type(): isinstance reads __class__, which may warn
-                inner = adam.unwrapped(obj)
-                if any(id(p) in owned for group in inner.param_groups for p in group["params"]):
-                    found[id(inner)] = inner
-        return list(found.values())
 
-    found = scan()
-    if len(found) > 1:
-        del found  # no reference of ours held across the collection
-        gc.collect()
-        found = scan()
-    return found
-
-
-def adam_of(model: nn.Module) -> torch.optim.Optimizer | None:
+def lookup(model: nn.Module) -> Found:
     """The Adam or AdamW that steps every trainable parameter of ``model`` and that the Adam mode
-    takes, else None (no optimizer yet, an SGD, another kind). Warns, naming the fix, when an Adam
-    holds the model's parameters but the mode cannot take it: the default then compresses raw
-    gradients, which costs accuracy under Adam."""
+    takes. Warns, naming the fix, when an Adam holds the model's parameters but the mode cannot
+    take it: the default then compresses raw gradients, which costs accuracy under Adam."""
     found = holding(model)
-    adams = [o for o in found if isinstance(o, (torch.optim.Adam, torch.optim.AdamW))]
+    adams = [h for h in found if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
     if not adams:
-        return None
-    kind = type(adams[0]).__name__
+        return Found(None, bool(found))
+    kind = type(adams[0].optimizer).__name__
     try:
         if len(found) > 1:
-            raise ValueError(f"{len(found)} optimizers hold the model's parameters "
-                             f"({', '.join(type(o).__name__ for o in found)}); pass the one to follow as optimizer=")
-        adam.adam_settings(adams[0])
-        adam.check_attachable(adams[0], model)
+            raise ValueError(f"{len(found)} optimizers hold the model's parameters ("
+                             f"{', '.join(type(h.optimizer).__name__ for h in found)}); pass the one that steps "
+                             "them all as optimizer=, or optimizer=None")
+        if adams[0].refused:
+            raise ValueError(adams[0].refused)
+        adam.adam_settings(adams[0].optimizer)
+        adam.check_attachable(adams[0].optimizer, model)
     except ValueError as e:
-        warnings.warn(f"threepc: register(ddp) found an {kind} stepping the model, but its Adam mode cannot take it, "
-                      f"so the default hook compresses raw gradients (under Adam that costs accuracy: the LM +5.0% "
-                      f"in the accuracy suite): {e}. Pass optimizer=None to silence this", RuntimeWarning,
-                      stacklevel=3)
-        return None
-    return adams[0]
+        warn(f"threepc: register(ddp) found an {kind} stepping the model, but its Adam mode cannot take it, so the "
+             f"default hook compresses raw gradients (under Adam that costs accuracy: the LM +5.0% in the accuracy "
+             f"suite): {e}. Pass optimizer=None to silence this")
+        return Found(None, True)
+    return Found(adams[0].optimizer, True)
+
+
+def warn(message: str) -> None:
+    """A RuntimeWarning, or the ``threepc`` logger's warning where warnings are errors: the
+    lookup runs in the hook before a collective, where one rank's exception would leave the
+    others waiting."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    except Exception:  # noqa: BLE001 - see above
+        logging.getLogger("threepc").warning(message)

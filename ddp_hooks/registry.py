@@ -3,7 +3,6 @@ one registry, ``compressors.mechanisms.registry``."""
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -58,10 +57,10 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
 
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
-    Left out (``"auto"``), a registration without a name looks for it (``optimizer_lookup``: the
-    one optimizer that holds the model's parameters, now or, if none exists yet, at the first
-    round) and takes the Adam mode when it is an Adam or AdamW the mode supports; ``None``: raw
-    gradients, no lookup; with a name, only an optimizer passed here is followed. An Adam or
+    Left out (``"auto"``), a registration without a name looks for it at the first round
+    (``optimizer_lookup``: the one optimizer that holds the model's parameters) and takes the
+    Adam mode when it is an Adam or AdamW the mode supports; ``None``: raw gradients, no lookup;
+    with a name, only an optimizer passed here is followed. An Adam or
     AdamW: the hook compresses the momentum of Adam-normalised gradients (each rank
     reads the optimizer's current betas and follows the user's ``clip_grad_norm_``) and
     ``optimizer.step`` becomes AdamW's linear step on the agreed momentum (measured, the default
@@ -97,8 +96,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     lookup = isinstance(optimizer, str)
     if lookup and optimizer != AUTO:
         raise ValueError(f"optimizer= takes the training's optimizer, None or {AUTO!r} (look for it), got {optimizer!r}")
-    if lookup:
-        optimizer = optimizer_lookup.adam_of(ddp.module) if name is None else None
+    if lookup:  # looked for at the first round (_adopt_found), when the training's optimizer exists
+        optimizer = None
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     default = name is None
@@ -125,7 +124,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         adam.attach(optimizer, state)
     elif corrected:
         sgd.attach(optimizer, state)
-    elif lookup and default:  # no optimizer yet: look again at the first round (or load_state_dict)
+    elif lookup and default:
         state.deferred = functools.partial(_adopt_found, ddp, state, options)
     return state
 
@@ -138,24 +137,27 @@ def _default(options: dict[str, object], settings: adam.AdamSettings | None,
     return adam.normalized(chosen, settings, optimizer) if settings is not None else chosen
 
 
-def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, options: dict[str, object]) -> None:
-    """``register(ddp)``'s second look, before the first round: an Adam or AdamW built after
-    ``register`` makes the state run the Adam mode from that round on, as if it had been passed.
+def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, options: dict[str, object],
+                 final: bool) -> bool:
+    """``register(ddp)``'s look for the optimizer (``optimizer_lookup``), before the first round:
+    an Adam or AdamW the mode takes makes the state run the Adam mode, as if it had been passed.
     A state the optimizer already holds (a checkpoint loaded into it, plain steps) is converted
-    as a load after ``register`` would be (``adam.imported``).
-    It never raises (a failure here on one rank would leave the others waiting in the
-    configuration check, which now compares the mechanisms instead)."""
+    as a load after ``register`` would be (``adam.imported``). Whether the choice is made: not
+    while no optimizer holds the model's parameters, unless ``final`` (the first round). It never
+    raises (a failure here on one rank would leave the others waiting in the configuration
+    check, which compares the mechanisms instead)."""
     previous = state.mechanism
     try:
-        optimizer = optimizer_lookup.adam_of(ddp.module)
-        if optimizer is None:
-            return
+        found = optimizer_lookup.lookup(ddp.module)
+        if found.adam is None:
+            return final or found.any
+        optimizer = found.adam
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))
         if optimizer.state:  # converted before the step is replaced: nothing to undo if it fails
             optimizer.load_state_dict(adam.imported(optimizer, optimizer.state_dict(), state=state))
-        adam.attach(optimizer, state)
+        adam.attach(optimizer, state, note=optimizer_lookup.FOUND)
     except Exception as e:  # noqa: BLE001 - see above
         state.adopt(previous)
-        warnings.warn(f"threepc: register(ddp) could not take the Adam mode at the first round ({type(e).__name__}: "
-                      f"{e}); the default hook compresses raw gradients. Pass optimizer= to register", RuntimeWarning,
-                      stacklevel=2)
+        optimizer_lookup.warn(f"threepc: register(ddp) could not take the Adam mode ({type(e).__name__}: {e}); the "
+                              "default hook compresses raw gradients. Pass the optimizer: register(ddp, optimizer=opt)")
+    return True

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from compressors import Mechanism, Round, __version__
 from compressors.core.rounds import MoveHistory
+from compressors.mechanisms.adam_normalized import AdamNormalized
 
 from .protocol import all_gather_single
 from .stats import CommStats
@@ -154,7 +155,7 @@ class ThreePCState:
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
-        self.deferred: Callable[[], None] | None = None  # a choice register() left to the first round (resolve)
+        self.deferred: Callable[[bool], bool] | None = None  # a choice register() left to the first round (resolve)
         self.adopt(mechanism)
         if model is not None:
             self.bind(model)
@@ -172,12 +173,12 @@ class ThreePCState:
         self.mechanism = mechanism
         self.history = MoveHistory(mechanism.window)  # per parameter id: ||g slice||^2, most recent first
 
-    def resolve(self) -> None:
-        """Run the choice ``register`` deferred (``deferred``), once: at the first round, or at
-        ``state_dict``/``load_state_dict`` if they come first."""
-        deferred, self.deferred = self.deferred, None
-        if deferred is not None:
-            deferred()
+    def resolve(self, final: bool = True) -> None:
+        """Make the choice ``register`` deferred (``deferred(final)``, which says whether it made
+        it): at the first round (``final``), or at ``state_dict``/``load_state_dict`` when they
+        come first and can."""
+        if self.deferred is not None and self.deferred(final):
+            self.deferred = None
 
     def bind(self, model: nn.Module) -> None:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
@@ -402,7 +403,7 @@ class ThreePCState:
         before the first forward. Another rank's file, on as many ranks, fails the first round's
         configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
-        self.resolve()
+        self.resolve(final=False)
         memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
                 "world_size": self.world_size(), "rank": self.rank(),
@@ -422,13 +423,18 @@ class ThreePCState:
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
         names = self._require_names("load_state_dict()")
-        self.resolve()
+        self.resolve(final=False)
         if state["mechanism"] != self.mechanism.checkpoint_name():
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
                              f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"
                              + (" (this checkpoint names Adam's betas: it is from before threepc's Adam mode sent "
                                 "momentum, and cannot resume this hook; load the model's and the optimizer's states "
-                                "and start the hook afresh)" if "betas=" in str(state["mechanism"]) else ""))
+                                "and start the hook afresh)" if "betas=" in str(state["mechanism"]) else
+                                " (the checkpoint is of the Adam mode, which register(ddp) takes when it finds the "
+                                "Adam or AdamW that holds the model's parameters: build the optimizer before loading "
+                                "the hook's state, or pass it: register(ddp, optimizer=opt))"
+                                if str(state["mechanism"]).startswith("AdamNormalized")
+                                and not isinstance(self.mechanism, AdamNormalized) else ""))
         by_name = {name: p for p, name in names.items()}
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:

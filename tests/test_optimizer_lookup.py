@@ -14,8 +14,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
+from compressors.mechanisms.adam_normalized import AdamNormalized
 from ddp_hooks.launch import run_ranks
-from ddp_hooks.optimizer_lookup import adam_of, holding
+from ddp_hooks.optimizer_lookup import holding, lookup
 
 STEPS = 6
 
@@ -25,48 +26,64 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
 
 
+def _adam(model: nn.Module) -> torch.optim.Optimizer | None:
+    return lookup(model).adam
+
+
 def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it():
     model, other = _model(), nn.Linear(3, 3)
-    assert adam_of(model) is None, "no optimizer yet"
+    assert lookup(model) == (None, False), "no optimizer yet"
     foreign = torch.optim.AdamW(other.parameters())  # another model's: not looked at
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert adam_of(model) is None, "an SGD: the default is the same hook told or not"
+        assert lookup(model) == (None, True), "an SGD: the default is the same hook told or not"
     del sgd
     adamw = torch.optim.AdamW(model.parameters())
-    assert adam_of(model) is adamw
+    assert _adam(model) is adamw
     second = torch.optim.Adam(model[0].parameters())
-    with pytest.warns(RuntimeWarning, match="2 optimizers hold the model's parameters"):
-        assert adam_of(model) is None
+    with pytest.warns(RuntimeWarning, match="2 optimizers hold the model's parameters .* or optimizer=None"):
+        assert lookup(model) == (None, True)
     del second
     cycle = torch.optim.AdamW(model.parameters())
-    cycle.me = cycle  # dropped in a reference cycle: collected before a second look
+    cycle.me = cycle  # dropped in a reference cycle: collected before the look
     del cycle
-    assert adam_of(model) is adamw
+    assert _adam(model) is adamw
     del adamw
-    gc.collect()
     coupled = torch.optim.Adam(model.parameters(), weight_decay=0.1)
     with pytest.warns(RuntimeWarning, match="weight decay decoupled"):
-        assert adam_of(model) is None
-    assert holding(model) == [coupled] and holding(other) == [foreign]
+        assert lookup(model) == (None, True)
+    assert [h.optimizer for h in holding(model)] == [coupled] and [h.optimizer for h in holding(other)] == [foreign]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning the lookup raises would stop one rank before a collective
+        assert lookup(model) == (None, True)
 
 
-def test_a_wrapped_optimizer_is_found_as_the_optimizer_inside():
-    model = _model()
+class _Wrapper(torch.optim.Optimizer):
+    """As Accelerate's ``AcceleratedOptimizer``: the optimizer in ``.optimizer``, its param_groups."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, restores_step: bool = False) -> None:
+        self.optimizer = optimizer
+        if restores_step:  # as with a GradScaler: it puts its step method back after every step
+            self._optimizer_original_step_method = optimizer.step
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+
+def test_a_wrapped_optimizer_is_found_as_the_optimizer_inside_and_a_wrapper_that_undoes_the_mode_is_named():
+    model, other = _model(), nn.Linear(3, 3)
     adamw = torch.optim.AdamW(model.parameters())
-
-    class Wrapper(torch.optim.Optimizer):  # as Accelerate's AcceleratedOptimizer: .optimizer, its param_groups
-        def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-            self.optimizer = optimizer
-
-        @property
-        def param_groups(self) -> list[dict]:
-            return self.optimizer.param_groups
-
-    wrapper = Wrapper(adamw)
-    assert holding(model) == [adamw] and adam_of(model) is adamw
+    wrapper = _Wrapper(adamw)
+    assert [h.optimizer for h in holding(model)] == [adamw] and _adam(model) is adamw
+    scaled = _Wrapper(torch.optim.SGD(other.parameters(), lr=0.1), restores_step=True)  # another model's
+    assert _adam(model) is adamw
     del wrapper
+    undoing = _Wrapper(adamw, restores_step=True)
+    with pytest.warns(RuntimeWarning, match="puts back the step method"):
+        assert lookup(model) == (None, True)
+    del undoing, scaled
 
 
 def _train(rank: int, workers: int, order: str, steps: int, save: str | None, load: str | None) -> torch.Tensor:
@@ -127,3 +144,52 @@ def test_an_optimizer_that_is_not_one_raises(tmp_path: Path):
             ddp_hooks.register(DDP(_model()), optimizer="adamw")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_rank(tmp_path: Path):
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _backward(ddp: DDP) -> None:
+    nn.functional.cross_entropy(ddp(torch.randn(8, 20)), torch.randint(0, 4, (8,))).backward()
+
+
+def test_the_look_waits_for_the_first_round_and_an_earlier_runs_optimizer_still_alive_is_not_followed(one_rank):
+    """A second stage: the first stage's AdamW is still referenced when the model is wrapped
+    again and registered before its new AdamW is built; following the old one would leave the
+    new one stepping plain AdamW on normalised directions."""
+    model = _model()
+    stage1 = torch.optim.AdamW(model.parameters())
+    ddp = DDP(model)
+    state = ddp_hooks.register(ddp)
+    stage2 = torch.optim.AdamW(ddp.parameters())
+    with pytest.warns(RuntimeWarning, match="2 optimizers hold the model's parameters"):
+        _backward(ddp)
+    assert not isinstance(state.mechanism, AdamNormalized) and stage1 is not None and stage2 is not None
+
+
+def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_round(one_rank):
+    ddp = DDP(_model())
+    state = ddp_hooks.register(ddp)
+    state.state_dict()
+    opt = torch.optim.AdamW(ddp.parameters())
+    _backward(ddp)
+    assert isinstance(state.mechanism, AdamNormalized)
+    _backward(ddp)  # a second synchronised backward before the step
+    with pytest.raises(RuntimeError, match=r"follows 2 synchronised .*register\(ddp\) found this optimizer"):
+        opt.step()
+
+
+def test_loading_an_adam_mode_checkpoint_before_the_optimizer_exists_names_the_order(one_rank):
+    ddp = DDP(_model())
+    opt = torch.optim.AdamW(ddp.parameters())
+    saved = ddp_hooks.register(ddp, optimizer=opt)
+    _backward(ddp)
+    opt.step()
+    checkpoint = saved.state_dict()
+    fresh = DDP(_model())
+    with pytest.raises(ValueError, match="build the optimizer before loading the hook's state"):
+        ddp_hooks.register(fresh).load_state_dict(checkpoint)
