@@ -14,7 +14,7 @@ from compressors.mechanisms.registry import REGISTRY, Entry, entry
 from . import adam, optimizer_lookup, sgd
 from .hook import GRAD_DTYPES, SPARSE_GRADIENTS, threepc_hook, unsupported_dtype
 from .optimizer_lookup import AUTO
-from .state import ThreePCState
+from .state import ThreePCState, logger
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
 MECHANISMS: dict[str, Entry] = {name: e for name, e in REGISTRY.items() if e.ddp}
@@ -150,12 +150,16 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
     try:
         found = optimizer_lookup.lookup(ddp.module)
         if found.adam is None:
+            if final or found.any:
+                logger.info("threepc register(ddp): no Adam or AdamW the Adam mode takes steps the model; %r",
+                            state.mechanism)
             return final or found.any
         optimizer = found.adam
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))
         if optimizer.state:  # converted before the step is replaced: nothing to undo if it fails
             optimizer.load_state_dict(adam.imported(optimizer, optimizer.state_dict(), state=state))
         adam.attach(optimizer, state, note=optimizer_lookup.FOUND)
+        logger.info("threepc register(ddp): found %s; its Adam mode, %r", type(optimizer).__name__, state.mechanism)
     except Exception as e:  # noqa: BLE001 - see above
         state.adopt(previous)
         optimizer_lookup.warn(f"threepc: register(ddp) could not take the Adam mode ({type(e).__name__}: {e}); the "

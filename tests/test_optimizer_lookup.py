@@ -4,6 +4,7 @@ gives, bit for bit (a resume too); what the mode cannot take is warned about and
 from __future__ import annotations
 
 import gc
+import logging
 import warnings
 from pathlib import Path
 
@@ -171,13 +172,15 @@ def test_the_look_waits_for_the_first_round_and_an_earlier_runs_optimizer_still_
     assert not isinstance(state.mechanism, AdamNormalized) and stage1 is not None and stage2 is not None
 
 
-def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_round(one_rank):
+def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_round(one_rank, caplog):
     ddp = DDP(_model())
     state = ddp_hooks.register(ddp)
     state.state_dict()
     opt = torch.optim.AdamW(ddp.parameters())
-    _backward(ddp)
+    with caplog.at_level(logging.INFO, logger="threepc"):
+        _backward(ddp)
     assert isinstance(state.mechanism, AdamNormalized)
+    assert "register(ddp): found AdamW; its Adam mode, AdamNormalized(EF14(ScaledSign" in caplog.text
     _backward(ddp)  # a second synchronised backward before the step
     with pytest.raises(RuntimeError, match=r"follows 2 synchronised .*register\(ddp\) found this optimizer"):
         opt.step()
