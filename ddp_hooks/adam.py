@@ -63,8 +63,8 @@ from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNorma
 from .state import ThreePCState
 
 SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step unless it carries this
-# the other way to two rounds before a step
-SKIPPED = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() (model.zero_grad() "
+# two rounds before a step without accumulating: a step skipped on purpose
+SKIPPED_STEP_HINT = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() (model.zero_grad() "
            "does not tell the hook that the round was dropped)")
 
 
@@ -80,18 +80,26 @@ def unwrapped(optimizer: torch.optim.Optimizer, strict: bool = True) -> torch.op
     """The torch optimizer inside a framework's wrapper (Accelerate's ``AcceleratedOptimizer``
     keeps it in ``.optimizer``, Lightning's ``LightningOptimizer``, whose class it makes a
     subclass of the wrapped one's, in ``._optimizer``; both call its ``step``), else
-    ``optimizer`` itself. ``strict``: a ValueError for a wrapper that would undo the Adam mode."""
+    ``optimizer`` itself. ``strict``: a ValueError for a wrapper that would undo the Adam mode
+    (``refusal``)."""
     while True:
-        if strict and hasattr(optimizer, "_optimizer_original_step_method"):
-            raise ValueError("this optimizer's wrapper (Accelerate's, with a GradScaler) puts back the step method "
-                             "it saw when it was built after every step, undoing the Adam mode's: tell the hook "
-                             "the optimizer before preparing it: model = accelerator.prepare(model); "
-                             "register(model, optimizer=opt, scaler=accelerator.scaler); "
-                             "opt = accelerator.prepare(opt)")
+        refused = refusal(optimizer) if strict else None
+        if refused:
+            raise ValueError(refused)
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
         if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer:
             return optimizer
         optimizer = inner
+
+
+def refusal(wrapper: torch.optim.Optimizer) -> str | None:
+    """Why ``wrapper`` (one layer of a framework's wrapping) would undo the Adam mode, if it would."""
+    if hasattr(wrapper, "_optimizer_original_step_method"):
+        return ("this optimizer's wrapper (Accelerate's, with a GradScaler) puts back the step method it saw when it "
+                "was built after every step, undoing the Adam mode's: tell the hook the optimizer before preparing "
+                "it: model = accelerator.prepare(model); register(model, optimizer=opt, scaler=accelerator.scaler); "
+                "opt = accelerator.prepare(opt)")
+    return None
 
 
 def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
@@ -102,12 +110,12 @@ def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
         return None
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise ValueError(f"register(..., optimizer=) supports torch.optim.Adam, AdamW and SGD; got {kind}. "
-                         "Register without optimizer= to compress the raw gradient")
+                         "Pass optimizer=None to compress the raw gradient")
     groups = optimizer.param_groups
     for flag in ("amsgrad", "maximize", "differentiable"):
         if any(g.get(flag) for g in groups):
             raise ValueError(f"register(..., optimizer=) does not support {kind}({flag}=True); build the optimizer "
-                             f"without it, or register without optimizer=")
+                             f"without it, or pass optimizer=None")
     if isinstance(optimizer, torch.optim.Adam) and not isinstance(optimizer, torch.optim.AdamW) and \
             any(g["weight_decay"] and not g.get("decoupled_weight_decay") for g in groups):
         raise ValueError("register(..., optimizer=) applies weight decay decoupled, as AdamW does; Adam's "
@@ -152,7 +160,7 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
                          "reads (Adam-normalised directions, or an SGD's rescaled momentum increments), not gradients, "
                          "in every parameter's .grad, which another optimizer (or none) would misread. Give this "
                          "optimizer every trainable parameter, freeze the others (requires_grad=False) before "
-                         "wrapping the model in DDP, or register without optimizer=")
+                         "wrapping the model in DDP, or pass optimizer=None")
 
 
 def shaped(flat: Tensor, p: Tensor) -> Tensor:
@@ -285,7 +293,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = ""
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
                                "aggregate, to which another backward adds a raw gradient), so only the last would "
                                "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
-                               "the last backward only" + SKIPPED + note)
+                               "the last backward only" + SKIPPED_STEP_HINT + note)
         found = state.directions()
         directions = {id(p): found.get(id(p)) for p in stepped}
         lacking = [state.name(p) for p, d in directions.items() if d is None]

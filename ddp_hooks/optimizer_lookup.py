@@ -14,7 +14,6 @@ round compares the mechanisms, so ranks that chose differently raise ``ThreePCEr
 from __future__ import annotations
 
 import gc
-import logging
 import warnings
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from . import adam
+from .state import logger
 
 AUTO = "auto"  # register(ddp, optimizer=AUTO): look for it; optimizer=None: compress raw gradients, look for nothing
 # what the Adam mode's errors add when the lookup chose it
@@ -38,11 +38,11 @@ class Held(NamedTuple):
 
 
 class Found(NamedTuple):
-    """The lookup's answer: the Adam or AdamW the mode takes, if any, and whether any optimizer
+    """The lookup's answer: the Adam or AdamW the mode takes, if any, and whether some optimizer
     holds the model's parameters (none yet: a later look may find one)."""
 
     adam: torch.optim.Optimizer | None
-    any: bool
+    held: bool
 
 
 def holding(model: nn.Module) -> list[Held]:
@@ -70,8 +70,8 @@ def holding(model: nn.Module) -> list[Held]:
 
 
 def lookup(model: nn.Module) -> Found:
-    """The Adam or AdamW that steps every trainable parameter of ``model`` and that the Adam mode
-    takes. Warns, naming the fix, when an Adam holds the model's parameters but the mode cannot
+    """``Found``: the Adam or AdamW that steps every trainable parameter of ``model`` and that the
+    Adam mode takes, if there is one. Warns, naming the fix, when an Adam holds the model's parameters but the mode cannot
     take it: the default then compresses raw gradients, which costs accuracy under Adam."""
     found = holding(model)
     adams = [h for h in found if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
@@ -102,4 +102,4 @@ def warn(message: str) -> None:
     try:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     except Exception:  # noqa: BLE001 - see above
-        logging.getLogger("threepc").warning(message)
+        logger.warning(message)

@@ -2,6 +2,7 @@
 one registry, ``compressors.mechanisms.registry``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -13,7 +14,6 @@ from compressors.mechanisms.registry import REGISTRY, Entry, entry
 
 from . import adam, optimizer_lookup, sgd
 from .hook import GRAD_DTYPES, SPARSE_GRADIENTS, threepc_hook, unsupported_dtype
-from .optimizer_lookup import AUTO
 from .state import ThreePCState, logger
 
 # name -> registry entry of every mechanism that runs as a DDP hook (3PCv1 is simulation only)
@@ -45,7 +45,7 @@ def mechanism(name: str, **options: object) -> Mechanism:
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, *,
-             optimizer: torch.optim.Optimizer | str | None = AUTO, warmup_steps: int = 1,
+             optimizer: torch.optim.Optimizer | str | None = optimizer_lookup.AUTO, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
              check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
              **options: object) -> ThreePCState:
@@ -93,10 +93,11 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
              if p.requires_grad and p.dtype not in GRAD_DTYPES and n not in ignored]
     if other:
         raise TypeError(unsupported_dtype(f"these parameters are not: {other[:5]}"))
-    lookup = isinstance(optimizer, str)
-    if lookup and optimizer != AUTO:
-        raise ValueError(f"optimizer= takes the training's optimizer, None or {AUTO!r} (look for it), got {optimizer!r}")
-    if lookup:  # looked for at the first round (_adopt_found), when the training's optimizer exists
+    auto = isinstance(optimizer, str)
+    if auto and optimizer != optimizer_lookup.AUTO:
+        raise ValueError(f"optimizer= takes the training's optimizer, None or {optimizer_lookup.AUTO!r} (look for "
+                         f"it), got {optimizer!r}")
+    if auto:  # looked for at the first round (_adopt_found), when the training's optimizer exists
         optimizer = None
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
@@ -124,7 +125,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         adam.attach(optimizer, state)
     elif corrected:
         sgd.attach(optimizer, state)
-    elif lookup and default:
+    elif auto and default:
         state.deferred = functools.partial(_adopt_found, ddp, state, options)
     return state
 
@@ -146,22 +147,26 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
     while no optimizer holds the model's parameters, unless ``final`` (the first round). It never
     raises (a failure here on one rank would leave the others waiting in the configuration
     check, which compares the mechanisms instead)."""
-    previous = state.mechanism
+    previous, held = state.mechanism, None
     try:
         found = optimizer_lookup.lookup(ddp.module)
         if found.adam is None:
-            if final or found.any:
-                logger.info("threepc register(ddp): no Adam or AdamW the Adam mode takes steps the model; %r",
-                            state.mechanism)
-            return final or found.any
+            if final or found.held:
+                logger.info("threepc: register(ddp) found no Adam or AdamW for the Adam mode: %r", state.mechanism)
+            return final or found.held
         optimizer = found.adam
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))
-        if optimizer.state:  # converted before the step is replaced: nothing to undo if it fails
-            optimizer.load_state_dict(adam.imported(optimizer, optimizer.state_dict(), state=state))
+        if optimizer.state:  # a checkpoint loaded into it, or plain steps: converted as a load after register is
+            held = optimizer.state_dict()
+            optimizer.load_state_dict(adam.imported(optimizer, held, state=state))
         adam.attach(optimizer, state, note=optimizer_lookup.FOUND)
-        logger.info("threepc register(ddp): found %s; its Adam mode, %r", type(optimizer).__name__, state.mechanism)
+        logger.info("threepc: register(ddp) found %s: its Adam mode, %r", type(optimizer).__name__, state.mechanism)
     except Exception as e:  # noqa: BLE001 - see above
-        state.adopt(previous)
+        if state.mechanism is not previous:
+            state.adopt(previous)
+        if held is not None:  # the tensors of the state it held, untouched by the conversion
+            with contextlib.suppress(Exception):
+                optimizer.load_state_dict(held)
         optimizer_lookup.warn(f"threepc: register(ddp) could not take the Adam mode ({type(e).__name__}: {e}); the "
                               "default hook compresses raw gradients. Pass the optimizer: register(ddp, optimizer=opt)")
     return True

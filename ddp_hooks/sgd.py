@@ -35,7 +35,7 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, SKIPPED, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
+from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
 from .state import ThreePCState
 
 
@@ -73,7 +73,7 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
                                "ef14_mc leaves each round's g^t in .grad, to which another backward adds a raw "
                                "gradient, and its memories take one clipping factor per round. Accumulate "
                                "micro-batches under `with ddp.no_sync():` and synchronise the last backward only"
-                               + SKIPPED)
+                               + SKIPPED_STEP_HINT)
         if rounds == 1:  # .grad holds a round's presented g^t
             applied["at"] = state.committed_iterations
             restore(self, state)

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 
 from compressors import Mechanism, Round, __version__
 from compressors.core.rounds import MoveHistory
-from compressors.mechanisms.adam_normalized import AdamNormalized
 
 from .protocol import all_gather_single
 from .stats import CommStats
@@ -165,8 +164,9 @@ class ThreePCState:
     def adopt(self, mechanism: Mechanism) -> None:
         """Run ``mechanism`` (before the first round: ``register`` may choose it late, ``resolve``)."""
         if self.iteration or self._buckets:
-            raise RuntimeError("ThreePCState.adopt: the hook has run rounds; a mechanism is chosen before the first")
-        try:  # fail at registration, on every rank, for mechanisms DDP cannot run
+            raise RuntimeError("ThreePCState.adopt: rounds ran or a checkpoint was loaded; a mechanism is chosen "
+                               "before either")
+        try:  # fail before the first round, on every rank, for mechanisms DDP cannot run
             mechanism.spec(1 << 10, Round(1, 0, 2))
         except NotImplementedError as e:
             raise ValueError(f"{mechanism!r} cannot run as a DDP hook: {e}") from None
@@ -420,6 +420,21 @@ class ThreePCState:
             memory.update(state.slices())
         return memory
 
+    def _mismatch_hint(self, saved: str) -> str:
+        """What to change when a checkpoint of ``saved``'s mechanism does not load into this state."""
+        adam_mode = "AdamNormalized("
+        if "betas=" in saved:
+            return (" (this checkpoint names Adam's betas: it is from before threepc's Adam mode sent momentum, and "
+                    "cannot resume this hook; load the model's and the optimizer's states and start the hook afresh)")
+        if saved.startswith(adam_mode) and self.deferred is not None:
+            return (" (a checkpoint of the Adam mode, which register(ddp) takes when it finds the Adam or AdamW that "
+                    "holds the model's parameters: build the optimizer before loading the hook's state, or pass it: "
+                    "register(ddp, optimizer=opt))")
+        if self.mechanism.checkpoint_name().startswith(adam_mode) and not saved.startswith(adam_mode):
+            return (" (this state runs the Adam mode, which register(ddp) takes when it finds an Adam or AdamW; a "
+                    "checkpoint saved without it resumes with register(ddp, optimizer=None))")
+        return ""
+
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a ``state_dict`` (any bucket layout); buckets are assembled on first use."""
         names = self._require_names("load_state_dict()")
@@ -427,14 +442,7 @@ class ThreePCState:
         if state["mechanism"] != self.mechanism.checkpoint_name():
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
                              f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"
-                             + (" (this checkpoint names Adam's betas: it is from before threepc's Adam mode sent "
-                                "momentum, and cannot resume this hook; load the model's and the optimizer's states "
-                                "and start the hook afresh)" if "betas=" in str(state["mechanism"]) else
-                                " (the checkpoint is of the Adam mode, which register(ddp) takes when it finds the "
-                                "Adam or AdamW that holds the model's parameters: build the optimizer before loading "
-                                "the hook's state, or pass it: register(ddp, optimizer=opt))"
-                                if str(state["mechanism"]).startswith("AdamNormalized")
-                                and not isinstance(self.mechanism, AdamNormalized) else ""))
+                             + self._mismatch_hint(str(state["mechanism"])))
         by_name = {name: p for p, name in names.items()}
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:
@@ -463,3 +471,4 @@ class ThreePCState:
         foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
         self._loaded_from = int(saved_rank) if foreign else None
         self._checked = False  # the ranks compare their configurations (and iterations) again
+        self.deferred = None  # the checkpoint's mechanism is the run's: register(ddp) looks no further

@@ -583,7 +583,7 @@ def test_an_optimizer_with_parameters_outside_the_model_or_without_some_of_it_is
     messages = run_ranks(_foreign, 1, timeout=60)[0]
     assert "does not" in messages["foreign"] and "DDP model's parameters" in messages["foreign"], messages
     assert "does not hold (['module.4.weight', 'module.4.bias'])" in messages["missing"], messages
-    assert "register without optimizer=" in messages["missing"], messages
+    assert "pass optimizer=None" in messages["missing"], messages
 
 
 def _defaults(rank: int, workers: int) -> dict:

@@ -181,12 +181,12 @@ def mean_norm2(g: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, share: f
     m, v = m[::every], v[::every]
     c1, c2 = (c[::every] if c.numel() > 1 else c for c in (c1, c2))
     if c1.numel() == 1 and c2.numel() == 1:  # every coordinate counts the same rounds: min(m^2 c1 / c2, v) c2
-        mean, energy = float(torch.minimum(m.square().mul_(c1 / c2), v).sum()), float(v.sum())
+        kept_sum, energy = float(torch.minimum(m.square().mul_(c1 / c2), v).sum()), float(v.sum())
     else:
         scaled = v.mul(c2)
-        mean, energy = float(torch.minimum(m.square().mul_(c1), scaled).sum()), float(scaled.sum())
-    kept = mean / energy if energy > 0.0 else math.nan  # Python floats raise on / 0
-    kept = kept if math.isfinite(kept) else 1.0  # no energy yet (v = 0: a gradient zero so far, or unsampled)
+        kept_sum, energy = float(torch.minimum(m.square().mul_(c1), scaled).sum()), float(scaled.sum())
+    kept = kept_sum / energy if energy > 0.0 else 1.0  # no energy yet (v = 0: a gradient zero so far, or unsampled)
+    kept = kept if math.isfinite(kept) else 1.0
     return total * (kept + (1.0 - kept) * share)
 
 
