@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
-                        help="adamw: the default hook told the (prepared) optimizer")
+                        help="adamw: the default hook, which finds the prepared AdamW (inside Accelerate's wrapper)")
     args = parser.parse_args()
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -35,8 +35,8 @@ def main() -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(data, batch_size=32, shuffle=True)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if args.optimizer == "adamw":  # after prepare: model is the DDP wrapper, optimizer Accelerate's wrapper
-        state = ddp_hooks.register(model, optimizer=optimizer)
+    if args.optimizer == "adamw":  # after prepare: model is the DDP wrapper; the hook finds the AdamW in Accelerate's
+        state = ddp_hooks.register(model)  # wrapper at its first backward and takes its Adam mode (optimizer=None: not)
     else:
         state = ddp_hooks.register(model, "ef21", ratio=0.01)
 

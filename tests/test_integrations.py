@@ -80,7 +80,8 @@ def test_accelerate_recipe(integration_python: Path) -> None:
 
 
 @pytest.mark.slow
-def test_accelerate_prepared_adamw_is_told_to_the_hook(integration_python: Path) -> None:
+def test_accelerate_prepared_adamw_is_found_by_the_hook(integration_python: Path) -> None:
+    """``register(model)`` finds the AdamW inside Accelerate's ``AcceleratedOptimizer``."""
     stats = rank_stats(run([integration_python, *TORCHRUN, EXAMPLES / "train_accelerate.py", "--steps", "20",
                             "--optimizer", "adamw"], env=ENV, timeout=300))
     for s in stats:
