@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 import ddp_hooks
-from compressors import EF14, TopK, kernels
+from compressors import EF14, MomentumCorrectedEF14, TopK, kernels
 from compressors.core.two_stage import TwoStage
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
@@ -68,6 +68,7 @@ from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping
 from compressors.operators.float_format import FloatFormat
 from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.sign import ScaledSign
+from ddp_hooks import sgd
 from ddp_hooks.adam import adam_settings, attach
 from compressors.core.memory import ErrorAndMomentum
 from compressors.core.payload import PartSpec, Payload
@@ -367,6 +368,41 @@ class MomentumCorrected(_EF14Candidate):
         return state
 
 
+class WaitedMaskEF14(MomentumCorrectedEF14):
+    """``MomentumCorrectedEF14`` that masks the momentum only of the entries sent this round that
+    the round before did not send (their pulse carries rounds of momentum); entries sent round
+    after round (a9a's dominant coordinates) keep theirs."""
+
+    _last: Tensor | None = None
+
+    def masked(self, sent: Tensor) -> Tensor:
+        now = torch.zeros(self.memory.u_i.numel(), dtype=torch.bool, device=sent.device)
+        now[sent] = True
+        waited = sent if self._last is None else sent[~self._last[sent]]
+        self._last = now
+        return waited
+
+
+@dataclass(frozen=True)
+class MomentumCorrectedWaited(_EF14Candidate):
+    """``ef14_mcw``: ``WaitedMaskEF14`` told the run's SGD, as ``register(ddp, "ef14_mc", ...,
+    optimizer=sgd)`` tells ``ef14_mc``."""
+
+    wants_optimizer = True
+
+    def _mechanism(self, ratio: float = 0.05, kept: float = 0.9) -> EF14:
+        return WaitedMaskEF14(PackedTopK(ratio), kept=kept)
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
+                 **options: object) -> ddp_hooks.ThreePCState:
+        chosen = self._mechanism(**options)
+        chosen.follow, chosen.clipping = sgd.follows(optimizer), True
+        state = ddp_hooks.ThreePCState(chosen, model=ddp)
+        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+        sgd.attach(optimizer, state)
+        return state
+
+
 class LagNormalized(AdamNormalized):
     """The Adam mode whose n-rank second moment takes mu^2 from the lag-one autocovariance of the
     rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
@@ -524,4 +560,5 @@ class EF14Decay(_EF14Candidate):
 EXPERIMENTAL: dict[str, Candidate] = {"ef14_decay": EF14Decay(), "ef14_warmup": EF14Warmup(), "ef14_seg": EF14Segment(),
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
                                      "ef14_dgc": MomentumCorrected(), "adam_mode": AdamMode(),
-                                     "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK()}
+                                     "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK(),
+                                     "ef14_mcw": MomentumCorrectedWaited()}

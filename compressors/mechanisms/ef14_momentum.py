@@ -128,12 +128,16 @@ class MomentumCorrectedEF14(EF14):
             torch.mul(u, self.beta, out=u_new).add_(flat(grad), alpha=self.gain)
         out = reusable(spare[0], e.numel(), e.device, busy=(e, u, u_new))
         payload, error = compensated(self.compressor, e, u_new, rnd, out=out)
-        sent = self.compressor.sent(payload, rnd).long() if self.kept != 1.0 else None
+        sent = self.masked(self.compressor.sent(payload, rnd).long()) if self.kept != 1.0 else None
         if sent is not None:
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
         self._remember(flat(grad), sent, self.gain)
         return payload
+
+    def masked(self, sent: Tensor) -> Tensor:
+        """The entries whose momentum is masked (times ``kept``) this round: every entry sent."""
+        return sent
 
     # -- following the user's gradient clipping (``ddp_hooks.sgd``) ----------------------------
     def _remember(self, grad: Tensor, sent: Tensor | None, taken: float, dense: bool = False) -> None:
