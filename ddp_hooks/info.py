@@ -10,6 +10,7 @@ import torch
 import compressors
 import ddp_hooks
 from compressors import kernels
+from ddp_hooks.registry import ADAM_DEFAULT, DEFAULT, SGD_DEFAULT
 
 
 def _installed(distribution: str) -> str:
@@ -20,11 +21,18 @@ def _installed(distribution: str) -> str:
 
 
 def collect() -> dict[str, object]:
-    """Versions, the kernel backend (and why, and the extension's build) and the hook names."""
+    """Versions, the kernel backend (and why, and the extension's build), the hook names and what
+    ``register(ddp)`` registers."""
     kernel = kernels.backend_info()
     return {"threepc": compressors.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "numba": _installed("numba"), **{f"kernels.{key}": value for key, value in kernel.items()},
-            "hooks": ", ".join(ddp_hooks.MECHANISMS)}
+            "hooks": ", ".join(ddp_hooks.MECHANISMS),
+            "register(ddp)": f"{DEFAULT} {_options(SGD_DEFAULT)}; an Adam or AdamW found or passed: the Adam mode, "
+                             f"{DEFAULT} {_options(ADAM_DEFAULT)}"}
+
+
+def _options(options: dict[str, object]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in options.items())
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ def test_module_prints_versions_backend_and_hooks() -> None:
     backend = kernels.backend_info()
     assert "kernels.backend:" in out and backend["backend"] in out and backend["reason"] in out
     assert all(name in out for name in ddp_hooks.MECHANISMS)
+    assert "register(ddp):" in out and "compressor='topk8'" in out and "the Adam mode, ef14 compressor='sign'" in out
 
 
 def test_version_is_one_string() -> None:
