@@ -64,8 +64,8 @@ from .state import ThreePCState
 
 SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step unless it carries this
 # two rounds before a step without accumulating: a step skipped on purpose
-SKIPPED_STEP_HINT = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() (model.zero_grad() "
-           "does not tell the hook that the round was dropped)")
+SKIPPED_STEP_HINT = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() "
+                     "(model.zero_grad() does not tell the hook that the round was dropped)")
 
 
 @dataclass(frozen=True)

@@ -57,11 +57,10 @@ def holding(model: nn.Module) -> list[Held]:
         try:  # a wrapper shows its optimizer's param_groups
             if not any(id(p) in owned for group in obj.param_groups for p in group["params"]):
                 continue
-            inner, refused = adam.unwrapped(obj, strict=False), None
             try:
-                adam.unwrapped(obj)
-            except ValueError as e:
-                refused = str(e)
+                inner, refused = adam.unwrapped(obj), None
+            except ValueError as e:  # a wrapper that would undo the mode: its optimizer, and why
+                inner, refused = adam.unwrapped(obj, strict=False), str(e)
         except Exception:  # noqa: BLE001, S112 - an object half built or torn down is no one's optimizer
             continue
         known = found.get(id(inner))
@@ -71,8 +70,9 @@ def holding(model: nn.Module) -> list[Held]:
 
 def lookup(model: nn.Module) -> Found:
     """``Found``: the Adam or AdamW that steps every trainable parameter of ``model`` and that the
-    Adam mode takes, if there is one. Warns, naming the fix, when an Adam holds the model's parameters but the mode cannot
-    take it: the default then compresses raw gradients, which costs accuracy under Adam."""
+    Adam mode takes, if there is one. Warns, naming the fix, when an Adam holds the model's
+    parameters but the mode cannot take it: the default then compresses raw gradients, which
+    costs accuracy under Adam."""
     found = holding(model)
     adams = [h for h in found if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
     if not adams:
