@@ -12,7 +12,7 @@ with sqrt, division and selects vectorise; no result changes, unlike -ffast-math
 (a * b + c stays two roundings, as in the reference, where the target has fused multiply-add:
 aarch64, or x86 built with -mfma) and no debug
 info (-g0 overrides Python's -g); on Linux the linker
-strips the symbol table (-s), which takes the .so from 7.1 MB to 0.2 MB. The extension is
+strips the symbol table (-s): 0.67 MB for torch 2.13 on x86-64. The extension is
 compiled against the torch found at build time and loads only with that torch version.
 """
 import glob

@@ -332,6 +332,7 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
                   _Round(state, [by_id[p] for p in unit], torch.cat([views[p] for p in unit]), iteration.scale)
                   for unit in units]
     except Exception as e:  # noqa: BLE001 - raised from backward(), never from the autograd hook itself
+        state.last_error = e
         rounds, future = [], _failed(e)
         iteration.add(rounds)
         iteration.settle(failed=True)
@@ -391,7 +392,8 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
         iteration.settle(not completed or any(r.refused for r in rounds))
     failures = [r for r in results if isinstance(r, str)]
     if failures:
-        raise ThreePCError("; ".join(failures))
+        error = rounds[0].state.last_error = ThreePCError("; ".join(failures))
+        raise error
     if whole:
         g, factor = results[0]
         if factor == 1.0 and g.dtype == grad.dtype:  # DDP copies the result into the .grad tensors itself

@@ -3,6 +3,7 @@ one registry, ``compressors.mechanisms.registry``."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 
 import torch
@@ -33,6 +34,11 @@ SGD_DEFAULT: dict[str, object] = {"compressor": "topk8", "ratio": 0.05}
 # 3.15%, left digits at 4 ranks at +0.53 pp; a window of 80% cost the LM +1.0% / +1.3%); under momentum
 # SGD signs diverged, so SGD keeps DEFAULT
 ADAM_DEFAULT: dict[str, object] = {"compressor": "sign", "fraction": 0.84}
+
+
+# register()'s own keywords: any other keyword is an option of the hook
+REGISTER_KEYWORDS = ("optimizer", "warmup_steps", "log_every", "process_group", "nonfinite", "check_every",
+                     "reproducible", "scaler")
 
 
 def mechanism(name: str, **options: object) -> Mechanism:
@@ -78,11 +84,21 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         >>> state = ddp_hooks.register(ddp_model, "ef14_mc", compressor="topk8", ratio=0.05, optimizer=sgd)
         >>> state.stats.summary()["fraction_of_dense"]
     """
+    compiled = getattr(ddp, "_orig_mod", None)  # torch.compile(ddp): the hook goes on the DDP wrapper inside
+    if isinstance(compiled, nn.parallel.DistributedDataParallel):
+        ddp = compiled
     if not isinstance(ddp, nn.parallel.DistributedDataParallel):
         raise TypeError(f"ddp_hooks.register needs the DistributedDataParallel wrapper, got {type(ddp).__name__}: "
                         "wrap the model first (DistributedDataParallel(model)); with Accelerate, register on what "
                         "accelerator.prepare returns, which is the plain model when it sees one process (on CPU: "
                         "Accelerator(cpu=True))")
+    takes = {o.name for o in REGISTRY[name or DEFAULT].options} if (name or DEFAULT) in REGISTRY else set()
+    typos = {o: m[0] for o in options
+             if o not in takes and (m := difflib.get_close_matches(o, REGISTER_KEYWORDS, 1, cutoff=0.6))}
+    if typos:
+        raise ValueError(f"ddp_hooks.register got {sorted(typos)}: did you mean "
+                         f"{', '.join(f'{k}=' for k in typos.values())}? register's own keywords: "
+                         f"{', '.join(REGISTER_KEYWORDS)}; the other keywords are the hook's options")
     ignored = set(getattr(ddp, "parameters_to_ignore", ()))  # DDP's _set_params_and_buffers_to_ignore_for_model
     sparse = [module_name for module_name, m in ddp.module.named_modules()
               if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad
@@ -120,7 +136,17 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
                          check_every=check_every, reproducible=reproducible, scaler=scaler)
     if settings is not None or corrected:
         adam.check_attachable(optimizer, ddp)
-    ddp.register_comm_hook(state, threepc_hook)
+    if state.world_size() == 1:
+        logger.warning("threepc: register on a world of 1 rank: nothing crosses a link, and the hook still "
+                       "compresses this rank's gradient (the accuracy cost without the bandwidth gain)")
+    try:
+        ddp.register_comm_hook(state, threepc_hook)
+    except RuntimeError as e:
+        if "only be called once" not in str(e):
+            raise
+        raise RuntimeError("ddp_hooks.register: this DDP model already has a comm hook (torch allows one per "
+                           "wrapper). Keep the state the first register() returned; to change hooks, wrap the model "
+                           "in a new DistributedDataParallel and register on it") from e
     if settings is not None:  # once the hook is in: a second register() on this model raised above
         adam.attach(optimizer, state)
     elif corrected:
@@ -138,6 +164,24 @@ def _default(options: dict[str, object], settings: adam.AdamSettings | None,
     return adam.normalized(chosen, settings, optimizer) if settings is not None else chosen
 
 
+def _look_again(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, first: int, final: bool) -> bool:
+    """No optimizer held the model at the first round: at the next round's first bucket, warn if
+    an Adam or AdamW holds it now (built after the first backward: the mode is chosen before the
+    first round, so the hook stays on raw gradients). Whether the look is done; it never raises."""
+    if not final or state.iteration == first:
+        return False
+    with contextlib.suppress(Exception):
+        late = [h.optimizer for h in optimizer_lookup.holding(ddp.module)
+                if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
+        if late:
+            optimizer_lookup.warn(
+                f"threepc: register(ddp) found an {type(late[0]).__name__} only after the hook's first round (built "
+                "after the first backward), when the mechanism is chosen, so the default hook compresses raw "
+                "gradients (under Adam that costs accuracy: the LM +5.0% in the accuracy suite). Build the optimizer "
+                "before the first backward, or pass it: register(ddp, optimizer=opt); optimizer=None silences this")
+    return True
+
+
 def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, options: dict[str, object],
                  final: bool) -> bool:
     """``register(ddp)``'s look for the optimizer (``optimizer_lookup``), before the first round:
@@ -153,6 +197,9 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
         if found.adam is None:
             if final or found.held:
                 logger.info("threepc: register(ddp) found no Adam or AdamW for the Adam mode: %r", state.mechanism)
+            if final and not found.held:  # no optimizer yet: one more look, at the next round, to warn
+                state.deferred = functools.partial(_look_again, ddp, state, state.iteration)
+                return False
             return final or found.held
         optimizer = found.adam
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))

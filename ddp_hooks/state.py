@@ -46,7 +46,9 @@ class ThreePCError(RuntimeError):
     """A failure the hook agreed on with every rank (each rank raises it in the same round, from
     DDP's ``backward()``; the collectives of the round have completed and DDP's reducer stays
     usable): a non-finite gradient under ``nonfinite="raise"``, an exception on some rank,
-    ranks configured differently, or replicas of the aggregate that diverged."""
+    ranks configured differently, or replicas of the aggregate that diverged. ``backward()``
+    raises it as torch re-raises what a comm hook's future fails with: a ``RuntimeError`` whose
+    message contains this one's; ``ThreePCState.last_error`` is the ThreePCError itself."""
 
 
 @dataclass
@@ -121,7 +123,7 @@ class ThreePCState:
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
                  "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
-                 "_loaded_from", "deferred")
+                 "_loaded_from", "deferred", "last_error")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -143,6 +145,7 @@ class ThreePCState:
         self.iteration = 0
         self.stats = CommStats()
         self.failure: ThreePCError | None = None  # a failed configuration check or replica check: final
+        self.last_error: Exception | None = None  # the last failure backward() raised (torch wraps it)
         self._checked = False  # whether the ranks compared their configurations
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it

@@ -1,5 +1,5 @@
-"""The recipes in examples/ (README_usage.md shows them), each run with 2 CPU processes: they
-train, and the hook compresses (its byte counts, printed by each rank).
+"""The recipes in examples/ (README.md, "Use it in your training script", shows them), each run
+with 2 CPU processes: they train, and the hook compresses (its byte counts, printed by each rank).
 
 Lightning and Accelerate are installed into a venv cached under .venv-integration/, keyed by
 their pinned versions and by the interpreter and torch it reuses (the constraints forbid pip to

@@ -185,6 +185,25 @@ def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_r
         opt.step()
 
 
+def test_an_adamw_built_after_the_first_backward_is_warned_about_at_the_next_round(one_rank):
+    """The mechanism is chosen at the first round: an AdamW built after it leaves the default on raw
+    gradients, which the next round says once, naming the fix (a user's sanity backward first)."""
+    ddp = DDP(_model())
+    state = ddp_hooks.register(ddp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backward(ddp)  # no optimizer yet: nothing to say
+    opt = torch.optim.AdamW(ddp.parameters())
+    with pytest.warns(RuntimeWarning, match=r"found an AdamW only after the hook's first round .* before the first "
+                                            r"backward, or pass it: register\(ddp, optimizer=opt\)"):
+        _backward(ddp)
+    opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backward(ddp)  # said once
+    assert not isinstance(state.mechanism, AdamNormalized) and state.deferred is None
+
+
 def test_loading_an_adam_mode_checkpoint_before_the_optimizer_exists_names_the_order(one_rank):
     ddp = DDP(_model())
     opt = torch.optim.AdamW(ddp.parameters())

@@ -7,6 +7,8 @@ import itertools
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
 from compressors import Payload, Round
@@ -63,7 +65,7 @@ def test_a_sign_window_needs_signs_and_at_least_half_the_entries(options, messag
 
 
 def test_unknown_and_simulation_only_names_are_refused_by_the_hook_registry():
-    with pytest.raises(ValueError, match="unknown threepc mechanism 'ef22'; known: gd, ef14"):
+    with pytest.raises(ValueError, match=r"mechanism 'ef22' \(did you mean 'ef21'\?\); known: gd, ef14"):
         build("ef22")
     with pytest.raises(ValueError, match="simulation only"):
         ddp_hooks.mechanism("3pcv1")
@@ -73,6 +75,34 @@ def test_unknown_and_simulation_only_names_are_refused_by_the_hook_registry():
 def test_registering_on_a_model_that_is_not_the_ddp_wrapper_names_the_fix():
     with pytest.raises(TypeError, match="needs the DistributedDataParallel wrapper, got Linear.*Accelerator"):
         ddp_hooks.register(torch.nn.Linear(2, 1))
+
+
+def test_a_misspelled_name_or_option_is_answered_with_the_close_one():
+    with pytest.raises(ValueError, match=r"unknown threepc mechanism 'ef2l' \(did you mean 'ef21'\?\)"):
+        build("ef2l")
+    with pytest.raises(ValueError, match=r"\['ratoi'\] \(did you mean 'ratio'\?\); its options: ratio, k"):
+        build("ef21", ratoi=0.1)
+    with pytest.raises(ValueError, match=r"\['zzz'\]; its options"):
+        build("ef21", zzz=1)
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_register_names_its_own_keywords_a_second_hook_and_takes_a_compiled_wrapper(one_rank, caplog):
+    ddp = DDP(torch.nn.Linear(4, 2))
+    for typo, meant in (("optimiser", "optimizer="), ("warmup", "warmup_steps="), ("nonfinit", "nonfinite=")):
+        with pytest.raises(ValueError, match=f"register got \\['{typo}'\\]: did you mean {meant}\\? register's own"):
+            ddp_hooks.register(ddp, **{typo: 1})
+    state = ddp_hooks.register(torch.compile(ddp), "ef21", ratio=0.1)  # compiled after wrapping, before registering
+    assert repr(state.mechanism) == "EF21(TopK(ratio=0.1))"
+    assert "register on a world of 1 rank: nothing crosses a link" in caplog.text
+    with pytest.raises(RuntimeError, match="already has a comm hook .* Keep the state the first register"):
+        ddp_hooks.register(ddp)
 
 
 def _mean_payload(payloads: list[Payload], spec, numel: int) -> Payload:

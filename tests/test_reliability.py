@@ -206,7 +206,7 @@ def _train_through_failures(model: nn.Module, ddp: DDP, state: ddp_hooks.ThreePC
                             rank: int, before_step: Callable[[int], None]) -> dict:
     """Six steps; a step whose backward raises is recorded (step, outcome, memory untouched) and
     skipped, the others train."""
-    outcomes = []
+    outcomes, kept = [], []
     for step in range(6):
         before_step(step)
         before = _memory(state)
@@ -216,7 +216,9 @@ def _train_through_failures(model: nn.Module, ddp: DDP, state: ddp_hooks.ThreePC
             opt.step()
         else:
             outcomes.append((step, *outcome, _same(before, _memory(state))))
-    return {"failures": outcomes, "params": _params(model)}
+            first = str(state.last_error).split(", in the bucket")[0]
+            kept.append((type(state.last_error).__name__, first in outcome[0]))
+    return {"failures": outcomes, "last_errors": kept, "params": _params(model)}
 
 
 def _overflow(rank: int, dtype: torch.dtype) -> dict:
@@ -521,6 +523,12 @@ def _fails(outcome: tuple[str, float], *needles: str) -> None:
     assert seconds < AGREED, (seconds, message)
 
 
+def _kept(result: dict) -> None:
+    """backward() raised torch's RuntimeError around the agreed failure; ``state.last_error`` is
+    the ThreePCError itself (the last bucket's that failed: the same up to the bucket it names)."""
+    assert result["last_errors"] == [("ThreePCError", True)] * len(result["failures"]), result["last_errors"]
+
+
 @pytest.mark.parametrize("hook", list(NONFINITE_HOOKS))
 def test_a_nonfinite_gradient_on_one_rank_skips_the_step_and_touches_no_memory(scenarios, hook):
     ranks = [r[f"nonfinite {hook}"] for r in scenarios]
@@ -543,6 +551,7 @@ def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_
         assert step == 3 and untouched
         _fails(outcome, f"non-finite gradient on 1 of {len(scenarios)} ranks", "2.weight")
         assert ("this rank: non-finite gradient in ['2.weight']" in outcome[0]) == (rank == 1), outcome[0]
+        _kept(r["raise"])
     assert all(torch.equal(a, b) for a, b in zip(scenarios[0]["raise"]["params"], scenarios[1]["raise"]["params"]))
 
 
@@ -552,6 +561,7 @@ def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(
         assert step == 3 and untouched
         _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
                "injected failure" if rank == 1 else "this rank did not fail")
+        _kept(r["hook error"])
     first, second = (r["hook error"]["params"] for r in scenarios[:2])
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
@@ -563,6 +573,7 @@ def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(
         assert step == 3 and untouched
         _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
                "step() and spec() disagree" if rank == 1 else "this rank did not fail")
+        _kept(r[f"spec mismatch {hook} {method}"])
 
 
 @pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])

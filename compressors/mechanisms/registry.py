@@ -8,8 +8,9 @@ benchmark tables all read it.
 """
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..core.compressor import Compressor
@@ -106,8 +107,8 @@ class Entry:
         known = {o.name: o for o in self.options}
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"{self.name} does not take option(s) {unknown}; its options: "
-                             f"{', '.join(known) or 'none'}")
+            raise ValueError(f"{self.name} does not take option(s) {unknown}{_did_you_mean(unknown, known)}; its "
+                             f"options: {', '.join(known) or 'none'}")
         for ratio, k in SIZE_PAIRS:
             if options.get(ratio) is not None and options.get(k) is not None:
                 raise ValueError(f"{self.name}: give {ratio}= (fraction kept) or {k}= (entries kept), not both")
@@ -281,7 +282,15 @@ def entry(name: str) -> Entry:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown threepc mechanism {name!r}; known: {', '.join(REGISTRY)}") from None
+        raise ValueError(f"unknown threepc mechanism {name!r}{_did_you_mean([name], REGISTRY)}; known: "
+                         f"{', '.join(REGISTRY)}") from None
+
+
+def _did_you_mean(given: Iterable[str], known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the given names close to a known one, else nothing."""
+    known = list(known)
+    close = [m[0] for g in given if isinstance(g, str) and (m := difflib.get_close_matches(g, known, 1))]
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def build(name: str, **options: object) -> Mechanism:
