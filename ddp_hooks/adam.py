@@ -60,6 +60,7 @@ from compressors.core.mechanism import all_finite
 from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, Clipping, debiased,
                                                    debiasing, second_moment)
 
+from .memory_order import shaped
 from .state import ThreePCState
 
 SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step unless it carries this
@@ -161,25 +162,6 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
                          "in every parameter's .grad, which another optimizer (or none) would misread. Give this "
                          "optimizer every trainable parameter, freeze the others (requires_grad=False) before "
                          "wrapping the model in DDP, or pass optimizer=None")
-
-
-def shaped(flat: Tensor, p: Tensor) -> Tensor:
-    """``flat``, a parameter's slice of a DDP bucket, as a tensor like ``p``: DDP lays each
-    parameter's gradient out in the parameter's own memory order (e.g. channels_last) when that
-    order is dense, so such a slice is read with ``p``'s strides."""
-    if p.is_contiguous() or not _dense(p):
-        return flat.view_as(p)
-    return flat.as_strided(p.size(), p.stride())
-
-
-def _dense(p: Tensor) -> bool:
-    """Whether ``p``'s strides are a permutation of a contiguous layout (no gaps, no overlaps)."""
-    expected = 1
-    for size, stride in sorted(zip(p.size(), p.stride()), key=lambda d: (d[1], d[0])):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none

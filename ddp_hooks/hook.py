@@ -122,6 +122,8 @@ class _Round:
         self.local = ""  # what this rank saw (for the error message)
         flags = Flags()
         try:
+            if state.local_failure is not None:  # its memories differ from the other ranks': flagged every round
+                raise ThreePCError(state.local_failure)
             if not all_finite(grad):
                 self.local, flags = self._nonfinite_params(), Flags(nonfinite=1)
             else:
@@ -178,6 +180,14 @@ class _Round:
         if self.server is not None:
             self.bucket.server = self.server
         self.saved = self.server = None
+
+    def installed_anyway(self) -> None:
+        """Install a dense round that failed on this rank alone (``local_failure``), as the other
+        ranks installed theirs, so that this rank's next rounds issue the same collectives (and
+        flag the failure); its aggregate is zeros: this rank decodes no round any more."""
+        if not self.bucket.server or "g" not in self.bucket.server:
+            self.bucket.server = {"g": torch.zeros(self.grad.numel(), dtype=torch.float32, device=self.grad.device)}
+        self.state.install(self.bucket)
 
     def commit(self) -> None:
         """Keep this round (every round of the iteration succeeded on every rank). The aggregate
@@ -280,6 +290,8 @@ class _Iteration:
         if self.closed and self.pending == 0:
             for r in self.rounds:
                 r.restore() if self.failed else r.commit()
+                if self.failed and r.dense and r.state.local_failure is not None:  # the other ranks installed it:
+                    r.installed_anyway()  # so that the next rounds issue their collectives, flagged
             if self.rounds and not self.failed:
                 self.rounds[0].state.committed_iterations += 1
             self.rounds = []
@@ -386,7 +398,10 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
     completed = False
     try:
         _synchronize(fut)
-        results = [r.finish() for r in rounds]
+        try:
+            results = [r.finish() for r in rounds]
+        except Exception as e:
+            raise _failed_locally(rounds[0], e) from e
         completed = True
     finally:
         iteration.settle(not completed or any(r.refused for r in rounds))
@@ -403,6 +418,20 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
         for p, part in zip(r.params, g.split([p.numel() for p in r.params])):
             _write(views[id(p)], part.view_as(views[id(p)]), factor)
     return grad
+
+
+def _failed_locally(round_: _Round, error: Exception) -> ThreePCError:
+    """Decoding raised on this rank (an out-of-memory error, say) after the round's collectives:
+    the other ranks kept the round, so this rank's memories and aggregate now differ from theirs.
+    Its state records it (``local_failure``) and flags every later round, which every rank then
+    raises, until every rank loads a checkpoint."""
+    state = round_.state
+    state.local_failure = (f"decoding failed on rank {state.group.rank()} alone in iteration {round_.rnd.t} "
+                           f"({type(error).__name__}: {error}); the other ranks kept that round, so this rank's "
+                           "memories and aggregate differ from theirs for good. Restore every rank from a checkpoint "
+                           "(model, optimizer and state.load_state_dict)")
+    state.last_error = ThreePCError(state.local_failure)
+    return state.last_error
 
 
 def _write(out: Tensor, g: Tensor, factor: float) -> Tensor:

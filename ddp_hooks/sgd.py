@@ -35,7 +35,8 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, rescaling, shaped, started, unscaled_by_the_scaler
+from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, rescaling, started, unscaled_by_the_scaler
+from .memory_order import shaped
 from .state import ThreePCState
 
 

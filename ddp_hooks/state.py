@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from compressors import Mechanism, Round, __version__
 from compressors.core.rounds import MoveHistory
 
+from .memory_order import bucket_order, logical
 from .protocol import all_gather_single
 from .stats import CommStats
 
@@ -39,7 +40,9 @@ ESTIMATE = SERVER + "g"
 NONFINITE = ("propagate", "raise")
 # What to do when a configuration field differs across ranks (appended to the error).
 FIXES = {"checkpoint": " (each rank saves its own hook state, torch.save(state.state_dict(), f'hook-rank{rank}.pt'), "
-                       "and loads the file it saved: the memories differ per rank)"}
+                       "and loads the file it saved: the memories differ per rank)",
+         "iteration": " (every rank loads the hook state it saved at the same step, or none does)",
+         "optimizer": " (pass the same optimizer= on every rank: told, ef14_mc follows its momentum and clipping)"}
 
 
 class ThreePCError(RuntimeError):
@@ -123,7 +126,7 @@ class ThreePCState:
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
                  "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
-                 "_loaded_from", "deferred", "last_error")
+                 "_loaded_from", "deferred", "last_error", "local_failure", "_params")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
@@ -146,6 +149,7 @@ class ThreePCState:
         self.stats = CommStats()
         self.failure: ThreePCError | None = None  # a failed configuration check or replica check: final
         self.last_error: Exception | None = None  # the last failure backward() raised (torch wraps it)
+        self.local_failure: str | None = None  # decoding failed on this rank alone: every later round flags it
         self._checked = False  # whether the ranks compared their configurations
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
@@ -157,6 +161,7 @@ class ThreePCState:
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None
+        self._params: dict[int, Tensor] = {}  # id -> parameter (its memory order, for checkpoints)
         self.deferred: Callable[[bool], bool] | None = None  # a choice register() left to the first round (resolve)
         self.adopt(mechanism)
         if model is not None:
@@ -187,6 +192,7 @@ class ThreePCState:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
         module = getattr(model, "module", model)
         self._names = {id(p): name for name, p in module.named_parameters()}
+        self._params = {id(p): p for p in module.parameters()}
 
     def loss_scale(self) -> float:
         """The scale of the gradients this backward pass produced (``scaler``'s, else 1)."""
@@ -219,6 +225,7 @@ class ThreePCState:
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
                 "scaler": "given" if self.scaler is not None else "none",
+                "optimizer": "followed" if getattr(self.mechanism, "follow", None) is not None else "not followed",
                 "checkpoint": "its own" if self._loaded_from is None else f"rank {self._loaded_from}'s",
                 "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
 
@@ -407,12 +414,19 @@ class ThreePCState:
         configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
         self.resolve(final=False)
-        memory = {names[p]: {k: t.clone() for k, t in s.items()} for p, s in self.parameter_memory().items()}
-        return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration,
+        memory = {names[p]: {k: self._in_order(t, p, logical).clone() for k, t in s.items()}
+                  for p, s in self.parameter_memory().items()}
+        return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration, "order": "logical",
                 "world_size": self.world_size(), "rank": self.rank(),
                 "rebuild": sorted(names[p] for p in self._rebuild), "stats": self.stats.state_dict(), "memory": memory,
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
+
+    def _in_order(self, t: Tensor, p: int, convert: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """A parameter's memory slice ``t`` converted between its bucket's order and row-major
+        (``memory_order``); as is for a parameter this state does not know."""
+        param = self._params.get(p)
+        return convert(t, param) if param is not None and t.numel() == param.numel() else t
 
     def parameter_memory(self) -> dict[int, dict[str, Tensor]]:
         """Every parameter's (by id) slices of its bucket's memory, or of a loaded checkpoint's
@@ -458,7 +472,9 @@ class ThreePCState:
         self.stats.load_state_dict(state["stats"])
         self._buckets.clear()
         self._owner.clear()
-        self._pending = {by_name[name]: dict(s) for name, s in state["memory"].items()}
+        order = bucket_order if state.get("order") == "logical" else (lambda t, p: t)  # older: the bucket's order
+        self._pending = {by_name[name]: {k: self._in_order(t, by_name[name], order) for k, t in s.items()}
+                         for name, s in state["memory"].items()}
         # Another set of ranks: an aggregate that outlives its round (EF21's g, moved by increments;
         # SASG's one message per rank) is not the mean of these ranks' memories, so each bucket's
         # first round is dense and rebuilds both from its gradients (a mechanism that carries memory,
@@ -474,4 +490,5 @@ class ThreePCState:
         foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
         self._loaded_from = int(saved_rank) if foreign else None
         self._checked = False  # the ranks compare their configurations (and iterations) again
+        self.local_failure = None  # every rank resumes from its checkpoint
         self.deferred = None  # the checkpoint's mechanism is the run's: register(ddp) looks no further

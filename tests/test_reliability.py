@@ -7,6 +7,7 @@ Few spawns, many scenarios each (module fixtures); every rank reports an outcome
 """
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import time
@@ -176,6 +177,36 @@ def _hook_error(rank: int) -> dict:
     return _train_through_failures(model, ddp, state, opt, rank, before_step)
 
 
+def _decode_error(rank: int, hook: str, method: str, at: int) -> dict:
+    """The mechanism's ``method`` (a decoding step, run after the round's collectives) raises on
+    rank 1 alone at step ``at`` (an out-of-memory error, say): the other ranks keep that round,
+    so from the next step on every rank raises, without a hang, until every rank loads the
+    checkpoint it saved before the failure; then they train again, replicas identical."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, hook, ratio=0.05) if hook == "ef21" else ddp_hooks.register(ddp, hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    real, saved, outcomes = getattr(type(state.mechanism), method), None, []
+
+    def fail(*args: object) -> None:
+        raise MemoryError("injected allocation failure")
+    for step in range(7):
+        setattr(type(state.mechanism), method, fail if rank == 1 and step == at else real)
+        if step == at:
+            saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()})
+        if step == at + 3:  # every rank restores its own checkpoint
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            state.load_state_dict(saved["hook"])
+        opt.zero_grad()
+        outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
+        if outcome[0] == "ok":
+            opt.step()
+        outcomes.append(outcome[0])
+    setattr(type(state.mechanism), method, real)
+    return {"outcomes": outcomes, "last_error": type(state.last_error).__name__, "params": _params(model)}
+
+
 def _spec_mismatch(rank: int, hook: str, method: str) -> dict:
     """A mechanism whose ``method`` (step, or the two-stage owner's relay) returns fp64 values
     where its spec declares fp32, on rank 1 at step 3: every rank raises, no rank is left in a
@@ -314,7 +345,10 @@ def _mismatch(rank: int, left: dict, right: dict) -> dict:
     """Rank 0 registers ``left``, the others ``right``: every rank raises naming the field."""
     model = _model()
     ddp = DDP(model, bucket_cap_mb=CAP)
-    ddp_hooks.register(ddp, **(left if rank == 0 else right))
+    options = dict(left if rank == 0 else right)
+    if options.get("optimizer") == "sgd":
+        options["optimizer"] = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ddp_hooks.register(ddp, **options)
     return {"first": _outcome(lambda: _loss(ddp, rank, 0).backward()),
             "again": _outcome(lambda: _loss(ddp, rank, 1).backward())}
 
@@ -366,6 +400,7 @@ class _Odd(nn.Module):
 
 
 SPEC_MISMATCHES = (("ef21", "step"), ("onebit", "step"), ("onebit", "relay"))
+DECODE_ERRORS = (("ef21", "fold", 3), ("co3_2s", "collect", 3), ("ef21", "begin", 0))  # begin: the dense round
 ODD = ("ef21", "clag", "co3", "co3_2s", "onebit", "sasg")
 
 
@@ -409,6 +444,7 @@ MISMATCHES = {
     "mechanism": ({"name": "ef21", "ratio": 0.05}, {"name": "ef14", "ratio": 0.05}),
     "warmup_steps": ({"name": "ef21", "warmup_steps": 1}, {"name": "ef21", "warmup_steps": 2}),
     "3pcv5 p": ({"name": "3pcv5", "p": 0.1}, {"name": "3pcv5", "p": 0.2}),
+    "optimizer": ({"name": "ef14_mc", "optimizer": "sgd"}, {"name": "ef14_mc"}),  # the same repr, told or not
 }
 
 
@@ -419,6 +455,8 @@ def _single_group(rank: int, workers: int) -> dict:
     out["hook error"] = _hook_error(rank)
     for hook, method in SPEC_MISMATCHES:
         out[f"spec mismatch {hook} {method}"] = _spec_mismatch(rank, hook, method)
+    for hook, method, at in DECODE_ERRORS:
+        out[f"decode error {hook} {method}"] = _decode_error(rank, hook, method, at)
     for dtype in (torch.float16, torch.bfloat16):
         out[f"overflow {dtype}"] = _overflow(rank, dtype)
     out["overflow inside payload"] = _overflow_inside_payload(rank)
@@ -576,6 +614,25 @@ def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(
         _kept(r[f"spec mismatch {hook} {method}"])
 
 
+@pytest.mark.parametrize("hook, method, at", DECODE_ERRORS)
+def test_decoding_that_fails_on_one_rank_alone_stops_every_rank_until_they_load_a_checkpoint(scenarios, hook, method,
+                                                                                             at):
+    for rank, r in enumerate(scenarios):
+        out = r[f"decode error {hook} {method}"]["outcomes"]
+        assert out[:at] == ["ok"] * at
+        if rank == 1:
+            assert "decoding failed on rank 1 alone" in out[at] and "Restore every rank from a checkpoint" in out[at]
+        else:  # it kept the round, unless a bucket issued after the failure carried its flag
+            assert out[at] == "ok" or f"threepc hook failed on 1 of {len(scenarios)} ranks" in out[at], out[at]
+        for later in out[at + 1:at + 3]:  # every rank, agreed, no hang
+            assert f"threepc hook failed on 1 of {len(scenarios)} ranks" in later, later
+            assert ("decoding failed on rank 1 alone" in later) == (rank == 1), later
+        assert out[at + 3:] == ["ok"] * (7 - at - 3), "each rank's own checkpoint: training goes on"
+        assert r[f"decode error {hook} {method}"]["last_error"] == "ThreePCError"
+    first, *others = (r[f"decode error {hook} {method}"]["params"] for r in scenarios)
+    assert all(torch.equal(a, b) for o in others for a, b in zip(first, o)), "replicas identical after the resume"
+
+
 @pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])
 def test_low_precision_overflow_is_a_skipped_round(scenarios, dtype):
     ranks = [r[f"overflow {dtype}"] for r in scenarios]
@@ -619,7 +676,7 @@ def test_an_owners_flag_in_a_fixed_size_two_stage_round_is_agreed_without_a_head
 @pytest.mark.parametrize("name", list(MISMATCHES))
 def test_ranks_configured_differently_all_raise_naming_the_field(scenarios, name):
     left, right = MISMATCHES[name]
-    field = "warmup_steps" if name == "warmup_steps" else "mechanism"
+    field = name if name in ("warmup_steps", "optimizer") else "mechanism"
     for r in scenarios:
         outcome = r[f"mismatch {name}"]
         _fails(outcome["first"], "configuration differs across ranks", f"{field}: rank 0", "rank 1")

@@ -169,3 +169,31 @@ def test_the_moments_of_the_adam_mode_survive_a_change_of_world_size():
     for name in MOMENTS:
         loaded = torch.cat([saved["memory"][n][name] for n in ("weight", "bias")])
         assert torch.equal(getattr(dense.worker.memory, name), loaded), name
+
+
+def test_checkpoints_hold_memories_row_major_whatever_the_parameters_memory_format():
+    """DDP lays a channels_last parameter's gradient out in that order, and so are the hook's
+    memories: a checkpoint holds them row-major, so that it loads into a model of either format
+    (a review found a channels_last checkpoint scrambled in a contiguous model)."""
+    last = torch.nn.Conv2d(3, 4, 2).to(memory_format=torch.channels_last)
+    plain, again = torch.nn.Conv2d(3, 4, 2), torch.nn.Conv2d(3, 4, 2).to(memory_format=torch.channels_last)
+    w = last.weight
+    assert not w.is_contiguous()
+    row_major = torch.arange(w.numel(), dtype=torch.float32)
+    in_bucket = torch.empty_strided(w.shape, w.stride())
+    in_bucket.copy_(row_major.view(w.shape))
+    in_bucket = in_bucket.as_strided((w.numel(),), (1,))  # the weight as DDP's bucket holds it
+    assert not torch.equal(in_bucket, row_major)
+    state = ThreePCState(EF21(TopK(k=1)))
+    state.bind(last)
+    bucket = state.new_bucket_state([w, last.bias])
+    bucket.worker.init(torch.cat([in_bucket, torch.zeros(4)]))
+    bucket.server = {"g": torch.cat([in_bucket, torch.zeros(4)])}
+    saved = state.state_dict()
+    assert all(torch.equal(t, row_major) for t in saved["memory"]["weight"].values())
+    for model, expected in ((plain, row_major), (again, in_bucket)):
+        fresh = ThreePCState(EF21(TopK(k=1)))
+        fresh.bind(model)
+        fresh.load_state_dict(saved)
+        assert all(torch.equal(t, expected) for t in fresh.parameter_memory()[id(model.weight)].values())
+        assert all(torch.equal(t, row_major) for t in fresh.state_dict()["memory"]["weight"].values())
