@@ -237,7 +237,8 @@ class _Round:
                  f"(rank {state.group.rank()} of {n}): ")
         if flags.error:
             mine = (f"this rank raised {type(self.error).__name__}: {self.error}" if self.error is not None
-                    else "this rank did not fail; see the failing rank's error")
+                    else "this rank did not fail; see the failing rank's error (if it says its decoding failed, "
+                    "every rank loads the checkpoint it saved before)")
             return f"threepc hook failed on {flags.error} of {n} ranks {where}{mine}"
         mine = f"; this rank: {self.local}" if self.local else ""
         if state.nonfinite == "raise":
@@ -256,6 +257,7 @@ class _Iteration:
         self.rounds: list[_Round] = []
         self.futures: list[Future] = []
         self.pending, self.closed, self.failed = 0, False, False
+        self.local = False  # decoding raised on this rank alone (hook._failed_locally)
         self.lock = threading.Lock()
 
     def add(self, rounds: list[_Round]) -> None:
@@ -288,10 +290,15 @@ class _Iteration:
     def _end(self, failed: bool) -> None:
         self.failed |= failed
         if self.closed and self.pending == 0:
+            # decoding failed here alone (``local``): the other ranks kept the iteration unless some round of it
+            # was refused by flags, which every rank read; then every rank rolled it back, and nothing differs
+            kept_elsewhere = self.local and not any(r.refused for r in self.rounds)
             for r in self.rounds:
                 r.restore() if self.failed else r.commit()
-                if self.failed and r.dense and r.state.local_failure is not None:  # the other ranks installed it:
-                    r.installed_anyway()  # so that the next rounds issue their collectives, flagged
+                if kept_elsewhere and r.dense:  # so that the next rounds issue the others' collectives, flagged
+                    r.installed_anyway()
+            if self.local and not kept_elsewhere:
+                self.rounds[0].state.local_failure = None
             if self.rounds and not self.failed:
                 self.rounds[0].state.committed_iterations += 1
             self.rounds = []
@@ -395,13 +402,22 @@ def _synchronize(future: Future) -> None:
 def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tensor, views: dict[int, Tensor],
             whole: bool) -> Tensor:
     """The bucket's result, once its exchanges (collected in ``fut``) completed."""
-    completed = False
+    completed, state = False, rounds[0].state
     try:
-        _synchronize(fut)
         try:
-            results = [r.finish() for r in rounds]
+            _synchronize(fut)
         except Exception as e:
-            raise _failed_locally(rounds[0], e) from e
+            state.last_error = e
+            raise
+        results, failed = [], None
+        for r in rounds:  # every round reads its flags, after one raised too (_Iteration.end)
+            try:
+                results.append(r.finish())
+            except Exception as e:  # noqa: BLE001 - on this rank alone: the others decoded the same payloads
+                failed = failed or e
+        if failed is not None:
+            iteration.local = True
+            raise _failed_locally(rounds[0], failed) from failed
         completed = True
     finally:
         iteration.settle(not completed or any(r.refused for r in rounds))
@@ -426,10 +442,10 @@ def _failed_locally(round_: _Round, error: Exception) -> ThreePCError:
     Its state records it (``local_failure``) and flags every later round, which every rank then
     raises, until every rank loads a checkpoint."""
     state = round_.state
-    state.local_failure = (f"decoding failed on rank {state.group.rank()} alone in iteration {round_.rnd.t} "
-                           f"({type(error).__name__}: {error}); the other ranks kept that round, so this rank's "
-                           "memories and aggregate differ from theirs for good. Restore every rank from a checkpoint "
-                           "(model, optimizer and state.load_state_dict)")
+    state.local_failure = (f"decoding failed on rank {state.group.rank()} in iteration {round_.rnd.t} "
+                           f"({type(error).__name__}: {error}); unless every rank refused that iteration, the others "
+                           "kept it, so this rank's memories and aggregate differ from theirs for good. Restore every "
+                           "rank from a checkpoint saved before (model, optimizer and state.load_state_dict)")
     state.last_error = ThreePCError(state.local_failure)
     return state.last_error
 

@@ -413,6 +413,10 @@ class ThreePCState:
         before the first forward. Another rank's file, on as many ranks, fails the first round's
         configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
+        self.settle()  # the last iteration's rounds: DDP stops waiting at the first bucket that raised
+        if self.local_failure is not None:
+            raise ValueError(f"state_dict() refused: this rank's hook state differs from the other ranks' ("
+                             f"{self.local_failure}); saving it would resume the divergence")
         self.resolve(final=False)
         memory = {names[p]: {k: self._in_order(t, p, logical).clone() for k, t in s.items()}
                   for p, s in self.parameter_memory().items()}
@@ -490,5 +494,5 @@ class ThreePCState:
         foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
         self._loaded_from = int(saved_rank) if foreign else None
         self._checked = False  # the ranks compare their configurations (and iterations) again
-        self.local_failure = None  # every rank resumes from its checkpoint
+        self.local_failure = self.failure = None  # every rank resumes from its checkpoint, checked again
         self.deferred = None  # the checkpoint's mechanism is the run's: register(ddp) looks no further

@@ -177,34 +177,41 @@ def _hook_error(rank: int) -> dict:
     return _train_through_failures(model, ddp, state, opt, rank, before_step)
 
 
-def _decode_error(rank: int, hook: str, method: str, at: int) -> dict:
+def _decode_error(rank: int, hook: str, method: str, at: int, nan: bool = False) -> dict:
     """The mechanism's ``method`` (a decoding step, run after the round's collectives) raises on
     rank 1 alone at step ``at`` (an out-of-memory error, say): the other ranks keep that round,
     so from the next step on every rank raises, without a hang, until every rank loads the
-    checkpoint it saved before the failure; then they train again, replicas identical."""
+    checkpoint it saved before the failure; then they train again, replicas identical. With
+    ``nan``, rank 0's gradient is NaN in that step: every rank refuses the iteration, so nothing
+    differs and training goes on (a non-finite step is skipped, as GradScaler would)."""
     model = _model()
     ddp = DDP(model, bucket_cap_mb=CAP)
     state = ddp_hooks.register(ddp, hook, ratio=0.05) if hook == "ef21" else ddp_hooks.register(ddp, hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    real, saved, outcomes = getattr(type(state.mechanism), method), None, []
+    real, saved, outcomes, refused_save = getattr(type(state.mechanism), method), None, [], ""
+    switch = _poison(model[2].weight)
 
     def fail(*args: object) -> None:
         raise MemoryError("injected allocation failure")
     for step in range(7):
         setattr(type(state.mechanism), method, fail if rank == 1 and step == at else real)
+        switch["value"] = float("nan") if nan and rank == 0 and step == at else None
         if step == at:
             saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()})
+        if step == at + 1:
+            refused_save = _outcome(state.state_dict)[0]  # the failing rank's diverged state is not saved
         if step == at + 3:  # every rank restores its own checkpoint
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
             state.load_state_dict(saved["hook"])
         opt.zero_grad()
         outcome = _outcome(lambda: _loss(ddp, rank, step).backward())
-        if outcome[0] == "ok":
+        if outcome[0] == "ok" and all(bool(p.grad.isfinite().all()) for p in model.parameters()):
             opt.step()
         outcomes.append(outcome[0])
     setattr(type(state.mechanism), method, real)
-    return {"outcomes": outcomes, "last_error": type(state.last_error).__name__, "params": _params(model)}
+    return {"outcomes": outcomes, "last_error": type(state.last_error).__name__, "params": _params(model),
+            "save after": refused_save}
 
 
 def _spec_mismatch(rank: int, hook: str, method: str) -> dict:
@@ -457,6 +464,7 @@ def _single_group(rank: int, workers: int) -> dict:
         out[f"spec mismatch {hook} {method}"] = _spec_mismatch(rank, hook, method)
     for hook, method, at in DECODE_ERRORS:
         out[f"decode error {hook} {method}"] = _decode_error(rank, hook, method, at)
+    out["decode error refused everywhere"] = _decode_error(rank, "ef21", "fold", 3, nan=True)
     for dtype in (torch.float16, torch.bfloat16):
         out[f"overflow {dtype}"] = _overflow(rank, dtype)
     out["overflow inside payload"] = _overflow_inside_payload(rank)
@@ -617,20 +625,41 @@ def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(
 @pytest.mark.parametrize("hook, method, at", DECODE_ERRORS)
 def test_decoding_that_fails_on_one_rank_alone_stops_every_rank_until_they_load_a_checkpoint(scenarios, hook, method,
                                                                                              at):
+    """Two outcomes, by timing, the same on every rank: the other ranks kept the iteration (the
+    failing rank's flag reached none of its buckets), and every rank raises from the next step
+    until each loads its checkpoint; or a bucket issued after the failure carried the flag, every
+    rank rolled the iteration back, and training goes on at once."""
+    kept = scenarios[0][f"decode error {hook} {method}"]["outcomes"][at] == "ok"
     for rank, r in enumerate(scenarios):
         out = r[f"decode error {hook} {method}"]["outcomes"]
         assert out[:at] == ["ok"] * at
         if rank == 1:
-            assert "decoding failed on rank 1 alone" in out[at] and "Restore every rank from a checkpoint" in out[at]
-        else:  # it kept the round, unless a bucket issued after the failure carried its flag
-            assert out[at] == "ok" or f"threepc hook failed on 1 of {len(scenarios)} ranks" in out[at], out[at]
+            assert "decoding failed on rank 1" in out[at] and "Restore every rank from a checkpoint" in out[at]
+        else:
+            assert (out[at] == "ok") == kept and (kept or f"failed on 1 of {len(scenarios)} ranks" in out[at]), out
         for later in out[at + 1:at + 3]:  # every rank, agreed, no hang
-            assert f"threepc hook failed on 1 of {len(scenarios)} ranks" in later, later
-            assert ("decoding failed on rank 1 alone" in later) == (rank == 1), later
+            if kept:
+                assert f"threepc hook failed on 1 of {len(scenarios)} ranks" in later, later
+                assert ("decoding failed on rank 1" in later) == (rank == 1), later
+            else:
+                assert later == "ok", later
         assert out[at + 3:] == ["ok"] * (7 - at - 3), "each rank's own checkpoint: training goes on"
         assert r[f"decode error {hook} {method}"]["last_error"] == "ThreePCError"
+        refused = "ValueError: state_dict() refused" in r[f"decode error {hook} {method}"]["save after"]
+        assert refused == (rank == 1 and kept)
     first, *others = (r[f"decode error {hook} {method}"]["params"] for r in scenarios)
     assert all(torch.equal(a, b) for o in others for a, b in zip(first, o)), "replicas identical after the resume"
+
+
+def test_a_decoding_failure_in_an_iteration_every_rank_refused_differs_in_nothing(scenarios):
+    """Rank 1's decoding fails while rank 0's gradient is NaN: every rank rolls the iteration back
+    (the flags), so rank 1's state is the others' and training goes on without a checkpoint."""
+    for rank, r in enumerate(scenarios):
+        out = r["decode error refused everywhere"]["outcomes"]
+        assert ("decoding failed on rank 1" in out[3]) == (rank == 1) and out[:3] + out[4:] == ["ok"] * 6, out
+        assert r["decode error refused everywhere"]["save after"] == "ok"
+    first, *others = (r["decode error refused everywhere"]["params"] for r in scenarios)
+    assert all(torch.equal(a, b) for o in others for a, b in zip(first, o))
 
 
 @pytest.mark.parametrize("dtype", ["torch.float16", "torch.bfloat16"])
