@@ -381,14 +381,19 @@ def _foreign_checkpoint(rank: int) -> dict:
 
 
 def _diverged(rank: int) -> dict:
-    """Rank 1's aggregate replica is corrupted after step 2: the replica check raises everywhere."""
+    """Rank 1's aggregate replica is corrupted after step 2: the replica check raises everywhere,
+    until every rank loads the hook state it saved at step 2."""
     model = _model()
     ddp = DDP(model, bucket_cap_mb=CAP)
     state = ddp_hooks.register(ddp, "ef21", ratio=0.05, check_every=1)
-    outcomes = []
-    for step in range(5):
+    outcomes, saved = [], None
+    for step in range(7):
+        if step == 2:
+            saved = copy.deepcopy(state.state_dict())
         if step == 3 and rank == 1:
             state.buckets[0].estimate[0] += 1.0
+        if step == 5:
+            state.load_state_dict(saved)
         outcomes.append(_outcome(lambda: _loss(ddp, rank, step).backward()))
     return {"outcomes": outcomes}
 
@@ -729,6 +734,7 @@ def test_diverged_replicas_raise_on_every_rank_at_the_next_check(scenarios):
         assert [o[0] for o in outcomes[:3]] == ["ok"] * 3
         _fails(outcomes[3], "aggregate replica differs")
         _fails(outcomes[4], "aggregate replica differs")
+        assert [o[0] for o in outcomes[5:]] == ["ok"] * 2, "a load on every rank clears it"
 
 
 @pytest.mark.parametrize("hook", ODD)
