@@ -410,7 +410,7 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
             state.last_error = e
             raise
         results, failed = [], None
-        for r in rounds:  # every round reads its flags, after one raised too (_Iteration.end)
+        for r in rounds:  # every round reads its flags, after one raised too (_Iteration._end)
             try:
                 results.append(r.finish())
             except Exception as e:  # noqa: BLE001 - on this rank alone: the others decoded the same payloads
@@ -423,7 +423,7 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
         iteration.settle(not completed or any(r.refused for r in rounds))
     failures = [r for r in results if isinstance(r, str)]
     if failures:
-        error = rounds[0].state.last_error = ThreePCError("; ".join(failures))
+        error = state.last_error = ThreePCError("; ".join(failures))
         raise error
     if whole:
         g, factor = results[0]
@@ -437,10 +437,11 @@ def _decode(fut: Future, rounds: list[_Round], iteration: _Iteration, grad: Tens
 
 
 def _failed_locally(round_: _Round, error: Exception) -> ThreePCError:
-    """Decoding raised on this rank (an out-of-memory error, say) after the round's collectives:
-    the other ranks kept the round, so this rank's memories and aggregate now differ from theirs.
-    Its state records it (``local_failure``) and flags every later round, which every rank then
-    raises, until every rank loads a checkpoint."""
+    """Decoding raised on this rank (an out-of-memory error, say) after the round's collectives.
+    Its state records it (``local_failure``): unless some round of the iteration was refused by
+    flags (every rank then rolls the iteration back, and ``_Iteration._end`` clears it), the other
+    ranks kept the iteration, this rank's memories and aggregate differ from theirs, and it flags
+    every later round, which every rank raises, until every rank loads a checkpoint."""
     state = round_.state
     state.local_failure = (f"decoding failed on rank {state.group.rank()} in iteration {round_.rnd.t} "
                            f"({type(error).__name__}: {error}); unless every rank refused that iteration, the others "
