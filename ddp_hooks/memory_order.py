@@ -10,21 +10,24 @@ import torch
 from torch import Tensor
 
 
+def permuted(p: Tensor) -> bool:
+    """Whether DDP's bucket holds ``p`` in an order other than row-major (dense, not contiguous)."""
+    return not p.is_contiguous() and dense(p)
+
+
 def shaped(flat: Tensor, p: Tensor) -> Tensor:
     """``flat``, a parameter's slice of a bucket, as a tensor like ``p`` (a view)."""
-    if p.is_contiguous() or not dense(p):
-        return flat.view_as(p)
-    return flat.as_strided(p.size(), p.stride())
+    return flat.as_strided(p.size(), p.stride()) if permuted(p) else flat.view_as(p)
 
 
 def logical(flat: Tensor, p: Tensor) -> Tensor:
     """A bucket slice of ``p`` in row-major order (``flat`` itself when ``p`` is contiguous)."""
-    return flat if p.is_contiguous() or not dense(p) else shaped(flat, p).contiguous().view(-1)
+    return shaped(flat, p).contiguous().view(-1) if permuted(p) else flat
 
 
 def bucket_order(flat: Tensor, p: Tensor) -> Tensor:
     """A row-major slice of ``p`` in the order DDP's bucket holds ``p`` (inverse of ``logical``)."""
-    if p.is_contiguous() or not dense(p):
+    if not permuted(p):
         return flat
     out = torch.empty_strided(p.size(), p.stride(), dtype=flat.dtype, device=flat.device)
     out.copy_(flat.view(p.size()))

@@ -413,13 +413,12 @@ class ThreePCState:
         before the first forward. Another rank's file, on as many ranks, fails the first round's
         configuration check on every rank (``rank`` is saved)."""
         names = self._require_names("state_dict()")
-        self.settle()  # the last iteration's rounds: DDP stops waiting at the first bucket that raised
+        self.resolve(final=False)
+        held = self.parameter_memory()  # after the last iteration settled: it may set or clear local_failure
         if self.local_failure is not None:
             raise ValueError(f"state_dict() refused: this rank's hook state differs from the other ranks' ("
                              f"{self.local_failure}); saving it would resume the divergence")
-        self.resolve(final=False)
-        memory = {names[p]: {k: self._in_order(t, p, logical).clone() for k, t in s.items()}
-                  for p, s in self.parameter_memory().items()}
+        memory = {names[p]: {k: self._in_order(t, p, logical).clone() for k, t in s.items()} for p, s in held.items()}
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration, "order": "logical",
                 "world_size": self.world_size(), "rank": self.rank(),
                 "rebuild": sorted(names[p] for p in self._rebuild), "stats": self.stats.state_dict(), "memory": memory,
