@@ -51,6 +51,26 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
                    " must be float32, float16 or bfloat16, got ", py_dtype(dt), "; cast it with .float()");
 }
 
+// Bytes from a tensor's first element to the end of its last, whatever its strides.
+inline int64_t byte_span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * std::abs(t.stride(d));
+  return (last + 1) * static_cast<int64_t>(t.element_size());
+}
+
+// A kernel that writes `out` while it reads `input` needs them apart: it may write an entry of out
+// before it reads the input bytes stored there (float_decode's table lookup writes 32 floats at a
+// time). Views of one storage are apart when their byte spans do not meet (checks.apart alike).
+inline void check_apart(const char* op, const char* out_name, const at::Tensor& out, const char* name,
+                        const at::Tensor& input) {
+  if (out.numel() == 0 || input.numel() == 0 || !out.storage().is_alias_of(input.storage())) return;
+  const int64_t lo_out = out.storage_offset() * static_cast<int64_t>(out.element_size());
+  const int64_t lo_in = input.storage_offset() * static_cast<int64_t>(input.element_size());
+  TORCH_CHECK_VALUE(lo_out >= lo_in + byte_span(input) || lo_in >= lo_out + byte_span(out), op, ": ", out_name,
+                    " shares memory with ", name, ", which the kernel reads while it writes ", out_name,
+                    "; pass a separate buffer (", name, ".clone())");
+}
+
 inline void check_topk_abs(const at::Tensor& x, int64_t k) {
   check_floating("topk_abs", "x", x);
   check_k("topk_abs", k, x.numel());
@@ -67,6 +87,7 @@ inline void check_ef21_topk_step(const at::Tensor& grad, const at::Tensor& h, in
   TORCH_CHECK_VALUE(grad.device() == h.device(), "ef21_topk_step: grad is on ", grad.device(), " but h on ",
                     h.device(), "; move them to one device");
   check_k("ef21_topk_step", k, h.numel());
+  check_apart("ef21_topk_step", "h", h, "grad", grad);
 }
 
 // Scales and alphas are fp32 in the kernels: finite as an fp32, and a scale positive.
@@ -93,6 +114,8 @@ inline void check_sparse_accumulate(const at::Tensor& out, const at::Tensor& val
   TORCH_CHECK_VALUE(values.device() == out.device() && indices.device() == out.device(),
                     "sparse_accumulate: out, values and indices must be on one device, got ", out.device(), ", ",
                     values.device(), " and ", indices.device());
+  check_apart("sparse_accumulate", "out", out, "values", values);
+  check_apart("sparse_accumulate", "out", out, "indices", indices);
   if (indices.numel() == 0) return;
   const auto [lo, hi] = at::aminmax(indices);
   const int64_t first = lo.item<int64_t>(), last = hi.item<int64_t>();
@@ -133,6 +156,7 @@ inline void check_float_accumulate(const at::Tensor& out, const at::Tensor& code
                     "float_accumulate: out must be a contiguous float32 tensor of ", codes.numel(),
                     " elements on ", codes.device(), " (one per code), got ", py_dtype(out.scalar_type()), " of ",
                     out.numel(), " elements on ", out.device(), out.is_contiguous() ? "" : ", non-contiguous");
+  check_apart("float_accumulate", "out", out, "codes", codes);
 }
 
 // ``out`` of a float_encode/decode.out call: contiguous, of ``dtype`` (named ``dtype_name`` as in
@@ -146,6 +170,7 @@ inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& i
                     out.device(),
                     out.is_contiguous() ? "" : ", non-contiguous", "; allocate it with torch.empty(", input.numel(),
                     ", dtype=torch.", dtype_name, ")");
+  check_apart(op, "out", out, dtype == at::kByte ? "v" : "codes", input);
 }
 
 // A Huffman table: codes int32[A], lengths uint8[A], A <= 256, every codeword of length
@@ -275,6 +300,8 @@ inline void check_sign_accumulate(const at::Tensor& out, at::TensorList signs, a
     check_sign_decode(signs[r], scales[r], out.numel(), block);
     TORCH_CHECK_VALUE(signs[r].device() == out.device(), "sign_accumulate: out is on ", out.device(),
                       " but a payload on ", signs[r].device(), "; move them to one device");
+    check_apart("sign_accumulate", "out", out, "signs", signs[r]);
+    check_apart("sign_accumulate", "out", out, "scales", scales[r]);
   }
 }
 
@@ -437,6 +464,10 @@ inline void check_packed_accumulate(const at::Tensor& out, at::TensorList codes,
     TORCH_CHECK_VALUE(c.device() == out.device() && s.device() == out.device() && n.device() == out.device() &&
                           o.device() == out.device(),
                       "packed_accumulate: out is on ", out.device(), " but a payload is not; move them to one device");
+    for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"codes", &c}, {"scales", &s},
+                                  {"counts", &n}, {"offsets", &o}}) {
+      check_apart("packed_accumulate", "out", out, name, *t);
+    }
     TORCH_CHECK_VALUE(s.numel() == 1 && n.numel() == blocks && o.numel() == c.numel(), "packed_accumulate: a payload of ",
                       out.numel(), " entries in blocks of ", block, " has 1 scale, ", blocks,
                       " counts and as many offsets as codes, got ", s.numel(), ", ", n.numel(), ", ", o.numel(),

@@ -302,6 +302,49 @@ def test_kernels_reject_bad_arguments_with_the_fix(impl):
     assert torch.equal(out, torch.zeros(5)), "a rejected call must not touch out"
 
 
+@pytest.mark.parametrize("impl", ALL)
+def test_an_output_that_shares_memory_with_an_input_is_refused_by_every_backend(impl):
+    """A kernel that writes ``out`` while it reads an input may write an entry before it reads the
+    input bytes stored there (the C++ float_decode writes 32 floats at a time: a review found 31 of
+    64 entries wrong, numba's float_accumulate 46 of 64). Every backend refuses such a call with
+    the same ValueError and leaves ``out`` as it was; views of one buffer that do not meet pass."""
+    ops = IMPLS[impl]
+    out = torch.arange(64, dtype=torch.float32)
+    before = out.clone()
+    raw = out.view(torch.uint8)  # out's own bytes
+    with pytest.raises(ValueError, match=r"float_accumulate: out shares memory with codes, .*\(codes.clone\(\)\)"):
+        ops.float_accumulate(out, raw[:64], 4, 3, 7, 1.0, 1.0)
+    with pytest.raises(ValueError, match="sparse_accumulate: out shares memory with values"):
+        ops.sparse_accumulate(out, out[1:4], torch.tensor([0, 1, 2]), 1.0)
+    with pytest.raises(ValueError, match="sparse_accumulate: out shares memory with indices"):
+        ops.sparse_accumulate(out, torch.ones(2), out.view(torch.int32)[:2], 1.0)
+    with pytest.raises(ValueError, match="ef21_topk_step: h shares memory with grad"):
+        ops.ef21_topk_step(out.view(8, 8), out, 3)
+    signs, scales = reference.sign_encode(torch.randn(64), 16)
+    raw[:8] = signs
+    with pytest.raises(ValueError, match="sign_accumulate: out shares memory with signs"):
+        ops.sign_accumulate(out, [signs, raw[:8]], [scales, scales], 16, 1.0)
+    codes, scale, counts, offsets = reference.packed_encode(torch.ones(4), torch.tensor([1, 5, 9, 60]), 64, 8, 4, 3, 7)
+    with pytest.raises(ValueError, match="packed_accumulate: out shares memory with offsets"):
+        ops.packed_accumulate(out, [codes], [scale], [counts], [raw[-4:]], 8, 4, 3, 7, 1.0)
+    raw[:8] = before.view(torch.uint8)[:8]
+    assert torch.equal(out, before), "a refused call must not touch out"
+    buffer = torch.zeros(64)  # one storage, disjoint views: accepted
+    ops.sparse_accumulate(buffer[:32], buffer[32:35] + 1, torch.tensor([0, 1, 2]), 1.0)
+    ops.sparse_accumulate(buffer[:32], buffer[40:46:2], torch.tensor([3, 4, 5]), 1.0)
+    assert buffer[:6].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_the_out_variants_refuse_an_out_that_shares_memory_with_their_input():
+    """``float_decode(out=)`` and ``float_encode(out=)`` through the served backend."""
+    out = torch.zeros(64)
+    with pytest.raises(ValueError, match="float_decode: out shares memory with codes"):
+        kernels.float_decode(out.view(torch.uint8)[:64], 4, 3, 7, out=out)
+    v = torch.randn(64)
+    with pytest.raises(ValueError, match="float_encode: out shares memory with v"):
+        kernels.float_encode(v, 4, 3, 7, out=v.view(torch.uint8)[:64])
+
+
 # -- the registered ops -----------------------------------------------------------------------
 def test_the_built_extension_serves_the_ops():
     info, built = kernels.backend_info(), extension.build_info()

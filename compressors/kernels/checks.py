@@ -69,6 +69,7 @@ def ef21_topk_step(grad: Tensor, h: Tensor, k: int) -> None:
     if grad.device != h.device:
         raise ValueError(f"ef21_topk_step: grad is on {grad.device} but h on {h.device}; move them to one device")
     _k("ef21_topk_step", k, h.numel())
+    apart("ef21_topk_step", "h", h, "grad", grad)
 
 
 def _alpha(op: str, alpha: float) -> None:
@@ -89,6 +90,8 @@ def sparse_accumulate(out: Tensor, values: Tensor, indices: Tensor, alpha: float
     if values.device != out.device or indices.device != out.device:
         raise ValueError(f"sparse_accumulate: out, values and indices must be on one device, got {out.device}, "
                          f"{values.device} and {indices.device}")
+    apart("sparse_accumulate", "out", out, "values", values)
+    apart("sparse_accumulate", "out", out, "indices", indices)
     if indices.numel():
         lo, hi = (int(t) for t in torch.aminmax(indices))
         if lo < 0 or hi >= out.numel():
@@ -133,6 +136,7 @@ def float_accumulate(out: Tensor, codes: Tensor, exponent: int, mantissa: int, b
         raise ValueError(f"float_accumulate: out must be a contiguous float32 tensor of {codes.numel()} elements on "
                          f"{codes.device} (one per code), got {out.dtype} of {out.numel()} elements on {out.device}"
                          f"{_non_contiguous(out)}")
+    apart("float_accumulate", "out", out, "codes", codes)
 
 
 def out(op: str, out: Tensor, like: Tensor, dtype: torch.dtype) -> None:
@@ -142,6 +146,7 @@ def out(op: str, out: Tensor, like: Tensor, dtype: torch.dtype) -> None:
         raise ValueError(f"{op}: out must be a contiguous {name} tensor of {like.numel()} elements on {like.device}, "
                          f"got {out.dtype} of {out.numel()} elements on {out.device}{_non_contiguous(out)}; "
                          f"allocate it with torch.empty({like.numel()}, dtype={dtype})")
+    apart(op, "out", out, "v" if dtype == torch.uint8 else "codes", like)
 
 
 def _huffman_table(op: str, codes: Tensor, lengths: Tensor) -> None:
@@ -273,6 +278,8 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
         if s.device != out.device:
             raise ValueError(f"sign_accumulate: out is on {out.device} but a payload on {s.device}; move them to "
                              "one device")
+        apart("sign_accumulate", "out", out, "signs", s)
+        apart("sign_accumulate", "out", out, "scales", c)
 
 
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float, eps: float,
@@ -316,11 +323,24 @@ def adam_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dic
 
 
 def _overlap(a: Tensor, b: Tensor) -> bool:
-    """Whether the bytes of two tensors (contiguous ones: their span) share memory."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+    """Whether the byte spans of two tensors (first to last element, whatever the strides) meet."""
+    if not a.numel() or not b.numel() or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
     lo_a, lo_b = a.storage_offset() * a.element_size(), b.storage_offset() * b.element_size()
-    return lo_a < lo_b + b.numel() * b.element_size() and lo_b < lo_a + a.numel() * a.element_size()
+    return lo_a < lo_b + _span(b) and lo_b < lo_a + _span(a)
+
+
+def _span(t: Tensor) -> int:
+    """Bytes from t's first element to the end of its last (non-negative strides)."""
+    return (sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+def apart(op: str, out_name: str, out: Tensor, name: str, t: Tensor) -> None:
+    """A kernel that writes ``out`` while it reads ``t`` needs them apart: it may write an entry of
+    out before it reads the input bytes stored there (the C++ float_decode writes 32 floats at a time)."""
+    if _overlap(out, t):
+        raise ValueError(f"{op}: {out_name} shares memory with {name}, which the kernel reads while it writes "
+                         f"{out_name}; pass a separate buffer ({name}.clone())")
 
 
 def squared_distances(x: Tensor, others: list[Tensor]) -> None:
@@ -395,6 +415,8 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
                             f"{n.dtype}, {o.dtype} and {s.dtype}")
         if any(t.device != out.device for t in (c, s, n, o)):
             raise ValueError(f"{op}: out is on {out.device} but a payload is not; move them to one device")
+        for name, t in (("codes", c), ("scales", s), ("counts", n), ("offsets", o)):
+            apart(op, "out", out, name, t)
         if s.numel() != 1 or n.numel() != blocks or o.numel() != c.numel():
             raise ValueError(f"{op}: a payload of {out.numel()} entries in blocks of {block} has 1 scale, {blocks} "
                              f"counts and as many offsets as codes, got {s.numel()}, {n.numel()}, {o.numel()} and "

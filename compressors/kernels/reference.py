@@ -219,8 +219,11 @@ def _sign_encode(v: Tensor, block: int) -> tuple[Tensor, Tensor]:
     signs = (negative.view(-1, 8) * _BIT.to(v.device)).sum(1, dtype=torch.uint8)
     counts = torch.full((blocks,), float(block), dtype=torch.float64, device=v.device)
     counts[-1] = max(1, d - block * (blocks - 1))
-    padded = torch.nn.functional.pad(v.double().abs(), (0, blocks * block - d))
-    return signs, bf16_scales((padded.view(blocks, -1).sum(1) / counts).float())
+    magnitudes, whole = v.double().abs(), d // block * block  # no padding: memory of d, whatever the block
+    sums = magnitudes[:whole].view(-1, block).sum(1)
+    if whole < d or d == 0:
+        sums = torch.cat([sums, magnitudes[whole:].sum().reshape(1)])
+    return signs, bf16_scales((sums / counts).float())
 
 
 def bf16_scales(means: Tensor) -> Tensor:
@@ -253,7 +256,7 @@ def _sign_decode(signs: Tensor, scales: Tensor, numel: int, block: int, factor: 
     """sign_j s_b, or sign_j fp32(s_b * factor) with an fp32 ``factor``."""
     negative = (signs.reshape(-1, 1) & _BIT.to(signs.device)).ne(0).reshape(-1)[:numel]
     magnitude = scales.float() if factor is None else scales.float() * factor
-    magnitude = magnitude.repeat_interleave(block)[:numel]
+    magnitude = magnitude[torch.arange(numel, device=magnitude.device) // block]
     return torch.where(negative, -magnitude, magnitude)
 
 
