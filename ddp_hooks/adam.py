@@ -165,20 +165,25 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
 
 
 UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none
+EDITED = 1e-3  # a parameter whose rescaling differs from the median by more than this fraction was edited
 RECENT = 3  # the factor follows the median of the last RECENT steps' rescalings
 
 
-def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]) -> float | None:
+def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]
+              ) -> tuple[float | None, list[Tensor]]:
     """The rescaling r the user's step applied to ``.grad``: the median, over ``params`` with a
     non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
     parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
-    ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells."""
+    ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells. Also the
+    parameters whose ``.grad`` the user changed otherwise (zeroed, masked: a ratio that is not
+    r within ``EDITED``), whose zeros the step then keeps (a pruning mask, a zeroed layer)."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
-    factors, norms = [], []  # the norms stay on the device until one transfer (a GPU syncs once, not per parameter)
+    told, factors, norms = [], [], []  # the norms stay on the device until one transfer (a GPU syncs once, not per parameter)
     for p in params:
         if id(p) in shown:
             d, scale = directions[id(p)], shown[id(p)]
+            told.append(p)
             if p.grad.dtype == d.dtype:
                 factors.append(scale)
                 norms.append(torch.linalg.vector_norm(d).float())
@@ -187,28 +192,32 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
                 norms.append(torch.linalg.vector_norm(d.mul(scale).to(p.grad.dtype), dtype=torch.float32))
             norms.append(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
     if not factors:
-        return None
+        return None, []
     values = torch.stack(norms).tolist()
-    ratios = []
+    ratios: list[float | None] = []
     for factor, left, now in zip(factors, values[0::2], values[1::2]):
         left *= factor
-        if left > 0.0 and now > 0.0 and math.isfinite(now / left):
-            ratios.append(now / left)
-    return statistics.median(ratios) if ratios else None
+        ratios.append(now / left if left > 0.0 and math.isfinite(now / left) else None)
+    found = [r for r in ratios if r]
+    median = statistics.median(found) if found else None
+    edited = [p for p, r in zip(told, ratios) if r is not None and (median is None or abs(r - median) > EDITED * median)]
+    return median, edited
 
 
 def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]
-                    ) -> None:
+                    ) -> list[Tensor]:
     """The next round's gradients are multiplied by the median of the last ``RECENT`` rescalings
-    r (``rescaling``) over r_0, the first step's."""
-    ratio = rescaling(state, params, directions)
+    r (``rescaling``) over r_0, the first step's. Returns the parameters whose ``.grad`` the user
+    changed otherwise."""
+    ratio, edited = rescaling(state, params, directions)
     if ratio is None:
-        return
+        return edited
     if clipping.reference is None:
         clipping.reference = ratio
     clipping.recent = [*clipping.recent, ratio][-RECENT:]
     factor = statistics.median(clipping.recent) / clipping.reference
     clipping.factor = 1.0 if abs(factor - 1.0) < UNSCALED else factor
+    return edited
 
 
 HANDLES = "_threepc_handles"  # the optimizer's checkpoint hooks from the last attach
@@ -285,8 +294,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = ""
                                "set, the parameter is not in DDP's buckets: it did not require grad "
                                "when DDP wrapped the model (frozen then), so DDP never synchronises "
                                "it; wrap the model in DDP again after unfreezing" + note)
-        if clipping is not None:
-            follow_clipping(clipping, state, stepped, directions)
+        edited = follow_clipping(clipping, state, stepped, directions) if clipping is not None else []
+        zeroed = {id(p): p.grad == 0 for p in edited}  # the user's zeros (masks) in .grad: kept by the step
         with torch.no_grad():
             for group in self.param_groups:
                 beta1, lr, wd = float(group["betas"][0]), float(group["lr"]), float(group["weight_decay"])
@@ -298,6 +307,8 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = ""
                         moments["step"] = torch.tensor(0.0)
                         moments["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     d = shaped(directions[id(p)], p)
+                    if id(p) in zeroed:
+                        d = d.masked_fill(zeroed[id(p)], 0.0)
                     moments["step"] += 1
                     m, correction = moments["exp_avg"], 1.0 - beta1 ** float(moments["step"])
                     p.mul_(1.0 - lr * wd)

@@ -97,7 +97,8 @@ def restore(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
     bucket's memory (``MomentumCorrectedEF14.clip``), and put the agreed g^t back in ``.grad``."""
     found = state.directions()
     stepped = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None and id(p) in found]
-    factor = rescaling(state, stepped, found)
+    factor, edited = rescaling(state, stepped, found)
+    zeroed = {id(p): p.grad == 0 for p in edited}  # the user's zeros (masks) in .grad: kept in g^t
     factor = 1.0 if factor is None or abs(factor - 1.0) < UNSCALED else factor
     if factor < 1.0 and math.frexp(factor)[0] == 0.5 and state.scaler is None:  # exactly 2^-k: not a clipping
         warnings.warn(f"ef14_mc told its SGD: .grad was rescaled by exactly {factor:g} since the round, which it "
@@ -112,3 +113,5 @@ def restore(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
             bucket.worker.clip(factor, bucket.server if agreed else None)
         for p in stepped:
             p.grad.copy_(shaped(found[id(p)], p))
+            if id(p) in zeroed:
+                p.grad.masked_fill_(zeroed[id(p)], 0.0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -83,6 +84,12 @@ class BucketState:
         return {p: {name: parts[j] for name, parts in split.items()} for j, p in enumerate(self.params)}
 
 
+def _entries(t: Tensor) -> int:
+    """The coordinates a parameter's memory slice covers (its first dimension: a per-rank copy
+    of EF21+ or SASG adds a second)."""
+    return t.shape[0] if t.dim() else 1
+
+
 class ThreePCState:
     """State of a threepc DDP hook on one rank.
 
@@ -132,13 +139,22 @@ class ThreePCState:
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
                  reproducible: bool = False, nonfinite: str = "propagate", check_every: int = 0,
                  scaler: torch.amp.GradScaler | None = None) -> None:
-        for name, value, low in (("warmup_steps", warmup_steps, 1), ("log_every", log_every, 0),
-                                 ("check_every", check_every, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low} (warmup_steps >= 1: DDP rebuilds its buckets "
-                                 f"after the first iteration), got {value!r}")
+        for name, value, low, why in (("warmup_steps", warmup_steps, 1, " (DDP rebuilds its buckets after the first "
+                                                                          "iteration, which is dense)"),
+                                      ("log_every", log_every, 0, " (0: never)"),
+                                      ("check_every", check_every, 0, " (0: never)")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}{why}, got {value!r}")
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        if not isinstance(reproducible, bool):
+            raise ValueError(f"reproducible must be True or False, got {reproducible!r}")
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise ValueError(f"process_group must be a torch.distributed ProcessGroup (e.g. dist.new_group(ranks)) "
+                             f"or None (the DDP model's own), got {process_group!r}")
+        if scaler is not None and not callable(getattr(scaler, "get_scale", None)):
+            raise ValueError(f"scaler must be the training's torch.amp.GradScaler or None, got {scaler!r}")
+        warmup_steps, log_every, check_every = int(warmup_steps), int(log_every), int(check_every)
         self.process_group = process_group
         self.warmup_steps = warmup_steps
         self.log_every = log_every
@@ -468,6 +484,14 @@ class ThreePCState:
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "
                              "load it into the model it was saved from")
+        sizes = {name: param.numel() for name, param in ((n, self._params.get(p)) for n, p in by_name.items())
+                 if param is not None}
+        resized = sorted({f"{name} (saved {_entries(t)} entries, the model's has {sizes[name]})"
+                          for name, s in state["memory"].items() for t in s.values()
+                          if name in sizes and _entries(t) != sizes[name]})
+        if resized:
+            raise ValueError(f"the checkpoint's memories do not fit these parameters' sizes: {', '.join(resized[:5])}; load it "
+                             "into the model it was saved from (a resized layer needs a fresh hook state)")
         saved_n, saved_rank = state.get("world_size"), state.get("rank")
         self.settle()
         self.transaction = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -51,6 +52,14 @@ def test_every_entry_builds_with_its_defaults_and_is_described():
 def test_bad_options_are_refused_with_the_valid_range(options, message):
     with pytest.raises(ValueError, match=message):
         build("ef21", **options)
+
+
+def test_numpy_numbers_are_options_like_python_ones():
+    """Options read from a config (numpy scalars): np.int64 is an int, np.float64 a float."""
+    assert repr(build("ef21", k=np.int64(5))) == repr(build("ef21", k=5))
+    assert repr(build("ef21", ratio=np.float64(0.1))) == repr(build("ef21", ratio=0.1))
+    with pytest.raises(ValueError, match=r"k must be int in \[1, inf\)"):
+        build("ef21", k=np.float64(5.0))
 
 
 @pytest.mark.parametrize("options, message", [

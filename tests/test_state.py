@@ -1,6 +1,7 @@
 """The hook's per-rank state: re-bucketing from parameter slices, checkpoints, logging."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,36 @@ def test_load_state_dict_refuses_another_mechanism_and_keeps_its_state():
     with pytest.raises(ValueError, match="saved by EF21\\(TopK\\(k=1\\)\\)"):
         other.load_state_dict(saved)
     assert other.state_dict() == before
+
+
+def test_load_state_dict_refuses_memories_of_another_size_naming_the_parameter_and_keeps_its_state():
+    """A layer resized since the checkpoint (a vocabulary grown by one entry): refused at the
+    load, naming the parameter, instead of a size error at every later backward."""
+    saved_model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4))
+    state = ThreePCState(EF21(TopK(k=1)), model=saved_model)
+    _fill(state, list(saved_model.parameters()), 0)
+    saved = state.state_dict()
+    grown = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))
+    other = ThreePCState(EF21(TopK(k=1)), model=grown)
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=r"do not fit these parameters' sizes: 1\.bias \(saved 4 entries, the "
+                                         r"model's has 5\), 1\.weight \(saved 16 entries, the model's has 20\); load"):
+        other.load_state_dict(saved)
+    assert other.state_dict() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"log_every": -5}, r"log_every must be an int >= 0 \(0: never\), got -5"),
+    ({"check_every": 1.5}, r"check_every must be an int >= 0 \(0: never\), got 1.5"),
+    ({"warmup_steps": 0}, r"warmup_steps must be an int >= 1 \(DDP rebuilds its buckets"),
+    ({"reproducible": "yes"}, "reproducible must be True or False, got 'yes'"),
+    ({"process_group": 5}, "process_group must be a torch.distributed ProcessGroup .* got 5"),
+    ({"scaler": 5}, "scaler must be the training's torch.amp.GradScaler or None, got 5"),
+])
+def test_bad_state_arguments_are_refused_naming_the_argument(options, message):
+    with pytest.raises(ValueError, match=message):
+        ThreePCState(EF21(TopK(k=1)), **options)
+    assert ThreePCState(EF21(TopK(k=1)), log_every=np.int64(3)).log_every == 3
 
 
 def test_state_dict_without_parameter_names_says_how_to_get_them():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -81,9 +82,9 @@ class Option:
             if not isinstance(value, str) or (self.choices and value not in self.choices):
                 raise bad()
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and
-                                                                               not isinstance(value, int)):
-            raise bad()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (self.kind is int and
+                                                                               not isinstance(value, numbers.Integral)):
+            raise bad()  # numpy's numbers pass (np.int64 is Integral, np.float64 Real)
         number = self.kind(value)
         if (self.kind is float and not math.isfinite(number)) or \
                 (self.low is not None and (number <= self.low if self.open_low else number < self.low)) or \
