@@ -14,7 +14,8 @@ holds m = g (1 - beta1^t) in the first case, so that both keep one checkpoint fo
 
 The user keeps their optimizer object, its param groups (lr, betas, weight_decay) and any LR
 scheduler, created before or after ``register``. The step reads g from the hook, not from
-``.grad``. Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
+``.grad``, except the zeros the user wrote there (a pruning mask, a zeroed layer: ``rescaling``
+finds the parameters whose ``.grad`` changed other than by the common factor). Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
 the mean gradient's norm (``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)``
 returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c back as the
 median over parameters of the ratio of ``.grad``'s norm to what the hook left there
