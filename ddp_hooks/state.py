@@ -84,6 +84,23 @@ class BucketState:
         return {p: {name: parts[j] for name, parts in split.items()} for j, p in enumerate(self.params)}
 
 
+COMPILED = "_orig_mod."  # what torch.compile's wrapper adds to its module's parameter names
+
+
+def plain(name: str) -> str:
+    """A parameter's name without ``torch.compile``'s ``_orig_mod.``: a checkpoint of a compiled
+    model loads into the plain one and back."""
+    return name.replace(COMPILED, "")
+
+
+def _plain_names(state: dict[str, object]) -> dict[str, object]:
+    """``state`` with every parameter name ``plain`` (checkpoints saved before names were)."""
+    return {**state, "memory": {plain(n): s for n, s in state["memory"].items()},
+            "rebuild": [plain(n) for n in state.get("rebuild", [])],
+            "layout": [[plain(n) for n in unit] for unit in state.get("layout", [])],
+            "moves": {plain(n): h for n, h in state.get("moves", {}).items()}}
+
+
 def _entries(t: Tensor) -> int:
     """The coordinates a parameter's memory slice covers (its first dimension: a per-rank copy
     of EF21+ or SASG adds a second)."""
@@ -207,7 +224,7 @@ class ThreePCState:
     def bind(self, model: nn.Module) -> None:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
         module = getattr(model, "module", model)
-        self._names = {id(p): name for name, p in module.named_parameters()}
+        self._names = {id(p): plain(name) for name, p in module.named_parameters()}
         self._params = {id(p): p for p in module.parameters()}
 
     def loss_scale(self) -> float:
@@ -479,6 +496,7 @@ class ThreePCState:
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
                              f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"
                              + self._mismatch_hint(str(state["mechanism"])))
+        state = _plain_names(state)
         by_name = {name: p for p, name in names.items()}
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:

@@ -100,6 +100,26 @@ def test_bad_state_arguments_are_refused_naming_the_argument(options, message):
     assert ThreePCState(EF21(TopK(k=1)), log_every=np.int64(3)).log_every == 3
 
 
+def test_a_checkpoint_of_a_compiled_model_loads_into_the_plain_one_and_back():
+    """torch.compile's wrapper names parameters ``_orig_mod.<name>``: checkpoints hold the plain
+    names, and a checkpoint that holds the prefixed ones (saved before) loads too."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    compiled = torch.compile(model)
+    state = ThreePCState(EF21(TopK(k=1)), model=compiled)
+    _fill(state, list(model.parameters()), 0)
+    saved = state.state_dict()
+    assert sorted(saved["memory"]) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    plain = ThreePCState(EF21(TopK(k=1)), model=model)
+    plain.load_state_dict(saved)
+    prefixed = {**saved, "memory": {f"_orig_mod.{n}": m for n, m in saved["memory"].items()},
+                "layout": [[f"_orig_mod.{n}" for n in unit] for unit in saved["layout"]]}
+    again = ThreePCState(EF21(TopK(k=1)), model=model)
+    again.load_state_dict(prefixed)
+    for loaded in (plain, again):
+        assert {k: {f: t.tolist() for f, t in m.items()} for k, m in loaded.state_dict()["memory"].items()} == \
+            {k: {f: t.tolist() for f, t in m.items()} for k, m in saved["memory"].items()}
+
+
 def test_state_dict_without_parameter_names_says_how_to_get_them():
     with pytest.raises(RuntimeError, match="model=ddp_model"):
         ThreePCState(EF21(TopK(k=1))).state_dict()
