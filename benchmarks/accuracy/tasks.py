@@ -71,6 +71,22 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@dataclass(frozen=True)
+class Rows(Task):
+    """A classification task of x_train/y_train/x_test/y_test arrays: minibatches of rows of this
+    rank's shard, test accuracy as the metric."""
+
+    metric: ClassVar[str] = "test_accuracy"
+    higher_is_better: ClassVar[bool] = True
+
+    def batch(self, data: Data, rank: int, workers: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        rows = _shard_rows(len(data["y_train"]), rank, workers, gen, self.batch_size).numpy()
+        return torch.from_numpy(data["x_train"][rows]), torch.from_numpy(data["y_train"][rows])
+
+    def evaluate(self, model: nn.Module, data: Data) -> float:
+        return _accuracy(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]))
+
+
 # --- (1) byte-level transformer LM on the standard library's own sources ---------------------
 
 class ByteTransformer(nn.Module):
@@ -181,13 +197,11 @@ def random_shift(images: Tensor, gen: torch.Generator, pixels: int = 1) -> Tenso
 
 
 @dataclass(frozen=True)
-class Digits(Task):
+class Digits(Rows):
     """sklearn's digits (1,797 images, 8x8): a fixed 1,297 / 500 train/test split, random
     1-pixel shifts as augmentation. Metric: test accuracy (chance: 0.1)."""
 
     name: ClassVar[str] = "digits_cnn"
-    metric: ClassVar[str] = "test_accuracy"
-    higher_is_better: ClassVar[bool] = True
     steps: int = 600
     eval_every: int = 60
     batch_size: int = 16
@@ -218,20 +232,15 @@ class Digits(Task):
         x = random_shift(torch.from_numpy(data["x_train"][rows]), gen)
         return x, torch.from_numpy(data["y_train"][rows])
 
-    def evaluate(self, model: nn.Module, data: Data) -> float:
-        return _accuracy(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]))
-
 
 # --- (3) the demo's a9a MLP, for continuity with the README's table ---------------------------
 
 @dataclass(frozen=True)
-class A9A(Task):
+class A9A(Rows):
     """The demo's MLP (123 -> 64 -> 64 -> 2) on a9a. Metric: test accuracy (chance: the
     majority class, 0.76); saturates near 0.85, kept for continuity with the README."""
 
     name: ClassVar[str] = "a9a_mlp"
-    metric: ClassVar[str] = "test_accuracy"
-    higher_is_better: ClassVar[bool] = True
     steps: int = 300
     eval_every: int = 30
     batch_size: int = 64
@@ -254,13 +263,6 @@ class A9A(Task):
     def model(self) -> nn.Module:
         h = self.hidden
         return nn.Sequential(nn.Linear(123, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
-
-    def batch(self, data: Data, rank: int, workers: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = _shard_rows(len(data["y_train"]), rank, workers, gen, self.batch_size).numpy()
-        return torch.from_numpy(data["x_train"][rows]), torch.from_numpy(data["y_train"][rows])
-
-    def evaluate(self, model: nn.Module, data: Data) -> float:
-        return _accuracy(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]))
 
 
 # --- held out: tasks no default was chosen on (run with --tasks; not in the default suite) -----
@@ -305,15 +307,13 @@ class TeacherStudent(nn.Module):
 
 
 @dataclass(frozen=True)
-class Teacher(Task):
+class Teacher(Rows):
     """Synthetic data every machine can make: x ~ N(0, I_32), the label the argmax of a fixed
     random teacher (32 -> 64 tanh -> 10, weights from seed 1234), 5% of the training labels
     replaced by random ones; a BatchNorm student. Metric: test accuracy (chance: the majority
     class, 0.18)."""
 
     name: ClassVar[str] = "teacher_bn"
-    metric: ClassVar[str] = "test_accuracy"
-    higher_is_better: ClassVar[bool] = True
     steps: int = 400
     eval_every: int = 40
     batch_size: int = 32
@@ -341,13 +341,6 @@ class Teacher(Task):
 
     def model(self) -> nn.Module:
         return TeacherStudent(self.features, self.hidden, 10)
-
-    def batch(self, data: Data, rank: int, workers: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        rows = _shard_rows(len(data["y_train"]), rank, workers, gen, self.batch_size).numpy()
-        return torch.from_numpy(data["x_train"][rows]), torch.from_numpy(data["y_train"][rows])
-
-    def evaluate(self, model: nn.Module, data: Data) -> float:
-        return _accuracy(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]))
 
 
 SUITE = ("stdlib_lm", "digits_cnn", "a9a_mlp")  # what the defaults were chosen on (the default --tasks)
