@@ -14,8 +14,9 @@ holds m = g (1 - beta1^t) in the first case, so that both keep one checkpoint fo
 
 The user keeps their optimizer object, its param groups (lr, betas, weight_decay) and any LR
 scheduler, created before or after ``register``. The step reads g from the hook, not from
-``.grad``, except the zeros the user wrote there (a pruning mask, a zeroed layer: ``rescaling``
-finds the parameters whose ``.grad`` changed other than by the common factor). Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
+``.grad``, except the zeros the user wrote there (a pruning mask: ``rescaling`` finds the
+parameters whose ``.grad`` changed other than by the common factor; a ``.grad`` of zeros only is
+no edit, as DDP leaves one for an unused parameter). Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
 the mean gradient's norm (``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)``
 returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c back as the
 median over parameters of the ratio of ``.grad``'s norm to what the hook left there
@@ -166,7 +167,9 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
 
 
 UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none
-EDITED = 1e-3  # a parameter whose rescaling differs from the median by more than this fraction was edited
+# a parameter whose rescaling differs from the median by more than this fraction was edited: fp32 norms of
+# fp32 gradients agree to about 1e-7, of fp16/bf16 ones (rounded after the rescaling) to about 1e-3
+EDITED = {torch.float32: 1e-5, None: 2e-3}
 RECENT = 3  # the factor follows the median of the last RECENT steps' rescalings
 
 
@@ -176,8 +179,9 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
     parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
     ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells. Also the
-    parameters whose ``.grad`` the user changed otherwise (zeroed, masked: a ratio that is not
-    r within ``EDITED``), whose zeros the step then keeps (a pruning mask, a zeroed layer)."""
+    parameters whose ``.grad`` the user changed otherwise (masked: a ratio that is not r within
+    ``EDITED``), whose zeros the step then keeps (a pruning mask). A ``.grad`` of zeros only is
+    no edit: DDP leaves one for a parameter no rank used (``find_unused_parameters``)."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
     told, factors, norms = [], [], []  # the norms stay on the device until one transfer (a GPU syncs once, not per parameter)
@@ -198,10 +202,14 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     ratios: list[float | None] = []
     for factor, left, now in zip(factors, values[0::2], values[1::2]):
         left *= factor
-        ratios.append(now / left if left > 0.0 and math.isfinite(now / left) else None)
-    found = [r for r in ratios if r]
-    median = statistics.median(found) if found else None
-    edited = [p for p, r in zip(told, ratios) if r is not None and (median is None or abs(r - median) > EDITED * median)]
+        # a .grad that is all zeros tells nothing: DDP leaves an unused parameter's so (find_unused_parameters)
+        ratios.append(now / left if left > 0.0 and now > 0.0 and math.isfinite(now / left) else None)
+    found = [r for r in ratios if r is not None]
+    if not found:
+        return None, []
+    median = statistics.median(found)
+    edited = [p for p, r in zip(told, ratios)
+              if r is not None and abs(r - median) > EDITED.get(p.grad.dtype, EDITED[None]) * median]
     return median, edited
 
 

@@ -12,7 +12,7 @@ gradient's norm (``MomentumCorrectedEF14.presented``, ``ef14_momentum.mean_norm2
 back (``adam.rescaling``), takes it into the round after the fact (``MomentumCorrectedEF14.clip``:
 the rank's memories as if the round had taken c grad_i) and puts g^t back in ``.grad`` for torch's
 own SGD step, whose momentum buffer, weight decay, Nesterov, hooks and checkpoints stay torch's;
-zeros the user wrote into ``.grad`` (a pruning mask, a zeroed layer) stay zeros.
+zeros the user wrote into ``.grad`` (a pruning mask; ``adam.rescaling``) stay zeros.
 The factor takes effect one round late: the step applies g^t, whose round took the factor of the
 round before, and c reaches the aggregate through the memories in later rounds. A factor that
 moves slowly (clipping active step after step) is followed; a one-step gradient spike is stepped

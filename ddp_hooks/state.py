@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -84,21 +84,25 @@ class BucketState:
         return {p: {name: parts[j] for name, parts in split.items()} for j, p in enumerate(self.params)}
 
 
-COMPILED = "_orig_mod."  # what torch.compile's wrapper adds to its module's parameter names
+COMPILED = "_orig_mod"  # the path component torch.compile's wrapper adds to its module's parameter names
 
 
 def plain(name: str) -> str:
-    """A parameter's name without ``torch.compile``'s ``_orig_mod.``: a checkpoint of a compiled
-    model loads into the plain one and back."""
-    return name.replace(COMPILED, "")
+    """A parameter's name without ``torch.compile``'s ``_orig_mod`` components: a checkpoint of a
+    compiled model loads into the plain one and back."""
+    return ".".join(part for part in name.split(".") if part != COMPILED)
 
 
-def _plain_names(state: dict[str, object]) -> dict[str, object]:
-    """``state`` with every parameter name ``plain`` (checkpoints saved before names were)."""
-    return {**state, "memory": {plain(n): s for n, s in state["memory"].items()},
-            "rebuild": [plain(n) for n in state.get("rebuild", [])],
-            "layout": [[plain(n) for n in unit] for unit in state.get("layout", [])],
-            "moves": {plain(n): h for n, h in state.get("moves", {}).items()}}
+def _plain_names(state: dict[str, object], known: Collection[str]) -> dict[str, object]:
+    """``state`` with every parameter name that is not ``known`` ``plain`` (checkpoints saved
+    before names were)."""
+    def name(n: str) -> str:
+        return n if n in known else plain(n)
+
+    return {**state, "memory": {name(n): s for n, s in state["memory"].items()},
+            "rebuild": [name(n) for n in state.get("rebuild", [])],
+            "layout": [[name(n) for n in unit] for unit in state.get("layout", [])],
+            "moves": {name(n): h for n, h in state.get("moves", {}).items()}}
 
 
 def _entries(t: Tensor) -> int:
@@ -224,7 +228,10 @@ class ThreePCState:
     def bind(self, model: nn.Module) -> None:
         """Learn parameter names (for checkpoints) from ``model`` or its DDP wrapper."""
         module = getattr(model, "module", model)
-        self._names = {id(p): plain(name) for name, p in module.named_parameters()}
+        named = {id(p): name for name, p in module.named_parameters()}
+        plain_names = {p: plain(name) for p, name in named.items()}
+        # two parameters one plain name would fold together (a module of its own named _orig_mod): keep torch's
+        self._names = plain_names if len(set(plain_names.values())) == len(plain_names) else named
         self._params = {id(p): p for p in module.parameters()}
 
     def loss_scale(self) -> float:
@@ -496,8 +503,8 @@ class ThreePCState:
             raise ValueError(f"the checkpoint was saved by {state['mechanism']}, but this state runs "
                              f"{self.mechanism.checkpoint_name()}: build the state with the same mechanism to resume"
                              + self._mismatch_hint(str(state["mechanism"])))
-        state = _plain_names(state)
         by_name = {name: p for p, name in names.items()}
+        state = _plain_names(state, by_name)
         unknown = sorted(set(state["memory"]) - set(by_name))
         if unknown:
             raise ValueError(f"the checkpoint holds parameters this model lacks: {unknown[:5]}; "

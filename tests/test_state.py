@@ -115,6 +115,12 @@ def test_a_checkpoint_of_a_compiled_model_loads_into_the_plain_one_and_back():
                 "layout": [[f"_orig_mod.{n}" for n in unit] for unit in saved["layout"]]}
     again = ThreePCState(EF21(TopK(k=1)), model=model)
     again.load_state_dict(prefixed)
+    clash = torch.nn.Module()  # a module named _orig_mod of its own: no name may fold into another
+    clash.add_module("_orig_mod", torch.nn.Linear(2, 1))
+    clash.weight = torch.nn.Parameter(torch.zeros(2))
+    clash.enc_orig_mod = torch.nn.Linear(1, 1)
+    names = sorted(ThreePCState(EF21(TopK(k=1)), model=clash)._names.values())
+    assert names == ["_orig_mod.bias", "_orig_mod.weight", "enc_orig_mod.bias", "enc_orig_mod.weight", "weight"]
     for loaded in (plain, again):
         assert {k: {f: t.tolist() for f, t in m.items()} for k, m in loaded.state_dict()["memory"].items()} == \
             {k: {f: t.tolist() for f, t in m.items()} for k, m in saved["memory"].items()}
