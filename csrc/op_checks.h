@@ -60,12 +60,13 @@ inline int64_t byte_span(const at::Tensor& t) {
 
 // A kernel that writes `out` while it reads `input` needs them apart: it may write an entry of out
 // before it reads the input bytes stored there (float_decode's table lookup writes 32 floats at a
-// time). Views of one storage are apart when their byte spans do not meet (checks.apart alike).
+// time). Apart: their byte spans on one device do not meet, whatever storages hold them
+// (checks.apart alike).
 inline void check_apart(const char* op, const char* out_name, const at::Tensor& out, const char* name,
                         const at::Tensor& input) {
-  if (out.numel() == 0 || input.numel() == 0 || !out.storage().is_alias_of(input.storage())) return;
-  const int64_t lo_out = out.storage_offset() * static_cast<int64_t>(out.element_size());
-  const int64_t lo_in = input.storage_offset() * static_cast<int64_t>(input.element_size());
+  if (out.numel() == 0 || input.numel() == 0 || out.device() != input.device()) return;
+  const auto lo_out = static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(out.const_data_ptr()));
+  const auto lo_in = static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(input.const_data_ptr()));
   TORCH_CHECK_VALUE(lo_out >= lo_in + byte_span(input) || lo_in >= lo_out + byte_span(out), op, ": ", out_name,
                     " shares memory with ", name, ", which the kernel reads while it writes ", out_name,
                     "; pass a separate buffer (", name, ".clone())");

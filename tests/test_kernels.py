@@ -327,6 +327,9 @@ def test_an_output_that_shares_memory_with_an_input_is_refused_by_every_backend(
     codes, scale, counts, offsets = reference.packed_encode(torch.ones(4), torch.tensor([1, 5, 9, 60]), 64, 8, 4, 3, 7)
     with pytest.raises(ValueError, match="packed_accumulate: out shares memory with offsets"):
         ops.packed_accumulate(out, [codes], [scale], [counts], [raw[-4:]], 8, 4, 3, 7, 1.0)
+    shared = np.zeros(64, dtype=np.float32)  # two storages over one memory
+    with pytest.raises(ValueError, match="float_accumulate: out shares memory with codes"):
+        ops.float_accumulate(torch.from_numpy(shared), torch.from_numpy(shared.view(np.uint8)[:64]), 4, 3, 7, 1.0, 1.0)
     raw[:8] = before.view(torch.uint8)[:8]
     assert torch.equal(out, before), "a refused call must not touch out"
     buffer = torch.zeros(64)  # one storage, disjoint views: accepted

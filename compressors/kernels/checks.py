@@ -323,10 +323,11 @@ def adam_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dic
 
 
 def _overlap(a: Tensor, b: Tensor) -> bool:
-    """Whether the byte spans of two tensors (first to last element, whatever the strides) meet."""
-    if not a.numel() or not b.numel() or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+    """Whether the byte spans of two tensors on one device (first to last element, whatever the
+    strides and whichever storages hold them) meet."""
+    if not a.numel() or not b.numel() or a.device != b.device:
         return False
-    lo_a, lo_b = a.storage_offset() * a.element_size(), b.storage_offset() * b.element_size()
+    lo_a, lo_b = a.data_ptr(), b.data_ptr()
     return lo_a < lo_b + _span(b) and lo_b < lo_a + _span(a)
 
 
