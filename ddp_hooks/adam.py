@@ -52,6 +52,7 @@ import functools
 import math
 import statistics
 import types
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -265,6 +266,21 @@ def unscaled_by_the_scaler(optimizer: torch.optim.Optimizer) -> None:
     optimizer._step_supports_amp_scaling = False
 
 
+DROPPED = -1  # ``ThreePCState.warned``'s entry for the dropped-round warning (its others are unit sizes)
+
+
+def dropped(state: ThreePCState, rounds: int) -> None:
+    """Warn once per state when ``zero_grad()`` clears rounds no step applied: they entered the
+    hook's memories all the same (the hook cannot tell a backward whose gradients are thrown away)."""
+    if rounds > 0 and DROPPED not in state.warned:
+        state.warned.add(DROPPED)
+        warnings.warn("threepc: zero_grad() clears a synchronised backward that no optimizer.step() applied; its "
+                      "round entered the hook's memories all the same (error feedback, Adam's moments). To throw "
+                      "gradients away, run that backward under `with ddp.no_sync():` (a GAN's generator step: "
+                      "the discriminator's DDP wrapper); a step skipped on purpose now and then is fine (warned "
+                      "once)", RuntimeWarning, stacklevel=3)
+
+
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = "") -> None:
     """Make ``optimizer.step`` AdamW's linear step on ``state``'s aggregate directions, and its
     checkpoints torch AdamW's (``_exported``, ``imported``); a second attach replaces the first.
@@ -332,6 +348,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = ""
     def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
         """torch's, and the rounds since are the ones the next step counts (a step skipped on
         purpose, or the rounds ``ddp.join()`` ran for a rank out of inputs, are left behind)."""
+        dropped(state, state.committed_iterations - applied["at"])
         applied["at"] = state.committed_iterations
         type(self).zero_grad(self, set_to_none)
 

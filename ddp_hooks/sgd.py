@@ -36,7 +36,7 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, rescaling, started, unscaled_by_the_scaler
+from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, dropped, rescaling, started, unscaled_by_the_scaler
 from .memory_order import shaped
 from .state import ThreePCState
 
@@ -84,6 +84,7 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
 
     def zero_grad(self: torch.optim.SGD, set_to_none: bool = True) -> None:
         """torch's, and ``.grad`` holds no round until the next backward."""
+        dropped(state, state.committed_iterations - applied["at"])
         applied["at"] = state.committed_iterations
         type(self).zero_grad(self, set_to_none)
 

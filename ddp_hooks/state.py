@@ -194,7 +194,7 @@ class ThreePCState:
         self._rebuild: set[int] = set()  # loaded on another world size: their first round is dense
         self._layout: list[tuple[int, ...]] = []  # loaded compression units not yet in a bucket
         self._loaded_from: int | None = None  # the rank whose checkpoint this rank loaded, if not its own
-        self.warned: set[int] = set()  # unit sizes whose payload outweighs dense (warned once)
+        self.warned: set[int] = set()  # unit sizes whose payload outweighs dense, adam.DROPPED (warned once)
         self.committed_iterations = 0  # iterations whose rounds all committed: directions to apply (adam.attach)
         self.transaction = None  # the rounds of the last iteration (hook._Iteration): committed or rolled back
         self._names: dict[int, str] | None = None

@@ -1400,3 +1400,42 @@ def test_zeros_the_user_writes_into_grad_are_kept_by_the_step():
     for rank in run_ranks(_edits_kept, 2, timeout=180):
         for case, moved in rank.items():
             assert moved["pruned"] == 0.0 and moved["row"] == 0.0 and moved["trained"] > 0.0, (case, moved)
+
+
+def _dropped_warnings(rank: int, workers: int) -> dict[str, list[str]]:
+    """The warnings of a normal loop (zero_grad, backward, step), then of a backward thrown away
+    (backward, zero_grad, no step) twice, for the Adam mode and ef14_mc told its SGD."""
+    import warnings
+
+    out = {}
+    for name, make, told in (("adam", lambda p: torch.optim.AdamW(p, lr=1e-3), None),
+                             ("ef14_mc", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), "ef14_mc")):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        ddp = DDP(model)
+        opt = make(model.parameters())
+        ddp_hooks.register(ddp, told, optimizer=opt) if told else ddp_hooks.register(ddp, optimizer=opt)
+        x = torch.randn(8, 4)
+        with warnings.catch_warnings(record=True) as normal:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                opt.zero_grad()
+                ddp(x).square().mean().backward()
+                opt.step()
+            opt.zero_grad()
+        with warnings.catch_warnings(record=True) as thrown:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                ddp(x).square().mean().backward()
+                opt.zero_grad()
+        out[name] = [[str(w.message) for w in normal if "threepc" in str(w.message)],
+                     [str(w.message) for w in thrown if "threepc" in str(w.message)]]
+    return out
+
+
+def test_a_backward_thrown_away_by_zero_grad_is_warned_about_once():
+    """A synchronised backward whose gradients zero_grad() clears without a step entered the
+    hook's memories: told the optimizer, the hook says so once, naming no_sync."""
+    for name, (normal, thrown) in run_ranks(_dropped_warnings, 2, timeout=120)[0].items():
+        assert normal == [], (name, normal)
+        assert len(thrown) == 1 and "ddp.no_sync()" in thrown[0], (name, thrown)
