@@ -16,9 +16,10 @@ The user keeps their optimizer object, its param groups (lr, betas, weight_decay
 scheduler, created before or after ``register``. The step reads g from the hook, not from
 ``.grad``, except the zeros the user wrote there (a pruning mask: ``rescaling`` finds the
 parameters whose ``.grad`` changed other than by the common factor; a ``.grad`` of zeros only is
-no edit, as DDP leaves one for an unused parameter). Gradient clipping: the hook leaves g in ``.grad`` rescaled to each rank's estimate of
-the mean gradient's norm (``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)``
-returns that estimate and scales ``.grad`` by c = min(1, tau / it); the step reads c back as the
+no edit, as DDP leaves one for an unused parameter). Gradient clipping: the hook leaves g in
+``.grad`` rescaled to each rank's estimate of the mean gradient's norm
+(``AdamNormalized.presented``), so ``clip_grad_norm_(params, tau)`` returns that estimate and
+scales ``.grad`` by c = min(1, tau / it); the step reads c back as the
 median over parameters of the ratio of ``.grad``'s norm to what the hook left there
 (``follow_clipping``: parameters without a gradient, e.g. unused ones, do not count), and the
 next round's moments see gradients scaled by the median of the last three c over c_0, the
@@ -185,7 +186,7 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     no edit: DDP leaves one for a parameter no rank used (``find_unused_parameters``)."""
     shown = {p: b.worker.shown for b in state.buckets if getattr(b.worker, "shown", None) is not None
              for p in b.params}
-    told, factors, norms = [], [], []  # the norms stay on the device until one transfer (a GPU syncs once, not per parameter)
+    told, factors, norms = [], [], []  # norms stay on the device until one transfer (a GPU syncs once)
     for p in params:
         if id(p) in shown:
             d, scale = directions[id(p)], shown[id(p)]

@@ -515,8 +515,8 @@ class ThreePCState:
                           for name, s in state["memory"].items() for t in s.values()
                           if name in sizes and _entries(t) != sizes[name]})
         if resized:
-            raise ValueError(f"the checkpoint's memories do not fit these parameters' sizes: {', '.join(resized[:5])}; load it "
-                             "into the model it was saved from (a resized layer needs a fresh hook state)")
+            raise ValueError("the checkpoint's memories do not fit these parameters' sizes: " + ", ".join(resized[:5])
+                             + "; load it into the model it was saved from (a resized layer needs a fresh hook state)")
         saved_n, saved_rank = state.get("world_size"), state.get("rank")
         self.settle()
         self.transaction = None
