@@ -1391,6 +1391,43 @@ def _edits_kept(rank: int, workers: int) -> dict[str, dict[str, float]]:
     return out
 
 
+class _Branches(nn.Module):
+    """``a`` always, ``b`` only when asked: unused on the other steps (find_unused_parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, use_b: bool) -> torch.Tensor:
+        return self.a(x) + self.b(x) if use_b else self.a(x)
+
+
+def _unused_moves(rank: int, workers: int) -> float:
+    """How far ``b`` moved on a step no rank used it, after steps that did, in the Adam mode with
+    ``zero_grad(set_to_none=False)`` (DDP leaves b's .grad all zeros) and no weight decay."""
+    torch.manual_seed(0)
+    model = _Branches()
+    ddp = DDP(model, find_unused_parameters=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    ddp_hooks.register(ddp, optimizer=opt)
+    g = torch.Generator().manual_seed(rank)
+    for step in range(5):
+        opt.zero_grad(set_to_none=False)
+        x = torch.randn(8, 6, generator=g)
+        ddp(x, use_b=step < 4).square().mean().backward()
+        before = model.b.weight.detach().clone()
+        opt.step()
+    return float((model.b.weight.detach() - before).abs().max())
+
+
+@pytest.mark.slow
+def test_an_unused_parameter_steps_on_its_momentum_as_adamw_does():
+    """DDP leaves an unused parameter's .grad all zeros (set_to_none=False): no edit of the user's,
+    so the Adam mode steps it on the ranks' momentum, as torch's AdamW steps a zero gradient (a
+    first version of the masking froze it)."""
+    assert all(moved > 1e-4 for moved in run_ranks(_unused_moves, 2, timeout=120))
+
+
 @pytest.mark.slow
 def test_zeros_the_user_writes_into_grad_are_kept_by_the_step():
     """A pruning mask in ``.grad`` after backward, a large one and one row of 200: the Adam mode's
