@@ -25,7 +25,8 @@ this reason, pytorch/pytorch#58467.) The decisions that pick a round and a spec 
 count, bucket state present, shared coins) are the same on every rank.
 
 Failures are agreed, never local. A rank whose gradient (or payload) is not finite, or whose
-mechanism raised, sends a blank payload with its ``protocol.Flags``; every rank reads the flags
+mechanism raised, sends a blank payload with its ``protocol.Flags`` (so does a rank whose
+protocol failed to pack its payload: ``Protocol.guarded``); every rank reads the flags
 from the same collective and either returns NaN for that bucket (``nonfinite="propagate"``:
 GradScaler skips the whole step) or fails the future it returned to DDP with the same
 ``ThreePCError``. An iteration is a transaction (``_Iteration``): each round keeps a copy of
@@ -147,6 +148,7 @@ class _Round:
             held = [t for t in worker.memory.tensors().values() if _shares(t, work)]
             own = set(payload.scratch) | (set() if held else {k for k, t in payload.parts.items() if _shares(t, work)})
         self.exchange = proto.exchange(payload, spec, grad.device, flags, own)
+        self.error = self.error or proto.failure  # packing failed here: this rank sent its error flag
         state.stats.dense_round(numel * grad.element_size(), group.size())
 
     def _relay(self, received: list[Payload]) -> tuple[Payload, Flags]:

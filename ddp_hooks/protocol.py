@@ -24,7 +24,12 @@
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
 header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), or,
 for a one-part averaged payload, in an all_reduce of their own beside it, so that every rank
-learns them from the round's collectives and all act alike.
+learns them from the round's collectives and all act alike. What fails in a protocol's own
+work before the collective that carries its flags (packing a payload, the averaged copy of a
+one-part one: an allocation, say) is such an exception too (``Protocol.guarded``): the rank
+sends its error flag with zeros or nothing, and the hook raises the failure on every rank.
+Not guarded: the buffers a collective receives into, and a payload padded after its size
+header (the flags have travelled by then).
 
 ``choose`` picks one from what the mechanism declares. Every collective is issued in the
 hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,6 +51,8 @@ from compressors import PartSpec, Payload
 
 from . import wire
 from .stats import CommStats
+
+T = TypeVar("T")
 
 # torch >= 2.13 names it all_gather_single and deprecates all_gather_into_tensor.
 all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -104,6 +111,16 @@ class Protocol(ABC):
 
     def __init__(self, group: dist.ProcessGroup, stats: CommStats) -> None:
         self.group, self.stats = group, stats
+        self.failure: Exception | None = None  # what ``guarded`` caught: this rank's error flag was sent
+
+    def guarded(self, make: Callable[[], T]) -> T | None:
+        """``make()``, or None when it raises (kept in ``failure``): the caller then sends this
+        rank's error flag in the round's collectives instead of leaving its peers waiting in them."""
+        try:
+            return make()
+        except Exception as e:  # noqa: BLE001 - agreed through the flags, raised by the hook on every rank
+            self.failure = e
+            return None
 
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
                  flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
@@ -113,9 +130,12 @@ class Protocol(ABC):
         self.count(payload, spec)
         self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
         spec = [*spec, FLAGS]
-        payload = Payload({**payload.parts, FLAGS.name: torch.tensor(flags, dtype=torch.float32, device=device)},
-                          payload.numel)
-        packed = wire.pack(payload, spec)  # two parts at least: a buffer of its own
+        raised = torch.tensor(flags, dtype=torch.float32, device=device)
+        packed = self.guarded(lambda: wire.pack(Payload({**payload.parts, FLAGS.name: raised}, payload.numel), spec))
+        if packed is None:  # zeros and this rank's error flag, as long as the payload (the spec is fixed-size)
+            packed = torch.zeros(_packed_size(spec), dtype=torch.uint8, device=device)
+            packed[-_packed_size([FLAGS]):] = torch.tensor(flags._replace(error=1), dtype=torch.float32,
+                                                           device=device).view(torch.uint8)
         return self.collective(packed, spec, payload.numel, [packed.numel()] * self.group.size(), writable=True)
 
     def count(self, payload: Payload, spec: Sequence[PartSpec]) -> None:
@@ -153,6 +173,11 @@ class Protocol(ABC):
         ``packed`` may be overwritten (a buffer the exchange built, or a part the round owns)."""
 
 
+def averaged(part: Tensor, n: int, owned: bool) -> Tensor:
+    """``part / n``, in place when the round owns ``part`` (the exchange may overwrite it)."""
+    return part.div_(n) if owned else part / n
+
+
 class MeanAllReduce(Protocol):
     """One averaging all_reduce of fp32 payloads; a silent rank's zeros add nothing.
 
@@ -170,9 +195,11 @@ class MeanAllReduce(Protocol):
         self.count(payload, spec)
         self.stats.add_control(FLAGS.name, FLAGS.numel * FLAGS.dtype.itemsize)
         n, name = self.group.size(), spec[0].name
-        raised = torch.tensor(flags, dtype=torch.float32, device=device)
         part = payload.parts[name].reshape(-1)
-        mean = part.div_(n) if name in own else part / n
+        mean = self.guarded(lambda: averaged(part, n, name in own))
+        if mean is None:  # zeros and this rank's error flag
+            mean, flags = torch.zeros(part.numel(), dtype=torch.float32, device=device), flags._replace(error=1)
+        raised = torch.tensor(flags, dtype=torch.float32, device=device)
         on_device(device, raised, mean)
         self.stats.ran("all_reduce")
         self.stats.ring_all_reduce(raised.numel() * raised.element_size(), n)
@@ -219,7 +246,10 @@ class Sized(Protocol):
     def exchange(self, payload: Payload, spec: Sequence[PartSpec], device: torch.device,
                  flags: Flags = Flags(), own: Collection[str] = ()) -> Exchange:
         silent = not payload.parts
-        packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else wire.pack(payload, spec)
+        packed = torch.zeros(0, dtype=torch.uint8, device=device) if silent else self.guarded(
+            lambda: wire.pack(payload, spec))
+        if packed is None:  # the header carries this rank's error flag
+            packed, flags = torch.zeros(0, dtype=torch.uint8, device=device), flags._replace(error=1)
         on_device(device, packed)
         headers = [row[0] for row in self.header([_flag(flags) or packed.numel()], device)]  # a flagged rank sends nothing
         sizes, raised = [max(h, 0) for h in headers], Flags(headers.count(-1), headers.count(-2))
@@ -318,8 +348,14 @@ class TwoStage(Protocol):
         + 4 bytes (its length, then the payload, then zeros; a flagged rank sends its flag in
         every slot). This rank's chunk as sent by every rank (rank order), or the flags raised."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
-        chunks = [] if any(flags) else [payload.sub(str(j)) for j in range(n)]
-        packed = [wire.pack(c, specs[j]) for j, c in enumerate(chunks)]
+
+        def pack() -> tuple[list[Payload], list[Tensor]]:
+            chunks = [payload.sub(str(j)) for j in range(n)]
+            return chunks, [wire.pack(c, specs[j]) for j, c in enumerate(chunks)]
+        made = None if any(flags) else self.guarded(pack)
+        if made is None and not any(flags):  # every slot carries this rank's error flag
+            flags = flags._replace(error=1)
+        chunks, packed = made or ([], [])
         width = self.width([p.numel() for p in packed], specs, fixed, flags, device)
         if isinstance(width, Flags):
             return width
@@ -349,7 +385,9 @@ class TwoStage(Protocol):
         """Stage 2: this owner's payload (or its flag) behind its length to everyone (the
         returned future; reading it raises the flags of any owner that failed)."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
-        packed = None if any(flags) else wire.pack(owned, specs[me])
+        packed = None if any(flags) else self.guarded(lambda: wire.pack(owned, specs[me]))
+        if packed is None and not any(flags):  # its slot carries this owner's error flag
+            flags = flags._replace(error=1)
         width = self.width([] if packed is None else [packed.numel()], specs, fixed, flags, device)
         if isinstance(width, Flags):
             return _done(width)

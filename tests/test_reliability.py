@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
-from ddp_hooks import MECHANISMS
+from ddp_hooks import MECHANISMS, protocol, wire
 from ddp_hooks.launch import RankFailure, run_ranks
 
 pytestmark = pytest.mark.slow
@@ -238,6 +238,45 @@ def _spec_mismatch(rank: int, hook: str, method: str) -> dict:
             if rank == 1 and step == 3:
                 setattr(b.worker, method, wrong(b.worker))
     return _train_through_failures(model, ddp, state, opt, rank, before_step)
+
+
+# label -> (registry name, options, the protocol's work that raises: "pack" (wire.pack) or "mean"
+# (protocol.averaged), and which call of rank 1's step 3; "owner": the first second-stage pack,
+# after the n first-stage chunks); one per way a protocol carries flags
+PACK_ERRORS = {"ef21": ("ef21", {"ratio": 0.05}, "pack", 0),  # all_gather, the flags inside the payload
+               "ef14 shared_topk": ("ef14", {"ratio": 0.05, "compressor": "shared_topk"}, "pack", 0),  # averaged
+               "gd": ("gd", {}, "mean", 0),  # one averaged part, the flags in an all_reduce of their own
+               "co3": ("co3", {}, "pack", 0),  # the size header
+               "onebit": ("onebit", {}, "pack", 0), "onebit owner": ("onebit", {}, "pack", "owner"),  # fixed size
+               "co3_2s owner": ("co3_2s", {}, "pack", "owner")}  # two stages, variable size: the width header
+
+
+def _pack_error(rank: int, hook: str, options: dict, work: str, call: int | str) -> dict:
+    """The protocol's own work on a payload (packing it, averaging a copy) raises on rank 1 at
+    step 3, an allocation failure say: every rank raises, none is left in a collective, memories
+    untouched, training goes on."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, hook, check_every=1, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    module, name = (wire, "pack") if work == "pack" else (protocol, "averaged")
+    real, left = getattr(module, name), [None]
+
+    def failing(*args: object) -> torch.Tensor:
+        if left[0] is not None:
+            left[0] -= 1
+            if left[0] < 0:
+                left[0] = None
+                raise MemoryError("injected allocation failure in the protocol")
+        return real(*args)
+
+    def before_step(step: int) -> None:
+        left[0] = (state.group.size() if call == "owner" else call) if rank == 1 and step == 3 else None
+    setattr(module, name, failing)
+    try:
+        return _train_through_failures(model, ddp, state, opt, rank, before_step)
+    finally:
+        setattr(module, name, real)
 
 
 def _train_through_failures(model: nn.Module, ddp: DDP, state: ddp_hooks.ThreePCState, opt: torch.optim.Optimizer,
@@ -467,6 +506,8 @@ def _single_group(rank: int, workers: int) -> dict:
     out["hook error"] = _hook_error(rank)
     for hook, method in SPEC_MISMATCHES:
         out[f"spec mismatch {hook} {method}"] = _spec_mismatch(rank, hook, method)
+    for label, args in PACK_ERRORS.items():
+        out[f"pack error {label}"] = _pack_error(rank, *args)
     for hook, method, at in DECODE_ERRORS:
         out[f"decode error {hook} {method}"] = _decode_error(rank, hook, method, at)
     out["decode error refused everywhere"] = _decode_error(rank, "ef21", "fold", 3, nan=True)
@@ -625,6 +666,18 @@ def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(
         _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
                "step() and spec() disagree" if rank == 1 else "this rank did not fail")
         _kept(r[f"spec mismatch {hook} {method}"])
+
+
+@pytest.mark.parametrize("label", list(PACK_ERRORS))
+def test_a_protocol_that_fails_before_its_collectives_on_one_rank_raises_on_every_rank_not_a_hang(scenarios, label):
+    for rank, r in enumerate(scenarios):
+        [(step, *outcome, untouched)] = r[f"pack error {label}"]["failures"]
+        assert step == 3 and untouched
+        _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
+               "injected allocation failure in the protocol" if rank == 1 else "this rank did not fail")
+        _kept(r[f"pack error {label}"])
+    first, second = (r[f"pack error {label}"]["params"] for r in scenarios[:2])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 @pytest.mark.parametrize("hook, method, at", DECODE_ERRORS)
