@@ -24,12 +24,13 @@
 Every exchange carries each rank's ``Flags`` (a non-finite gradient, an exception): in the
 header, or as a last payload part of two fp32 (``FLAGS``; averaged, they count the ranks), or,
 for a one-part averaged payload, in an all_reduce of their own beside it, so that every rank
-learns them from the round's collectives and all act alike. What fails in a protocol's own
-work before the collective that carries its flags (packing a payload, the averaged copy of a
-one-part one: an allocation, say) is such an exception too (``Protocol.guarded``): the rank
-sends its error flag with zeros or nothing, and the hook raises the failure on every rank.
-Not guarded: the buffers a collective receives into, and a payload padded after its size
-header (the flags have travelled by then).
+learns them from the round's collectives and all act alike. What fails in packing a payload
+(``wire.pack``) or in the averaged copy of a one-part one, before the collective that carries
+the flags, is such an exception too (``Protocol.guarded``): the rank sends its error flag with
+zeros of the payload's size (allocated anew: an out-of-memory error may recur there) or, behind
+a header, nothing, and the hook raises the failure on every rank. Not guarded: the buffers a
+collective sends or receives (the two-stage slots, the gathered rows), the decoding between the
+two stages, and what follows a size header (the flags have travelled by then).
 
 ``choose`` picks one from what the mechanism declares. Every collective is issued in the
 hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the

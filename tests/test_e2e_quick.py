@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_e2e_quick_writes_outputs_and_the_byte_counts_agree(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--quick", "--budget", "1.5", "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ETA" in done.stderr
     for name in ("e2e.json", "e2e.md", "e2e_digits_mlp_n2.png"):
@@ -24,6 +24,7 @@ def test_e2e_quick_writes_outputs_and_the_byte_counts_agree(tmp_path: Path) -> N
     assert [r["method"] for r in runs] == ["allreduce", "fp16", "default"]
     assert all("error" not in r and r["curve"] and r["step_s"] > 0 for r in runs)
     assert runs[0]["speedup"] == pytest.approx(1.0)
+    assert [r["steps"] for r in runs] == [12, 18, 18], "--budget: the hooks train 1.5 times allreduce's steps"
     if not result["isolated"]:
         pytest.skip("no private network namespace here: the lo counter was not read")
     for r in runs:  # the namespace's lo counter against the hooks' ring model, headers on top

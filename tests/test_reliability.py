@@ -676,8 +676,9 @@ def test_a_protocol_that_fails_before_its_collectives_on_one_rank_raises_on_ever
         _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
                "injected allocation failure in the protocol" if rank == 1 else "this rank did not fail")
         _kept(r[f"pack error {label}"])
-    first, second = (r[f"pack error {label}"]["params"] for r in scenarios[:2])
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    first = scenarios[0][f"pack error {label}"]["params"]
+    for r in scenarios[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(first, r[f"pack error {label}"]["params"]))
 
 
 @pytest.mark.parametrize("hook, method, at", DECODE_ERRORS)

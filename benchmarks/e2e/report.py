@@ -51,21 +51,22 @@ def _f(value: object, fmt: str) -> str:
 
 
 def markdown(runs: list[Record]) -> str:
-    lines = ["| workload | n | rate | method | s/step | compute s | comm+compress s | time to target s | speed-up "
-             "| final | target | MB/rank (hook model) | MB/rank (lo) | lo / model |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | n | rate | method | steps | s/step | compute s | comm+compress s | time to target s "
+             "| speed-up | final | target | MB/rank (hook model) | MB/rank (lo) | lo / model |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         head = f"| {r['workload']} | {r['ranks']} | {r['rate']} | {label(r['method'], r['recipe'])} |"
         if "error" in r:
-            lines.append(f"{head} failed: {' '.join(r['error'].split())[:400]} |" + " |" * 9)
+            lines.append(f"{head} {r.get('steps', '')} | failed: {' '.join(r['error'].split())[:400]} |" + " |" * 9)
             continue
         mb = lambda v: _f(None if v is None else v / 1e6, ".2f")  # noqa: E731
-        lines.append(f"{head} {r['step_s']:.3f} | {r['compute_s']:.3f} | {r['comm_s']:.3f} | "
+        lines.append(f"{head} {r.get('steps', '')} | {r['step_s']:.3f} | {r['compute_s']:.3f} | {r['comm_s']:.3f} | "
                      f"{_f(r['time_to_target_s'], '.1f') or 'not reached'} | {_f(r['speedup'], '.2f')} | "
                      f"{r['final']:.4f} | {_f(r['target'], '.4f')} | {mb(r['model_bytes_per_rank'])} | "
                      f"{mb(r['lo_bytes_per_rank'])} | {_f(r.get('lo_over_model'), '.3f')} |")
     return "\n".join(lines) + (
-        "\n\nTarget: fp32 allreduce's final metric minus 1 pp (accuracy) or plus 1 % (loss). Times are training "
+        "\n\nTarget: fp32 allreduce's final metric minus 1 pp (accuracy) or plus 1 % (loss), after its steps; a "
+        "method's final metric is after its own (`--budget` times allreduce's). Times are training "
         "seconds of rank 0 (evaluation excluded). compute = forward+backward under no_sync; comm+compress = the "
         "rest of the step (communication, compression, optimizer). Bytes per rank over the training steps: the "
         "hook's ring model (link_bytes_sent; dense hooks from the parameter sizes) and the private namespace's lo "
