@@ -647,38 +647,31 @@ def test_nonfinite_raise_raises_on_every_rank_naming_the_parameter_and_training_
     assert all(torch.equal(a, b) for a, b in zip(scenarios[0]["raise"]["params"], scenarios[1]["raise"]["params"]))
 
 
-def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(scenarios):
+def _one_rank_failed(scenarios: list[dict], key: str, its_error: str) -> None:
+    """Rank 1 failed at step 3: every rank raised the agreed error (rank 1's naming ``its_error``),
+    no memory changed, training went on and the replicas are identical."""
     for rank, r in enumerate(scenarios):
-        [(step, *outcome, untouched)] = r["hook error"]["failures"]
+        [(step, *outcome, untouched)] = r[key]["failures"]
         assert step == 3 and untouched
         _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
-               "injected failure" if rank == 1 else "this rank did not fail")
-        _kept(r["hook error"])
-    first, second = (r["hook error"]["params"] for r in scenarios[:2])
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+               its_error if rank == 1 else "this rank did not fail")
+        _kept(r[key])
+    for r in scenarios[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(scenarios[0][key]["params"], r[key]["params"]))
+
+
+def test_an_exception_in_one_ranks_hook_is_raised_on_every_rank_and_rolled_back(scenarios):
+    _one_rank_failed(scenarios, "hook error", "injected failure")
 
 
 @pytest.mark.parametrize("hook,method", SPEC_MISMATCHES)
 def test_a_payload_that_disagrees_with_its_spec_raises_on_every_rank_not_a_hang(scenarios, hook, method):
-    for rank, r in enumerate(scenarios):
-        [(step, *outcome, untouched)] = r[f"spec mismatch {hook} {method}"]["failures"]
-        assert step == 3 and untouched
-        _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
-               "step() and spec() disagree" if rank == 1 else "this rank did not fail")
-        _kept(r[f"spec mismatch {hook} {method}"])
+    _one_rank_failed(scenarios, f"spec mismatch {hook} {method}", "step() and spec() disagree")
 
 
 @pytest.mark.parametrize("label", list(PACK_ERRORS))
 def test_a_protocol_that_fails_before_its_collectives_on_one_rank_raises_on_every_rank_not_a_hang(scenarios, label):
-    for rank, r in enumerate(scenarios):
-        [(step, *outcome, untouched)] = r[f"pack error {label}"]["failures"]
-        assert step == 3 and untouched
-        _fails(outcome, f"threepc hook failed on 1 of {len(scenarios)} ranks",
-               "injected allocation failure in the protocol" if rank == 1 else "this rank did not fail")
-        _kept(r[f"pack error {label}"])
-    first = scenarios[0][f"pack error {label}"]["params"]
-    for r in scenarios[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(first, r[f"pack error {label}"]["params"]))
+    _one_rank_failed(scenarios, f"pack error {label}", "injected allocation failure in the protocol")
 
 
 @pytest.mark.parametrize("hook, method, at", DECODE_ERRORS)
