@@ -28,9 +28,10 @@ learns them from the round's collectives and all act alike. What fails in packin
 (``wire.pack``) or in the averaged copy of a one-part one, before the collective that carries
 the flags, is such an exception too (``Protocol.guarded``): the rank sends its error flag with
 zeros of the payload's size (allocated anew: an out-of-memory error may recur there) or, behind
-a header, nothing, and the hook raises the failure on every rank. Not guarded: the buffers a
-collective sends or receives (the two-stage slots, the gathered rows), the decoding between the
-two stages, and what follows a size header (the flags have travelled by then).
+a header, nothing, and the hook raises the failure on every rank; so do building the two-stage
+slots and unpacking an owner's chunk between the stages (its flag travels in the second).
+Not guarded: the buffers a collective receives into (the gathered rows), the stage-2 slot, and
+what follows a size header (the flags have travelled by then).
 
 ``choose`` picks one from what the mechanism declares. Every collective is issued in the
 hook's thread (``exchange`` returns the future of the last one; callbacks only decode), in the
@@ -329,7 +330,8 @@ class TwoStage(Protocol):
         received = self.first(payload, specs, device, flags, fixed)
         if isinstance(received, Flags):
             return _done(received)
-        owned, flags = self.relay.step(received)  # the owner's step, between the stages
+        # the owner's step, between the stages; None: unpacking its chunk failed here (its flag travels in stage 2)
+        owned, flags = self.relay.step(received) if received is not None else (Payload({}, 0), Flags(error=1))
         return self.second(owned, specs, device, flags, fixed)
 
     def width(self, sizes: list[int], specs: list[list[PartSpec]], fixed: bool, flags: Flags,
@@ -344,10 +346,11 @@ class TwoStage(Protocol):
         return raised if any(raised) else max(heads)
 
     def first(self, payload: Payload, specs: list[list[PartSpec]], device: torch.device,
-              flags: Flags, fixed: bool) -> list[Payload] | Flags:
+              flags: Flags, fixed: bool) -> list[Payload] | Flags | None:
         """Stage 1 (blocking): the chunk payloads to their owners, each in a slot of the longest
-        + 4 bytes (its length, then the payload, then zeros; a flagged rank sends its flag in
-        every slot). This rank's chunk as sent by every rank (rank order), or the flags raised."""
+        + 4 bytes (its length, then the payload, then zeros; a flagged rank, or one whose packing
+        or slots failed, sends its flag in every slot). This rank's chunk as sent by every rank
+        (rank order), the flags raised, or None when unpacking them failed on this rank."""
         n, me, sizes = self.group.size(), self.group.rank(), self.relay.sizes
 
         def pack() -> tuple[list[Payload], list[Tensor]]:
@@ -361,15 +364,20 @@ class TwoStage(Protocol):
         if isinstance(width, Flags):
             return width
         width += _LENGTH  # never zero elements
-        slots = []
+
+        def slots(packed: list[Tensor], flags: Flags) -> Tensor:
+            return torch.cat([t for j in range(n) for t in _framed(packed[j].numel() if packed else _flag(flags),
+                                                                     packed[j] if packed else None, width, device)])
+        buffer = self.guarded(lambda: slots(packed, flags)) if packed else None
+        if buffer is None:
+            if packed:  # building the slots failed: this rank's error flag in every slot
+                chunks, packed, flags = [], [], flags._replace(error=1)
+            buffer = slots([], flags)
         for j in range(n):
             if packed:
                 self.count(chunks[j], specs[j])
             self._pad(width - _LENGTH - (packed[j].numel() if packed else 0))  # a flagged rank sends zeros
             self.stats.add("header", _LENGTH)
-            slots += _framed(packed[j].numel() if packed else _flag(flags), packed[j] if packed else None, width,
-                             device)
-        buffer = torch.cat(slots)
         received = torch.empty_like(buffer)
         on_device(device, buffer, received)
         dist.all_to_all_single(received, buffer, group=self.group)  # blocking: the owner step needs it
@@ -379,7 +387,8 @@ class TwoStage(Protocol):
         lengths, raised = _lengths(rows)
         if any(raised):
             return raised
-        return [wire.unpack(row[_LENGTH:_LENGTH + size], specs[me], sizes[me]) for row, size in zip(rows, lengths)]
+        return self.guarded(lambda: [wire.unpack(row[_LENGTH:_LENGTH + size], specs[me], sizes[me])
+                                     for row, size in zip(rows, lengths)])
 
     def second(self, owned: Payload, specs: list[list[PartSpec]], device: torch.device, flags: Flags,
                fixed: bool) -> Exchange:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -240,15 +241,20 @@ def _spec_mismatch(rank: int, hook: str, method: str) -> dict:
     return _train_through_failures(model, ddp, state, opt, rank, before_step)
 
 
-# label -> (registry name, options, the protocol's work that raises: "pack" (wire.pack) or "mean"
-# (protocol.averaged), and which call of rank 1's step 3; "owner": the first second-stage pack,
-# after the n first-stage chunks); one per way a protocol carries flags
+# label -> (registry name, options, the protocol's work that raises (WORK), and which of its calls in
+# rank 1's step 3 (in the hook's thread; "owner": the first second-stage pack, after the n
+# first-stage chunks)); one per way a protocol carries flags
 PACK_ERRORS = {"ef21": ("ef21", {"ratio": 0.05}, "pack", 0),  # all_gather, the flags inside the payload
                "ef14 shared_topk": ("ef14", {"ratio": 0.05, "compressor": "shared_topk"}, "pack", 0),  # averaged
                "gd": ("gd", {}, "mean", 0),  # one averaged part, the flags in an all_reduce of their own
                "co3": ("co3", {}, "pack", 0),  # the size header
                "onebit": ("onebit", {}, "pack", 0), "onebit owner": ("onebit", {}, "pack", "owner"),  # fixed size
-               "co3_2s owner": ("co3_2s", {}, "pack", "owner")}  # two stages, variable size: the width header
+               "co3_2s owner": ("co3_2s", {}, "pack", "owner"),  # two stages, variable size: the width header
+               "onebit slots": ("onebit", {}, "slots", 0),  # building the first stage's slots
+               "onebit unpack": ("onebit", {}, "unpack", 0),  # an owner unpacking its chunk between the stages
+               "co3_2s unpack": ("co3_2s", {}, "unpack", 0)}
+WORK = {"pack": (wire, "pack"), "mean": (protocol, "averaged"), "slots": (protocol, "_framed"),
+        "unpack": (wire, "unpack")}
 
 
 def _pack_error(rank: int, hook: str, options: dict, work: str, call: int | str) -> dict:
@@ -259,11 +265,11 @@ def _pack_error(rank: int, hook: str, options: dict, work: str, call: int | str)
     ddp = DDP(model, bucket_cap_mb=CAP)
     state = ddp_hooks.register(ddp, hook, check_every=1, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    module, name = (wire, "pack") if work == "pack" else (protocol, "averaged")
+    module, name = WORK[work]
     real, left = getattr(module, name), [None]
 
-    def failing(*args: object) -> torch.Tensor:
-        if left[0] is not None:
+    def failing(*args: object) -> object:
+        if left[0] is not None and threading.current_thread() is threading.main_thread():  # not a decoding callback
             left[0] -= 1
             if left[0] < 0:
                 left[0] = None
