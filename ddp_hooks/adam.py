@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from compressors import Mechanism
+from compressors import Mechanism, kernels
 from compressors.core.mechanism import all_finite
 from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, Clipping, debiased,
                                                    debiasing, second_moment)
@@ -169,7 +169,7 @@ def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None
 
 
 UNSCALED = 1e-3  # a rescaling within this fraction of 1 is none
-# a parameter whose rescaling differs from the median by more than this fraction was edited: fp32 norms of
+# a parameter whose rescaling differs from the median by more than this fraction was edited: float64 norms of
 # fp32 gradients agree to about 1e-7, of fp16/bf16 ones (rounded after the rescaling) to about 1e-3
 EDITED = {torch.float32: 1e-5, None: 2e-3}
 RECENT = 3  # the factor follows the median of the last RECENT steps' rescalings
@@ -180,7 +180,9 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     """The rescaling r the user's step applied to ``.grad``: the median, over ``params`` with a
     non-zero ``.grad``, of the ratio of its norm to that of what the hook left there (the
     parameter's slice of the aggregate, ``directions``, times its unit's ``shown``, rounded to
-    ``.grad``'s dtype as the bucket rounded it; fp32 norms); None if no parameter tells. Also the
+    ``.grad``'s dtype as the bucket rounded it; norms from float64 sums of squares,
+    ``kernels.abs_moments``: fp32 norms of a 512 x 1024 weight and of the same values scaled
+    disagreed by 2e-5, which took it for an edit); None if no parameter tells. Also the
     parameters whose ``.grad`` the user changed otherwise (masked: a ratio that is not r within
     ``EDITED``), whose zeros the step then keeps (a pruning mask). A ``.grad`` of zeros only is
     no edit: DDP leaves one for a parameter no rank used (``find_unused_parameters``)."""
@@ -193,14 +195,14 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
             told.append(p)
             if p.grad.dtype == d.dtype:
                 factors.append(scale)
-                norms.append(torch.linalg.vector_norm(d).float())
+                norms.append(_squares(d))
             else:
                 factors.append(1.0)
-                norms.append(torch.linalg.vector_norm(d.mul(scale).to(p.grad.dtype), dtype=torch.float32))
-            norms.append(torch.linalg.vector_norm(p.grad, dtype=torch.float32))
+                norms.append(_squares(d.mul(scale).to(p.grad.dtype)))
+            norms.append(_squares(p.grad))
     if not factors:
         return None, []
-    values = torch.stack(norms).tolist()
+    values = torch.stack(norms).sqrt().tolist()
     ratios: list[float | None] = []
     for factor, left, now in zip(factors, values[0::2], values[1::2]):
         left *= factor
@@ -213,6 +215,11 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
     edited = [p for p, r in zip(told, ratios)
               if r is not None and abs(r - median) > EDITED.get(p.grad.dtype, EDITED[None]) * median]
     return median, edited
+
+
+def _squares(x: Tensor) -> Tensor:
+    """sum x_i^2 of ``x`` as a float64 scalar on its device, in one pass (``kernels.abs_moments``)."""
+    return kernels.abs_moments(x if x.is_contiguous() else x.contiguous())[2]
 
 
 def follow_clipping(clipping: Clipping, state: ThreePCState, params: list[Tensor], directions: dict[int, Tensor]

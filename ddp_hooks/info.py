@@ -10,7 +10,7 @@ import torch
 import compressors
 import ddp_hooks
 from compressors import kernels
-from ddp_hooks.registry import ADAM_DEFAULT, DEFAULT, SGD_DEFAULT
+from ddp_hooks.registry import ADAM_DEFAULT, CORRECTED, DEFAULT, SGD_DEFAULT, SGD_MOMENTUM_DEFAULT
 
 
 def _installed(distribution: str) -> str:
@@ -27,8 +27,9 @@ def collect() -> dict[str, object]:
     return {"threepc": compressors.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "numba": _installed("numba"), **{f"kernels.{key}": value for key, value in kernel.items()},
             "hooks": ", ".join(ddp_hooks.MECHANISMS),
-            "register(ddp)": f"{DEFAULT} {_options(SGD_DEFAULT)}; an Adam or AdamW found or passed: the Adam mode, "
-                             f"{DEFAULT} {_options(ADAM_DEFAULT)}"}
+            "register(ddp)": f"{DEFAULT} {_options(SGD_DEFAULT)}; a heavy-ball momentum SGD found or passed: "
+                             f"{CORRECTED} {_options(SGD_MOMENTUM_DEFAULT)}; an Adam or AdamW found or passed: the "
+                             f"Adam mode, {DEFAULT} {_options(ADAM_DEFAULT)}"}
 
 
 def _options(options: dict[str, object]) -> str:

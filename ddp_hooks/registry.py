@@ -34,6 +34,11 @@ SGD_DEFAULT: dict[str, object] = {"compressor": "topk8", "ratio": 0.05}
 # 3.15%, left digits at 4 ranks at +0.53 pp; a window of 80% cost the LM +1.0% / +1.3%); under momentum
 # SGD signs diverged, so SGD keeps DEFAULT
 ADAM_DEFAULT: dict[str, object] = {"compressor": "sign", "fraction": 0.84}
+# register(ddp) with no name and no options, told or finding a heavy-ball momentum SGD (sgd.corrects):
+# EF14 with momentum correction (DGC) over SGD_DEFAULT's compressor, no momentum masking: under momentum SGD
+# at a constant rate the LM at 4 ranks +0.4% and the held-out GRU +0.0% / -0.1% at 2 / 4 ranks, where
+# ef14 is +2.3% and +1.4% / +3.2%; digits and a9a within the seeds' spread of ef14 (accuracy_default_sgd.md)
+CORRECTED, SGD_MOMENTUM_DEFAULT = "ef14_mc", {**SGD_DEFAULT, "kept": 1.0}
 
 
 # register()'s own keywords: any other keyword is an option of the hook
@@ -57,7 +62,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
              **options: object) -> ThreePCState:
     """Register the threepc hook ``name`` (default ``DEFAULT``, EF14; with no options
     ``SGD_DEFAULT``, over Top-K 5% in 8-bit floats and block-relative 8-bit indices; told an Adam
-    optimizer, ``ADAM_DEFAULT``, over scaled signs of 84% of the entries a round) on ``ddp`` and
+    optimizer, ``ADAM_DEFAULT``, over scaled signs of 84% of the entries a round; told a
+    heavy-ball momentum SGD, ``CORRECTED`` with ``SGD_MOMENTUM_DEFAULT``) on ``ddp`` and
     return its state. The hook communicates in ``ddp``'s own process group unless
     ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible`` and ``scaler``
     (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
@@ -65,18 +71,20 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
     Left out (``"auto"``), a registration without a name looks for it at the first round
     (``optimizer_lookup``: the one optimizer that holds the model's parameters) and takes the
-    Adam mode when it is an Adam or AdamW the mode supports; ``None``: raw gradients, no lookup;
+    Adam mode when it is an Adam or AdamW the mode supports, momentum correction when it is an
+    SGD with heavy-ball momentum (``sgd.corrects``); ``None``: raw gradients, no lookup;
     with a name, only an optimizer passed here is followed. An Adam or
     AdamW: the hook compresses the momentum of Adam-normalised gradients (each rank
     reads the optimizer's current betas and follows the user's ``clip_grad_norm_``) and
     ``optimizer.step`` becomes AdamW's linear step on the agreed momentum (measured, the default
     over 84% of the signs, AdamW with clipping: the LM's gap +0.8% at 2 ranks and +0.9% at 4,
     benchmarks/results/accuracy_window.md; with Top-K 1% the mode took digits
-    from +3.13 to -0.07 pp, benchmarks/results/accuracy_adam.md). An SGD: the plain hook; told
-    ``ef14_mc`` (momentum corrected before compression, ``compressors.mechanisms.ef14_momentum``),
-    the hook reads the SGD's momentum every round and ``optimizer.step`` follows the user's
-    ``clip_grad_norm_`` into the hook's memories before torch's SGD step (``ddp_hooks.sgd``; not
-    the default: benchmarks/results/accuracy_sgd_clipping.md). Validated here, before any
+    from +3.13 to -0.07 pp, benchmarks/results/accuracy_adam.md). An SGD with heavy-ball momentum
+    (the default without a name, or ``ef14_mc`` by name): momentum corrected before compression
+    (``compressors.mechanisms.ef14_momentum``), the hook reads the SGD's momentum every round and
+    ``optimizer.step`` follows the user's ``clip_grad_norm_`` into the hook's memories before
+    torch's SGD step (``ddp_hooks.sgd``); one step per synchronised backward. Another SGD
+    (Nesterov, no momentum, dampening) or optimizer: the plain hook. Validated here, before any
     collective, on every rank.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
@@ -118,7 +126,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     default = name is None
-    chosen = _default(options, settings, optimizer) if default else mechanism(name, **options)
+    chosen = _default(options, settings, optimizer, ddp) if default else mechanism(name, **options)
     corrected = isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None  # ddp_hooks.sgd's mode
     if corrected:
         if settings is not None:
@@ -127,8 +135,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         if "momentum" in options:
             raise ValueError(f"{name}: momentum= is read from the optimizer it is told; drop momentum= (or do not "
                              "pass optimizer=)")
-        chosen.follow = sgd.follows(optimizer)  # every round reads the optimizer's momentum
-        chosen.clipping = True  # and the step follows the user's clipping (sgd.attach)
+        _told(chosen, optimizer)
     if settings is not None and not default:
         chosen = adam.normalized(chosen, settings, optimizer)
     state = ThreePCState(chosen, process_group=process_group,
@@ -157,11 +164,21 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
 
 
 def _default(options: dict[str, object], settings: adam.AdamSettings | None,
-             optimizer: torch.optim.Optimizer | None) -> Mechanism:
+             optimizer: torch.optim.Optimizer | None, model: nn.Module) -> Mechanism:
     """``register``'s mechanism without a name: ``DEFAULT`` with ``options`` (or the defaults'
-    options), in the Adam mode when told an Adam (``settings``)."""
+    options), in the Adam mode when told an Adam (``settings``); with no options, told a
+    heavy-ball momentum SGD, ``CORRECTED`` (not yet told: ``_told``)."""
+    if settings is None and not options and sgd.corrects(optimizer, model):
+        return mechanism(CORRECTED, **SGD_MOMENTUM_DEFAULT)
     chosen = mechanism(DEFAULT, **(options or (ADAM_DEFAULT if settings is not None else SGD_DEFAULT)))
     return adam.normalized(chosen, settings, optimizer) if settings is not None else chosen
+
+
+def _told(chosen: MomentumCorrectedEF14, optimizer: torch.optim.Optimizer) -> None:
+    """``ef14_mc`` told its SGD: every round reads the optimizer's momentum, and the step follows
+    the user's clipping (``sgd.attach``, once the hook is registered)."""
+    chosen.follow = sgd.follows(optimizer)
+    chosen.clipping = True
 
 
 def _look_again(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, first: int, final: bool) -> bool:
@@ -185,7 +202,8 @@ def _look_again(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, f
 def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, options: dict[str, object],
                  final: bool) -> bool:
     """``register(ddp)``'s look for the optimizer (``optimizer_lookup``), before the first round:
-    an Adam or AdamW the mode takes makes the state run the Adam mode, as if it had been passed.
+    an Adam or AdamW the mode takes makes the state run the Adam mode, and a heavy-ball momentum
+    SGD momentum correction (``CORRECTED``), as if it had been passed.
     A state the optimizer already holds (a checkpoint loaded into it, plain steps) is converted
     as a load after ``register`` would be (``adam.imported``). Whether the choice is made: not
     while no optimizer holds the model's parameters, unless ``final`` (the first round). It never
@@ -194,15 +212,23 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
     previous, held = state.mechanism, None
     try:
         found = optimizer_lookup.lookup(ddp.module)
-        if found.adam is None:
+        if found.optimizer is None:
             if final or found.held:
-                logger.info("threepc: register(ddp) found no Adam or AdamW for the Adam mode: %r", state.mechanism)
+                logger.info("threepc: register(ddp) found no optimizer for the Adam mode or momentum correction: "
+                            "%r", state.mechanism)
             if final and not found.held:  # no optimizer yet: one more look, at the next round, to warn
                 state.deferred = functools.partial(_look_again, ddp, state, state.iteration)
                 return False
             return final or found.held
-        optimizer = found.adam
-        state.adopt(_default(options, adam.adam_settings(optimizer), optimizer))
+        if isinstance(found.optimizer, torch.optim.SGD):  # a heavy-ball SGD (the lookup returns no other)
+            if not options:  # options choose DEFAULT's compressor: the plain hook
+                state.adopt(chosen := _default(options, None, found.optimizer, ddp))
+                _told(chosen, found.optimizer)
+                sgd.attach(found.optimizer, state)
+                logger.info("threepc: register(ddp) found a momentum SGD: %r", state.mechanism)
+            return True
+        optimizer = found.optimizer
+        state.adopt(_default(options, adam.adam_settings(optimizer), optimizer, ddp))
         if optimizer.state:  # a checkpoint loaded into it, or plain steps: converted as a load after register is
             held = optimizer.state_dict()
             optimizer.load_state_dict(adam.imported(optimizer, held, state=state))
@@ -214,6 +240,7 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
         if held is not None:  # the tensors of the state it held, untouched by the conversion
             with contextlib.suppress(Exception):
                 optimizer.load_state_dict(held)
-        optimizer_lookup.warn(f"threepc: register(ddp) could not take the Adam mode ({type(e).__name__}: {e}); the "
-                              "default hook compresses raw gradients. Pass the optimizer: register(ddp, optimizer=opt)")
+        optimizer_lookup.warn(f"threepc: register(ddp) could not follow the optimizer it found ({type(e).__name__}: "
+                              f"{e}); the default hook compresses raw gradients. Pass the optimizer: register(ddp, "
+                              "optimizer=opt)")
     return True

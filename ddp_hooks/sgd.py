@@ -36,7 +36,8 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, dropped, rescaling, started, unscaled_by_the_scaler
+from .adam import (SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, check_attachable, dropped, rescaling, started,
+                   unscaled_by_the_scaler)
 from .memory_order import shaped
 from .state import ThreePCState
 
@@ -54,6 +55,21 @@ def live_momentum(optimizer: torch.optim.SGD) -> float:
                          f"buckets); the groups have {sorted(betas)}. Give the groups one momentum, or register "
                          "another hook, e.g. the default: register(ddp)")
     return checked_beta(betas.pop())
+
+
+def corrects(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module) -> bool:
+    """Whether ``register(ddp)`` runs ``ef14_mc`` for ``optimizer``: a torch SGD with heavy-ball
+    momentum (one beta > 0 in every param group, no dampening, no Nesterov: Nesterov's step adds
+    g^t itself, whose compressed pulses the correction leaves undamped; measured, the held-out GRU
+    at 4 ranks +2.5% against the uncorrected default's +0.9%, ``accuracy_held_out.md``) that
+    steps every trainable parameter of ``model`` and no other (``adam.check_attachable``)."""
+    if not isinstance(optimizer, torch.optim.SGD) or any(g.get("nesterov", False) for g in optimizer.param_groups):
+        return False
+    try:
+        check_attachable(optimizer, model)
+        return live_momentum(optimizer) > 0.0
+    except ValueError:
+        return False
 
 
 def follows(optimizer: torch.optim.SGD) -> functools.partial:

@@ -490,6 +490,15 @@ class ThreePCState:
             return (" (a checkpoint of the Adam mode, which register(ddp) takes when it finds the Adam or AdamW that "
                     "holds the model's parameters: build the optimizer before loading the hook's state, or pass it: "
                     "register(ddp, optimizer=opt))")
+        corrected, running = "MomentumCorrectedEF14(", self.mechanism.checkpoint_name()
+        if saved.startswith(corrected) and not running.startswith(corrected):
+            return (" (a checkpoint of momentum correction, which register(ddp) takes when it finds the momentum SGD "
+                    "that holds the model's parameters: build the optimizer before loading the hook's state, or pass "
+                    "it: register(ddp, optimizer=sgd))")
+        if running.startswith(corrected) and saved.startswith("EF14("):
+            return (" (this state corrects the momentum of the SGD register(ddp) found, its default under momentum "
+                    "SGD after threepc 0.1.0; a checkpoint of the plain EF14 default resumes with register(ddp, "
+                    "optimizer=None))")
         if self.mechanism.checkpoint_name().startswith(adam_mode) and not saved.startswith(adam_mode):
             return (" (this state runs the Adam mode, which register(ddp) takes when it finds an Adam or AdamW; a "
                     "checkpoint saved without it resumes with register(ddp, optimizer=None))")

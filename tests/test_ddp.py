@@ -388,9 +388,12 @@ def _momentum_worker(rank: int, workers: int) -> dict:
     except RuntimeError as e:
         errors.append(str(e) if all(torch.equal(a, b) for a, b in zip(before, model.parameters())) else "moved")
     out["errors"] = errors
-    plain = nn.parallel.DistributedDataParallel(_model())
-    told = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
-    out["default"] = repr(ddp_hooks.register(plain, optimizer=told).mechanism)
+    out["default"] = {}
+    for kind, settings in (("heavy ball", dict(momentum=0.9)), ("nesterov", dict(momentum=0.9, nesterov=True)),
+                           ("plain", {})):
+        plain = nn.parallel.DistributedDataParallel(_model())
+        told = torch.optim.SGD(plain.parameters(), lr=0.1, **settings)
+        out["default"][kind] = repr(ddp_hooks.register(plain, optimizer=told).mechanism)
     return out
 
 
@@ -408,7 +411,9 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
         assert "trainable parameters the optimizer does not hold" in errors[4], errors
         assert "follows 2 synchronised backward passes" in errors[5] and "no_sync" in errors[5] \
             and "optimizer.zero_grad()" in errors[5], errors
-        assert r["default"].startswith("EF14(PackedTopK"), "the default told an SGD stays uncorrected"
+        assert r["default"]["heavy ball"] == "MomentumCorrectedEF14(PackedTopK(ratio=0.05), beta=0.9, kept=1.0)", r
+        assert r["default"]["nesterov"].startswith("EF14(PackedTopK") and r["default"]["plain"].startswith(
+            "EF14(PackedTopK"), "the default told a Nesterov or a momentum-free SGD stays uncorrected"
 
 
 def _clipping_worker(rank: int, workers: int) -> dict:

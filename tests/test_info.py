@@ -23,6 +23,7 @@ def test_module_prints_versions_backend_and_hooks() -> None:
     assert "kernels.backend:" in out and backend["backend"] in out and backend["reason"] in out
     assert all(name in out for name in ddp_hooks.MECHANISMS)
     assert "register(ddp):" in out and "compressor='topk8'" in out and "the Adam mode, ef14 compressor='sign'" in out
+    assert "a heavy-ball momentum SGD found or passed: ef14_mc" in out and "kept=1.0" in out
 
 
 def test_version_is_one_string() -> None:

@@ -1,6 +1,7 @@
 """``register(ddp)`` without ``optimizer=`` looks for the optimizer (``ddp_hooks.optimizer_lookup``):
-an Adam or AdamW built before or after ``register`` gives the run ``register(ddp, optimizer=opt)``
-gives, bit for bit (a resume too); what the mode cannot take is warned about and left untold."""
+an Adam or AdamW, or a heavy-ball momentum SGD, built before or after ``register`` gives the run
+``register(ddp, optimizer=opt)`` gives, bit for bit (a resume too); what the Adam mode cannot take
+is warned about and left untold; another SGD is left untold silently."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
+from compressors import MomentumCorrectedEF14
 from compressors.mechanisms.adam_normalized import AdamNormalized
 from ddp_hooks.launch import run_ranks
 from ddp_hooks.optimizer_lookup import holding, lookup
@@ -27,18 +29,25 @@ def _model() -> nn.Module:
 
 
 def _adam(model: nn.Module) -> torch.optim.Optimizer | None:
-    return lookup(model).adam
+    return lookup(model).optimizer
 
 
 def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it(caplog):
     model, other = _model(), nn.Linear(3, 3)
     assert lookup(model) == (None, False), "no optimizer yet"
     foreign = torch.optim.AdamW(other.parameters())  # another model's: not looked at
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert lookup(model) == (None, True), "an SGD: the default is the same hook told or not"
-    del sgd
+        for plain in (dict(), dict(momentum=0.9, nesterov=True), dict(momentum=0.9, dampening=0.1)):
+            sgd = torch.optim.SGD(model.parameters(), lr=0.1, **plain)
+            assert lookup(model) == (None, True), f"SGD {plain}: the plain default, silently"
+            del sgd
+        sgd = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
+        assert lookup(model) == (None, True), "a momentum SGD that does not step every parameter: not told"
+        del sgd
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        assert lookup(model) == (sgd, True), "a heavy-ball SGD: momentum correction"
+        del sgd
     adamw = torch.optim.AdamW(model.parameters())
     assert _adam(model) is adamw
     second = torch.optim.Adam(model[0].parameters())
@@ -87,24 +96,31 @@ def test_a_wrapped_optimizer_is_found_as_the_optimizer_inside_and_a_wrapper_that
     del undoing, scaled
 
 
-def _train(rank: int, workers: int, order: str, steps: int, save: str | None, load: str | None
+def _optimizer(kind: str, params) -> torch.optim.Optimizer:  # noqa: ANN001 - the model's parameters
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+
+
+def _train(rank: int, workers: int, order: str, steps: int, save: str | None, load: str | None, kind: str = "adamw"
            ) -> tuple[torch.Tensor, bool]:
-    """``steps`` AdamW steps of a 3-bucket MLP, the hook registered in ``order``; ``save``/``load``:
-    a checkpoint prefix to write after / resume from before (each rank its own file)."""
+    """``steps`` AdamW (``kind`` "sgd": momentum SGD) steps of a 3-bucket MLP, the hook registered
+    in ``order``; ``save``/``load``: a checkpoint prefix to write after / resume from before (each
+    rank its own file). Returns the parameters and whether the hook follows the optimizer."""
     model = _model()
     if load:
         ckpt = torch.load(f"{load}.{rank}.pt", weights_only=False)
         model.load_state_dict(ckpt["model"])
     ddp = DDP(model, bucket_cap_mb=0.005)
     if order == "told":
-        opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2, weight_decay=0.1)
+        opt = _optimizer(kind, ddp.parameters())
         state = ddp_hooks.register(ddp, optimizer=opt)
     elif order == "before":
-        opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2, weight_decay=0.1)
+        opt = _optimizer(kind, ddp.parameters())
         state = ddp_hooks.register(ddp)
     else:  # "after" and "untold": the optimizer built after register
         state = ddp_hooks.register(ddp, optimizer=None) if order == "untold" else ddp_hooks.register(ddp)
-        opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2, weight_decay=0.1)
+        opt = _optimizer(kind, ddp.parameters())
     if load:
         opt.load_state_dict(ckpt["opt"])
         state.load_state_dict(ckpt["hook"])
@@ -122,21 +138,23 @@ def _train(rank: int, workers: int, order: str, steps: int, save: str | None, lo
     everyone = [torch.empty_like(flat) for _ in range(workers)]
     dist.all_gather(everyone, flat)
     assert all(torch.equal(flat, f) for f in everyone), "replicas differ"
-    return flat, isinstance(state.mechanism, AdamNormalized)
+    return flat, isinstance(state.mechanism, (AdamNormalized, MomentumCorrectedEF14))
 
 
-def test_register_without_optimizer_runs_the_adam_mode_of_an_adamw_built_before_or_after_it():
-    told, before, after, untold = (run_ranks(_train, 2, order, STEPS, None, None, timeout=120)[0]
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_register_without_optimizer_follows_an_adamw_or_a_momentum_sgd_built_before_or_after_it(kind):
+    told, before, after, untold = (run_ranks(_train, 2, order, STEPS, None, None, kind, timeout=120)[0]
                                    for order in ("told", "before", "after", "untold"))
     assert told[1] and before[1] and after[1] and not untold[1]
     assert torch.equal(before[0], told[0]) and torch.equal(after[0], told[0])
     assert not torch.equal(untold[0], told[0]), "optimizer=None: raw gradients, the SGD default's compressor"
 
 
-def test_a_resume_with_the_optimizer_built_after_register_is_bit_for_bit(tmp_path: Path):
-    whole = run_ranks(_train, 2, "after", STEPS, None, None, timeout=120)[0]
-    run_ranks(_train, 2, "after", STEPS // 2, str(tmp_path / "ckpt"), None, timeout=120)
-    resumed = run_ranks(_train, 2, "after", STEPS - STEPS // 2, None, str(tmp_path / "ckpt"), timeout=120)[0]
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_a_resume_with_the_optimizer_built_after_register_is_bit_for_bit(tmp_path: Path, kind):
+    whole = run_ranks(_train, 2, "after", STEPS, None, None, kind, timeout=120)[0]
+    run_ranks(_train, 2, "after", STEPS // 2, str(tmp_path / "ckpt"), None, kind, timeout=120)
+    resumed = run_ranks(_train, 2, "after", STEPS - STEPS // 2, None, str(tmp_path / "ckpt"), kind, timeout=120)[0]
     assert resumed[1] and torch.equal(resumed[0], whole[0])
 
 

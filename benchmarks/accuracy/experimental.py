@@ -68,6 +68,7 @@ from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping, deb
 from compressors.operators.float_format import FloatFormat
 from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.sign import ScaledSign
+from compressors.operators.sparse import Sparsifier
 from ddp_hooks import sgd
 from ddp_hooks.adam import adam_settings, attach
 from compressors.core.memory import ErrorAndMomentum
@@ -403,6 +404,38 @@ class MomentumCorrectedWaited(_EF14Candidate):
         return state
 
 
+class PartiallyCorrectedEF14(MomentumCorrectedEF14):
+    """``MomentumCorrectedEF14`` that corrects with beta' = share * beta (the optimizer's beta):
+    u_i <- beta' u_i + grad_i, g^t = a^t - beta' a^{t-1}. Uncompressed, torch's SGD(beta) on g^t
+    is SGD with momentum exactly for any beta' in [0, beta]; share 0 is plain EF14, share 1
+    ``ef14_mc``."""
+
+    def __init__(self, compressor: Sparsifier, share: float, kept: float) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        super().__init__(compressor, kept=kept)
+        self.share = float(share)
+
+    def __repr__(self) -> str:
+        return f"PartiallyCorrectedEF14({self.compressor!r}, share={self.share}, kept={self.kept})"
+
+    def checkpoint_name(self) -> str:
+        return repr(self)
+
+    @property
+    def beta(self) -> float:
+        return self.share * super().beta
+
+
+@dataclass(frozen=True)
+class MomentumPartlyCorrected(MomentumCorrectedWaited):
+    """``ef14_mcp``: ``PartiallyCorrectedEF14`` over the SGD default's compressor, told the run's
+    SGD as ``ef14_mc`` is."""
+
+    def _mechanism(self, ratio: float = 0.05, kept: float = 1.0, share: float = 0.5) -> EF14:
+        return PartiallyCorrectedEF14(PackedTopK(ratio), share, kept)
+
+
 class LagNormalized(AdamNormalized):
     """The Adam mode whose n-rank second moment takes mu^2 from the lag-one autocovariance of the
     rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
@@ -581,4 +614,4 @@ EXPERIMENTAL: dict[str, Candidate] = {"ef14_decay": EF14Decay(), "ef14_warmup": 
                                      "ef14_smooth": EF14Smooth(), "ef14_2s": EF14TwoStage(),
                                      "ef14_dgc": MomentumCorrected(), "adam_mode": AdamMode(),
                                      "ef14_signtopk": EF14SignTopK(), "ef14_qtopk": EF14QuantizedTopK(),
-                                     "ef14_mcw": MomentumCorrectedWaited()}
+                                     "ef14_mcw": MomentumCorrectedWaited(), "ef14_mcp": MomentumPartlyCorrected()}

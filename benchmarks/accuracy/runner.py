@@ -27,7 +27,7 @@ from .tasks import Data, Task
 
 BASELINE = "allreduce"
 AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
-DEFAULT = "default"  # register(ddp): what a user gets with no name (it finds opt; SGD: ef14 topk8 5%; Adam: signs)
+DEFAULT = "default"  # register(ddp): what a user gets with no name (it finds opt; momentum SGD: ef14_mc topk8 5%; Adam: signs)
 POWERSGD = "powersgd"  # torch's PowerSGD hook, the anchor torch ships (options rank=, start=)
 ONE_BUCKET_MB = 1024.0  # PowerSGD's bucket cap: one bucket (see powersgd)
 

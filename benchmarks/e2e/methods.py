@@ -1,6 +1,6 @@
 """Methods: DDP's fp32 allreduce, torch's fp16 and PowerSGD hooks, ``default``
-(``register(ddp)``: the default hook, which finds the run's optimizer: the plain hook under SGD,
-EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
+(``register(ddp)``: the default hook, which finds the run's optimizer: EF14 with momentum correction under
+momentum SGD, EF14 over signs in the optimizer-aware mode under AdamW) and any threepc hook spec
 (``NAME[+opt]:KEY=VALUE,...``, as in the accuracy suite)."""
 from __future__ import annotations
 
@@ -34,7 +34,11 @@ def label(spec: str, recipe: str = "sgdm") -> str:
     """The method's name in tables and plots; ``default`` says what it resolved to under the recipe."""
     if spec != DEFAULT:
         return spec
-    return "default (ef14 signs, Adam mode)" if RECIPES[recipe].family == "adamw" else "default (ef14 topk8 5%)"
+    chosen = RECIPES[recipe]
+    if chosen.family == "adamw":
+        return "default (ef14 signs, Adam mode)"
+    corrected = chosen.momentum > 0.0 and not chosen.nesterov  # ddp_hooks.sgd.corrects
+    return "default (ef14_mc topk8 5%)" if corrected else "default (ef14 topk8 5%)"
 
 
 def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, steps: list[int],
