@@ -218,7 +218,11 @@ def rescaling(state: ThreePCState, params: list[Tensor], directions: dict[int, T
 
 
 def _squares(x: Tensor) -> Tensor:
-    """sum x_i^2 of ``x`` as a float64 scalar on its device, in one pass (``kernels.abs_moments``)."""
+    """sum x_i^2 of ``x`` as a float64 scalar on its device: on a CPU in one pass without
+    temporaries (``kernels.abs_moments``), elsewhere torch's float64 norm (``abs_moments``' CUDA
+    path makes three sums and six launches where one is needed)."""
+    if x.device.type != "cpu":
+        return torch.linalg.vector_norm(x, dtype=torch.float64).square()
     return kernels.abs_moments(x if x.is_contiguous() else x.contiguous())[2]
 
 

@@ -1,6 +1,8 @@
 """PyTorch Lightning: a callback that registers a threepc hook on the strategy's DDP model when
 fitting starts, told the module's optimizer (``configure_optimizers``): with an Adam or AdamW,
-the optimizer-aware mode (``ddp_hooks.adam``) and, with no name, its default.
+the optimizer-aware mode (``ddp_hooks.adam``) and, with no name, its default; with a heavy-ball
+momentum SGD and no name, momentum correction (``ddp_hooks.sgd``: its step is wrapped, one step
+per synchronised backward).
 
     >>> trainer = lightning.pytorch.Trainer(strategy="ddp", callbacks=[ThreePCCallback()])
     >>> trainer = lightning.pytorch.Trainer(strategy="ddp", callbacks=[ThreePCCallback("ef21", ratio=0.01)])

@@ -28,6 +28,9 @@ AUTO = "auto"  # register(ddp, optimizer=AUTO): look for it; optimizer=None: com
 # what the Adam mode's errors add when the lookup chose it
 FOUND = (" (register(ddp) found this optimizer and runs its Adam mode; register(ddp, optimizer=None) leaves the "
          "optimizer and .grad as torch's)")
+# what momentum correction's step errors add when register(ddp) chose it (found or passed without a name)
+CORRECTING = (" (register(ddp) corrects the momentum of a momentum SGD; register(ddp, optimizer=None) leaves the "
+              "optimizer and .grad as torch's)")
 
 
 class Held(NamedTuple):
@@ -72,7 +75,8 @@ def holding(model: nn.Module) -> list[Held]:
 
 def lookup(model: nn.Module) -> Found:
     """``Found``: the Adam or AdamW that steps every trainable parameter of ``model`` and that the
-    Adam mode takes, if there is one. Warns, naming the fix, when an Adam holds the model's
+    Adam mode takes, or else the heavy-ball SGD that momentum correction takes (``_heavy_ball``),
+    if there is one. Warns, naming the fix, when an Adam holds the model's
     parameters but the mode cannot take it: the default then compresses raw gradients, which
     costs accuracy under Adam."""
     found = holding(model)

@@ -157,7 +157,7 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     if settings is not None:  # once the hook is in: a second register() on this model raised above
         adam.attach(optimizer, state)
     elif corrected:
-        sgd.attach(optimizer, state)
+        sgd.attach(optimizer, state, note=optimizer_lookup.CORRECTING if default else "")
     elif auto and default:
         state.deferred = functools.partial(_adopt_found, ddp, state, options)
     return state
@@ -224,7 +224,7 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
             if not options:  # options choose DEFAULT's compressor: the plain hook
                 state.adopt(chosen := _default(options, None, found.optimizer, ddp))
                 _told(chosen, found.optimizer)
-                sgd.attach(found.optimizer, state)
+                sgd.attach(found.optimizer, state, note=optimizer_lookup.CORRECTING)
                 logger.info("threepc: register(ddp) found a momentum SGD: %r", state.mechanism)
             return True
         optimizer = found.optimizer

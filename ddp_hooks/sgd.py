@@ -62,8 +62,9 @@ def corrects(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module) ->
     momentum (one beta > 0 in every param group, no dampening, no Nesterov: Nesterov's step adds
     g^t itself, whose compressed pulses the correction leaves undamped; measured, the held-out GRU
     at 4 ranks +2.5% against the uncorrected default's +0.9%, ``accuracy_held_out.md``) that
-    steps every trainable parameter of ``model`` and no other (``adam.check_attachable``)."""
-    if not isinstance(optimizer, torch.optim.SGD) or any(g.get("nesterov", False) for g in optimizer.param_groups):
+    steps every trainable parameter of ``model`` and no other (``adam.check_attachable``). torch's
+    own SGD only: a subclass's ``step`` (LARS, gradient centralisation) may read ``.grad`` otherwise."""
+    if type(optimizer) is not torch.optim.SGD or any(g.get("nesterov", False) for g in optimizer.param_groups):
         return False
     try:
         check_attachable(optimizer, model)
@@ -78,9 +79,10 @@ def follows(optimizer: torch.optim.SGD) -> functools.partial:
     return functools.partial(live_momentum, optimizer)
 
 
-def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
+def attach(optimizer: torch.optim.SGD, state: ThreePCState, note: str = "") -> None:
     """Make ``optimizer.step`` follow the user's rescaling of ``.grad`` (gradient clipping) into
-    the hook's memories and step torch's SGD on the agreed g^t (module docstring)."""
+    the hook's memories and step torch's SGD on the agreed g^t (module docstring). ``note``: what
+    the step's errors add (how the mode was chosen)."""
     applied = {"at": state.committed_iterations}  # the hook's committed iterations at the last step or zero_grad
 
     def step(self: torch.optim.SGD, closure=None):  # noqa: ANN001, ANN202 - torch's signature
@@ -91,7 +93,7 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState) -> None:
                                "ef14_mc leaves each round's g^t in .grad, to which another backward adds a raw "
                                "gradient, and its memories take one clipping factor per round. Accumulate "
                                "micro-batches under `with ddp.no_sync():` and synchronise the last backward only"
-                               + SKIPPED_STEP_HINT)
+                               + SKIPPED_STEP_HINT + note)
         if rounds == 1:  # .grad holds a round's presented g^t
             applied["at"] = state.committed_iterations
             restore(self, state)

@@ -45,6 +45,9 @@ def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it(ca
         sgd = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
         assert lookup(model) == (None, True), "a momentum SGD that does not step every parameter: not told"
         del sgd
+        sub = type("Lars", (torch.optim.SGD,), {})(model.parameters(), lr=0.1, momentum=0.9)
+        assert lookup(model) == (None, True), "a subclass of SGD: its step may read .grad otherwise"
+        del sub
         sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         assert lookup(model) == (sgd, True), "a heavy-ball SGD: momentum correction"
         del sgd
@@ -200,6 +203,17 @@ def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_r
     assert "register(ddp) found AdamW: its Adam mode, AdamNormalized(EF14(ScaledSign" in caplog.text
     _backward(ddp)  # a second synchronised backward before the step
     with pytest.raises(RuntimeError, match=r"follows 2 synchronised .*register\(ddp\) found this optimizer"):
+        opt.step()
+
+
+def test_a_found_momentum_sgd_is_corrected_and_its_step_errors_name_the_way_back(one_rank):
+    ddp = DDP(_model())
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    state = ddp_hooks.register(ddp)
+    _backward(ddp)
+    assert isinstance(state.mechanism, MomentumCorrectedEF14) and state.mechanism.kept == 1.0
+    _backward(ddp)  # a second synchronised backward before the step
+    with pytest.raises(RuntimeError, match=r"follows 2 synchronised .*corrects the momentum .*optimizer=None"):
         opt.step()
 
 
