@@ -217,6 +217,21 @@ def test_a_found_momentum_sgd_is_corrected_and_its_step_errors_name_the_way_back
         opt.step()
 
 
+def test_a_checkpoint_of_either_sgd_default_loaded_into_the_other_names_the_fix(one_rank):
+    ddp = DDP(_model())
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    corrected = ddp_hooks.register(ddp)
+    _backward(ddp)
+    opt.step()
+    plain = ddp_hooks.register(DDP(_model()), optimizer=None)
+    with pytest.raises(ValueError, match="build the optimizer before loading the hook's state"):
+        ddp_hooks.register(DDP(_model())).load_state_dict(corrected.state_dict())  # no SGD holds this model yet
+    fresh = DDP(_model())
+    held = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)  # noqa: F841 - found by the lookup
+    with pytest.raises(ValueError, match=r"plain EF14 default resumes with register\(ddp, optimizer=None\)"):
+        ddp_hooks.register(fresh).load_state_dict(plain.state_dict())
+
+
 def test_an_adamw_built_after_the_first_backward_is_warned_about_at_the_next_round(one_rank):
     """The mechanism is chosen at the first round: an AdamW built after it leaves the default on raw
     gradients, which the next round says once, naming the fix (a user's sanity backward first)."""
