@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -86,7 +87,7 @@ class MomentumCorrectedEF14(EF14):
         self.gain = 1.0  # what multiplies grad_i in u_i: the user's last clipping factor (``clip``)
         self.norm2: float | None = None  # ||grad_i||^2 of the last round (``clipping``)
         self.shown: float | None = None  # what ``presented`` multiplied the last aggregate by
-        self._round: tuple[Tensor, Tensor | None, float, ErrorAndMomentum, bool] | None = None  # ``_remember``
+        self._round: Taken | None = None  # ``_remember``
 
     def __repr__(self) -> str:
         """With the momentum this round (``follow``'s: the ranks compare it at their first round)."""
@@ -111,7 +112,7 @@ class MomentumCorrectedEF14(EF14):
     def init(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
         payload = super().init(grad, rnd)
         self.norm2 = None  # a dense round's g is the mean gradient: shown as it is
-        self._remember(self.memory.u_i, None, 1.0, dense=True)  # a dense round sends grad_i itself
+        self._remember(None, None, 1.0, 0.0, None)  # a dense round: u_i = grad_i, e_i = 0
         return payload
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
@@ -132,7 +133,7 @@ class MomentumCorrectedEF14(EF14):
         if sent is not None:
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
-        self._remember(flat(grad), sent, self.gain)
+        self._remember(flat(grad) if sent is not None else None, sent, self.gain, self.beta, u)
         return payload
 
     def masked(self, sent: Tensor) -> Tensor:
@@ -140,17 +141,18 @@ class MomentumCorrectedEF14(EF14):
         return sent
 
     # -- following the user's gradient clipping (``ddp_hooks.sgd``) ----------------------------
-    def _remember(self, grad: Tensor, sent: Tensor | None, taken: float, dense: bool = False) -> None:
-        """With ``clipping``: keep this round's grad_i (a copy: the bucket is overwritten), the
-        entries sent, the factor u_i took grad_i times, the memory written and whether the round
-        was dense, for ``clip``."""
+    def _remember(self, grad: Tensor | None, sent: Tensor | None, taken: float, beta: float,
+                  before: Tensor | None) -> None:
+        """With ``clipping``: what ``clip`` needs of this round (``Taken``). grad_i is copied only
+        where the masking left u_i without it (the bucket is overwritten); else it is
+        (u_i - beta u_i^prev) / taken from the memories, which stay unwritten until the next round."""
         if self.clipping:
-            self._round = (grad.clone(), sent, taken, self.memory, dense)
+            self._round = Taken(grad.clone() if grad is not None else None, sent, taken, beta, before, self.memory)
 
     @property
     def dense_round(self) -> bool:
         """Whether the round ``clip`` would correct was dense (``.grad`` held the mean gradient)."""
-        return self._round is not None and self._round[4]
+        return self._round is not None and self._round.before is None
 
     def presented(self, g: Tensor) -> float:
         """With ``clipping``: what rescales g^t to this rank's estimate of the mean gradient's norm
@@ -178,21 +180,30 @@ class MomentumCorrectedEF14(EF14):
         clipped exactly, u_i = c grad_i with e_i = 0, and a and g are scaled by c, so that the
         step is clipped SGD's. Once per round, and only on the memory the round wrote (not after
         a rollback restored the one before)."""
-        if self._round is None or self._round[3] is not self.memory:
+        if self._round is None or self._round.memory is not self.memory:
             return
-        grad, sent, taken, _, dense = self._round
-        self._round, cut, self.gain = None, taken - factor, factor
+        taken, self._round = self._round, None
+        cut, self.gain = taken.taken - factor, factor
         if cut == 0.0:
             return
-        if dense and aggregate is not None:
-            self.memory.u_i.mul_(factor)
-            for entry in ("g", MOMENTUM):
-                aggregate[entry].mul_(factor)
-            return
-        self.memory.e_i.sub_(grad, alpha=cut)
-        self.memory.u_i.sub_(grad, alpha=cut)
-        if sent is not None and self.kept != 1.0:
-            self.memory.u_i[sent] += grad[sent] * (cut * (1.0 - self.kept))
+        e, u = self.memory.e_i, self.memory.u_i
+        if taken.before is None:  # dense: u_i = grad_i
+            if aggregate is not None:
+                u.mul_(factor)
+                for entry in ("g", MOMENTUM):
+                    aggregate[entry].mul_(factor)
+                return
+            e.sub_(u, alpha=cut)
+            u.mul_(1.0 - cut)
+        elif taken.grad is None:  # grad_i = (u_i - beta u_i^prev) / taken, no entry masked
+            share = cut / taken.taken
+            e.sub_(u, alpha=share).add_(taken.before, alpha=share * taken.beta)
+            u.mul_(1.0 - share).add_(taken.before, alpha=share * taken.beta)
+        else:
+            e.sub_(taken.grad, alpha=cut)
+            u.sub_(taken.grad, alpha=cut)
+            if taken.sent is not None and self.kept != 1.0:
+                u[taken.sent] += taken.grad[taken.sent] * (cut * (1.0 - self.kept))
 
     def start(self, payloads: Sequence[Payload], rnd: Round = ROUND0) -> dict[str, Tensor]:
         server = super().start(payloads, rnd)
@@ -211,6 +222,19 @@ class MomentumCorrectedEF14(EF14):
         self.compressor.mean(a, payloads, rnd)
         g = torch.sub(a, rnd.shared[MOMENTUM], alpha=self.beta, out=server[MOMENTUM])
         server["g"], server[MOMENTUM] = g, a
+
+
+class Taken(NamedTuple):
+    """A round as ``clip`` corrects it: u_i^new = m * (beta u_i^prev + taken grad_i), m the
+    masking. ``grad``: a copy of grad_i, kept only where m is not 1 (else None); ``before``:
+    u_i^prev (None: a dense round, u_i = grad_i); ``memory``: the memory the round wrote."""
+
+    grad: Tensor | None
+    sent: Tensor | None
+    taken: float
+    beta: float
+    before: Tensor | None
+    memory: ErrorAndMomentum
 
 
 def checked_beta(beta: float) -> float:
