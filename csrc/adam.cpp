@@ -102,7 +102,7 @@ void adam_normalize_out_cpu(const at::Tensor& grad, const at::Tensor& m, const a
                             const at::Tensor& c2, double beta1, double beta2, double eps, double share,
                             at::Tensor m_new, at::Tensor v_new, at::Tensor d) {
   check_adam_inputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, c1, c2, beta1, beta2, eps, share);
-  check_adam_outputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, {{"m_new", &m_new}, {"v_new", &v_new}, {"d", &d}});
+  check_new_outputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, {{"m_new", &m_new}, {"v_new", &v_new}, {"d", &d}});
   adam_run(grad,
            {m.const_data_ptr<float>(), v.const_data_ptr<float>(), nullptr, c1.const_data_ptr<float>(),
             c2.const_data_ptr<float>(), m_new.data_ptr<float>(), v_new.data_ptr<float>(), nullptr, d.data_ptr<float>()},
@@ -113,7 +113,7 @@ void adam_momentum_out_cpu(const at::Tensor& grad, const at::Tensor& m, const at
                            const at::Tensor& c1, const at::Tensor& c2, double beta1, double beta2, double eps,
                            double share, at::Tensor m_new, at::Tensor v_new, at::Tensor u_new, at::Tensor u_hat) {
   check_adam_inputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}}, c1, c2, beta1, beta2, eps, share);
-  check_adam_outputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}},
+  check_new_outputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}},
                      {{"m_new", &m_new}, {"v_new", &v_new}, {"u_new", &u_new}, {"u_hat", &u_hat}});
   adam_run(grad,
            {m.const_data_ptr<float>(), v.const_data_ptr<float>(), u.const_data_ptr<float>(), c1.const_data_ptr<float>(),

@@ -308,16 +308,21 @@ inline void check_sign_accumulate(const at::Tensor& out, at::TensorList signs, a
 
 using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
 
-// adam_normalize's inputs (adam_momentum's: op, and its u among `states`): grad floating, the
-// states (m, v[, u]) contiguous fp32 of grad's size, c1 and c2 of 1 or grad's size, one device.
-inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTensors states, const at::Tensor& c1,
-                              const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
+// A per-entry state of grad: contiguous fp32 of grad's size (its device: checked by the caller).
+inline void check_states(const char* op, const at::Tensor& grad, NamedTensors states) {
   check_floating(op, "grad", grad);
   for (const auto& [name, t] : states) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel(), op, ": ",
                      name, " must be a contiguous float32 tensor of grad's ", grad.numel(), " elements, got ",
                      py_dtype(t->scalar_type()), " of ", t->numel(), t->is_contiguous() ? "" : ", non-contiguous");
   }
+}
+
+// adam_normalize's inputs (adam_momentum's: op, and its u among `states`): grad floating, the
+// states (m, v[, u]) contiguous fp32 of grad's size, c1 and c2 of 1 or grad's size, one device.
+inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTensors states, const at::Tensor& c1,
+                              const at::Tensor& c2, double beta1, double beta2, double eps, double share) {
+  check_states(op, grad, states);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"c1", &c1}, {"c2", &c2}}) {
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat && t->is_contiguous() &&
                          (t->numel() == 1 || t->numel() == grad.numel()),
@@ -338,10 +343,10 @@ inline void check_adam_inputs(const char* op, const at::Tensor& grad, NamedTenso
                     ", beta2=", beta2, ", eps=", eps, ", share=", share);
 }
 
-// The .out variants' outputs: contiguous fp32 of grad's size on its device, overlapping neither
-// each other nor an input (the old states stay the rollback; a kernel reads an input entry after
-// writing an output one).
-inline void check_adam_outputs(const char* op, const at::Tensor& grad, NamedTensors inputs, NamedTensors outputs) {
+// The outputs of adam_normalize.out, adam_momentum.out and momentum_compensate: contiguous fp32 of
+// grad's size on its device, overlapping neither each other nor an input (the old states stay the
+// rollback; a kernel reads an input entry after writing an output one).
+inline void check_new_outputs(const char* op, const at::Tensor& grad, NamedTensors inputs, NamedTensors outputs) {
   for (const auto& [name, t] : outputs) {
     TORCH_CHECK_VALUE(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == grad.numel() &&
                           t->device() == grad.device(),
@@ -382,6 +387,20 @@ inline void check_squared_distances(const at::Tensor& x, at::TensorList others) 
 }
 
 inline void check_abs_moments(const at::Tensor& x) { check_floating("abs_moments", "x", x); }
+
+// momentum_compensate's arguments: u and e states of grad on its device, 0 <= beta < 1, a finite
+// gain >= 0, and new outputs u_new and v.
+inline void check_momentum_compensate(const at::Tensor& grad, const at::Tensor& u, const at::Tensor& e, double beta,
+                                      double gain, const at::Tensor& u_new, const at::Tensor& v) {
+  check_states("momentum_compensate", grad, {{"u", &u}, {"e", &e}});
+  TORCH_CHECK_VALUE(u.device() == grad.device() && e.device() == grad.device(),
+                    "momentum_compensate: grad, u and e must be on one device, got grad on ", grad.device(),
+                    ", u on ", u.device(), ", e on ", e.device());
+  TORCH_CHECK_VALUE(beta >= 0 && beta < 1 && std::isfinite(gain) && gain >= 0,
+                    "momentum_compensate needs 0 <= beta < 1 and a finite gain >= 0, got beta=", beta,
+                    ", gain=", gain);
+  check_new_outputs("momentum_compensate", grad, {{"u", &u}, {"e", &e}}, {{"u_new", &u_new}, {"v", &v}});
+}
 
 inline int64_t packed_blocks(int64_t numel, int64_t block) { return (numel + block - 1) / block; }
 

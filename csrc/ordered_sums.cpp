@@ -1,5 +1,6 @@
 // CPU kernels of float64 sums in a fixed order: squared_distances (||x - o||^2, the lazy triggers of
-// CLAG, LAG, SASG and EF21+) and abs_moments (CO3's GenNorm fit), one pass and no temporaries where
+// CLAG, LAG, SASG and EF21+), abs_moments (CO3's GenNorm fit) and momentum_compensate (ef14_mc's
+// momentum and error feedback, and the sums its clipping estimate reads), one pass and no temporaries where
 // the torch expressions write tensors of x's size. The order (compressors/kernels/reference.py)
 // makes the bits those of the reference, numba and the CUDA kernels.
 #include <ATen/ATen.h>
@@ -38,6 +39,31 @@ struct Square {
   __attribute__((always_inline)) double operator()(int64_t i) const {
     const double v = x[i];
     return v * v;
+  }
+};
+
+// momentum_compensate's first sum: g_i^2, while it writes u'_i = beta u_i + gain g_i and v_i = e_i + u'_i
+// (each product and each sum one fp32 rounding: no contraction).
+struct MomentumUpdate {
+  const float* __restrict g;
+  const float* __restrict u;
+  const float* __restrict e;
+  float* __restrict u_new;
+  float* __restrict v;
+  float beta, gain;
+  __attribute__((always_inline)) double operator()(int64_t i) const {
+    const float momentum = beta * u[i] + gain * g[i];
+    u_new[i] = momentum;
+    v[i] = e[i] + momentum;
+    const double x = g[i];
+    return x * x;
+  }
+};
+struct Product {
+  const float* __restrict x;
+  const float* __restrict y;
+  __attribute__((always_inline)) double operator()(int64_t i) const {
+    return static_cast<double>(x[i]) * static_cast<double>(y[i]);
   }
 };
 
@@ -121,11 +147,25 @@ at::Tensor abs_moments_cpu(const at::Tensor& x) {
   });
 }
 
+// Each block written and summed while it is in cache: the update with sum g^2, then sum u g.
+at::Tensor momentum_compensate_cpu(const at::Tensor& grad, const at::Tensor& u, const at::Tensor& e, double beta,
+                                   double gain, at::Tensor u_new, at::Tensor v) {
+  check_momentum_compensate(grad, u, e, beta, gain, u_new, v);
+  const at::Tensor flat = flat_float(grad);
+  const float *gp = flat.const_data_ptr<float>(), *up = u.const_data_ptr<float>();
+  const MomentumUpdate update{gp, up, e.const_data_ptr<float>(), u_new.data_ptr<float>(), v.data_ptr<float>(),
+                              static_cast<float>(beta), static_cast<float>(gain)};
+  return ordered_sums(grad, flat.numel(), 2, [&](int64_t j, int64_t lo, int64_t hi) {
+    return j == 0 ? ordered_widest(update, lo, hi) : ordered_widest(Product{gp, up}, lo, hi);
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(threepc, CPU, m) {
   m.impl("squared_distances", &squared_distances_cpu);
   m.impl("abs_moments", &abs_moments_cpu);
+  m.impl("momentum_compensate", &momentum_compensate_cpu);
 }
 
 }  // namespace threepc

@@ -173,7 +173,7 @@ def test_the_out_variants_refuse_an_output_that_is_an_input_or_another_output():
                                                 v_new=outs[1], u_new=outs[2], u_hat=outs[3])
         assert all(torch.equal(a, b) for a, b in zip((g, m, v, u), before))
         with pytest.raises(ValueError, match="adam_momentum: the outputs must be new buffers that overlap neither"):
-            checks.adam_outputs("adam_momentum", g, (m, v, u), dict(zip(("m_new", "v_new", "u_new", "u_hat"), outs)))
+            checks.new_outputs("adam_momentum", g, (m, v, u), dict(zip(("m_new", "v_new", "u_new", "u_hat"), outs)))
     with pytest.raises(ValueError, match="adam_normalize: the outputs must be new buffers that overlap neither"):
         torch.ops.threepc.adam_normalize.out(g, m, v, one, one, 0.9, 0.999, 1e-8, 1.0, m_new=m, v_new=fresh[1],
                                              d=fresh[2])

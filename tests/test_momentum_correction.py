@@ -92,7 +92,7 @@ def test_the_momentum_is_scaled_by_kept_where_the_worker_sent(kept):
     payload = worker.step(g1.clone(), Round(1))
     sent = worker.compressor.located(payload, Round(1))[1].long()
     assert torch.equal(worker.compressor.sent(payload, Round(1)), sent)
-    u = torch.add(g1, g0, alpha=0.9)  # u = grad + beta u, as the step rounds it
+    u = torch.tensor(0.9) * g0 + g1  # u = beta u + grad, as the step rounds it (kernels.momentum_compensate)
     expected = u.clone()
     expected[sent] *= kept
     torch.testing.assert_close(worker.memory.u_i, expected, rtol=0, atol=0)
@@ -205,6 +205,11 @@ def test_uncompressed_a_constant_clipping_is_sgd_with_momentum_on_the_clipped_me
     assert not torch.allclose(corrected, unclipped, atol=1e-3)
 
 
+def estimate(grad: torch.Tensor, u: torch.Tensor, beta: float, gain: float, workers: int) -> float:
+    """mean_norm2 of the sums the round reads (``kernels.momentum_compensate``)."""
+    return mean_norm2(float(grad @ grad), float(u @ grad), beta, gain, workers)
+
+
 def test_the_norm_shown_estimates_the_mean_gradients():
     """mean_norm2 with noise orthogonal to the mean: ||mu||^2 + ||noise||^2 / n, the momentum u
     of earlier rounds (times gain) telling the mean; one worker: ||grad||^2; no signal: 1/n."""
@@ -212,11 +217,11 @@ def test_the_norm_shown_estimates_the_mean_gradients():
     mu[:10], noise[10:] = 1.0, 2.0
     grad, beta, gain = mu + noise, 0.9, 0.5
     u = gain * mu / (1.0 - beta)
-    assert mean_norm2(grad, u, beta, gain, 4) == pytest.approx(10.0 + 120.0 / 4)
-    assert mean_norm2(grad, u, beta, gain, 1) == pytest.approx(130.0)
-    assert mean_norm2(grad, torch.zeros(D), beta, gain, 4) == pytest.approx(130.0 / 4)
-    assert mean_norm2(grad, -u, beta, gain, 4) == pytest.approx(130.0 / 4)  # clamped at no signal
-    assert mean_norm2(grad, 100 * u, beta, gain, 4) == pytest.approx(130.0)  # at most all of it
+    assert estimate(grad, u, beta, gain, 4) == pytest.approx(10.0 + 120.0 / 4)
+    assert estimate(grad, u, beta, gain, 1) == pytest.approx(130.0)
+    assert estimate(grad, torch.zeros(D), beta, gain, 4) == pytest.approx(130.0 / 4)
+    assert estimate(grad, -u, beta, gain, 4) == pytest.approx(130.0 / 4)  # clamped at no signal
+    assert estimate(grad, 100 * u, beta, gain, 4) == pytest.approx(130.0)  # at most all of it
 
 
 def test_presented_rescales_to_the_estimate_and_shows_a_dense_round_as_it_is():
@@ -226,7 +231,7 @@ def test_presented_rescales_to_the_estimate_and_shows_a_dense_round_as_it_is():
     aggregate = 3.0 * grad
     assert worker.presented(aggregate) == 1.0 and worker.shown == 1.0  # a dense round's g is the mean gradient
     worker.step(grad.clone(), Round(1, 0, 2))
-    expected = mean_norm2(grad, grad, 0.9, 1.0, 2) ** 0.5 / float(aggregate.norm())
+    expected = estimate(grad, grad, 0.9, 1.0, 2) ** 0.5 / float(aggregate.norm())
     assert worker.presented(aggregate) == pytest.approx(expected) and worker.shown == pytest.approx(expected)
     plain = MomentumCorrectedEF14(TopK(k=4), beta=0.9).spawn()
     plain.init(grad.clone(), Round(0, 0, 2))

@@ -1,7 +1,8 @@
-"""The float64 sums in a fixed order: ``squared_distances`` (||x - o||^2 for the lazy triggers) and
-``abs_moments`` (CO3's GenNorm fit). The reference against an independent numpy oracle of the
-order it specifies and against the exactly rounded sum; ext and numba bit for bit against the
-reference on random and adversarial inputs; bad arguments; opcheck."""
+"""The float64 sums in a fixed order: ``squared_distances`` (||x - o||^2 for the lazy triggers),
+``abs_moments`` (CO3's GenNorm fit) and ``momentum_compensate`` (ef14_mc's update, written while
+it sums). The reference against an independent numpy oracle of the order it specifies and against
+the exactly rounded sum; ext and numba bit for bit against the reference on random and
+adversarial inputs; bad arguments; opcheck."""
 from __future__ import annotations
 
 import math
@@ -148,3 +149,89 @@ def test_opcheck_passes_for_the_ordered_sums():
     x = torch.randn(70_000)
     torch.library.opcheck(torch.ops.threepc.squared_distances.default, (x, [torch.randn(70_000), x.half()]))
     torch.library.opcheck(torch.ops.threepc.abs_moments.default, (x,))
+
+
+# -- momentum_compensate: ef14_mc's update and the two sums its clipping estimate reads -----------
+def compensate_inputs(kind: str, n: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """grad of ``kind`` in ``dtype``, the momentum u and the error e (fp32)."""
+    return make(kind, n, seed, dtype), make("normal", n, seed + 1) * 5, make("scales", n, seed + 2)
+
+
+def compensated_by(impl, grad, u, e, beta, gain):  # noqa: ANN001, ANN201 - any implementation's module
+    u_new, v = torch.full_like(u, math.nan), torch.full_like(e, math.nan)
+    sums = impl.momentum_compensate(grad, u, e, beta, gain, u_new=u_new, v=v)
+    return u_new, v, sums
+
+
+@pytest.mark.parametrize("n", EDGES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("beta, gain", [(0.9, 1.0), (0.0, 0.37), (0.99, 3.0)])
+def test_momentum_compensate_reference_matches_the_numpy_oracle(n, kind, beta, gain):
+    grad, u, e = compensate_inputs(kind, n, n + 3, torch.float32)
+    u_new, v, sums = compensated_by(reference, grad, u, e, beta, gain)
+    g, un = grad.numpy(), u.numpy()
+    gd = g.astype(np.float64)
+    with np.errstate(all="ignore"):  # the specials' inf - inf
+        momentum = np.float32(beta) * un + np.float32(gain) * g  # fp32 products, then their fp32 sum
+        want_v = e.numpy() + momentum
+        want = torch.tensor([ordered(gd * gd), ordered(un.astype(np.float64) * gd)], dtype=torch.float64)
+    assert_same((u_new, v), (torch.from_numpy(momentum), torch.from_numpy(want_v)), nan_bits=False)
+    assert_same((sums,), (want,), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@pytest.mark.parametrize("n", EDGES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_momentum_compensate_matches_the_reference_bit_for_bit(impl, n, dtype):
+    for kind in KINDS:
+        for beta, gain in ((0.9, 1.0), (0.5, 0.123)):
+            grad, u, e = compensate_inputs(kind, n, n + 11, dtype)
+            assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain),
+                        compensated_by(reference, grad, u, e, beta, gain), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", OTHERS)
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(0, 300_000), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**31),
+       beta=st.floats(0.0, 0.999), gain=st.floats(0.0, 10.0))
+def test_momentum_compensate_matches_the_reference_on_random_sizes(impl, n, kind, seed, beta, gain):
+    grad, u, e = compensate_inputs(kind, n, seed, torch.float32)
+    assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain),
+                compensated_by(reference, grad, u, e, beta, gain), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_momentum_compensate_reads_a_shaped_non_contiguous_grad_as_flat(impl):
+    grad, u, e = torch.randn(400, 300).t(), torch.randn(120_000), torch.randn(120_000)
+    assert_same(compensated_by(IMPLS[impl], grad, u, e, 0.9, 0.7),
+                compensated_by(reference, grad.contiguous().reshape(-1), u, e, 0.9, 0.7))
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_momentum_compensate_rejects_bad_arguments_with_the_fix_and_writes_nothing(impl):
+    op, grad, u, e = IMPLS[impl].momentum_compensate, torch.randn(10), torch.randn(10), torch.randn(10)
+    u_new, v = torch.zeros(10), torch.zeros(10)
+    cases = [
+        (TypeError, "grad must be float32, float16 or bfloat16", (grad.double(), u, e, 0.9, 1.0), {}),
+        (TypeError, "u must be a contiguous float32 tensor of grad's 10 elements", (grad, u.half(), e, 0.9, 1.0), {}),
+        (TypeError, "e must be a contiguous float32 tensor of grad's 10 elements", (grad, u, torch.zeros(11), 0.9, 1.0),
+         {}),
+        (ValueError, r"0 <= beta < 1 and a finite gain >= 0, got beta=1(\.0)?,", (grad, u, e, 1.0, 1.0), {}),
+        (ValueError, "gain=nan", (grad, u, e, 0.9, math.nan), {}),
+        (ValueError, r"gain=-1(\.0)?$", (grad, u, e, 0.9, -1.0), {}),
+        (ValueError, "u_new must be a contiguous float32 tensor of 10 elements", (grad, u, e, 0.9, 1.0),
+         {"u_new": torch.zeros(9)}),
+        (ValueError, "overlap neither each other nor grad or a state", (grad, u, e, 0.9, 1.0), {"v": e}),
+        (ValueError, "overlap neither each other nor grad or a state", (grad, u, e, 0.9, 1.0), {"v": u_new}),
+    ]
+    for error, message, args, outputs in cases:
+        with pytest.raises(error, match=message):
+            op(*args, **({"u_new": u_new, "v": v} | outputs))
+        assert not u_new.any() and not v.any()
+
+
+@pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
+def test_opcheck_passes_for_momentum_compensate():
+    grad, u, e = torch.randn(70_000), torch.randn(70_000), torch.randn(70_000)
+    torch.library.opcheck(torch.ops.threepc.momentum_compensate.default, (grad.half(), u, e, 0.9, 0.5),
+                          {"u_new": torch.empty(70_000), "v": torch.empty(70_000)})

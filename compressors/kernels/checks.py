@@ -285,12 +285,8 @@ def sign_accumulate(out: Tensor, signs: list[Tensor], scales: list[Tensor], bloc
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float, eps: float,
                    share: float, op: str = "adam_normalize", states: dict[str, Tensor] | None = None) -> None:
     """adam_normalize's inputs (``op`` adam_momentum: ``states`` m, v and u)."""
-    _floating(op, "grad", grad)
     states = states or {"m": m, "v": v}
-    for name, t in states.items():
-        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel():
-            raise TypeError(f"{op}: {name} must be a contiguous float32 tensor of grad's {grad.numel()} "
-                            f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
+    _states(op, grad, states)
     for name, t in (("c1", c1), ("c2", c2)):
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() not in (1, grad.numel()):
             raise TypeError(f"{op}: {name} must be a contiguous float32 tensor of 1 or {grad.numel()} "
@@ -304,14 +300,24 @@ def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, b
                          f"beta2={beta2}, eps={eps}, share={share}")
 
 
+def _states(op: str, grad: Tensor, states: dict[str, Tensor]) -> None:
+    """grad floating and each per-entry state contiguous fp32 of grad's size (devices: the caller's)."""
+    _floating(op, "grad", grad)
+    for name, t in states.items():
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel():
+            raise TypeError(f"{op}: {name} must be a contiguous float32 tensor of grad's {grad.numel()} "
+                            f"elements, got {t.dtype} of {t.numel()}{_non_contiguous(t)}")
+
+
 def adam_momentum(grad: Tensor, m: Tensor, v: Tensor, u: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
                   eps: float, share: float) -> None:
     adam_normalize(grad, m, v, c1, c2, beta1, beta2, eps, share, "adam_momentum", {"m": m, "v": v, "u": u})
 
 
-def adam_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dict[str, Tensor]) -> None:
-    """The .out variants' outputs: contiguous fp32 of grad's size on its device, overlapping
-    neither each other nor an input (the old states stay the rollback)."""
+def new_outputs(op: str, grad: Tensor, inputs: tuple[Tensor, ...], outputs: dict[str, Tensor]) -> None:
+    """The outputs of adam_normalize.out, adam_momentum.out and momentum_compensate: contiguous fp32
+    of grad's size on its device, overlapping neither each other nor an input (the old states stay
+    the rollback)."""
     for name, t in outputs.items():
         if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != grad.numel() or t.device != grad.device:
             raise ValueError(f"{op}: {name} must be a contiguous float32 tensor of {grad.numel()} elements "
@@ -357,6 +363,18 @@ def squared_distances(x: Tensor, others: list[Tensor]) -> None:
 
 def abs_moments(x: Tensor) -> None:
     _floating("abs_moments", "x", x)
+
+
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, u_new: Tensor,
+                        v: Tensor) -> None:
+    _states("momentum_compensate", grad, {"u": u, "e": e})
+    if u.device != grad.device or e.device != grad.device:
+        raise ValueError(f"momentum_compensate: grad, u and e must be on one device, got grad on {grad.device}, "
+                         f"u on {u.device}, e on {e.device}")
+    if not (0.0 <= beta < 1.0 and math.isfinite(gain) and gain >= 0.0):
+        raise ValueError(f"momentum_compensate needs 0 <= beta < 1 and a finite gain >= 0, got beta={beta}, "
+                         f"gain={gain}")
+    new_outputs("momentum_compensate", grad, (u, e), {"u_new": u_new, "v": v})
 
 
 def _packed_block(op: str, block: int) -> None:

@@ -55,6 +55,10 @@ SCHEMAS = (
     "squared_distances(Tensor x, Tensor[] others) -> Tensor",
     # (the number of non-zero x_i, sum |x_i|, sum x_i^2) in float64, summed in the same order.
     "abs_moments(Tensor x) -> Tensor",
+    # u_new = beta u + gain grad and v = e + u_new in fp32; returns (sum grad_i^2, sum u_i grad_i) in
+    # float64, summed in the same order.
+    "momentum_compensate(Tensor grad, Tensor u, Tensor e, float beta, float gain, *, Tensor(a!) u_new, "
+    "Tensor(b!) v) -> Tensor",
     # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
     # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|, at least 2^-149; 1
     # for max |v| = 0; NaN for a non-finite v), one uint8 count per block of `block` entries and one
@@ -82,7 +86,7 @@ for _schema in SCHEMAS:
 FUNCTIONAL = ("topk_abs", "ef21_topk_step", "sparse_accumulate", "float_encode", "float_decode", "float_accumulate",
               "huffman_encode", "huffman_decode", "rans_encode", "rans_decode", "sign_encode", "sign_residual",
               "sign_decode", "sign_accumulate", "adam_normalize", "adam_momentum", "packed_encode",
-              "packed_accumulate", "squared_distances", "abs_moments")
+              "packed_accumulate", "squared_distances", "abs_moments", "momentum_compensate")
 
 
 def _into(functional: Callable[..., Tensor], op: str, dtype: torch.dtype) -> Callable[..., None]:
@@ -112,7 +116,7 @@ def _adam_into(functional: Callable[..., tuple[Tensor, ...]], op: str, states: i
     the outputs, compute, copy."""
     def out_kernel(grad: Tensor, *args: object, **outputs: Tensor) -> None:
         ordered = {name: outputs[name] for name in names}
-        checks.adam_outputs(op, grad, args[:states], ordered)
+        checks.new_outputs(op, grad, args[:states], ordered)
         for out, value in zip(ordered.values(), functional(grad, *args)):
             out.copy_(value)
     return out_kernel
@@ -208,6 +212,12 @@ def _squared_distances_fake(x: Tensor, others: list[Tensor]) -> Tensor:
 @torch.library.register_fake("threepc::abs_moments", lib=LIB)
 def _abs_moments_fake(x: Tensor) -> Tensor:
     return x.new_empty(3, dtype=torch.float64)
+
+
+@torch.library.register_fake("threepc::momentum_compensate", lib=LIB)
+def _momentum_compensate_fake(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
+                              v: Tensor) -> Tensor:
+    return grad.new_empty(2, dtype=torch.float64)
 
 
 @torch.library.register_fake("threepc::packed_encode", lib=LIB)

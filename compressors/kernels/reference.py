@@ -382,6 +382,17 @@ def abs_moments(x: Tensor) -> Tensor:
     return torch.stack([_ordered_sum((v != 0).double()), _ordered_sum(v.abs()), _ordered_sum(v.square())])
 
 
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
+                        v: Tensor) -> Tensor:
+    checks.momentum_compensate(grad, u, e, beta, gain, u_new, v)
+    g = grad.reshape(-1).float()
+    b, k = (torch.tensor(x, dtype=torch.float32, device=u.device) for x in (beta, gain))
+    momentum = u * b + g * k  # two fp32 products, then their fp32 sum
+    u_new.copy_(momentum)
+    v.copy_(e + momentum)
+    return torch.stack([_ordered_sum(g.double().square()), _ordered_sum(u.double() * g.double())])
+
+
 def _ordered_sum(terms: Tensor) -> Tensor:
     """The float64 ``terms`` summed in the order of the module docstring (``cumsum`` adds in index order)."""
     blocks = max(1, -(-terms.numel() // checks.SUM_BLOCK))

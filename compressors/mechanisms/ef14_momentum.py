@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..core.compressor import ROUND0, Compressor
-from ..core.error_feedback import compensated
 from ..core.mechanism import flat
 from ..core.memory import ErrorAndMomentum, reusable
 from ..core.payload import Payload
@@ -116,24 +116,22 @@ class MomentumCorrectedEF14(EF14):
         return payload
 
     def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        """u' = grad + beta u and v = e + u' in the buffers of the round before last; neither
-        tensor of the memory it replaces is written."""
-        e, u = self.memory.e_i, self.memory.u_i
-        if self.clipping:
-            self.norm2 = mean_norm2(flat(grad), u, self.beta, self.gain, rnd.workers)
+        """u' = beta u + gain grad and v = e + u' in one pass (``kernels.momentum_compensate``), in
+        the buffers of the round before last; neither tensor of the memory it replaces is written."""
+        e, u, beta = self.memory.e_i, self.memory.u_i, self.beta
         spare = self._spare or (None, None)
         u_new = reusable(spare[1], u.numel(), u.device, busy=(e, u))
-        if self.gain == 1.0:
-            torch.add(flat(grad), u, alpha=self.beta, out=u_new)
-        else:
-            torch.mul(u, self.beta, out=u_new).add_(flat(grad), alpha=self.gain)
-        out = reusable(spare[0], e.numel(), e.device, busy=(e, u, u_new))
-        payload, error = compensated(self.compressor, e, u_new, rnd, out=out)
+        v = reusable(spare[0], e.numel(), e.device, busy=(e, u, u_new))
+        sums = kernels.momentum_compensate(flat(grad), u, e, beta, self.gain, u_new=u_new, v=v)
+        if self.clipping:
+            total, inner = sums.tolist()
+            self.norm2 = mean_norm2(total, inner, beta, self.gain, rnd.workers)
+        payload, error = self.compressor.residual(v, rnd)
         sent = self.masked(self.compressor.sent(payload, rnd).long()) if self.kept != 1.0 else None
         if sent is not None:
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
-        self._remember(flat(grad) if sent is not None else None, sent, self.gain, self.beta, u)
+        self._remember(flat(grad) if sent is not None else None, sent, self.gain, beta, u)
         return payload
 
     def masked(self, sent: Tensor) -> Tensor:
@@ -244,13 +242,12 @@ def checked_beta(beta: float) -> float:
     return float(beta)
 
 
-def mean_norm2(grad: Tensor, u: Tensor, beta: float, gain: float, workers: int) -> float:
-    """This rank's estimate of ||(1/n) sum_i grad_i||^2 from its gradient and its momentum before
-    the round: s + (||grad||^2 - s) / n, where s = <(1 - beta) u / gain, grad> (clamped to [0,
-    ||grad||^2]) estimates the mean's share ||E grad||^2 (u, of earlier rounds' gain-scaled
-    gradients, is independent of this minibatch's noise), whose noise averages down by n."""
-    total = float(torch.dot(grad, grad))
+def mean_norm2(total: float, inner: float, beta: float, gain: float, workers: int) -> float:
+    """This rank's estimate of ||(1/n) sum_i grad_i||^2 from total = ||grad||^2 and inner =
+    <u, grad>, u its momentum before the round: s + (total - s) / n, where s = (1 - beta) inner /
+    gain (clamped to [0, total]) estimates the mean's share ||E grad||^2 (u, of earlier rounds'
+    gain-scaled gradients, is independent of this minibatch's noise), whose noise averages down by n."""
     if workers <= 1 or gain <= 0.0:
         return total
-    signal = min(max(float(torch.dot(u, grad)) * (1.0 - beta) / gain, 0.0), total)
+    signal = min(max(inner * (1.0 - beta) / gain, 0.0), total)
     return signal + (total - signal) / workers

@@ -668,7 +668,7 @@ void adam_normalize_out_cuda(const at::Tensor& grad, const at::Tensor& m, const 
                              const at::Tensor& c2, double beta1, double beta2, double eps, double share,
                              at::Tensor m_new, at::Tensor v_new, at::Tensor d) {
   check_adam_inputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, c1, c2, beta1, beta2, eps, share);
-  check_adam_outputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, {{"m_new", &m_new}, {"v_new", &v_new}, {"d", &d}});
+  check_new_outputs("adam_normalize", grad, {{"m", &m}, {"v", &v}}, {{"m_new", &m_new}, {"v_new", &v_new}, {"d", &d}});
   adam_run_cuda(grad,
                 {m.const_data_ptr<float>(), v.const_data_ptr<float>(), nullptr, c1.const_data_ptr<float>(),
                  c2.const_data_ptr<float>(), m_new.mutable_data_ptr<float>(), v_new.mutable_data_ptr<float>(), nullptr,
@@ -690,7 +690,7 @@ void adam_momentum_out_cuda(const at::Tensor& grad, const at::Tensor& m, const a
                             const at::Tensor& c1, const at::Tensor& c2, double beta1, double beta2, double eps,
                             double share, at::Tensor m_new, at::Tensor v_new, at::Tensor u_new, at::Tensor u_hat) {
   check_adam_inputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}}, c1, c2, beta1, beta2, eps, share);
-  check_adam_outputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}},
+  check_new_outputs("adam_momentum", grad, {{"m", &m}, {"v", &v}, {"u", &u}},
                      {{"m_new", &m_new}, {"v_new", &v_new}, {"u_new", &u_new}, {"u_hat", &u_hat}});
   adam_run_cuda(grad,
                 {m.const_data_ptr<float>(), v.const_data_ptr<float>(), u.const_data_ptr<float>(),
@@ -732,6 +732,29 @@ struct Square {
   __device__ __forceinline__ double operator()(int64_t i) const {
     const double v = x[i];
     return __dmul_rn(v, v);
+  }
+};
+
+struct MomentumUpdate {  // momentum_compensate's first sum (csrc/ordered_sums.cpp)
+  const float* g;
+  const float* u;
+  const float* e;
+  float* u_new;
+  float* v;
+  float beta, gain;
+  __device__ __forceinline__ double operator()(int64_t i) const {
+    const float momentum = __fadd_rn(__fmul_rn(beta, u[i]), __fmul_rn(gain, g[i]));
+    u_new[i] = momentum;
+    v[i] = __fadd_rn(e[i], momentum);
+    const double x = g[i];
+    return __dmul_rn(x, x);
+  }
+};
+struct Product {
+  const float* x;
+  const float* y;
+  __device__ __forceinline__ double operator()(int64_t i) const {
+    return __dmul_rn(static_cast<double>(x[i]), static_cast<double>(y[i]));
   }
 };
 
@@ -801,6 +824,22 @@ at::Tensor abs_moments_cuda(const at::Tensor& x) {
   return out;
 }
 
+at::Tensor momentum_compensate_cuda(const at::Tensor& grad, const at::Tensor& u, const at::Tensor& e, double beta,
+                                    double gain, at::Tensor u_new, at::Tensor v) {
+  check_momentum_compensate(grad, u, e, beta, gain, u_new, v);
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor flat = flat_float(grad);
+  const int64_t n = flat.numel();
+  const float *gp = flat.const_data_ptr<float>(), *up = u.const_data_ptr<float>();
+  at::Tensor out = at::empty({2}, grad.options().dtype(at::kDouble));
+  at::Tensor sums = at::empty({sum_blocks(n)}, out.options());
+  ordered_sum_cuda(MomentumUpdate{gp, up, e.const_data_ptr<float>(), u_new.mutable_data_ptr<float>(),
+                                  v.mutable_data_ptr<float>(), static_cast<float>(beta), static_cast<float>(gain)},
+                   n, sums, out.mutable_data_ptr<double>());
+  ordered_sum_cuda(Product{gp, up}, n, sums, out.mutable_data_ptr<double>() + 1);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
@@ -828,6 +867,7 @@ TORCH_LIBRARY_IMPL(threepc, CUDA, m) {
   m.impl("packed_accumulate", &packed_accumulate_cuda);
   m.impl("squared_distances", &squared_distances_cuda);
   m.impl("abs_moments", &abs_moments_cuda);
+  m.impl("momentum_compensate", &momentum_compensate_cuda);
 }
 
 }  // namespace threepc
