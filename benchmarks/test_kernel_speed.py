@@ -1,5 +1,6 @@
 """Speed of the selection kernels, PackedTopK's packing, the scaled-sign codec, Adam's
-normalisation (and its momentum) and the lazy triggers' squared distances against torch and against a copy of the same buffer (``make bench``).
+normalisation (and its momentum), the lazy triggers' squared distances and ef14_mc's momentum
+step against torch and against a copy of the same buffer (``make bench``).
 
 Per size (1M, 6.5M = one 25 MB DDP bucket, 64M fp32) and op, three timings in one run:
 ``threepc`` (the active backend, by default the C++ extension), ``torch`` (torch.topk on |x| +
@@ -190,3 +191,21 @@ def test_squared_distances(benchmark, record, buffers, implementation):
 
     measure(benchmark, record, f"squared_distances 2 others {size}", implementation, x, lambda: (x,),
             lambda x: kernels.squared_distances(x, [h, y]), before)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_momentum_compensate(benchmark, record, buffers, implementation):
+    """``ef14_mc``'s worker step before its compressor: u' = beta u + gain grad, v = e + u' and
+    the clipping estimate's sums ||grad||^2 and <u, grad>. threepc is one pass; torch is what
+    the step ran before it: two torch.dot and two torch.add into the same buffers."""
+    size, grad, u = buffers
+    e, u_new, v = grad.flip(0) * 0.1, torch.empty_like(grad), torch.empty_like(grad)
+
+    def before(g: torch.Tensor) -> tuple[float, float]:
+        sums = float(torch.dot(g, g)), float(torch.dot(u, g))
+        torch.add(g, u, alpha=0.9, out=u_new)
+        torch.add(u_new, e, out=v)
+        return sums
+
+    measure(benchmark, record, f"momentum_compensate {size}", implementation, grad, lambda: (grad,),
+            lambda g: kernels.momentum_compensate(g, u, e, 0.9, 1.0, u_new=u_new, v=v).tolist(), before)
