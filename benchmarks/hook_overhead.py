@@ -4,8 +4,9 @@ same run: wall time and CPU time (all threads of the rank's process) per step.
     python -m benchmarks.hook_overhead [--hooks gd ef14 ...] [--workers 2] [--steps 20] [--repeats 3]
     python -m benchmarks.hook_overhead --optimizer adamw --hooks ef14 ef14+opt   # the Adam mode's cost
 
-The model is ``benchmarks.scaling``'s MLP (1.59M parameters, batch 32 per rank, DDP's default
-buckets unless ``--bucket-cap-mb``, one thread per rank). Each repeat runs every method once, in turn, so that a slow
+The model is ``benchmarks.scaling``'s MLP (1.59M parameters; ``--hidden 1920``: 4.69M, the size of
+issue 15's model; batch 32 per rank, DDP's default buckets unless ``--bucket-cap-mb``, one thread
+per rank). Each repeat runs every method once, in turn, so that a slow
 moment of this shared machine hits all of them; the table gives the median over repeats and
 the range. Optional ``--profile HOOK`` prints rank 0's cProfile (tottime) for that hook.
 """
@@ -44,13 +45,13 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
 
 
 def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None,
-             optimizer: str, bucket_cap_mb: float) -> dict[str, tuple]:
+             optimizer: str, bucket_cap_mb: float, hidden: int) -> dict[str, tuple]:
     torch.set_num_threads(1)
     x, y = torch.randn(BATCH, 512), torch.randint(0, 10, (BATCH,))
     out: dict[str, tuple] = {}
     for method in methods:
         torch.manual_seed(0)
-        model = make_model()
+        model = make_model(hidden)
         ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
         opt = OPTIMIZERS[optimizer](model.parameters())
         if method != "allreduce":
@@ -92,16 +93,18 @@ def main() -> None:
     parser.add_argument("--profile", help="print rank 0's cProfile of this hook")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="every method's optimizer")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb (25: its default)")
+    parser.add_argument("--hidden", type=int, default=1024, help="the MLP's hidden width (1920: 4.69M parameters)")
     args = parser.parse_args()
     methods = ["allreduce", *args.hooks]
     runs = []
     for _ in range(args.repeats):
         first = run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer,
-                           args.bucket_cap_mb, timeout=600)[0]
+                           args.bucket_cap_mb, args.hidden, timeout=600)[0]
         if isinstance(first, RankFailure):
             raise SystemExit(f"rank 0 failed:\n{first.error}")
         runs.append(first)
-    print(f"{args.workers} ranks, {args.optimizer}, {args.steps} steps, {args.repeats} repeats (median [min-max]); "
+    print(f"{args.workers} ranks, {args.optimizer}, hidden {args.hidden}, {args.steps} steps, {args.repeats} repeats "
+          "(median [min-max]); "
           "ratio = the method's median over allreduce's median")
     print("| method | wall ms / step | ratio | CPU ms / step | ratio |")
     print("|---|---|---|---|---|")
