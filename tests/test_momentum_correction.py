@@ -186,6 +186,23 @@ def test_clip_leaves_the_memory_as_if_the_round_had_taken_the_clipped_gradient(k
     assert bool(worker.memory.u_i.isfinite().all()) and bool(worker.memory.e_i.isfinite().all())
 
 
+def test_a_round_after_a_clipping_to_zero_is_corrected_from_its_own_copy_of_the_gradient():
+    """gain 0: u' = beta u holds no grad_i to read back, so the round keeps a copy; clip(c) then
+    leaves u = beta u + c grad and e = e + beta u + c grad - p, as for any other gain."""
+    worker = MomentumCorrectedEF14(TopK(k=6), beta=0.9, kept=1.0, clipping=True).spawn()
+    g = torch.Generator().manual_seed(5)
+    g0, g1 = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    worker.init(g0.clone(), Round(0, 0, 1))
+    worker.clip(0.0)  # the dense round taken at 0: u = 0, and e = -g0 gives back what it sent
+    u, e = worker.memory.u_i.clone(), worker.memory.e_i.clone()
+    payload = worker.step(g1.clone(), Round(1, 0, 1))
+    worker.clip(0.5)
+    v = 0.9 * u + 0.5 * g1
+    sent = worker.compressor.decompress(payload, Round(1, 0, 1)).reshape(-1)
+    torch.testing.assert_close(worker.memory.u_i, v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(worker.memory.e_i, e + v - sent, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_uncompressed_a_constant_clipping_is_sgd_with_momentum_on_the_clipped_mean_gradient(nesterov):
     """Each rank clips by its own c_i: the first round sends grad_i unclipped and the next takes

@@ -131,7 +131,8 @@ class MomentumCorrectedEF14(EF14):
         if sent is not None:
             u_new[sent] *= self.kept
         self._spare, self.memory = (e, u), ErrorAndMomentum(error, u_new)
-        self._remember(flat(grad) if sent is not None else None, sent, self.gain, beta, u)
+        readable = sent is None and self.gain > 0.0  # grad_i = (u' - beta u) / gain: no copy needed
+        self._remember(None if readable else flat(grad), sent, self.gain, beta, u)
         return payload
 
     def masked(self, sent: Tensor) -> Tensor:
@@ -142,8 +143,8 @@ class MomentumCorrectedEF14(EF14):
     def _remember(self, grad: Tensor | None, sent: Tensor | None, taken: float, beta: float,
                   before: Tensor | None) -> None:
         """With ``clipping``: what ``clip`` needs of this round (``Taken``). grad_i is copied only
-        where the masking left u_i without it (the bucket is overwritten); else it is
-        (u_i - beta u_i^prev) / taken from the memories, which stay unwritten until the next round."""
+        where u_i does not give it back (a masking, or a gain of 0; the bucket is overwritten); else
+        it is (u_i - beta u_i^prev) / taken from the memories, which stay unwritten until the next round."""
         if self.clipping:
             self._round = Taken(grad.clone() if grad is not None else None, sent, taken, beta, before, self.memory)
 
