@@ -126,7 +126,7 @@ class MomentumCorrectedEF14(EF14):
         if self.clipping:
             total, inner = sums.tolist()
             self.norm2 = mean_norm2(total, inner, beta, self.gain, rnd.workers)
-        payload, error = self.compressor.residual(v, rnd)
+        payload, error = self.send(v, rnd)
         sent = self.masked(self.compressor.sent(payload, rnd).long()) if self.kept != 1.0 else None
         if sent is not None:
             u_new[sent] *= self.kept
@@ -134,6 +134,10 @@ class MomentumCorrectedEF14(EF14):
         readable = sent is None and self.gain > 0.0  # grad_i = (u' - beta u) / gain: no copy needed
         self._remember(None if readable else flat(grad), sent, self.gain, beta, u)
         return payload
+
+    def send(self, v: Tensor, rnd: Round) -> tuple[Payload, Tensor]:
+        """The payload of C(v) and the new error v - C(v) (written over v where C allows)."""
+        return self.compressor.residual(v, rnd)
 
     def masked(self, sent: Tensor) -> Tensor:
         """The entries whose momentum is masked (times ``kept``) this round: every entry sent."""
@@ -217,8 +221,12 @@ class MomentumCorrectedEF14(EF14):
         if MOMENTUM not in rnd.shared:
             raise ValueError("MomentumCorrectedEF14.aggregate reads a^{t-1} from rnd.shared: pass the aggregate "
                              "state before the round, Round(..., shared=dict(server))")
+        self.compressor.mean(server["g"], payloads, rnd)
+        self.increment(server, rnd)
+
+    def increment(self, server: dict[str, Tensor], rnd: Round) -> None:
+        """With a^t in ``server["g"]``: g = a^t - beta a^{t-1} there, a^t in ``MOMENTUM``."""
         a = server["g"]
-        self.compressor.mean(a, payloads, rnd)
         g = torch.sub(a, rnd.shared[MOMENTUM], alpha=self.beta, out=server[MOMENTUM])
         server["g"], server[MOMENTUM] = g, a
 
