@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -694,3 +695,42 @@ class MomentumCorrectedShared(MomentumCorrectedWaited):
 
 
 EXPERIMENTAL["ef14_mcs"] = MomentumCorrectedShared()
+
+
+# --- issue 14: error feedback in update units under a learning-rate schedule ----------------------
+
+class LrAwareEF14(MomentumCorrectedEF14):
+    """``MomentumCorrectedEF14`` whose error is kept in update units, as EF-SGD's (Karimireddy et
+    al. 2019, Alg. 2: p = lr g + e): before each round e_i <- e_i lr_{t-1} / lr_t, so the mass a
+    round leaves unsent is applied later at the rate of the round that left it, not at a
+    schedule's later (smaller) rate. ``lr``: what each round calls for its rate."""
+
+    written_in_place = frozenset({"e_i"})  # rescaled in place: the hook keeps a copy for a rollback
+    lr: Callable[[], float] | None = None
+    _last_lr: float | None = None
+
+    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
+        now = float(self.lr()) if self.lr is not None else 1.0
+        if self._last_lr is not None and now > 0.0 and now != self._last_lr:
+            self.memory.e_i.mul_(self._last_lr / now)
+        if now > 0.0:
+            self._last_lr = now
+        return super().step(grad, rnd)
+
+
+@dataclass(frozen=True)
+class MomentumCorrectedLr(MomentumCorrectedWaited):
+    """``ef14_mclr``: ``LrAwareEF14`` over the SGD default's compressor, told the run's SGD (its
+    first param group's learning rate)."""
+
+    def _mechanism(self, ratio: float = 0.05, kept: float = 1.0) -> EF14:
+        return LrAwareEF14(PackedTopK(ratio), kept=kept)
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
+                 **options: object) -> ddp_hooks.ThreePCState:
+        state = super().register(ddp, optimizer, **options)
+        state.mechanism.lr = lambda: optimizer.param_groups[0]["lr"]
+        return state
+
+
+EXPERIMENTAL["ef14_mclr"] = MomentumCorrectedLr()
