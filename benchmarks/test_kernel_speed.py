@@ -209,3 +209,18 @@ def test_momentum_compensate(benchmark, record, buffers, implementation):
 
     measure(benchmark, record, f"momentum_compensate {size}", implementation, grad, lambda: (grad,),
             lambda g: kernels.momentum_compensate(g, u, e, 0.9, 1.0, u_new=u_new, v=v).tolist(), before)
+
+
+@pytest.mark.parametrize("implementation", ["threepc", "torch", "copy"])
+def test_abs_moments(benchmark, record, buffers, implementation):
+    """The step's norms of told optimizers (``ddp_hooks.adam.rescaling``), EF21+'s distances and
+    CO3's GenNorm fit: (non-zeros, sum |x_i|, sum x_i^2) in float64. threepc is one pass; torch
+    is the float64 expressions, each a pass and a temporary."""
+    size, x, _ = buffers
+
+    def moments(x: torch.Tensor) -> tuple[float, float, float]:
+        return float(x.count_nonzero()), float(x.abs().sum(dtype=torch.float64)), \
+            float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2)
+
+    measure(benchmark, record, f"abs_moments {size}", implementation, x, lambda: (x,),
+            lambda x: kernels.abs_moments(x).tolist(), moments)

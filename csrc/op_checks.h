@@ -389,16 +389,16 @@ inline void check_squared_distances(const at::Tensor& x, at::TensorList others) 
 inline void check_abs_moments(const at::Tensor& x) { check_floating("abs_moments", "x", x); }
 
 // momentum_compensate's arguments: u and e states of grad on its device, 0 <= beta < 1, a finite
-// gain >= 0, and new outputs u_new and v.
+// gain >= 0, a finite carry >= 0, and new outputs u_new and v.
 inline void check_momentum_compensate(const at::Tensor& grad, const at::Tensor& u, const at::Tensor& e, double beta,
-                                      double gain, const at::Tensor& u_new, const at::Tensor& v) {
+                                      double gain, double carry, const at::Tensor& u_new, const at::Tensor& v) {
   check_states("momentum_compensate", grad, {{"u", &u}, {"e", &e}});
   TORCH_CHECK_VALUE(u.device() == grad.device() && e.device() == grad.device(),
                     "momentum_compensate: grad, u and e must be on one device, got grad on ", grad.device(),
                     ", u on ", u.device(), ", e on ", e.device());
-  TORCH_CHECK_VALUE(beta >= 0 && beta < 1 && std::isfinite(gain) && gain >= 0,
-                    "momentum_compensate needs 0 <= beta < 1 and a finite gain >= 0, got beta=", beta,
-                    ", gain=", gain);
+  TORCH_CHECK_VALUE(beta >= 0 && beta < 1 && std::isfinite(gain) && gain >= 0 && std::isfinite(carry) && carry >= 0,
+                    "momentum_compensate needs 0 <= beta < 1, a finite gain >= 0 and a finite carry >= 0, got beta=",
+                    beta, ", gain=", gain, ", carry=", carry);
   check_new_outputs("momentum_compensate", grad, {{"u", &u}, {"e", &e}}, {{"u_new", &u_new}, {"v", &v}});
 }
 

@@ -245,10 +245,10 @@ def test_the_ordered_sums_match_the_reference(dtype, device):
             assert_same((moments.cpu(),), (reference.abs_moments(x),), nan_bits=False)
             u, e = o * 5, make("scales", n, seed=16)
             want = [torch.empty(n), torch.empty(n)]
-            want.append(reference.momentum_compensate(x, u, e, 0.9, 0.7, u_new=want[0], v=want[1]))
+            want.append(reference.momentum_compensate(x, u, e, 0.9, 0.7, 1.3, u_new=want[0], v=want[1]))
             got = [torch.empty(n, device=device), torch.empty(n, device=device)]
-            got.append(kernels.momentum_compensate(x.to(device), u.to(device), e.to(device), 0.9, 0.7, u_new=got[0],
-                                                   v=got[1]))
+            got.append(kernels.momentum_compensate(x.to(device), u.to(device), e.to(device), 0.9, 0.7, 1.3,
+                                                   u_new=got[0], v=got[1]))
             assert_same(tuple(t.cpu() for t in got), tuple(want), nan_bits=False)
 
 
@@ -278,7 +278,7 @@ def test_opcheck_passes_for_the_cuda_ops():
     torch.library.opcheck(ops.packed_accumulate.default, (x.clone(), *[[t, t] for t in payload], 255, 4, 3, 7, 0.5))
     torch.library.opcheck(ops.squared_distances.default, (x, [x.flip(0), x.half()]))
     torch.library.opcheck(ops.abs_moments.default, (x,))
-    torch.library.opcheck(ops.momentum_compensate.default, (x.half(), x.clone(), x.flip(0), 0.9, 0.5),
+    torch.library.opcheck(ops.momentum_compensate.default, (x.half(), x.clone(), x.flip(0), 0.9, 0.5, 1.25),
                           {"u_new": torch.empty_like(x), "v": torch.empty_like(x)})
 
 

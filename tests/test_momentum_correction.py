@@ -128,6 +128,77 @@ def test_beta_is_read_each_round_from_follow():
     torch.testing.assert_close(g, cluster.server[MOMENTUM] - 0.5 * a0)
 
 
+def test_the_error_is_carried_into_a_round_by_the_ratio_of_the_rates():
+    """v = (lr_{t-1} / lr_t) e + u': the rate read at the round before, over this round's."""
+    lr = {"now": 0.1}
+    worker = MomentumCorrectedEF14(TopK(k=3), beta=0.9, kept=1.0, rate=lambda: lr["now"]).spawn()
+    worker.init(torch.randn(D))
+    worker.step(torch.randn(D), Round(1))
+    e, u = worker.memory.e_i.clone(), worker.memory.u_i.clone()
+    lr["now"] = 0.025
+    grad = torch.randn(D)
+    payload = worker.step(grad, Round(2))
+    v = worker.memory.e_i + worker.compressor.decompress(payload, Round(2))
+    torch.testing.assert_close(v, (0.1 / 0.025) * e + (0.9 * u + grad), rtol=0, atol=1e-6)
+
+
+def test_across_a_schedule_the_rate_weighted_error_is_what_the_rate_weighted_rounds_did_not_send():
+    """EF-SGD's invariant in update units (Karimireddy et al. 2019): lr_T e_T = sum_t lr_t (u_t - p_t),
+    so x - lr_T e_T is where the uncompressed momentum steps would have taken x. Without the
+    rate the error is an unweighted sum and the invariant fails under the schedule."""
+    rates = [0.1, 0.1, 0.08, 0.05, 0.03, 0.02, 0.012, 0.005]
+    for rated in (True, False):
+        t_now = {"t": 0}
+        worker = MomentumCorrectedEF14(TopK(k=4), beta=0.9, kept=1.0,
+                                       rate=(lambda: rates[t_now["t"]]) if rated else None).spawn()
+        g = torch.Generator().manual_seed(4)
+        grad = torch.randn(D, generator=g, dtype=torch.float64).float()
+        worker.init(grad.clone())
+        momenta = rates[0] * grad.double()
+        sent = momenta.clone()  # the dense round sent u_0 = grad
+        for t in range(1, len(rates)):
+            t_now["t"] = t
+            grad = torch.randn(D, generator=g)
+            payload = worker.step(grad, Round(t))
+            momenta += rates[t] * worker.memory.u_i.double()
+            sent += rates[t] * worker.compressor.decompress(payload, Round(t)).double()
+        held = rates[-1] * worker.memory.e_i.double()
+        if rated:
+            torch.testing.assert_close(sent + held, momenta, rtol=0, atol=1e-5)
+        else:
+            assert not torch.allclose(sent + held, momenta, rtol=0, atol=1e-3)
+
+
+def test_under_a_constant_rate_the_carry_changes_no_bit():
+    grads = gradients(6, seed=5)
+    rated = Cluster(MomentumCorrectedEF14(PackedTopK(ratio=0.2), kept=1.0, rate=lambda: 0.05))
+    plain = Cluster(MomentumCorrectedEF14(PackedTopK(ratio=0.2), kept=1.0))
+    for t in range(6):
+        assert torch.equal(rated.round(t, grads[t], False), plain.round(t, grads[t], False))
+
+
+def test_a_rate_that_is_not_positive_carries_nothing_and_waits_for_the_next():
+    lr = {"now": 0.1}
+    worker = MomentumCorrectedEF14(TopK(k=3), kept=1.0, rate=lambda: lr["now"]).spawn()
+    worker.init(torch.randn(D))
+    assert worker.carry() == 1.0
+    lr["now"] = 0.0
+    assert worker.carry() == 1.0
+    lr["now"] = 0.05
+    assert worker.carry() == 2.0  # from the last positive rate
+
+
+def test_told_its_sgd_each_round_reads_the_first_param_groups_rate():
+    from ddp_hooks.registry import _told
+    x = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([x], lr=0.1, momentum=0.9)
+    worker = MomentumCorrectedEF14(TopK(k=1), kept=1.0)
+    _told(worker, opt)
+    assert worker.rate() == 0.1
+    opt.param_groups[0]["lr"] = 0.05  # as a scheduler sets it
+    assert worker.rate() == 0.05
+
+
 def test_with_no_momentum_it_is_ef14():
     grads = gradients(5, seed=3)
     corrected, plain = Cluster(MomentumCorrectedEF14(TopK(k=4), beta=0.0, kept=0.3)), Cluster(EF14(TopK(k=4)))

@@ -157,23 +157,23 @@ def compensate_inputs(kind: str, n: int, seed: int, dtype: torch.dtype) -> tuple
     return make(kind, n, seed, dtype), make("normal", n, seed + 1) * 5, make("scales", n, seed + 2)
 
 
-def compensated_by(impl, grad, u, e, beta, gain):  # noqa: ANN001, ANN201 - any implementation's module
+def compensated_by(impl, grad, u, e, beta, gain, carry=1.0):  # noqa: ANN001, ANN201 - any implementation's module
     u_new, v = torch.full_like(u, math.nan), torch.full_like(e, math.nan)
-    sums = impl.momentum_compensate(grad, u, e, beta, gain, u_new=u_new, v=v)
+    sums = impl.momentum_compensate(grad, u, e, beta, gain, carry, u_new=u_new, v=v)
     return u_new, v, sums
 
 
 @pytest.mark.parametrize("n", EDGES)
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("beta, gain", [(0.9, 1.0), (0.0, 0.37), (0.99, 3.0)])
-def test_momentum_compensate_reference_matches_the_numpy_oracle(n, kind, beta, gain):
+@pytest.mark.parametrize("beta, gain, carry", [(0.9, 1.0, 1.0), (0.0, 0.37, 1.7), (0.99, 3.0, 0.3)])
+def test_momentum_compensate_reference_matches_the_numpy_oracle(n, kind, beta, gain, carry):
     grad, u, e = compensate_inputs(kind, n, n + 3, torch.float32)
-    u_new, v, sums = compensated_by(reference, grad, u, e, beta, gain)
+    u_new, v, sums = compensated_by(reference, grad, u, e, beta, gain, carry)
     g, un = grad.numpy(), u.numpy()
     gd = g.astype(np.float64)
     with np.errstate(all="ignore"):  # the specials' inf - inf
         momentum = np.float32(beta) * un + np.float32(gain) * g  # fp32 products, then their fp32 sum
-        want_v = e.numpy() + momentum
+        want_v = np.float32(carry) * e.numpy() + momentum
         want = torch.tensor([ordered(gd * gd), ordered(un.astype(np.float64) * gd)], dtype=torch.float64)
     assert_same((u_new, v), (torch.from_numpy(momentum), torch.from_numpy(want_v)), nan_bits=False)
     assert_same((sums,), (want,), nan_bits=False)
@@ -184,20 +184,30 @@ def test_momentum_compensate_reference_matches_the_numpy_oracle(n, kind, beta, g
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_momentum_compensate_matches_the_reference_bit_for_bit(impl, n, dtype):
     for kind in KINDS:
-        for beta, gain in ((0.9, 1.0), (0.5, 0.123)):
+        for beta, gain, carry in ((0.9, 1.0, 1.0), (0.5, 0.123, 1.31)):
             grad, u, e = compensate_inputs(kind, n, n + 11, dtype)
-            assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain),
-                        compensated_by(reference, grad, u, e, beta, gain), nan_bits=False)
+            assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain, carry),
+                        compensated_by(reference, grad, u, e, beta, gain, carry), nan_bits=False)
 
 
 @pytest.mark.parametrize("impl", OTHERS)
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(0, 300_000), kind=st.sampled_from(KINDS), seed=st.integers(0, 2**31),
-       beta=st.floats(0.0, 0.999), gain=st.floats(0.0, 10.0))
-def test_momentum_compensate_matches_the_reference_on_random_sizes(impl, n, kind, seed, beta, gain):
+       beta=st.floats(0.0, 0.999), gain=st.floats(0.0, 10.0), carry=st.floats(0.0, 100.0))
+def test_momentum_compensate_matches_the_reference_on_random_sizes(impl, n, kind, seed, beta, gain, carry):
     grad, u, e = compensate_inputs(kind, n, seed, torch.float32)
-    assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain),
-                compensated_by(reference, grad, u, e, beta, gain), nan_bits=False)
+    assert_same(compensated_by(IMPLS[impl], grad, u, e, beta, gain, carry),
+                compensated_by(reference, grad, u, e, beta, gain, carry), nan_bits=False)
+
+
+@pytest.mark.parametrize("impl", ALL)
+def test_momentum_compensate_with_carry_one_leaves_the_error_exact(impl):
+    """carry = 1 (no learning-rate change) writes the bits of v = e + u', the step before carry existed."""
+    grad, u, e = compensate_inputs("specials", 70_001, 5, torch.float32)
+    u_new, v, _ = compensated_by(IMPLS[impl], grad, u, e, 0.9, 0.7)
+    with np.errstate(all="ignore"):
+        want = e.numpy() + u_new.numpy()
+    assert_same((v,), (torch.from_numpy(want),), nan_bits=False)
 
 
 @pytest.mark.parametrize("impl", ALL)
@@ -216,9 +226,12 @@ def test_momentum_compensate_rejects_bad_arguments_with_the_fix_and_writes_nothi
         (TypeError, "u must be a contiguous float32 tensor of grad's 10 elements", (grad, u.half(), e, 0.9, 1.0), {}),
         (TypeError, "e must be a contiguous float32 tensor of grad's 10 elements", (grad, u, torch.zeros(11), 0.9, 1.0),
          {}),
-        (ValueError, r"0 <= beta < 1 and a finite gain >= 0, got beta=1(\.0)?,", (grad, u, e, 1.0, 1.0), {}),
+        (ValueError, r"0 <= beta < 1, a finite gain >= 0 and a finite carry >= 0, got beta=1(\.0)?,",
+         (grad, u, e, 1.0, 1.0), {}),
         (ValueError, "gain=nan", (grad, u, e, 0.9, math.nan), {}),
-        (ValueError, r"gain=-1(\.0)?$", (grad, u, e, 0.9, -1.0), {}),
+        (ValueError, r"gain=-1(\.0)?,", (grad, u, e, 0.9, -1.0), {}),
+        (ValueError, "carry=inf", (grad, u, e, 0.9, 1.0, math.inf), {}),
+        (ValueError, r"carry=-0\.5", (grad, u, e, 0.9, 1.0, -0.5), {}),
         (ValueError, "u_new must be a contiguous float32 tensor of 10 elements", (grad, u, e, 0.9, 1.0),
          {"u_new": torch.zeros(9)}),
         (ValueError, "overlap neither each other nor grad or a state", (grad, u, e, 0.9, 1.0), {"v": e}),
@@ -233,5 +246,5 @@ def test_momentum_compensate_rejects_bad_arguments_with_the_fix_and_writes_nothi
 @pytest.mark.skipif("ext" not in IMPLS, reason="the C++ extension does not serve the ops")
 def test_opcheck_passes_for_momentum_compensate():
     grad, u, e = torch.randn(70_000), torch.randn(70_000), torch.randn(70_000)
-    torch.library.opcheck(torch.ops.threepc.momentum_compensate.default, (grad.half(), u, e, 0.9, 0.5),
+    torch.library.opcheck(torch.ops.threepc.momentum_compensate.default, (grad.half(), u, e, 0.9, 0.5, 1.25),
                           {"u_new": torch.empty(70_000), "v": torch.empty(70_000)})

@@ -54,12 +54,14 @@ Issue 17 (benchmarks/results/accuracy_corrected_scalable.md): ``ef14_mc2s`` is `
 momenta travel by the two-stage allreduce (``MomentumCorrectedTwoStage``), ``ef14_mcs`` ``ef14_mc`` over a shared
 Top-K support; both flat in n on the links, both told the run's SGD. The LM at 4 ranks: +3.6% and +11.7%, where the
 all-gathered corrected default is +0.5%. Not pursued.
+
+``ef14_mclr`` (at commit df1afde; benchmarks/results/accuracy_lr_carry.md) carried ``ef14_mc``'s error across
+learning-rate changes in update units; it is now the library's ``ef14_mc`` told its SGD (``rate``).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -515,14 +517,18 @@ class AdamMode:
     of the signs; ``block``: entries per sign scale; ``lag``:
     ``LagNormalized``'s estimate of the n-rank second moment; ``two_stage``: ``TwoStage`` (the
     signs through the owners, ``onebit``'s path) instead of EF14; ``normalized_momentum``:
-    ``NormalizedMomentum``'s direction;
+    ``NormalizedMomentum``'s direction; ``carry``: the inner EF14 carries its error across the
+    AdamW's learning-rate changes (``EF14.rate``, what ``ef14_mc`` told its SGD does);
     ``compressor``/``ratio`` as ``ef14``'s."""
 
     wants_optimizer = True
 
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
                    block: int = 2048, lag: bool = False, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8, two_stage: bool = False, normalized_momentum: bool = False) -> AdamNormalized:
+                   eps: float = 1e-8, two_stage: bool = False, normalized_momentum: bool = False,
+                   carry: bool = False) -> AdamNormalized:
+        if carry and two_stage:
+            raise ValueError("adam_mode: carry needs the EF14 path, not two_stage")
         if two_stage:
             inner = TwoStage(ScaledSign(block, fraction))
         elif compressor == "sign":
@@ -541,7 +547,10 @@ class AdamMode:
                  **options: object) -> ddp_hooks.ThreePCState:
         settings = adam_settings(optimizer)
         options = {"betas": settings.betas, "eps": settings.eps, **options}
-        state = ddp_hooks.ThreePCState(self._mechanism(**options), model=ddp)
+        chosen = self._mechanism(**options)
+        if options.get("carry"):
+            chosen.inner.rate = sgd.rate_of(optimizer)
+        state = ddp_hooks.ThreePCState(chosen, model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
         attach(optimizer, state)
         return state
@@ -696,41 +705,3 @@ class MomentumCorrectedShared(MomentumCorrectedWaited):
 
 EXPERIMENTAL["ef14_mcs"] = MomentumCorrectedShared()
 
-
-# --- issue 14: error feedback in update units under a learning-rate schedule ----------------------
-
-class LrAwareEF14(MomentumCorrectedEF14):
-    """``MomentumCorrectedEF14`` whose error is kept in update units, as EF-SGD's (Karimireddy et
-    al. 2019, Alg. 2: p = lr g + e): before each round e_i <- e_i lr_{t-1} / lr_t, so the mass a
-    round leaves unsent is applied later at the rate of the round that left it, not at a
-    schedule's later (smaller) rate. ``lr``: what each round calls for its rate."""
-
-    written_in_place = frozenset({"e_i"})  # rescaled in place: the hook keeps a copy for a rollback
-    lr: Callable[[], float] | None = None
-    _last_lr: float | None = None
-
-    def step(self, grad: Tensor, rnd: Round = ROUND0) -> Payload:
-        now = float(self.lr()) if self.lr is not None else 1.0
-        if self._last_lr is not None and now > 0.0 and now != self._last_lr:
-            self.memory.e_i.mul_(self._last_lr / now)
-        if now > 0.0:
-            self._last_lr = now
-        return super().step(grad, rnd)
-
-
-@dataclass(frozen=True)
-class MomentumCorrectedLr(MomentumCorrectedWaited):
-    """``ef14_mclr``: ``LrAwareEF14`` over the SGD default's compressor, told the run's SGD (its
-    first param group's learning rate)."""
-
-    def _mechanism(self, ratio: float = 0.05, kept: float = 1.0) -> EF14:
-        return LrAwareEF14(PackedTopK(ratio), kept=kept)
-
-    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
-                 **options: object) -> ddp_hooks.ThreePCState:
-        state = super().register(ddp, optimizer, **options)
-        state.mechanism.lr = lambda: optimizer.param_groups[0]["lr"]
-        return state
-
-
-EXPERIMENTAL["ef14_mclr"] = MomentumCorrectedLr()

@@ -227,14 +227,15 @@ def abs_moments(x: Tensor) -> Tensor:
     return _ops.abs_moments(x)
 
 
-def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
-                        v: Tensor) -> Tensor:
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, carry: float = 1.0, *,
+                        u_new: Tensor, v: Tensor) -> Tensor:
     """One pass of error feedback on a momentum (``MomentumCorrectedEF14.step``): writes
-    u_new = beta u + gain grad and v = e + u_new (fp32; each product and sum rounded once) into
+    u_new = beta u + gain grad and v = carry e + u_new (fp32; each product and sum rounded once;
+    carry: the error's rescaling by a learning-rate change, 1 leaves e exact) into
     ``u_new`` and ``v``, contiguous fp32 buffers of grad's size that overlap no input, and returns
     (sum grad_i^2, sum u_i grad_i) as float64[2] on grad's device, summed in ``squared_distances``'
     order (``ef14_momentum.mean_norm2`` reads them). ``grad``: fp32, fp16 or bf16; u, e contiguous fp32."""
-    return _ops.momentum_compensate(grad, u, e, beta, gain, u_new=u_new, v=v)
+    return _ops.momentum_compensate(grad, u, e, beta, gain, carry, u_new=u_new, v=v)
 
 
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,

@@ -365,15 +365,15 @@ def abs_moments(x: Tensor) -> None:
     _floating("abs_moments", "x", x)
 
 
-def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, u_new: Tensor,
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, carry: float, u_new: Tensor,
                         v: Tensor) -> None:
     _states("momentum_compensate", grad, {"u": u, "e": e})
     if u.device != grad.device or e.device != grad.device:
         raise ValueError(f"momentum_compensate: grad, u and e must be on one device, got grad on {grad.device}, "
                          f"u on {u.device}, e on {e.device}")
-    if not (0.0 <= beta < 1.0 and math.isfinite(gain) and gain >= 0.0):
-        raise ValueError(f"momentum_compensate needs 0 <= beta < 1 and a finite gain >= 0, got beta={beta}, "
-                         f"gain={gain}")
+    if not (0.0 <= beta < 1.0 and math.isfinite(gain) and gain >= 0.0 and math.isfinite(carry) and carry >= 0.0):
+        raise ValueError(f"momentum_compensate needs 0 <= beta < 1, a finite gain >= 0 and a finite carry >= 0, got "
+                         f"beta={beta}, gain={gain}, carry={carry}")
     new_outputs("momentum_compensate", grad, (u, e), {"u_new": u_new, "v": v})
 
 

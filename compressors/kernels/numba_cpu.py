@@ -129,12 +129,13 @@ def abs_moments(x: Tensor) -> Tensor:
     return torch.from_numpy(_ordered_sums(flat, flat, False, checks.SUM_BLOCK, checks.SUM_LANES))
 
 
-def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
-                        v: Tensor) -> Tensor:
-    checks.momentum_compensate(grad, u, e, beta, gain, u_new, v)
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, carry: float = 1.0, *,
+                        u_new: Tensor, v: Tensor) -> Tensor:
+    checks.momentum_compensate(grad, u, e, beta, gain, carry, u_new, v)
     return torch.from_numpy(_momentum_compensate(_f32(grad), u.view(-1).numpy(), e.view(-1).numpy(),
                                                  u_new.view(-1).numpy(), v.view(-1).numpy(), np.float32(beta),
-                                                 np.float32(gain), checks.SUM_BLOCK, checks.SUM_LANES))
+                                                 np.float32(gain), np.float32(carry), checks.SUM_BLOCK,
+                                                 checks.SUM_LANES))
 
 
 def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, exponent: int, mantissa: int,
@@ -516,8 +517,8 @@ def _ordered_sums(x: np.ndarray, o: np.ndarray, distance: bool, block: int, lane
 
 @numba.njit(cache=True)
 def _momentum_compensate(g: np.ndarray, u: np.ndarray, e: np.ndarray, u_new: np.ndarray, v: np.ndarray,
-                         beta: np.float32, gain: np.float32, block: int, lanes: int) -> np.ndarray:
-    """u_new = beta u + gain g, v = e + u_new (fp32); [sum g^2, sum u g] in ``_ordered_sums``' order."""
+                         beta: np.float32, gain: np.float32, carry: np.float32, block: int, lanes: int) -> np.ndarray:
+    """u_new = beta u + gain g, v = carry e + u_new (fp32); [sum g^2, sum u g] in ``_ordered_sums``' order."""
     totals = np.zeros(2, np.float64)
     acc = np.empty((2, lanes), np.float64)
     for lo in range(0, max(g.size, 1), block):
@@ -525,7 +526,7 @@ def _momentum_compensate(g: np.ndarray, u: np.ndarray, e: np.ndarray, u_new: np.
         for i in range(lo, min(lo + block, g.size)):
             momentum = beta * u[i] + gain * g[i]
             u_new[i] = momentum
-            v[i] = e[i] + momentum
+            v[i] = carry * e[i] + momentum
             lane = (i - lo) % lanes
             x = np.float64(g[i])
             acc[0, lane] += x * x

@@ -55,10 +55,10 @@ SCHEMAS = (
     "squared_distances(Tensor x, Tensor[] others) -> Tensor",
     # (the number of non-zero x_i, sum |x_i|, sum x_i^2) in float64, summed in the same order.
     "abs_moments(Tensor x) -> Tensor",
-    # u_new = beta u + gain grad and v = e + u_new in fp32; returns (sum grad_i^2, sum u_i grad_i) in
-    # float64, summed in the same order.
-    "momentum_compensate(Tensor grad, Tensor u, Tensor e, float beta, float gain, *, Tensor(a!) u_new, "
-    "Tensor(b!) v) -> Tensor",
+    # u_new = beta u + gain grad and v = carry e + u_new in fp32; returns (sum grad_i^2, sum u_i grad_i)
+    # in float64, summed in the same order.
+    "momentum_compensate(Tensor grad, Tensor u, Tensor e, float beta, float gain, float carry=1., *, "
+    "Tensor(a!) u_new, Tensor(b!) v) -> Tensor",
     # A Top-K support (ascending indices < numel) and its values in 8-bit floats [1, exponent, mantissa]
     # of v / scale (scale: fp32[1], the least with scale * largest code >= max |v|, at least 2^-149; 1
     # for max |v| = 0; NaN for a non-finite v), one uint8 count per block of `block` entries and one
@@ -215,8 +215,8 @@ def _abs_moments_fake(x: Tensor) -> Tensor:
 
 
 @torch.library.register_fake("threepc::momentum_compensate", lib=LIB)
-def _momentum_compensate_fake(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
-                              v: Tensor) -> Tensor:
+def _momentum_compensate_fake(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, carry: float = 1.0, *,
+                              u_new: Tensor, v: Tensor) -> Tensor:
     return grad.new_empty(2, dtype=torch.float64)
 
 

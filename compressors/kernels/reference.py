@@ -382,14 +382,14 @@ def abs_moments(x: Tensor) -> Tensor:
     return torch.stack([_ordered_sum((v != 0).double()), _ordered_sum(v.abs()), _ordered_sum(v.square())])
 
 
-def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, *, u_new: Tensor,
-                        v: Tensor) -> Tensor:
-    checks.momentum_compensate(grad, u, e, beta, gain, u_new, v)
+def momentum_compensate(grad: Tensor, u: Tensor, e: Tensor, beta: float, gain: float, carry: float = 1.0, *,
+                        u_new: Tensor, v: Tensor) -> Tensor:
+    checks.momentum_compensate(grad, u, e, beta, gain, carry, u_new, v)
     g = grad.reshape(-1).float()
-    b, k = (torch.tensor(x, dtype=torch.float32, device=u.device) for x in (beta, gain))
+    b, k, c = (torch.tensor(x, dtype=torch.float32, device=u.device) for x in (beta, gain, carry))
     momentum = u * b + g * k  # two fp32 products, then their fp32 sum
     u_new.copy_(momentum)
-    v.copy_(e + momentum)
+    v.copy_(e * c + momentum)  # a product (exact for carry 1), then the sum
     return torch.stack([_ordered_sum(g.double().square()), _ordered_sum(u.double() * g.double())])
 
 

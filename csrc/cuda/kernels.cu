@@ -741,11 +741,11 @@ struct MomentumUpdate {  // momentum_compensate's first sum (csrc/ordered_sums.c
   const float* e;
   float* u_new;
   float* v;
-  float beta, gain;
+  float beta, gain, carry;
   __device__ __forceinline__ double operator()(int64_t i) const {
     const float momentum = __fadd_rn(__fmul_rn(beta, u[i]), __fmul_rn(gain, g[i]));
     u_new[i] = momentum;
-    v[i] = __fadd_rn(e[i], momentum);
+    v[i] = __fadd_rn(__fmul_rn(carry, e[i]), momentum);
     const double x = g[i];
     return __dmul_rn(x, x);
   }
@@ -825,8 +825,8 @@ at::Tensor abs_moments_cuda(const at::Tensor& x) {
 }
 
 at::Tensor momentum_compensate_cuda(const at::Tensor& grad, const at::Tensor& u, const at::Tensor& e, double beta,
-                                    double gain, at::Tensor u_new, at::Tensor v) {
-  check_momentum_compensate(grad, u, e, beta, gain, u_new, v);
+                                    double gain, double carry, at::Tensor u_new, at::Tensor v) {
+  check_momentum_compensate(grad, u, e, beta, gain, carry, u_new, v);
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor flat = flat_float(grad);
   const int64_t n = flat.numel();
@@ -834,7 +834,8 @@ at::Tensor momentum_compensate_cuda(const at::Tensor& grad, const at::Tensor& u,
   at::Tensor out = at::empty({2}, grad.options().dtype(at::kDouble));
   at::Tensor sums = at::empty({sum_blocks(n)}, out.options());
   ordered_sum_cuda(MomentumUpdate{gp, up, e.const_data_ptr<float>(), u_new.mutable_data_ptr<float>(),
-                                  v.mutable_data_ptr<float>(), static_cast<float>(beta), static_cast<float>(gain)},
+                                  v.mutable_data_ptr<float>(), static_cast<float>(beta), static_cast<float>(gain),
+                                  static_cast<float>(carry)},
                    n, sums, out.mutable_data_ptr<double>());
   ordered_sum_cuda(Product{gp, up}, n, sums, out.mutable_data_ptr<double>() + 1);
   return out;
