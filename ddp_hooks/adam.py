@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from compressors import Mechanism, kernels
+from compressors import EF14, Mechanism, kernels
 from compressors.core.mechanism import all_finite
 from compressors.mechanisms.adam_normalized import (MOMENTS, VELOCITY, AdamNormalized, Clipping, debiased,
                                                    debiasing, second_moment)
@@ -141,9 +141,22 @@ def live_settings(optimizer: torch.optim.Optimizer) -> tuple[tuple[float, float]
 
 def normalized(mechanism: Mechanism, settings: AdamSettings, optimizer: torch.optim.Optimizer) -> AdamNormalized:
     """``mechanism`` in the Adam mode, whose rounds read ``optimizer``'s current (betas, eps) and
-    follow its step's gradient clipping (``attach``)."""
+    follow its step's gradient clipping (``attach``); an EF14 also carries its error across the
+    optimizer's learning-rate changes (``rate_of``)."""
+    if isinstance(mechanism, EF14):
+        mechanism.rate = rate_of(optimizer)
     return AdamNormalized(mechanism, settings.betas, settings.eps, follow=functools.partial(live_settings, optimizer),
                           clipping=Clipping())
+
+
+def rate_of(optimizer: torch.optim.Optimizer) -> functools.partial:
+    """What a round calls for the learning rate: the first param group's (``EF14.carry`` carries
+    the error by lr_{t-1} / lr_t in update units; a scheduler scales every group alike)."""
+    return functools.partial(_first_rate, optimizer)
+
+
+def _first_rate(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
 
 
 def check_attachable(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

@@ -177,7 +177,7 @@ def _default(options: dict[str, object], settings: adam.AdamSettings | None,
 def _told(chosen: MomentumCorrectedEF14, optimizer: torch.optim.Optimizer) -> None:
     """``ef14_mc`` told its SGD: every round reads the optimizer's momentum and learning rate, and
     the step follows the user's clipping (``sgd.attach``, once the hook is registered)."""
-    chosen.follow, chosen.rate = sgd.follows(optimizer), sgd.rate_of(optimizer)
+    chosen.follow, chosen.rate = sgd.follows(optimizer), adam.rate_of(optimizer)
     chosen.clipping = True
 
 

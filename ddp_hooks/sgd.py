@@ -79,16 +79,6 @@ def follows(optimizer: torch.optim.SGD) -> functools.partial:
     return functools.partial(live_momentum, optimizer)
 
 
-def rate_of(optimizer: torch.optim.SGD) -> functools.partial:
-    """What a round calls for the learning rate: the first param group's (``MomentumCorrectedEF14``
-    carries its error by lr_{t-1} / lr_t; a scheduler scales every group alike)."""
-    return functools.partial(_first_rate, optimizer)
-
-
-def _first_rate(optimizer: torch.optim.SGD) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
 def attach(optimizer: torch.optim.SGD, state: ThreePCState, note: str = "") -> None:
     """Make ``optimizer.step`` follow the user's rescaling of ``.grad`` (gradient clipping) into
     the hook's memories and step torch's SGD on the agreed g^t (module docstring). ``note``: what

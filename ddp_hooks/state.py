@@ -462,8 +462,19 @@ class ThreePCState:
         return {"mechanism": self.mechanism.checkpoint_name(), "iteration": self.iteration, "order": "logical",
                 "world_size": self.world_size(), "rank": self.rank(),
                 "rebuild": sorted(names[p] for p in self._rebuild), "stats": self.stats.state_dict(), "memory": memory,
+                "rate": self._last_rate(),
                 "moves": {names[p]: list(h) for p, h in self.history.norms.items()},
                 "layout": [[names[p] for p in unit] for unit in (*self._buckets, *self._layout)]}
+
+    def _last_rate(self) -> float | None:
+        """The learning rate the error feedback last read (``EF14.carry``; every worker reads the
+        same), from a live worker or, before any round since a load, the one loaded: a resume
+        carries the error from it."""
+        for worker in (*(b.worker for b in self._buckets.values()), self.mechanism):
+            rate = getattr(getattr(worker, "inner", worker), "last_rate", None)
+            if rate is not None:
+                return rate
+        return None
 
     def _in_order(self, t: Tensor, p: int, convert: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """A parameter's memory slice ``t`` converted between its bucket's order and row-major
@@ -551,5 +562,8 @@ class ThreePCState:
         foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
         self._loaded_from = int(saved_rank) if foreign else None
         self._checked = False  # the ranks compare their configurations (and iterations) again
+        carrying = getattr(self.mechanism, "inner", self.mechanism)
+        if hasattr(carrying, "last_rate"):  # every worker spawned from now on carries its error from it
+            carrying.last_rate = state.get("rate")
         self.local_failure = self.failure = None  # every rank resumes from its checkpoint, checked again
         self.deferred = None  # the checkpoint's mechanism is the run's: register(ddp) looks no further

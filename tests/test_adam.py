@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import ddp_hooks
 from compressors import EF14, GD, Mechanism, Round, TopK
 from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping, mean_norm2
-from ddp_hooks.adam import adam_settings, attach
+from ddp_hooks.adam import adam_settings, attach, normalized
 from ddp_hooks.launch import RankFailure, run_ranks
 from ddp_hooks.registry import MECHANISMS, mechanism
 
@@ -1476,3 +1476,18 @@ def test_a_backward_thrown_away_by_zero_grad_is_warned_about_once():
     for name, (normal, thrown) in run_ranks(_dropped_warnings, 2, timeout=120)[0].items():
         assert normal == [], (name, normal)
         assert len(thrown) == 1 and "ddp.no_sync()" in thrown[0], (name, thrown)
+
+
+def test_told_an_adamw_an_ef14_carries_its_error_by_the_first_param_groups_rate():
+    """The mode's EF14 keeps its error in update units across the AdamW's learning-rate changes
+    (``EF14.carry``): each worker reads the rate every round, the spawned ones included."""
+    x = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([x], lr=1e-3)
+    mode = normalized(EF14(TopK(k=1)), adam_settings(opt), opt)
+    worker = mode.spawn().inner
+    assert worker.rate() == 1e-3
+    worker.init(torch.randn(8))
+    opt.param_groups[0]["lr"] = 2.5e-4  # as a scheduler sets it
+    assert worker.carry() == 4.0
+    untold = normalized(GD(), adam_settings(opt), opt)  # a mechanism without an error: nothing to carry
+    assert not hasattr(untold.inner, "rate")

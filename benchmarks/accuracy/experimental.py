@@ -81,7 +81,7 @@ from compressors.operators.shared_topk import SharedTopK
 from compressors.operators.sign import ScaledSign
 from compressors.operators.sparse import Sparsifier
 from ddp_hooks import sgd
-from ddp_hooks.adam import adam_settings, attach
+from ddp_hooks.adam import adam_settings, attach, rate_of
 from compressors.core.memory import ErrorAndMomentum
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
@@ -549,7 +549,7 @@ class AdamMode:
         options = {"betas": settings.betas, "eps": settings.eps, **options}
         chosen = self._mechanism(**options)
         if options.get("carry"):
-            chosen.inner.rate = sgd.rate_of(optimizer)
+            chosen.inner.rate = rate_of(optimizer)
         state = ddp_hooks.ThreePCState(chosen, model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
         attach(optimizer, state)

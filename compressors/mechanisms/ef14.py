@@ -36,7 +36,7 @@ class EF14(Replacing):
     written_in_place: frozenset[str] = frozenset()
     _spare: Tensor | None = None  # the error before the current one
     rate: Callable[[], float] | None = None  # what each round reads the stepsize from (``carry``); None: constant
-    _rate_before: float | None = None  # the stepsize the last round read
+    last_rate: float | None = None  # the stepsize the last round read (checkpointed by ``ddp_hooks.state``)
 
     def setup(self, grad: Tensor) -> Error:
         return Error(grad.zero_())
@@ -62,8 +62,8 @@ class EF14(Replacing):
         back keeps the rate it read (its carry is lost to the memory: one step's rate change)."""
         if self.rate is None:
             return 1.0
-        now, before = float(self.rate()), self._rate_before
+        now, before = float(self.rate()), self.last_rate
         if not (now > 0.0 and math.isfinite(now)):
             return 1.0
-        self._rate_before = now
+        self.last_rate = now
         return 1.0 if before is None else before / now
