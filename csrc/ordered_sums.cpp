@@ -72,7 +72,7 @@ struct Single {
 // into lane (i - lo) mod 32 of sum k in index order, then each sum's lanes left to right. The lanes
 // are independent, so the inner loop vectorises without reordering a sum, and each sum's order is
 // its own whatever the other terms: one pass for all of them (a loop per sum read each block
-// again: abs_moments took 1.4-1.6 ms for 4.7M entries, one pass 0.9-1.0 ms).
+// again: abs_moments took 1.32 ms for 6.5M entries, one pass 0.69 ms; benchmarks/results/kernel_sums_one_pass.md).
 template <typename Terms>
 __attribute__((always_inline)) inline void ordered_loop(const Terms& terms, int64_t lo, int64_t hi, double* out) {
   constexpr int K = Terms::kTerms;
