@@ -147,6 +147,11 @@ class _Round:
         else:  # the round's fp32 gradient, which no memory holds, and scratch parts: the exchange may overwrite them
             held = [t for t in worker.memory.tensors().values() if _shares(t, work)]
             own = set(payload.scratch) | (set() if held else {k for k, t in payload.parts.items() if _shares(t, work)})
+        try:  # the iteration's checks, before its first payload collective
+            state.agreed()
+        except ThreePCError:
+            self.restore()
+            raise
         self.exchange = proto.exchange(payload, spec, grad.device, flags, own)
         self.error = self.error or proto.failure  # packing failed here: this rank sent its error flag
         state.stats.dense_round(numel * grad.element_size(), group.size())

@@ -143,16 +143,17 @@ class ThreePCState:
             what it scaled. Without it a hook compresses S grad, and a memory written at one
             scale is read at the next.
 
-    At its first round (and the first after ``load_state_dict``) the hook all_gathers a hash of
-    this configuration (version, mechanism and options, warm-up, policies, iteration, the
-    bucket's dtype and layout); ranks that differ all raise ``ThreePCError`` naming the field
-    and each rank's value. An exception inside the hook on one rank is raised on every rank.
+    Before the first bucket of every iteration the hook all_gathers a hash of this
+    configuration (version, mechanism and options, warm-up, policies, iteration, checkpoint, the
+    bucket's dtype and layout; 8 bytes a rank); ranks that differ all raise ``ThreePCError``
+    naming the field and each rank's value (a checkpoint loaded on some ranks only: the
+    iterations differ). An exception inside the hook on one rank is raised on every rank.
 
     Register it with ``ddp.register_comm_hook(state, threepc_hook)``.
     """
 
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
-                 "check_every", "scaler", "iteration", "stats", "failure", "_checked", "_buckets", "_owner", "_pending",
+                 "check_every", "scaler", "iteration", "stats", "failure", "checking", "_buckets", "_owner", "_pending",
                  "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
                  "_loaded_from", "deferred", "last_error", "local_failure", "_params")
 
@@ -187,7 +188,7 @@ class ThreePCState:
         self.failure: ThreePCError | None = None  # a failed configuration check or replica check: final
         self.last_error: Exception | None = None  # the last failure backward() raised (torch wraps it)
         self.local_failure: str | None = None  # decoding failed on this rank alone: every later round flags it
-        self._checked = False  # whether the ranks compared their configurations
+        self.checking: tuple | None = None  # the checks issued at this iteration's first bucket (``agreed`` waits)
         self._buckets: dict[tuple[int, ...], BucketState] = {}
         self._owner: dict[int, tuple[int, ...]] = {}  # parameter id -> key of the bucket holding it
         self._pending: dict[int, dict[str, Tensor]] = {}  # loaded slices not yet in a bucket
@@ -270,36 +271,52 @@ class ThreePCState:
                 "bucket": f"{grad.dtype}, {len(params)} parameters, {grad.numel()} elements"}
 
     def check(self, grad: Tensor, params: list[Tensor], first: bool) -> None:
-        """Before a bucket's round: the configuration check (first round after construction or
-        ``load_state_dict``) and, at the first bucket of every ``check_every``-th iteration, the
-        replica check. Raises the same ``ThreePCError`` on every rank (and keeps it: ``failure``)."""
+        """At the first bucket of every iteration: issue the configuration check and, every
+        ``check_every``-th iteration, the replica check, one all_gather of a hash each, without
+        waiting (``agreed`` waits, before the round's first payload collective, so that the first
+        bucket's compression hides its latency). Every iteration, not only the first round after
+        construction or ``load_state_dict``: a rank that alone loads a checkpoint mid-training
+        issues the same collectives as the others, and the iterations they compare then differ (a
+        check after the load only, on that rank only, met the others' payload collective: gloo
+        aborted the process). Raises the failure this state keeps (``failure``)."""
         if self.failure is not None:
             raise self.failure
-        try:
-            if not self._checked:
-                self._compare("configuration", self.config(grad, params), grad.device)
-                self._checked = True
-            if first and self.check_every and self.iteration and self.iteration % self.check_every == 0:
-                self._compare("aggregate replica", {"checksum": str(self.checksum())}, grad.device)
-        except ThreePCError as e:
-            self.failure = e
-            raise
-
-    def _compare(self, what: str, fields: dict[str, str], device: torch.device) -> None:
-        """all_gather a 63-bit hash of ``fields``; if they differ, gather ``fields`` and raise."""
-        group, n = self.group, self.group.size()
-        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
-        mine = torch.tensor([int.from_bytes(digest[:8], "little") >> 1], dtype=torch.int64, device=device)
-        hashes = mine.new_empty(n)
-        all_gather_single(hashes, mine, group=group)
-        self.stats.add_control("checks", mine.element_size())
-        if bool((hashes == hashes[0]).all()):
+        if not first:
             return
-        every: list[dict[str, str] | None] = [None] * n
-        dist.all_gather_object(every, fields, group=group)
-        differ = [f"{key}: " + ", ".join(f"rank {r} {f.get(key)!r}" for r, f in enumerate(every))
-                  + FIXES.get(key, "") for key in fields if len({f.get(key) for f in every}) > 1]
-        raise ThreePCError(f"threepc {what} differs across ranks (rank {group.rank()} of {n}): " + "; ".join(differ))
+        self.agreed()  # an iteration that raised before its first round (on every rank) left its check
+        checks = {"configuration": self.config(grad, params)}
+        if self.check_every and self.iteration and self.iteration % self.check_every == 0:
+            checks["aggregate replica"] = {"checksum": str(self.checksum())}
+        n = self.group.size()
+        digests = (hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest() for fields in checks.values())
+        mine = torch.tensor([int.from_bytes(d[:8], "little") >> 1 for d in digests], dtype=torch.int64,
+                            device=grad.device)
+        hashes = mine.new_empty(n * mine.numel())
+        work = all_gather_single(hashes, mine, group=self.group, async_op=True)
+        width = mine.numel() * mine.element_size()
+        self.stats.add_control("checks", width)
+        self.stats.ring_all_gather(width, n)
+        self.checking = (checks, mine, hashes, work)
+
+    def agreed(self) -> None:
+        """Wait for the checks ``check`` issued, if any; for the first whose hashes differ, gather
+        its fields and raise the same ``ThreePCError`` on every rank (and keep it: ``failure``)."""
+        if self.checking is None:
+            return
+        (checks, mine, hashes, work), self.checking = self.checking, None
+        work.wait()
+        group, n = self.group, self.group.size()
+        agree = (hashes.view(n, -1) == mine).all(dim=0).tolist()
+        for (what, fields), same in zip(checks.items(), agree):
+            if same:
+                continue
+            every: list[dict[str, str] | None] = [None] * n
+            dist.all_gather_object(every, fields, group=group)
+            differ = [f"{key}: " + ", ".join(f"rank {r} {f.get(key)!r}" for r, f in enumerate(every))
+                      + FIXES.get(key, "") for key in fields if len({f.get(key) for f in every}) > 1]
+            self.failure = ThreePCError(f"threepc {what} differs across ranks (rank {group.rank()} of {n}): "
+                                        + "; ".join(differ))
+            raise self.failure
 
     def checksum(self) -> int:
         """A position-weighted checksum of the bits of every aggregate tensor (the same on every
@@ -561,7 +578,6 @@ class ThreePCState:
         # error), so the aggregate would keep their offset for good; the configuration check raises.
         foreign = saved_n == self.world_size() and saved_rank is not None and saved_rank != self.rank()
         self._loaded_from = int(saved_rank) if foreign else None
-        self._checked = False  # the ranks compare their configurations (and iterations) again
         carrying = getattr(self.mechanism, "inner", self.mechanism)
         if hasattr(carrying, "last_rate"):  # every worker spawned from now on carries its error from it
             carrying.last_rate = state.get("rate")

@@ -443,6 +443,32 @@ def _diverged(rank: int) -> dict:
     return {"outcomes": outcomes}
 
 
+def _partial_load(rank: int) -> dict:
+    """Every rank saves its hook state at step 2; at step 3 rank 0 alone reloads it (its own, at the
+    iteration every rank is at: nothing differs), at step 5 rank 0 alone loads it again (two
+    iterations behind the others): every rank raises until every rank loads the step-2 state."""
+    model = _model()
+    ddp = DDP(model, bucket_cap_mb=CAP)
+    state = ddp_hooks.register(ddp, "ef21", ratio=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train(step: int) -> None:
+        opt.zero_grad()
+        _loss(ddp, rank, step).backward()
+        opt.step()
+
+    outcomes, saved = [], None
+    for step in range(9):
+        if step == 2:
+            saved = copy.deepcopy(state.state_dict())
+        if step in (2, 5) and rank == 0:
+            state.load_state_dict(copy.deepcopy(saved))
+        if step == 7:
+            state.load_state_dict(copy.deepcopy(saved))
+        outcomes.append(_outcome(lambda: train(step)))
+    return {"outcomes": outcomes, "params": _params(model), "buckets": len(state.buckets)}
+
+
 class _Odd(nn.Module):
     """A 0-element parameter, a 1-element one, an unused branch."""
 
@@ -526,6 +552,7 @@ def _single_group(rank: int, workers: int) -> dict:
         out[f"mismatch {name}"] = _mismatch(rank, left, right)
     out["diverged"] = _diverged(rank)
     out["foreign checkpoint"] = _foreign_checkpoint(rank)
+    out["partial load"] = _partial_load(rank)
     for hook in ODD:
         out[f"odd {hook}"] = _odd_buckets(rank, hook)
     out["k too large"] = _k_too_large(rank)
@@ -788,6 +815,20 @@ def test_diverged_replicas_raise_on_every_rank_at_the_next_check(scenarios):
         _fails(outcomes[3], "aggregate replica differs")
         _fails(outcomes[4], "aggregate replica differs")
         assert [o[0] for o in outcomes[5:]] == ["ok"] * 2, "a load on every rank clears it"
+
+
+def test_a_checkpoint_loaded_on_one_rank_alone_raises_on_every_rank_not_an_abort(scenarios):
+    """Before, the loading rank alone compared configurations after the load and met the others'
+    payload collective: gloo aborted that process (a collective mismatch)."""
+    for r in scenarios:
+        outcomes = r["partial load"]["outcomes"]
+        assert [o[0] for o in outcomes[:5]] == ["ok"] * 5, "rank 0 reloading the state every rank holds"
+        for o in outcomes[5:7]:
+            _fails(o, "configuration differs", "iteration: rank 0 '2', rank 1 '5'", "saved at the same step")
+        assert [o[0] for o in outcomes[7:]] == ["ok"] * 2, "a load on every rank clears it"
+    assert scenarios[0]["partial load"]["buckets"] > 1
+    for r in scenarios[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(r["partial load"]["params"], scenarios[0]["partial load"]["params"]))
 
 
 @pytest.mark.parametrize("hook", ODD)

@@ -69,7 +69,7 @@ import torch
 from torch import Tensor, nn
 
 import ddp_hooks
-from compressors import EF14, MomentumCorrectedEF14, TopK, kernels
+from compressors import EF14, EF21, MomentumCorrectedEF14, TopK, kernels
 from compressors.core.two_stage import TwoStage, _sender
 from compressors.core.two_stage import chunks as two_stage_chunks
 from compressors.core.compressor import ROUND0
@@ -517,7 +517,8 @@ class AdamMode:
     of the signs; ``block``: entries per sign scale; ``lag``:
     ``LagNormalized``'s estimate of the n-rank second moment; ``two_stage``: ``TwoStage`` (the
     signs through the owners, ``onebit``'s path) instead of EF14; ``normalized_momentum``:
-    ``NormalizedMomentum``'s direction; ``carry``: the inner EF14 carries its error across the
+    ``NormalizedMomentum``'s direction; ``inner="ef21"``: EF21 over the signs instead of EF14 (the
+    momentum moves little a round, so its increments compress better than it does); ``carry``: the inner EF14 carries its error across the
     AdamW's learning-rate changes (``EF14.rate``, what ``ef14_mc`` told its SGD does);
     ``compressor``/``ratio`` as ``ef14``'s."""
 
@@ -526,15 +527,17 @@ class AdamMode:
     def _mechanism(self, compressor: str = "sign", ratio: float = 0.01, momentum: bool = True, fraction: float = 1.0,
                    block: int = 2048, lag: bool = False, betas: tuple[float, float] = (0.9, 0.999),
                    eps: float = 1e-8, two_stage: bool = False, normalized_momentum: bool = False,
-                   carry: bool = False) -> AdamNormalized:
-        if carry and two_stage:
+                   carry: bool = False, inner: str = "ef14") -> AdamNormalized:
+        if inner not in ("ef14", "ef21"):
+            raise ValueError(f"adam_mode: inner is 'ef14' or 'ef21', got {inner!r}")
+        if carry and (two_stage or inner != "ef14"):
             raise ValueError("adam_mode: carry needs the EF14 path, not two_stage")
         if two_stage:
             inner = TwoStage(ScaledSign(block, fraction))
         elif compressor == "sign":
-            inner = EF14(ScaledSign(block, fraction))
+            inner = (EF14 if inner == "ef14" else EF21)(ScaledSign(block, fraction))
         else:
-            inner = ddp_hooks.mechanism("ef14", compressor=compressor, ratio=ratio)
+            inner = ddp_hooks.mechanism(inner, compressor=compressor, ratio=ratio)
         if lag:
             return LagNormalized(inner, betas, eps, momentum=momentum)
         mode = NormalizedMomentum if normalized_momentum else AdamNormalized
