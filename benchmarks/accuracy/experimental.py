@@ -708,3 +708,25 @@ class MomentumCorrectedShared(MomentumCorrectedWaited):
 
 EXPERIMENTAL["ef14_mcs"] = MomentumCorrectedShared()
 
+
+@dataclass(frozen=True)
+class EF14RateCarried:
+    """``ef14_lr``: the uncorrected SGD default (EF14 over ``PackedTopK``, what ``register(ddp)`` runs
+    under Nesterov, plain SGD or no optimizer) whose error is carried across the run's learning-rate
+    changes (``EF14.rate``: e_i lr_{t-1} / lr_t, EF-SGD's update units), as told ``ef14_mc`` does."""
+
+    wants_optimizer = True
+
+    def check(self, ratio: float = 0.05) -> None:
+        EF14(PackedTopK(ratio))
+
+    def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
+                 ratio: float = 0.05) -> ddp_hooks.ThreePCState:
+        chosen = EF14(PackedTopK(ratio))
+        chosen.rate = rate_of(optimizer)
+        state = ddp_hooks.ThreePCState(chosen, model=ddp)
+        ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
+        return state
+
+
+EXPERIMENTAL["ef14_lr"] = EF14RateCarried()

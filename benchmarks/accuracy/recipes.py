@@ -54,6 +54,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # momentum SGD as larger trainings run it: warm-up, cosine decay, clip_grad_norm_
     Recipe("sgdm_cosine", "sgd", momentum=0.9, weight_decay=5e-4, warmup=0.05, cosine=True, clip=1.0),
     Recipe("sgdm_cosine_noclip", "sgd", momentum=0.9, weight_decay=5e-4, warmup=0.05, cosine=True),
+    Recipe("nesterov_cosine", "sgd", momentum=0.9, nesterov=True, weight_decay=5e-4, warmup=0.05, cosine=True,
+           clip=1.0),
     Recipe("adamw", "adamw", weight_decay=0.1, warmup=0.05, cosine=True, clip=1.0),
     # plain SGD at lr / (1 - 0.9): the pairing ddp_hooks documents for ef21_sgdm (eta = 0.1 in the
     # mechanism is then heavy-ball 0.9 when nothing is compressed); a reference, not a user recipe
