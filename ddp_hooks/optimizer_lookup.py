@@ -43,11 +43,14 @@ class Held(NamedTuple):
 
 class Found(NamedTuple):
     """The lookup's answer: the optimizer the default hook follows, if any (an Adam or AdamW for
-    the Adam mode, a heavy-ball SGD for momentum correction), and whether some optimizer holds the
-    model's parameters (none yet: a later look may find one)."""
+    the Adam mode, a heavy-ball SGD for momentum correction), whether some optimizer holds the
+    model's parameters (none yet: a later look may find one), and, when the first is None, the one
+    SGD that holds them (Nesterov, no momentum, dampening: the plain default, which carries its
+    error at that SGD's learning rate, ``registry.carried``)."""
 
     optimizer: torch.optim.Optimizer | None
     held: bool
+    sgd: torch.optim.SGD | None = None
 
 
 def holding(model: nn.Module) -> list[Held]:
@@ -82,7 +85,8 @@ def lookup(model: nn.Module) -> Found:
     found = holding(model)
     adams = [h for h in found if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
     if not adams:
-        return Found(_heavy_ball(found, model), bool(found))
+        heavy = _heavy_ball(found, model)
+        return Found(heavy, bool(found), None if heavy is not None else _plain_sgd(found))
     kind = type(adams[0].optimizer).__name__
     try:
         if len(found) > 1:
@@ -106,6 +110,14 @@ def _heavy_ball(found: list[Held], model: nn.Module) -> torch.optim.Optimizer | 
     (``sgd.corrects``) and no wrapper refuses; else None: the default hook then runs on raw
     gradients (``SGD_DEFAULT``), as it did before the correction, so nothing is warned."""
     if len(found) != 1 or found[0].refused or not sgd.corrects(found[0].optimizer, model):
+        return None
+    return found[0].optimizer
+
+
+def _plain_sgd(found: list[Held]) -> torch.optim.SGD | None:
+    """The one optimizer holding the model's parameters if it is an SGD (or a subclass) that no
+    wrapper refuses, else None."""
+    if len(found) != 1 or found[0].refused or not isinstance(found[0].optimizer, torch.optim.SGD):
         return None
     return found[0].optimizer
 

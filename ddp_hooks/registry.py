@@ -84,7 +84,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     (``compressors.mechanisms.ef14_momentum``), the hook reads the SGD's momentum every round and
     ``optimizer.step`` follows the user's ``clip_grad_norm_`` into the hook's memories before
     torch's SGD step (``ddp_hooks.sgd``); one step per synchronised backward. Another SGD
-    (Nesterov, no momentum, dampening) or optimizer: the plain hook. Validated here, before any
+    (Nesterov, no momentum, dampening): the plain hook, whose error is carried across the SGD's
+    learning-rate changes (``carried``); another optimizer: the plain hook. Validated here, before any
     collective, on every rank.
 
         >>> state = ddp_hooks.register(ddp_model, "ef21", ratio=0.01)
@@ -171,7 +172,20 @@ def _default(options: dict[str, object], settings: adam.AdamSettings | None,
     if settings is None and not options and sgd.corrects(optimizer, model):
         return mechanism(CORRECTED, **SGD_MOMENTUM_DEFAULT)
     chosen = mechanism(DEFAULT, **(options or (ADAM_DEFAULT if settings is not None else SGD_DEFAULT)))
-    return adam.normalized(chosen, settings, optimizer) if settings is not None else chosen
+    if settings is not None:
+        return adam.normalized(chosen, settings, optimizer)
+    if not options and isinstance(optimizer, torch.optim.SGD):
+        carried(chosen, optimizer)
+    return chosen
+
+
+def carried(chosen: Mechanism, optimizer: torch.optim.SGD) -> None:
+    """The plain SGD default told (or finding) an SGD that momentum correction does not take
+    (Nesterov, no momentum, dampening): its EF14 carries e_i into round t as e_i lr_{t-1} / lr_t
+    (``EF14.rate``, EF-SGD's update units, as told ``ef14_mc`` does), reading the first param
+    group's learning rate every round. Measured under Nesterov with warm-up, cosine decay and
+    clipping (``benchmarks/results/accuracy_lr_carry.md``)."""
+    chosen.rate = adam.rate_of(optimizer)
 
 
 def _told(chosen: MomentumCorrectedEF14, optimizer: torch.optim.Optimizer) -> None:
@@ -213,6 +227,8 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
     try:
         found = optimizer_lookup.lookup(ddp.module)
         if found.optimizer is None:
+            if found.sgd is not None and not options:  # options choose DEFAULT's compressor: the plain hook
+                carried(state.mechanism, found.sgd)
             if final or found.held:
                 logger.info("threepc: register(ddp) found no optimizer for the Adam mode or momentum correction: "
                             "%r", state.mechanism)

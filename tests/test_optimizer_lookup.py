@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
-from compressors import MomentumCorrectedEF14
+from compressors import EF14, MomentumCorrectedEF14
 from compressors.mechanisms.adam_normalized import AdamNormalized
 from ddp_hooks.launch import run_ranks
 from ddp_hooks.optimizer_lookup import holding, lookup
@@ -34,28 +34,28 @@ def _adam(model: nn.Module) -> torch.optim.Optimizer | None:
 
 def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it(caplog):
     model, other = _model(), nn.Linear(3, 3)
-    assert lookup(model) == (None, False), "no optimizer yet"
+    assert lookup(model) == (None, False, None), "no optimizer yet"
     foreign = torch.optim.AdamW(other.parameters())  # another model's: not looked at
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for plain in (dict(), dict(momentum=0.9, nesterov=True), dict(momentum=0.9, dampening=0.1)):
             sgd = torch.optim.SGD(model.parameters(), lr=0.1, **plain)
-            assert lookup(model) == (None, True), f"SGD {plain}: the plain default, silently"
+            assert lookup(model) == (None, True, sgd), f"SGD {plain}: the plain default at its rate, silently"
             del sgd
         sgd = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
-        assert lookup(model) == (None, True), "a momentum SGD that does not step every parameter: not told"
+        assert lookup(model) == (None, True, sgd), "a momentum SGD that does not step every parameter: not told"
         del sgd
         sub = type("Lars", (torch.optim.SGD,), {})(model.parameters(), lr=0.1, momentum=0.9)
-        assert lookup(model) == (None, True), "a subclass of SGD: its step may read .grad otherwise"
+        assert lookup(model) == (None, True, sub), "a subclass of SGD: its step may read .grad otherwise"
         del sub
         sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        assert lookup(model) == (sgd, True), "a heavy-ball SGD: momentum correction"
+        assert lookup(model) == (sgd, True, None), "a heavy-ball SGD: momentum correction"
         del sgd
     adamw = torch.optim.AdamW(model.parameters())
     assert _adam(model) is adamw
     second = torch.optim.Adam(model[0].parameters())
     with pytest.warns(RuntimeWarning, match="2 optimizers hold the model's parameters .* or optimizer=None"):
-        assert lookup(model) == (None, True)
+        assert lookup(model) == (None, True, None)
     del second
     cycle = torch.optim.AdamW(model.parameters())
     cycle.me = cycle  # dropped in a reference cycle: collected before the look
@@ -64,11 +64,11 @@ def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it(ca
     del adamw
     coupled = torch.optim.Adam(model.parameters(), weight_decay=0.1)
     with pytest.warns(RuntimeWarning, match="weight decay decoupled"):
-        assert lookup(model) == (None, True)
+        assert lookup(model) == (None, True, None)
     assert [h.optimizer for h in holding(model)] == [coupled] and [h.optimizer for h in holding(other)] == [foreign]
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="threepc"):
         warnings.simplefilter("error")  # a warning the lookup raises would stop one rank before a collective
-        assert lookup(model) == (None, True)
+        assert lookup(model) == (None, True, None)
     assert "weight decay decoupled" in caplog.text, "logged instead"
 
 
@@ -95,7 +95,7 @@ def test_a_wrapped_optimizer_is_found_as_the_optimizer_inside_and_a_wrapper_that
     del wrapper
     undoing = _Wrapper(adamw, restores_step=True)
     with pytest.warns(RuntimeWarning, match="puts back the step method"):
-        assert lookup(model) == (None, True)
+        assert lookup(model) == (None, True, None)
     del undoing, scaled
 
 
@@ -215,6 +215,26 @@ def test_a_found_momentum_sgd_is_corrected_and_its_step_errors_name_the_way_back
     _backward(ddp)  # a second synchronised backward before the step
     with pytest.raises(RuntimeError, match=r"follows 2 synchronised .*corrects the momentum .*optimizer=None"):
         opt.step()
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_the_plain_sgd_default_carries_its_error_at_a_nesterov_or_plain_sgds_rate(one_rank, told):
+    for settings in (dict(momentum=0.9, nesterov=True), {}):
+        ddp = DDP(_model(), bucket_cap_mb=0.001)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, **settings)
+        state = ddp_hooks.register(ddp, optimizer=opt) if told else ddp_hooks.register(ddp)
+        _backward(ddp)
+        opt.step()
+        assert type(state.mechanism) is EF14 and state.mechanism.rate() == 0.1, settings
+        for group in opt.param_groups:
+            group["lr"] = 0.025
+        opt.zero_grad()
+        _backward(ddp)
+        assert len(state.buckets) > 1 and all(b.worker.last_rate == 0.025 for b in state.buckets)
+        assert state.state_dict()["rate"] == 0.025
+    untold = ddp_hooks.register(DDP(_model()), optimizer=None)
+    chosen = ddp_hooks.register(DDP(_model()), ratio=0.05, optimizer=torch.optim.SGD(_model().parameters(), lr=0.1))
+    assert untold.mechanism.rate is None and chosen.mechanism.rate is None, "untold, or options given: constant"
 
 
 def test_a_checkpoint_of_either_sgd_default_loaded_into_the_other_names_the_fix(one_rank):
