@@ -717,12 +717,15 @@ class EF14RateCarried:
 
     wants_optimizer = True
 
+    def _mechanism(self, ratio: float = 0.05) -> EF14:
+        return EF14(PackedTopK(ratio))
+
     def check(self, ratio: float = 0.05) -> None:
-        EF14(PackedTopK(ratio))
+        self._mechanism(ratio)
 
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
                  ratio: float = 0.05) -> ddp_hooks.ThreePCState:
-        chosen = EF14(PackedTopK(ratio))
+        chosen = self._mechanism(ratio)
         chosen.rate = rate_of(optimizer)
         state = ddp_hooks.ThreePCState(chosen, model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
