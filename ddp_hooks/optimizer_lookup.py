@@ -109,9 +109,8 @@ def _heavy_ball(found: list[Held], model: nn.Module) -> torch.optim.Optimizer | 
     """The one optimizer holding ``model``'s parameters if it is an SGD that ``ef14_mc`` corrects
     (``sgd.corrects``) and no wrapper refuses; else None: the default hook then runs on raw
     gradients (``SGD_DEFAULT``), as it did before the correction, so nothing is warned."""
-    if len(found) != 1 or found[0].refused or not sgd.corrects(found[0].optimizer, model):
-        return None
-    return found[0].optimizer
+    plain = _plain_sgd(found)
+    return plain if plain is not None and sgd.corrects(plain, model) else None
 
 
 def _plain_sgd(found: list[Held]) -> torch.optim.SGD | None:

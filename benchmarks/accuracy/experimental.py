@@ -82,6 +82,7 @@ from compressors.operators.sign import ScaledSign
 from compressors.operators.sparse import Sparsifier
 from ddp_hooks import sgd
 from ddp_hooks.adam import adam_settings, attach, rate_of
+from ddp_hooks.registry import carried
 from compressors.core.memory import ErrorAndMomentum
 from compressors.core.payload import PartSpec, Payload
 from compressors.core.rounds import Round
@@ -726,7 +727,7 @@ class EF14RateCarried:
     def register(self, ddp: nn.parallel.DistributedDataParallel, optimizer: torch.optim.Optimizer | None = None,
                  ratio: float = 0.05) -> ddp_hooks.ThreePCState:
         chosen = self._mechanism(ratio)
-        chosen.rate = rate_of(optimizer)
+        carried(chosen, optimizer)
         state = ddp_hooks.ThreePCState(chosen, model=ddp)
         ddp.register_comm_hook(state, ddp_hooks.threepc_hook)
         return state
