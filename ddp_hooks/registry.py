@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+from collections.abc import Collection
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,15 @@ ADAM_DEFAULT: dict[str, object] = {"compressor": "sign", "fraction": 0.84}
 # at a constant rate the LM at 4 ranks +0.4% and the held-out GRU +0.0% / -0.1% at 2 / 4 ranks, where
 # ef14 is +2.3% and +1.4% / +3.2%; digits and a9a within the seeds' spread of ef14 (accuracy_default_sgd.md)
 CORRECTED, SGD_MOMENTUM_DEFAULT = "ef14_mc", {**SGD_DEFAULT, "kept": 1.0}
+# register(ddp) with no name and no options declines the Adam mode for a model whose nn.Embedding /
+# nn.EmbeddingBag weights hold at least this share of its trainable entries (``embedding_share``): SGD_DEFAULT
+# on raw gradients and the user's own Adam step. In the mode each rank normalises by its own second moment, so
+# a row a step touches on one rank of n moves about 1/sqrt(n) as far as under AdamW: measured, held-out
+# hashed n-grams (99.9% embeddings) -2.3 / -3.0 pp at 2 / 4 ranks and clicks (two towers, 98%) -1.2 / -1.7 pp,
+# where raw gradients held within 0.2 pp (benchmarks/results/accuracy_embeddings.md); the byte LMs (8-12%
+# embeddings) and a word LM whose read-out is tied to its embedding (71% of its entries, every row a gradient
+# every step: not counted) keep the mode, which raw gradients lose by 5% and 3.5-4% (accuracy_packed.md)
+EMBEDDED = 0.5
 
 
 # register()'s own keywords: any other keyword is an option of the hook
@@ -72,7 +82,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     Left out (``"auto"``), a registration without a name looks for it at the first round
     (``optimizer_lookup``: the one optimizer that holds the model's parameters) and takes the
     Adam mode when it is an Adam or AdamW the mode supports, momentum correction when it is an
-    SGD with heavy-ball momentum (``sgd.corrects``); ``None``: raw gradients, no lookup;
+    SGD with heavy-ball momentum (``sgd.corrects``), except for a model made of embeddings
+    (``EMBEDDED``: raw gradients, the Adam's own step); ``None``: raw gradients, no lookup;
     with a name, only an optimizer passed here is followed. An Adam or
     AdamW: the hook compresses the momentum of Adam-normalised gradients (each rank
     reads the optimizer's current betas and follows the user's ``clip_grad_norm_``) and
@@ -127,6 +138,8 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
     optimizer = adam.unwrapped(optimizer) if optimizer is not None else None
     settings = adam.adam_settings(optimizer) if optimizer is not None else None
     default = name is None
+    if settings is not None and default and not options and _declines(ddp):
+        settings = None  # raw gradients, the user's own Adam step
     chosen = _default(options, settings, optimizer, ddp) if default else mechanism(name, **options)
     corrected = isinstance(chosen, MomentumCorrectedEF14) and optimizer is not None  # ddp_hooks.sgd's mode
     if corrected:
@@ -179,6 +192,36 @@ def _default(options: dict[str, object], settings: adam.AdamSettings | None,
     return chosen
 
 
+def embedding_share(model: nn.Module, ignored: Collection[str] = ()) -> float:
+    """The share of ``model``'s trainable parameter entries (but those named in ``ignored``, which
+    DDP leaves out) in ``nn.Embedding`` and ``nn.EmbeddingBag`` weights that no other module uses: a
+    row the step's batch does not look up gets no gradient. A weight tied to a read-out (GPT-2's)
+    gets one in every row, every step, and does not count."""
+    params = {id(p): p for n, p in model.named_parameters() if p.requires_grad and n not in ignored}
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    tied = {id(p) for m in model.modules() if not isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            for p in m.parameters(recurse=False)}
+    total = sum(p.numel() for p in params.values())
+    return sum(params[i].numel() for i in embedded - tied if i in params) / total if total else 0.0
+
+
+def _embedded(ddp: nn.parallel.DistributedDataParallel) -> float:
+    """``embedding_share`` of the parameters ``ddp`` synchronises."""
+    return embedding_share(ddp.module, set(getattr(ddp, "parameters_to_ignore", ())))
+
+
+def _declines(ddp: nn.parallel.DistributedDataParallel) -> bool:
+    """Whether the default declines the Adam mode for ``ddp``'s model (``EMBEDDED``), logged."""
+    share = _embedded(ddp)
+    if share < EMBEDDED:
+        return False
+    logger.info("threepc: embeddings hold %.0f%% of the model's parameters: register(ddp) compresses raw gradients "
+                "and the Adam steps on their aggregate (the Adam mode moves a row one rank's batch touched about "
+                "1/sqrt(n) as far as AdamW); register(ddp, 'ef14', optimizer=opt, compressor='sign', fraction=0.84) "
+                "takes the mode anyway", 100 * share)
+    return True
+
+
 def carried(chosen: Mechanism, optimizer: torch.optim.SGD) -> None:
     """The plain SGD default told (or finding) an SGD that momentum correction does not take
     (Nesterov, no momentum, dampening): its EF14 carries e_i into round t as e_i lr_{t-1} / lr_t
@@ -204,7 +247,7 @@ def _look_again(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, f
     with contextlib.suppress(Exception):
         late = [h.optimizer for h in optimizer_lookup.holding(ddp.module)
                 if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
-        if late:
+        if late and _embedded(ddp) < EMBEDDED:  # else raw gradients were the choice anyway
             optimizer_lookup.warn(
                 f"threepc: register(ddp) found an {type(late[0]).__name__} only after the hook's first round (built "
                 "after the first backward), when the mechanism is chosen, so the default hook compresses raw "
@@ -244,6 +287,8 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
                 logger.info("threepc: register(ddp) found a momentum SGD: %r", state.mechanism)
             return True
         optimizer = found.optimizer
+        if not options and _declines(ddp):  # the plain default registered stays
+            return True
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer, ddp))
         if optimizer.state:  # a checkpoint loaded into it, or plain steps: converted as a load after register is
             held = optimizer.state_dict()

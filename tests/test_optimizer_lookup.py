@@ -206,6 +206,44 @@ def test_a_state_dict_before_the_optimizer_exists_leaves_the_look_to_the_first_r
         opt.step()
 
 
+class _Bag(nn.Module):
+    """fastText's classifier: nearly every entry an embedding row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.EmbeddingBag(500, 16), nn.Linear(16, 4)
+
+    def forward(self, grams: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(grams))
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_the_default_declines_the_adam_mode_for_a_model_of_embeddings_and_a_name_takes_it(one_rank, told, caplog):
+    """Raw gradients and torch's own AdamW step (``registry.EMBEDDED``); the mode by name."""
+    ddp = DDP(_Bag())
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    assert ddp_hooks.registry.embedding_share(ddp.module) == 8000 / 8068
+    assert ddp_hooks.registry.embedding_share(ddp.module, {"embed.weight"}) == 0.0, "left out of DDP: not counted"
+    with caplog.at_level(logging.INFO, logger="threepc"):
+        state = ddp_hooks.register(ddp, optimizer=opt) if told else ddp_hooks.register(ddp)
+        nn.functional.cross_entropy(ddp(torch.randint(0, 500, (8, 6))), torch.randint(0, 4, (8,))).backward()
+    assert type(state.mechanism) is EF14 and state.mechanism.compressor.ratio == 0.05
+    assert "embeddings hold 99% of the model's parameters: register(ddp) compresses raw gradients" in caplog.text
+    opt.step()
+    assert "step" not in vars(opt) and opt.state[ddp.module.head.weight]["step"] == 1, "torch's AdamW stepped"
+    other = DDP(_Bag())
+    named = ddp_hooks.register(other, "ef14", optimizer=torch.optim.AdamW(other.parameters()), compressor="sign",
+                               fraction=0.84)
+    assert isinstance(named.mechanism, AdamNormalized)
+    tied = _Bag()
+    tied.head = nn.Linear(16, 500)
+    tied.head.weight = tied.embed.weight  # a read-out's gradient reaches every row: not counted (GPT-2's tying)
+    assert ddp_hooks.registry.embedding_share(tied) == 0.0
+    tied_state = ddp_hooks.register(DDP(tied), optimizer=torch.optim.AdamW(tied.parameters()))
+    assert isinstance(tied_state.mechanism, AdamNormalized)
+
+
 def test_a_found_momentum_sgd_is_corrected_and_its_step_errors_name_the_way_back(one_rank):
     ddp = DDP(_model())
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)

@@ -74,7 +74,7 @@ from compressors.core.two_stage import TwoStage, _sender
 from compressors.core.two_stage import chunks as two_stage_chunks
 from compressors.core.compressor import ROUND0
 from compressors.core.mechanism import flat
-from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping, debiased, second_moment
+from compressors.mechanisms.adam_normalized import AdamNormalized, Clipping, debiased, mean_norm2, second_moment
 from compressors.operators.float_format import FloatFormat
 from compressors.operators.packed_topk import PackedTopK
 from compressors.operators.shared_topk import SharedTopK
@@ -453,7 +453,7 @@ class LagNormalized(AdamNormalized):
     rank's gradients, c <- beta2 c + (1 - beta2) g_t g_{t-1} (independent minibatch noise: E[g_t
     g_{t-1}] = mu^2, where E[m^2] = mu^2 + Var(m)), w = s + (v^ - s) / n with s = clamp(c^, 0, v^).
     Torch ops; c and g_{t-1} live outside the memory (no rollback or checkpoint: an experiment);
-    it ignores the user's gradient clipping (measured before the mode followed it)."""
+    it follows the user's gradient clipping as the mode does (``AdamNormalized.normalized``)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -462,11 +462,13 @@ class LagNormalized(AdamNormalized):
         self.lags = 0
 
     def spawn(self) -> LagNormalized:
-        return LagNormalized(self.inner.spawn(), self._betas, self._eps, self.mean_of_ranks, self.momentum, self.follow)
+        return LagNormalized(self.inner.spawn(), self._betas, self._eps, self.mean_of_ranks, self.momentum, self.follow,
+                             self.clipping)
 
     def normalized(self, grad: Tensor, rnd: Round) -> Tensor:
         (beta1, beta2), eps = self._settings()
-        g = flat(grad).float()
+        raw = flat(grad).float()
+        g = raw * self.clipping.factor if self.clipping is not None else raw
         fresh = self.v is None
         m = torch.zeros_like(g) if fresh else self.m
         v = torch.zeros_like(g) if fresh else self.v
@@ -484,6 +486,10 @@ class LagNormalized(AdamNormalized):
         w = s + (v_hat - s) / rnd.workers if rnd.workers > 1 else v_hat
         d = g / (w.sqrt() + eps)
         self.previous, self.m, self.v, self.k = g.clone(), m, v, k
+        if self.clipping is not None:
+            c1 = 1.0 / (-torch.expm1(k * math.log(beta1))) ** 2 if beta1 > 0 else torch.ones_like(k)
+            share = 1.0 / rnd.workers if rnd.workers > 1 else 1.0
+            self.norm2 = mean_norm2(raw, m, v, c1, 1.0 / -torch.expm1(k * math.log(beta2)), share)
         if not self.momentum:
             return d
         u = self.u if self.u is not None else torch.zeros_like(d)
@@ -540,7 +546,7 @@ class AdamMode:
         else:
             inner = ddp_hooks.mechanism(inner, compressor=compressor, ratio=ratio)
         if lag:
-            return LagNormalized(inner, betas, eps, momentum=momentum)
+            return LagNormalized(inner, betas, eps, momentum=momentum, clipping=Clipping())
         mode = NormalizedMomentum if normalized_momentum else AdamNormalized
         return mode(inner, betas, eps, momentum=momentum, clipping=Clipping())
 

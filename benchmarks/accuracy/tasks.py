@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,16 +91,19 @@ class Rows(Task):
 # --- (1) byte-level transformer LM on the standard library's own sources ---------------------
 
 class ByteTransformer(nn.Module):
-    """Pre-norm causal transformer over bytes with learned positions."""
+    """Pre-norm causal transformer over bytes (or ``vocab`` tokens) with learned positions; ``tied``:
+    the read-out shares the embedding's weight (GPT-2's)."""
 
-    def __init__(self, context: int, width: int, layers: int, heads: int) -> None:
+    def __init__(self, context: int, width: int, layers: int, heads: int, vocab: int = 256, tied: bool = False) -> None:
         super().__init__()
-        self.embed = nn.Embedding(256, width)
+        self.embed = nn.Embedding(vocab, width)
         self.position = nn.Parameter(torch.randn(context, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 256)
+        self.head = nn.Linear(width, vocab)
+        if tied:
+            self.head.weight = self.embed.weight
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -135,6 +139,10 @@ class StdlibLM(Task):
         return math.log(256)
 
     def load(self) -> Data:
+        return self._windows({s: np.frombuffer(text, dtype=np.uint8) for s, text in self._texts().items()})
+
+    def _texts(self) -> dict[str, bytes]:
+        """The train and validation text, up to ``train_bytes`` and ``val_bytes``."""
         root = Path(sysconfig.get_paths()["stdlib"])
         parts: dict[str, list[bytes]] = {"train": [], "val": []}
         caps, sizes = {"train": self.train_bytes, "val": self.val_bytes}, {"train": 0, "val": 0}
@@ -150,7 +158,11 @@ class StdlibLM(Task):
             text = path.read_bytes()[:caps[split] - sizes[split]]
             parts[split].append(text)
             sizes[split] += len(text)
-        train, val = (np.frombuffer(b"".join(parts[s]), dtype=np.uint8) for s in ("train", "val"))
+        return {s: b"".join(parts[s]) for s in ("train", "val")}
+
+    def _windows(self, tokens: dict[str, np.ndarray]) -> Data:
+        """The training tokens and ``val_windows`` evenly spaced validation windows."""
+        train, val = tokens["train"], tokens["val"]
         starts = np.linspace(0, len(val) - self.context - 2, self.val_windows).astype(np.int64)
         return {"train": train, "val": np.stack([val[s:s + self.context + 1] for s in starts])}
 
@@ -164,12 +176,42 @@ class StdlibLM(Task):
         return windows[:, :-1], windows[:, 1:]
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
+        logits = model(x)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
     def evaluate(self, model: nn.Module, data: Data) -> float:
         windows = torch.from_numpy(data["val"].astype(np.int64))
         with torch.no_grad():
             return self.loss(model, windows[:, :-1], windows[:, 1:]).item()
+
+
+@dataclass(frozen=True)
+class StdlibWords(StdlibLM):
+    """``stdlib_lm``'s text as words (runs of word characters, or one other non-space byte), the
+    ``vocab`` - 1 most frequent training words and one unknown, by a transformer whose read-out is
+    tied to its embedding (GPT-2's): the embedding holds most of the parameters, and a step's
+    batch touches a few hundred of its rows. Metric: validation cross-entropy in nats per word
+    (chance: ln vocab)."""
+
+    name: ClassVar[str] = "stdlib_words"
+    lr: tuple[tuple[str, float], ...] = (("sgd", 0.1), ("adamw", 3e-3))
+    vocab: int = 4096
+
+    @property
+    def chance(self) -> float:
+        return math.log(self.vocab)
+
+    def load(self) -> Data:
+        words = {s: re.findall(rb"\w+|[^\w\s]", text) for s, text in self._texts().items()}
+        counts: dict[bytes, int] = {}
+        for w in words["train"]:
+            counts[w] = counts.get(w, 0) + 1
+        kept = sorted(counts, key=lambda w: (-counts[w], w))[:self.vocab - 1]
+        ids = {w: i + 1 for i, w in enumerate(kept)}  # 0: unknown
+        return self._windows({s: np.array([ids.get(w, 0) for w in ws], dtype=np.int64) for s, ws in words.items()})
+
+    def model(self) -> nn.Module:
+        return ByteTransformer(self.context, self.width, self.layers, self.heads, self.vocab, tied=True)
 
 
 # --- (2) small CNN on scikit-learn's bundled 8x8 digits ---------------------------------------
@@ -343,8 +385,136 @@ class Teacher(Rows):
         return TeacherStudent(self.features, self.hidden, 10)
 
 
+class HashedNgrams(nn.Module):
+    """fastText's classifier (Joulin et al. 2017): the mean of hashed n-gram embeddings, then a
+    linear layer. Each step touches the rows of the batch's n-grams only (most rows' gradient is 0)."""
+
+    def __init__(self, buckets: int, dim: int, classes: int) -> None:
+        super().__init__()
+        self.embed = nn.EmbeddingBag(buckets, dim, mode="mean")
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, grams: Tensor) -> Tensor:
+        return self.head(self.embed(grams))
+
+
+@dataclass(frozen=True)
+class StdlibPackages(Rows):
+    """Which standard-library package a 256-byte piece of source comes from: the ``classes``
+    top-level packages of ``sysconfig.get_paths()["stdlib"]`` with the most bytes (``test``
+    excluded), a file to the test split when the md5 of its relative path is 0 mod 5; each piece's
+    byte trigrams hashed (md5-free: a fixed polynomial) into ``buckets`` rows. The classes are
+    the Python's own, so a run is comparable on one Python version. Metric: test accuracy
+    (chance: the majority class's share of the test pieces)."""
+
+    name: ClassVar[str] = "stdlib_ngrams"
+    steps: int = 300
+    eval_every: int = 30
+    batch_size: int = 32
+    bucket_cap_mb: float = 1.0
+    lr: tuple[tuple[str, float], ...] = (("sgd", 1.0), ("adamw", 1e-2))
+    classes: int = 8
+    piece: int = 256
+    buckets: int = 1 << 16
+    dim: int = 32
+    per_class: int = 1500  # training pieces per class at most (a fifth of it for the test split)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.classes  # the classes are balanced up to per_class
+
+    def load(self) -> Data:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files: dict[str, list[Path]] = {}
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).parts
+            if len(parts) > 1 and parts[0] not in ("test", "site-packages"):
+                files.setdefault(parts[0], []).append(path)
+        files = {pkg: paths for pkg, paths in files.items() if len(paths) >= 10}  # pydoc_data: 2 huge files
+        size = {pkg: sum(p.stat().st_size for p in paths) for pkg, paths in files.items()}
+        chosen = sorted(sorted(size, key=lambda pkg: (-size[pkg], pkg))[:self.classes])
+        rng = np.random.default_rng(0)
+        out: dict[str, list[np.ndarray]] = {"x_train": [], "y_train": [], "x_test": [], "y_test": []}
+        for label, pkg in enumerate(chosen):
+            pieces: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+            for path in files[pkg]:
+                rel = path.relative_to(root).as_posix()
+                split = "test" if int(hashlib.md5(rel.encode()).hexdigest(), 16) % 5 == 0 else "train"
+                text = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+                pieces[split] += [text[s:s + self.piece] for s in range(0, len(text) - self.piece + 1, self.piece)]
+            for split, cap in (("train", self.per_class), ("test", self.per_class // 5)):
+                kept = rng.permutation(len(pieces[split]))[:cap]
+                out[f"x_{split}"] += [self._grams(pieces[split][i]) for i in sorted(kept)]
+                out[f"y_{split}"] += [np.full(len(kept), label)]
+        data = {k: np.concatenate(v).astype(np.int64) if k[0] == "y" else np.stack(v) for k, v in out.items()}
+        order = rng.permutation(len(data["y_train"]))  # ranks shard contiguous rows: mix the classes first
+        return {**data, "x_train": data["x_train"][order], "y_train": data["y_train"][order]}
+
+    def _grams(self, piece: np.ndarray) -> np.ndarray:
+        b = piece.astype(np.int64)
+        return (b[:-2] * 65_599 * 65_599 + b[1:-1] * 65_599 + b[2:]) % self.buckets
+
+    def model(self) -> nn.Module:
+        return HashedNgrams(self.buckets, self.dim, self.classes)
+
+
+class TwoTower(nn.Module):
+    """A user and an item embedding, concatenated, through an MLP to two logits (a click model:
+    nearly every parameter is an embedding row, and a step touches the batch's rows only)."""
+
+    def __init__(self, users: int, items: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.users, self.items = nn.Embedding(users, dim), nn.Embedding(items, dim)
+        self.head = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.head(torch.cat([self.users(pairs[:, 0]), self.items(pairs[:, 1])], 1))
+
+
+@dataclass(frozen=True)
+class Clicks(Rows):
+    """Synthetic clicks every machine can make: user u clicks item i when a_u . b_i + c_i + noise
+    > 0, with a_u, b_i ~ N(0, I_8 / 8) and c_i ~ N(0, 0.5^2) from seed 4321 and logistic noise
+    (scale 0.3); a two-tower student. Items are drawn with Zipf-like popularity (weight 1 / (rank +
+    10)), so most item rows get no gradient in a step. Metric: test accuracy (chance: about 0.5)."""
+
+    name: ClassVar[str] = "clicks"
+    steps: int = 400
+    eval_every: int = 40
+    batch_size: int = 64
+    bucket_cap_mb: float = 0.25
+    lr: tuple[tuple[str, float], ...] = (("sgd", 0.5), ("adamw", 1e-2))
+    users: int = 2000
+    items: int = 4000
+    dim: int = 32
+    hidden: int = 64
+    train_rows: int = 60_000
+    test_rows: int = 10_000
+
+    @property
+    def chance(self) -> float:
+        return 0.5
+
+    def load(self) -> Data:
+        rng = np.random.default_rng(4321)
+        a = rng.standard_normal((self.users, 8)) / math.sqrt(8)
+        b = rng.standard_normal((self.items, 8)) / math.sqrt(8)
+        c = 0.5 * rng.standard_normal(self.items)
+        rows = self.train_rows + self.test_rows
+        popularity = 1.0 / (np.arange(self.items) + 10.0)
+        u = rng.integers(0, self.users, rows)
+        i = rng.choice(self.items, rows, p=popularity / popularity.sum())
+        y = ((a[u] * b[i]).sum(1) + c[i] + rng.logistic(0.0, 0.3, rows) > 0).astype(np.int64)
+        x = np.stack([u, i], 1).astype(np.int64)
+        t = self.train_rows
+        return {"x_train": x[:t], "y_train": y[:t], "x_test": x[t:], "y_test": y[t:]}
+
+    def model(self) -> nn.Module:
+        return TwoTower(self.users, self.items, self.dim, self.hidden)
+
+
 SUITE = ("stdlib_lm", "digits_cnn", "a9a_mlp")  # what the defaults were chosen on (the default --tasks)
-TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A(), StdlibGRU(), Teacher())}
+TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A(), StdlibGRU(), Teacher(), StdlibPackages(), Clicks(), StdlibWords())}
 # --quick: about a minute for allreduce and the default hook on all three tasks at 2 ranks; a9a
 # keeps its full length (2 s a run), so the default's gap there is the full run's
 QUICK: dict[str, dict[str, object]] = {
@@ -352,4 +522,5 @@ QUICK: dict[str, dict[str, object]] = {
     "digits_cnn": dict(steps=150, eval_every=50),
     "a9a_mlp": {},
     "stdlib_gru": dict(steps=60, eval_every=20, train_bytes=200_000, val_bytes=20_000, val_windows=32),
+    "stdlib_words": dict(steps=60, eval_every=20, train_bytes=200_000, val_bytes=20_000, val_windows=32),
 }
