@@ -405,7 +405,7 @@ class StdlibPackages(Rows):
     excluded), a file to the test split when the md5 of its relative path is 0 mod 5; each piece's
     byte trigrams hashed (md5-free: a fixed polynomial) into ``buckets`` rows. The classes are
     the Python's own, so a run is comparable on one Python version. Metric: test accuracy
-    (chance: the majority class's share of the test pieces)."""
+    (chance: 1 / ``classes``; the test split's largest class is about 0.13 of it on Python 3.11)."""
 
     name: ClassVar[str] = "stdlib_ngrams"
     steps: int = 300
