@@ -514,7 +514,8 @@ class Clicks(Rows):
 
 
 SUITE = ("stdlib_lm", "digits_cnn", "a9a_mlp")  # what the defaults were chosen on (the default --tasks)
-TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A(), StdlibGRU(), Teacher(), StdlibPackages(), Clicks(), StdlibWords())}
+TASKS: dict[str, Task] = {t.name: t for t in (StdlibLM(), Digits(), A9A(), StdlibGRU(), Teacher(), StdlibPackages(),
+                                               Clicks(), StdlibWords())}
 # --quick: about a minute for allreduce and the default hook on all three tasks at 2 ranks; a9a
 # keeps its full length (2 s a run), so the default's gap there is the full run's
 QUICK: dict[str, dict[str, object]] = {
