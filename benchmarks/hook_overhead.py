@@ -36,16 +36,18 @@ OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=0.01),
               "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)}
 
 
-def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.optim.Optimizer) -> None:
+def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.optim.Optimizer
+              ) -> ddp_hooks.ThreePCState:
     """``NAME[+opt][:KEY=VALUE,...]`` (values as Python literals, as the accuracy suite reads
-    them); ``+opt``: registered with the optimizer (``ddp_hooks.adam``)."""
+    them; ``register``'s keywords too, e.g. ``dense_when_faster=True``); ``+opt``: registered with
+    the optimizer (``ddp_hooks.adam``)."""
     name, options = parse_hook(spec)
     name, told = aware(name)
-    ddp_hooks.register(ddp, name, optimizer=opt if told else None, **options)
+    return ddp_hooks.register(ddp, name, optimizer=opt if told else None, **options)
 
 
 def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: str | None,
-             optimizer: str, bucket_cap_mb: float, hidden: int) -> dict[str, tuple]:
+             optimizer: str, bucket_cap_mb: float, hidden: int, settle: int) -> dict[str, tuple]:
     torch.set_num_threads(1)
     x, y = torch.randn(BATCH, 512), torch.randint(0, 10, (BATCH,))
     out: dict[str, tuple] = {}
@@ -54,15 +56,14 @@ def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: s
         model = make_model(hidden)
         ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_cap_mb)
         opt = OPTIMIZERS[optimizer](model.parameters())
-        if method != "allreduce":
-            _register(ddp, method, opt)
+        state = _register(ddp, method, opt) if method != "allreduce" else None
 
         def step() -> None:
             opt.zero_grad()
             nn.functional.cross_entropy(ddp(x), y).backward()
             opt.step()
 
-        for _ in range(3):  # warm-up, DDP's bucket rebuild, the dense round
+        for _ in range(settle):  # warm-up, DDP's bucket rebuild, the dense round (dense_when_faster: its probe)
             step()
         dist.barrier()
         profiler = cProfile.Profile() if method == profile and rank == 0 else None
@@ -74,12 +75,13 @@ def _measure(rank: int, workers: int, methods: list[str], steps: int, profile: s
         if profiler:
             profiler.disable()
         wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+        link = getattr(state, "link", None)
         text = ""
         if profiler:
             buffer = io.StringIO()
             pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(20)
             text = buffer.getvalue()
-        out[method] = (wall, cpu, text)
+        out[method] = (wall, cpu, text, link.summary() if link is not None else "")
         dist.barrier()
     return out
 
@@ -94,12 +96,14 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help="every method's optimizer")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP's bucket_cap_mb (25: its default)")
     parser.add_argument("--hidden", type=int, default=1024, help="the MLP's hidden width (1920: 4.69M parameters)")
+    parser.add_argument("--settle", type=int, default=3,
+                        help="untimed steps first (3; dense_when_faster's probe ends after step 9: 12)")
     args = parser.parse_args()
     methods = ["allreduce", *args.hooks]
     runs = []
     for _ in range(args.repeats):
         first = run_ranks(_measure, args.workers, methods, args.steps, args.profile, args.optimizer,
-                           args.bucket_cap_mb, args.hidden, timeout=600)[0]
+                           args.bucket_cap_mb, args.hidden, args.settle, timeout=600)[0]
         if isinstance(first, RankFailure):
             raise SystemExit(f"rank 0 failed:\n{first.error}")
         runs.append(first)
@@ -114,6 +118,9 @@ def main() -> None:
         print(f"| {m} | {statistics.median(wall):.1f} [{min(wall):.1f}-{max(wall):.1f}] | "
               f"{statistics.median(wall) / 1e3 / base[0]:.2f} | {statistics.median(cpu):.1f} "
               f"[{min(cpu):.1f}-{max(cpu):.1f}] | {statistics.median(cpu) / 1e3 / base[1]:.2f} |")
+    for m in methods:  # dense_when_faster's choice in each repeat
+        if runs[0][m][3]:
+            print(f"{m}: " + "; ".join(r[m][3] for r in runs))
     if args.profile:
         print(runs[-1][args.profile][2])
 

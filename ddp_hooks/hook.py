@@ -14,7 +14,9 @@ defined when the bucket is exactly their union, ``ThreePCState.units``):
   (chunk j owned by rank j); ``protocol.TwoStage`` moves them to their owners, runs this rank's
   owner step ``mechanism.relay`` here, in the hook's thread, between its two stages (blocking
   on the first: that bucket's communication no longer overlaps the rest of backward), and
-  all_gathers the owners' payloads; the callback decodes them with ``mechanism.collect``.
+  all_gathers the owners' payloads; the callback decodes them with ``mechanism.collect``;
+* with ``dense_when_faster``, the probe's dense iterations and, if dense was measured faster,
+  every later one: DDP's own averaged allreduce of the bucket, no mechanism (``link_choice``).
 
 Either way ``protocol.choose`` picks how the payload travels from what the mechanism declares
 (summable, lazy, fixed or variable size), and the aggregate's ``"g"`` is the unit's result.
@@ -339,6 +341,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         >>> ddp_model.register_comm_hook(state, threepc_hook)
     """
     grad, params = bucket.buffer(), bucket.parameters()
+    if state.link is not None and state.link.dense:  # dense_when_faster chose DDP's allreduce: nothing else runs
+        return _plain(state, grad, bucket.is_last())
     iteration = state.transaction
     if not isinstance(iteration, _Iteration) or iteration.closed:
         state.settle()  # the last iteration's rounds, if DDP raised before they all completed
@@ -350,6 +354,13 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         state.check(grad, params, first=bucket.index() == 0)
         if grad.dtype not in GRAD_DTYPES:
             raise TypeError(unsupported_dtype(f"this bucket holds {grad.dtype}"))
+        if state.bypass(grad, first_bucket=bucket.index() == 0):  # dense_when_faster's probe: DDP's allreduce
+            state.agreed()
+            future = _plain(state, grad, bucket.is_last())
+            iteration.futures.append(future)
+            if bucket.is_last():
+                iteration.close()
+            return future
         views = dict(zip((id(p) for p in params), grad.split([p.numel() for p in params])))
         by_id = {id(p): p for p in params}
         units = state.units(params)
@@ -371,6 +382,14 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
         iteration.close()
         if rounds:
             state.end_iteration()
+    return future
+
+
+def _plain(state: ThreePCState, grad: Tensor, last: bool) -> Future[Tensor]:
+    """DDP's own averaged allreduce of the bucket (``link_choice``); the iteration ends with its last bucket."""
+    future = protocol.plain_allreduce(grad, state.group, state.stats)
+    if last:
+        state.end_iteration()
     return future
 
 

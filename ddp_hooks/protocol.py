@@ -180,6 +180,20 @@ def averaged(part: Tensor, n: int, owned: bool) -> Tensor:
     return part.div_(n) if owned else part / n
 
 
+def plain_allreduce(grad: Tensor, group: dist.ProcessGroup, stats: CommStats) -> Future:
+    """DDP's own allreduce of a bucket (``torch.distributed.algorithms.ddp_comm_hooks.
+    default_hooks.allreduce_hook``): divided by n in its dtype, summed in place, no flags; counted
+    as a dense round (``link_choice``)."""
+    n, nbytes = group.size(), grad.numel() * grad.element_size()
+    stats.dense_rounds += 1
+    stats.add("dense", nbytes)
+    stats.ran("all_reduce")
+    stats.ring_all_reduce(nbytes, n)
+    stats.dense_round(nbytes, n)
+    grad.div_(n)
+    return dist.all_reduce(grad, group=group, async_op=True).get_future().then(lambda done: done.value()[0])
+
+
 class MeanAllReduce(Protocol):
     """One averaging all_reduce of fp32 payloads; a silent rank's zeros add nothing.
 

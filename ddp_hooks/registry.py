@@ -54,7 +54,7 @@ EMBEDDED = 0.5
 
 # register()'s own keywords: any other keyword is an option of the hook
 REGISTER_KEYWORDS = ("optimizer", "warmup_steps", "log_every", "process_group", "nonfinite", "check_every",
-                     "reproducible", "scaler")
+                     "reproducible", "scaler", "dense_when_faster")
 
 
 def mechanism(name: str, **options: object) -> Mechanism:
@@ -70,14 +70,16 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
              optimizer: torch.optim.Optimizer | str | None = optimizer_lookup.AUTO, warmup_steps: int = 1,
              log_every: int = 0, process_group: dist.ProcessGroup | None = None, nonfinite: str = "propagate",
              check_every: int = 0, reproducible: bool = False, scaler: torch.amp.GradScaler | None = None,
-             **options: object) -> ThreePCState:
+             dense_when_faster: bool = False, **options: object) -> ThreePCState:
     """Register the threepc hook ``name`` (default ``DEFAULT``, EF14; with no options
     ``SGD_DEFAULT``, over Top-K 5% in 8-bit floats and block-relative 8-bit indices; told an Adam
     optimizer, ``ADAM_DEFAULT``, over scaled signs of 84% of the entries a round; told a
     heavy-ball momentum SGD, ``CORRECTED`` with ``SGD_MOMENTUM_DEFAULT``) on ``ddp`` and
     return its state. The hook communicates in ``ddp``'s own process group unless
-    ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible`` and ``scaler``
-    (the training's ``torch.amp.GradScaler``: memories in unscaled units) are ``ThreePCState``'s.
+    ``process_group`` is given; ``nonfinite``, ``check_every``, ``reproducible``, ``scaler``
+    (the training's ``torch.amp.GradScaler``: memories in unscaled units) and ``dense_when_faster``
+    (measure the step with and without compression, keep the faster: ``link_choice``; not in the
+    Adam mode, whose step applies the hook's rounds) are ``ThreePCState``'s.
 
     ``optimizer``: the training's optimizer, for the optimizer-aware mode (``ddp_hooks.adam``).
     Left out (``"auto"``), a registration without a name looks for it at the first round
@@ -153,9 +155,14 @@ def register(ddp: nn.parallel.DistributedDataParallel, name: str | None = None, 
         _told(chosen, optimizer)
     if settings is not None and not default:
         chosen = adam.normalized(chosen, settings, optimizer)
+    if settings is not None and dense_when_faster:
+        raise ValueError(f"dense_when_faster runs some iterations by DDP's plain allreduce, and the Adam mode's "
+                         f"{type(optimizer).__name__} step applies the hook's rounds only: drop dense_when_faster, or "
+                         "register without optimizer= (raw gradients, the optimizer's own step)")
     state = ThreePCState(chosen, process_group=process_group,
                          warmup_steps=warmup_steps, log_every=log_every, model=ddp, nonfinite=nonfinite,
-                         check_every=check_every, reproducible=reproducible, scaler=scaler)
+                         check_every=check_every, reproducible=reproducible, scaler=scaler,
+                         dense_when_faster=dense_when_faster)
     if settings is not None or corrected:
         adam.check_attachable(optimizer, ddp)
     if state.world_size() == 1:
@@ -291,6 +298,10 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
         if not options and _declines(ddp):  # the plain default registered stays
             return True
         state.adopt(_default(options, adam.adam_settings(optimizer), optimizer, ddp))
+        if state.link is not None:  # the mode's step applies rounds only: no dense iterations (every rank alike)
+            state.link = None
+            logger.warning("threepc: register(ddp, dense_when_faster=True) found %s and runs its Adam mode, whose "
+                           "step applies the hook's rounds only: it always compresses", type(optimizer).__name__)
         if optimizer.state:  # a checkpoint loaded into it, or plain steps: converted as a load after register is
             held = optimizer.state_dict()
             optimizer.load_state_dict(adam.imported(optimizer, held, state=state))

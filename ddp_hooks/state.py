@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from compressors import Mechanism, Round, __version__
 from compressors.core.rounds import MoveHistory
 
+from .link_choice import LinkChoice
 from .memory_order import bucket_order, logical
 from .protocol import all_gather_single
 from .stats import CommStats
@@ -155,12 +156,12 @@ class ThreePCState:
     __slots__ = ("mechanism", "process_group", "warmup_steps", "log_every", "reproducible", "nonfinite",
                  "check_every", "scaler", "iteration", "stats", "failure", "checking", "_buckets", "_owner", "_pending",
                  "_rebuild", "_layout", "_names", "history", "warned", "transaction", "committed_iterations",
-                 "_loaded_from", "deferred", "last_error", "local_failure", "_params")
+                 "_loaded_from", "deferred", "last_error", "local_failure", "_params", "link")
 
     def __init__(self, mechanism: Mechanism, *, process_group: dist.ProcessGroup | None = None,
                  warmup_steps: int = 1, log_every: int = 0, model: nn.Module | None = None,
                  reproducible: bool = False, nonfinite: str = "propagate", check_every: int = 0,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
+                 scaler: torch.amp.GradScaler | None = None, dense_when_faster: bool = False) -> None:
         for name, value, low, why in (("warmup_steps", warmup_steps, 1, " (DDP rebuilds its buckets after the first "
                                                                           "iteration, which is dense)"),
                                       ("log_every", log_every, 0, " (0: never)"),
@@ -169,8 +170,9 @@ class ThreePCState:
                 raise ValueError(f"{name} must be an int >= {low}{why}, got {value!r}")
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-        if not isinstance(reproducible, bool):
-            raise ValueError(f"reproducible must be True or False, got {reproducible!r}")
+        for name, flag in (("reproducible", reproducible), ("dense_when_faster", dense_when_faster)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
             raise ValueError(f"process_group must be a torch.distributed ProcessGroup (e.g. dist.new_group(ranks)) "
                              f"or None (the DDP model's own), got {process_group!r}")
@@ -201,6 +203,7 @@ class ThreePCState:
         self._names: dict[int, str] | None = None
         self._params: dict[int, Tensor] = {}  # id -> parameter (its memory order, for checkpoints)
         self.deferred: Callable[[bool], bool] | None = None  # a choice register() left to the first round (resolve)
+        self.link = LinkChoice() if dense_when_faster else None  # compressed or dense, measured (link_choice)
         self.adopt(mechanism)
         if model is not None:
             self.bind(model)
@@ -265,6 +268,7 @@ class ThreePCState:
         return {"threepc": __version__, "mechanism": mechanism, "warmup_steps": str(self.warmup_steps),
                 "nonfinite": self.nonfinite, "check_every": str(self.check_every),
                 "reproducible": str(self.reproducible), "iteration": str(self.iteration),
+                "dense_when_faster": str(self.link is not None),
                 "scaler": "given" if self.scaler is not None else "none",
                 "optimizer": "followed" if getattr(self.mechanism, "follow", None) is not None else "not followed",
                 "checkpoint": "its own" if self._loaded_from is None else f"rank {self._loaded_from}'s",
@@ -444,7 +448,21 @@ class ThreePCState:
         if self.transaction is not None:
             self.transaction.wait()
 
+    def bypass(self, grad: Tensor, first_bucket: bool) -> bool:
+        """Whether this bucket goes by DDP's plain allreduce (``dense_when_faster``: the probe's
+        dense iterations, or every iteration once dense was chosen; the choice drops the memories)."""
+        if self.link is None:
+            return False
+        undecided = self.link.dense is None
+        dense = self.link.bypass(self.iteration, self.warmup_steps, first_bucket, self.group, grad.device)
+        if undecided and self.link.dense:
+            self._buckets.clear()
+            self._owner.clear()
+        return dense
+
     def end_iteration(self) -> None:
+        if self.link is not None:
+            self.link.ended(self.iteration)
         self.iteration += 1
         self.stats.steps = self.iteration
         if self.log_every and self.iteration % self.log_every == 0:

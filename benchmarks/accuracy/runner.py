@@ -27,6 +27,7 @@ from .tasks import Data, Task
 
 BASELINE = "allreduce"
 AWARE = "+opt"  # a threepc hook name with this suffix is registered with the run's optimizer (ddp_hooks.adam)
+DENSE_WHEN_FASTER = "dense_when_faster"  # register()'s keyword, which a spec may give (ddp_hooks.link_choice)
 DEFAULT = "default"  # register(ddp): what a user gets with no name (it finds opt; momentum SGD: ef14_mc topk8 5%; Adam: signs)
 POWERSGD = "powersgd"  # torch's PowerSGD hook, the anchor torch ships (options rank=, start=)
 ONE_BUCKET_MB = 1024.0  # PowerSGD's bucket cap: one bucket (see powersgd)
@@ -82,13 +83,18 @@ def check_hook(spec: str) -> None:
         if optimizer or not set(options) <= {"rank", "start"} or \
                 not all(type(v) is int and v > 0 for v in options.values()) or options.get("start", 2) < 2:
             raise ValueError(f"{spec!r}: powersgd takes rank=R >= 1 and start=S >= 2 (integers), and no {AWARE}")
-    elif name in (BASELINE, "fp16", DEFAULT):
+    elif name in (BASELINE, "fp16"):
         if options:
             raise ValueError(f"{name} takes no options")
     elif name in EXPERIMENTAL:
         EXPERIMENTAL[name].check(**options)
     else:
-        ddp_hooks.mechanism(name, **options)
+        fast = options.pop(DENSE_WHEN_FASTER, False)
+        if not isinstance(fast, bool) or (name == DEFAULT and options):
+            raise ValueError(f"{spec!r}: {DEFAULT} takes {DENSE_WHEN_FASTER}=True or False only, and every threepc "
+                             f"hook takes {DENSE_WHEN_FASTER}=True or False")
+        if name != DEFAULT:
+            ddp_hooks.mechanism(name, **options)
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def _register(ddp: nn.parallel.DistributedDataParallel, spec: str, opt: torch.op
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
     if name == DEFAULT:  # as a user writes it: the registration finds ``opt`` (ddp_hooks.optimizer_lookup)
-        state = ddp_hooks.register(ddp)
+        state = ddp_hooks.register(ddp, **options)  # dense_when_faster only (check_hook)
         return lambda: state.stats.total_sent
     if name == POWERSGD:  # what it allreduces: P, Q and the tensors it sends dense (fp32), after its plain iterations
         low_rank = powersgd(ddp, **options)

@@ -26,7 +26,7 @@ Counter = Callable[[], tuple[int, int]] | None
 
 def check(spec: str) -> None:
     """ValueError for an unknown method or options (before spawning ranks)."""
-    if spec not in (POWERSGD, DEFAULT):
+    if spec != POWERSGD:
         check_hook(spec)
 
 
@@ -57,6 +57,6 @@ def register(ddp: nn.parallel.DistributedDataParallel, spec: str, workers: int, 
         dense = sum(p.numel() * p.element_size() for p in ddp.parameters()) * DENSE[name]
         return lambda: (round(dense * steps[0]), round(dense * steps[0] * 2 * (workers - 1) / workers))
     name, told = aware(name)
-    state = ddp_hooks.register(ddp) if name == DEFAULT else \
+    state = ddp_hooks.register(ddp, **options) if name == DEFAULT else \
         ddp_hooks.register(ddp, name, optimizer=optimizer if told else None, **options)
     return lambda: (state.stats.total_sent, state.stats.link_sent)
