@@ -41,6 +41,7 @@ itself would leave DDP's reducer unusable.
 This module keeps real (not postponed) annotations: DDP checks that the hook's ``bucket``
 parameter is annotated ``dist.GradBucket`` and its result ``Future[Tensor]``.
 """
+import functools
 import threading
 import warnings
 from collections.abc import Callable
@@ -261,8 +262,9 @@ class _Iteration:
     """The rounds of one iteration: committed together once every bucket completed, or all
     rolled back if any round failed or was flagged on any rank."""
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, done: Callable[[], None] | None = None) -> None:
         self.scale = scale  # the loss scale of this backward pass (ThreePCState.scaler; else 1)
+        self.done = done  # called once every bucket completed (link_choice's timing)
         self.rounds: list[_Round] = []
         self.futures: list[Future] = []
         self.pending, self.closed, self.failed = 0, False, False
@@ -299,6 +301,8 @@ class _Iteration:
     def _end(self, failed: bool) -> None:
         self.failed |= failed
         if self.closed and self.pending == 0:
+            if self.done is not None:
+                self.done()
             # decoding failed here alone (``local``): the other ranks kept the iteration unless some round of it
             # was refused by flags, which every rank read; then every rank rolled it back, and nothing differs
             kept_elsewhere = self.local and not any(r.refused for r in self.rounds)
@@ -346,7 +350,9 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
     iteration = state.transaction
     if not isinstance(iteration, _Iteration) or iteration.closed:
         state.settle()  # the last iteration's rounds, if DDP raised before they all completed
-        iteration = state.transaction = _Iteration(state.loss_scale())
+        timing = state.link is not None and state.link.dense is None
+        iteration = state.transaction = _Iteration(state.loss_scale(),
+                                                   functools.partial(state.link.done, state.iteration) if timing else None)
     try:
         if grad.layout != torch.strided:  # every rank's DDP has the same sparse buckets: all raise here
             raise TypeError(SPARSE_GRADIENTS)
@@ -379,6 +385,8 @@ def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]
                            lambda fut: _decode(fut, rounds, iteration, grad, views, whole))
     iteration.futures.append(future)
     if bucket.is_last():
+        if rounds:
+            state.backward_ended()
         iteration.close()
         if rounds:
             state.end_iteration()
@@ -389,6 +397,7 @@ def _plain(state: ThreePCState, grad: Tensor, last: bool) -> Future[Tensor]:
     """DDP's own averaged allreduce of the bucket (``link_choice``); the iteration ends with its last bucket."""
     future = protocol.plain_allreduce(grad, state.group, state.stats)
     if last:
+        state.backward_ended()
         state.end_iteration()
     return future
 

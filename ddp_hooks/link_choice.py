@@ -14,11 +14,12 @@ this process runs after a resume):
   of the backward passes of two consecutive iterations (the last bucket's hook call: the
   optimizer step, the forward and backward, and the communication the iteration waited for);
 * at the first bucket of iteration a+COMPRESSED+1 every rank issues one all_reduce of its mean
-  compressed period and its shortest warm-up period (16 bytes; the periods that end after a
-  warm-up round, whose wait is a dense allreduce's, and which hold at most one compressed
-  iteration's work), and every rank reads the ranks' means: a warm-up period longer than
-  1 + CLEAR compressed ones means a dense step at least CLEAR times the compressed one, and
-  compression is kept with no dense iteration (a slow link pays nothing);
+  compressed period and its warm-up wait (16 bytes): how long the last warm-up round's
+  collectives ran after its backward ended, a dense allreduce's exposed time, which a dense step
+  takes at least. Where the ranks' mean wait is CLEAR compressed steps or more, compression is
+  kept with no dense iteration: a slow link pays nothing. (The whole warm-up period is no such
+  bound: it holds the first iterations' one-time costs, 2-3 compressed steps on an unshaped
+  loopback, measured.)
 * else plain allreduce from there on (the memories skip these iterations: the optimizer steps
   the exact mean gradient); the first dense period is that of the second dense iteration (the
   first's holds a compressed iteration's wait); at the first bucket of each later one the ranks
@@ -56,9 +57,10 @@ class LinkChoice:
         self.begun: int | None = None  # the first iteration this process ran
         self.first: int | None = None  # ``a``: the first iteration this process may compress
         self.ends: dict[int, float] = {}  # iteration -> perf_counter() at its last bucket's hook call
+        self.completed: dict[int, float] = {}  # warm-up iteration -> perf_counter() when its last bucket completed
         self.dense: bool | None = None  # the choice, once agreed
         self.periods: tuple[float, float] | None = None  # the ranks' mean periods (compressed, dense), in s
-        self.warm = False  # whether the warm-up's period decided (``periods[1]`` is then that bound)
+        self.warm = False  # whether the warm-up's wait decided (``periods[1]`` is then that wait)
 
     def bypass(self, iteration: int, warmup_steps: int, first_bucket: bool, group: dist.ProcessGroup,
                device: torch.device) -> bool:
@@ -72,7 +74,7 @@ class LinkChoice:
             if iteration < start:
                 return False
             if first_bucket and iteration == start:
-                self._agree(self._warm_period(), group, device, warm=True)
+                self._agree(self._warm_wait(), group, device, warm=True)
             elif first_bucket and iteration >= start + 2:
                 self._agree(self._mean_period(range(start + 1, iteration)), group, device,
                             last=iteration - start - 1 >= DENSE)
@@ -92,10 +94,16 @@ class LinkChoice:
         except KeyError:
             return float("inf")
 
-    def _warm_period(self) -> float:
-        """The shortest period that ends after a warm-up round this process ran (0: none ran)."""
+    def done(self, iteration: int) -> None:
+        """Every bucket of ``iteration`` completed (a callback's thread)."""
+        if self.first is not None and iteration < self.first:
+            self.completed[iteration] = time.perf_counter()
+
+    def _warm_wait(self) -> float:
+        """The shortest time a warm-up round's collectives ran after its backward ended (0: none)."""
         assert self.begun is not None and self.first is not None
-        return min((self._mean_period(range(i, i + 1)) for i in range(self.begun + 1, self.first + 1)), default=0.0)
+        return min((max(0.0, self.completed[i] - self.ends[i]) for i in range(self.begun, self.first)
+                    if i in self.completed and i in self.ends), default=0.0)
 
     def _agree(self, dense: float, group: dist.ProcessGroup, device: torch.device, *, warm: bool = False,
                last: bool = False) -> None:
@@ -107,11 +115,12 @@ class LinkChoice:
         means = torch.tensor([compressed, dense], dtype=torch.float64, device=device)
         dist.all_reduce(means, group=group)  # inf (an iteration failed) on any rank: that side loses
         compressed, dense = (float(m) / group.size() for m in means.cpu())
-        if warm and dense <= compressed * (1.0 + CLEAR):
+        if warm and dense < compressed * CLEAR:
             return  # not clear from the warm-up: measure dense iterations
         if not warm and not last and compressed / CLEAR < dense < compressed * CLEAR:
             return  # not clear yet: one more dense period
-        self.periods, self.dense, self.ends, self.warm = (compressed, dense), dense < compressed and not warm, {}, warm
+        self.periods, self.dense, self.warm = (compressed, dense), dense < compressed and not warm, warm
+        self.ends, self.completed = {}, {}
         logger.info("threepc: %s", self.summary())
 
     def summary(self) -> str:
@@ -120,7 +129,7 @@ class LinkChoice:
             return "measuring"
         compressed, dense = (p * 1e3 for p in self.periods)
         if self.warm:
-            return (f"compressed, no dense iteration run (a step {compressed:.1f} ms compressed, {dense:.1f} ms after "
-                    "the warm-up's dense allreduce)")
+            return (f"compressed, no dense iteration run (a step {compressed:.1f} ms compressed; the warm-up's dense "
+                    f"allreduce ran {dense:.1f} ms after its backward)")
         return (f"{'dense: DDP' if self.dense else 'compressed: DDP'}'s allreduce measured "
                 f"{'faster' if self.dense else 'slower'} (a step {compressed:.1f} ms compressed, {dense:.1f} ms dense)")

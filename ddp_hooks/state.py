@@ -460,9 +460,13 @@ class ThreePCState:
             self._owner.clear()
         return dense
 
-    def end_iteration(self) -> None:
+    def backward_ended(self) -> None:
+        """The last bucket of this iteration was issued (``link_choice``'s clock; before the
+        iteration's completion can be reported)."""
         if self.link is not None:
             self.link.ended(self.iteration)
+
+    def end_iteration(self) -> None:
         self.iteration += 1
         self.stats.steps = self.iteration
         if self.log_every and self.iteration % self.log_every == 0:

@@ -6,6 +6,7 @@ test's to set, per rank."""
 from __future__ import annotations
 
 import functools
+import time
 import types
 
 import pytest
@@ -30,6 +31,16 @@ def _train(rank: int, workers: int, costs: list[tuple[float, float]], kind: str 
     was the mean of the ranks' gradients, the choice and the state."""
     clock = types.SimpleNamespace(t=0.0)
     link_choice.time = types.SimpleNamespace(perf_counter=lambda: clock.t)
+    done, wait = link_choice.LinkChoice.done, costs[rank][2] if len(costs[rank]) > 2 else 0.0
+
+    def slow_done(self: link_choice.LinkChoice, iteration: int) -> None:  # the warm-up round's wait: ``wait`` s
+        if self.first is not None and iteration < self.first:
+            while iteration not in self.ends:  # the hook thread records the backward's end (this may be a callback)
+                time.sleep(0.001)
+            clock.t += wait
+        done(self, iteration)
+
+    link_choice.LinkChoice.done = slow_done
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
     ddp = DDP(model, bucket_cap_mb=0.005, **ddp_options)
@@ -108,7 +119,7 @@ def test_compression_is_kept_where_it_is_faster_and_the_ranks_agree_on_their_mea
 
 
 def test_a_close_call_takes_more_dense_periods_before_deciding():
-    results = run_ranks(_train, 2, [(1.0, 1.1)] * 2, timeout=120)
+    results = run_ranks(_train, 2, [(1.0, 1.1, 1.0)] * 2, timeout=120)  # a warm-up wait under CLEAR steps: probed
     _check_replicas(results)
     first = results[0]
     assert first["went"] == "dccccc" + "d" * link_choice.DENSE + "d" + "c" * (STEPS - 7 - link_choice.DENSE)
@@ -122,10 +133,11 @@ def test_the_adam_mode_refuses_dense_when_faster_on_every_rank():
 
 
 def test_a_slow_link_seen_in_the_warm_up_keeps_compression_without_a_dense_iteration():
-    # the warm-up round's wait (5 s) is more than 1 + CLEAR compressed steps (1 s): no dense probe
-    results = run_ranks(_train, 2, [(1.0, 5.0)] * 2, timeout=120)
+    # the warm-up round's collectives ran on for 1.5 s and 1.0 s after its backward: more than CLEAR compressed
+    # steps (1 s) on the ranks' mean, so no dense probe; 1.0 s alone would not do (the next test)
+    results = run_ranks(_train, 2, [(1.0, 5.0, 1.5), (1.0, 5.0, 1.0)], timeout=120)
     _check_replicas(results)
     first = results[0]
     assert first["went"] == "d" + "c" * (STEPS - 1), first["went"]
-    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 5.0))
+    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 1.25))
     assert first["summary"].startswith("compressed, no dense iteration run")
