@@ -13,21 +13,22 @@ this process runs after a resume):
 * iterations a+1 .. a+COMPRESSED: compressed; each gives one period, the time between the ends
   of the backward passes of two consecutive iterations (the last bucket's hook call: the
   optimizer step, the forward and backward, and the communication the iteration waited for);
-* at the first bucket of iteration a+COMPRESSED+1 every rank issues one all_reduce of its mean
-  compressed period and its warm-up wait (16 bytes): how long the last warm-up round's
-  collectives ran after its backward ended, a dense allreduce's exposed time, which a dense step
-  takes at least. Where the ranks' mean wait is CLEAR compressed steps or more, compression is
-  kept with no dense iteration: a slow link pays nothing. (The whole warm-up period is no such
-  bound: it holds the first iterations' one-time costs, 2-3 compressed steps on an unshaped
-  loopback, measured.)
+* at the first bucket of iteration a+COMPRESSED+1 every rank issues one all_gather of its mean
+  compressed period and its warm-up wait (16 bytes a rank): how long the last warm-up round's
+  collectives ran on after its backward ended, a dense allreduce's exposed time, which a dense
+  step takes at least. Where the shortest wait over the ranks (that of the rank that ended its
+  backward last: the others' hold their wait for it) is CLEAR mean compressed steps or more,
+  compression is kept with no dense iteration: a slow link pays nothing. (The warm-up's whole
+  period is no such bound: it holds the first iterations' one-time costs, 2-3 compressed steps
+  on an unshaped loopback, measured.)
 * else plain allreduce from there on (the memories skip these iterations: the optimizer steps
   the exact mean gradient); the first dense period is that of the second dense iteration (the
   first's holds a compressed iteration's wait); at the first bucket of each later one the ranks
-  agree on the mean periods the same way, and where they differ by a factor of CLEAR or more, or
-  after DENSE dense periods, every rank keeps the faster, the same decision everywhere.
-  Dense: every later iteration is DDP's allreduce and nothing else (no checks; its bytes are
-  counted as dense rounds), and the memories are dropped, so that a checkpoint holds none and a
-  later compressed round starts from a dense warm-up round.
+  exchange their mean periods the same way, and where the ranks' means differ by a factor of
+  CLEAR or more, or after DENSE dense periods, every rank keeps the faster, the same decision
+  everywhere. Dense: every later iteration is DDP's allreduce and nothing else (no checks; its
+  bytes are counted as dense rounds), and the memories are dropped, so that a checkpoint holds
+  none and a later compressed round starts from a dense warm-up round.
 
 The decision is taken once per process (a resumed training measures again). The Adam mode does
 not take it: its step applies the hook's rounds and has no dense step of its own. During dense
@@ -42,6 +43,8 @@ import time
 
 import torch
 import torch.distributed as dist
+
+from .protocol import all_gather_single
 
 logger = logging.getLogger("threepc")
 
@@ -107,14 +110,18 @@ class LinkChoice:
 
     def _agree(self, dense: float, group: dist.ProcessGroup, device: torch.device, *, warm: bool = False,
                last: bool = False) -> None:
-        """Agree on the ranks' mean compressed period and ``dense`` (``warm``: the warm-up bound,
-        which decides only for compression; else the mean dense period, which decides when the
-        two differ by CLEAR, or when it is the ``last``)."""
+        """Agree on the ranks' mean compressed period and ``dense`` (``warm``: the warm-up wait,
+        the ranks' shortest, which decides only for compression; else the ranks' mean dense
+        period, which decides when the two differ by CLEAR, or when it is the ``last``)."""
         assert self.first is not None
-        compressed = self._mean_period(range(self.first + 1, self.first + COMPRESSED + 1))
-        means = torch.tensor([compressed, dense], dtype=torch.float64, device=device)
-        dist.all_reduce(means, group=group)  # inf (an iteration failed) on any rank: that side loses
-        compressed, dense = (float(m) / group.size() for m in means.cpu())
+        mine = torch.tensor([self._mean_period(range(self.first + 1, self.first + COMPRESSED + 1)), dense],
+                            dtype=torch.float64, device=device)
+        every = mine.new_empty(group.size() * 2)
+        all_gather_single(every, mine, group=group)
+        ranks = every.view(-1, 2).cpu()  # the same on every rank; inf (an iteration failed): that side loses
+        # the warm-up wait of the rank that ended its backward last: the others' waits hold their wait for it
+        # (the first iterations' one-time costs differ between ranks: 452 ms against 100 ms dense steps, 4 ranks)
+        compressed, dense = float(ranks[:, 0].mean()), float(ranks[:, 1].min() if warm else ranks[:, 1].mean())
         if warm and dense < compressed * CLEAR:
             return  # not clear from the warm-up: measure dense iterations
         if not warm and not last and compressed / CLEAR < dense < compressed * CLEAR:

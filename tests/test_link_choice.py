@@ -49,6 +49,14 @@ def _train(rank: int, workers: int, costs: list[tuple[float, float]], kind: str 
             ddp_hooks.register(ddp, optimizer=torch.optim.AdamW(ddp.parameters()), dense_when_faster=True)
         except ValueError as e:
             return {"error": str(e)}
+    if kind == "adamw_found":  # the default finds the AdamW at its first round: the Adam mode, which always compresses
+        state = ddp_hooks.register(ddp, dense_when_faster=True)
+        opt = torch.optim.AdamW(ddp.parameters())
+        for _ in range(STEPS):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ddp(torch.randn(8, 20)), torch.randint(0, 4, (8,))).backward()
+            opt.step()
+        return {"link": state.link, "compressed": state.stats.compressed_rounds}
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
     state = ddp_hooks.register(ddp, optimizer=opt, dense_when_faster=True)
     went, exact = [], []
@@ -130,14 +138,21 @@ def test_the_adam_mode_refuses_dense_when_faster_on_every_rank():
     results = run_ranks(_train, 2, [(1.0, 1.0)] * 2, "adamw", timeout=120)
     for r in results:
         assert "dense_when_faster" in r["error"] and "Adam mode" in r["error"]
+    found = run_ranks(_train, 2, [(1.0, 1.0)] * 2, "adamw_found", timeout=120)  # found, not told: a warning
+    assert all(r["link"] is None and r["compressed"] > 0 for r in found), found
 
 
 def test_a_slow_link_seen_in_the_warm_up_keeps_compression_without_a_dense_iteration():
-    # the warm-up round's collectives ran on for 1.5 s and 1.0 s after its backward: more than CLEAR compressed
-    # steps (1 s) on the ranks' mean, so no dense probe; 1.0 s alone would not do (the next test)
-    results = run_ranks(_train, 2, [(1.0, 5.0, 1.5), (1.0, 5.0, 1.0)], timeout=120)
+    # the warm-up round's collectives ran on for 2.0 s and 1.5 s after the ranks' backward: even the shorter is
+    # more than CLEAR compressed steps (1 s), so no dense probe
+    results = run_ranks(_train, 2, [(1.0, 5.0, 2.0), (1.0, 5.0, 1.5)], timeout=120)
     _check_replicas(results)
     first = results[0]
     assert first["went"] == "d" + "c" * (STEPS - 1), first["went"]
-    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 1.25))
+    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 1.5))
     assert first["summary"].startswith("compressed, no dense iteration run")
+    # a long wait on one rank only is its wait for a slower peer: the shorter one (1.0 s) decides nothing
+    results = run_ranks(_train, 2, [(1.0, 5.0, 3.0), (1.0, 5.0, 1.0)], timeout=120)
+    _check_replicas(results)
+    assert results[0]["went"] == "dcccccdd" + "c" * (STEPS - 8), results[0]["went"]
+    assert results[0]["periods"] == pytest.approx((1.0, 5.0))
