@@ -17,10 +17,13 @@ this process runs after a resume):
   compressed period and its warm-up wait (16 bytes a rank): how long the last warm-up round's
   collectives ran on after its backward ended, a dense allreduce's exposed time, which a dense
   step takes at least. Where the shortest wait over the ranks (that of the rank that ended its
-  backward last: the others' hold their wait for it) is CLEAR mean compressed steps or more,
-  compression is kept with no dense iteration: a slow link pays nothing. (The warm-up's whole
-  period is no such bound: it holds the first iterations' one-time costs, 2-3 compressed steps
-  on an unshaped loopback, measured.)
+  backward last: the others' hold their wait for it) is SLOW mean compressed steps or more,
+  compression is kept with no dense iteration: a slow link pays nothing (at 400 Mbit/s on issue
+  15's model a dense step's communication takes about 0.7 s, 9 compressed steps). SLOW is not
+  CLEAR because of the first iteration's one-time costs: the first allreduce of 4 ranks on 2
+  cores ran on for 1.8 compressed steps on an unshaped loopback where a dense step took 0.4
+  (measured), and the warm-up's whole period, 2-3 compressed steps there at 2 ranks, is no
+  bound at all.
 * else plain allreduce from there on (the memories skip these iterations: the optimizer steps
   the exact mean gradient); the first dense period is that of the second dense iteration (the
   first's holds a compressed iteration's wait); at the first bucket of each later one the ranks
@@ -51,6 +54,7 @@ logger = logging.getLogger("threepc")
 COMPRESSED = 4  # compressed periods measured
 DENSE = 3  # at most this many dense periods (one more dense iteration runs first: its period holds a compressed wait)
 CLEAR = 1.2  # a ratio of the mean periods that decides after fewer
+SLOW = 3.0  # a warm-up wait of this many compressed steps keeps compression with no dense iteration
 
 
 class LinkChoice:
@@ -122,7 +126,7 @@ class LinkChoice:
         # the warm-up wait of the rank that ended its backward last: the others' waits hold their wait for it
         # (the first iterations' one-time costs differ between ranks: 452 ms against 100 ms dense steps, 4 ranks)
         compressed, dense = float(ranks[:, 0].mean()), float(ranks[:, 1].min() if warm else ranks[:, 1].mean())
-        if warm and dense < compressed * CLEAR:
+        if warm and dense < compressed * SLOW:
             return  # not clear from the warm-up: measure dense iterations
         if not warm and not last and compressed / CLEAR < dense < compressed * CLEAR:
             return  # not clear yet: one more dense period

@@ -143,16 +143,16 @@ def test_the_adam_mode_refuses_dense_when_faster_on_every_rank():
 
 
 def test_a_slow_link_seen_in_the_warm_up_keeps_compression_without_a_dense_iteration():
-    # the warm-up round's collectives ran on for 2.0 s and 1.5 s after the ranks' backward: even the shorter is
-    # more than CLEAR compressed steps (1 s), so no dense probe
-    results = run_ranks(_train, 2, [(1.0, 5.0, 2.0), (1.0, 5.0, 1.5)], timeout=120)
+    # the warm-up round's collectives ran on for 4.0 s and 3.5 s after the ranks' backward: even the shorter is
+    # more than SLOW compressed steps (1 s), so no dense probe
+    results = run_ranks(_train, 2, [(1.0, 5.0, 4.0), (1.0, 5.0, 3.5)], timeout=120)
     _check_replicas(results)
     first = results[0]
     assert first["went"] == "d" + "c" * (STEPS - 1), first["went"]
-    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 1.5))
+    assert first["dense"] is False and first["periods"] == pytest.approx((1.0, 3.5))
     assert first["summary"].startswith("compressed, no dense iteration run")
-    # a long wait on one rank only is its wait for a slower peer: the shorter one (1.0 s) decides nothing
-    results = run_ranks(_train, 2, [(1.0, 5.0, 3.0), (1.0, 5.0, 1.0)], timeout=120)
+    # a long wait on one rank only is its wait for a slower peer: the shorter one (2.0 s) decides nothing
+    results = run_ranks(_train, 2, [(1.0, 5.0, 5.0), (1.0, 5.0, 2.0)], timeout=120)
     _check_replicas(results)
     assert results[0]["went"] == "dcccccdd" + "c" * (STEPS - 8), results[0]["went"]
     assert results[0]["periods"] == pytest.approx((1.0, 5.0))
