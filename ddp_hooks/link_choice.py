@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 
 from .protocol import all_gather_single
+from .stats import CommStats
 
 logger = logging.getLogger("threepc")
 
@@ -70,7 +71,7 @@ class LinkChoice:
         self.warm = False  # whether the warm-up's wait decided (``periods[1]`` is then that wait)
 
     def bypass(self, iteration: int, warmup_steps: int, first_bucket: bool, group: dist.ProcessGroup,
-               device: torch.device) -> bool:
+               device: torch.device, stats: CommStats) -> bool:
         """Whether this bucket goes by plain allreduce: the probe's iterations, and every one once
         dense was chosen. At the first bucket of each probe iteration after the second, agree on
         the periods (one blocking all_reduce, on every rank) and maybe decide."""
@@ -81,9 +82,9 @@ class LinkChoice:
             if iteration < start:
                 return False
             if first_bucket and iteration == start:
-                self._agree(self._warm_wait(), group, device, warm=True)
+                self._agree(self._warm_wait(), group, device, stats, warm=True)
             elif first_bucket and iteration >= start + 2:
-                self._agree(self._mean_period(range(start + 1, iteration)), group, device,
+                self._agree(self._mean_period(range(start + 1, iteration)), group, device, stats,
                             last=iteration - start - 1 >= DENSE)
             return self.dense is not False
         return self.dense
@@ -112,8 +113,8 @@ class LinkChoice:
         return min((max(0.0, self.completed[i] - self.ends[i]) for i in range(self.begun, self.first)
                     if i in self.completed and i in self.ends), default=0.0)
 
-    def _agree(self, dense: float, group: dist.ProcessGroup, device: torch.device, *, warm: bool = False,
-               last: bool = False) -> None:
+    def _agree(self, dense: float, group: dist.ProcessGroup, device: torch.device, stats: CommStats, *,
+               warm: bool = False, last: bool = False) -> None:
         """Agree on the ranks' mean compressed period and ``dense`` (``warm``: the warm-up wait,
         the ranks' shortest, which decides only for compression; else the ranks' mean dense
         period, which decides when the two differ by CLEAR, or when it is the ``last``)."""
@@ -122,6 +123,9 @@ class LinkChoice:
                             dtype=torch.float64, device=device)
         every = mine.new_empty(group.size() * 2)
         all_gather_single(every, mine, group=group)
+        width = mine.numel() * mine.element_size()
+        stats.add_control("link_choice", width)
+        stats.ring_all_gather(width, group.size())
         ranks = every.view(-1, 2).cpu()  # the same on every rank; inf (an iteration failed): that side loses
         # the warm-up wait of the rank that ended its backward last: the others' waits hold their wait for it
         # (the first iterations' one-time costs differ between ranks: 452 ms against 100 ms dense steps, 4 ranks)

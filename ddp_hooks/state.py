@@ -454,7 +454,7 @@ class ThreePCState:
         if self.link is None:
             return False
         undecided = self.link.dense is None
-        dense = self.link.bypass(self.iteration, self.warmup_steps, first_bucket, self.group, grad.device)
+        dense = self.link.bypass(self.iteration, self.warmup_steps, first_bucket, self.group, grad.device, self.stats)
         if undecided and self.link.dense:
             self._buckets.clear()
             self._owner.clear()

@@ -16,8 +16,9 @@ class CommStats:
     size) and ``padding`` (fill up to the longest
     payload of the round), and ``dense`` for warm-up rounds. ``control`` counts the bytes of the
     hook's agreement between ranks: ``flags`` (two fp32 per round of fixed-size payloads: whether
-    this rank saw a non-finite gradient, whether it failed) and ``checks`` (the configuration and
-    replica checks' hashes); ``total_sent`` and the ratio include them. ``dense_equivalent`` is
+    this rank saw a non-finite gradient, whether it failed), ``checks`` (the configuration and
+    replica checks' hashes) and ``link_choice`` (``dense_when_faster``'s step times, 16 bytes a
+    decision point); ``total_sent`` and the ratio include them. ``dense_equivalent`` is
     what the same rounds would send with a plain allreduce of the bucket (numel x bytes per
     gradient element).
 

@@ -87,6 +87,7 @@ def _train(rank: int, workers: int, costs: list[tuple[float, float]], kind: str 
         went.append("c" if compressed else "d")
         clock.t += costs[rank][0] if compressed else costs[rank][1]
     return {"went": "".join(went), "exact": exact, "dense": state.link.dense, "periods": state.link.periods,
+            "control": state.stats.control.get("link_choice", 0),
             "memories": len(state.state_dict()["memory"]), "params": [p.detach().clone() for p in model.parameters()],
             "summary": state.link.summary()}
 
@@ -109,6 +110,7 @@ def test_dense_is_kept_where_it_is_faster_and_is_ddp_s_allreduce(micro, ddp_opti
     # iteration 0 the warm-up (the hook's dense round), 1-5 compressed, 6-7 the probe: twice as fast is clear
     assert first["went"] == "dcccccdd" + "d" * (STEPS - 8), first["went"]
     assert first["dense"] is True and first["periods"] == pytest.approx((2.0, 1.0))
+    assert first["control"] == 2 * 16, "two agreements (the warm-up's, one dense period), 16 bytes each, counted"
     assert all(first["exact"]), "a dense iteration's .grad is the mean of the ranks' gradients"
     assert first["memories"] == 0, "dense from now on: the memories are dropped"
     assert first["summary"].startswith("dense: DDP's allreduce measured faster")
