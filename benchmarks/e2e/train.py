@@ -8,6 +8,7 @@ optimizer) is ``step_s - compute_s``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import sys
@@ -46,6 +47,11 @@ def compute_seconds(ddp: nn.parallel.DistributedDataParallel, task: Task, data: 
 
 def train(rank: int, workers: int, task: Task, data: Data, method: str, recipe_name: str,
           count_lo: bool, seed: int = 0) -> dict[str, object]:
+    if rank == 0:  # what register(ddp) found and what dense_when_faster chose, in the run's log
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        logging.getLogger("threepc").addHandler(handler)
+        logging.getLogger("threepc").setLevel(logging.INFO)
     torch.manual_seed(seed)
     model = task.model()
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=task.bucket_cap_mb)
