@@ -73,8 +73,9 @@ class LinkChoice:
     def bypass(self, iteration: int, warmup_steps: int, first_bucket: bool, group: dist.ProcessGroup,
                device: torch.device, stats: CommStats) -> bool:
         """Whether this bucket goes by plain allreduce: the probe's iterations, and every one once
-        dense was chosen. At the first bucket of each probe iteration after the second, agree on
-        the periods (one blocking all_reduce, on every rank) and maybe decide."""
+        dense was chosen. At the first bucket of the probe's first iteration (the warm-up wait) and
+        of each from its third on (the dense periods), agree on the periods (one blocking
+        all_gather, on every rank) and maybe decide."""
         if self.first is None:
             self.begun, self.first = iteration, max(iteration, warmup_steps)
         if self.dense is None:
