@@ -490,6 +490,16 @@ def _adam_loop(g: np.ndarray, m: np.ndarray, v: np.ndarray, u: np.ndarray, c1: n
 
 # -- float64 sums in a fixed order (see reference) ----------------------------------------------
 @numba.njit(cache=True)
+def _fold_lanes(acc: np.ndarray, totals: np.ndarray) -> None:
+    """totals[j] += a block's lanes acc[j, 0] + acc[j, 1] + ... summed left to right (the reference's order)."""
+    for j in range(totals.size):
+        block_sum = acc[j, 0]
+        for lane in range(1, acc.shape[1]):
+            block_sum += acc[j, lane]
+        totals[j] += block_sum
+
+
+@numba.njit(cache=True)
 def _ordered_sums(x: np.ndarray, o: np.ndarray, distance: bool, block: int, lanes: int) -> np.ndarray:
     """distance: [||x - o||^2]; else x's [#non-zero, sum |x_i|, sum x_i^2] (o unused)."""
     k = 1 if distance else 3
@@ -507,11 +517,7 @@ def _ordered_sums(x: np.ndarray, o: np.ndarray, distance: bool, block: int, lane
                 acc[0, lane] += 1.0 if v != 0.0 else 0.0
                 acc[1, lane] += abs(v)
                 acc[2, lane] += v * v
-        for j in range(k):
-            block_sum = acc[j, 0]
-            for lane in range(1, lanes):
-                block_sum += acc[j, lane]
-            totals[j] += block_sum
+        _fold_lanes(acc, totals)
     return totals
 
 
@@ -531,11 +537,7 @@ def _momentum_compensate(g: np.ndarray, u: np.ndarray, e: np.ndarray, u_new: np.
             x = np.float64(g[i])
             acc[0, lane] += x * x
             acc[1, lane] += np.float64(u[i]) * x
-        for j in range(2):
-            block_sum = acc[j, 0]
-            for lane in range(1, lanes):
-                block_sum += acc[j, lane]
-            totals[j] += block_sum
+        _fold_lanes(acc, totals)
     return totals
 
 
