@@ -39,7 +39,9 @@ from .progress import report
 RESULTS = Path(__file__).parent / "results"
 _DATA: dict[str, dict[str, np.ndarray]] = {}
 COMPRESSORS = {"topk 1%": lambda: TopK(0.01), "shared_topk 1%": lambda: SharedTopK(0.01),
-               "shared_topk 2%": lambda: SharedTopK(0.02)}
+               "shared_topk 2%": lambda: SharedTopK(0.02),
+               "shared_topk 1% input": lambda: SharedTopK(0.01, propose="input"),  # not in the default run
+               "shared_topk 2% input": lambda: SharedTopK(0.02, propose="input")}
 
 
 def buckets(model: nn.Module, cap_mb: float) -> list[list[nn.Parameter]]:
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["digits_cnn", "a9a_mlp"], choices=sorted(TASKS))
     parser.add_argument("--recipes", nargs="+", default=["sgdm", "adamw"], choices=sorted(RECIPES))
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--compressors", nargs="+", default=list(COMPRESSORS), choices=list(COMPRESSORS))
+    parser.add_argument("--compressors", nargs="+", default=list(COMPRESSORS)[:3], choices=list(COMPRESSORS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

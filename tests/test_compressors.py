@@ -118,6 +118,11 @@ def _shared_round(c: SharedTopK, g: torch.Tensor, t: int, workers: int) -> Round
     return Round(t, 0, workers, shared=c.shared_start(g))
 
 
+def test_shared_topk_refuses_an_unknown_proposal_rule():
+    with pytest.raises(ValueError, match="propose must be 'residual'"):
+        SharedTopK(k=6, propose="top")
+
+
 def test_shared_topk_support_is_the_agreed_proposal_plus_shared_random_entries():
     g = torch.zeros(100)
     g[[3, 50, 97]] = torch.tensor([5.0, -7.0, 6.0])
@@ -139,29 +144,33 @@ def test_shared_topk_support_is_the_agreed_proposal_plus_shared_random_entries()
     assert not torch.equal(other, kept)  # a new round draws new random entries
 
 
+@pytest.mark.parametrize("propose", ["residual", "input"])
 @pytest.mark.parametrize("workers, numel, k", [(3, 100, 8), (2, 1 << 23, 8), (5, 300, 3)])
-def test_shared_topk_workers_propose_their_residual_tops_in_their_own_slots(workers, numel, k):
+def test_shared_topk_workers_propose_their_tops_in_their_own_slots(workers, numel, k, propose):
     """Slot j of "proposal" belongs to worker (j + t) mod n, which writes the index + 1 of its
-    residual's top entries there (two fp32 digits each from 2^23 entries on); every other worker
-    writes zeros, so the union comes back exactly from the n payloads and from their mean. With
-    more workers than slots (k = 3, R = 0, n = 5), a rotating subset of workers proposes."""
-    c = SharedTopK(k=k, explore=0.25, seed=5)
+    residual's top entries there (``propose="input"``: its input's, what it sends included; two
+    fp32 digits each from 2^23 entries on); every other worker writes zeros, so the union comes
+    back exactly from the n payloads and from their mean. With more workers than slots (k = 3,
+    R = 0, n = 5), a rotating subset of workers proposes."""
+    c = SharedTopK(k=k, explore=0.25, seed=5, propose=propose)
     gen = torch.Generator().manual_seed(workers)
     g = torch.randn(numel, generator=gen)
     t = 7
     rnd = _shared_round(c, g, t, workers)
     xs = [torch.randn(numel, generator=gen) for _ in range(workers)]
-    xs[t % workers][numel - 1] = -2e3  # far above the rest, on slot 0's owner
     kept = c.support(numel, rnd)
+    planted = numel - 1 if propose == "residual" else int(kept[0])  # outside the support / sent this round
+    xs[t % workers][planted] = -2e3  # far above the rest, on slot 0's owner
     payloads = [c.compress(x, rnd.of(w)) for w, x in enumerate(xs)]
     m, expected = c.proposed(numel), set()
     for w, (x, p) in enumerate(zip(xs, payloads)):
         own = [j for j in range(m) if (j + t) % workers == w]
         digits = p.parts["proposal"].view(c.digits(numel), m)
         assert not digits[:, [j for j in range(m) if j not in own]].any()  # others' slots: zeros
-        residual = x.clone()
-        residual[kept] = 0
-        expected |= set(residual.abs().topk(len(own)).indices.tolist())
+        scores = x.clone()
+        if propose == "residual":
+            scores[kept] = 0
+        expected |= set(scores.abs().topk(len(own)).indices.tolist())
         assert bool((digits[:, own].sum(0) > 0).all())  # index + 1: a proposal is never 0
     assert len({(j + t) % workers for j in range(m)}) == min(m, workers)  # the slots go round
     mean = {name: sum(p.parts[name] for p in payloads) / workers for name in payloads[0].parts}
@@ -169,8 +178,9 @@ def test_shared_topk_workers_propose_their_residual_tops_in_their_own_slots(work
         server = {"g": g.clone(), **rnd.shared}
         c.shared_update(server, received, rnd)
         assert set(server["support"].nonzero().view(-1).tolist()) == expected
-    assert numel - 1 in expected or numel - 1 in kept.tolist()  # the planted entry
-    assert not expected & set(kept.tolist())  # never what was just sent
+    assert planted in expected
+    if propose == "residual":
+        assert not expected & set(kept.tolist())  # never what was just sent
 
 
 @pytest.mark.parametrize("explore", [0.25, 1.0])

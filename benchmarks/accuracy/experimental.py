@@ -709,8 +709,9 @@ class MomentumCorrectedShared(MomentumCorrectedWaited):
     """``ef14_mcs``: ``MomentumCorrectedEF14`` over ``SharedTopK`` (one support for every rank, one
     allreduce of values and proposals), told the run's SGD."""
 
-    def _mechanism(self, ratio: float = 0.05, kept: float = 1.0, explore: float = 0.1) -> EF14:
-        return MomentumCorrectedEF14(SharedTopK(ratio, explore=explore), kept=kept)
+    def _mechanism(self, ratio: float = 0.05, kept: float = 1.0, explore: float = 0.1,
+                   propose: str = "residual") -> EF14:
+        return MomentumCorrectedEF14(SharedTopK(ratio, explore=explore, propose=propose), kept=kept)
 
 
 EXPERIMENTAL["ef14_mcs"] = MomentumCorrectedShared()
