@@ -323,17 +323,20 @@ SPARSE_GRADIENTS = ("threepc hooks compress dense gradients, and this DDP model 
 
 
 def _warn_if_larger_than_dense(state: ThreePCState, spec: list[PartSpec], grad: Tensor) -> None:
-    """Warn once per unit size when a payload outweighs the dense gradient (e.g. Top-K with k
-    near the bucket size: values + indices); the statistics count what is really sent."""
-    sent = sum(p.numel * p.dtype.itemsize for p in spec if p.numel is not None)
+    """Warn once per unit size when a payload and its flags (``protocol.FLAGS``, 8 bytes a round)
+    outweigh the dense gradient (e.g. Top-K with k near the bucket size: values + indices; any
+    payload on a bucket of a few entries); the statistics count what is really sent."""
+    sent = sum(p.numel * p.dtype.itemsize for p in [*spec, protocol.FLAGS] if p.numel is not None)
     dense = grad.numel() * grad.element_size()
     if sent > dense and grad.numel() not in state.warned:
         state.warned.add(grad.numel())
         fix = ("gd sends fp32 values: DDP's own allreduce sends the bucket in its dtype"
                if isinstance(getattr(state.mechanism, "inner", state.mechanism), GD) else  # the Adam mode's too
-               "choose a smaller ratio/k, larger buckets (bucket_cap_mb) or the gd hook")
-        warnings.warn(f"threepc {state.mechanism!r} sends {sent} bytes for a bucket of {grad.numel()} {grad.dtype} "
-                      f"entries, more than its dense allreduce ({dense} bytes): {fix}", RuntimeWarning, stacklevel=2)
+               "choose a smaller ratio/k or larger buckets (bucket_cap_mb), or leave a model this small to DDP's "
+               "own allreduce (no hook)")
+        warnings.warn(f"threepc {state.mechanism!r} sends {sent} bytes (payload and flags) for a bucket of "
+                      f"{grad.numel()} {grad.dtype} entries, more than its dense allreduce ({dense} bytes): {fix}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def threepc_hook(state: ThreePCState, bucket: dist.GradBucket) -> Future[Tensor]:

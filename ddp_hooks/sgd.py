@@ -42,18 +42,23 @@ from .memory_order import shaped
 from .state import ThreePCState
 
 
+# the fix both of live_momentum's errors name: register(ddp) picks ef14_mc for a momentum SGD, so "the default" is no way out
+UNCORRECTED = ("register the hook without the correction: register(ddp, optimizer=None), error feedback on the raw "
+               "gradients, which any SGD steps as it is")
+
+
 def live_momentum(optimizer: torch.optim.SGD) -> float:
     """The momentum every param group of ``optimizer`` has now, or a ValueError naming the fix
     (the hook corrects whole DDP buckets with one beta; dampening changes the buffer's recursion)."""
     groups = optimizer.param_groups
     if any(float(g.get("dampening", 0.0)) != 0.0 for g in groups):
         raise ValueError("ef14_mc corrects the momentum of SGD without dampening; this SGD has dampening != 0. "
-                         "Build it with dampening=0, or register another hook, e.g. the default: register(ddp)")
+                         f"Build it with dampening=0, or {UNCORRECTED}")
     betas = {float(g["momentum"]) for g in groups}
     if len(betas) != 1:
         raise ValueError(f"ef14_mc needs one momentum for every param group (the hook corrects whole DDP "
-                         f"buckets); the groups have {sorted(betas)}. Give the groups one momentum, or register "
-                         "another hook, e.g. the default: register(ddp)")
+                         f"buckets); the groups have {sorted(betas)}. Give every group the same momentum (also where "
+                         f"a schedule moves it), or {UNCORRECTED}")
     return checked_beta(betas.pop())
 
 

@@ -406,6 +406,7 @@ def test_ef14_mc_told_a_momentum_sgd_reads_its_momentum_and_leaves_the_optimizer
         assert torch.equal(r["packed"], ranks[0]["packed"]) and bool(r["packed"].isfinite().all())
         errors = r["errors"]
         assert len(errors) == 6 and "dampening" in errors[0] and "one momentum for every param group" in errors[1]
+        assert all("register(ddp, optimizer=None)" in e for e in errors[:2]), errors  # the way out, not register(ddp)
         assert "corrects the momentum of SGD; told an AdamW" in errors[2], errors
         assert "momentum= is read from the optimizer" in errors[3], errors
         assert "trainable parameters the optimizer does not hold" in errors[4], errors

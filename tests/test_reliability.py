@@ -843,9 +843,26 @@ def test_k_larger_than_a_bucket_warns_and_counts_what_it_sends(scenarios):
     for r in scenarios:
         assert r["k too large"]["warnings"] and "more than its dense allreduce" in r["k too large"]["warnings"][0]
         assert r["k too large"]["fraction"] > 1.0
-        assert "or the gd hook" in r["k too large"]["warnings"][0]
+        assert "DDP's own allreduce (no hook)" in r["k too large"]["warnings"][0]
         assert r["k too large"]["gd warnings"] and "gd sends fp32" in r["k too large"]["gd warnings"][0], \
             "the gd hook must not advise itself"
+
+
+@pytest.mark.parametrize("dtype, warns", [(torch.bfloat16, True), (torch.float32, False)])
+def test_a_bucket_of_a_few_entries_warns_when_payload_and_flags_outweigh_it(dtype, warns):
+    """PackedTopK on 4 entries: a 7-byte payload and 8 bytes of flags, against 8 dense bytes in
+    bf16 (warned: the payload alone, 7, did not outweigh them) and 16 in fp32 (not warned)."""
+    from types import SimpleNamespace
+
+    from compressors import EF14, PackedTopK
+    from ddp_hooks.hook import _warn_if_larger_than_dense
+
+    state = SimpleNamespace(warned=set(), mechanism=EF14(PackedTopK(0.05)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_if_larger_than_dense(state, PackedTopK(0.05).spec(4), torch.zeros(4, dtype=dtype))
+    messages = [str(w.message) for w in caught]
+    assert messages == ([messages[0]] if warns and "(payload and flags)" in messages[0] else []), messages
 
 
 def test_subgroups_of_a_world_of_four_train_two_independent_models(four):
