@@ -203,8 +203,8 @@ void float_accumulate_cpu(at::Tensor out, const at::Tensor& codes, int64_t expon
 // -- Top-K packed in 16 bits an entry -------------------------------------------------------
 // packed_encode: one pass for max |v| (and whether a value is not finite), the scale
 // (float_codes.h), the codes with float_encode's loop, one pass over the ascending indices for
-// the block counts and offsets. packed_accumulate walks each payload's blocks in order and adds
-// alpha times the code's value, looked up in a 256-entry table of the payload's scale.
+// the block counts and offsets. packed_accumulate walks the blocks in order and, in each, adds
+// every payload's entries (rank order) times alpha, looked up in a 256-entry table of the payload's scale.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> packed_encode_cpu(const at::Tensor& values,
                                                                             const at::Tensor& indices, int64_t numel,
                                                                             int64_t block, int64_t exponent,
@@ -244,6 +244,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> packed_encode_cpu(con
   return {codes, scale, counts, offsets};
 }
 
+constexpr int64_t kTileFloats = 1 << 13;  // 32 KB of out: packed_accumulate's tile, which stays in cache
+
 void packed_accumulate_cpu(at::Tensor out, at::TensorList codes, at::TensorList scales, at::TensorList counts,
                            at::TensorList offsets, int64_t block, int64_t exponent, int64_t mantissa, int64_t bias,
                            double alpha) {
@@ -276,17 +278,32 @@ void packed_accumulate_cpu(at::Tensor out, at::TensorList codes, at::TensorList 
       first[t * payloads + r] = j;
     }
   }
+  std::vector<const uint8_t*> c(payloads), n(payloads), o(payloads);
+  for (size_t r = 0; r < payloads; ++r) {
+    c[r] = code[r].const_data_ptr<uint8_t>();
+    n[r] = count[r].const_data_ptr<uint8_t>();
+    o[r] = offset[r].const_data_ptr<uint8_t>();
+  }
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<int64_t> j(payloads);  // each payload's next entry
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t begin = t * blocks / tasks, end = (t + 1) * blocks / tasks;
-      for (size_t r = 0; r < payloads; ++r) {
-        const uint8_t *c = code[r].const_data_ptr<uint8_t>(), *n = count[r].const_data_ptr<uint8_t>();
-        const uint8_t* o = offset[r].const_data_ptr<uint8_t>();
-        const std::array<float, 256>& values = table[r];
-        int64_t j = first[t * payloads + r];
-        for (int64_t b = begin; b < end; ++b) {
-          float* base = dst + b * block;
-          for (const int64_t stop = j + n[b]; j < stop; ++j) base[o[j]] += factor * values[c[j]];
+      std::copy_n(first.begin() + t * payloads, payloads, j.begin());
+      // Tile by tile (kTileFloats of out), every payload's entries in the tile: the tile stays in
+      // cache across the payloads, so an out larger than the cache is streamed once, not once a
+      // payload, and each payload is still read in runs of a tile's entries.
+      const int64_t tile = std::max<int64_t>(1, kTileFloats / block);
+      for (int64_t lo = begin; lo < end; lo += tile) {
+        const int64_t hi = std::min(end, lo + tile);
+        for (size_t r = 0; r < payloads; ++r) {
+          const uint8_t *cr = c[r], *nr = n[r], *orr = o[r];
+          const std::array<float, 256>& values = table[r];
+          int64_t k = j[r];
+          for (int64_t b = lo; b < hi; ++b) {
+            float* base = dst + b * block;
+            for (const int64_t stop = k + nr[b]; k < stop; ++k) base[orr[k]] += factor * values[cr[k]];
+          }
+          j[r] = k;
         }
       }
     }
