@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.optim.optimizer as optimizer_module
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -299,7 +300,7 @@ def test_an_adamw_built_after_the_first_backward_is_warned_about_at_the_next_rou
         warnings.simplefilter("error")
         _backward(ddp)  # no optimizer yet: nothing to say
     opt = torch.optim.AdamW(ddp.parameters())
-    with pytest.warns(RuntimeWarning, match=r"found an AdamW only after the hook's first round .* before the first "
+    with pytest.warns(RuntimeWarning, match=r"found an AdamW only after the first backward, .* before the first "
                                             r"backward, or pass it: register\(ddp, optimizer=opt\)"):
         _backward(ddp)
     opt.step()
@@ -307,6 +308,37 @@ def test_an_adamw_built_after_the_first_backward_is_warned_about_at_the_next_rou
         warnings.simplefilter("error")
         _backward(ddp)  # said once
     assert not isinstance(state.mechanism, AdamNormalized) and state.deferred is None
+
+
+@pytest.mark.parametrize("build, said", [
+    (lambda ps: torch.optim.AdamW(ps), r"found an AdamW only at its first step, .*compresses raw gradients"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), r"found a momentum SGD only at its first step, .*does not "
+                                                           r"correct its momentum"),
+    (lambda ps: torch.optim.SGD(ps, lr=0.1), None),  # what the default would have done anyway: nothing to say
+])
+def test_an_optimizer_built_after_the_second_backward_is_warned_about_at_its_first_step(one_rank, build, said):
+    """No optimizer by the second round: the first step of one that holds the model says, once,
+    what the default would have done with it; another optimizer's steps say nothing."""
+    ddp = DDP(_model())
+    state = ddp_hooks.register(ddp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            _backward(ddp)  # no optimizer yet: nothing to say
+        torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9).step()  # not the model's
+    opt = build(ddp.parameters())
+    if said is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step()
+    else:
+        with pytest.warns(RuntimeWarning, match=said):
+            opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backward(ddp)
+        opt.step()  # said once
+    assert state.deferred is None and not optimizer_module._global_optimizer_pre_hooks
 
 
 def test_loading_an_adam_mode_checkpoint_before_the_optimizer_exists_names_the_order(one_rank):
