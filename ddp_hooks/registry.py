@@ -288,16 +288,20 @@ def _look_again(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, c
 def _watch_steps(ddp: nn.parallel.DistributedDataParallel, corrects: bool) -> None:
     """A global optimizer step pre-hook (``register_optimizer_step_pre_hook``)
     that waits for the first step of an optimizer holding the model's parameters, says ``_late``'s
-    warning if it has one, and removes itself. It holds the model weakly and never raises."""
+    warning if it has one, and removes itself (also at any step once the model is gone: it holds
+    the model weakly). It never raises."""
     model, ids = weakref.ref(ddp), {id(p) for p in ddp.module.parameters() if p.requires_grad}
 
     def check(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
         with contextlib.suppress(Exception):
+            wrapper = model()
+            if wrapper is None:  # the model is gone: nothing left to watch
+                handle.remove()
+                return
             if not any(id(p) in ids for group in optimizer.param_groups for p in group["params"]):
                 return
             handle.remove()
-            wrapper = model()
-            said = _late(optimizer, wrapper, corrects, "at its first step") if wrapper is not None else None
+            said = _late(optimizer, wrapper, corrects, "at its first step")
             if said is not None:
                 optimizer_lookup.warn(said)
 

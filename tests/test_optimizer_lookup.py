@@ -4,6 +4,7 @@ an Adam or AdamW, or a heavy-ball momentum SGD, built before or after ``register
 is warned about and left untold; another SGD is left untold silently."""
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from pathlib import Path
@@ -339,6 +340,18 @@ def test_an_optimizer_built_after_the_second_backward_is_warned_about_at_its_fir
         _backward(ddp)
         opt.step()  # said once
     assert state.deferred is None and not optimizer_module._global_optimizer_pre_hooks
+
+
+def test_the_watch_for_a_late_optimizer_ends_with_its_model(one_rank):
+    ddp = DDP(_model())
+    ddp_hooks.register(ddp)
+    for _ in range(2):
+        _backward(ddp)
+    assert len(optimizer_module._global_optimizer_pre_hooks) == 1
+    del ddp
+    gc.collect()
+    torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1).step()  # another model's step: the watch sees it is alone
+    assert not optimizer_module._global_optimizer_pre_hooks
 
 
 def test_loading_an_adam_mode_checkpoint_before_the_optimizer_exists_names_the_order(one_rank):
