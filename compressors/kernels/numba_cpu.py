@@ -155,10 +155,14 @@ def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], co
                       offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
                       alpha: float = 1.0) -> None:
     checks.packed_accumulate(out, codes, scales, counts, offsets, block, exponent, mantissa, bias)
-    for c, s, n, o in zip(codes, scales, counts, offsets):
-        table = _decode_table(exponent, mantissa, bias, np.float32(s.item()))
-        _packed_add(out.view(-1).numpy(), c.reshape(-1).contiguous().numpy(), n.reshape(-1).contiguous().numpy(),
-                    o.reshape(-1).contiguous().numpy(), block, table, np.float32(alpha))
+    if not codes:
+        return
+    tables = np.stack([_decode_table(exponent, mantissa, bias, np.float32(s.item())) for s in scales])
+    entries = [c.numel() for c in codes]
+    first = np.cumsum([0, *entries[:-1]]).astype(np.int64)
+    _packed_add(out.view(-1).numpy(), np.concatenate([c.reshape(-1).numpy() for c in codes]),
+                np.stack([n.reshape(-1).numpy() for n in counts]), np.concatenate([o.reshape(-1).numpy() for o in offsets]),
+                first, block, tables, np.float32(alpha), max(1, TILE_FLOATS // block))
 
 
 def adam_normalize(grad: Tensor, m: Tensor, v: Tensor, c1: Tensor, c2: Tensor, beta1: float, beta2: float,
@@ -242,6 +246,7 @@ def _sparse_accumulate(out: np.ndarray, values: np.ndarray, indices: np.ndarray,
 
 # -- float conversion (see reference.float_encode) ------------------------------------------
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+TILE_FLOATS = 1 << 13  # packed_accumulate's tile of out (32 KB), as the compiled kernel's kTileFloats
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -554,12 +559,21 @@ def _pack_indices(indices: np.ndarray, blocks: int, block: int) -> tuple[np.ndar
 
 
 @numba.njit(cache=True)
-def _packed_add(out: np.ndarray, codes: np.ndarray, counts: np.ndarray, offsets: np.ndarray, block: int,
-                table: np.ndarray, alpha: np.float32) -> None:
-    """out[b block + offsets_j] += alpha table[codes_j], entry j in block b (blocks in order)."""
-    j = 0
-    for b in range(counts.size):
-        base = b * block
-        for _ in range(counts[b]):
-            out[base + offsets[j]] += alpha * table[codes[j]]
-            j += 1
+def _packed_add(out: np.ndarray, codes: np.ndarray, counts: np.ndarray, offsets: np.ndarray, first: np.ndarray,
+                block: int, tables: np.ndarray, alpha: np.float32, tile: int) -> None:
+    """out[b block + offsets_j] += alpha tables[r, codes_j] for payload r's entry j in block b: the
+    payloads' entries concatenated (payload r's from first[r] on, counts[r, b] in block b), tile by
+    tile of ``tile`` blocks, the payloads in rank order in each (every coordinate sums in rank
+    order, as the compiled kernel's tiles)."""
+    j = first.copy()
+    blocks = counts.shape[1]
+    for lo in range(0, blocks, tile):
+        hi = min(blocks, lo + tile)
+        for r in range(counts.shape[0]):
+            k = j[r]
+            for b in range(lo, hi):
+                base = b * block
+                for _ in range(counts[r, b]):
+                    out[base + offsets[k]] += alpha * tables[r, codes[k]]
+                    k += 1
+            j[r] = k
