@@ -203,7 +203,7 @@ void float_accumulate_cpu(at::Tensor out, const at::Tensor& codes, int64_t expon
 // -- Top-K packed in 16 bits an entry -------------------------------------------------------
 // packed_encode: one pass for max |v| (and whether a value is not finite), the scale
 // (float_codes.h), the codes with float_encode's loop, one pass over the ascending indices for
-// the block counts and offsets. packed_accumulate walks the blocks in order and, in each, adds
+// the block counts and offsets. packed_accumulate walks out in tiles (kTileFloats) and, in each, adds
 // every payload's entries (rank order) times alpha, looked up in a 256-entry table of the payload's scale.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> packed_encode_cpu(const at::Tensor& values,
                                                                             const at::Tensor& indices, int64_t numel,

@@ -151,6 +151,9 @@ def packed_encode(values: Tensor, indices: Tensor, numel: int, block: int, expon
             torch.from_numpy(offsets))
 
 
+TILE_FLOATS = 1 << 13  # packed_accumulate's tile of out (32 KB), as the compiled kernel's kTileFloats
+
+
 def packed_accumulate(out: Tensor, codes: list[Tensor], scales: list[Tensor], counts: list[Tensor],
                       offsets: list[Tensor], block: int, exponent: int, mantissa: int, bias: int,
                       alpha: float = 1.0) -> None:
@@ -246,7 +249,6 @@ def _sparse_accumulate(out: np.ndarray, values: np.ndarray, indices: np.ndarray,
 
 # -- float conversion (see reference.float_encode) ------------------------------------------
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-TILE_FLOATS = 1 << 13  # packed_accumulate's tile of out (32 KB), as the compiled kernel's kTileFloats
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 

@@ -128,8 +128,9 @@ class SharedTopK(Sparsifier):
         slots = slots[(slots + rnd.t) % rnd.workers == rnd.worker]
         if slots.numel() == 0:
             return out.view(-1)
-        scores = x.float().clone()
-        if self.propose == "residual":
+        scores = x.float()
+        if self.propose == "residual":  # zeros at the support, in a copy ("input" reads x as it is)
+            scores = scores.clone()
             scores[kept] = 0.0
         chosen = kernels.topk_abs(scores, slots.numel())[1].long() + 1
         if self.digits(numel) == 1:
