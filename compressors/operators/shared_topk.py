@@ -33,8 +33,8 @@ class SharedTopK(Sparsifier):
     into round t + 1 (``propose="residual"``), or the top of x_i itself, what it sends this round
     included (``propose="input"``). The residual's top sends an entry that stays large every other
     round at most; that helped plain EF14 in the simulation (digits, 4 workers, 2%: .964 against
-    .901) and cost the momentum-corrected SGD default (the LM at 4 ranks, 5%: +11.7% against +6.4%
-    of validation loss; benchmarks/results/shared_support.md). P^0 is the top of |g^0| (the dense
+    .901) and cost the momentum-corrected SGD default (the LM at 4 ranks, 5%: +9.2% against +6.1%
+    of validation loss over 3 seeds; benchmarks/results/shared_support.md). P^0 is the top of |g^0| (the dense
     round). Worker i writes its indices
     (+ 1, as fp32 numbers; two 12-bit digits each from 2^23 entries on) into its own slots of
     the part "proposal" and zeros elsewhere: every part is aligned, so a linear mechanism's
