@@ -71,6 +71,11 @@ SCHEDULER_MARK = "_wrapped_by_lr_sched"  # torch's LR schedulers wrap opt.step u
 # two rounds before a step without accumulating: a step skipped on purpose
 SKIPPED_STEP_HINT = ("; after a step skipped on purpose, clear the gradients with optimizer.zero_grad() "
                      "(model.zero_grad() does not tell the hook that the round was dropped)")
+# what the errors of a step after several synchronised backward passes advise: DDP decides at the forward whether the
+# backward synchronises, so a no_sync() around the backward alone changes nothing
+ACCUMULATE = ("Run every forward and backward before the last one inside `with ddp.no_sync():` (DDP decides at the "
+              "forward whether a backward synchronises), or sum the losses into one backward (a GAN discriminator's "
+              "real and fake batches)")
 
 
 @dataclass(frozen=True)
@@ -301,9 +306,10 @@ def dropped(state: ThreePCState, rounds: int) -> None:
         state.warned.add(DROPPED)
         warnings.warn("threepc: zero_grad() clears a synchronised backward that no optimizer.step() applied; its "
                       "round entered the hook's memories all the same (error feedback, Adam's moments). To throw "
-                      "gradients away, run that backward under `with ddp.no_sync():` (a GAN's generator step: "
-                      "the discriminator's DDP wrapper); a step skipped on purpose now and then is fine (warned "
-                      "once)", RuntimeWarning, stacklevel=3)
+                      "gradients away, run that forward and backward under `with ddp.no_sync():` (DDP decides at the "
+                      "forward whether a backward synchronises; a GAN's generator step through the discriminator: "
+                      "`with netD.no_sync(): loss_G = criterion(netD(fake), real_label); loss_G.backward()`); a step "
+                      "skipped on purpose now and then is fine (warned once)", RuntimeWarning, stacklevel=3)
 
 
 def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = "") -> None:
@@ -333,8 +339,7 @@ def attach(optimizer: torch.optim.Optimizer, state: ThreePCState, note: str = ""
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: in the Adam mode each "
                                "is a round of the hook (its moments count it, and .grad holds its normalised "
                                "aggregate, to which another backward adds a raw gradient), so only the last would "
-                               "be applied. Accumulate micro-batches under `with ddp.no_sync():` and synchronise "
-                               "the last backward only" + SKIPPED_STEP_HINT + note)
+                               "be applied. " + ACCUMULATE + SKIPPED_STEP_HINT + note)
         found = state.directions()
         directions = {id(p): found.get(id(p)) for p in stepped}
         lacking = [state.name(p) for p, d in directions.items() if d is None]

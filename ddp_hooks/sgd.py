@@ -36,8 +36,8 @@ import torch
 
 from compressors.mechanisms.ef14_momentum import MomentumCorrectedEF14, checked_beta
 
-from .adam import (SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, check_attachable, dropped, rescaling, started,
-                   unscaled_by_the_scaler)
+from .adam import (ACCUMULATE, SCHEDULER_MARK, SKIPPED_STEP_HINT, UNSCALED, check_attachable, dropped, rescaling,
+                   started, unscaled_by_the_scaler)
 from .memory_order import shaped
 from .state import ThreePCState
 
@@ -96,8 +96,7 @@ def attach(optimizer: torch.optim.SGD, state: ThreePCState, note: str = "") -> N
         if rounds > 1:
             raise RuntimeError(f"optimizer.step() follows {rounds} synchronised backward passes: told its SGD, "
                                "ef14_mc leaves each round's g^t in .grad, to which another backward adds a raw "
-                               "gradient, and its memories take one clipping factor per round. Accumulate "
-                               "micro-batches under `with ddp.no_sync():` and synchronise the last backward only"
+                               "gradient, and its memories take one clipping factor per round. " + ACCUMULATE
                                + SKIPPED_STEP_HINT + note)
         if rounds == 1:  # .grad holds a round's presented g^t
             applied["at"] = state.committed_iterations
