@@ -54,15 +54,16 @@ def test_quick_suite_writes_results_allreduce_learns_and_the_default_holds_a9a(t
 def test_held_out_tasks_run_and_allreduce_learns_them(tmp_path: Path) -> None:
     """The tasks no default was chosen on (a GRU LM, a BatchNorm student of a random teacher,
     fastText's hashed n-grams on the standard library's packages, a two-tower click model, a word
-    LM with a tied read-out) run only when named: quick and short, allreduce learns each, the
-    default keeps replicas identical."""
+    LM with a tied read-out, least squares) run only when named: quick and short, allreduce learns
+    each, the default keeps replicas identical."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--quick", "--tasks", "stdlib_gru", "teacher_bn",
-                           "stdlib_ngrams", "clicks", "stdlib_words", "--recipes", "sgdm", "--out", str(tmp_path)],
+                           "stdlib_ngrams", "clicks", "stdlib_words", "regression", "--recipes", "sgdm", "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads((tmp_path / "accuracy.json").read_text())["runs"]
-    learnt = {"stdlib_gru": 1.0, "teacher_bn": 0.2, "stdlib_ngrams": 0.2, "clicks": 0.05, "stdlib_words": 1.0}
+    learnt = {"stdlib_gru": 1.0, "teacher_bn": 0.2, "stdlib_ngrams": 0.2, "clicks": 0.05, "stdlib_words": 1.0,
+              "regression": 0.5}
     assert {(r["task"], r["hook"]) for r in runs} == {(t, h) for t in learnt for h in ("allreduce", "default")}
     for r in runs:
         assert r["replicas_identical"] and r["fraction_of_dense"] < (1.01 if r["hook"] == "allreduce" else 0.1)
@@ -96,3 +97,32 @@ def test_every_experimental_candidate_sends_what_it_declares() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(done.stdout.split()) >= 8, done.stdout
+
+
+SCALED_RECIPES = """
+import pytest, torch
+from benchmarks.accuracy.recipes import RECIPES, recipe_named
+
+half = recipe_named("sgdm*0.5")
+assert half.lr_scale == 0.5 and half.name == "sgdm*0.5" and half.momentum == RECIPES["sgdm"].momentum
+opt, _ = half.optimizer([torch.nn.Parameter(torch.zeros(2))], lr=0.02, steps=10)
+assert opt.param_groups[0]["lr"] == 0.01
+assert recipe_named("sgd_lr10*0.5").lr_scale == 5.0 and recipe_named("adamw") is RECIPES["adamw"]
+for bad, says in (("sgdm2", "unknown recipe"), ("sgdm*0", "positive number"), ("sgdm*x", "positive number"),
+                  ("sgdm*nan", "positive number")):
+    with pytest.raises(ValueError, match=says):
+        recipe_named(bad)
+"""
+
+
+def test_a_recipe_name_with_a_factor_scales_its_learning_rate_and_a_bad_name_is_refused() -> None:
+    """``NAME*S`` (``--recipes 'sgdm*0.5'``): the named recipe at S times its rate, the rest
+    unchanged; unknown names and factors that are not positive numbers raise, naming the
+    recipes, and the command line refuses them before any run."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", SCALED_RECIPES], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--recipes", "sgdm*-1", "--tasks",
+                              "regression"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "positive number" in refused.stderr, refused.stderr[-2000:]

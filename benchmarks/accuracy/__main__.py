@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from .recipes import RECIPES
+from .recipes import RECIPES, recipe_named
 from .report import markdown, plots, summary
 from .runner import AWARE, DEFAULT, Run, check_hook, chunks, execute, hook_names
 from .tasks import QUICK, SUITE, TASKS
@@ -33,12 +33,22 @@ QUICK_HOOKS = ["allreduce", DEFAULT]  # register(ddp), which finds opt: SGD ef14
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
+def _recipe(name: str) -> str:
+    """``name`` if ``recipe_named`` knows it (argparse's error otherwise)."""
+    try:
+        recipe_named(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"hook names: {', '.join(hook_names())}")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), help=f"default: {' '.join(SUITE)} (the others are held out: no default was chosen on them)")
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), help="default: sgdm adamw")
+    parser.add_argument("--recipes", nargs="+", type=_recipe, metavar="RECIPE[*S]",
+                        help=f"default: sgdm adamw; one of {', '.join(RECIPES)}; NAME*S: at S times its learning rate")
     parser.add_argument("--hooks", nargs="+", metavar="HOOK[:KEY=VALUE,...]",
                         help=f"default: {' '.join(DEFAULT_HOOKS)} (allreduce is always added: the baseline)")
     parser.add_argument("--ranks", nargs="+", type=int, help="default: 2 4")

@@ -5,6 +5,7 @@ communication hook already aggregated (what every rank's optimizer sees).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -62,3 +63,23 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("sgd_lr10", "sgd", weight_decay=5e-4, lr_scale=10.0),
     Recipe("adamw_noclip", "adamw", weight_decay=0.1, warmup=0.05, cosine=True),
 )}
+
+
+def recipe_named(name: str) -> Recipe:
+    """``RECIPES[name]``, or for ``"NAME*S"`` that recipe at S times its learning rate (e.g.
+    ``sgdm*0.5``: how far the rate must come down for a hook to hold a task); a ValueError
+    naming the recipes otherwise."""
+    base, _, scale = name.partition("*")
+    if base not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: one of {', '.join(RECIPES)}, optionally NAME*S for S times "
+                         "its learning rate")
+    if not scale:
+        return RECIPES[base]
+    try:
+        factor = float(scale)
+    except ValueError:
+        factor = 0.0
+    if not (factor > 0.0 and math.isfinite(factor)):
+        raise ValueError(f"recipe {name!r}: S in NAME*S must be a positive number (the learning rate's factor)")
+    return dataclasses.replace(RECIPES[base], name=name, lr_scale=RECIPES[base].lr_scale * factor)
+

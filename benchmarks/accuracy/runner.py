@@ -22,7 +22,7 @@ import ddp_hooks
 from ddp_hooks.launch import run_ranks
 
 from ..progress import eta_line
-from .recipes import RECIPES
+from .recipes import recipe_named
 from .tasks import Data, Task
 
 BASELINE = "allreduce"
@@ -136,7 +136,7 @@ def _train(rank: int, workers: int, task: Task, data: Data, run: Run) -> dict[st
     model = task.model()
     one_bucket = parse_hook(run.hook)[0] == POWERSGD
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=ONE_BUCKET_MB if one_bucket else task.bucket_cap_mb)
-    recipe = RECIPES[run.recipe]
+    recipe = recipe_named(run.recipe)
     params = list(ddp.parameters())
     opt, schedule = recipe.optimizer(params, task.base_lr(recipe.family), task.steps)
     sent = _register(ddp, run.hook, opt)
