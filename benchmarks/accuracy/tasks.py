@@ -519,7 +519,8 @@ class Regression(Rows):
     I_100), y = <w, x> + 0.3 + 0.1 noise with w ~ N(0, I/100) (seed 4321), a linear model on
     minibatches of this rank's shard. Every entry of the gradient carries signal, so Top-K's error
     feedback delays all of them alike: the step size the task is stable at shrinks under
-    compression (the SGD learning rate is 0.02, about a tenth of allreduce's stable limit).
+    compression (the SGD rate, 0.02, is about 0.7 of the one at which allreduce itself diverges at
+    2 ranks, measured with ``--recipes 'sgdm*1.5'``; ``accuracy_regression.md``).
     Metric: test mean squared error (chance: the variance of the test labels, 0.90)."""
 
     name: ClassVar[str] = "regression"
