@@ -82,4 +82,3 @@ def recipe_named(name: str) -> Recipe:
     if not (factor > 0.0 and math.isfinite(factor)):
         raise ValueError(f"recipe {name!r}: S in NAME*S must be a positive number (the learning rate's factor)")
     return dataclasses.replace(RECIPES[base], name=name, lr_scale=RECIPES[base].lr_scale * factor)
-
