@@ -163,13 +163,6 @@ def test_a_resume_with_the_optimizer_built_after_register_is_bit_for_bit(tmp_pat
     assert resumed[1] and torch.equal(resumed[0], whole[0])
 
 
-@pytest.fixture
-def one_rank(tmp_path: Path):
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_an_optimizer_that_is_not_one_raises(one_rank):
     with pytest.raises(ValueError, match="optimizer= takes the training's optimizer, None or 'auto'"):
         ddp_hooks.register(DDP(_model()), optimizer="adamw")

@@ -7,8 +7,6 @@ torch's default device set to ``meta`` in the protocol layer (``exchange``): a t
 there without ``device=`` (the regression) lands on ``meta`` instead of the bucket's device and is
 caught. (Only there: the mechanisms legitimately compute host-side scalars with torch.)"""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -34,14 +32,6 @@ HOOKS = {
 }
 
 SILENT = ("clag", "lag")
-
-
-@pytest.fixture(scope="module")
-def group(tmp_path_factory) -> Iterator[None]:
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.fixture
@@ -72,7 +62,7 @@ def collectives(monkeypatch) -> list[tuple[str, torch.device, torch.dtype]]:
 
 
 @pytest.mark.parametrize("name", HOOKS)
-def test_every_collective_tensor_lives_on_the_buckets_device(group, collectives, name):
+def test_every_collective_tensor_lives_on_the_buckets_device(one_rank_module, collectives, name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
     ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.001)  # several buckets
@@ -92,7 +82,7 @@ def test_every_collective_tensor_lives_on_the_buckets_device(group, collectives,
 
 
 @pytest.mark.parametrize("scratch", [True, False])
-def test_a_sized_one_part_payload_is_averaged_in_place_only_when_it_is_scratch(group, monkeypatch, scratch):
+def test_a_sized_one_part_payload_is_averaged_in_place_only_when_it_is_scratch(one_rank_module, monkeypatch, scratch):
     """LAG's upload x - h is the round's own temporary (``Payload.scratch``): the averaging
     all_reduce runs on it in place; a part the payload does not mark (it may be memory) is copied."""
     reduced: list[torch.Tensor] = []

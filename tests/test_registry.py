@@ -8,7 +8,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
@@ -93,13 +92,6 @@ def test_a_misspelled_name_or_option_is_answered_with_the_close_one():
         build("ef21", ratoi=0.1)
     with pytest.raises(ValueError, match=r"\['zzz'\]; its options"):
         build("ef21", zzz=1)
-
-
-@pytest.fixture
-def one_rank(tmp_path):
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_register_names_its_own_keywords_a_second_hook_and_takes_a_compiled_wrapper(one_rank, caplog):
