@@ -27,7 +27,7 @@ demo: build
 	$(BIN)/python -m benchmarks.demo --workers 2 --hook ef14 --opt compressor=topk8 --opt ratio=0.05
 
 test: build
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=40
 
 test-fast: build
 	$(BIN)/python -m pytest tests -m "not slow"
