@@ -415,6 +415,7 @@ def _when_all(futures: list[Future], device: torch.device,
     the result while it is written. ``decode`` makes its stream wait for every collective
     (``_synchronize``: a callback's stream waited only for the future it follows).
     """
+    decode = _Once(decode)
     collected = collect_all(futures)
     if device.type != "cuda":
         return collected.then(decode)
@@ -426,6 +427,30 @@ def _when_all(futures: list[Future], device: torch.device,
             return decode(collected)
 
     return gate.then(on_device)
+
+
+class _Once:
+    """A ``.then()`` callback that lets go of what it holds before it returns.
+
+    torch frees a callback on the thread that ran it (a gloo worker) after the future it completes
+    has woken the thread waiting in ``backward()``. A callback still holding the bucket's rounds
+    (the state, the process group) could then drop the group's last reference there, if the training
+    thread has already dropped the model and destroyed the group (``train(); destroy_process_group()``
+    right after the last backward): ``~ProcessGroupGloo`` joins its own worker and the process aborts
+    ("terminate ... Resource deadlock avoided"). Released here, those objects are freed inside the
+    call, while the waiting thread still holds them.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Future], Tensor]) -> None:
+        self.fn: Callable[[Future], Tensor] | None = fn
+
+    def __call__(self, fut: Future) -> Tensor:
+        fn, self.fn = self.fn, None
+        if fn is None:
+            raise RuntimeError("a bucket's decode callback ran twice")
+        return fn(fut)
 
 
 def _synchronize(future: Future) -> None:
