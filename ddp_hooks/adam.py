@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from compressors import EF14, Mechanism, kernels
 from compressors.core.mechanism import all_finite
@@ -112,12 +113,26 @@ def refusal(wrapper: torch.optim.Optimizer) -> str | None:
     return None
 
 
+def sharded(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the hook cannot be told ``optimizer`` if it shards its state across the ranks (torch's
+    ``ZeroRedundancyOptimizer``, ZeRO stage 1), else None."""
+    if not isinstance(optimizer, ZeroRedundancyOptimizer):
+        return None
+    inner = type(optimizer.optim).__name__
+    return (f"a ZeroRedundancyOptimizer shards the optimizer across the ranks (each rank's {inner} steps its share "
+            "of the parameters), and the Adam mode and momentum correction need one optimizer stepping every "
+            "parameter on every rank")
+
+
 def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings | None:
     """``optimizer``'s (betas, eps) if it is an Adam or AdamW this mode supports; None for SGD;
     otherwise a ValueError naming what to change."""
     kind = type(optimizer).__name__
     if isinstance(optimizer, torch.optim.SGD):
         return None
+    if sharded(optimizer):
+        raise ValueError(f"register(..., optimizer=) cannot take this optimizer: {sharded(optimizer)}. Pass "
+                         "optimizer=None: the hook then compresses raw gradients, which ZeroRedundancyOptimizer steps")
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise ValueError(f"register(..., optimizer=) supports torch.optim.Adam, AdamW and SGD; got {kind}. "
                          "Pass optimizer=None to compress the raw gradient")

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.optim.optimizer as optimizer_module
 from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
@@ -44,15 +45,20 @@ def test_the_lookup_finds_the_one_adam_and_warns_when_the_mode_cannot_take_it(ca
             sgd = torch.optim.SGD(model.parameters(), lr=0.1, **plain)
             assert lookup(model) == (None, True, sgd), f"SGD {plain}: the plain default at its rate, silently"
             del sgd
-        sgd = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
-        assert lookup(model) == (None, True, sgd), "a momentum SGD that does not step every parameter: not told"
-        del sgd
         sub = type("Lars", (torch.optim.SGD,), {})(model.parameters(), lr=0.1, momentum=0.9)
         assert lookup(model) == (None, True, sub), "a subclass of SGD: its step may read .grad otherwise"
         del sub
         sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         assert lookup(model) == (sgd, True, None), "a heavy-ball SGD: momentum correction"
         del sgd
+    sgd = torch.optim.SGD(model[0].parameters(), lr=0.1, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match="found a momentum SGD .* cannot correct its momentum, .* raw gradients .*"
+                                            "trainable parameters the optimizer does not hold .* optimizer=None"):
+        assert lookup(model) == (None, True, sgd), "a momentum SGD that does not step every parameter: not told"
+    head = torch.optim.SGD(model[2].parameters(), lr=0.01, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"cannot correct its momentum.* 2 optimizers hold .* a param group per"):
+        assert lookup(model) == (None, True, None)
+    del sgd, head
     adamw = torch.optim.AdamW(model.parameters())
     assert _adam(model) is adamw
     second = torch.optim.Adam(model[0].parameters())
@@ -161,6 +167,24 @@ def test_a_resume_with_the_optimizer_built_after_register_is_bit_for_bit(tmp_pat
     run_ranks(_train, 2, "after", STEPS // 2, str(tmp_path / "ckpt"), None, kind, timeout=120)
     resumed = run_ranks(_train, 2, "after", STEPS - STEPS // 2, None, str(tmp_path / "ckpt"), kind, timeout=120)[0]
     assert resumed[1] and torch.equal(resumed[0], whole[0])
+
+
+@pytest.mark.parametrize("inner", [torch.optim.AdamW, torch.optim.SGD])
+def test_a_zero_redundancy_optimizer_is_named_found_or_told_and_the_hook_compresses_raw_gradients(one_rank, inner):
+    """ZeRO stage 1 shards the optimizer: each rank's inner optimizer steps a share of the model,
+    so neither mode can be told it; found, it is warned about (not followed silently, or as "2
+    optimizers" with advice that cannot be taken), told, it raises naming optimizer=None."""
+    ddp = DDP(_model())
+    zero = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=inner, lr=0.01,
+                                   **({"momentum": 0.9} if inner is torch.optim.SGD else {}))
+    with pytest.raises(ValueError, match="ZeroRedundancyOptimizer shards the optimizer .* Pass optimizer=None"):
+        ddp_hooks.register(ddp, optimizer=zero)
+    state = ddp_hooks.register(ddp)
+    with pytest.warns(RuntimeWarning, match=f"found an? {'AdamW' if inner is torch.optim.AdamW else 'momentum SGD'} "
+                                            f".* raw gradients .*ZeroRedundancyOptimizer shards the optimizer"):
+        _backward(ddp)
+    zero.step()
+    assert type(state.mechanism) is EF14
 
 
 def test_an_optimizer_that_is_not_one_raises(one_rank):
