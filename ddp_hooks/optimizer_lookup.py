@@ -76,16 +76,17 @@ def holding(model: nn.Module) -> list[Held]:
     return list(found.values())
 
 
-def lookup(model: nn.Module) -> Found:
+def lookup(model: nn.Module, corrects: bool = True) -> Found:
     """``Found``: the Adam or AdamW that steps every trainable parameter of ``model`` and that the
     Adam mode takes, or else the heavy-ball SGD that momentum correction takes (``_heavy_ball``),
     if there is one. Warns, naming the fix, when an Adam or a heavy-ball SGD holds the model's
     parameters but the hook cannot follow it: the default then compresses raw gradients, which
-    costs accuracy under either."""
+    costs accuracy under either. ``corrects``: whether a heavy-ball SGD would be corrected
+    (``register`` without options), else it is neither looked for nor warned about."""
     found = holding(model)
     adams = [h for h in found if isinstance(h.optimizer, (torch.optim.Adam, torch.optim.AdamW))]
     if not adams:
-        heavy = _heavy_ball(found, model)
+        heavy = _heavy_ball(found, model) if corrects else None
         return Found(heavy, bool(found), None if heavy is not None else _plain_sgd(found))
     kind = type(adams[0].optimizer).__name__
     try:

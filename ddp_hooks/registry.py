@@ -320,7 +320,7 @@ def _adopt_found(ddp: nn.parallel.DistributedDataParallel, state: ThreePCState, 
     check, which compares the mechanisms instead)."""
     previous, held = state.mechanism, None
     try:
-        found = optimizer_lookup.lookup(ddp.module)
+        found = optimizer_lookup.lookup(ddp.module, corrects=not options)
         if found.optimizer is None:
             if found.sgd is not None and not options:  # options choose DEFAULT's compressor: the plain hook
                 carried(state.mechanism, found.sgd)

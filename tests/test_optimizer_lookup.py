@@ -185,6 +185,13 @@ def test_a_zero_redundancy_optimizer_is_named_found_or_told_and_the_hook_compres
         _backward(ddp)
     zero.step()
     assert type(state.mechanism) is EF14
+    if inner is torch.optim.SGD:  # with options, the plain hook: nothing to correct, nothing to say
+        chosen = ddp_hooks.register(fresh := DDP(_model()), ratio=0.05)
+        held = ZeroRedundancyOptimizer(fresh.parameters(), optimizer_class=inner, lr=0.01, momentum=0.9)  # noqa: F841
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _backward(fresh)
+        assert not [str(w.message) for w in seen if "threepc" in str(w.message)] and type(chosen.mechanism) is EF14
 
 
 def test_an_optimizer_that_is_not_one_raises(one_rank):
