@@ -52,13 +52,13 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import sys
 import types
 import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from compressors import EF14, Mechanism, kernels
 from compressors.core.mechanism import all_finite
@@ -115,8 +115,10 @@ def refusal(wrapper: torch.optim.Optimizer) -> str | None:
 
 def sharded(optimizer: torch.optim.Optimizer) -> str | None:
     """Why the hook cannot be told ``optimizer`` if it shards its state across the ranks (torch's
-    ``ZeroRedundancyOptimizer``, ZeRO stage 1), else None."""
-    if not isinstance(optimizer, ZeroRedundancyOptimizer):
+    ``ZeroRedundancyOptimizer``, ZeRO stage 1), else None. (Looked up where a user's import put it:
+    importing ``torch.distributed.optim`` scripts its functional optimizers, 66 deprecation warnings.)"""
+    zero = getattr(sys.modules.get("torch.distributed.optim"), "ZeroRedundancyOptimizer", None)
+    if zero is None or not isinstance(optimizer, zero):
         return None
     inner = type(optimizer.optim).__name__
     return (f"a ZeroRedundancyOptimizer shards the optimizer across the ranks (each rank's {inner} steps its share "
