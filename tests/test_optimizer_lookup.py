@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.optim.optimizer as optimizer_module
 from torch import nn
-from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import ddp_hooks
@@ -174,6 +173,9 @@ def test_a_zero_redundancy_optimizer_is_named_found_or_told_and_the_hook_compres
     """ZeRO stage 1 shards the optimizer: each rank's inner optimizer steps a share of the model,
     so neither mode can be told it; found, it is warned about (not followed silently, or as "2
     optimizers" with advice that cannot be taken), told, it raises naming optimizer=None."""
+    with warnings.catch_warnings():  # importing it scripts torch's functional optimizers: DeprecationWarnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.distributed.optim import ZeroRedundancyOptimizer
     ddp = DDP(_model())
     zero = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=inner, lr=0.01,
                                    **({"momentum": 0.9} if inner is torch.optim.SGD else {}))
