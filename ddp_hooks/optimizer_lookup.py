@@ -118,29 +118,21 @@ def _one_stepping_everything(found: list[Held], held: Held, model: nn.Module) ->
 def _heavy_ball(found: list[Held], model: nn.Module) -> torch.optim.Optimizer | None:
     """The one optimizer holding ``model``'s parameters if it is an SGD that ``ef14_mc`` corrects
     (``sgd.corrects``) and no wrapper refuses; else None: the default hook then runs on raw
-    gradients (``SGD_DEFAULT``). Warns, naming the fix, when a heavy-ball SGD (torch's, momentum,
-    no Nesterov, no dampening) holds the model's parameters but is not the one optimizer stepping
-    all of them (another optimizer beside it, a ``ZeroRedundancyOptimizer`` around it, a wrapper
+    gradients (``SGD_DEFAULT``). Warns, naming the fix, when a heavy-ball SGD (``sgd.heavy_ball``)
+    holds the model's parameters but is not the one optimizer stepping all of them (another optimizer beside it, a ``ZeroRedundancyOptimizer`` around it, a wrapper
     that refuses): raw gradients cost accuracy under momentum SGD. Other SGDs get the plain
     default, measured best for them, silently."""
-    heavy = [h for h in found if type(h.optimizer) is torch.optim.SGD and _heavy_ball_settings(h.optimizer)]
+    heavy = [h for h in found if sgd.heavy_ball(h.optimizer)]
     if not heavy:
         return None
     try:
-        _one_stepping_everything(found, heavy[0], model)
+        _one_stepping_everything(found, heavy[0], model)  # with sgd.heavy_ball: sgd.corrects
     except ValueError as e:
         warn(f"threepc: register(ddp) found a momentum SGD stepping the model, but cannot correct its momentum, so "
              f"the default hook compresses raw gradients (under momentum SGD that costs accuracy: the LM +2.3% at 4 "
              f"ranks in the accuracy suite, +0.4% corrected): {e}. Pass optimizer=None to silence this")
         return None
-    return heavy[0].optimizer if sgd.corrects(heavy[0].optimizer, model) else None
-
-
-def _heavy_ball_settings(optimizer: torch.optim.SGD) -> bool:
-    """Momentum in some param group, no Nesterov, no dampening (else the plain default is meant)."""
-    groups = optimizer.param_groups
-    return any(float(g.get("momentum", 0.0)) > 0.0 for g in groups) and \
-        not any(g.get("nesterov", False) or float(g.get("dampening", 0.0)) != 0.0 for g in groups)
+    return heavy[0].optimizer
 
 
 def _plain_sgd(found: list[Held]) -> torch.optim.SGD | None:

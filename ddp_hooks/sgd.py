@@ -69,10 +69,20 @@ def corrects(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module) ->
     at 4 ranks +2.5% against the uncorrected default's +0.9%, ``accuracy_held_out.md``) that
     steps every trainable parameter of ``model`` and no other (``adam.check_attachable``). torch's
     own SGD only: a subclass's ``step`` (LARS, gradient centralisation) may read ``.grad`` otherwise."""
-    if type(optimizer) is not torch.optim.SGD or any(g.get("nesterov", False) for g in optimizer.param_groups):
+    if not heavy_ball(optimizer):
         return False
     try:
         check_attachable(optimizer, model)
+    except ValueError:
+        return False
+    return True
+
+
+def heavy_ball(optimizer: torch.optim.Optimizer | None) -> bool:
+    """``corrects`` without the model: torch's own SGD, one momentum > 0, no dampening, no Nesterov."""
+    if type(optimizer) is not torch.optim.SGD or any(g.get("nesterov", False) for g in optimizer.param_groups):
+        return False
+    try:
         return live_momentum(optimizer) > 0.0
     except ValueError:
         return False
