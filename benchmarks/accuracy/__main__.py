@@ -25,7 +25,7 @@ from pathlib import Path
 from .recipes import RECIPES, recipe_named
 from .report import markdown, plots, summary
 from .runner import AWARE, DEFAULT, Run, check_hook, chunks, execute, hook_names
-from .tasks import QUICK, SUITE, TASKS
+from .tasks import QUICK, SUITE, TASKS, Task
 
 DEFAULT_HOOKS = ["allreduce", "fp16", "ef21", "ef14", "ef14" + AWARE, DEFAULT, "ef21_sgdm:eta=0.1", "clag",
                  "co3:fmt=fp4-121", "ef21:ratio=0.1"]
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"default hook ({DEFAULT}: register(ddp), which finds the optimizer), 2 ranks, seed 0 (about a minute)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--resume", action="store_true", help="keep OUT/accuracy.json's runs; run only the others")
-    parser.add_argument("--chunk", type=int, default=8, help="runs per spawn of the ranks")
+    parser.add_argument("--chunk", type=int, help="runs per spawn of the ranks (default: 8; --quick: all)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.recipes = args.recipes or ["sgdm", "adamw"]
@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ranks = args.ranks or ([2] if quick else [2, 4])
     args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
     args.tasks = args.tasks or list(SUITE)
+    args.chunk = args.chunk or (1 << 30 if quick else 8)
     for spec in args.hooks:
         try:
             check_hook(spec)
@@ -83,22 +84,22 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / "accuracy.json"
     runs: list[dict[str, object]] = json.loads(path.read_text())["runs"] if args.resume and path.exists() else []
     done = {(r["task_config"], r["recipe"], r["hook"], r["ranks"], r["seed"]) for r in runs}
-    plan = []
+    todo: dict[int, list[tuple[Task, Run]]] = {ranks: [] for ranks in args.ranks}
     for name in args.tasks:
         task = dataclasses.replace(TASKS[name], **(QUICK.get(name, {}) if args.quick else {}))
         task = dataclasses.replace(task, steps=round(task.steps * args.steps),
                                    eval_every=max(1, round(task.eval_every * args.steps)))
         for ranks in args.ranks:
-            todo = [Run(recipe, hook, seed) for recipe in args.recipes for seed in args.seeds for hook in args.hooks
-                    if (repr(task), recipe, hook, ranks, seed) not in done]
-            plan.extend((task, ranks, c) for c in chunks(todo, args.chunk))
-    total, t0, finished, data = sum(len(c) for *_, c in plan), time.time(), 0, {}
+            todo[ranks] += [(task, Run(recipe, hook, seed)) for recipe in args.recipes for seed in args.seeds
+                            for hook in args.hooks if (repr(task), recipe, hook, ranks, seed) not in done]
+    plan = [(ranks, chunk) for ranks, items in todo.items() for chunk in chunks(items, args.chunk)]
+    total, t0, finished, data = sum(len(r) for _, chunk in plan for _, r in chunk), time.time(), 0, {}
     print(f"{total} runs ({len(runs)} kept from {path})" if args.resume else f"{total} runs", flush=True)
-    for task, ranks, chunk in plan:
-        if task.name not in data:
-            data = {task.name: task.load()}  # one task's data in memory at a time
-        runs.extend(execute(task, data[task.name], ranks, chunk, (finished, total, t0)))
-        finished += len(chunk)
+    for ranks, chunk in plan:
+        data = {task.name: data[task.name] if task.name in data else task.load() for task, _ in chunk}  # this chunk's
+        work = [(task, data[task.name], chunk_runs) for task, chunk_runs in chunk]
+        runs.extend(execute(work, ranks, (finished, total, t0)))
+        finished += sum(len(r) for _, r in chunk)
         write(args.out, runs, vars(args))
     if not plan and runs:  # nothing left to run (--resume): render the kept runs again
         write(args.out, runs, vars(args))
