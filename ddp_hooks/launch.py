@@ -7,11 +7,14 @@ of a CPU cluster would run) and returns what each rank's ``fn`` returned.
 The ranks are forked from a forkserver that imported torch and threepc once (``PRELOAD``): on
 the 2-core VM two ranks that all-reduce one tensor start and end in 0.17 s, against 2.0-2.9 s
 when each rank is a fresh interpreter that imports torch ("spawn"); a test suite or a benchmark
-that starts hundreds of them pays that once. The ranks see the caller's environment, stdout and stderr as they
-are at the call (``_rank_main`` installs them: a forked rank would inherit the server's, those of
-the call that started it), and import ``fn``'s module from disk as spawned ranks do.
-Where the platform has no forkserver, or a ``THREEPC_`` variable (read when threepc is imported,
-e.g. ``THREEPC_BACKEND``) changed since the server started, the ranks are spawned.
+that starts hundreds of them pays that once. A forked rank would inherit the server's
+environment, stdout, stderr and random state (those of the call that started it); each rank
+takes the caller's environment and fds 1 and 2 as they are at the call before it imports
+``fn``'s module (from disk, as a spawned rank does), and reseeds torch and numpy
+(``CallerContext``). Variables read at import (``IMPORT_TIME``: ``THREEPC_BACKEND``, torch's,
+OpenMP's) cannot be taken that way: where one changed since the server started, or the platform
+has no forkserver, the ranks are spawned. threepc itself stays as the server imported it, so
+edits to its sources during a session reach the ranks only in a new process.
 
 A rank ends with ``os._exit(0)`` once its result is saved and its process group destroyed: it
 skips interpreter finalisation, where torch 2.13 now and then aborts rank 0 ("terminate called
@@ -33,6 +36,7 @@ import tempfile
 import time
 import traceback
 from multiprocessing import forkserver, reduction
+from multiprocessing.context import get_spawning_popen
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -57,41 +61,62 @@ class RankFailure(NamedTuple):
 
 
 PRELOAD = ("torch", "torch.distributed", "ddp_hooks")  # what the forkserver imports once for every rank
-_served: dict[str, str] | None = None  # the THREEPC_ variables under which the forkserver imports threepc
+IMPORT_TIME = ("THREEPC_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "KMP_", "NUMBA_")  # variables read at import
+_served: dict[str, str] | None = None  # the IMPORT_TIME variables the forkserver started under
 
 
 def start_method() -> str:
-    """"forkserver" (started with ``PRELOAD`` at the first call), or "spawn" where there is none or
-    the ``THREEPC_`` variables differ from those the server imported threepc under."""
+    """"forkserver" (started with ``PRELOAD`` at the first call, its stdout and stderr /dev/null:
+    a reader of the caller's pipes would wait for it), or "spawn" where there is none or the
+    ``IMPORT_TIME`` variables differ from those the server started under."""
     global _served
     if "forkserver" not in mp.get_all_start_methods():
         return "spawn"
-    now = {k: v for k, v in os.environ.items() if k.startswith("THREEPC_")}
+    now = {k: v for k, v in os.environ.items() if k.startswith(IMPORT_TIME)}
     if _served is None:
         mp.set_forkserver_preload(list(PRELOAD))
-        forkserver.ensure_running()  # now, under the variables recorded
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved, null = [os.dup(fd) for fd in (1, 2)], os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in (1, 2):
+                os.dup2(null, fd)
+            forkserver.ensure_running()
+        finally:
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            os.close(null)
         _served = now
     return "forkserver" if now == _served else "spawn"
 
 
-class CallerStdio:
-    """The caller's fds 1 and 2 (stdout, stderr) handed to a rank as it starts (pickled only then:
-    ``reduction.DupFd`` passes them with the process), and made the rank's own by ``install``."""
+class CallerContext:
+    """The caller's environment and fds 1 and 2 (stdout, stderr) at a rank's start: pickled only
+    by the start (``reduction.DupFd`` hands the fds over with the process), and installed in the
+    rank as it is unpickled (``_enter``), before the arguments after it import ``fn``'s module."""
 
-    def __init__(self, fds: tuple[object, object] | None = None) -> None:
-        self.fds = fds
+    def __reduce__(self) -> tuple[Callable[..., None], tuple[object, ...]]:
+        if get_spawning_popen() is None:
+            raise TypeError("a CallerContext travels only with a process that run_ranks starts")
+        return _enter, (dict(os.environ), reduction.DupFd(1), reduction.DupFd(2))
 
-    def __reduce__(self) -> tuple[type, tuple[tuple[object, object]]]:
-        return type(self), ((reduction.DupFd(1), reduction.DupFd(2)),)
 
-    def install(self) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for target, handed in zip((1, 2), self.fds):
-            fd = handed.detach()
-            if fd != target:
-                os.dup2(fd, target)
-                os.close(fd)
+def _enter(environ: dict[str, str], stdout: object, stderr: object) -> None:
+    """In a rank: the caller's stdout, stderr and environment, and fresh random states (a forked
+    rank holds the server's, the same in every rank)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, handed in ((1, stdout), (2, stderr)):
+        fd = handed.detach()
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
 
 
 def run_ranks(fn: Callable[..., object], workers: int, *args: object, timeout: float | None = None) -> list:
@@ -104,7 +129,7 @@ def run_ranks(fn: Callable[..., object], workers: int, *args: object, timeout: f
     ``TimeoutError`` names them); and every rank's outcome comes back, a rank that raised or
     died as a ``RankFailure`` (without: the first failure raises and ends the other ranks)."""
     with tempfile.TemporaryDirectory() as out:
-        spawn_args = (fn, workers, free_port(), out, args, timeout, dict(os.environ), CallerStdio())
+        spawn_args = (CallerContext(), fn, workers, free_port(), out, args, timeout)
         method = start_method()
         if timeout is None:
             mp.start_processes(_rank_main, args=spawn_args, nprocs=workers, join=True, start_method=method)
@@ -125,11 +150,10 @@ def run_ranks(fn: Callable[..., object], workers: int, *args: object, timeout: f
                 else RankFailure(rank, p.exitcode, "") for rank, p in enumerate(processes)]
 
 
-def _rank_main(rank: int, fn: Callable[..., object], workers: int, port: int, out: str,
-               args: tuple[object, ...], timeout: float | None, environ: dict[str, str], stdio: CallerStdio) -> None:
-    stdio.install()
-    os.environ.clear()  # the caller's, not the forkserver's (started at an earlier call)
-    os.environ.update(environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank_main(rank: int, entered: None, fn: Callable[..., object], workers: int, port: int, out: str,
+               args: tuple[object, ...], timeout: float | None) -> None:
+    """``entered``: what unpickling a ``CallerContext`` left (it installed the caller's context)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=workers,
                             timeout=None if timeout is None else datetime.timedelta(seconds=timeout))

@@ -1,8 +1,10 @@
 """``ddp_hooks.launch.run_ranks``: ranks forked from a forkserver that imported torch once see the
-caller's environment and stdout as they are at each call, and a changed ``THREEPC_`` variable (read when threepc
-is imported) makes the ranks spawned instead."""
+caller's environment and stdout as they are at each call (already while ``fn``'s module is
+imported), draw their own random numbers, and a changed variable that is read at import
+(``THREEPC_BACKEND``, torch's) makes the ranks spawned instead."""
 import multiprocessing
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -51,8 +53,39 @@ def test_the_ranks_see_the_environment_of_each_call(monkeypatch: pytest.MonkeyPa
     assert launch.run_ranks(_seen, 2, "LAUNCH_TEST_VALUE") == [None, None]
 
 
-def test_a_changed_threepc_variable_spawns_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("THREEPC_BACKEND", os.environ.get("THREEPC_BACKEND", "") + "x")
+def test_fns_module_is_imported_under_the_callers_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    (tmp_path / "launch_probe_module.py").write_text(
+        "import os\nAT_IMPORT = os.environ.get('LAUNCH_TEST_IMPORT')\n\n"
+        "def at_import(rank, workers):\n    return AT_IMPORT\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import launch_probe_module
+
+    launch.start_method()  # the forkserver runs before the variable is set
+    monkeypatch.setenv("LAUNCH_TEST_IMPORT", "set")
+    assert launch.run_ranks(launch_probe_module.at_import, 2) == ["set", "set"]
+
+
+def _draw(rank: int, workers: int) -> float:
+    import torch
+
+    return torch.rand(1).item()
+
+
+def test_every_rank_of_every_call_draws_its_own_random_numbers() -> None:
+    draws = launch.run_ranks(_draw, 2) + launch.run_ranks(_draw, 2)
+    assert len(set(draws)) == 4, draws
+
+
+def test_a_caller_context_travels_only_with_a_rank_start() -> None:
+    with pytest.raises(TypeError, match="only with a process that run_ranks starts"):
+        pickle.dumps(launch.CallerContext())
+
+
+@pytest.mark.parametrize("name", ["THREEPC_BACKEND", "TORCH_DISTRIBUTED_DEBUG"])
+def test_a_changed_import_time_variable_spawns_the_ranks(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    launch.start_method()
+    monkeypatch.setenv(name, os.environ.get(name, "") + "x")
     assert launch.start_method() == "spawn"
     monkeypatch.undo()
     assert launch.start_method() == "forkserver"
