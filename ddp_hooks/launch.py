@@ -5,9 +5,10 @@ processes joined in one gloo group (127.0.0.1, a free port, one intra-op thread 
 of a CPU cluster would run) and returns what each rank's ``fn`` returned.
 
 The ranks are forked from a forkserver that imported torch and threepc once (``PRELOAD``): on
-the 2-core VM two ranks that all-reduce one tensor start and end in 0.17 s, against 2.0-2.9 s
-when each rank is a fresh interpreter that imports torch ("spawn"); a test suite or a benchmark
-that starts hundreds of them pays that once. A forked rank would inherit the server's
+the 2-core VM a call of two ranks that all-reduce one tensor takes 0.32-0.76 s (medians of four
+runs), against 1.84-1.98 s when each rank is a fresh interpreter that imports torch ("spawn"),
+2.4-6.0x (``pytest benchmarks/test_launch_speed.py``); a test suite or a benchmark that starts
+hundreds of them pays the import once. A forked rank would inherit the server's
 environment, stdout, stderr and random state (those of the call that started it); each rank
 takes the caller's environment and fds 1 and 2 as they are at the call before it imports
 ``fn``'s module (from disk, as a spawned rank does), and reseeds torch and numpy
@@ -35,9 +36,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing import forkserver, reduction
 from multiprocessing.context import get_spawning_popen
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 

@@ -1,8 +1,8 @@
 """Training runs on localhost gloo ranks: one run = (task, recipe, hook, ranks, seed).
 
 Runs of one rank count go to the ranks in chunks of a few runs, of one task or of several (one
-spawn per chunk, each task's data pickled once per chunk: a spawn costs about 5 s on 2 cores);
-every run builds a fresh model from ``torch.manual_seed(seed)``,
+start of the ranks per chunk, each task's data pickled once per chunk: a start imports the
+suite's modules and joins a gloo group); every run builds a fresh model from ``torch.manual_seed(seed)``,
 so all hooks of one seed start from the same weights and see the same minibatches. Rank 0
 evaluates the metric every ``task.eval_every`` steps and prints a progress line with an ETA.
 """
